@@ -1,0 +1,1 @@
+"""SQL for what operators look at: fleet summary, latency, engagement, retraining signals."""

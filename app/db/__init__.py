@@ -1,0 +1,1 @@
+"""Database access: the embedded server, engines, ORM tables and migrations."""

@@ -1,0 +1,55 @@
+"""An opened Herd database: its URL, an engine, and the embedded server handle if any."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from sqlalchemy import Engine
+
+from app.config import Settings
+from app.db.embedded import EmbeddedPostgres
+from app.db.engine import make_engine, sqlalchemy_url
+
+
+class Database:
+    """The database a herd process works on; close() releases the embedded server handle."""
+
+    def __init__(self, url: str, embedded: EmbeddedPostgres | None = None) -> None:
+        self.url = url
+        self.embedded = embedded
+        self.engine: Engine = make_engine(url)
+
+    @classmethod
+    def open(cls, settings: Settings) -> Database:
+        """Use HERD_DATABASE_URL when set; otherwise attach to (or start) the embedded server."""
+        if settings.database_url:
+            sqlalchemy_url(settings.database_url)  # fail early on a URL that is not PostgreSQL
+            return cls(settings.database_url)
+        embedded = EmbeddedPostgres(settings.pgdata_dir)
+        url = embedded.start()
+        try:
+            return cls(url, embedded)
+        except Exception:
+            embedded.release()
+            raise
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.embedded is not None
+
+    def close(self) -> None:
+        self.engine.dispose()
+        if self.embedded is not None:
+            self.embedded.release()
+            self.embedded = None
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

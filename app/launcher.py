@@ -1,0 +1,214 @@
+"""`herd up` and friends: prepare the database and store, run Herd's processes, stop them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+import httpx
+
+from app.accounts import Accounts
+from app.config import Settings
+from app.db import migrate
+from app.db.database import Database
+from app.store.catalog import ModelStore, ProgressCallback, ScanReport
+from app.store.demo import add_demo_model
+
+DASHBOARD_ENTRY = Path(__file__).resolve().parents[1] / "dashboard.py"
+STOP_TIMEOUT_S = 10.0
+START_TIMEOUT_S = 60.0
+
+Echo = Callable[[str], None]
+
+
+class LaunchError(RuntimeError):
+    """A process herd starts did not come up; the message says why and where its log is."""
+
+
+@dataclass
+class Service:
+    """A child process herd runs: its command, where it logs, how to tell it is up."""
+
+    name: str
+    argv: list[str]
+    health_url: str
+    public_url: str
+    log_file: Path
+
+
+@dataclass
+class Running:
+    service: Service
+    process: subprocess.Popen[bytes]
+
+
+@dataclass
+class Preparation:
+    """What preparing the database found or did."""
+
+    scan: ScanReport
+    admin_password: str | None
+    demo_model: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def prepare(
+    settings: Settings,
+    database: Database,
+    *,
+    demo: bool = False,
+    progress: ProgressCallback | None = None,
+) -> Preparation:
+    """Upgrade the schema, scan the store, add the demo model, create the first operator."""
+    migrate.upgrade(database.url)
+    store = ModelStore(database.engine, settings.models_path)
+    demo_name = add_demo_model(store, progress).name if demo else None
+    report = store.scan(progress)
+    password = Accounts(database.engine).ensure_admin()
+    return Preparation(scan=report, admin_password=password, demo_model=demo_name)
+
+
+def dashboard_service(settings: Settings, port: int | None = None) -> Service:
+    """The Streamlit dashboard as a child process."""
+    if not DASHBOARD_ENTRY.exists():
+        raise LaunchError(
+            f"dashboard entry script not found at {DASHBOARD_ENTRY}; install Herd from a "
+            "source checkout with `pip install -e .`"
+        )
+    port = port or settings.dashboard_port
+    host = settings.dashboard_host
+    argv = [
+        sys.executable, "-m", "streamlit", "run", str(DASHBOARD_ENTRY),
+        "--server.address", host,
+        "--server.port", str(port),
+        "--server.headless", "true",
+        "--browser.gatherUsageStats", "false",
+        "--server.fileWatcherType", "none",
+    ]  # fmt: skip
+    return Service(
+        name="dashboard",
+        argv=argv,
+        health_url=f"http://{host}:{port}/_stcore/health",
+        public_url=f"http://{host}:{port}",
+        log_file=settings.logs_dir / "dashboard.log",
+    )
+
+
+def child_environment(settings: Settings, database: Database) -> dict[str, str]:
+    """Environment for children: the resolved database, so they attach and start nothing."""
+    env = dict(os.environ)
+    env["HERD_DATABASE_URL"] = database.url
+    env["HERD_HOME"] = str(settings.home_dir)
+    env["HERD_MODELS_DIR"] = str(settings.models_path)
+    return env
+
+
+def wait_healthy(running: Running, timeout_s: float = START_TIMEOUT_S) -> None:
+    """Block until the service answers its health URL; raise if it exits or times out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        code = running.process.poll()
+        if code is not None:
+            raise LaunchError(
+                f"{running.service.name} exited with code {code} while starting; "
+                f"see {running.service.log_file}"
+            )
+        try:
+            if httpx.get(running.service.health_url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise LaunchError(
+        f"{running.service.name} did not answer {running.service.health_url} within "
+        f"{timeout_s:.0f} s; see {running.service.log_file}"
+    )
+
+
+class ProcessGroup:
+    """The children one herd command started; stopped together, gracefully then by force."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.running: list[Running] = []
+
+    def start(self, service: Service) -> Running:
+        service.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with service.log_file.open("ab") as log:
+            # Own session: a terminal's Ctrl-C reaches herd only, which then stops children
+            # in order, instead of every process racing to exit at once.
+            process = subprocess.Popen(
+                service.argv,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        running = Running(service, process)
+        self.running.append(running)
+        return running
+
+    def exited(self) -> Running | None:
+        """A child that has exited, if any."""
+        return next((r for r in self.running if r.process.poll() is not None), None)
+
+    def stop_all(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        for running in reversed(self.running):
+            if running.process.poll() is None:
+                running.process.terminate()
+        deadline = time.monotonic() + timeout_s
+        for running in reversed(self.running):
+            try:
+                running.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                running.process.kill()
+                running.process.wait()
+        self.running.clear()
+
+
+class _Stop(Exception):
+    """Raised in the main thread by SIGTERM, so it unwinds like Ctrl-C."""
+
+
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stop()
+
+
+def serve(
+    settings: Settings,
+    database: Database,
+    services: list[Service],
+    echo: Echo,
+    on_ready: Callable[[], None] | None = None,
+) -> int:
+    """Run services until Ctrl-C or SIGTERM (exit 0) or until one dies (exit 1)."""
+    group = ProcessGroup(child_environment(settings, database))
+    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    try:
+        for service in services:
+            wait_healthy(group.start(service))
+        if on_ready is not None:
+            on_ready()
+        while True:
+            dead = group.exited()
+            if dead is not None:
+                echo(
+                    f"{dead.service.name} exited with code {dead.process.returncode}; "
+                    f"stopping. Its log: {dead.service.log_file}"
+                )
+                return 1
+            time.sleep(0.5)
+    except (KeyboardInterrupt, _Stop):
+        echo("stopping herd ...")
+        return 0
+    finally:
+        group.stop_all()
+        signal.signal(signal.SIGTERM, previous)

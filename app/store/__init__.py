@@ -1,0 +1,1 @@
+"""The GGUF model store: scan, inspect, validate, import, estimate memory."""

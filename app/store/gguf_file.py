@@ -1,0 +1,218 @@
+"""Validate a GGUF file and read what operators need from its header.
+
+Nothing here hands a file to llama.cpp: a file is checked with bounded reads first (magic,
+version, counts against the file size), then parsed with the `gguf` package, then every
+tensor's data range is checked against the file's end.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+GGUF_MAGIC = b"GGUF"
+SUPPORTED_VERSIONS = (2, 3)
+HEADER_BYTES = 24  # magic, version, tensor count, key/value count
+# Smallest possible records: a tensor info (name length, n_dims, type, offset) and a
+# key/value pair (key length, value type, a one-byte value).
+MIN_TENSOR_INFO_BYTES = 8 + 4 + 4 + 8
+MIN_KV_BYTES = 8 + 4 + 1
+MAX_TENSORS = 1_000_000
+MAX_KV = 1_000_000
+_LAYER_TENSOR = re.compile(r"^blk\.(\d+)\.")
+
+
+class InvalidGGUF(ValueError):
+    """The file is not a GGUF that Herd will hand to llama.cpp; the message says why."""
+
+
+@dataclass(frozen=True)
+class ModelLayout:
+    """What the memory estimate needs: bytes per repeating layer, the rest, the KV shape."""
+
+    layer_bytes: list[int]
+    input_bytes: int
+    output_bytes: int
+    # Bytes of the token embeddings when they double as the output layer (no output.weight).
+    tied_output_bytes: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    key_length: int
+    value_length: int
+    n_vocab: int
+    n_ff: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelLayout:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class GGUFInfo:
+    """A valid GGUF's header, summarised."""
+
+    version: int
+    architecture: str
+    parameter_count: int
+    file_type: str | None
+    quantization: str | None
+    context_length: int | None
+    block_count: int | None
+    embedding_length: int | None
+    head_count: int | None
+    head_count_kv: int | None
+    has_chat_template: bool
+    tensor_count: int
+    tensor_bytes: int
+    layout: ModelLayout
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def check_header(path: Path) -> tuple[int, int, int]:
+    """Bounded checks of the fixed header; returns (version, tensor_count, kv_count)."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(HEADER_BYTES)
+    except OSError as exc:
+        raise InvalidGGUF(f"unreadable: {exc.strerror or exc}") from exc
+    if len(head) < 4 or head[:4] != GGUF_MAGIC:
+        raise InvalidGGUF(f"not a GGUF file: wrong magic {head[:4]!r} (expected b'GGUF')")
+    if len(head) < HEADER_BYTES:
+        raise InvalidGGUF(f"truncated: {size} bytes is shorter than the GGUF header")
+    version, tensor_count, kv_count = struct.unpack("<IQQ", head[4:])
+    if version & 0xFFFF == 0:  # written on a big-endian machine
+        version, tensor_count, kv_count = struct.unpack(">IQQ", head[4:])
+    if version not in SUPPORTED_VERSIONS:
+        raise InvalidGGUF(f"unsupported GGUF version {version} (supported: 2, 3)")
+    room = size - HEADER_BYTES
+    if tensor_count > MAX_TENSORS or tensor_count * MIN_TENSOR_INFO_BYTES > room:
+        raise InvalidGGUF(f"absurd tensor count {tensor_count} for a file of {size} bytes")
+    if kv_count > MAX_KV or kv_count * MIN_KV_BYTES > room:
+        raise InvalidGGUF(f"absurd metadata count {kv_count} for a file of {size} bytes")
+    return version, tensor_count, kv_count
+
+
+def _field(reader: Any, key: str) -> Any:
+    item = reader.fields.get(key)
+    if item is None:
+        return None
+    value = item.contents()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return value
+
+
+def _int_field(reader: Any, key: str) -> int | None:
+    value = _field(reader, key)
+    if isinstance(value, list):  # per-layer arrays (e.g. head counts): take the largest
+        value = max(value) if value else None
+    return int(value) if isinstance(value, (int, float)) else None
+
+
+def read_gguf(path: Path) -> GGUFInfo:
+    """Validate path and summarise its header; raises InvalidGGUF with the reason."""
+    version, tensor_count, _ = check_header(path)
+    import gguf
+
+    size = path.stat().st_size
+    try:
+        reader = gguf.GGUFReader(path)
+    except (ValueError, IndexError, KeyError, OverflowError, struct.error, OSError) as exc:
+        raise InvalidGGUF(f"corrupt GGUF header or tensor table: {exc}") from exc
+    except MemoryError as exc:
+        raise InvalidGGUF("GGUF header declares more data than can be read") from exc
+
+    if len(reader.tensors) != tensor_count:
+        raise InvalidGGUF(f"tensor table lists {len(reader.tensors)} of {tensor_count} tensors")
+    for tensor in reader.tensors:
+        end = int(tensor.data_offset) + int(tensor.n_bytes)
+        if end > size:
+            raise InvalidGGUF(
+                f"truncated: tensor {tensor.name!r} ends at byte {end} beyond the file's "
+                f"{size} bytes"
+            )
+
+    arch = _field(reader, "general.architecture")
+    if not isinstance(arch, str) or not arch:
+        raise InvalidGGUF("missing general.architecture")
+
+    def arch_int(suffix: str) -> int | None:
+        return _int_field(reader, f"{arch}.{suffix}")
+
+    file_type_id = _int_field(reader, "general.file_type")
+    file_type = None
+    if file_type_id is not None:
+        try:
+            file_type = gguf.LlamaFileType(file_type_id).name.removeprefix("MOSTLY_")
+        except ValueError:
+            file_type = f"unknown ({file_type_id})"
+
+    bytes_by_type: Counter[str] = Counter()
+    layer_bytes: dict[int, int] = {}
+    input_bytes = output_bytes = 0
+    has_output = False
+    token_embd_bytes = 0
+    for tensor in reader.tensors:
+        n_bytes = int(tensor.n_bytes)
+        if len(tensor.shape) >= 2:
+            bytes_by_type[tensor.tensor_type.name] += n_bytes
+        match = _LAYER_TENSOR.match(tensor.name)
+        if match:
+            index = int(match.group(1))
+            layer_bytes[index] = layer_bytes.get(index, 0) + n_bytes
+        elif tensor.name.startswith("output"):
+            output_bytes += n_bytes
+            has_output = has_output or tensor.name == "output.weight"
+        else:
+            input_bytes += n_bytes
+            if tensor.name == "token_embd.weight":
+                token_embd_bytes = n_bytes
+
+    block_count = arch_int("block_count")
+    n_layers = block_count if block_count is not None else len(layer_bytes)
+    n_embd = arch_int("embedding_length") or 0
+    n_head = arch_int("attention.head_count") or 0
+    n_head_kv = arch_int("attention.head_count_kv") or n_head
+    head_dim = n_embd // n_head if n_head else 0
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    n_vocab = arch_int("vocab_size") or (len(tokens.data) if tokens is not None else 0)
+    layout = ModelLayout(
+        layer_bytes=[layer_bytes.get(i, 0) for i in range(n_layers)],
+        input_bytes=input_bytes,
+        output_bytes=output_bytes,
+        # Without output.weight, llama.cpp reuses the token embeddings as the output layer.
+        tied_output_bytes=0 if has_output else token_embd_bytes,
+        n_embd=n_embd,
+        n_head=n_head,
+        n_head_kv=n_head_kv,
+        key_length=arch_int("attention.key_length") or head_dim,
+        value_length=arch_int("attention.value_length") or head_dim,
+        n_vocab=n_vocab,
+        n_ff=arch_int("feed_forward_length") or 0,
+    )
+    return GGUFInfo(
+        version=version,
+        architecture=arch,
+        parameter_count=sum(int(t.n_elements) for t in reader.tensors),
+        file_type=file_type,
+        quantization=bytes_by_type.most_common(1)[0][0] if bytes_by_type else None,
+        context_length=arch_int("context_length"),
+        block_count=block_count,
+        embedding_length=arch_int("embedding_length"),
+        head_count=arch_int("attention.head_count"),
+        head_count_kv=arch_int("attention.head_count_kv"),
+        has_chat_template=reader.fields.get("tokenizer.chat_template") is not None,
+        tensor_count=tensor_count,
+        tensor_bytes=sum(int(t.n_bytes) for t in reader.tensors),
+        layout=layout,
+        metadata={"name": _field(reader, "general.name")},
+    )

@@ -1,0 +1,25 @@
+"""Operator login."""
+
+import streamlit as st
+
+from app.ui import auth, resources
+
+st.title("Herd")
+st.caption("Operator console for self-hosted GGUF models on llama.cpp.")
+
+with st.form("login"):
+    name = st.text_input("Operator name", key="login_name")
+    password = st.text_input("Password", type="password", key="login_password")
+    submitted = st.form_submit_button("Log in")
+
+if submitted:
+    with resources.database_errors():
+        ok = auth.log_in(name, password)
+    if ok:
+        st.rerun()
+    st.error("Wrong operator name or password.")
+
+st.info(
+    "On first run `herd up` creates the operator **admin** and prints its password once. "
+    "Create more accounts with `herd users add NAME --role operator`."
+)

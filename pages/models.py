@@ -1,0 +1,87 @@
+"""Models: the GGUF store with metadata, validity and memory estimates; add and rescan."""
+
+from pathlib import Path
+
+import streamlit as st
+
+from app.accounts import Role
+from app.store.catalog import ModelStoreError, describe_model
+from app.store.demo import add_demo_model
+from app.store.estimate import format_bytes
+from app.ui import auth, resources
+
+operator = auth.require_role(Role.VIEWER)
+st.title("Models")
+store = resources.model_store()
+st.caption(f"Model store: `{store.root}`")
+
+left, right = st.columns(2)
+n_gpu_layers = left.number_input(
+    "GPU layers for the estimate",
+    min_value=-1,
+    value=0,
+    help="-1 offloads every layer and the output layer; 0 keeps the model in RAM.",
+)
+n_ctx = right.number_input("Context (tokens) for the estimate", min_value=256, value=4096, step=256)
+
+with resources.database_errors():
+    models = store.list()
+
+if not models:
+    st.info("The store is empty. Add a GGUF below, or run `herd models add --demo`.")
+else:
+    rows = []
+    for model in models:
+        info = describe_model(model, int(n_gpu_layers), int(n_ctx))
+        estimate = info["estimate"] or {}
+        rows.append(
+            {
+                "name": info["name"],
+                "status": info["status"],
+                "architecture": info["architecture"],
+                "quantization": info["file_type"],
+                "parameters (M)": round(info["parameter_count"] / 1e6, 1)
+                if info["parameter_count"]
+                else None,
+                "size": format_bytes(info["size_bytes"]),
+                "context": info["context_length"],
+                "layers": info["block_count"],
+                "chat template": info["has_chat_template"],
+                "VRAM estimate": format_bytes(estimate.get("vram_bytes")),
+                "RAM estimate": format_bytes(estimate.get("ram_bytes")),
+                "error": info["error"],
+            }
+        )
+    st.dataframe(rows, hide_index=True, use_container_width=True)
+
+if operator.role.allows(Role.OPERATOR):
+    st.subheader("Add or rescan")
+    with st.form("add_model"):
+        source = st.text_input(
+            "Path of a .gguf file on the server",
+            help="It is validated, then copied into the store.",
+        )
+        new_name = st.text_input("Name in the store (optional)")
+        add = st.form_submit_button("Add to store")
+    if add:
+        try:
+            with st.spinner("Validating and copying ..."):
+                added = store.add(Path(source), new_name or None)
+            st.success(f"Added {added.name}.")
+        except ModelStoreError as exc:
+            st.error(str(exc))
+    cols = st.columns(2)
+    if cols[0].button("Rescan the store"):
+        with st.spinner("Scanning ..."):
+            report = store.scan()
+        st.success(
+            f"{len(report.valid)} valid, {len(report.invalid)} invalid, "
+            f"{len(report.missing)} missing."
+        )
+    if cols[1].button("Add the SmolLM2 demo model"):
+        try:
+            with st.spinner("Copying the demo model ..."):
+                demo = add_demo_model(store)
+            st.success(f"{demo.name} is in the store.")
+        except ModelStoreError as exc:
+            st.error(str(exc))
