@@ -4,5 +4,5 @@ import streamlit as st
 
 from app.ui.navigation import build_navigation
 
-st.set_page_config(page_title="Herd", page_icon="🐑", layout="wide")
+st.set_page_config(page_title="Herd", page_icon=":material/pets:", layout="wide")
 build_navigation().run()

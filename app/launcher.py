@@ -91,6 +91,7 @@ def dashboard_service(settings: Settings, port: int | None = None) -> Service:
         "--server.headless", "true",
         "--browser.gatherUsageStats", "false",
         "--server.fileWatcherType", "none",
+        "--client.toolbarMode", "minimal",
     ]  # fmt: skip
     return Service(
         name="dashboard",

@@ -38,21 +38,21 @@ else:
             {
                 "name": info["name"],
                 "status": info["status"],
-                "architecture": info["architecture"],
                 "quantization": info["file_type"],
                 "parameters (M)": round(info["parameter_count"] / 1e6, 1)
                 if info["parameter_count"]
                 else None,
                 "size": format_bytes(info["size_bytes"]),
-                "context": info["context_length"],
-                "layers": info["block_count"],
-                "chat template": info["has_chat_template"],
                 "VRAM estimate": format_bytes(estimate.get("vram_bytes")),
                 "RAM estimate": format_bytes(estimate.get("ram_bytes")),
+                "context": info["context_length"],
+                "layers": info["block_count"],
+                "architecture": info["architecture"],
+                "chat template": info["has_chat_template"],
                 "error": info["error"],
             }
         )
-    st.dataframe(rows, hide_index=True, use_container_width=True)
+    st.dataframe(rows, hide_index=True, width="stretch")
 
 if operator.role.allows(Role.OPERATOR):
     st.subheader("Add or rescan")
