@@ -78,7 +78,10 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         _print_scan(ModelStore(db.engine, settings.models_path), prep.scan)
         if prep.demo_model:
             echo(f"demo model: {prep.demo_model}")
+        from app.supervisor.service import supervisor_service
+
         dashboard = dashboard_service(settings)
+        services = [dashboard, supervisor_service(settings)]
 
         def ready() -> None:
             echo(f"dashboard: {dashboard.public_url}")
@@ -90,7 +93,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
                 )
             echo("herd is up; press Ctrl-C to stop.")
 
-        return serve(settings, db, [dashboard], echo, on_ready=ready)
+        return serve(settings, db, services, echo, on_ready=ready)
 
 
 def cmd_dashboard(settings: Settings, args: argparse.Namespace) -> int:
@@ -210,6 +213,52 @@ def cmd_users_add(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    # Imported here: it loads llama_cpp, which no other command needs to wait for.
+    from app.worker.options import WorkerOptions, parse_tensor_split
+    from app.worker.process import WorkerStartError, run_worker
+
+    try:
+        options = WorkerOptions(
+            model=args.model,
+            host=args.host,
+            port=args.port,
+            n_gpu_layers=args.n_gpu_layers,
+            main_gpu=args.main_gpu,
+            tensor_split=parse_tensor_split(args.tensor_split) if args.tensor_split else None,
+            n_ctx=args.n_ctx,
+            parallel=args.parallel,
+            threads=args.threads,
+            alias=args.alias,
+            deployment_id=args.deployment_id,
+            max_queue=args.max_queue,
+            log_path=args.log_path,
+        )
+    except ValueError as exc:
+        warn(f"herd worker: {exc}")
+        return 2
+    try:
+        return run_worker(settings, options)
+    except (WorkerStartError, OSError) as exc:
+        warn(f"herd worker: {exc}")
+        return 1
+
+
+def cmd_supervisor(settings: Settings, args: argparse.Namespace) -> int:
+    from app.supervisor.errors import SupervisorError
+    from app.supervisor.run import run_supervisor
+
+    if args.port is not None:
+        settings = settings.model_copy(update={"supervisor_port": args.port})
+    with Database.open(settings) as db:
+        migrate.upgrade(db.url)
+        try:
+            return run_supervisor(settings, db, keep_workers=args.keep_workers)
+        except SupervisorError as exc:
+            warn(f"herd: {exc}")
+            return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="herd",
@@ -230,6 +279,46 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--demo", action="store_true", help="put the SmolLM2 demo model in the store")
     dash = command(sub, "dashboard", cmd_dashboard, "run the Streamlit dashboard alone")
     dash.add_argument("--port", type=int, default=None, help="port (default HERD_DASHBOARD_PORT)")
+
+    sup = command(
+        sub, "supervisor", cmd_supervisor, "run this machine's worker processes for the deployments"
+    )
+    sup.add_argument("--port", type=int, default=None, help="/health port (HERD_SUPERVISOR_PORT)")
+    sup.add_argument(
+        "--keep-workers",
+        action="store_true",
+        help="on exit leave the workers running; the next supervisor adopts them",
+    )
+
+    worker = command(sub, "worker", cmd_worker, "serve one GGUF model over the OpenAI API")
+    worker.add_argument(
+        "--model", required=True, help="a .gguf file, or the name of a model in the store"
+    )
+    worker.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    worker.add_argument("--port", type=int, default=0, help="port (default 0: any free port)")
+    worker.add_argument(
+        "--n-gpu-layers", type=int, default=0, help="layers to offload to the GPU; -1: all"
+    )
+    worker.add_argument("--main-gpu", type=int, default=0, help="GPU for the model (default 0)")
+    worker.add_argument("--tensor-split", default=None, help="share of the model per GPU, e.g. 3,1")
+    worker.add_argument(
+        "--n-ctx",
+        type=int,
+        default=4096,
+        help="context window in tokens (default 4096; 0 or above trained: the trained context)",
+    )
+    worker.add_argument("--parallel", type=int, default=1, help="generation slots (default 1)")
+    worker.add_argument("--threads", type=int, default=None, help="CPU threads (default: auto)")
+    worker.add_argument("--alias", default=None, help="model name clients use (default: stem)")
+    worker.add_argument(
+        "--deployment-id", type=int, default=None, help="the deployment it serves (supervisor)"
+    )
+    worker.add_argument(
+        "--max-queue", type=int, default=16, help="requests that may wait for a slot (default 16)"
+    )
+    worker.add_argument(
+        "--log-path", default=None, help="where this worker's output goes, recorded in its row"
+    )
 
     db = sub.add_parser("db", help="the database").add_subparsers(
         dest="db_command", required=True, metavar="COMMAND"

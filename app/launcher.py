@@ -22,7 +22,8 @@ from app.store.catalog import ModelStore, ProgressCallback, ScanReport
 from app.store.demo import add_demo_model
 
 DASHBOARD_ENTRY = Path(__file__).resolve().parents[1] / "dashboard.py"
-STOP_TIMEOUT_S = 10.0
+# Long enough for the supervisor to stop its workers gracefully (their grace plus its own).
+STOP_TIMEOUT_S = 20.0
 START_TIMEOUT_S = 60.0
 
 Echo = Callable[[str], None]

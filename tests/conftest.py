@@ -182,3 +182,15 @@ def tiny_gguf(tmp_path: Path) -> Callable[..., Path]:
         return write_tiny_gguf(src / name, **options)
 
     return make
+
+
+# Helpers for real worker processes live in tests/worker_process.py, reusable by any test.
+from worker_process import WorkerLauncher  # noqa: E402
+
+
+@pytest.fixture
+def worker_launcher(tmp_path: Path, db_url: str, models_dir: Path) -> Iterator[WorkerLauncher]:
+    """Starts real `herd worker` processes on this test's database; kills them afterwards."""
+    launcher = WorkerLauncher(db_url=db_url, home=tmp_path / "herd-home", models_dir=models_dir)
+    yield launcher
+    launcher.kill_all()

@@ -89,6 +89,7 @@ def test_up_serves_dashboard_and_stops_cleanly(tmp_path: Path) -> None:
         HERD_HOME=str(home),
         HERD_MODELS_DIR=str(tmp_path / "models"),
         HERD_DASHBOARD_PORT=str(port),
+        HERD_SUPERVISOR_PORT=str(free_port()),
     )
     pgdata = home / "pgdata"
 
@@ -119,7 +120,18 @@ def test_up_serves_dashboard_and_stops_cleanly(tmp_path: Path) -> None:
         assert int((pgdata / "postmaster.pid").read_text().split()[0]) == server_pid
         assert running_url(pgdata) is not None  # still up: herd up holds it
 
+        children = [
+            child
+            for child in psutil.Process(first.process.pid).children(recursive=True)
+            if child.name() != "postgres"
+        ]
+        commands = [" ".join(child.cmdline()) for child in children]
+        assert any("streamlit" in c for c in commands), commands
+        assert any("app.cli supervisor" in c for c in commands), commands
+
         assert first.interrupt() == 0
+        _, alive = psutil.wait_procs(children, timeout=5)
+        assert not alive, [p.cmdline() for p in alive]
     finally:
         first.kill()
     assert running_url(pgdata) is None
@@ -153,6 +165,7 @@ def test_up_reports_a_port_in_use(tmp_path: Path, db_url: str) -> None:
             "HERD_HOME": str(tmp_path / "home"),
             "HERD_MODELS_DIR": str(tmp_path / "models"),
             "HERD_DASHBOARD_PORT": str(port),
+            "HERD_SUPERVISOR_PORT": str(free_port()),
         }
         result = subprocess.run(
             [sys.executable, "-m", "app.cli", "up"],

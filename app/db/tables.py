@@ -96,9 +96,17 @@ class Deployment(Base):
     tensor_split: Mapped[list[float] | None] = mapped_column(JSONB)
     traffic_weight: Mapped[int] = mapped_column(Integer, server_default=text("100"))
     state: Mapped[str] = mapped_column(Text, server_default=text("'active'"))
+    # The last reason a replica failed; kept while the deployment recovers, for operators.
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
+    # Bumped by every roll: replicas of an older generation are replaced, one ready new
+    # replica before each old one stops.
+    generation: Mapped[int] = mapped_column(Integer, server_default=text("1"))
+    # Consecutive worker failures; the supervisor gives up (state 'failed') at its limit.
+    failures: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    # The machine whose supervisor runs it; NULL: every supervisor runs it.
+    node: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         CheckConstraint("replicas >= 0", name="replicas"),
@@ -107,7 +115,27 @@ class Deployment(Base):
         CheckConstraint("parallel >= 1", name="parallel"),
         CheckConstraint("traffic_weight >= 0", name="traffic_weight"),
         CheckConstraint("state IN ('active', 'stopped', 'failed')", name="state"),
+        CheckConstraint("generation >= 1", name="generation"),
+        CheckConstraint("failures >= 0", name="failures"),
     )
+
+
+class WorkerProcess(Base):
+    """A worker process a supervisor started, so that a restarted supervisor adopts it."""
+
+    __tablename__ = "worker_processes"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    node: Mapped[str] = mapped_column(Text)
+    # No foreign key: the record outlives a deleted deployment until its process is stopped.
+    deployment_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    generation: Mapped[int] = mapped_column(Integer)
+    pid: Mapped[int] = mapped_column(Integer)
+    log_path: Mapped[str] = mapped_column(Text)
+    started_at: Mapped[datetime] = _now()
+    stop_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("uq_worker_processes_node_pid", "node", "pid", unique=True),)
 
 
 class Worker(Base):
@@ -133,6 +161,13 @@ class Worker(Base):
     rss_bytes: Mapped[int | None] = mapped_column(BigInteger)
     vram_bytes: Mapped[int | None] = mapped_column(BigInteger)
     error: Mapped[str | None] = mapped_column(Text)
+    # What llama.cpp reported at load: can this build offload, and how many layers it did.
+    gpu_offload_supported: Mapped[bool | None] = mapped_column(Boolean)
+    n_gpu_layers_offloaded: Mapped[int | None] = mapped_column(Integer)
+    # The model name clients ask for (OpenAI "model"); the gateway routes on it.
+    alias: Mapped[str | None] = mapped_column(Text)
+    # Where the worker's output goes, when whoever started it said so.
+    log_path: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         CheckConstraint(

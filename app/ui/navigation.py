@@ -15,12 +15,43 @@ def build_navigation() -> st.navigation:  # type: ignore[valid-type]
     """The navigation for this visitor: a login page, or the operator pages."""
     operator = auth.current_operator()
     if operator is None:
-        pages = {"": [st.Page(PAGES_DIR / "login.py", title="Log in", icon="🔑", default=True)]}
+        pages = {
+            "": [
+                st.Page(
+                    PAGES_DIR / "login.py", title="Log in", icon=":material/login:", default=True
+                )
+            ]
+        }
     else:
         pages = {
             "Operate": [
-                st.Page(PAGES_DIR / "overview.py", title="Overview", icon="🏠", default=True),
-                st.Page(PAGES_DIR / "models.py", title="Models", icon="📦"),
+                st.Page(
+                    PAGES_DIR / "overview.py",
+                    title="Overview",
+                    icon=":material/dashboard:",
+                    default=True,
+                ),
+                st.Page(PAGES_DIR / "models.py", title="Models", icon=":material/inventory_2:"),
+                st.Page(
+                    PAGES_DIR / "deployments.py",
+                    title="Deployments",
+                    icon=":material/rocket_launch:",
+                ),
+            ],
+            "Analyze": [
+                st.Page(
+                    PAGES_DIR / "monitoring.py", title="Monitoring", icon=":material/monitoring:"
+                ),
+                st.Page(
+                    PAGES_DIR / "feedback_review.py",
+                    title="Feedback review",
+                    icon=":material/rate_review:",
+                ),
+                st.Page(
+                    PAGES_DIR / "retraining.py",
+                    title="Retraining",
+                    icon=":material/model_training:",
+                ),
             ],
         }
         with st.sidebar:

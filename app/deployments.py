@@ -1,0 +1,431 @@
+"""Deployments: what operators ask to run (a model under an alias, N replicas), and the
+workers that run it. The only code that writes the `deployments` table.
+
+Every change fires the `herd_deployments` NOTIFY (a trigger, see migration 0003), so the
+supervisors act on it at once.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, delete, func, select, text, update
+from sqlalchemy.orm import Session
+
+from app.db.tables import Deployment, Model
+
+ALIAS_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}")
+# A worker whose heartbeat is older than this is shown as silent, not as ready.
+LIVE_HEARTBEAT_S = 10.0
+
+
+class DeploymentError(ValueError):
+    """A deployment request was refused; the message says why."""
+
+
+class UnknownModelError(DeploymentError):
+    """The named model is not in the store."""
+
+
+class InvalidModelError(DeploymentError):
+    """The model is in the store but cannot be served (invalid or missing file)."""
+
+
+class InvalidSettingError(DeploymentError):
+    """A setting is out of range."""
+
+
+class ContextTooLargeError(DeploymentError):
+    """n_ctx exceeds the model's trained context and the operator did not confirm it."""
+
+
+class UnknownDeploymentError(DeploymentError):
+    """No deployment has that id."""
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """How each replica runs: the model (store name) and llama.cpp's settings."""
+
+    model: str
+    n_gpu_layers: int = 0
+    n_ctx: int = 4096
+    parallel: int = 1
+    threads: int | None = None
+    main_gpu: int = 0
+    tensor_split: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    """One replica as operators see it: the process the supervisor runs and what the
+    worker reports about itself. Either side may be missing: a process that has not
+    registered yet ('starting'), or a worker nobody here supervises (external, Kubernetes).
+    """
+
+    deployment_id: int | None
+    worker_id: int | None
+    pid: int | None
+    node: str | None
+    generation: int | None
+    state: str
+    url: str | None
+    started_at: datetime | None
+    uptime_s: float | None
+    heartbeat_age_s: float | None
+    slots_busy: int | None
+    slots_total: int | None
+    queue_length: int | None
+    tokens_per_second: float | None
+    rss_bytes: int | None
+    vram_bytes: int | None
+    error: str | None
+    log_path: str | None
+    gpu_offload_supported: bool | None
+    n_gpu_layers_offloaded: int | None
+
+    @property
+    def is_ready(self) -> bool:
+        return self.state == "ready"
+
+
+@dataclass(frozen=True)
+class DeploymentView:
+    """A deployment with its model and current workers."""
+
+    id: int
+    alias: str
+    model_id: int
+    model_name: str
+    model_path: str
+    replicas: int
+    serving: ServingSettings
+    state: str
+    error: str | None
+    generation: int
+    failures: int
+    node: str | None
+    traffic_weight: int
+    created_at: datetime
+    updated_at: datetime
+    workers: list[WorkerView] = field(default_factory=list)
+
+    @property
+    def ready_replicas(self) -> int:
+        return sum(1 for w in self.workers if w.is_ready)
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise InvalidSettingError(message)
+
+
+def _validate_serving(
+    model: Model | None, serving: ServingSettings, allow_ctx_overflow: bool
+) -> Model:
+    if model is None:
+        raise UnknownModelError(
+            f"no model called {serving.model!r} in the store; add it with `herd models add` "
+            "or rescan the store"
+        )
+    if model.status != "valid":
+        raise InvalidModelError(
+            f"model {model.name} cannot be served: it is {model.status}"
+            + (f" ({model.error})" if model.error else "")
+        )
+    _check(
+        serving.n_gpu_layers >= -1,
+        f"n_gpu_layers must be -1 (all layers) or 0 and up, not {serving.n_gpu_layers}",
+    )
+    _check(serving.n_ctx > 0, f"n_ctx must be a positive number of tokens, not {serving.n_ctx}")
+    _check(serving.parallel >= 1, f"parallel needs at least 1 slot, not {serving.parallel}")
+    _check(
+        serving.n_ctx >= serving.parallel,
+        f"n_ctx {serving.n_ctx} is too small to share among {serving.parallel} slots",
+    )
+    _check(
+        serving.threads is None or serving.threads >= 1,
+        f"threads must be 1 or more (or unset for llama.cpp's default), not {serving.threads}",
+    )
+    _check(serving.main_gpu >= 0, f"main_gpu is a GPU index, 0 or more, not {serving.main_gpu}")
+    if serving.tensor_split is not None:
+        _check(
+            all(math.isfinite(x) and x >= 0 for x in serving.tensor_split)
+            and sum(serving.tensor_split) > 0,
+            "tensor_split needs non-negative proportions, one per GPU, not all zero",
+        )
+    trained = model.context_length
+    if trained and serving.n_ctx > trained and not allow_ctx_overflow:
+        raise ContextTooLargeError(
+            f"n_ctx {serving.n_ctx} is above the {trained} tokens {model.name} was trained "
+            "for; answers degrade past it. Lower n_ctx, or confirm to deploy anyway."
+        )
+    return model
+
+
+def _validate_alias(alias: str) -> str:
+    alias = alias.strip()
+    if not ALIAS_PATTERN.fullmatch(alias):
+        raise InvalidSettingError(
+            f"alias {alias!r} is not usable: 1-128 characters, letters, digits and . _ : / @ -, "
+            "starting with a letter or digit"
+        )
+    return alias
+
+
+def _as_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+WORKERS_SQL = text(
+    """
+    SELECT w.*,
+           extract(epoch FROM now() - w.heartbeat_at) AS heartbeat_age_s,
+           extract(epoch FROM now() - w.started_at) AS uptime_s
+    FROM workers w
+    WHERE (CAST(:deployment_id AS bigint) IS NULL OR w.deployment_id = :deployment_id)
+    ORDER BY w.id
+    """
+)
+PROCESSES_SQL = text(
+    """
+    SELECT p.*, extract(epoch FROM now() - p.started_at) AS uptime_s
+    FROM worker_processes p
+    WHERE (CAST(:deployment_id AS bigint) IS NULL OR p.deployment_id = :deployment_id)
+    ORDER BY p.id
+    """
+)
+
+
+def _worker_view(row: Mapping[str, Any] | None, process: Mapping[str, Any] | None) -> WorkerView:
+    """Merge a workers row and a worker_processes row (either may be None)."""
+    w: Mapping[str, Any] = row or {}
+    p: Mapping[str, Any] = process or {}
+    if row is not None:
+        state = str(row["state"])
+        if state == "ready" and (_as_float(row["heartbeat_age_s"]) or 0) > LIVE_HEARTBEAT_S:
+            state = "silent"
+    else:
+        state = "starting"
+    if p.get("stop_requested_at") is not None and state not in ("stopped", "failed"):
+        state = "stopping"
+    return WorkerView(
+        deployment_id=w.get("deployment_id") or p.get("deployment_id"),
+        worker_id=w.get("id"),
+        pid=w.get("pid") or p.get("pid"),
+        node=p.get("node"),
+        generation=p.get("generation"),
+        state=state,
+        url=w.get("url"),
+        started_at=w.get("started_at") or p.get("started_at"),
+        uptime_s=_as_float(w.get("uptime_s") if row is not None else p.get("uptime_s")),
+        heartbeat_age_s=_as_float(w.get("heartbeat_age_s")),
+        slots_busy=w.get("slots_busy"),
+        slots_total=w.get("slots_total"),
+        queue_length=w.get("queue_length"),
+        tokens_per_second=_as_float(w.get("tokens_per_second")),
+        rss_bytes=w.get("rss_bytes"),
+        vram_bytes=w.get("vram_bytes"),
+        error=w.get("error"),
+        log_path=p.get("log_path") or w.get("log_path"),
+        gpu_offload_supported=w.get("gpu_offload_supported"),
+        n_gpu_layers_offloaded=w.get("n_gpu_layers_offloaded"),
+    )
+
+
+class Deployments:
+    """Deployments in one database: validated changes and views with their workers."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # ---- changes -------------------------------------------------------------------------
+
+    def create(
+        self,
+        alias: str,
+        serving: ServingSettings,
+        *,
+        replicas: int = 1,
+        node: str | None = None,
+        allow_ctx_overflow: bool = False,
+    ) -> DeploymentView:
+        """Ask for `replicas` workers serving serving.model under alias."""
+        alias = _validate_alias(alias)
+        _check(replicas >= 0, f"replicas must be 0 or more, not {replicas}")
+        with Session(self.engine) as session, session.begin():
+            model = session.scalar(select(Model).where(Model.name == serving.model))
+            model = _validate_serving(model, serving, allow_ctx_overflow)
+            row = Deployment(
+                alias=alias,
+                model_id=model.id,
+                replicas=replicas,
+                node=(node or "").strip() or None,
+                state="active",
+                **self._serving_columns(serving),
+            )
+            session.add(row)
+            session.flush()
+            deployment_id = row.id
+        return self.get(deployment_id)
+
+    def scale(self, deployment_id: int, replicas: int) -> DeploymentView:
+        """Change the number of replicas; the supervisor starts or stops the difference."""
+        _check(replicas >= 0, f"replicas must be 0 or more, not {replicas}")
+        self._update(deployment_id, replicas=replicas)
+        return self.get(deployment_id)
+
+    def stop(self, deployment_id: int) -> DeploymentView:
+        """Stop every replica but keep the deployment, to start it again later."""
+        self._update(deployment_id, state="stopped", failures=0)
+        return self.get(deployment_id)
+
+    def start(self, deployment_id: int) -> DeploymentView:
+        """(Re)start a stopped or failed deployment with a fresh failure count."""
+        self._update(deployment_id, state="active", failures=0, error=None)
+        return self.get(deployment_id)
+
+    def roll(
+        self, deployment_id: int, serving: ServingSettings, *, allow_ctx_overflow: bool = False
+    ) -> DeploymentView:
+        """Replace the replicas with ones on a new model or settings, without downtime.
+
+        The supervisor starts replicas of the new generation and stops an old one only once
+        a new one is ready.
+        """
+        with Session(self.engine) as session, session.begin():
+            model = session.scalar(select(Model).where(Model.name == serving.model))
+            model = _validate_serving(model, serving, allow_ctx_overflow)
+            self._update_in(
+                session,
+                deployment_id,
+                model_id=model.id,
+                generation=Deployment.generation + 1,
+                state="active",
+                failures=0,
+                error=None,
+                **self._serving_columns(serving),
+            )
+        return self.get(deployment_id)
+
+    def delete(self, deployment_id: int) -> None:
+        """Remove the deployment; the supervisor stops its workers."""
+        with Session(self.engine) as session, session.begin():
+            deleted = session.execute(
+                delete(Deployment).where(Deployment.id == deployment_id).returning(Deployment.id)
+            ).first()
+        if deleted is None:
+            raise UnknownDeploymentError(f"no deployment with id {deployment_id}")
+
+    @staticmethod
+    def _serving_columns(serving: ServingSettings) -> dict[str, Any]:
+        return {
+            "n_gpu_layers": serving.n_gpu_layers,
+            "n_ctx": serving.n_ctx,
+            "parallel": serving.parallel,
+            "threads": serving.threads,
+            "main_gpu": serving.main_gpu,
+            "tensor_split": list(serving.tensor_split) if serving.tensor_split else None,
+        }
+
+    def _update(self, deployment_id: int, **values: Any) -> None:
+        with Session(self.engine) as session, session.begin():
+            self._update_in(session, deployment_id, **values)
+
+    @staticmethod
+    def _update_in(session: Session, deployment_id: int, **values: Any) -> None:
+        changed = session.execute(
+            update(Deployment)
+            .where(Deployment.id == deployment_id)
+            .values(updated_at=func.now(), **values)
+            .returning(Deployment.id)
+        ).first()
+        if changed is None:
+            raise UnknownDeploymentError(f"no deployment with id {deployment_id}")
+
+    # ---- views ---------------------------------------------------------------------------
+
+    def get(self, deployment_id: int) -> DeploymentView:
+        """One deployment with its workers."""
+        found = self._views(deployment_id)
+        if not found:
+            raise UnknownDeploymentError(f"no deployment with id {deployment_id}")
+        return found[0]
+
+    def all(self) -> list[DeploymentView]:
+        """Every deployment with its workers, newest first."""
+        return self._views(None)
+
+    def workers(self, deployment_id: int | None = None) -> list[WorkerView]:
+        """Replicas of one deployment (or of all), supervised processes and worker rows merged."""
+        with self.engine.connect() as conn:
+            params = {"deployment_id": deployment_id}
+            rows = [dict(r) for r in conn.execute(WORKERS_SQL, params).mappings()]
+            processes = [dict(r) for r in conn.execute(PROCESSES_SQL, params).mappings()]
+        views: list[WorkerView] = []
+        matched: set[int] = set()
+        for process in processes:
+            # The pid ties a supervised process to the row its worker registered.
+            row = next(
+                (
+                    r
+                    for r in rows
+                    if r["pid"] == process["pid"]
+                    and r["deployment_id"] in (process["deployment_id"], None)
+                    and r["id"] not in matched
+                ),
+                None,
+            )
+            if row is not None:
+                matched.add(row["id"])
+            views.append(_worker_view(row, process))
+        views.extend(_worker_view(r, None) for r in rows if r["id"] not in matched)
+        return views
+
+    def _views(self, deployment_id: int | None) -> list[DeploymentView]:
+        query = (
+            select(Deployment, Model.name, Model.path)
+            .join(Model, Model.id == Deployment.model_id)
+            .order_by(Deployment.id.desc())
+        )
+        if deployment_id is not None:
+            query = query.where(Deployment.id == deployment_id)
+        with Session(self.engine) as session:
+            found = session.execute(query).all()
+        workers = self.workers(deployment_id)
+        views = []
+        for d, model_name, model_path in found:
+            views.append(
+                DeploymentView(
+                    id=d.id,
+                    alias=d.alias,
+                    model_id=d.model_id,
+                    model_name=model_name,
+                    model_path=model_path,
+                    replicas=d.replicas,
+                    serving=ServingSettings(
+                        model=model_name,
+                        n_gpu_layers=d.n_gpu_layers,
+                        n_ctx=d.n_ctx,
+                        parallel=d.parallel,
+                        threads=d.threads,
+                        main_gpu=d.main_gpu,
+                        tensor_split=tuple(d.tensor_split) if d.tensor_split else None,
+                    ),
+                    state=d.state,
+                    error=d.error,
+                    generation=d.generation,
+                    failures=d.failures,
+                    node=d.node,
+                    traffic_weight=d.traffic_weight,
+                    created_at=d.created_at,
+                    updated_at=d.updated_at,
+                    workers=[w for w in workers if w.deployment_id == d.id],
+                )
+            )
+        return views

@@ -1,0 +1,60 @@
+"""What a generation streams back: text deltas, then one Finished with usage and timings."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_json(self) -> dict[str, int]:
+        return {**asdict(self), "total_tokens": self.total_tokens}
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Where the time went, in milliseconds from the moment the engine accepted the request.
+
+    ttft_ms includes queue_ms: it is what the caller waited for the first token.
+    tokens_per_second is the decode rate after the first token.
+    """
+
+    queue_ms: float
+    ttft_ms: float | None
+    prompt_ms: float | None
+    total_ms: float
+    tokens_per_second: float
+    # Mean time between output tokens after the first; None below two tokens.
+    time_per_output_token_ms: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """New completion text; may span several tokens or none (held back for stop strings)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The last event of every generation."""
+
+    finish_reason: FinishReason
+    usage: Usage
+    timings: Timings
+
+
+GenerationEvent = TextDelta | Finished

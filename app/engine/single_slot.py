@@ -1,0 +1,297 @@
+"""One generation at a time on one llama_cpp.Llama, run in a thread off the event loop.
+
+Requests beyond the running one wait in a bounded FIFO queue; a full queue refuses at once
+(QueueFull) rather than letting latency grow without bound. Scheduling state is touched only
+on the event loop's thread; the generation thread only reads its job and pushes events back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import functools
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+import llama_cpp
+
+from app.engine.errors import EngineClosed, GenerationFailed, QueueFull
+from app.engine.events import Finished, FinishReason, GenerationEvent, TextDelta, Timings, Usage
+from app.engine.loader import LoadedModel, LoadOptions, PreparedPrompt, load_model
+from app.engine.protocol import EngineInfo, EngineStats
+from app.engine.requests import GenerationRequest, SamplingParams
+from app.engine.stop_strings import StopMatcher
+
+logger = logging.getLogger(__name__)
+
+# Weight of the newest generation in the moving averages of speed and duration.
+EWMA_WEIGHT = 0.3
+MAX_RETRY_AFTER_S = 60
+
+
+def _ms(start: float, end: float) -> float:
+    return (end - start) * 1000.0
+
+
+class SlotJob:
+    """A submitted request: prompt, sampling, event queue, cancel flag and clock."""
+
+    def __init__(
+        self,
+        engine: SingleSlotEngine,
+        prepared: PreparedPrompt,
+        sampling: SamplingParams,
+        loop: asyncio.AbstractEventLoop,
+        submitted_at: float,
+    ) -> None:
+        self._engine = engine
+        self.prepared = prepared
+        self.sampling = sampling
+        self.loop = loop
+        self.submitted_at = submitted_at
+        self.started_at: float | None = None
+        self.cancel_requested = threading.Event()
+        self._queue: asyncio.Queue[GenerationEvent | BaseException] = asyncio.Queue()
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prepared.tokens)
+
+    async def events(self) -> AsyncIterator[GenerationEvent]:
+        while True:
+            item = await self._queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if isinstance(item, Finished):
+                return
+
+    def cancel(self) -> None:
+        self.cancel_requested.set()
+        self._engine._leave_queue(self)
+
+    def put(self, item: GenerationEvent | BaseException) -> None:
+        """Deliver an event; on the loop's thread."""
+        self._queue.put_nowait(item)
+
+    def push(self, item: GenerationEvent | BaseException) -> None:
+        """Deliver an event from the generation thread."""
+        try:
+            self.loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            self.cancel_requested.set()
+
+
+class SingleSlotEngine:
+    """The Engine of today: one slot, a bounded queue, cancellation at the next token."""
+
+    def __init__(self, model: LoadedModel, max_queue: int = 16) -> None:
+        if max_queue < 0:
+            raise ValueError("max_queue must be >= 0")
+        self._model = model
+        self._max_queue = max_queue
+        self._waiting: deque[SlotJob] = deque()
+        self._running: SlotJob | None = None
+        self._closed = False
+        # One thread: llama_cpp.Llama is not safe to use from two threads at once.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="herd-generate")
+        self._tokens_per_second: float | None = None
+        self._job_seconds = 1.0
+
+    @property
+    def info(self) -> EngineInfo:
+        return self._model.info
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            slots_total=1,
+            slots_busy=0 if self._running is None else 1,
+            queue_length=len(self._waiting),
+            max_queue=self._max_queue,
+            tokens_per_second=self._tokens_per_second,
+        )
+
+    async def submit(self, request: GenerationRequest) -> SlotJob:
+        if self._closed:
+            raise EngineClosed("the worker is shutting down")
+        loop = asyncio.get_running_loop()
+        submitted_at = time.perf_counter()
+        # Template rendering and tokenizing read only the vocabulary, so they may run beside
+        # a generation; off the loop so a long prompt does not stall other connections.
+        prepared = await loop.run_in_executor(None, self._model.prepare, request)
+        if self._closed:
+            raise EngineClosed("the worker is shutting down")
+        if self._running is not None and len(self._waiting) >= self._max_queue:
+            raise QueueFull(len(self._waiting), self._retry_after_s())
+        job = SlotJob(self, prepared, request.sampling, loop, submitted_at)
+        self._waiting.append(job)
+        self._dispatch()
+        return job
+
+    def _retry_after_s(self) -> int:
+        """Seconds until a queue place is likely free: the queue ahead times a mean job."""
+        expected = (len(self._waiting) + 1) * self._job_seconds
+        return max(1, min(MAX_RETRY_AFTER_S, math.ceil(expected)))
+
+    def _leave_queue(self, job: SlotJob) -> None:
+        if job in self._waiting:
+            self._waiting.remove(job)
+            now = time.perf_counter()
+            job.put(_finished(job, "cancelled", 0, now, None, None, now))
+
+    def _dispatch(self) -> None:
+        if self._running is not None or self._closed:
+            return
+        while self._waiting:
+            job = self._waiting.popleft()
+            if job.cancel_requested.is_set():
+                continue
+            self._running = job
+            job.started_at = time.perf_counter()
+            future = job.loop.run_in_executor(self._executor, self._generate, job)
+            future.add_done_callback(functools.partial(self._done, job))
+            return
+
+    def _done(self, job: SlotJob, future: asyncio.Future[Finished | None]) -> None:
+        self._running = None
+        try:
+            finished = future.result()
+        except BaseException as exc:  # _generate catches its own; this is a last resort
+            logger.exception("generation thread failed")
+            job.put(GenerationFailed(str(exc)))
+            finished = None
+        if finished is not None and finished.finish_reason != "cancelled":
+            self._job_seconds += EWMA_WEIGHT * (
+                finished.timings.total_ms / 1000 - self._job_seconds
+            )
+            tps = finished.timings.tokens_per_second
+            if finished.usage.completion_tokens > 1 and tps > 0:
+                old = self._tokens_per_second
+                self._tokens_per_second = tps if old is None else old + EWMA_WEIGHT * (tps - old)
+        self._dispatch()
+
+    def close(self) -> None:
+        self._closed = True
+        waiting, self._waiting = list(self._waiting), deque()
+        now = time.perf_counter()
+        for job in waiting:
+            job.cancel_requested.set()
+            job.push(_finished(job, "cancelled", 0, now, None, None, now))
+        if self._running is not None:
+            self._running.cancel_requested.set()
+        # Waits for the running generation to notice its cancel flag (one token at most).
+        self._executor.shutdown(wait=True)
+        self._model.close()
+
+    def _generate(self, job: SlotJob) -> Finished | None:
+        """Run one generation to its end; on the generation thread."""
+        try:
+            finished = self._decode(job)
+        except Exception as exc:
+            logger.exception("llama.cpp failed during a generation")
+            job.push(GenerationFailed(f"generation failed: {exc}"))
+            return None
+        job.push(finished)
+        return finished
+
+    def _decode(self, job: SlotJob) -> Finished:
+        assert job.started_at is not None
+        llama = self._model.llama
+        params = job.sampling
+        prompt = job.prepared.tokens
+        room = self.info.n_ctx - len(prompt)
+        budget = room if params.max_tokens is None else min(params.max_tokens, room)
+        stops = StopMatcher(params.stop + job.prepared.stop)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        llama.set_seed(params.seed if params.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED)
+        if params.seed is not None:
+            # Reusing a cached prompt prefix evaluates it in other batches, which moves the
+            # logits by float rounding; a seeded request evaluates its whole prompt so the
+            # same request gives the same text.
+            llama.reset()
+        reason: FinishReason = "length"
+        hit_stop_string = False
+        count = 0
+        first_at: float | None = None
+        last_at: float | None = None
+        if job.cancel_requested.is_set():
+            reason = "cancelled"
+            budget = 0
+        tokens = llama.generate(
+            prompt,
+            top_k=params.top_k,
+            top_p=params.top_p,
+            temp=params.temperature,
+            repeat_penalty=1.0,
+        )
+        try:
+            for token in tokens if budget > 0 else ():
+                now = time.perf_counter()
+                first_at = first_at or now
+                last_at = now
+                if job.cancel_requested.is_set():
+                    reason = "cancelled"
+                    break
+                if self._model.is_end_of_generation(token) and not params.ignore_eos:
+                    reason = "stop"
+                    break
+                count += 1
+                piece = decoder.decode(llama.detokenize([token]))
+                text, hit = stops.feed(piece)
+                if text:
+                    job.push(TextDelta(text))
+                if hit:
+                    reason, hit_stop_string = "stop", True
+                    break
+                if count >= budget:
+                    break
+        finally:
+            tokens.close()
+        if not hit_stop_string and reason != "cancelled":
+            # Text held back as a possible stop-string start, and any incomplete UTF-8.
+            tail, hit = stops.feed(decoder.decode(b"", final=True))
+            tail += "" if hit else stops.flush()
+            if tail:
+                job.push(TextDelta(tail))
+        return _finished(job, reason, count, job.started_at, first_at, last_at, time.perf_counter())
+
+
+def _finished(
+    job: SlotJob,
+    reason: FinishReason,
+    completion_tokens: int,
+    started_at: float,
+    first_at: float | None,
+    last_at: float | None,
+    ended_at: float,
+) -> Finished:
+    decode_s = (last_at - first_at) if first_at is not None and last_at is not None else 0.0
+    if completion_tokens > 1 and decode_s > 0:
+        tps = (completion_tokens - 1) / decode_s
+        tpot_ms: float | None = decode_s * 1000 / (completion_tokens - 1)
+    else:
+        total_s = ended_at - started_at
+        tps = completion_tokens / total_s if total_s > 0 else 0.0
+        tpot_ms = None
+    return Finished(
+        finish_reason=reason,
+        usage=Usage(prompt_tokens=job.prompt_tokens, completion_tokens=completion_tokens),
+        timings=Timings(
+            queue_ms=_ms(job.submitted_at, started_at),
+            ttft_ms=_ms(job.submitted_at, first_at) if first_at is not None else None,
+            prompt_ms=_ms(started_at, first_at) if first_at is not None else None,
+            total_ms=_ms(job.submitted_at, ended_at),
+            tokens_per_second=tps,
+            time_per_output_token_ms=tpot_ms,
+        ),
+    )
+
+
+def load_engine(options: LoadOptions, max_queue: int = 16) -> SingleSlotEngine:
+    """Load the model and wrap it in today's engine; raises ModelLoadError."""
+    return SingleSlotEngine(load_model(options), max_queue=max_queue)

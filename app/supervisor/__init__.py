@@ -1,0 +1,1 @@
+"""The supervisor: the deployments table -> worker processes on this machine."""

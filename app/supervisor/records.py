@@ -1,0 +1,215 @@
+"""The supervisor's SQL: desired deployments in, process records and failure counts out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+
+@dataclass(frozen=True)
+class DesiredDeployment:
+    """A deployment as the supervisor needs it: what to run and how many."""
+
+    id: int
+    alias: str
+    model_name: str
+    model_path: str
+    model_status: str
+    replicas: int
+    n_gpu_layers: int
+    n_ctx: int
+    parallel: int
+    threads: int | None
+    main_gpu: int
+    tensor_split: tuple[float, ...] | None
+    state: str
+    generation: int
+    failures: int
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    """A row of worker_processes."""
+
+    id: int
+    deployment_id: int
+    generation: int
+    pid: int
+    log_path: str
+    stop_requested: bool
+
+
+@dataclass(frozen=True)
+class WorkerRow:
+    """What a worker reports about itself, as far as the supervisor cares."""
+
+    id: int
+    pid: int | None
+    deployment_id: int | None
+    state: str
+    url: str
+    error: str | None
+    heartbeat_age_s: float
+
+
+DESIRED_SQL = text(
+    """
+    SELECT d.id, d.alias, m.name AS model_name, m.path AS model_path,
+           m.status AS model_status, d.replicas, d.n_gpu_layers, d.n_ctx, d.parallel,
+           d.threads, d.main_gpu, d.tensor_split, d.state, d.generation, d.failures
+    FROM deployments d JOIN models m ON m.id = d.model_id
+    WHERE d.node IS NULL OR d.node = :node
+    """
+)
+WORKER_ROWS_SQL = text(
+    """
+    SELECT id, pid, deployment_id, state, url, error,
+           extract(epoch FROM now() - heartbeat_at) AS heartbeat_age_s
+    FROM workers WHERE pid = ANY(:pids)
+    ORDER BY id DESC
+    """
+)
+# state stays 'active' below the limit; at the limit the supervisor gives up.
+FAILURE_SQL = text(
+    """
+    UPDATE deployments
+    SET failures = failures + 1,
+        error = :reason,
+        state = CASE WHEN failures + 1 >= :limit THEN 'failed' ELSE state END
+    WHERE id = :id AND state = 'active'
+    RETURNING failures, state
+    """
+)
+# Rows of workers on loopback addresses (so on this machine) that stopped heartbeating.
+STALE_LOCAL_SQL = text(
+    """
+    SELECT id, pid FROM workers
+    WHERE heartbeat_at < now() - make_interval(secs => :stale_s)
+      AND (url LIKE 'http://127.%' OR url LIKE 'http://localhost%' OR url LIKE 'http://[::1]%')
+    """
+)
+
+
+class SupervisorRecords:
+    """The supervisor's reads and writes, for one node."""
+
+    def __init__(self, engine: Engine, node: str) -> None:
+        self.engine = engine
+        self.node = node
+
+    def desired(self) -> dict[int, DesiredDeployment]:
+        """Deployments this node runs, by id (every state: 'stopped' ones are stopped here)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(DESIRED_SQL, {"node": self.node}).mappings().all()
+        found = {}
+        for row in rows:
+            values: dict[str, Any] = dict(row)
+            split = values.pop("tensor_split")
+            found[row["id"]] = DesiredDeployment(
+                tensor_split=tuple(float(x) for x in split) if split else None, **values
+            )
+        return found
+
+    def processes(self) -> list[ProcessRecord]:
+        """This node's process records."""
+        query = text(
+            "SELECT id, deployment_id, generation, pid, log_path, "
+            "stop_requested_at IS NOT NULL AS stop_requested "
+            "FROM worker_processes WHERE node = :node ORDER BY id"
+        )
+        with self.engine.connect() as conn:
+            return [ProcessRecord(**r) for r in conn.execute(query, {"node": self.node}).mappings()]
+
+    def add_process(self, deployment_id: int, generation: int, pid: int, log_path: str) -> int:
+        query = text(
+            "INSERT INTO worker_processes (node, deployment_id, generation, pid, log_path) "
+            "VALUES (:node, :deployment_id, :generation, :pid, :log_path) "
+            # A pid recycled from a record a crash left behind: the new process wins.
+            "ON CONFLICT (node, pid) DO UPDATE SET deployment_id = excluded.deployment_id, "
+            "generation = excluded.generation, log_path = excluded.log_path, "
+            "started_at = now(), stop_requested_at = NULL "
+            "RETURNING id"
+        )
+        params = {
+            "node": self.node,
+            "deployment_id": deployment_id,
+            "generation": generation,
+            "pid": pid,
+            "log_path": log_path,
+        }
+        with self.engine.begin() as conn:
+            return int(conn.execute(query, params).scalar_one())
+
+    def mark_stopping(self, record_id: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                text("UPDATE worker_processes SET stop_requested_at = now() WHERE id = :id"),
+                {"id": record_id},
+            )
+
+    def forget(self, record_id: int, pid: int, deployment_id: int) -> None:
+        """Drop a process record and the row its (now dead) worker left behind."""
+        with self.engine.begin() as conn:
+            conn.execute(text("DELETE FROM worker_processes WHERE id = :id"), {"id": record_id})
+            conn.execute(
+                text(
+                    "DELETE FROM workers WHERE pid = :pid "
+                    "AND (deployment_id = :deployment_id OR deployment_id IS NULL)"
+                ),
+                {"pid": pid, "deployment_id": deployment_id},
+            )
+
+    def worker_rows(self, pids: Iterable[int]) -> list[WorkerRow]:
+        """Worker rows with these pids, newest first."""
+        pid_list = sorted(set(pids))
+        if not pid_list:
+            return []
+        with self.engine.connect() as conn:
+            rows = conn.execute(WORKER_ROWS_SQL, {"pids": pid_list}).mappings().all()
+        return [
+            WorkerRow(**{**r, "heartbeat_age_s": float(r["heartbeat_age_s"] or 0.0)}) for r in rows
+        ]
+
+    def record_failure(self, deployment_id: int, reason: str, limit: int) -> tuple[int, bool]:
+        """Count a failed replica; returns (consecutive failures, whether it gave up)."""
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                FAILURE_SQL, {"id": deployment_id, "reason": reason, "limit": limit}
+            ).first()
+        if row is None:  # stopped or deleted meanwhile: nothing to count
+            return 0, False
+        return int(row.failures), row.state == "failed"
+
+    def fail(self, deployment_id: int, reason: str) -> None:
+        """Give up on a deployment at once (a failure no restart can fix)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "UPDATE deployments SET state = 'failed', error = :reason "
+                    "WHERE id = :id AND state = 'active'"
+                ),
+                {"id": deployment_id, "reason": reason},
+            )
+
+    def reset_failures(self, deployment_id: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "UPDATE deployments SET failures = 0, error = NULL "
+                    "WHERE id = :id AND failures > 0 AND state = 'active'"
+                ),
+                {"id": deployment_id},
+            )
+
+    def stale_local_workers(self, stale_s: float) -> list[tuple[int, int | None]]:
+        """(row id, pid) of loopback workers silent for stale_s seconds."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(STALE_LOCAL_SQL, {"stale_s": stale_s}).all()
+        return [(int(r.id), r.pid) for r in rows]
+
+    def delete_worker_row(self, worker_id: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(text("DELETE FROM workers WHERE id = :id"), {"id": worker_id})

@@ -1,0 +1,123 @@
+"""The worker's Prometheus metrics, kept in memory and written in the text exposition format.
+
+Small enough to write by hand: counters with labels, gauges read at scrape time from the
+engine, and histograms with fixed buckets.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import threading
+from collections import Counter
+from collections.abc import Sequence
+
+from app.engine.events import Finished
+from app.worker.state import WorkerState
+
+# Seconds. Time to first token spans prompt processing on CPU up to long queues.
+TTFT_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Seconds between output tokens: GPU decode is a few ms, big models on CPU take 100s of ms.
+TPOT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+QUEUE_BUCKETS_S = (0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def _number(value: float) -> str:
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value)) if not float(value).is_integer() else str(int(value))
+
+
+def _label_value(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+class Histogram:
+    """A Prometheus histogram: cumulative buckets, sum and count."""
+
+    def __init__(self, buckets: Sequence[float]) -> None:
+        self.bounds = tuple(sorted(buckets))
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def lines(self, name: str) -> list[str]:
+        out, running = [], 0
+        for bound, count in zip((*self.bounds, math.inf), self.counts, strict=True):
+            running += count
+            out.append(f'{name}_bucket{{le="{_number(bound)}"}} {running}')
+        out.append(f"{name}_sum {_number(self.sum)}")
+        out.append(f"{name}_count {running}")
+        return out
+
+
+class WorkerMetrics:
+    """Counters and histograms fed by the HTTP handlers; render() adds live gauges."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: Counter[tuple[str, str]] = Counter()
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.ttft = Histogram(TTFT_BUCKETS_S)
+        self.tpot = Histogram(TPOT_BUCKETS_S)
+        self.queue = Histogram(QUEUE_BUCKETS_S)
+
+    def count_request(self, endpoint: str, outcome: str) -> None:
+        """outcome: ok, cancelled, rejected (429), invalid (4xx), error (5xx or mid-stream)."""
+        with self._lock:
+            self.requests[(endpoint, outcome)] += 1
+
+    def observe(self, finished: Finished) -> None:
+        timings = finished.timings
+        with self._lock:
+            self.prompt_tokens += finished.usage.prompt_tokens
+            self.completion_tokens += finished.usage.completion_tokens
+            self.queue.observe(timings.queue_ms / 1000)
+            if timings.ttft_ms is not None and finished.usage.completion_tokens > 0:
+                self.ttft.observe(timings.ttft_ms / 1000)
+            if timings.time_per_output_token_ms is not None:
+                self.tpot.observe(timings.time_per_output_token_ms / 1000)
+
+    def render(self, state: WorkerState) -> str:
+        lines: list[str] = []
+
+        def family(name: str, kind: str, help_text: str) -> None:
+            lines.append(f"# HELP {name} {help_text}")
+            lines.append(f"# TYPE {name} {kind}")
+
+        engine = state.engine
+        stats = engine.stats() if engine is not None else None
+        with self._lock:
+            family("herd_worker_requests_total", "counter", "Requests by endpoint and outcome.")
+            for (endpoint, outcome), n in sorted(self.requests.items()):
+                lines.append(
+                    f'herd_worker_requests_total{{endpoint="{_label_value(endpoint)}",'
+                    f'outcome="{_label_value(outcome)}"}} {n}'
+                )
+            family("herd_worker_prompt_tokens_total", "counter", "Prompt tokens processed.")
+            lines.append(f"herd_worker_prompt_tokens_total {self.prompt_tokens}")
+            family("herd_worker_completion_tokens_total", "counter", "Completion tokens generated.")
+            lines.append(f"herd_worker_completion_tokens_total {self.completion_tokens}")
+            family("herd_worker_ttft_seconds", "histogram", "Time to first token, queue included.")
+            lines.extend(self.ttft.lines("herd_worker_ttft_seconds"))
+            family(
+                "herd_worker_time_per_output_token_seconds",
+                "histogram",
+                "Mean time between output tokens of a request, after the first.",
+            )
+            lines.extend(self.tpot.lines("herd_worker_time_per_output_token_seconds"))
+            family("herd_worker_queue_seconds", "histogram", "Time waiting for a free slot.")
+            lines.extend(self.queue.lines("herd_worker_queue_seconds"))
+        family("herd_worker_ready", "gauge", "1 when the model is loaded and serving.")
+        lines.append(f"herd_worker_ready {1 if state.status == 'ready' else 0}")
+        family("herd_worker_slots_total", "gauge", "Generation slots.")
+        lines.append(f"herd_worker_slots_total {stats.slots_total if stats else 0}")
+        family("herd_worker_slots_busy", "gauge", "Slots generating now.")
+        lines.append(f"herd_worker_slots_busy {stats.slots_busy if stats else 0}")
+        family("herd_worker_queue_length", "gauge", "Requests waiting for a slot.")
+        lines.append(f"herd_worker_queue_length {stats.queue_length if stats else 0}")
+        return "\n".join(lines) + "\n"

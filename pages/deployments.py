@@ -1,0 +1,227 @@
+"""Deployments: deploy models from the store, scale, stop, roll; live workers and their logs."""
+
+import dataclasses
+from collections.abc import Callable
+
+import streamlit as st
+
+from app.accounts import Role
+from app.db.tables import Model
+from app.deployments import ContextTooLargeError, DeploymentError, Deployments, ServingSettings
+from app.store.catalog import describe_model
+from app.store.estimate import format_bytes
+from app.supervisor import logs
+from app.ui import auth, deployment_rows, resources
+
+REFRESH_S = 2.0
+FLASH_KEY = "deployments_flash"
+
+operator = auth.require_role(Role.VIEWER)
+can_change = operator.role.allows(Role.OPERATOR)
+st.title("Deployments")
+settings = resources.settings()
+
+with resources.database_errors():
+    deployments = Deployments(resources.database().engine)
+    models = [m for m in resources.model_store().list() if m.status == "valid"]
+    existing = deployments.all()
+models_by_name = {m.name: m for m in models}
+
+
+def serving_inputs(prefix: str, model: Model, current: ServingSettings | None) -> ServingSettings:
+    """The llama.cpp settings widgets, with the memory estimate beside the GPU layers."""
+    layers = model.block_count or 0
+    trained = model.context_length or 4096
+    left, right = st.columns([3, 2])
+    with left:
+        n_gpu_layers = st.slider(
+            "GPU layers (-1 = all)",
+            min_value=-1,
+            max_value=max(layers, 0),
+            value=min(current.n_gpu_layers, layers) if current else 0,
+            key=f"{prefix}_n_gpu_layers",
+            help="Layers llama.cpp offloads to the GPU; 0 runs on the CPU only.",
+        )
+        cols = st.columns(3)
+        n_ctx = cols[0].number_input(
+            "Context (n_ctx)",
+            min_value=1,
+            value=current.n_ctx if current else min(trained, 4096),
+            step=256,
+            key=f"{prefix}_n_ctx",
+            help=f"{model.name} was trained for {trained} tokens.",
+        )
+        parallel = cols[1].number_input(
+            "Parallel slots",
+            min_value=1,
+            value=current.parallel if current else 1,
+            key=f"{prefix}_parallel",
+        )
+        threads = cols[2].number_input(
+            "Threads (0 = auto)",
+            min_value=0,
+            value=(current.threads or 0) if current else 0,
+            key=f"{prefix}_threads",
+        )
+    with right:
+        estimate = describe_model(model, int(n_gpu_layers), int(n_ctx))["estimate"] or {}
+        st.metric("VRAM estimate", format_bytes(estimate.get("vram_bytes")))
+        st.metric("RAM estimate", format_bytes(estimate.get("ram_bytes")))
+        st.caption(f"{estimate.get('gpu_layers', 0)} of {layers} layers on the GPU, per replica.")
+    return ServingSettings(
+        model=model.name,
+        n_gpu_layers=int(n_gpu_layers),
+        n_ctx=int(n_ctx),
+        parallel=int(parallel),
+        threads=int(threads) or None,
+        main_gpu=current.main_gpu if current else 0,
+        tensor_split=current.tensor_split if current else None,
+    )
+
+
+def overflow_confirmation(prefix: str, model: Model, n_ctx: int) -> bool:
+    if model.context_length and n_ctx > model.context_length:
+        return st.checkbox(
+            f"Deploy with n_ctx above the trained {model.context_length} tokens anyway",
+            key=f"{prefix}_overflow",
+        )
+    return False
+
+
+def report(action: str, run: Callable[[], object]) -> None:
+    """Run a change; a refusal is shown plainly, a success reruns the page to show it."""
+    try:
+        with resources.database_errors():
+            run()
+    except ContextTooLargeError as exc:
+        st.error(str(exc))
+    except DeploymentError as exc:
+        st.error(f"Cannot {action}: {exc}")
+    else:
+        st.session_state[FLASH_KEY] = f"{action.capitalize()}: done."
+        st.rerun()
+
+
+if FLASH_KEY in st.session_state:
+    st.success(st.session_state.pop(FLASH_KEY))
+
+
+if can_change:
+    with st.expander("Deploy a model", expanded=not existing):
+        if not models:
+            st.info("No valid model in the store; add one on the Models page.")
+        else:
+            name = st.selectbox("Model", list(models_by_name), key="deploy_model")
+            model = models_by_name[name]
+            top = st.columns(2)
+            alias = top[0].text_input(
+                "Alias", value=name.rsplit("/", 1)[-1].removesuffix(".gguf"), key="deploy_alias"
+            )
+            replicas = top[1].number_input("Replicas", min_value=0, value=1, key="deploy_replicas")
+            serving = serving_inputs("deploy", model, None)
+            allow = overflow_confirmation("deploy", model, serving.n_ctx)
+            if st.button("Deploy", type="primary", key="deploy_submit"):
+                report(
+                    "deploy",
+                    lambda: deployments.create(
+                        alias, serving, replicas=int(replicas), allow_ctx_overflow=allow
+                    ),
+                )
+
+
+@st.fragment(run_every=REFRESH_S)
+def live_status() -> None:
+    """Deployments and workers, refreshed in place every REFRESH_S seconds."""
+    with resources.database_errors():
+        current = deployments.all()
+    if not current:
+        st.info("Nothing deployed yet.")
+        return
+    st.dataframe(
+        deployment_rows.deployment_rows(current), hide_index=True, use_container_width=True
+    )
+    for d in current:
+        if d.state == "failed":
+            st.error(f"Deployment {d.id} ({d.alias}) failed: {d.error}")
+    cpu_only = deployment_rows.cpu_only_workers(current)
+    if cpu_only:
+        st.warning(
+            "This llama-cpp-python build is CPU-only: it cannot offload layers to a GPU, so "
+            f"{len(cpu_only)} worker(s) asked for GPU layers run on the CPU. Rebuild it with "
+            f"CUDA:\n\n`{deployment_rows.CPU_ONLY_REBUILD}`"
+        )
+    st.subheader("Workers")
+    workers = [w for d in current for w in d.workers]
+    if workers:
+        st.dataframe(
+            deployment_rows.worker_rows(workers), hide_index=True, use_container_width=True
+        )
+    else:
+        st.caption(
+            "No workers yet; the supervisor (`herd supervisor`, part of `herd up`) starts them."
+        )
+
+
+st.subheader("Status")
+live_status()
+
+if existing and can_change:
+    st.subheader("Change a deployment")
+    labels = {f"{d.id} · {d.alias} ({d.model_name})": d for d in existing}
+    chosen = labels[st.selectbox("Deployment", list(labels), key="manage_deployment")]
+    cols = st.columns([2, 1, 1, 1])
+    new_replicas = cols[0].number_input(
+        "Replicas", min_value=0, value=chosen.replicas, key=f"scale_{chosen.id}"
+    )
+    if cols[0].button("Scale", key=f"scale_submit_{chosen.id}"):
+        report("scale", lambda: deployments.scale(chosen.id, int(new_replicas)))
+    if chosen.state == "active":
+        if cols[1].button("Stop", key=f"stop_{chosen.id}"):
+            report("stop", lambda: deployments.stop(chosen.id))
+    elif cols[1].button("Start", key=f"start_{chosen.id}"):
+        report("start", lambda: deployments.start(chosen.id))
+    confirm = cols[3].checkbox("Really delete", key=f"confirm_delete_{chosen.id}")
+    if cols[2].button("Delete", key=f"delete_{chosen.id}", disabled=not confirm):
+        report("delete", lambda: deployments.delete(chosen.id))
+
+    with st.expander("Roll to a new model or settings (no downtime)"):
+        names = list(models_by_name)
+        default = names.index(chosen.model_name) if chosen.model_name in models_by_name else 0
+        if names:
+            roll_name = st.selectbox("Model", names, index=default, key=f"roll_model_{chosen.id}")
+            roll_model = models_by_name[roll_name]
+            current = dataclasses.replace(chosen.serving, model=roll_name)
+            rolled = serving_inputs(f"roll_{chosen.id}", roll_model, current)
+            allow_roll = overflow_confirmation(f"roll_{chosen.id}", roll_model, rolled.n_ctx)
+            st.caption("New replicas start first; each old one stops only when a new one is ready.")
+            if st.button("Roll", key=f"roll_submit_{chosen.id}"):
+                report(
+                    "roll",
+                    lambda: deployments.roll(chosen.id, rolled, allow_ctx_overflow=allow_roll),
+                )
+        else:
+            st.info("No valid model in the store to roll to.")
+
+
+@st.fragment(run_every=REFRESH_S)
+def log_tail() -> None:
+    """The chosen worker's log, refreshed in place."""
+    with resources.database_errors():
+        workers = [w for w in deployments.workers() if w.log_path]
+    if not workers:
+        st.caption("No worker logs yet.")
+        return
+    labels = {deployment_rows.worker_label(w): w for w in workers}
+    picked = labels[st.selectbox("Worker", list(labels), key="log_worker")]
+    try:
+        text = logs.tail(settings, picked.log_path or "")
+    except logs.LogAccessError as exc:
+        st.error(str(exc))
+        return
+    st.caption(f"`{picked.log_path}` (last {logs.DEFAULT_TAIL_BYTES // 1024} KiB)")
+    st.code(text or "(empty)", language=None)
+
+
+if existing:
+    st.subheader("Worker logs")
+    log_tail()

@@ -1,0 +1,138 @@
+"""The Deployments page, run with Streamlit's AppTest against a real database."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from streamlit.testing.v1 import AppTest
+
+from app.accounts import LoggedIn, Role
+from app.config import Settings
+from app.db.database import Database
+from app.deployments import Deployments, ServingSettings
+from app.store.catalog import ModelStore
+from app.supervisor import logs
+from app.supervisor.records import SupervisorRecords
+from app.ui.auth import SESSION_KEY
+from app.ui.deployment_rows import CPU_ONLY_REBUILD
+from tests.conftest import REPO_ROOT, TINY
+
+PAGE = str(REPO_ROOT / "pages" / "deployments.py")
+
+
+@pytest.fixture
+def page_env(
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings,
+    database: Database,
+    models_dir: Path,
+    tiny_gguf: Callable[..., Path],
+) -> Deployments:
+    monkeypatch.setenv("HERD_DATABASE_URL", str(settings.database_url))
+    monkeypatch.setenv("HERD_MODELS_DIR", str(models_dir))
+    monkeypatch.setenv("HERD_HOME", str(settings.home))
+    ModelStore(database.engine, models_dir).add(tiny_gguf("tiny.gguf"))
+    return Deployments(database.engine)
+
+
+def _page(role: Role) -> AppTest:
+    app = AppTest.from_file(PAGE, default_timeout=30)
+    app.session_state[SESSION_KEY] = LoggedIn("someone", role)
+    app.run()
+    assert not app.exception, app.exception
+    return app
+
+
+def test_operator_deploys_with_the_estimate_shown(page_env: Deployments) -> None:
+    app = _page(Role.OPERATOR)
+    assert app.title[0].value == "Deployments"
+    assert "Nothing deployed yet." in [i.value for i in app.info]
+    slider = app.slider(key="deploy_n_gpu_layers")
+    assert (slider.min, slider.max) == (-1, TINY["n_layer"])
+    metrics = {m.label: m.value for m in app.metric}
+    cpu_vram = metrics["VRAM estimate"]
+
+    slider.set_value(-1).run()
+    assert not app.exception, app.exception
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["VRAM estimate"] != cpu_vram  # the estimate follows the slider
+
+    app.text_input(key="deploy_alias").input("tiny-chat")
+    app.number_input(key="deploy_n_ctx").set_value(256)
+    app.number_input(key="deploy_replicas").set_value(2)
+    app.button(key="deploy_submit").click().run()
+    assert not app.exception, app.exception
+    assert not app.error, [e.value for e in app.error]
+    [created] = page_env.all()
+    assert (created.alias, created.replicas, created.serving.n_gpu_layers) == ("tiny-chat", 2, -1)
+    assert created.serving.n_ctx == 256
+    assert "Deploy: done." in [s.value for s in app.success]
+    shown = app.dataframe[0].value
+    assert list(shown["alias"]) == ["tiny-chat"]
+    assert list(shown["ready"]) == ["0 / 2"]
+
+
+def test_context_above_training_needs_confirmation(page_env: Deployments) -> None:
+    app = _page(Role.OPERATOR)
+    app.number_input(key="deploy_n_ctx").set_value(TINY["n_ctx_train"] * 2).run()
+    app.button(key="deploy_submit").click().run()
+    assert not app.exception, app.exception
+    assert "trained for" in app.error[0].value
+    assert page_env.all() == []
+
+    app.checkbox(key="deploy_overflow").check().run()
+    app.button(key="deploy_submit").click().run()
+    assert not app.error, [e.value for e in app.error]
+    assert [d.serving.n_ctx for d in page_env.all()] == [TINY["n_ctx_train"] * 2]
+
+
+def test_scale_stop_and_delete_from_the_page(page_env: Deployments) -> None:
+    d = page_env.create("a", ServingSettings(model="tiny.gguf", n_ctx=256))
+    app = _page(Role.OPERATOR)
+    app.number_input(key=f"scale_{d.id}").set_value(3)
+    app.button(key=f"scale_submit_{d.id}").click().run()
+    assert page_env.get(d.id).replicas == 3
+    app.button(key=f"stop_{d.id}").click().run()
+    assert page_env.get(d.id).state == "stopped"
+    app.button(key=f"start_{d.id}").click().run()
+    assert page_env.get(d.id).state == "active"
+    assert app.button(key=f"delete_{d.id}").disabled  # needs the confirmation first
+    app.checkbox(key=f"confirm_delete_{d.id}").check().run()
+    app.button(key=f"delete_{d.id}").click().run()
+    assert not app.exception, app.exception
+    assert page_env.all() == []
+
+
+def test_viewer_sees_status_but_cannot_change(page_env: Deployments) -> None:
+    page_env.create("a", ServingSettings(model="tiny.gguf", n_ctx=256))
+    app = _page(Role.VIEWER)
+    assert list(app.dataframe[0].value["alias"]) == ["a"]
+    keys = {b.key for b in app.button}
+    assert not {k for k in keys if k and ("deploy" in k or "scale" in k or "delete" in k)}
+
+
+def test_cpu_only_build_notice_and_worker_log(
+    page_env: Deployments, database: Database, settings: Settings
+) -> None:
+    d = page_env.create("a", ServingSettings(model="tiny.gguf", n_ctx=256, n_gpu_layers=-1))
+    log_path = logs.new_log_path(settings, d.id, "a", 1)
+    log_path.write_text("llama.cpp says hello\n")
+    SupervisorRecords(database.engine, "here").add_process(d.id, 1, 4242, str(log_path))
+    with database.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO workers (deployment_id, host, url, pid, state, "
+                "gpu_offload_supported, n_gpu_layers_offloaded, rss_bytes) "
+                "VALUES (:d, '127.0.0.1', 'http://127.0.0.1:9', 4242, 'ready', false, 0, 123456)"
+            ),
+            {"d": d.id},
+        )
+    app = _page(Role.OPERATOR)
+    warnings = " ".join(w.value for w in app.warning)
+    assert "CPU-only" in warnings and CPU_ONLY_REBUILD in warnings
+    workers = app.dataframe[1].value
+    assert list(workers["pid"]) == [4242] and list(workers["state"]) == ["ready"]
+    assert "llama.cpp says hello" in app.code[0].value
