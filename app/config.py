@@ -104,6 +104,79 @@ class Settings(BaseSettings):
         default=20, ge=1, description="Worker log files kept per deployment; older ones go."
     )
 
+    # The gateway: OpenAI-compatible API, routing, response cache, request log.
+    gateway_host: str = Field(
+        default="127.0.0.1", description="Address the gateway binds to; elsewhere is explicit."
+    )
+    gateway_port: int = Field(default=8000, ge=0, le=65535, description="Gateway port.")
+    gateway_refresh_s: float = Field(
+        default=0.5,
+        gt=0,
+        le=1.0,
+        description="Seconds between reloads of routing state (aliases, workers, keys) from SQL.",
+    )
+    gateway_heartbeat_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A ready worker whose last heartbeat is older than this gets no traffic.",
+    )
+    gateway_connect_timeout_s: float = Field(
+        default=5.0, gt=0, description="Longest wait to connect to a worker."
+    )
+    gateway_first_token_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Longest wait for a worker's first token (its queue and prompt included).",
+    )
+    gateway_inter_token_timeout_s: float = Field(
+        default=60.0, gt=0, description="Longest silence between two streamed tokens."
+    )
+    gateway_max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Workers tried per request before the first token (1 + retries).",
+    )
+    gateway_cooldown_s: float = Field(
+        default=10.0, ge=0, description="How long a worker that failed gets no new requests."
+    )
+    gateway_queue_per_worker: int = Field(
+        default=16,
+        ge=0,
+        description=(
+            "Requests the gateway lets wait per worker beyond its slots; when every worker of "
+            "an alias is that full, calls get 429 with Retry-After."
+        ),
+    )
+    gateway_retry_after_s: int = Field(
+        default=1, ge=1, description="Retry-After seconds sent with 429 and 503 answers."
+    )
+    gateway_max_connections: int = Field(
+        default=1024, ge=1, description="Pooled keep-alive connections to workers, all together."
+    )
+    gateway_affinity_sessions: int = Field(
+        default=100_000, ge=0, description="Sessions whose worker the gateway remembers (LRU)."
+    )
+    cache_enabled: bool = Field(
+        default=True,
+        description="Response cache for aliases without their own setting (Routing page).",
+    )
+    cache_ttl_s: float = Field(
+        default=300.0, gt=0, description="Cache lifetime for aliases without their own TTL."
+    )
+    cache_max_entries: int = Field(
+        default=10_000, ge=0, description="Cached responses kept per gateway (LRU); 0: none."
+    )
+    log_flush_ms: float = Field(
+        default=200.0, gt=0, description="Longest delay before request rows are written."
+    )
+    log_batch_rows: int = Field(
+        default=500, ge=1, description="Request rows that trigger a write before the delay."
+    )
+    require_api_key: bool = Field(
+        default=False,
+        description="Refuse calls without a valid key even before any key has been created.",
+    )
+
     @property
     def home_dir(self) -> Path:
         """HERD_HOME as an absolute path."""
@@ -118,6 +191,11 @@ class Settings(BaseSettings):
     def pgdata_dir(self) -> Path:
         """Data folder of the embedded PostgreSQL."""
         return self.home_dir / "pgdata"
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where the gateway keeps request rows while PostgreSQL is unreachable."""
+        return self.home_dir / "spool"
 
     @property
     def logs_dir(self) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app.accounts import Accounts, Role
+from app.accounts import Accounts, LoggedIn, Role
 from app.db.database import Database
 from app.store.catalog import ModelStore
 from tests.conftest import REPO_ROOT
@@ -61,6 +61,20 @@ def test_operator_pages_refuse_without_login(dashboard_env: None) -> None:
         assert not app.exception
         assert "log in" in app.warning[0].value.lower()
         assert not app.title  # stopped before rendering anything of the page
+
+
+def test_logged_in_navigation_lists_every_operator_page(dashboard_env: None) -> None:
+    # Seeding the session before the first run makes AppTest build the logged-in navigation,
+    # which fails if any registered page file is missing.
+    app = AppTest.from_file(ENTRY, default_timeout=30)
+    app.session_state["herd_operator"] = LoggedIn(name="ops", role=Role.VIEWER)
+    app.run()
+    assert not app.exception, app.exception
+    assert app.title[0].value == "Overview"
+    registered = {p.name for p in (REPO_ROOT / "pages").glob("*.py")} - {"login.py"}
+    for page in sorted(registered):
+        _open(app, page)
+        assert app.title, page
 
 
 def test_wrong_password_gives_a_clear_message(dashboard_env: None, database: Database) -> None:

@@ -90,6 +90,7 @@ def test_up_serves_dashboard_and_stops_cleanly(tmp_path: Path) -> None:
         HERD_MODELS_DIR=str(tmp_path / "models"),
         HERD_DASHBOARD_PORT=str(port),
         HERD_SUPERVISOR_PORT=str(free_port()),
+        HERD_GATEWAY_PORT=str(free_port()),
     )
     pgdata = home / "pgdata"
 
@@ -128,6 +129,11 @@ def test_up_serves_dashboard_and_stops_cleanly(tmp_path: Path) -> None:
         commands = [" ".join(child.cmdline()) for child in children]
         assert any("streamlit" in c for c in commands), commands
         assert any("app.cli supervisor" in c for c in commands), commands
+        assert any("app.cli gateway" in c for c in commands), commands
+        gateway = re.search(r"^gateway: +(http\S+)", output, re.MULTILINE)
+        assert gateway, output
+        models = httpx.get(f"{gateway.group(1)}/models", timeout=5)
+        assert models.status_code == 200 and models.json()["object"] == "list"
 
         assert first.interrupt() == 0
         _, alive = psutil.wait_procs(children, timeout=5)
@@ -166,6 +172,7 @@ def test_up_reports_a_port_in_use(tmp_path: Path, db_url: str) -> None:
             "HERD_MODELS_DIR": str(tmp_path / "models"),
             "HERD_DASHBOARD_PORT": str(port),
             "HERD_SUPERVISOR_PORT": str(free_port()),
+            "HERD_GATEWAY_PORT": str(free_port()),
         }
         result = subprocess.run(
             [sys.executable, "-m", "app.cli", "up"],

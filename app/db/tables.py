@@ -204,6 +204,8 @@ class Request(Base):
     http_status: Mapped[int | None] = mapped_column(SmallInteger)
     error: Mapped[str | None] = mapped_column(Text)
     cache_hit: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # Written by `herd demo-traffic`, so that it can be told apart and deleted.
+    synthetic: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
 
     __table_args__ = (
         # Time-range queries: everything, per model, per alias.
@@ -280,3 +282,161 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = _now()
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Alias(Base):
+    """The gateway's settings for one alias; an alias without a row gets the defaults."""
+
+    __tablename__ = "aliases"
+
+    alias: Mapped[str] = mapped_column(Text, primary_key=True)
+    cache_enabled: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    cache_ttl_s: Mapped[float] = mapped_column(Double, server_default=text("300"))
+    # False: requests are logged without their prompt and response text.
+    log_text: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    # Requests per minute per gateway replica; NULL: no limit.
+    rate_limit_rpm: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+    __table_args__ = (
+        CheckConstraint("cache_ttl_s > 0", name="cache_ttl_s"),
+        CheckConstraint("rate_limit_rpm >= 1", name="rate_limit_rpm"),
+    )
+
+
+# -- analytics (revision 0005) --------------------------------------------------------------
+
+
+class RetrainingDecision(Base):
+    """What an operator decided about a model version, and the evidence they saw."""
+
+    __tablename__ = "retraining_decisions"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"))
+    alias: Mapped[str | None] = mapped_column(Text)
+    decision: Mapped[str] = mapped_column(Text)
+    # What Herd recommended when the decision was made, to audit where operators disagreed.
+    recommendation: Mapped[str | None] = mapped_column(Text)
+    note: Mapped[str] = mapped_column(Text, server_default=text("''"))
+    decided_by: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+    # The period whose data the decision was based on.
+    period_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    period_end: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    signals: Mapped[Any] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
+
+    __table_args__ = (
+        CheckConstraint("decision IN ('retrain', 'rollback', 'keep')", name="decision"),
+        CheckConstraint("period_end > period_start", name="period"),
+        Index("ix_retraining_decisions_model_id_created_at", "model_id", "created_at"),
+    )
+
+
+class FeedbackTag(Base):
+    """An operator's label on a rated conversation (e.g. 'hallucination')."""
+
+    __tablename__ = "feedback_tags"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    request_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("requests.id", ondelete="CASCADE"))
+    tag: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+
+    __table_args__ = (
+        CheckConstraint("length(tag) BETWEEN 1 AND 64", name="tag"),
+        Index("uq_feedback_tags_request_id_tag", "request_id", "tag", unique=True),
+        Index("ix_feedback_tags_tag", "tag"),
+    )
+
+
+class FeedbackCorrection(Base):
+    """An operator's corrected answer to a response; the 'chosen' side of a preference pair."""
+
+    __tablename__ = "feedback_corrections"
+
+    request_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("requests.id", ondelete="CASCADE"), primary_key=True
+    )
+    response: Mapped[str] = mapped_column(Text)
+    corrected_by: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+
+def _counter() -> Any:
+    return mapped_column(BigInteger, server_default=text("0"))
+
+
+def _sum() -> Any:
+    return mapped_column(Double, server_default=text("0"))
+
+
+class RequestsHourly(Base):
+    """Rollup: counts and sums per hour, alias, model and worker; kept by triggers on write.
+
+    NULL dimensions are stored as '' / 0 so they can be part of the key.
+    """
+
+    __tablename__ = "requests_hourly"
+
+    hour: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    alias: Mapped[str] = mapped_column(Text, primary_key=True)
+    model_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    worker_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    requests: Mapped[int] = _counter()
+    errors: Mapped[int] = _counter()
+    cache_hits: Mapped[int] = _counter()
+    prompt_tokens: Mapped[int] = _counter()
+    completion_tokens: Mapped[int] = _counter()
+    ttft_n: Mapped[int] = _counter()
+    ttft_sum_ms: Mapped[float] = _sum()
+    total_n: Mapped[int] = _counter()
+    total_sum_ms: Mapped[float] = _sum()
+    queue_n: Mapped[int] = _counter()
+    queue_sum_ms: Mapped[float] = _sum()
+    tps_n: Mapped[int] = _counter()
+    tps_sum: Mapped[float] = _sum()
+    # Feedback counts sit on the hour of the rated request.
+    ratings: Mapped[int] = _counter()
+    thumbs_up: Mapped[int] = _counter()
+    comments: Mapped[int] = _counter()
+
+
+class LatencyHourly(Base):
+    """Rollup: a mergeable latency histogram (8 log bins per octave of ms) per hour."""
+
+    __tablename__ = "latency_hourly"
+
+    hour: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    alias: Mapped[str] = mapped_column(Text, primary_key=True)
+    model_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    worker_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    metric: Mapped[str] = mapped_column(Text, primary_key=True)
+    bin: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (CheckConstraint("metric IN ('ttft', 'total', 'queue')", name="metric"),)
+
+
+class RequestSession(Base):
+    """Rollup: one chat session (requests sharing a session_id): when, which model, turns."""
+
+    __tablename__ = "request_sessions"
+
+    session_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    # Alias and model of the first turn.
+    alias: Mapped[str | None] = mapped_column(Text)
+    model_id: Mapped[int | None] = mapped_column(BigInteger)
+    first_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    turns: Mapped[int] = mapped_column(Integer)
+    # Turns that resent the previous turn's prompt (same prompt tokens): "regenerate".
+    regenerates: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    first_prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    # Lets the next insert recognise a regenerate (same prompt length as the turn before).
+    last_prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_request_sessions_first_at", "first_at"),)

@@ -27,6 +27,7 @@ from app.db.database import Database
 from app.engine.errors import ModelLoadError
 from app.engine.loader import LoadOptions
 from app.engine.single_slot import load_engine
+from app.listen import bind_listen_socket
 from app.store.gguf_file import InvalidGGUF, read_gguf
 from app.worker.app import create_app
 from app.worker.heartbeat import Heartbeat, Reporter
@@ -74,19 +75,6 @@ class WorkerServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.worker_state.set_stopping()
         super().handle_exit(sig, frame)
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind now, so port 0 becomes a real port before the row (and its url) is written."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 def advertised_url(host: str, port: int) -> str:
@@ -198,7 +186,7 @@ def run_worker(settings: Settings, options: WorkerOptions) -> int:
 
 
 def _run(settings: Settings, options: WorkerOptions, database: Database) -> int:
-    sock = bind_socket(options.host, options.port)
+    sock = bind_listen_socket(options.host, options.port)
     url = advertised_url(options.host, sock.getsockname()[1])
     source: ModelSource | None = None
     problem: str | None = None

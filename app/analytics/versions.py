@@ -1,0 +1,259 @@
+"""Per model version (a model served under an alias) numbers for a period, and the side by
+side comparison of the versions sharing an alias (an A/B or canary split)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+from app.analytics.monitoring import SESSION_IDLE
+from app.analytics.queries import fetch_rows, ratio
+from app.analytics.scope import RAW_FILTERS, Scope
+from app.analytics.stats import ProportionTest, two_proportion_test, wilson_interval
+
+VERSION_STATS_SQL = text(
+    f"""
+    WITH h AS (
+      SELECT alias, model_id, sum(requests) AS requests, sum(errors) AS errors,
+             sum(ratings) AS ratings, sum(thumbs_up) AS thumbs_up, sum(comments) AS comments,
+             sum(tps_sum) / nullif(sum(tps_n), 0) AS tokens_per_second
+      FROM requests_hourly
+      WHERE hour >= date_trunc('hour', CAST(:start AS timestamptz), 'UTC') AND hour < :end
+        {RAW_FILTERS}
+      GROUP BY 1, 2
+    ), l AS (
+      SELECT alias, model_id, metric,
+             herd_hist_quantiles(array_agg(bin ORDER BY bin), array_agg(n ORDER BY bin),
+                                 ARRAY[0.5, 0.95]) AS q
+      FROM (
+        SELECT alias, model_id, metric, bin, sum(n)::bigint AS n FROM latency_hourly
+        WHERE hour >= date_trunc('hour', CAST(:start AS timestamptz), 'UTC') AND hour < :end
+          AND metric IN ('ttft', 'total') {RAW_FILTERS}
+        GROUP BY 1, 2, 3, 4
+      ) b GROUP BY 1, 2, 3
+    ), s AS (
+      SELECT coalesce(alias, '') AS alias, coalesce(model_id, 0) AS model_id,
+             count(*) FILTER (WHERE last_at < now() - CAST(:idle AS interval)) AS sessions_ended,
+             count(*) FILTER (WHERE turns = 1 AND last_at < now() - CAST(:idle AS interval))
+               AS one_turn_sessions,
+             sum(turns) AS turns, sum(regenerates) AS regenerates
+      FROM request_sessions
+      WHERE first_at >= :start AND first_at < :end
+        AND (CAST(:alias AS text) IS NULL OR alias = :alias)
+        AND (CAST(:model_id AS bigint) IS NULL OR model_id = :model_id)
+      GROUP BY 1, 2
+    ), f AS (
+      SELECT alias, model_id, min(hour) AS first_hour
+      FROM requests_hourly WHERE requests > 0 GROUP BY 1, 2
+    )
+    SELECT h.alias, nullif(h.model_id, 0) AS model_id, m.name AS model, h.requests, h.errors,
+           h.ratings, h.thumbs_up, h.comments, coalesce(s.regenerates, 0) AS regenerates,
+           coalesce(s.turns, 0) AS turns, h.tokens_per_second,
+           ttft.q[1] AS ttft_p50_ms, ttft.q[2] AS ttft_p95_ms,
+           total.q[1] AS total_p50_ms, total.q[2] AS total_p95_ms,
+           coalesce(s.sessions_ended, 0) AS sessions_ended,
+           coalesce(s.one_turn_sessions, 0) AS one_turn_sessions,
+           f.first_hour
+    FROM h
+    LEFT JOIN models m ON m.id = h.model_id
+    LEFT JOIN l ttft ON (ttft.alias, ttft.model_id, ttft.metric) = (h.alias, h.model_id, 'ttft')
+    LEFT JOIN l total ON (total.alias, total.model_id, total.metric)
+                       = (h.alias, h.model_id, 'total')
+    LEFT JOIN s ON (s.alias, s.model_id) = (h.alias, h.model_id)
+    LEFT JOIN f ON (f.alias, f.model_id) = (h.alias, h.model_id)
+    WHERE h.requests > 0 OR h.ratings > 0
+    ORDER BY h.alias, f.first_hour, m.name
+    """
+)
+
+
+@dataclass(frozen=True)
+class VersionStats:
+    """One model version's numbers over a period."""
+
+    alias: str
+    model_id: int | None
+    model: str | None
+    requests: int
+    errors: int
+    ratings: int
+    thumbs_up: int
+    comments: int
+    regenerates: int
+    turns: int
+    tokens_per_second: float | None
+    ttft_p50_ms: float | None
+    ttft_p95_ms: float | None
+    total_p50_ms: float | None
+    total_p95_ms: float | None
+    sessions_ended: int
+    one_turn_sessions: int
+    first_hour: datetime | None
+
+    @property
+    def key(self) -> tuple[str, int | None]:
+        return self.alias, self.model_id
+
+    @property
+    def label(self) -> str:
+        return f"{self.model or 'unknown model'} @ {self.alias or '(no alias)'}"
+
+    @property
+    def thumbs_up_ratio(self) -> float | None:
+        return ratio(self.thumbs_up, self.ratings)
+
+    @property
+    def thumbs_up_interval(self) -> tuple[float, float]:
+        return wilson_interval(self.thumbs_up, self.ratings)
+
+    @property
+    def error_rate(self) -> float | None:
+        return ratio(self.errors, self.requests)
+
+    @property
+    def one_turn_share(self) -> float | None:
+        return ratio(self.one_turn_sessions, self.sessions_ended)
+
+    @property
+    def regenerate_rate(self) -> float | None:
+        return ratio(self.regenerates, self.turns)
+
+    def as_dict(self) -> dict[str, Any]:
+        low, high = self.thumbs_up_interval
+        return {
+            "alias": self.alias,
+            "model_id": self.model_id,
+            "model": self.model,
+            "requests": self.requests,
+            "error_rate": self.error_rate,
+            "ratings": self.ratings,
+            "thumbs_up_ratio": self.thumbs_up_ratio,
+            "thumbs_up_low": low if self.ratings else None,
+            "thumbs_up_high": high if self.ratings else None,
+            "ttft_p95_ms": self.ttft_p95_ms,
+            "total_p95_ms": self.total_p95_ms,
+            "tokens_per_second": self.tokens_per_second,
+            "one_turn_share": self.one_turn_share,
+            "regenerate_rate": self.regenerate_rate,
+        }
+
+
+def version_stats(engine: Engine, scope: Scope) -> list[VersionStats]:
+    """Every (alias, model) with traffic in scope, oldest version of each alias first."""
+    rows = fetch_rows(engine, VERSION_STATS_SQL, {**scope.params(), "idle": SESSION_IDLE})
+    out = []
+    for row in rows:
+        out.append(
+            VersionStats(
+                alias=row["alias"],
+                model_id=row["model_id"],
+                model=row["model"],
+                requests=int(row["requests"]),
+                errors=int(row["errors"]),
+                ratings=int(row["ratings"]),
+                thumbs_up=int(row["thumbs_up"]),
+                comments=int(row["comments"]),
+                regenerates=int(row["regenerates"]),
+                turns=int(row["turns"]),
+                tokens_per_second=_f(row["tokens_per_second"]),
+                ttft_p50_ms=_f(row["ttft_p50_ms"]),
+                ttft_p95_ms=_f(row["ttft_p95_ms"]),
+                total_p50_ms=_f(row["total_p50_ms"]),
+                total_p95_ms=_f(row["total_p95_ms"]),
+                sessions_ended=int(row["sessions_ended"]),
+                one_turn_sessions=int(row["one_turn_sessions"]),
+                first_hour=row["first_hour"],
+            )
+        )
+    return out
+
+
+def _f(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+@dataclass(frozen=True)
+class VersionComparison:
+    """A version against the alias's baseline (its oldest version in the data)."""
+
+    baseline: VersionStats
+    candidate: VersionStats
+    thumbs_up: ProportionTest | None
+    errors: ProportionTest | None
+    alpha: float
+
+    @property
+    def total_p95_ratio(self) -> float | None:
+        return ratio(self.candidate.total_p95_ms, self.baseline.total_p95_ms)
+
+    def as_dict(self) -> dict[str, Any]:
+        up, err = self.thumbs_up, self.errors
+        return {
+            "baseline": self.baseline.model,
+            "candidate": self.candidate.model,
+            "thumbs_up_baseline": up.p_a if up else None,
+            "thumbs_up_candidate": up.p_b if up else None,
+            "thumbs_up_difference": up.difference if up else None,
+            "thumbs_up_p_value": up.p_value if up else None,
+            "thumbs_up_significant": up.significant(self.alpha) if up else False,
+            "error_rate_difference": err.difference if err else None,
+            "error_rate_p_value": err.p_value if err else None,
+            "error_rate_significant": err.significant(self.alpha) if err else False,
+            "p95_latency_ratio": self.total_p95_ratio,
+        }
+
+
+def compare_versions(
+    engine: Engine, scope: Scope, alias: str, alpha: float = 0.05
+) -> list[VersionComparison]:
+    """Each newer version under alias against the oldest one, with significance tests."""
+    versions = [v for v in version_stats(engine, scope) if v.alias == alias]
+    if len(versions) < 2:
+        return []
+    baseline, others = versions[0], versions[1:]
+    return [
+        VersionComparison(
+            baseline=baseline,
+            candidate=other,
+            thumbs_up=two_proportion_test(
+                baseline.thumbs_up, baseline.ratings, other.thumbs_up, other.ratings
+            ),
+            errors=two_proportion_test(
+                baseline.errors, baseline.requests, other.errors, other.requests
+            ),
+            alpha=alpha,
+        )
+        for other in others
+    ]
+
+
+OPTIONS_SQL = text(
+    """
+    SELECT DISTINCT h.alias, h.model_id, m.name AS model, h.worker_id
+    FROM (SELECT DISTINCT alias, model_id, worker_id FROM requests_hourly) h
+    LEFT JOIN models m ON m.id = h.model_id
+    """
+)
+
+
+@dataclass(frozen=True)
+class FilterOptions:
+    """What the filter widgets offer: aliases, models (id -> name) and workers seen."""
+
+    aliases: list[str]
+    models: dict[int, str]
+    workers: list[int]
+
+
+def filter_options(engine: Engine) -> FilterOptions:
+    rows = fetch_rows(engine, OPTIONS_SQL, {})
+    return FilterOptions(
+        aliases=sorted({r["alias"] for r in rows if r["alias"]}),
+        models={
+            r["model_id"]: r["model"] or f"model {r['model_id']}" for r in rows if r["model_id"]
+        },
+        workers=sorted({r["worker_id"] for r in rows if r["worker_id"]}),
+    )

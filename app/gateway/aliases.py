@@ -1,0 +1,75 @@
+"""Per-alias gateway settings (response cache, text logging, rate limit) in `aliases`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.dialects.postgresql import insert
+
+from app.config import Settings
+from app.db.tables import Alias
+
+
+class AliasSettingError(ValueError):
+    """An alias setting is out of range."""
+
+
+@dataclass(frozen=True)
+class AliasSettings:
+    """How the gateway treats one alias."""
+
+    cache_enabled: bool
+    cache_ttl_s: float
+    log_text: bool = True
+    # Requests per minute per gateway replica; None: no limit.
+    rate_limit_rpm: int | None = None
+
+    @classmethod
+    def defaults(cls, settings: Settings) -> AliasSettings:
+        """What an alias without a row gets."""
+        return cls(cache_enabled=settings.cache_enabled, cache_ttl_s=settings.cache_ttl_s)
+
+    def __post_init__(self) -> None:
+        if self.cache_ttl_s <= 0:
+            raise AliasSettingError("cache TTL must be above 0 seconds")
+        if self.rate_limit_rpm is not None and self.rate_limit_rpm < 1:
+            raise AliasSettingError("a rate limit is at least 1 request per minute (or none)")
+
+
+class AliasStore:
+    """Reads and writes the aliases table."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def all(self) -> dict[str, AliasSettings]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(Alias)).mappings().all()
+        return {
+            r["alias"]: AliasSettings(
+                cache_enabled=r["cache_enabled"],
+                cache_ttl_s=r["cache_ttl_s"],
+                log_text=r["log_text"],
+                rate_limit_rpm=r["rate_limit_rpm"],
+            )
+            for r in rows
+        }
+
+    def get(self, alias: str, settings: Settings) -> AliasSettings:
+        return self.all().get(alias) or AliasSettings.defaults(settings)
+
+    def put(self, alias: str, value: AliasSettings) -> None:
+        """Create or replace the alias's settings; gateways apply them within a second."""
+        values = {
+            "cache_enabled": value.cache_enabled,
+            "cache_ttl_s": value.cache_ttl_s,
+            "log_text": value.log_text,
+            "rate_limit_rpm": value.rate_limit_rpm,
+        }
+        stmt = insert(Alias).values(alias=alias, **values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[Alias.alias], set_={**values, "updated_at": func.now()}
+        )
+        with self.engine.begin() as conn:
+            conn.execute(stmt)

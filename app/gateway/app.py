@@ -1,0 +1,238 @@
+"""The gateway's HTTP side: create_app(settings) builds the FastAPI app; uvicorn runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from sqlalchemy.exc import SQLAlchemyError
+
+import app as herd
+from app.config import Settings
+from app.db.database import Database
+from app.gateway.errors import GatewayError, database_unavailable, error_body, unauthorized
+from app.gateway.feedback import UnknownResponseError
+from app.gateway.keys import hash_key
+from app.gateway.replies import CHAT
+from app.gateway.runtime import GatewayRuntime, database_url
+from app.gateway.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    FeedbackRequest,
+    FeedbackResponse,
+)
+
+# Response ids are request UUIDs; accept them with an OpenAI-style prefix too.
+ID_PREFIXES = ("chatcmpl-", "cmpl-")
+
+
+def _runtime(request: Request) -> GatewayRuntime:
+    runtime: GatewayRuntime = request.app.state.runtime
+    return runtime
+
+
+def authenticate(request: Request) -> int | None:
+    """The id of the caller's API key; None when keys are not required and none was sent.
+
+    Checked against the hashes loaded with the routing state: no query per request. The key
+    itself is never logged or stored."""
+    runtime = _runtime(request)
+    snapshot = runtime.routing.snapshot
+    if not snapshot.loaded:
+        raise GatewayError(
+            503,
+            "the gateway has not reached its database since it started; retry shortly",
+            type="service_unavailable",
+            code="database_unavailable",
+            retry_after_s=runtime.settings.gateway_retry_after_s,
+        )
+    header = request.headers.get("authorization") or ""
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        key_id = snapshot.key_ids.get(hash_key(token.strip()))
+        if key_id is not None:
+            return key_id
+    if snapshot.keys_exist or runtime.settings.require_api_key:
+        runtime.metrics.unauthorized += 1
+        raise unauthorized(
+            "a valid API key is required: send `Authorization: Bearer <key>` "
+            "(operators create keys with `herd keys create NAME`)"
+            if not token
+            else "the API key is not valid (unknown or revoked)"
+        )
+    return None
+
+
+ApiKeyId = Annotated[int | None, Depends(authenticate)]
+SessionHeader = Annotated[
+    str | None,
+    Header(alias="X-Session-Id", description="Keeps a conversation on one worker."),
+]
+
+
+def _parse_response_id(text: str) -> uuid.UUID | None:
+    for prefix in ID_PREFIXES:
+        text = text.removeprefix(prefix)
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        return None
+
+
+def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
+    """The gateway app. With database None the app opens (and closes) its own."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        url, opened = await asyncio.to_thread(database_url, settings, database)
+        runtime = GatewayRuntime(settings, url)
+        await runtime.start()
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            await runtime.stop()
+            if opened is not None:
+                opened.close()
+
+    app = FastAPI(
+        title="Herd gateway",
+        version=herd.__version__,
+        description=(
+            "OpenAI-compatible API in front of Herd's llama.cpp workers: chat and text "
+            "completions routed by alias, feedback on responses, metrics."
+        ),
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(GatewayError)
+    async def gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
+            for e in exc.errors()
+        )
+        body = error_body(f"invalid request: {problems}", "invalid_request_error", "invalid_body")
+        # The input itself is left out: it may be bytes, or large, or secret.
+        detail = [{"loc": e["loc"], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        return JSONResponse({**body, "detail": detail}, status_code=422)
+
+    @app.post("/v1/chat/completions", tags=["openai"], summary="Chat completion")
+    async def chat_completions(
+        request: Request,
+        body: ChatCompletionRequest,
+        api_key_id: ApiKeyId,
+        x_session_id: SessionHeader = None,
+    ) -> Response:
+        return await _runtime(request).proxy.complete(
+            CHAT,
+            body.model_dump(exclude_unset=True),
+            api_key_id=api_key_id,
+            session_header=x_session_id,
+        )
+
+    @app.post("/v1/completions", tags=["openai"], summary="Text completion")
+    async def completions(
+        request: Request,
+        body: CompletionRequest,
+        api_key_id: ApiKeyId,
+        x_session_id: SessionHeader = None,
+    ) -> Response:
+        return await _runtime(request).proxy.complete(
+            "completions",
+            body.model_dump(exclude_unset=True),
+            api_key_id=api_key_id,
+            session_header=x_session_id,
+        )
+
+    @app.get("/v1/models", tags=["openai"], summary="The aliases served here")
+    async def models(request: Request, api_key_id: ApiKeyId) -> dict[str, Any]:
+        routes = _runtime(request).routing.snapshot.routes
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": alias,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "herd",
+                    "versions": [d.model_name for d in route.deployments if d.weight > 0],
+                    "live_workers": sum(len(d.workers) for d in route.deployments),
+                }
+                for alias, route in sorted(routes.items())
+                if route.deployments
+            ],
+        }
+
+    @app.post(
+        "/v1/feedback",
+        tags=["feedback"],
+        summary="Rate a response (+1 / -1); a second vote by the same user updates the first",
+        response_model=FeedbackResponse,
+        responses={404: {"description": "Unknown response id"}, 503: {"description": "Retry"}},
+    )
+    async def feedback(
+        request: Request, body: FeedbackRequest, api_key_id: ApiKeyId
+    ) -> FeedbackResponse:
+        runtime = _runtime(request)
+        request_id = _parse_response_id(body.response_id)
+        if request_id is None:
+            raise GatewayError(404, f"no response with id {body.response_id!r}", code="not_found")
+        await runtime.log.ensure_written(request_id)
+        try:
+            row = await asyncio.to_thread(
+                runtime.feedback.upsert, request_id, body.rating, body.comment, body.user or ""
+            )
+        except UnknownResponseError:
+            raise GatewayError(
+                404, f"no response with id {body.response_id!r}", code="not_found"
+            ) from None
+        except SQLAlchemyError:
+            raise database_unavailable(runtime.settings.gateway_retry_after_s) from None
+        return FeedbackResponse(
+            id=row.id,
+            response_id=str(row.request_id),
+            rating=row.rating,
+            comment=row.comment,
+            user=row.user_id or None,
+            created_at=row.created_at.isoformat(),
+            updated_at=row.updated_at.isoformat(),
+        )
+
+    @app.get("/health", tags=["operations"], summary="Is the gateway up, and what it knows")
+    async def health(request: Request) -> dict[str, Any]:
+        runtime = _runtime(request)
+        snapshot = runtime.routing.snapshot
+        return {
+            "status": "ok",
+            "database": "ok" if runtime.routing.database_ok else "unreachable",
+            "routing_loaded": snapshot.loaded,
+            "routing_age_s": round(time.monotonic() - snapshot.loaded_at, 3)
+            if snapshot.loaded
+            else None,
+            "aliases": sorted(snapshot.routes),
+            "live_workers": len(snapshot.live_worker_ids),
+            "outstanding_requests": runtime.balancer.total_outstanding(),
+            "log_pending_rows": runtime.log.pending_rows,
+            "log_spooled_rows": runtime.log.spool.rows,
+        }
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    async def metrics(request: Request) -> PlainTextResponse:
+        runtime = _runtime(request)
+        return PlainTextResponse(
+            runtime.metrics.render(runtime.gauges()),
+            media_type="text/plain; version=0.0.4; charset=utf-8",
+        )
+
+    return app

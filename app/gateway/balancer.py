@@ -1,0 +1,158 @@
+"""Picking a worker: traffic weights between deployments, least outstanding requests within
+one, session affinity, cool-down of failing workers, and a bounded queue per worker.
+
+All state is this gateway replica's own and lives on the event loop thread: no locks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict, defaultdict
+from dataclasses import dataclass
+
+from app.gateway.routing import AliasRoute, DeploymentTarget, WorkerTarget
+
+
+class NoLiveWorkerError(LookupError):
+    """The alias has no worker that is ready, fresh and not cooling down."""
+
+
+class AllBusyError(LookupError):
+    """Every live worker of the alias has its slots and its queue allowance taken."""
+
+
+@dataclass(frozen=True)
+class Pick:
+    deployment: DeploymentTarget
+    worker: WorkerTarget
+
+
+class Balancer:
+    """Chooses workers and keeps count of what each one is doing for this gateway."""
+
+    def __init__(self, *, queue_per_worker: int, cooldown_s: float, affinity_size: int) -> None:
+        self.queue_per_worker = queue_per_worker
+        self.cooldown_s = cooldown_s
+        self.affinity_size = affinity_size
+        self.outstanding: defaultdict[int, int] = defaultdict(int)
+        self._cool_until: dict[int, float] = {}
+        # (alias, session) -> worker id; least recently used sessions are forgotten first.
+        self._affinity: OrderedDict[tuple[str, str], int] = OrderedDict()
+        # Smooth weighted round robin (as in nginx): exact shares over any window.
+        self._wrr: defaultdict[str, dict[int | None, float]] = defaultdict(dict)
+        self._turn = 0
+
+    # -- what a worker can take ------------------------------------------------------------
+    def capacity(self, worker: WorkerTarget) -> int:
+        return worker.slots_total + self.queue_per_worker
+
+    def cooling(self, worker: WorkerTarget, now: float) -> bool:
+        until = self._cool_until.get(worker.id)
+        if until is None:
+            return False
+        if now >= until:
+            del self._cool_until[worker.id]
+            return False
+        return True
+
+    def _overloaded(self, worker: WorkerTarget) -> bool:
+        # An affine session moves on once its worker would queue more than it runs.
+        return self.outstanding[worker.id] >= 2 * worker.slots_total
+
+    def _load(self, worker: WorkerTarget) -> float:
+        return self.outstanding[worker.id] / worker.slots_total
+
+    # -- choosing --------------------------------------------------------------------------
+    def pick(
+        self, route: AliasRoute, session: str | None, exclude: frozenset[int] = frozenset()
+    ) -> Pick:
+        """The worker for the next attempt; exclude holds workers this request already tried."""
+        now = time.monotonic()
+        live: dict[int | None, list[WorkerTarget]] = {}
+        deployments: dict[int | None, DeploymentTarget] = {}
+        for d in route.deployments:
+            if d.weight <= 0:
+                continue
+            ws = [w for w in d.workers if w.id not in exclude and not self.cooling(w, now)]
+            if ws:
+                live[d.id], deployments[d.id] = ws, d
+        if not live:
+            raise NoLiveWorkerError(route.alias)
+        free = {
+            did: [w for w in ws if self.outstanding[w.id] < self.capacity(w)]
+            for did, ws in live.items()
+        }
+        if not any(free.values()):
+            raise AllBusyError(route.alias)
+
+        if session is not None:
+            key = (route.alias, session)
+            wid = self._affinity.get(key)
+            if wid is not None:
+                for did, ws in free.items():
+                    for w in ws:
+                        if w.id == wid and not self._overloaded(w):
+                            self._affinity.move_to_end(key)
+                            return Pick(deployments[did], w)
+
+        did = self._next_deployment(route.alias, {d: deployments[d] for d in live})
+        candidates = free[did]
+        if not candidates:
+            # The weighted choice is full: spill to the least loaded worker anywhere.
+            candidates = [w for ws in free.values() for w in ws]
+        least = min(self._load(w) for w in candidates)
+        tied = [w for w in candidates if self._load(w) == least]
+        # Ties rotate, so idle workers share new sessions instead of the first taking all.
+        self._turn += 1
+        worker = tied[self._turn % len(tied)]
+        owner = next(d for d in deployments.values() if worker in live[d.id])
+        if session is not None:
+            self._remember(route.alias, session, worker.id)
+        return Pick(owner, worker)
+
+    def _next_deployment(
+        self, alias: str, choices: dict[int | None, DeploymentTarget]
+    ) -> int | None:
+        current = self._wrr[alias]
+        for gone in [k for k in current if k not in choices]:
+            del current[gone]
+        total = 0
+        for did, d in choices.items():
+            current[did] = current.get(did, 0.0) + d.weight
+            total += d.weight
+        best = max(choices, key=lambda did: (current[did], -(did or 0)))
+        current[best] -= total
+        return best
+
+    def _remember(self, alias: str, session: str, worker_id: int) -> None:
+        if self.affinity_size <= 0:
+            return
+        key = (alias, session)
+        self._affinity[key] = worker_id
+        self._affinity.move_to_end(key)
+        while len(self._affinity) > self.affinity_size:
+            self._affinity.popitem(last=False)
+
+    def remember(self, alias: str, session: str | None, worker_id: int) -> None:
+        """The session's conversation (and KV cache) now lives on worker_id."""
+        if session is not None:
+            self._remember(alias, session, worker_id)
+
+    # -- bookkeeping ------------------------------------------------------------------------
+    def acquire(self, worker: WorkerTarget) -> None:
+        self.outstanding[worker.id] += 1
+
+    def release(self, worker: WorkerTarget) -> None:
+        left = self.outstanding[worker.id] - 1
+        if left <= 0:
+            del self.outstanding[worker.id]
+        else:
+            self.outstanding[worker.id] = left
+
+    def failed(self, worker: WorkerTarget) -> None:
+        """Take the worker out for a cool-down: it refused a connection or broke down."""
+        if self.cooldown_s > 0:
+            self._cool_until[worker.id] = time.monotonic() + self.cooldown_s
+
+    def total_outstanding(self) -> int:
+        return sum(self.outstanding.values())

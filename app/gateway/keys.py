@@ -1,0 +1,126 @@
+"""Gateway API keys: created and revoked by operators; only sha256 hashes are stored.
+
+A key is shown once, at creation. The gateway loads the hashes with its routing state, so
+checking a key costs one sha256 and a dict lookup, never a query.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, func, insert, select, update
+
+from app.db.tables import ApiKey
+
+KEY_PREFIX = "herd-"
+# Enough of the key to tell keys apart in a list, far too little to guess the rest.
+SHOWN_CHARS = 12
+
+
+class ApiKeyError(ValueError):
+    """A key operation was refused; the message says why."""
+
+
+def hash_key(key: str) -> str:
+    """The stored form of a key."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    """A new key; `key` exists only here, the database keeps its hash."""
+
+    id: int
+    name: str
+    prefix: str
+    key: str
+
+
+@dataclass(frozen=True)
+class ApiKeyView:
+    id: int
+    name: str
+    prefix: str
+    created_by: str | None
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+class ApiKeys:
+    """The api_keys table: create, list, revoke."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def create(self, name: str, created_by: str | None = None) -> CreatedKey:
+        name = name.strip()
+        if not name:
+            raise ApiKeyError("a key needs a name")
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        prefix = key[:SHOWN_CHARS]
+        with self.engine.begin() as conn:
+            taken = conn.execute(
+                select(ApiKey.id).where(ApiKey.name == name, ApiKey.revoked_at.is_(None))
+            ).first()
+            if taken is not None:
+                raise ApiKeyError(f"an active key named {name!r} exists; revoke it first")
+            key_id = conn.execute(
+                insert(ApiKey)
+                .values(name=name, key_hash=hash_key(key), prefix=prefix, created_by=created_by)
+                .returning(ApiKey.id)
+            ).scalar_one()
+        return CreatedKey(id=int(key_id), name=name, prefix=prefix, key=key)
+
+    def list(self) -> builtins.list[ApiKeyView]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(ApiKey).order_by(ApiKey.id)).mappings().all()
+        return [
+            ApiKeyView(
+                id=r["id"],
+                name=r["name"],
+                prefix=r["prefix"],
+                created_by=r["created_by"],
+                created_at=r["created_at"],
+                last_used_at=r["last_used_at"],
+                revoked_at=r["revoked_at"],
+            )
+            for r in rows
+        ]
+
+    def revoke(self, name_or_id: str) -> builtins.list[int]:
+        """Revoke the active keys with that name (or that id); their ids. Raises if none."""
+        match = ApiKey.name == name_or_id
+        if name_or_id.isdigit():
+            match = match | (ApiKey.id == int(name_or_id))
+        with self.engine.begin() as conn:
+            ids = (
+                conn.execute(
+                    update(ApiKey)
+                    .where(match, ApiKey.revoked_at.is_(None))
+                    .values(revoked_at=func.now())
+                    .returning(ApiKey.id)
+                )
+                .scalars()
+                .all()
+            )
+        if not ids:
+            raise ApiKeyError(f"no active key named {name_or_id!r} or with that id")
+        return [int(i) for i in ids]
+
+    def touch(self, key_ids: set[int]) -> None:
+        """Record that these keys were used just now (batched by the request log)."""
+        if not key_ids:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(ApiKey).where(ApiKey.id.in_(key_ids)).values(last_used_at=func.now())
+            )

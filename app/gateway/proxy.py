@@ -1,0 +1,591 @@
+"""One call through the gateway: route it, answer from the cache or a worker (retrying
+another worker until the first token), stream it back, and record it.
+
+A call is retried only while nothing has reached the client; once the first token is out,
+a failure becomes an SSE error event. Every call, answered or not, leaves one request row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import httpx
+from fastapi.responses import Response, StreamingResponse
+
+from app.config import Settings
+from app.gateway.balancer import AllBusyError, Balancer, NoLiveWorkerError, Pick
+from app.gateway.cache import CachedAnswer, ResponseCache, cache_key, is_cacheable
+from app.gateway.errors import GatewayError, all_busy, no_live_worker, sse_error, unknown_model
+from app.gateway.metrics import GatewayMetrics
+from app.gateway.ratelimit import RateLimits
+from app.gateway.replies import CHAT, SSE_DONE, cached_body, cached_chunks
+from app.gateway.request_log import RequestLog, RequestRecord
+from app.gateway.routing import AliasRoute, RoutingState
+
+logger = logging.getLogger(__name__)
+
+PATHS = {CHAT: "/v1/chat/completions", "completions": "/v1/completions"}
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class UpstreamFailure(Exception):
+    """A worker failed this attempt before the first token; kind names how (for metrics)."""
+
+    def __init__(self, kind: str, message: str, *, cool_down: bool = True) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.cool_down = cool_down
+
+
+class _Done:
+    """The [DONE] sentinel of an SSE stream."""
+
+
+DONE = _Done()
+
+
+@dataclass
+class Call:
+    """One call in flight."""
+
+    endpoint: str
+    body: dict[str, Any]
+    record: RequestRecord
+    route: AliasRoute
+    session: str | None
+    started: float
+    include_usage: bool
+    cache_key: str | None = None
+    model_name: str = ""
+
+
+@dataclass
+class StreamState:
+    """What a stream has carried so far."""
+
+    text: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    timings: dict[str, Any] | None = None
+    first_token_at: float | None = None
+
+
+def _session(body: dict[str, Any], header: str | None) -> str | None:
+    user = body.get("user")
+    return header or (user if isinstance(user, str) and user else None)
+
+
+def _has_token(event: dict[str, Any]) -> bool:
+    """Has the worker started answering (text, a finish, a tool call)?"""
+    for choice in event.get("choices") or ():
+        delta = choice.get("delta") or {}
+        if choice.get("text") or delta.get("content") or delta.get("tool_calls"):
+            return True
+        if choice.get("finish_reason") is not None:
+            return True
+    return event.get("usage") is not None
+
+
+def _parse_line(line: str) -> dict[str, Any] | _Done | None:
+    """An SSE line as an event; None for lines that carry none (blank, comments, fields)."""
+    if not line.startswith("data:"):
+        return None
+    data = line[5:].strip()
+    if data == "[DONE]":
+        return DONE
+    value = json.loads(data)
+    if not isinstance(value, dict):
+        raise ValueError("an SSE event that is not a JSON object")
+    return value
+
+
+async def _next_event(lines: AsyncIterator[str]) -> dict[str, Any] | _Done | None:
+    """The next event, or None when the stream ended."""
+    async for line in lines:
+        event = _parse_line(line)
+        if event is not None:
+            return event
+    return None
+
+
+class Proxy:
+    """Routes and forwards completion calls; owned by the app, one per gateway process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        routing: RoutingState,
+        balancer: Balancer,
+        cache: ResponseCache,
+        log: RequestLog,
+        metrics: GatewayMetrics,
+        client: httpx.AsyncClient,
+    ) -> None:
+        self.settings = settings
+        self.routing = routing
+        self.balancer = balancer
+        self.cache = cache
+        self.log = log
+        self.metrics = metrics
+        self.client = client
+        self.rate_limits = RateLimits()
+        self._timeout = httpx.Timeout(
+            connect=settings.gateway_connect_timeout_s,
+            read=settings.gateway_first_token_timeout_s,
+            write=settings.gateway_connect_timeout_s,
+            pool=settings.gateway_connect_timeout_s,
+        )
+
+    # -- entry -------------------------------------------------------------------------------
+    async def complete(
+        self,
+        endpoint: str,
+        body: dict[str, Any],
+        *,
+        api_key_id: int | None,
+        session_header: str | None,
+    ) -> Response:
+        started = time.perf_counter()
+        alias = str(body["model"])
+        session = _session(body, session_header)
+        user = body.get("user")
+        record = RequestRecord(
+            id=uuid.uuid4(),
+            created_at=datetime.now(UTC),
+            endpoint=endpoint,
+            alias=alias,
+            api_key_id=api_key_id,
+            session_id=session,
+            user_id=user if isinstance(user, str) else None,
+            prompt=body.get("messages") if endpoint == CHAT else {"prompt": body.get("prompt")},
+        )
+        route = self.routing.snapshot.routes.get(alias)
+        try:
+            if route is None:
+                raise unknown_model(alias)
+            record.log_text = route.settings.log_text
+            stream_options = body.get("stream_options") or {}
+            call = Call(
+                endpoint=endpoint,
+                body=body,
+                record=record,
+                route=route,
+                session=session,
+                started=started,
+                include_usage=bool(stream_options.get("include_usage")),
+            )
+            wait_s = self.rate_limits.wait_s(alias, route.settings.rate_limit_rpm)
+            if wait_s:
+                raise GatewayError(
+                    429,
+                    f"rate limit of {route.settings.rate_limit_rpm} requests per minute for "
+                    f"{alias!r} reached",
+                    type="rate_limit_error",
+                    code="rate_limit_exceeded",
+                    retry_after_s=wait_s,
+                )
+            cacheable = route.settings.cache_enabled and is_cacheable(body)
+            try:
+                pick = self.balancer.pick(route, session)
+            except (NoLiveWorkerError, AllBusyError) as exc:
+                # Without a worker, a cached answer for any model version of the alias serves.
+                if cacheable:
+                    for d in route.deployments:
+                        key = cache_key(alias, d.model_id, endpoint, body)
+                        hit = self.cache.get(key)
+                        if hit is not None:
+                            call.model_name = d.model_name
+                            return self._from_cache(call, hit, d.id, d.model_id)
+                raise self._no_worker(exc, alias) from None
+            if cacheable:
+                call.cache_key = cache_key(alias, pick.deployment.model_id, endpoint, body)
+                hit = self.cache.get(call.cache_key)
+                if hit is not None:
+                    call.model_name = pick.deployment.model_name
+                    return self._from_cache(call, hit, pick.deployment.id, pick.deployment.model_id)
+            if body.get("stream"):
+                return await self._stream(call, pick)
+            return await self._unary(call, pick)
+        except GatewayError as exc:
+            status = "rejected" if exc.status in (404, 429, 503) else "error"
+            record.total_ms = (time.perf_counter() - started) * 1000
+            self._finish(record, status=status, http_status=exc.status, error=exc.message)
+            return exc.response()
+
+    def _no_worker(self, exc: Exception, alias: str) -> GatewayError:
+        retry = self.settings.gateway_retry_after_s
+        if isinstance(exc, AllBusyError):
+            return all_busy(alias, retry)
+        return no_live_worker(alias, retry)
+
+    # -- cache -------------------------------------------------------------------------------
+    def _from_cache(
+        self, call: Call, hit: CachedAnswer, deployment_id: int | None, model_id: int | None
+    ) -> Response:
+        record = call.record
+        record.cache_hit = True
+        record.deployment_id, record.model_id = deployment_id, model_id
+        self.metrics.count_cache_hit(call.route.alias)
+        rid = str(record.id)
+        usage = hit.usage
+        record.prompt_tokens = usage.get("prompt_tokens")
+        record.completion_tokens = usage.get("completion_tokens")
+        record.response = hit.text
+        if call.body.get("stream"):
+            chunks = cached_chunks(call.endpoint, rid, hit, call.include_usage)
+            record.ttft_ms = (time.perf_counter() - call.started) * 1000
+            self._finish(record, call=call)
+            return StreamingResponse(_iterate(chunks), media_type="text/event-stream",
+                                     headers=SSE_HEADERS)  # fmt: skip
+        body = cached_body(call.endpoint, rid, hit)
+        record.ttft_ms = (time.perf_counter() - call.started) * 1000
+        self._finish(record, call=call)
+        return _json(body)
+
+    def _store(self, call: Call, text: str, finish_reason: str | None, usage: Any) -> None:
+        if call.cache_key is None or finish_reason not in ("stop", "length"):
+            return
+        self.cache.put(
+            call.cache_key,
+            text=text,
+            finish_reason=finish_reason,
+            usage=usage if isinstance(usage, dict) else {},
+            model=call.model_name or call.route.alias,
+            ttl_s=call.route.settings.cache_ttl_s,
+        )
+
+    # -- attempts ----------------------------------------------------------------------------
+    def _payload(self, call: Call) -> dict[str, Any]:
+        if call.body.get("stream"):
+            # Usage comes in a last chunk; the client sees it only if it asked for it.
+            return {**call.body, "stream_options": {"include_usage": True}}
+        return call.body
+
+    def _request(self, call: Call, pick: Pick) -> httpx.Request:
+        return self.client.build_request(
+            "POST",
+            pick.worker.url + PATHS[call.endpoint],
+            json=self._payload(call),
+            headers={"X-Request-Id": str(call.record.id)},
+            timeout=self._timeout,
+        )
+
+    def _attempts(self, call: Call, first: Pick) -> AsyncIterator[Pick]:
+        """The first pick, then other workers, up to HERD_GATEWAY_MAX_ATTEMPTS in all."""
+
+        async def attempts() -> AsyncIterator[Pick]:
+            tried: set[int] = set()
+            pick = first
+            for attempt in range(self.settings.gateway_max_attempts):
+                if attempt:
+                    try:
+                        pick = self.balancer.pick(call.route, call.session, frozenset(tried))
+                    except (NoLiveWorkerError, AllBusyError):
+                        return
+                tried.add(pick.worker.id)
+                yield pick
+
+        return attempts()
+
+    def _failed(self, pick: Pick, failure: UpstreamFailure) -> None:
+        self.metrics.count_upstream_error(pick.worker.id, failure.kind)
+        if failure.cool_down:
+            self.balancer.failed(pick.worker)
+        logger.warning("worker %d (%s): %s", pick.worker.id, pick.worker.url, failure)
+
+    def _give_up(self, call: Call, failures: list[UpstreamFailure]) -> GatewayError:
+        retry = self.settings.gateway_retry_after_s
+        if not failures:
+            return no_live_worker(call.route.alias, retry)
+        if all(f.kind == "refused" for f in failures):
+            return all_busy(call.route.alias, retry)
+        return GatewayError(
+            502,
+            f"no worker for {call.route.alias!r} could answer ({len(failures)} tried): "
+            f"{failures[-1]}",
+            type="upstream_error",
+            code="upstream_failed",
+        )
+
+    @staticmethod
+    def _status_failure(response: httpx.Response, content: bytes) -> UpstreamFailure | None:
+        """None when the worker's non-200 answer is the client's to see (a 4xx)."""
+        if response.status_code == 429:
+            return UpstreamFailure("refused", "the worker's queue is full", cool_down=False)
+        if response.status_code >= 500:
+            return UpstreamFailure(
+                "status", f"HTTP {response.status_code}: {content[:200].decode(errors='replace')}"
+            )
+        return None
+
+    def _client_error(
+        self, call: Call, pick: Pick, response: httpx.Response, content: bytes
+    ) -> Response:
+        """Pass a worker's 4xx (a prompt too long, a bad parameter) to the client as it is."""
+        self._served_by(call, pick)
+        try:
+            message = json.loads(content)["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = content[:500].decode(errors="replace")
+        self._finish(
+            call.record, status="error", http_status=response.status_code, error=str(message)
+        )
+        return Response(
+            content=content,
+            status_code=response.status_code,
+            media_type=response.headers.get("content-type", "application/json"),
+        )
+
+    def _served_by(self, call: Call, pick: Pick) -> None:
+        record = call.record
+        record.worker_id = pick.worker.id
+        record.deployment_id = pick.deployment.id
+        record.model_id = pick.worker.model_id or pick.deployment.model_id
+        call.model_name = pick.deployment.model_name
+        self.balancer.remember(call.route.alias, call.session, pick.worker.id)
+
+    # -- non-streamed --------------------------------------------------------------------------
+    async def _unary(self, call: Call, first: Pick) -> Response:
+        failures: list[UpstreamFailure] = []
+        async for pick in self._attempts(call, first):
+            self.balancer.acquire(pick.worker)
+            try:
+                response = await self.client.send(self._request(call, pick))
+                content = response.content
+                if response.status_code != 200:
+                    failure = self._status_failure(response, content)
+                    if failure is None:
+                        return self._client_error(call, pick, response, content)
+                    raise failure
+                try:
+                    data = json.loads(content)
+                    choice = data["choices"][0]
+                except (ValueError, KeyError, IndexError, TypeError):
+                    raise UpstreamFailure("broken", "an answer that is not a completion") from None
+            except httpx.TimeoutException as exc:
+                self._failed(pick, f := UpstreamFailure("timeout", f"timed out: {exc!r}"))
+                failures.append(f)
+                continue
+            except httpx.TransportError as exc:
+                self._failed(pick, f := UpstreamFailure("connect", f"unreachable: {exc!r}"))
+                failures.append(f)
+                continue
+            except UpstreamFailure as f:
+                self._failed(pick, f)
+                failures.append(f)
+                continue
+            finally:
+                self.balancer.release(pick.worker)
+
+            self._served_by(call, pick)
+            data["id"] = str(call.record.id)
+            record = call.record
+            text = (choice.get("message") or {}).get("content") or choice.get("text") or ""
+            record.response = text
+            self._account(record, data.get("usage"), data.get("timings"))
+            timings = data.get("timings") or {}
+            if isinstance(timings.get("ttft_ms"), int | float):
+                record.ttft_ms = float(timings["ttft_ms"])
+            self._finish(record, call=call)
+            self._store(call, text, choice.get("finish_reason"), data.get("usage"))
+            return _json(data)
+        raise self._give_up(call, failures)
+
+    # -- streamed --------------------------------------------------------------------------------
+    async def _stream(self, call: Call, first: Pick) -> Response:
+        failures: list[UpstreamFailure] = []
+        async for pick in self._attempts(call, first):
+            self.balancer.acquire(pick.worker)
+            response: httpx.Response | None = None
+            try:
+                response = await self.client.send(self._request(call, pick), stream=True)
+                if response.status_code != 200:
+                    content = await response.aread()
+                    failure = self._status_failure(response, content)
+                    if failure is None:
+                        self.balancer.release(pick.worker)
+                        await response.aclose()
+                        return self._client_error(call, pick, response, content)
+                    raise failure
+                lines = response.aiter_lines()
+                head: list[dict[str, Any]] = []
+                done = False
+                async with asyncio.timeout(self.settings.gateway_first_token_timeout_s):
+                    while True:
+                        event = await _next_event(lines)
+                        if event is None:
+                            raise UpstreamFailure("broken", "the stream ended before any token")
+                        if isinstance(event, _Done):
+                            done = True
+                            break
+                        if "error" in event:
+                            raise UpstreamFailure("status", f"error event: {event['error']}")
+                        head.append(event)
+                        if _has_token(event):
+                            break
+            except (httpx.TransportError, TimeoutError, UpstreamFailure, ValueError) as exc:
+                if isinstance(exc, UpstreamFailure):
+                    failure = exc
+                elif isinstance(exc, TimeoutError | httpx.TimeoutException):
+                    failure = UpstreamFailure("timeout", "no first token in time")
+                elif isinstance(exc, ValueError):
+                    failure = UpstreamFailure("broken", f"unreadable stream: {exc}")
+                else:
+                    failure = UpstreamFailure("connect", f"unreachable: {exc!r}")
+                self._failed(pick, failure)
+                failures.append(failure)
+                self.balancer.release(pick.worker)
+                if response is not None:
+                    await response.aclose()
+                continue
+            self._served_by(call, pick)
+            first_token_at = time.perf_counter()
+            state = StreamState(first_token_at=first_token_at)
+            call.record.ttft_ms = (first_token_at - call.started) * 1000
+            relay = self._relay(call, pick, response, lines, head, done, state)
+            return StreamingResponse(relay, media_type="text/event-stream", headers=SSE_HEADERS)
+        raise self._give_up(call, failures)
+
+    def _chunk(self, call: Call, event: dict[str, Any], state: StreamState) -> bytes | None:
+        """Re-label a worker's chunk with the response id; note its text, usage, timings."""
+        event["id"] = str(call.record.id)
+        choices = event.get("choices") or []
+        for choice in choices:
+            delta = choice.get("delta")
+            piece = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+            if piece:
+                state.text.append(piece)
+            if choice.get("finish_reason") is not None:
+                state.finish_reason = choice["finish_reason"]
+        if event.get("usage") is not None:
+            state.usage = event["usage"]
+        if event.get("timings") is not None:
+            state.timings = event["timings"]
+        if not choices and event.get("usage") is not None and not call.include_usage:
+            return None  # the usage chunk the gateway asked for, not the client
+        return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
+
+    async def _relay(
+        self,
+        call: Call,
+        pick: Pick,
+        response: httpx.Response,
+        lines: AsyncIterator[str],
+        head: list[dict[str, Any]],
+        done: bool,
+        state: StreamState,
+    ) -> AsyncIterator[bytes]:
+        finished = False
+        try:
+            for item in head:
+                chunk = self._chunk(call, item, state)
+                if chunk is not None:
+                    yield chunk
+            while not done:
+                async with asyncio.timeout(self.settings.gateway_inter_token_timeout_s):
+                    event = await _next_event(lines)
+                if event is None:
+                    raise UpstreamFailure("broken", "the worker closed the stream mid-answer")
+                if isinstance(event, _Done):
+                    break
+                if "error" in event:
+                    # The worker's own error event: pass it on as it is.
+                    message = str((event.get("error") or {}).get("message", event["error"]))
+                    self.metrics.count_upstream_error(pick.worker.id, "error_event")
+                    yield b"data: " + json.dumps(event).encode() + b"\n\n"
+                    self._finish_stream(call, state, status="error", error=message)
+                    finished = True
+                    return
+                chunk = self._chunk(call, event, state)
+                if chunk is not None:
+                    yield chunk
+            yield SSE_DONE
+            self._finish_stream(call, state)
+            finished = True
+            self._store(call, "".join(state.text), state.finish_reason, state.usage)
+        except (httpx.TransportError, TimeoutError, UpstreamFailure, ValueError) as exc:
+            if isinstance(exc, UpstreamFailure):
+                failure = exc
+            elif isinstance(exc, TimeoutError | httpx.TimeoutException):
+                failure = UpstreamFailure("timeout", "no token within the inter-token timeout")
+            else:
+                failure = UpstreamFailure("broken", f"the stream broke: {exc!r}")
+            self._failed(pick, failure)
+            message = f"the worker failed mid-answer: {failure}"
+            self._finish_stream(call, state, status="error", error=message)
+            finished = True
+            yield sse_error(message, code="upstream_failed")
+        finally:
+            if not finished:
+                # The client went away: closing the upstream response cancels the generation.
+                self._finish_stream(call, state, status="cancelled", error="client disconnected")
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
+            self.balancer.release(pick.worker)
+
+    def _finish_stream(
+        self, call: Call, state: StreamState, status: str = "ok", error: str | None = None
+    ) -> None:
+        record = call.record
+        record.response = "".join(state.text)
+        self._account(record, state.usage, state.timings)
+        http_status = {"ok": 200, "cancelled": 499}.get(status, 502)
+        self._finish(record, call=call, status=status, http_status=http_status, error=error)
+
+    # -- recording -----------------------------------------------------------------------------
+    @staticmethod
+    def _account(record: RequestRecord, usage: Any, timings: Any) -> None:
+        if isinstance(usage, dict):
+            record.prompt_tokens = usage.get("prompt_tokens")
+            record.completion_tokens = usage.get("completion_tokens")
+            details = usage.get("prompt_tokens_details")
+            if isinstance(details, dict):
+                record.cached_tokens = details.get("cached_tokens")
+        if isinstance(timings, dict):
+            for name in ("queue_ms", "tokens_per_second"):
+                value = timings.get(name)
+                if isinstance(value, int | float):
+                    setattr(record, name, float(value))
+
+    def _finish(
+        self,
+        record: RequestRecord,
+        *,
+        call: Call | None = None,
+        status: str = "ok",
+        http_status: int = 200,
+        error: str | None = None,
+    ) -> None:
+        record.status, record.http_status, record.error = status, http_status, error
+        if call is not None:
+            record.total_ms = (time.perf_counter() - call.started) * 1000
+        self.log.add(record)
+        model = call.model_name if call is not None else ""
+        self.metrics.count_request(
+            record.alias or "",
+            model,
+            status,
+            record.ttft_ms,
+            record.total_ms,
+            record.tokens_per_second,
+        )
+
+
+async def _iterate(chunks: list[bytes]) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+def _json(body: dict[str, Any]) -> Response:
+    return Response(
+        content=json.dumps(body, separators=(",", ":")).encode(), media_type="application/json"
+    )

@@ -1,0 +1,247 @@
+"""The request log: one `requests` row (and its `messages` row) per call, written in
+batches off the request path; spooled to disk while PostgreSQL is unreachable, replayed
+when it is back, without duplicates (ON CONFLICT (id) DO NOTHING).
+
+One writer thread does every write, so batches, replays and spool appends never race.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
+
+from app.db.tables import Message, Request
+from app.gateway.keys import ApiKeys
+from app.gateway.spool import Spool
+
+logger = logging.getLogger(__name__)
+
+# Orphaned spool files (of gateways that are gone) are looked for this often.
+ORPHAN_SCAN_S = 5.0
+# While the database is away, a replay of the own spool is tried this often.
+REPLAY_RETRY_S = 1.0
+
+
+@dataclass
+class RequestRecord:
+    """Everything the log keeps about one call; filled in as the call goes."""
+
+    id: uuid.UUID
+    created_at: datetime
+    endpoint: str
+    alias: str | None = None
+    model_id: int | None = None
+    deployment_id: int | None = None
+    worker_id: int | None = None
+    api_key_id: int | None = None
+    session_id: str | None = None
+    user_id: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int | None = None
+    queue_ms: float | None = None
+    ttft_ms: float | None = None
+    total_ms: float | None = None
+    tokens_per_second: float | None = None
+    # ok | error (the worker failed or refused) | rejected (429/503 by the gateway) |
+    # cancelled (the client went away)
+    status: str = "ok"
+    http_status: int | None = 200
+    error: str | None = None
+    cache_hit: bool = False
+    # The prompt as sent (messages or prompt) and the answer text; None when not logged.
+    prompt: Any = None
+    response: str | None = None
+    log_text: bool = True
+
+    def entry(self) -> dict[str, Any]:
+        """The JSON-safe form the writer inserts and the spool stores."""
+        row = asdict(self)
+        prompt, response, log_text = row.pop("prompt"), row.pop("response"), row.pop("log_text")
+        row["id"] = str(self.id)
+        row["created_at"] = self.created_at.isoformat()
+        message = None
+        if log_text and prompt is not None:
+            message = {"prompt": prompt, "response": response}
+        return {"request": row, "message": message}
+
+
+def _request_params(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **row,
+        "id": uuid.UUID(row["id"]),
+        "created_at": datetime.fromisoformat(row["created_at"]),
+    }
+
+
+def write_entries(engine: Engine, entries: list[dict[str, Any]]) -> None:
+    """Insert entries (RequestRecord.entry() form) in one transaction; rows already there
+    are skipped, which is what makes a replay safe."""
+    if not entries:
+        return
+    requests = [_request_params(e["request"]) for e in entries]
+    messages = [
+        {
+            "request_id": uuid.UUID(e["request"]["id"]),
+            "prompt": e["message"]["prompt"],
+            "response": e["message"]["response"],
+            "created_at": datetime.fromisoformat(e["request"]["created_at"]),
+        }
+        for e in entries
+        if e.get("message")
+    ]
+    with engine.begin() as conn:
+        conn.execute(insert(Request).on_conflict_do_nothing(index_elements=["id"]), requests)
+        if messages:
+            conn.execute(
+                insert(Message).on_conflict_do_nothing(index_elements=["request_id"]), messages
+            )
+
+
+def write_entries_one_by_one(engine: Engine, entries: list[dict[str, Any]]) -> None:
+    """After a batch hit a bad row: write each alone; a row whose model or key was deleted
+    meanwhile loses that reference rather than the whole row."""
+    for entry in entries:
+        try:
+            write_entries(engine, [entry])
+        except (IntegrityError, DataError):
+            request = {**entry["request"], "model_id": None, "api_key_id": None}
+            try:
+                write_entries(engine, [{**entry, "request": request}])
+            except (IntegrityError, DataError) as exc:
+                logger.error("dropping request row %s the database refuses: %s", request["id"], exc)
+
+
+class RequestLog:
+    """Collects records on the event loop; a background task hands batches to the writer."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        spool: Spool,
+        *,
+        flush_s: float,
+        batch_rows: int,
+    ) -> None:
+        self.engine = engine
+        self.spool = spool
+        self.flush_s = flush_s
+        self.batch_rows = batch_rows
+        self.database_ok = True
+        self.written_rows = 0
+        self._buffer: list[RequestRecord] = []
+        self._keys_used: set[int] = set()
+        self._pending: set[uuid.UUID] = set()
+        self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="herd-request-log")
+        self._next_orphan_scan = 0.0
+        self._next_replay = 0.0
+        self._keys = ApiKeys(engine)
+
+    # -- on the request path: append only ---------------------------------------------------
+    def add(self, record: RequestRecord) -> None:
+        self._buffer.append(record)
+        self._pending.add(record.id)
+        if record.api_key_id is not None:
+            self._keys_used.add(record.api_key_id)
+        if len(self._buffer) >= self.batch_rows:
+            self._wake.set()
+
+    @property
+    def pending_rows(self) -> int:
+        return len(self._pending)
+
+    # -- background -------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Flush every flush_s (or sooner when a batch fills) until cancelled."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.flush_s)
+            self._wake.clear()
+            try:
+                await self.flush()
+            except Exception:  # a surprise must not end request logging
+                logger.exception("request log flush failed")
+
+    async def flush(self) -> None:
+        """Write (or spool) everything added so far; returns when that is done."""
+        batch, self._buffer = self._buffer, []
+        keys, self._keys_used = self._keys_used, set()
+        if not batch and not self.spool.rows and time.monotonic() < self._next_orphan_scan:
+            return
+        entries = [r.entry() for r in batch]
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._write, entries, keys)
+        finally:
+            self._pending.difference_update(r.id for r in batch)
+
+    async def ensure_written(self, request_id: uuid.UUID) -> None:
+        """Make sure the row is in the database if it can be (feedback refers to it)."""
+        if request_id in self._pending or self.spool.rows:
+            await self.flush()
+
+    async def close(self) -> None:
+        """Final flush at shutdown; what cannot reach the database stays in the spool."""
+        await self.flush()
+        self._executor.shutdown(wait=True)
+        self.spool.close()
+
+    # -- the writer thread ------------------------------------------------------------------
+    def _write(self, entries: list[dict[str, Any]], keys: set[int]) -> None:
+        self._replay()
+        if self.spool.rows:
+            # Still unreachable: keep the order on disk, behind what is already there.
+            self.spool.append(entries)
+            return
+        try:
+            self._insert(entries)
+            self._keys.touch(keys)
+            self.database_ok = True
+            self.written_rows += len(entries)
+        except SQLAlchemyError as exc:
+            if self.database_ok:
+                logger.warning("database unreachable; spooling request rows to disk: %s", exc)
+            self.database_ok = False
+            self.spool.append(entries)
+
+    def _insert(self, entries: list[dict[str, Any]]) -> None:
+        try:
+            write_entries(self.engine, entries)
+        except (IntegrityError, DataError):
+            write_entries_one_by_one(self.engine, entries)
+
+    def _replay(self) -> None:
+        now = time.monotonic()
+        if self.spool.rows:
+            if now < self._next_replay:
+                return
+            rows = self.spool.read_own()
+            try:
+                self._insert(rows)
+            except SQLAlchemyError:
+                self._next_replay = now + REPLAY_RETRY_S
+                return
+            self.spool.clear_own()
+            self.database_ok = True
+            self.written_rows += len(rows)
+            logger.info("database back; replayed %d spooled request rows", len(rows))
+        if now >= self._next_orphan_scan:
+            self._next_orphan_scan = now + ORPHAN_SCAN_S
+            for path in self.spool.orphans():
+                try:
+                    self.spool.replay_orphan(path, self._insert)
+                except SQLAlchemyError as exc:
+                    logger.warning("could not replay %s yet: %s", path.name, exc)
+                    return

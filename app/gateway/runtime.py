@@ -1,0 +1,115 @@
+"""Everything one gateway process runs: its database engine, routing state, balancer,
+cache, request log, HTTP client to the workers, and the background tasks that feed them.
+Built in the app's lifespan, never at import."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import httpx
+from sqlalchemy import Engine, create_engine
+
+from app.config import Settings
+from app.db.database import Database
+from app.db.engine import sqlalchemy_url
+from app.gateway.balancer import Balancer
+from app.gateway.cache import ResponseCache
+from app.gateway.feedback import FeedbackStore
+from app.gateway.metrics import GatewayMetrics
+from app.gateway.proxy import Proxy
+from app.gateway.request_log import RequestLog
+from app.gateway.routing import RoutingState
+from app.gateway.spool import Spool
+
+logger = logging.getLogger(__name__)
+
+# A database that does not answer must not hold a request-log flush or a feedback click
+# for minutes: give up connecting after this long (then spool, or answer 503).
+DB_CONNECT_TIMEOUT_S = 3
+
+
+def gateway_engine(url: str) -> Engine:
+    return create_engine(
+        sqlalchemy_url(url),
+        pool_pre_ping=True,
+        pool_size=8,
+        connect_args={"connect_timeout": DB_CONNECT_TIMEOUT_S},
+    )
+
+
+class GatewayRuntime:
+    """The gateway's parts, wired together; start() and stop() bracket the app's life."""
+
+    def __init__(self, settings: Settings, database_url: str) -> None:
+        self.settings = settings
+        self.engine = gateway_engine(database_url)
+        self.routing = RoutingState(self.engine, settings)
+        self.balancer = Balancer(
+            queue_per_worker=settings.gateway_queue_per_worker,
+            cooldown_s=settings.gateway_cooldown_s,
+            affinity_size=settings.gateway_affinity_sessions,
+        )
+        self.cache = ResponseCache(settings.cache_max_entries)
+        self.metrics = GatewayMetrics()
+        self.feedback = FeedbackStore(self.engine)
+        self.log = RequestLog(
+            self.engine,
+            Spool(settings.spool_dir),
+            flush_s=settings.log_flush_ms / 1000,
+            batch_rows=settings.log_batch_rows,
+        )
+        limits = httpx.Limits(
+            max_connections=settings.gateway_max_connections,
+            max_keepalive_connections=settings.gateway_max_connections,
+            keepalive_expiry=30.0,
+        )
+        # trust_env off: a proxy from the environment must not sit between us and workers.
+        self.client = httpx.AsyncClient(limits=limits, trust_env=False)
+        self.proxy = Proxy(
+            settings, self.routing, self.balancer, self.cache, self.log, self.metrics, self.client
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        if not await asyncio.to_thread(self.routing.refresh):
+            logger.warning("starting without routing state; calls get 503 until it loads")
+        self._tasks = [
+            asyncio.create_task(self.routing.run(), name="herd-routing-refresh"),
+            asyncio.create_task(self.log.run(), name="herd-request-log"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.log.close()
+        await self.client.aclose()
+        self.engine.dispose()
+
+    def gauges(self) -> list[tuple[str, str, float]]:
+        snapshot = self.routing.snapshot
+        return [
+            ("herd_gateway_outstanding_requests", "Calls in flight to workers (queue depth).",
+             float(self.balancer.total_outstanding())),
+            ("herd_gateway_live_workers", "Workers routable now.",
+             float(len(snapshot.live_worker_ids))),
+            ("herd_gateway_cache_entries", "Responses in the cache.", float(len(self.cache))),
+            ("herd_gateway_log_pending_rows", "Request rows not yet written.",
+             float(self.log.pending_rows)),
+            ("herd_gateway_log_spooled_rows", "Request rows on disk awaiting the database.",
+             float(self.log.spool.rows)),
+            ("herd_gateway_database_up", "1 when the last routing refresh reached the database.",
+             1.0 if self.routing.database_ok else 0.0),
+        ]  # fmt: skip
+
+
+def database_url(settings: Settings, database: Database | None) -> tuple[str, Database | None]:
+    """The URL to use and the Database this call opened (to close), if any."""
+    if database is not None:
+        return database.url, None
+    opened = Database.open(settings)
+    return opened.url, opened

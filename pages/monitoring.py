@@ -1,0 +1,126 @@
+"""Monitoring: latency, traffic and engagement per model version, with A/B comparisons."""
+
+import streamlit as st
+
+from app.accounts import Role
+from app.analytics.monitoring import (
+    engagement_series,
+    latency_series,
+    session_series,
+    traffic_series,
+)
+from app.analytics.summary import tiles
+from app.analytics.versions import compare_versions, filter_options
+from app.ui import auth, charts, resources
+from app.ui.analytics_widgets import chart, scope_picker, tile_row
+
+auth.require_role(Role.VIEWER)
+st.title("Monitoring")
+
+with resources.database_errors():
+    engine = resources.database().engine
+    options = filter_options(engine)
+    scope = scope_picker(options, "mon")
+    tile_row(tiles(engine, scope))
+    latency = latency_series(engine, scope)
+    traffic = traffic_series(engine, scope)
+    engagement = engagement_series(engine, scope)
+    sessions = session_series(engine, scope)
+
+if not options.models:
+    st.info("No traffic recorded yet. For a demo, run `herd demo-traffic --requests 100000`.")
+
+latency_tab, traffic_tab, engagement_tab, ab_tab = st.tabs(
+    ["Latency", "Traffic", "Engagement", "Versions (A/B)"]
+)
+with latency_tab:
+    pct = {"p50": "ttft_p50_ms", "p95": "ttft_p95_ms", "p99": "ttft_p99_ms"}
+    chart(charts.lines(latency, pct, title="Time to first token", y_title="ms"), latency, "ttft")
+    pct = {"p50": "total_p50_ms", "p95": "total_p95_ms", "p99": "total_p99_ms"}
+    chart(charts.lines(latency, pct, title="Total latency", y_title="ms"), latency, "latency")
+with traffic_tab:
+    chart(
+        charts.lines(traffic, {"": "requests_per_minute"}, title="Requests", y_title="per min"),
+        traffic,
+        "traffic",
+    )
+    left, right = st.columns(2)
+    with left:
+        fig = charts.lines(traffic, {"": "tokens_per_second"}, title="Tokens/s", y_title="tok/s")
+        chart(fig, traffic, "tokens_per_second")
+        fig = charts.lines(
+            traffic, {"": "error_rate"}, title="Error rate", y_title="", percent=True
+        )
+        chart(fig, traffic, "errors")
+    with right:
+        queue = {"avg": "queue_avg_ms", "p95": "queue_p95_ms"}
+        chart(charts.lines(traffic, queue, title="Queue wait", y_title="ms"), traffic, "queue")
+        fig = charts.lines(
+            traffic, {"": "cache_hit_rate"}, title="Cache hit rate", y_title="", percent=True
+        )
+        chart(fig, traffic, "cache")
+with engagement_tab:
+    fig = charts.band(
+        engagement,
+        "thumbs_up_ratio",
+        "thumbs_up_low",
+        "thumbs_up_high",
+        title="Thumbs-up ratio (95% Wilson band)",
+        y_title="",
+    )
+    chart(fig, engagement, "thumbs_up")
+    left, right = st.columns(2)
+    with left:
+        fig = charts.lines(
+            engagement, {"": "feedback_rate"}, title="Feedback rate", y_title="", percent=True
+        )
+        chart(fig, engagement, "feedback_rate")
+        fig = charts.lines(sessions, {"": "sessions"}, title="Sessions", y_title="sessions")
+        chart(fig, sessions, "sessions")
+        fig = charts.lines(
+            sessions, {"": "regenerate_rate"}, title="Regenerate rate", y_title="", percent=True
+        )
+        chart(fig, sessions, "regenerates")
+    with right:
+        fig = charts.lines(engagement, {"": "comments"}, title="Comments", y_title="comments")
+        chart(fig, engagement, "comments")
+        fig = charts.lines(
+            sessions, {"": "turns_per_session"}, title="Turns per session", y_title="turns"
+        )
+        chart(fig, sessions, "turns")
+        fig = charts.lines(
+            sessions,
+            {"": "one_turn_share"},
+            title="Sessions abandoned after one turn",
+            y_title="",
+            percent=True,
+        )
+        chart(fig, sessions, "one_turn")
+with ab_tab:
+    aliases = [scope.alias] if scope.alias else options.aliases
+    shown = False
+    for alias in aliases:
+        with resources.database_errors():
+            comparisons = compare_versions(engine, scope, alias)
+        if not comparisons:
+            continue
+        shown = True
+        st.subheader(f"Alias `{alias}`")
+        versions = [comparisons[0].baseline.as_dict()] + [
+            c.candidate.as_dict() for c in comparisons
+        ]
+        st.dataframe(versions, hide_index=True, width="stretch")
+        rows = [c.as_dict() for c in comparisons]
+        st.dataframe(rows, hide_index=True, width="stretch")
+        for c in comparisons:
+            up = c.thumbs_up
+            if up is None:
+                continue
+            verdict = "significant" if up.significant(c.alpha) else "not significant"
+            st.write(
+                f"**{c.candidate.model}** vs **{c.baseline.model}**: thumbs-up "
+                f"{up.p_b:.1%} vs {up.p_a:.1%} ({up.difference:+.1%}, p = {up.p_value:.2g}, "
+                f"{verdict} at {c.alpha}); p95 latency x{c.total_p95_ratio or 0:.2f}."
+            )
+    if not shown:
+        st.caption("No alias has more than one model version with traffic in this period.")

@@ -1,0 +1,116 @@
+"""Monitoring, Retraining and Feedback review pages rendered with AppTest, empty and full."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from streamlit.testing.v1 import AppTest
+
+from app.accounts import Accounts, Role
+from app.analytics.demo_traffic import generate_demo_traffic
+from app.db.database import Database
+from tests.conftest import REPO_ROOT
+
+PAGES = ("monitoring.py", "retraining.py", "feedback_review.py")
+
+
+@pytest.fixture
+def dashboard_env(
+    monkeypatch: pytest.MonkeyPatch, db_url: str, models_dir: Path, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("HERD_DATABASE_URL", db_url)
+    monkeypatch.setenv("HERD_MODELS_DIR", str(models_dir))
+    monkeypatch.setenv("HERD_HOME", str(tmp_path / "home"))
+
+
+def _logged_in(database: Database, role: Role) -> AppTest:
+    Accounts(database.engine).add("ana", "analyst password", role)
+    app = AppTest.from_file(str(REPO_ROOT / "dashboard.py"), default_timeout=60)
+    app.run()
+    app.text_input(key="login_name").input("ana")
+    app.text_input(key="login_password").input("analyst password")
+    app.button[0].click()
+    app.run()
+    assert not app.exception, app.exception
+    return app
+
+
+def _open(app: AppTest, page: str) -> AppTest:
+    app.switch_page(f"pages/{page}").run()
+    assert not app.exception, app.exception
+    return app
+
+
+def test_pages_refuse_without_login(dashboard_env: None) -> None:
+    for page in PAGES:
+        app = AppTest.from_file(str(REPO_ROOT / "pages" / page), default_timeout=30)
+        app.run()
+        assert not app.exception
+        assert "log in" in app.warning[0].value.lower()
+
+
+def test_pages_render_on_an_empty_database(dashboard_env: None, database: Database) -> None:
+    app = _logged_in(database, Role.OPERATOR)
+    _open(app, "monitoring.py")
+    assert app.title[0].value == "Monitoring"
+    assert [m.label for m in app.metric][:3] == ["Requests", "p95 TTFT", "p95 latency"]
+    assert app.metric[0].value == "0"
+    assert "demo-traffic" in app.info[0].value
+    _open(app, "retraining.py")
+    assert app.title[0].value == "Retraining"
+    assert "No model version" in app.info[0].value
+    _open(app, "feedback_review.py")
+    assert "No rated conversations" in app.info[0].value
+
+
+@pytest.fixture
+def full(database: Database) -> Database:
+    generate_demo_traffic(database.engine, 12_000, days=8, seed=0.5, now=datetime.now(UTC))
+    return database
+
+
+def test_pages_render_on_a_full_database(dashboard_env: None, full: Database) -> None:
+    app = _logged_in(full, Role.OPERATOR)
+    _open(app, "monitoring.py")
+    assert int(app.metric[0].value.replace(",", "")) > 0
+    app.selectbox(key="mon_range").select("Last week").run()
+    assert not app.exception, app.exception
+    assert int(app.metric[0].value.replace(",", "")) > 5_000
+    assert not app.info
+
+    _open(app, "retraining.py")
+    assert len(app.subheader) == 4  # one per model version
+    assert any("rollback" in e.value for e in app.error)  # the planted regression
+    # Record the decision the page recommends for the first version.
+    app.button(key="FormSubmitter:decide_0-Record decision").click().run()
+    assert not app.exception, app.exception
+    with full.engine.connect() as conn:
+        decided = conn.execute(
+            text("SELECT decided_by, recommendation, signals FROM retraining_decisions")
+        ).one()
+    assert decided.decided_by == "ana" and len(decided.signals) == 5
+    _open(app, "retraining.py")
+    assert app.dataframe  # the past decisions table and its period's charts
+
+    _open(app, "feedback_review.py")
+    assert app.title[0].value == "Feedback review"
+    assert len(app.dataframe[0].value) > 0
+    app.text_area(key="correction_text").input("A better answer.")
+    app.button(key="FormSubmitter:correction-Save correction").click().run()
+    assert not app.exception, app.exception
+    with full.engine.connect() as conn:
+        saved = conn.execute(text("SELECT response FROM feedback_corrections")).scalar_one()
+    assert saved == "A better answer."
+
+
+def test_viewer_reads_but_cannot_act(dashboard_env: None, full: Database) -> None:
+    app = _logged_in(full, Role.VIEWER)
+    _open(app, "retraining.py")
+    labels = [b.label for b in app.button]
+    assert "Record decision" not in labels and "Export" not in labels
+    assert any("operator role" in c.value for c in app.caption)
+    _open(app, "feedback_review.py")
+    assert "Save correction" not in [b.label for b in app.button]

@@ -1,0 +1,227 @@
+"""Rollups kept by triggers, and the series read from them, against a Python reference."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter, defaultdict
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import Engine, text
+
+from app.analytics.monitoring import latency_series, session_series, traffic_series
+from app.analytics.scope import Scope
+from app.analytics.summary import summary
+from app.db.database import Database
+from tests.analytics_data import add_model, insert_feedback, insert_requests, request_row
+
+BASE = datetime(2026, 1, 5, tzinfo=UTC)
+HOURS = 30
+
+
+def _generate(engine: Engine, seed: int = 7) -> tuple[list[dict[str, Any]], dict[int, str]]:
+    rng = np.random.default_rng(seed)
+    models = {add_model(engine, "a.gguf"): "a.gguf", add_model(engine, "b.gguf"): "b.gguf"}
+    ids = list(models)
+    rows = []
+    for _i in range(1500):
+        model = ids[int(rng.integers(2))]
+        status = str(rng.choice(["ok", "ok", "ok", "ok", "error", "rejected", "cancelled"]))
+        rows.append(
+            request_row(
+                BASE + timedelta(seconds=float(rng.uniform(0, HOURS * 3600))),
+                alias=str(rng.choice(["chat", "code"])),
+                model_id=model,
+                worker_id=int(rng.integers(1, 3)) if rng.random() < 0.9 else None,
+                session_id=f"s{int(rng.integers(300))}" if rng.random() < 0.8 else None,
+                prompt_tokens=int(rng.integers(1, 4)) * 10,
+                ttft_ms=float(rng.lognormal(5, 0.5)) if status == "ok" else None,
+                total_ms=float(rng.lognormal(7, 0.6)),
+                queue_ms=float(rng.exponential(20)),
+                tokens_per_second=float(rng.uniform(10, 60)),
+                status=status,
+                http_status={"ok": 200, "error": 500, "rejected": 503}.get(status, 499),
+                cache_hit=bool(rng.random() < 0.2),
+            )
+        )
+    # Three statements, as three gateway batches: the rollups must merge them.
+    order = sorted(rows, key=lambda r: r["created_at"])
+    for part in (order[:400], order[400:900], order[900:]):
+        insert_requests(engine, part)
+    return rows, models
+
+
+def _hour(at: datetime) -> datetime:
+    return at.replace(minute=0, second=0, microsecond=0)
+
+
+def _key(r: dict[str, Any]) -> tuple[Any, ...]:
+    return (_hour(r["created_at"]), r["alias"] or "", r["model_id"] or 0, r["worker_id"] or 0)
+
+
+def _hourly(engine: Engine) -> dict[tuple[Any, ...], dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT * FROM requests_hourly")).mappings().all()
+    return {(r["hour"], r["alias"], r["model_id"], r["worker_id"]): dict(r) for r in rows}
+
+
+@pytest.fixture
+def loaded(database: Database) -> tuple[Engine, list[dict[str, Any]], dict[int, str]]:
+    rows, models = _generate(database.engine)
+    return database.engine, rows, models
+
+
+def test_hourly_rollup_matches_python(loaded: Any) -> None:
+    engine, rows, _ = loaded
+    expected: dict[tuple[Any, ...], Counter[str]] = defaultdict(Counter)
+    sums: dict[tuple[Any, ...], float] = defaultdict(float)
+    for r in rows:
+        c = expected[_key(r)]
+        c["requests"] += 1
+        c["errors"] += r["status"] in ("error", "rejected")
+        c["cache_hits"] += r["cache_hit"]
+        c["ttft_n"] += r["ttft_ms"] is not None
+        sums[_key(r)] += r["total_ms"]
+    got = _hourly(engine)
+    assert set(got) == set(expected)
+    for key, counts in expected.items():
+        for column, value in counts.items():
+            assert got[key][column] == value, (key, column)
+        assert got[key]["total_sum_ms"] == pytest.approx(sums[key])
+    with engine.connect() as conn:
+        hist = conn.execute(text("SELECT metric, sum(n) FROM latency_hourly GROUP BY metric")).all()
+    assert dict(hist) == {
+        "ttft": sum(r["ttft_ms"] is not None for r in rows),
+        "total": len(rows),
+        "queue": len(rows),
+    }
+
+
+def test_feedback_insert_update_delete_keep_rollup_counts(loaded: Any) -> None:
+    engine, rows, _ = loaded
+    rated = rows[:300]
+    insert_feedback(
+        engine,
+        [
+            {"request_id": r["id"], "rating": 1 if i % 3 else -1, "comment": "x" if i % 5 else ""}
+            for i, r in enumerate(rated)
+        ],
+    )
+    with engine.begin() as conn:
+        # Flip 30 votes, delete 20: the hourly counts follow.
+        conn.execute(
+            text("UPDATE feedback SET rating = -rating WHERE request_id = ANY(:ids)"),
+            {"ids": [r["id"] for r in rated[:30]]},
+        )
+        conn.execute(
+            text("DELETE FROM feedback WHERE request_id = ANY(:ids)"),
+            {"ids": [r["id"] for r in rated[30:50]]},
+        )
+        truth = conn.execute(
+            text(
+                "SELECT count(*), count(*) FILTER (WHERE rating = 1), "
+                "count(*) FILTER (WHERE comment <> '') FROM feedback"
+            )
+        ).one()
+        rolled = conn.execute(
+            text("SELECT sum(ratings), sum(thumbs_up), sum(comments) FROM requests_hourly")
+        ).one()
+    assert tuple(int(x) for x in rolled) == tuple(truth)
+    assert truth[0] == 280
+
+
+def test_rebuild_reproduces_the_incremental_rollups(loaded: Any) -> None:
+    engine, rows, _ = loaded
+    insert_feedback(engine, [{"request_id": r["id"], "rating": 1} for r in rows[:100]])
+    before = _hourly(engine)
+    with engine.connect() as conn:
+        sessions_before = conn.execute(
+            text("SELECT * FROM request_sessions ORDER BY session_id")
+        ).all()
+    with engine.begin() as conn:
+        conn.execute(text("SELECT herd_rebuild_rollups('-infinity', 'infinity')"))
+        sessions_after = conn.execute(
+            text("SELECT * FROM request_sessions ORDER BY session_id")
+        ).all()
+    after = _hourly(engine)
+    assert set(after) == set(before)
+    for key in before:
+        for column, value in before[key].items():
+            assert after[key][column] == pytest.approx(value), (key, column)
+    assert sessions_after == sessions_before
+
+
+def test_sessions_and_regenerates_match_python(loaded: Any) -> None:
+    engine, rows, _ = loaded
+    by_session: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if r["session_id"]:
+            by_session[r["session_id"]].append(r)
+    with engine.connect() as conn:
+        got = {
+            row.session_id: row
+            for row in conn.execute(text("SELECT * FROM request_sessions")).all()
+        }
+    assert set(got) == set(by_session)
+    for session_id, turns in by_session.items():
+        turns.sort(key=lambda r: (r["created_at"], str(r["id"])))
+        regenerates = sum(
+            1 for a, b in itertools.pairwise(turns) if a["prompt_tokens"] == b["prompt_tokens"]
+        )
+        row = got[session_id]
+        assert row.turns == len(turns)
+        assert row.regenerates == regenerates, session_id
+        assert row.first_at == turns[0]["created_at"]
+        assert row.model_id == turns[0]["model_id"]
+    scope = Scope(start=BASE, end=BASE + timedelta(hours=HOURS))
+    series = session_series(engine, scope)
+    assert sum(r["sessions"] for r in series) == len(by_session)
+
+
+def test_traffic_series_from_rollups_matches_python(loaded: Any) -> None:
+    engine, rows, models = loaded
+    scope = Scope(start=BASE, end=BASE + timedelta(hours=HOURS), alias="chat")
+    series = traffic_series(engine, scope)  # 30 h: hourly buckets from the rollups
+    expected: Counter[tuple[datetime, str]] = Counter()
+    errors: Counter[tuple[datetime, str]] = Counter()
+    for r in rows:
+        if r["alias"] == "chat":
+            expected[(_hour(r["created_at"]), models[r["model_id"]])] += 1
+            errors[(_hour(r["created_at"]), models[r["model_id"]])] += r["status"] != "ok" and (
+                r["status"] != "cancelled"
+            )
+    got = {(r["t"], r["model"]): r for r in series}
+    assert {k: v["requests"] for k, v in got.items()} == dict(expected)
+    assert {k: v["errors"] for k, v in got.items()} == {k: errors[k] for k in expected}
+
+
+def test_raw_latency_percentiles_are_exact(loaded: Any) -> None:
+    engine, rows, models = loaded
+    start = BASE + timedelta(hours=5)
+    scope = Scope(start=start, end=start + timedelta(hours=2), worker_id=1)
+    series = latency_series(engine, scope)  # 2 h: minute buckets from the raw rows
+    groups: dict[tuple[datetime, str], list[float]] = defaultdict(list)
+    for r in rows:
+        if scope.start <= r["created_at"] < scope.end and r["worker_id"] == 1:
+            t = r["created_at"].replace(second=0, microsecond=0)
+            groups[(t, models[r["model_id"]])].append(r["total_ms"])
+    got = {(r["t"], r["model"]): r for r in series}
+    assert set(got) == set(groups)
+    for key, values in groups.items():
+        assert got[key]["total_p95_ms"] == pytest.approx(np.percentile(values, 95))
+        assert got[key]["total_p50_ms"] == pytest.approx(np.percentile(values, 50))
+
+
+def test_rollup_percentiles_within_a_histogram_bin(loaded: Any) -> None:
+    engine, rows, _models = loaded
+    scope = Scope(start=BASE, end=BASE + timedelta(hours=HOURS))
+    whole = summary(engine, scope)  # hour-granular: histogram quantiles
+    exact = np.percentile([r["total_ms"] for r in rows], 95)
+    exact_ttft = np.percentile([r["ttft_ms"] for r in rows if r["ttft_ms"] is not None], 95)
+    # Bins are 2^(1/8) (9 %) wide.
+    assert whole.total_p95_ms == pytest.approx(exact, rel=0.09)
+    assert whole.ttft_p95_ms == pytest.approx(exact_ttft, rel=0.09)
+    assert whole.requests == len(rows)
+    assert whole.errors == sum(r["status"] in ("error", "rejected") for r in rows)
