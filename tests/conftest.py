@@ -7,6 +7,9 @@ from a template migrated once, so tests never see each other's rows.
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +31,27 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def with_database(url: str, name: str) -> str:
     """url pointing at another database on the same server."""
     return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_herd(
+    *args: str, env: dict[str, str], stdin: str | None = None, timeout_s: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """Run the `herd` command as a user would, in its own process."""
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
 
 
 class PgServer:
@@ -104,6 +128,17 @@ def models_dir(tmp_path: Path) -> Path:
     path = tmp_path / "models_store"
     path.mkdir()
     return path
+
+
+@pytest.fixture
+def herd_env(db_url: str, models_dir: Path, tmp_path: Path) -> dict[str, str]:
+    """Environment for a `herd` process on this test's database and model store."""
+    return {
+        **os.environ,
+        "HERD_DATABASE_URL": db_url,
+        "HERD_MODELS_DIR": str(models_dir),
+        "HERD_HOME": str(tmp_path / "herd-home"),
+    }
 
 
 @pytest.fixture

@@ -6,45 +6,21 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from sqlalchemy import create_engine, inspect
 
 from app.store.demo import DEMO_FILE
+from tests.conftest import run_herd
 
 
-def herd(
-    *args: str, env: dict[str, str], stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-@pytest.fixture
-def env(db_url: str, models_dir: Path, tmp_path: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "HERD_DATABASE_URL": db_url,
-        "HERD_MODELS_DIR": str(models_dir),
-        "HERD_HOME": str(tmp_path / "home"),
-    }
-
-
-def test_models_add_demo_then_list_json(env: dict[str, str]) -> None:
-    added = herd("models", "add", "--demo", env=env)
+def test_models_add_demo_then_list_json(herd_env: dict[str, str]) -> None:
+    added = run_herd("models", "add", "--demo", env=herd_env)
     assert added.returncode == 0, added.stderr
     assert DEMO_FILE in added.stdout
 
-    listed = herd("models", "list", "--json", env=env)
+    listed = run_herd("models", "list", "--json", env=herd_env)
     assert listed.returncode == 0, listed.stderr
     rows = json.loads(listed.stdout)
     assert [r["name"] for r in rows] == [DEMO_FILE]
@@ -58,56 +34,59 @@ def test_models_add_demo_then_list_json(env: dict[str, str]) -> None:
     assert len(demo["sha256"]) == 64
     assert demo["estimate"]["ram_bytes"] > demo["size_bytes"]
 
-    table = herd("models", "list", env=env)
+    table = run_herd("models", "list", env=herd_env)
     assert DEMO_FILE in table.stdout and "valid" in table.stdout
 
 
 def test_models_add_errors_are_clear(
-    env: dict[str, str], tmp_path: Path, tiny_gguf: Callable[..., Path]
+    herd_env: dict[str, str], tmp_path: Path, tiny_gguf: Callable[..., Path]
 ) -> None:
     bogus = tmp_path / "bogus.gguf"
     bogus.write_text("not a model")
-    result = herd("models", "add", str(bogus), env=env)
+    result = run_herd("models", "add", str(bogus), env=herd_env)
     assert result.returncode == 1
     assert "not a valid GGUF" in result.stderr
     assert "Traceback" not in result.stderr
 
     source = tiny_gguf()
-    assert herd("models", "add", str(source), env=env).returncode == 0
-    clash = herd("models", "add", str(source), env=env)
+    assert run_herd("models", "add", str(source), env=herd_env).returncode == 0
+    clash = run_herd("models", "add", str(source), env=herd_env)
     assert clash.returncode == 1 and "already exists" in clash.stderr
 
-    escape = herd("models", "add", str(source), "--name", "../../evil.gguf", env=env)
+    escape = run_herd("models", "add", str(source), "--name", "../../evil.gguf", env=herd_env)
     assert escape.returncode == 1 and "outside the model store" in escape.stderr
 
 
-def test_models_scan_reports_invalid_files(env: dict[str, str], models_dir: Path) -> None:
+def test_models_scan_reports_invalid_files(herd_env: dict[str, str], models_dir: Path) -> None:
     (models_dir / "junk.gguf").write_bytes(b"\x00" * 64)
-    result = herd("models", "scan", env=env)
+    result = run_herd("models", "scan", env=herd_env)
     assert result.returncode == 0, result.stderr
     assert "0 valid, 1 invalid" in result.stdout
     assert "junk.gguf: not a GGUF file" in result.stdout
 
 
-def test_users_add(env: dict[str, str]) -> None:
-    made = herd("users", "add", "dana", "--role", "viewer", "--password-stdin", env=env,
+def test_users_add(herd_env: dict[str, str]) -> None:
+    made = run_herd("users", "add", "dana", "--role", "viewer", "--password-stdin",
+                    env=herd_env,
                 stdin="a long password\n")  # fmt: skip
     assert made.returncode == 0, made.stderr
-    again = herd("users", "add", "dana", "--password-stdin", env=env, stdin="whatever123\n")
+    again = run_herd(
+        "users", "add", "dana", "--password-stdin", env=herd_env, stdin="whatever123\n"
+    )
     assert again.returncode == 1 and "already exists" in again.stderr
-    generated = herd("users", "add", "erin", env=env, stdin="")
+    generated = run_herd("users", "add", "erin", env=herd_env, stdin="")
     assert generated.returncode == 0 and "password:" in generated.stdout
 
 
-def test_bad_database_url_is_refused(env: dict[str, str]) -> None:
-    result = herd("models", "list", env={**env, "HERD_DATABASE_URL": "sqlite:///x.db"})
+def test_bad_database_url_is_refused(herd_env: dict[str, str]) -> None:
+    result = run_herd("models", "list", env={**herd_env, "HERD_DATABASE_URL": "sqlite:///x.db"})
     assert result.returncode == 1
     assert "Herd needs PostgreSQL" in result.stderr
 
 
-def test_unreachable_database_is_reported(env: dict[str, str], tmp_path: Path) -> None:
+def test_unreachable_database_is_reported(herd_env: dict[str, str], tmp_path: Path) -> None:
     url = f"postgresql://nobody@/herd?host={tmp_path}"  # no server listens there
-    result = herd("models", "list", env={**env, "HERD_DATABASE_URL": url})
+    result = run_herd("models", "list", env={**herd_env, "HERD_DATABASE_URL": url})
     assert result.returncode == 1
     assert "cannot reach the database" in result.stderr
     assert "Traceback" not in result.stderr
@@ -118,8 +97,8 @@ def test_db_url_of_the_embedded_server(tmp_path: Path) -> None:
     env["HERD_HOME"] = str(tmp_path / "home")
     env["HERD_MODELS_DIR"] = str(tmp_path / "models")
     try:
-        assert herd("db", "upgrade", env=env).returncode == 0
-        result = herd("db", "url", env=env)
+        assert run_herd("db", "upgrade", env=env).returncode == 0
+        result = run_herd("db", "url", env=env)
         assert result.returncode == 0, result.stderr
         url = result.stdout.strip()
         assert url.startswith("postgresql://")
@@ -139,6 +118,6 @@ def test_db_url_of_the_embedded_server(tmp_path: Path) -> None:
             assert psql.returncode == 0, psql.stderr
             assert psql.stdout.strip() == "0"
     finally:
-        stopped = herd("db", "stop", env=env)
+        stopped = run_herd("db", "stop", env=env)
     assert stopped.stdout.strip() == "stopped"
     assert not (tmp_path / "home" / "pgdata" / "postmaster.pid").exists()

@@ -8,7 +8,6 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,16 +29,10 @@ from app.supervisor import logs
 from app.supervisor.errors import SupervisorError
 from app.supervisor.run import Listener
 from app.supervisor.service import supervisor_service
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, free_port
 
 START_TIMEOUT_S = 60.0
 MAX_FAILURES = 3
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(

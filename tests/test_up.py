@@ -17,14 +17,9 @@ import httpx
 import psutil
 
 from app.db.embedded import running_url
+from tests.conftest import free_port
 
 UP_TIMEOUT_S = 120
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class HerdUp:
