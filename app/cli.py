@@ -350,6 +350,20 @@ def cmd_demo_traffic(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retention_run(settings: Settings, args: argparse.Namespace) -> int:
+    from app.retention import delete_expired_text
+
+    days = args.days if args.days is not None else settings.text_retention_days
+    if days is None or days <= 0:
+        warn("herd retention: give --days N or set HERD_TEXT_RETENTION_DAYS")
+        return 2
+    with Database.open(settings) as db:
+        migrate.upgrade(db.url)
+        deleted = delete_expired_text(db.engine, days)
+    echo(f"deleted the text of {deleted} requests older than {days:g} days (metrics kept)")
+    return 0
+
+
 def _utc_time(value: str) -> datetime:
     """An ISO date or time from the command line; naive values are taken as UTC."""
     try:
@@ -519,6 +533,16 @@ def build_parser() -> argparse.ArgumentParser:
     keys_list.add_argument("--json", action="store_true", help="print JSON")
     keys_revoke = command(keys, "revoke", cmd_keys_revoke, "revoke a key by name or id")
     keys_revoke.add_argument("name_or_id")
+
+    retention = sub.add_parser("retention", help="text retention").add_subparsers(
+        dest="retention_command", required=True, metavar="COMMAND"
+    )
+    retention_run = command(
+        retention, "run", cmd_retention_run, "delete prompt/response text older than N days now"
+    )
+    retention_run.add_argument(
+        "--days", type=float, default=None, help="default HERD_TEXT_RETENTION_DAYS"
+    )
 
     users = sub.add_parser("users", help="dashboard operator accounts").add_subparsers(
         dest="users_command", required=True, metavar="COMMAND"

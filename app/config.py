@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -172,10 +172,71 @@ class Settings(BaseSettings):
     log_batch_rows: int = Field(
         default=500, ge=1, description="Request rows that trigger a write before the delay."
     )
+    gateway_max_body_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body the gateway accepts; larger ones get 413.",
+    )
+
+    # Access and privacy.
+    redact_text: bool = Field(
+        default=False,
+        description=(
+            "Replace emails, phone numbers and card-like numbers in prompts and responses "
+            "with placeholders before the gateway stores them in `messages`."
+        ),
+    )
+    text_retention_days: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Delete prompt and response text (`messages`) older than this many days; request "
+            "metrics and feedback ratings stay. Unset: keep text forever."
+        ),
+    )
+    retention_interval_s: float = Field(
+        default=3600.0, gt=0, description="How often the gateway applies the text retention."
+    )
+    session_ttl_s: float = Field(
+        default=8 * 3600.0, gt=0, description="A dashboard login lasts this long."
+    )
+    login_max_failures: int = Field(
+        default=5,
+        ge=1,
+        description="Failed logins in a row after which an operator name is locked out.",
+    )
+    login_lockout_s: float = Field(
+        default=60.0, gt=0, description="How long a locked-out operator name stays locked."
+    )
     require_api_key: bool = Field(
         default=False,
         description="Refuse calls without a valid key even before any key has been created.",
     )
+    gateway_url: str | None = Field(
+        default=None,
+        description=(
+            "Base URL (without /v1) the dashboard's Chat page calls the gateway at. Default: "
+            "http://<gateway_host>:<gateway_port>, with 127.0.0.1 for a wildcard host."
+        ),
+    )
+    chat_api_key: SecretStr | None = Field(
+        default=None,
+        description=(
+            "API key the Chat page sends as `Authorization: Bearer` once the gateway requires "
+            "keys (create one with `herd keys create chat`). Unset: calls go without a key."
+        ),
+    )
+
+    @property
+    def gateway_base_url(self) -> str:
+        """Where clients on this machine reach the gateway (HERD_GATEWAY_URL or host:port)."""
+        if self.gateway_url:
+            return self.gateway_url.rstrip("/").removesuffix("/v1")
+        # A wildcard bind address is not something a client can connect to.
+        host = self.gateway_host if self.gateway_host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.gateway_port}"
 
     @property
     def home_dir(self) -> Path:

@@ -178,6 +178,13 @@ def _validate_alias(alias: str) -> str:
     return alias
 
 
+def traffic_shares(weights: Mapping[int, int]) -> dict[int, float]:
+    """Each deployment's share of its alias's traffic (0..1) for these weights, as the
+    gateway's weighted round robin splits it; all zero when no weight is above 0."""
+    total = sum(w for w in weights.values() if w > 0)
+    return {key: (max(w, 0) / total if total else 0.0) for key, w in weights.items()}
+
+
 def _as_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
@@ -312,6 +319,39 @@ class Deployments:
                 **self._serving_columns(serving),
             )
         return self.get(deployment_id)
+
+    def set_traffic_weights(self, alias: str, weights: Mapping[int, int]) -> None:
+        """Set the traffic weights of an alias's deployments in one transaction.
+
+        Weights are relative (95 and 5 make a 5 % canary); gateways apply them within a
+        second. Refused when a deployment is not the alias's, or when no running deployment
+        would get traffic: that would turn every call to the alias into an error.
+        """
+        for deployment_id, weight in weights.items():
+            _check(
+                weight >= 0,
+                f"deployment {deployment_id}: a weight is 0 or more, not {weight}",
+            )
+        with Session(self.engine) as session, session.begin():
+            rows = session.execute(
+                select(Deployment.id, Deployment.traffic_weight, Deployment.state)
+                .where(Deployment.alias == alias)
+                .with_for_update()
+            ).all()
+            known = {r.id for r in rows}
+            stray = sorted(set(weights) - known)
+            if stray:
+                raise UnknownDeploymentError(
+                    f"deployment(s) {', '.join(map(str, stray))} do not serve alias {alias!r}"
+                )
+            after = {r.id: weights.get(r.id, r.traffic_weight) for r in rows}
+            _check(
+                any(after[r.id] > 0 for r in rows if r.state != "stopped"),
+                f"at least one running deployment of {alias!r} needs a weight above 0, "
+                "or every call to it fails",
+            )
+            for deployment_id, weight in weights.items():
+                self._update_in(session, deployment_id, traffic_weight=weight)
 
     def delete(self, deployment_id: int) -> None:
         """Remove the deployment; the supervisor stops its workers."""

@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from app.accounts import LoginLockedError
 from app.ui import auth, resources
 
 st.title("Herd")
@@ -12,9 +13,19 @@ with st.form("login"):
     password = st.text_input("Password", type="password", key="login_password")
     submitted = st.form_submit_button("Log in")
 
+if auth.session_expired() and not submitted:
+    st.warning("Your session has expired. Please log in again.")
+
 if submitted:
     with resources.database_errors():
-        ok = auth.log_in(name, password)
+        try:
+            ok = auth.log_in(name, password)
+        except LoginLockedError as exc:
+            st.error(
+                f"Too many failed logins for this operator name. "
+                f"Try again in {exc.retry_after_s} seconds."
+            )
+            st.stop()
     if ok:
         st.rerun()
     st.error("Wrong operator name or password.")

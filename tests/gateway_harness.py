@@ -11,7 +11,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,3 +171,35 @@ def gateway_settings(tmp_path: Path, db_url: str, **overrides: Any) -> Settings:
         **overrides,
     }
     return Settings(**values)
+
+
+@dataclass
+class ServedAlias:
+    """A gateway with one stub worker behind an alias, on a database of its own."""
+
+    url: str
+    database: Database
+    gateway: GatewayThread
+    stub: StubWorker
+
+
+@contextmanager
+def served_alias(
+    db_url: str, home: Path, alias: str, name: str = "stub", **overrides: Any
+) -> Iterator[ServedAlias]:
+    """Start a stub worker serving alias and a gateway in front of it; stop both after."""
+    database = Database(db_url)
+    stubs = Stubs(db_url)
+    gateway = None
+    try:
+        model_id = add_model(database.engine, f"{alias}.gguf")
+        deployment_id = add_deployment(database.engine, alias, model_id)
+        stub = stubs.start(alias, name, deployment_id=deployment_id, model_id=model_id, tokens=3)
+        gateway = GatewayThread(gateway_settings(home, db_url, **overrides), db_url)
+        gateway.wait_workers(1)
+        yield ServedAlias(gateway.url, database, gateway, stub)
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        stubs.stop_all()
+        database.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +24,10 @@ def dashboard_env(
     monkeypatch.setenv("HERD_DATABASE_URL", db_url)
     monkeypatch.setenv("HERD_MODELS_DIR", str(models_dir))
     monkeypatch.setenv("HERD_HOME", str(tmp_path / "home"))
+    # A port nothing listens on, whatever runs on this machine: the Chat page finds no gateway.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("HERD_GATEWAY_URL", f"http://127.0.0.1:{sock.getsockname()[1]}")
 
 
 def _app() -> AppTest:
@@ -47,11 +52,20 @@ def _open(app: AppTest, page: str) -> AppTest:
     return app
 
 
-def test_anonymous_visitor_sees_only_login(dashboard_env: None) -> None:
+def test_anonymous_visitor_sees_only_login_and_chat(dashboard_env: None) -> None:
     app = _app()
     assert app.title[0].value == "Herd"
     assert [t.value for t in app.title] == ["Herd"]
     assert app.text_input(key="login_password") is not None
+    # AppTest has no public view of the navigation; this private map is what st.navigation
+    # registered for this visitor.
+    pages = [p["page_name"] for p in app._registered_pages.values()]
+    assert pages == ["Log in", "Chat"]
+    # End users chat without logging in (no gateway runs here: the page says so, no trace).
+    _open(app, "chat.py")
+    assert app.title[0].value == "Chat"
+    assert not app.warning
+    assert "not reachable" in app.error[0].value
 
 
 def test_operator_pages_refuse_without_login(dashboard_env: None) -> None:
@@ -71,6 +85,8 @@ def test_logged_in_navigation_lists_every_operator_page(dashboard_env: None) -> 
     app.run()
     assert not app.exception, app.exception
     assert app.title[0].value == "Overview"
+    pages = {p["page_name"] for p in app._registered_pages.values()}
+    assert {"Routing", "Chat"} <= pages
     registered = {p.name for p in (REPO_ROOT / "pages").glob("*.py")} - {"login.py"}
     for page in sorted(registered):
         _open(app, page)

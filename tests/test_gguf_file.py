@@ -116,3 +116,13 @@ def test_tensor_offset_beyond_file(tiny_gguf: Callable[..., Path], tmp_path: Pat
     (tmp_path / "offset.gguf").write_bytes(data)
     with pytest.raises(InvalidGGUF):
         read_gguf(tmp_path / "offset.gguf")
+
+
+def test_metadata_string_that_is_not_utf8(tiny_gguf: Callable[..., Path], tmp_path: Path) -> None:
+    # Found by the fuzz test: general.name with an invalid UTF-8 byte.
+    data = bytearray(tiny_gguf().read_bytes())
+    position = data.index(b"tiny-test")
+    data[position] = 0xF4
+    (tmp_path / "name.gguf").write_bytes(data)
+    with pytest.raises(InvalidGGUF, match=r"general\.name is not valid UTF-8"):
+        read_gguf(tmp_path / "name.gguf")

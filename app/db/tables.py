@@ -268,6 +268,17 @@ class Operator(Base):
     __table_args__ = (CheckConstraint("role IN ('admin', 'operator', 'viewer')", name="role"),)
 
 
+class LoginAttempt(Base):
+    """Failed dashboard logins in a row for one operator name, and its lockout."""
+
+    __tablename__ = "login_attempts"
+
+    operator_name: Mapped[str] = mapped_column(Text, primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_failure_at: Mapped[datetime] = _now()
+
+
 class ApiKey(Base):
     """A gateway API key; only its hash is stored."""
 

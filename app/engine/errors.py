@@ -16,15 +16,24 @@ class BadRequest(EngineError):
 
 
 class PromptTooLong(BadRequest):
-    """The prompt leaves no room in the context window for even one completion token."""
+    """The prompt (plus max_tokens, when asked for) does not fit the context window."""
 
-    def __init__(self, prompt_tokens: int, n_ctx: int) -> None:
-        super().__init__(
-            f"the prompt is {prompt_tokens} tokens, but this worker's context window is "
-            f"{n_ctx} tokens and at least one token must be left for the completion"
-        )
+    def __init__(self, prompt_tokens: int, n_ctx: int, max_tokens: int | None = None) -> None:
+        if max_tokens is None:
+            message = (
+                f"the prompt is {prompt_tokens} tokens, but this worker's context window is "
+                f"{n_ctx} tokens and at least one token must be left for the completion"
+            )
+        else:
+            message = (
+                f"the prompt is {prompt_tokens} tokens and max_tokens is {max_tokens}, but "
+                f"this worker's context window is {n_ctx} tokens per request; shorten the "
+                "prompt or lower max_tokens"
+            )
+        super().__init__(message)
         self.prompt_tokens = prompt_tokens
         self.n_ctx = n_ctx
+        self.max_tokens = max_tokens
 
 
 class QueueFull(EngineError):

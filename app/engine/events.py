@@ -12,13 +12,21 @@ FinishReason = Literal["stop", "length", "cancelled"]
 class Usage:
     prompt_tokens: int
     completion_tokens: int
+    # Prompt tokens whose KV cache was reused from an earlier request, not computed again.
+    cached_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
-    def to_json(self) -> dict[str, int]:
-        return {**asdict(self), "total_tokens": self.total_tokens}
+    def to_json(self) -> dict[str, Any]:
+        # OpenAI's shape: cached prompt tokens sit under prompt_tokens_details.
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+        }
 
 
 @dataclass(frozen=True)

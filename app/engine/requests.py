@@ -23,6 +23,11 @@ class SamplingParams:
     temperature: float = 0.8
     top_p: float = 0.95
     top_k: int = 40
+    # llama-cpp-python's defaults for the sampler steps the OpenAI API does not name.
+    min_p: float = 0.05
+    # 1.0 turns the repeat penalty off; it looks back over the last repeat_last_n tokens.
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
     # None: generate until the end of sequence or the end of the context window.
     max_tokens: int | None = None
     stop: tuple[str, ...] = ()

@@ -226,8 +226,9 @@ class SingleSlotEngine:
             prompt,
             top_k=params.top_k,
             top_p=params.top_p,
+            min_p=params.min_p,
             temp=params.temperature,
-            repeat_penalty=1.0,
+            repeat_penalty=params.repeat_penalty,
         )
         try:
             for token in tokens if budget > 0 else ():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -13,10 +14,12 @@ from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.exceptions import HTTPException
 
 import app as herd
 from app.config import Settings
 from app.db.database import Database
+from app.gateway.body_limit import BodyLimit
 from app.gateway.errors import GatewayError, database_unavailable, error_body, unauthorized
 from app.gateway.feedback import UnknownResponseError
 from app.gateway.keys import hash_key
@@ -29,6 +32,8 @@ from app.gateway.schemas import (
     FeedbackResponse,
 )
 
+logger = logging.getLogger(__name__)
+
 # Response ids are request UUIDs; accept them with an OpenAI-style prefix too.
 ID_PREFIXES = ("chatcmpl-", "cmpl-")
 
@@ -38,11 +43,12 @@ def _runtime(request: Request) -> GatewayRuntime:
     return runtime
 
 
-def authenticate(request: Request) -> int | None:
+async def authenticate(request: Request) -> int | None:
     """The id of the caller's API key; None when keys are not required and none was sent.
 
     Checked against the hashes loaded with the routing state: no query per request. The key
-    itself is never logged or stored."""
+    itself is never logged or stored. Async although it awaits nothing: FastAPI would run a
+    plain function on its thread pool, a thread hop on every call."""
     runtime = _runtime(request)
     snapshot = runtime.routing.snapshot
     if not snapshot.loaded:
@@ -115,6 +121,28 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
         return exc.response()
+
+    app.add_middleware(BodyLimit, limit_bytes=settings.gateway_max_body_bytes)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        # Starlette's own errors (unknown path, wrong method, an unparsable body, 413 from
+        # BodyLimit) in the OpenAI shape like every other error.
+        message = str(exc.detail)
+        if isinstance(exc.__cause__, UnicodeDecodeError):
+            message = f"the request body is not valid UTF-8: {exc.__cause__.reason}"
+        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
+            exc.status_code
+        )
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return JSONResponse(
+            error_body(message, kind, code), exc.status_code, headers=dict(exc.headers or {})
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(error_body("internal error in the gateway", "server_error"), 500)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:

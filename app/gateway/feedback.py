@@ -12,6 +12,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 
 from app.db.tables import Feedback
+from app.gateway.request_log import without_nul
 
 
 class UnknownResponseError(LookupError):
@@ -38,6 +39,8 @@ class FeedbackStore:
     def upsert(
         self, request_id: uuid.UUID, rating: int, comment: str | None, user_id: str
     ) -> FeedbackRow:
+        # PostgreSQL's text refuses NUL characters; a comment must not fail for one.
+        comment, user_id = without_nul(comment), without_nul(user_id)
         values = insert(Feedback).values(
             request_id=request_id, rating=rating, comment=comment, user_id=user_id
         )

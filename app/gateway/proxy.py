@@ -508,10 +508,12 @@ class Proxy:
                 chunk = self._chunk(call, event, state)
                 if chunk is not None:
                     yield chunk
-            yield SSE_DONE
+            # Recorded before [DONE] goes out: a client that votes on the answer as soon as
+            # it ends must find the row (feedback waits only for rows the log holds).
             self._finish_stream(call, state)
             finished = True
             self._store(call, "".join(state.text), state.finish_reason, state.usage)
+            yield SSE_DONE
         except (httpx.TransportError, TimeoutError, UpstreamFailure, ValueError) as exc:
             if isinstance(exc, UpstreamFailure):
                 failure = exc

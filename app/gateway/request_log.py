@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
+from app.analytics.redact import redact_messages, redact_text
 from app.db.tables import Message, Request
 from app.gateway.keys import ApiKeys
 from app.gateway.spool import Spool
@@ -77,7 +78,40 @@ class RequestRecord:
         return {"request": row, "message": message}
 
 
+def without_nul(value: Any) -> Any:
+    """value with NUL characters replaced in every string: PostgreSQL's text and JSONB
+    refuse them, and one such character must not cost the whole row."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_nul(v) for v in value]
+    return value
+
+
+def redact_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """entry with emails, phone numbers and card-like numbers in its text replaced."""
+    message = entry.get("message")
+    if not message:
+        return entry
+    prompt = message["prompt"]
+    if isinstance(prompt, list):
+        prompt = redact_messages([m for m in prompt if isinstance(m, dict)])
+    elif isinstance(prompt, dict) and "prompt" in prompt:
+        text = prompt["prompt"]
+        if isinstance(text, str):
+            text = redact_text(text)
+        elif isinstance(text, list):
+            text = [redact_text(t) if isinstance(t, str) else t for t in text]
+        prompt = {**prompt, "prompt": text}
+    response = message["response"]
+    response = redact_text(response) if isinstance(response, str) else response
+    return {**entry, "message": {"prompt": prompt, "response": response}}
+
+
 def _request_params(row: dict[str, Any]) -> dict[str, Any]:
+    row = without_nul(row)
     return {
         **row,
         "id": uuid.UUID(row["id"]),
@@ -94,8 +128,8 @@ def write_entries(engine: Engine, entries: list[dict[str, Any]]) -> None:
     messages = [
         {
             "request_id": uuid.UUID(e["request"]["id"]),
-            "prompt": e["message"]["prompt"],
-            "response": e["message"]["response"],
+            "prompt": without_nul(e["message"]["prompt"]),
+            "response": without_nul(e["message"]["response"]),
             "created_at": datetime.fromisoformat(e["request"]["created_at"]),
         }
         for e in entries
@@ -123,6 +157,10 @@ def write_entries_one_by_one(engine: Engine, entries: list[dict[str, Any]]) -> N
                 logger.error("dropping request row %s the database refuses: %s", request["id"], exc)
 
 
+def _no_op() -> None:
+    pass
+
+
 class RequestLog:
     """Collects records on the event loop; a background task hands batches to the writer."""
 
@@ -133,8 +171,10 @@ class RequestLog:
         *,
         flush_s: float,
         batch_rows: int,
+        redact: bool = False,
     ) -> None:
         self.engine = engine
+        self.redact = redact
         self.spool = spool
         self.flush_s = flush_s
         self.batch_rows = batch_rows
@@ -191,6 +231,10 @@ class RequestLog:
         """Make sure the row is in the database if it can be (feedback refers to it)."""
         if request_id in self._pending or self.spool.rows:
             await self.flush()
+            # The row may be in a batch the background flush is writing right now, and then
+            # the flush above had nothing to do: the writer is one thread, so a no-op
+            # queued behind that write returns only once it is done.
+            await asyncio.get_running_loop().run_in_executor(self._executor, _no_op)
 
     async def close(self) -> None:
         """Final flush at shutdown; what cannot reach the database stays in the spool."""
@@ -200,6 +244,9 @@ class RequestLog:
 
     # -- the writer thread ------------------------------------------------------------------
     def _write(self, entries: list[dict[str, Any]], keys: set[int]) -> None:
+        if self.redact:
+            # Here, off the event loop, and before the spool: no unredacted text on disk.
+            entries = [redact_entry(e) for e in entries]
         self._replay()
         if self.spool.rows:
             # Still unreachable: keep the order on disk, behind what is already there.

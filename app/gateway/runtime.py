@@ -22,6 +22,7 @@ from app.gateway.proxy import Proxy
 from app.gateway.request_log import RequestLog
 from app.gateway.routing import RoutingState
 from app.gateway.spool import Spool
+from app.retention import run_retention
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class GatewayRuntime:
             Spool(settings.spool_dir),
             flush_s=settings.log_flush_ms / 1000,
             batch_rows=settings.log_batch_rows,
+            redact=settings.redact_text,
         )
         limits = httpx.Limits(
             max_connections=settings.gateway_max_connections,
@@ -79,6 +81,10 @@ class GatewayRuntime:
             asyncio.create_task(self.routing.run(), name="herd-routing-refresh"),
             asyncio.create_task(self.log.run(), name="herd-request-log"),
         ]
+        days = self.settings.text_retention_days
+        if days is not None:
+            retention = run_retention(self.engine, days, self.settings.retention_interval_s)
+            self._tasks.append(asyncio.create_task(retention, name="herd-text-retention"))
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -9,6 +9,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# llama.cpp counts tokens in C ints: a larger max_tokens can only be a mistake.
+INT32_MAX = 2**31 - 1
+
 
 class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -27,8 +30,8 @@ class CompletionParams(BaseModel):
     stream_options: dict[str, Any] | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    seed: int | None = None
+    max_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     stop: str | list[str] | None = None
     n: int | None = Field(default=None, ge=1, le=1, description="Only 1 is supported.")
     user: str | None = Field(

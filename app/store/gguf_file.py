@@ -109,7 +109,11 @@ def _field(reader: Any, key: str) -> Any:
     item = reader.fields.get(key)
     if item is None:
         return None
-    value = item.contents()
+    try:
+        value = item.contents()
+    except UnicodeDecodeError as exc:
+        # GGUF strings are UTF-8; llama.cpp would read garbage (or fail) on such a file.
+        raise InvalidGGUF(f"metadata {key} is not valid UTF-8") from exc
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     return value

@@ -2,27 +2,45 @@
 
 from __future__ import annotations
 
+import time
+
 import streamlit as st
 
 from app.accounts import LoggedIn, Role
 from app.ui import resources
 
 SESSION_KEY = "herd_operator"
+EXPIRED_KEY = "herd_session_expired"
 
 
 def current_operator() -> LoggedIn | None:
-    """Who is logged in in this browser session."""
+    """Who is logged in in this browser session; None once the login is older than
+    HERD_SESSION_TTL_S (checked on the server at every run)."""
     value = st.session_state.get(SESSION_KEY)
-    return value if isinstance(value, LoggedIn) else None
+    if not isinstance(value, LoggedIn):
+        return None
+    if time.time() - value.logged_in_at > resources.settings().session_ttl_s:
+        st.session_state.pop(SESSION_KEY, None)
+        st.session_state[EXPIRED_KEY] = True
+        return None
+    return value
 
 
 def log_in(name: str, password: str) -> bool:
-    """Check the credentials; on success remember the operator for this session."""
+    """Check the credentials; on success remember the operator for this session.
+
+    Raises LoginLockedError while the name is locked after too many failures."""
     operator = resources.accounts().verify(name, password)
     if operator is None:
         return False
     st.session_state[SESSION_KEY] = operator
+    st.session_state.pop(EXPIRED_KEY, None)
     return True
+
+
+def session_expired() -> bool:
+    """Did this browser's login just expire (so the login page can say so)?"""
+    return bool(st.session_state.get(EXPIRED_KEY))
 
 
 def log_out() -> None:
@@ -36,7 +54,10 @@ def require_role(role: Role) -> LoggedIn:
     """
     operator = current_operator()
     if operator is None:
-        st.warning("Please log in as an operator to see this page.")
+        if session_expired():
+            st.warning("Your session has expired. Please log in again.")
+        else:
+            st.warning("Please log in as an operator to see this page.")
         st.stop()
         raise AssertionError("unreachable")  # st.stop() raises; this keeps type checkers sure
     if not operator.role.allows(role):

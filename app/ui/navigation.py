@@ -1,4 +1,4 @@
-"""Which pages a visitor sees: operator pages only after login."""
+"""Which pages a visitor sees: Chat and login for everyone, operator pages after login."""
 
 from __future__ import annotations
 
@@ -14,12 +14,15 @@ PAGES_DIR = Path(__file__).resolve().parents[2] / "pages"
 def build_navigation() -> st.navigation:  # type: ignore[valid-type]
     """The navigation for this visitor: a login page, or the operator pages."""
     operator = auth.current_operator()
+    # End users need no login for the Chat page; everything else is for operators.
+    chat = st.Page(PAGES_DIR / "chat.py", title="Chat", icon=":material/chat:")
     if operator is None:
         pages = {
             "": [
                 st.Page(
                     PAGES_DIR / "login.py", title="Log in", icon=":material/login:", default=True
-                )
+                ),
+                chat,
             ]
         }
     else:
@@ -37,6 +40,7 @@ def build_navigation() -> st.navigation:  # type: ignore[valid-type]
                     title="Deployments",
                     icon=":material/rocket_launch:",
                 ),
+                st.Page(PAGES_DIR / "routing.py", title="Routing", icon=":material/alt_route:"),
             ],
             "Analyze": [
                 st.Page(
@@ -53,6 +57,7 @@ def build_navigation() -> st.navigation:  # type: ignore[valid-type]
                     icon=":material/model_training:",
                 ),
             ],
+            "Use": [chat],
         }
         with st.sidebar:
             st.caption(f"Logged in as **{operator.name}** ({operator.role.value})")

@@ -44,7 +44,12 @@ def database_errors() -> Iterator[None]:
 
 
 def accounts() -> Accounts:
-    return Accounts(database().engine)
+    current = settings()
+    return Accounts(
+        database().engine,
+        max_failures=current.login_max_failures,
+        lockout_s=current.login_lockout_s,
+    )
 
 
 def model_store() -> ModelStore:

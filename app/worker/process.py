@@ -25,8 +25,8 @@ from app.config import Settings
 from app.db import migrate
 from app.db.database import Database
 from app.engine.errors import ModelLoadError
+from app.engine.factory import make_engine
 from app.engine.loader import LoadOptions
-from app.engine.single_slot import load_engine
 from app.listen import bind_listen_socket
 from app.store.gguf_file import InvalidGGUF, read_gguf
 from app.worker.app import create_app
@@ -133,13 +133,6 @@ class ModelLoader:
         except InvalidGGUF as exc:
             self._fail(f"not a valid GGUF: {exc}")
             return
-        if options.parallel > 1:
-            logger.warning(
-                "--parallel %d: this engine runs one generation at a time; other requests "
-                "wait in the queue (up to --max-queue %d)",
-                options.parallel,
-                options.max_queue,
-            )
         load = LoadOptions(
             model_path=self.source.path,
             n_ctx=effective_n_ctx(options.n_ctx, gguf.context_length),
@@ -150,7 +143,8 @@ class ModelLoader:
             slots=options.parallel,
         )
         try:
-            engine = load_engine(load, max_queue=options.max_queue)
+            # Batched across --parallel slots; falls back to one slot (logged) if it cannot.
+            engine = make_engine(load, max_queue=options.max_queue)
         except ModelLoadError as exc:
             self._fail(str(exc))
             return

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.engine.requests import ChatMessage, GenerationRequest, Role, SamplingParams
 
 MAX_STOP_STRINGS = 16
+INT32_MAX = 2**31 - 1
 
 
 class ContentPart(BaseModel):
@@ -48,10 +49,11 @@ class SamplingBody(BaseModel):
     model: str | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    top_k: int | None = Field(default=None, ge=0)
-    max_tokens: int | None = Field(default=None, ge=1)
+    # Bounded so that no value reaches llama.cpp's C ints and fails there (a 500).
+    top_k: int | None = Field(default=None, ge=0, le=INT32_MAX)
+    max_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
     stop: str | list[str] | None = Field(default=None)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     stream: bool | None = None
     n: Literal[1] | None = None
     ignore_eos: bool | None = None
@@ -75,7 +77,7 @@ class SamplingBody(BaseModel):
 class ChatCompletionBody(SamplingBody):
     messages: list[Message] = Field(min_length=1)
     # The newer OpenAI name for max_tokens; wins when both are given.
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
 
     def generation_request(self) -> GenerationRequest:
         return GenerationRequest(

@@ -1,0 +1,496 @@
+"""Continuous batching: many generations share one llama context and one decode per step.
+
+One scheduler thread owns the context. Each step it builds one llama_batch holding the next
+token of every generating slot plus a bounded chunk of waiting prompt tokens, calls
+llama_decode once, then samples every slot that produced logits with that request's own
+native sampler chain. Requests join between steps; a finished, stopped or cancelled request
+gives its slot back at once, keeping its KV cells as a prefix cache for the next prompt.
+
+Threads: submit(), cancel() and stats() run on the event loop; everything that touches
+llama.cpp runs on the scheduler thread. They share only the waiting queue (under a
+condition) and each job's cancel flag; events go back through loop.call_soon_threadsafe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import ctypes
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import llama_cpp
+
+from app.engine.batch_context import BatchContext
+from app.engine.errors import EngineClosed, GenerationFailed, PromptTooLong, QueueFull
+from app.engine.events import Finished, FinishReason, GenerationEvent, TextDelta, Timings, Usage
+from app.engine.loader import LoadedModel, PreparedPrompt
+from app.engine.protocol import EngineInfo, EngineStats
+from app.engine.requests import GenerationRequest, SamplingParams
+from app.engine.sampler_chain import SamplerChain
+from app.engine.slots import Placement, Slot, place
+from app.engine.stop_strings import StopMatcher
+
+logger = logging.getLogger(__name__)
+
+EWMA_WEIGHT = 0.3
+MAX_RETRY_AFTER_S = 60
+PIECE_BUFFER_BYTES = 256
+
+
+def _ms(start: float, end: float) -> float:
+    return (end - start) * 1000.0
+
+
+class BatchJob:
+    """A submitted request as the caller sees it: its events, its cancel."""
+
+    def __init__(
+        self,
+        engine: BatchedEngine,
+        prepared: PreparedPrompt,
+        sampling: SamplingParams,
+        loop: asyncio.AbstractEventLoop,
+        submitted_at: float,
+    ) -> None:
+        self._engine = engine
+        self.prepared = prepared
+        self.sampling = sampling
+        self.loop = loop
+        self.submitted_at = submitted_at
+        self.cancel_requested = threading.Event()
+        self._queue: asyncio.Queue[GenerationEvent | BaseException] = asyncio.Queue()
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prepared.tokens)
+
+    async def events(self) -> AsyncIterator[GenerationEvent]:
+        while True:
+            item = await self._queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if isinstance(item, Finished):
+                return
+
+    def cancel(self) -> None:
+        if not self.cancel_requested.is_set():
+            self.cancel_requested.set()
+            self._engine._withdraw(self)
+
+    def push(self, item: GenerationEvent | BaseException) -> None:
+        """Deliver an event from any thread."""
+        try:
+            self.loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            self.cancel_requested.set()
+
+
+@dataclass
+class Running:
+    """A job in a slot, as the scheduler thread tracks it."""
+
+    job: BatchJob
+    slot: Slot
+    sampler: SamplerChain
+    budget: int
+    started_at: float
+    cached_tokens: int
+    # Prompt tokens whose KV is computed; prefill is done when it reaches len(prompt).
+    prefilled: int
+    stops: StopMatcher
+    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+    # Sampled but not yet decoded: goes into the next batch.
+    next_token: int | None = None
+    completion_tokens: int = 0
+    first_at: float | None = None
+    last_at: float | None = None
+    # Batch row whose logits this job samples after the current decode, or None.
+    row: int | None = None
+
+    def row_or_fail(self) -> int:
+        assert self.row is not None, "sampled without logits"
+        return self.row
+
+
+class BatchedEngine:
+    """An Engine with several slots decoded together; see the module docstring."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        context: BatchContext,
+        info: EngineInfo,
+        max_queue: int = 16,
+    ) -> None:
+        if max_queue < 0:
+            raise ValueError("max_queue must be >= 0")
+        self._model = model
+        self._context = context
+        self._info = info
+        self._max_queue = max_queue
+        self._shape = context.shape
+        self._slots = [Slot(seq_id=i) for i in range(self._shape.slots)]
+        self._vocab: Any = model.llama._model.vocab
+        self._pieces: dict[int, bytes] = {}
+        self._piece_buffer = ctypes.create_string_buffer(PIECE_BUFFER_BYTES)
+        self._waiting: deque[BatchJob] = deque()
+        self._wake = threading.Condition()
+        self._closed = False
+        self._busy = 0
+        self._tokens_per_second: float | None = None
+        self._job_seconds = 1.0
+        self._thread = threading.Thread(target=self._run, name="herd-batch", daemon=True)
+        self._thread.start()
+
+    @property
+    def info(self) -> EngineInfo:
+        return self._info
+
+    def stats(self) -> EngineStats:
+        with self._wake:
+            waiting = len(self._waiting)
+        return EngineStats(
+            slots_total=self._shape.slots,
+            slots_busy=self._busy,
+            queue_length=waiting,
+            max_queue=self._max_queue,
+            tokens_per_second=self._tokens_per_second,
+        )
+
+    async def submit(self, request: GenerationRequest) -> BatchJob:
+        if self._closed:
+            raise EngineClosed("the worker is shutting down")
+        loop = asyncio.get_running_loop()
+        submitted_at = time.perf_counter()
+        # Templating and tokenizing read only the vocabulary: safe beside the decode thread.
+        prepared = await loop.run_in_executor(None, self._model.prepare, request)
+        n_ctx = self._shape.n_ctx_slot
+        max_tokens = request.sampling.max_tokens
+        if max_tokens is not None and len(prepared.tokens) + max_tokens > n_ctx:
+            raise PromptTooLong(len(prepared.tokens), n_ctx, max_tokens)
+        job = BatchJob(self, prepared, request.sampling, loop, submitted_at)
+        with self._wake:
+            if self._closed:
+                raise EngineClosed("the worker is shutting down")
+            free = self._shape.slots - self._busy
+            if len(self._waiting) >= free + self._max_queue:
+                queued = max(0, len(self._waiting) - free)
+                raise QueueFull(queued, self._retry_after_s(queued))
+            self._waiting.append(job)
+            self._wake.notify()
+        return job
+
+    def _retry_after_s(self, queued: int) -> int:
+        per_slot = (queued + 1) * self._job_seconds / self._shape.slots
+        return max(1, min(MAX_RETRY_AFTER_S, math.ceil(per_slot)))
+
+    def _withdraw(self, job: BatchJob) -> None:
+        """A cancelled job still waiting leaves the queue now; a running one at the next step."""
+        with self._wake:
+            try:
+                self._waiting.remove(job)
+            except ValueError:
+                self._wake.notify()
+                return
+        now = time.perf_counter()
+        job.push(_finished(job, "cancelled", 0, 0, now, None, None, now))
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join()
+        self._context.close()
+        self._model.close()
+
+    # Everything below runs on the scheduler thread.
+
+    def _run(self) -> None:
+        running: list[Running] = []
+        try:
+            while True:
+                with self._wake:
+                    while not self._closed and not self._waiting and not running:
+                        self._wake.wait()
+                    if self._closed:
+                        break
+                    admitted = self._admit(running)
+                for job in admitted:
+                    running.append(self._start(job))
+                running = self._step_once(running)
+        except Exception:  # a bug here must not leave callers waiting forever
+            logger.exception("the batch scheduler failed")
+            for r in running:
+                r.job.push(GenerationFailed("the batch scheduler failed"))
+            running = []
+        finally:
+            self._shut_down(running)
+
+    def _shut_down(self, running: list[Running]) -> None:
+        now = time.perf_counter()
+        with self._wake:
+            self._closed = True
+            waiting, self._waiting = list(self._waiting), deque()
+        for job in waiting:
+            job.push(_finished(job, "cancelled", 0, 0, now, None, None, now))
+        for r in running:
+            self._finish(r, "cancelled", now)
+        self._busy = 0
+
+    def _admit(self, running: list[Running]) -> list[BatchJob]:
+        """Take waiting jobs for the free slots (the lock is held)."""
+        admitted: list[BatchJob] = []
+        free = self._shape.slots - len(running)
+        while self._waiting and len(admitted) < free:
+            admitted.append(self._waiting.popleft())
+        # Counted busy before they leave the lock, so submit() never sees them nowhere.
+        self._busy = len(running) + len(admitted)
+        return admitted
+
+    def _start(self, job: BatchJob) -> Running:
+        prompt = job.prepared.tokens
+        placement = place(prompt, self._slots, self._shape.n_batch)
+        assert placement is not None, "admitted beyond the free slots"
+        slot = self._claim(placement)
+        sampler = SamplerChain(job.sampling, self._vocab)
+        sampler.accept_prompt(prompt)
+        room = self._shape.n_ctx_slot - len(prompt)
+        max_tokens = job.sampling.max_tokens
+        return Running(
+            job=job,
+            slot=slot,
+            sampler=sampler,
+            budget=room if max_tokens is None else min(max_tokens, room),
+            started_at=time.perf_counter(),
+            cached_tokens=placement.reused,
+            prefilled=placement.reused,
+            stops=StopMatcher(job.sampling.stop + job.prepared.stop),
+        )
+
+    def _claim(self, placement: Placement) -> Slot:
+        slot, reused = placement.slot, placement.reused
+        if placement.copy_from is not None:
+            self._context.copy_prefix(placement.copy_from.seq_id, slot.seq_id, reused)
+            slot.kv_tokens = placement.copy_from.kv_tokens[:reused]
+        else:
+            self._context.forget(slot.seq_id, reused)
+            del slot.kv_tokens[reused:]
+        slot.busy = True
+        return slot
+
+    def _step_once(self, running: list[Running]) -> list[Running]:
+        """One step: decode every generating slot's next token together, then prompt chunks;
+        returns the jobs still running."""
+        now = time.perf_counter()
+        still: list[Running] = []
+        for r in running:
+            if r.job.cancel_requested.is_set():
+                self._finish(r, "cancelled", now)
+            else:
+                still.append(r)
+        generating = sorted((r for r in still if r.next_token is not None), key=_seq)
+        live = set(map(id, still))
+        if generating:
+            decoded = self._decode_tokens(generating)
+            live -= {id(r) for r in generating} - set(map(id, decoded))  # failed: released
+            for r in decoded:
+                if not self._sample(r, r.row_or_fail()):
+                    live.discard(id(r))
+        budget = self._shape.n_batch
+        for r in still:
+            if id(r) not in live or r.next_token is not None or budget <= 0:
+                continue
+            used = self._prefill_chunk(r)
+            budget -= used
+            if used == 0 or (
+                r.prefilled == len(r.job.prepared.tokens) and not self._sample(r, r.row_or_fail())
+            ):
+                live.discard(id(r))
+        return [r for r in still if id(r) in live]
+
+    def _decode_tokens(self, generating: list[Running]) -> list[Running]:
+        """Decode the next token of every generating job in one llama_decode; returns the
+        jobs that have logits to sample (all of them, unless llama.cpp failed)."""
+        batch = self._context.batch
+        batch.clear()
+        # Slot order: llama.cpp puts consecutive sequence ids into one micro-batch.
+        for r in generating:
+            assert r.next_token is not None
+            r.row = batch.add(r.next_token, len(r.slot.kv_tokens), r.slot.seq_id, True)
+        rc = self._context.decode()
+        if rc == 0:
+            for r in generating:
+                assert r.next_token is not None
+                r.slot.kv_tokens.append(r.next_token)
+            return generating
+        # Undo whatever part was stored, then decode each alone to find the culprits.
+        logger.warning(
+            "llama_decode failed (%d) for %d sequences; retrying each", rc, len(generating)
+        )
+        for r in generating:
+            self._context.forget(r.slot.seq_id, len(r.slot.kv_tokens))
+        survivors = []
+        for r in generating:
+            assert r.next_token is not None
+            batch.clear()
+            r.row = batch.add(r.next_token, len(r.slot.kv_tokens), r.slot.seq_id, True)
+            rc = self._context.decode()
+            if rc == 0:
+                r.slot.kv_tokens.append(r.next_token)
+                survivors.append(r)
+            else:
+                self._fail(r, f"llama_decode returned {rc}")
+        return survivors
+
+    def _prefill_chunk(self, r: Running) -> int:
+        """Decode r's next prompt chunk alone; returns its size, 0 if r failed.
+
+        Chunks end at multiples of the step size, counted from the prompt's start, so a
+        prompt resumed after a reused prefix is cut where a cold run cuts it: llama.cpp's
+        CPU attention rounds differently for short and long chunks (see slots.py).
+        """
+        prompt = r.job.prepared.tokens
+        step = self._shape.n_batch
+        end = min(len(prompt), (r.prefilled // step + 1) * step)
+        chunk = prompt[r.prefilled : end]
+        batch = self._context.batch
+        batch.clear()
+        last = end == len(prompt)
+        row = batch.add_run(chunk, r.prefilled, r.slot.seq_id, last)
+        rc = self._context.decode()
+        if rc != 0:
+            self._fail(r, f"llama_decode returned {rc} on the prompt")
+            return 0
+        r.slot.kv_tokens.extend(chunk)
+        r.prefilled = end
+        r.row = row if last else None
+        return len(chunk)
+
+    def _sample(self, r: Running, row: int) -> bool:
+        """Sample r's next token from batch row and stream it; False when r has finished."""
+        token = r.sampler.sample(self._context.ctx, row)
+        now = time.perf_counter()
+        r.first_at = r.first_at or now
+        r.last_at = now
+        if r.job.cancel_requested.is_set():
+            self._finish(r, "cancelled", now)
+            return False
+        if llama_cpp.llama_vocab_is_eog(self._vocab, token) and not r.job.sampling.ignore_eos:
+            self._finish(r, "stop", now)
+            return False
+        r.completion_tokens += 1
+        text, hit = r.stops.feed(r.decoder.decode(self._piece(token)))
+        if text:
+            r.job.push(TextDelta(text))
+        if hit:
+            self._finish(r, "stop", now, flush=False)
+            return False
+        if r.completion_tokens >= r.budget:
+            self._finish(r, "length", now)
+            return False
+        r.next_token = token
+        return True
+
+    def _piece(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            buf = self._piece_buffer
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            piece = buf.raw[:n]
+            self._pieces[token] = piece
+        return piece
+
+    def _finish(self, r: Running, reason: FinishReason, now: float, flush: bool = True) -> None:
+        if flush and reason != "cancelled":
+            # Text held back as a possible stop-string start, and any incomplete UTF-8.
+            tail, hit = r.stops.feed(r.decoder.decode(b"", final=True))
+            tail += "" if hit else r.stops.flush()
+            if tail:
+                r.job.push(TextDelta(tail))
+        finished = _finished(
+            r.job,
+            reason,
+            r.completion_tokens,
+            r.cached_tokens,
+            r.started_at,
+            r.first_at,
+            r.last_at,
+            now,
+        )
+        # The slot is free before the caller hears of the end, so stats() never lags.
+        self._release(r)
+        r.job.push(finished)
+        if reason != "cancelled":
+            self._job_seconds += EWMA_WEIGHT * (
+                finished.timings.total_ms / 1000 - self._job_seconds
+            )
+            tps = finished.timings.tokens_per_second
+            if finished.usage.completion_tokens > 1 and tps > 0:
+                old = self._tokens_per_second
+                self._tokens_per_second = tps if old is None else old + EWMA_WEIGHT * (tps - old)
+
+    def _fail(self, r: Running, reason: str) -> None:
+        logger.error("generation failed in slot %d: %s", r.slot.seq_id, reason)
+        # What llama.cpp kept of a failed decode is unknown: the slot starts over empty.
+        self._context.forget(r.slot.seq_id)
+        r.slot.kv_tokens.clear()
+        self._release(r)
+        r.job.push(GenerationFailed(f"generation failed: {reason}"))
+
+    def _release(self, r: Running) -> None:
+        """Give the slot back now; its KV cells stay as a prefix cache until reused."""
+        r.sampler.close()
+        r.slot.busy = False
+        # Only this thread writes _busy; stats() on the event loop reads it.
+        self._busy -= 1
+
+
+def _seq(r: Running) -> int:
+    return r.slot.seq_id
+
+
+def _finished(
+    job: BatchJob,
+    reason: FinishReason,
+    completion_tokens: int,
+    cached_tokens: int,
+    started_at: float,
+    first_at: float | None,
+    last_at: float | None,
+    ended_at: float,
+) -> Finished:
+    decode_s = (last_at - first_at) if first_at is not None and last_at is not None else 0.0
+    if completion_tokens > 1 and decode_s > 0:
+        tps = (completion_tokens - 1) / decode_s
+        tpot_ms: float | None = decode_s * 1000 / (completion_tokens - 1)
+    else:
+        total_s = ended_at - started_at
+        tps = completion_tokens / total_s if total_s > 0 else 0.0
+        tpot_ms = None
+    return Finished(
+        finish_reason=reason,
+        usage=Usage(
+            prompt_tokens=job.prompt_tokens,
+            completion_tokens=completion_tokens,
+            cached_tokens=cached_tokens,
+        ),
+        timings=Timings(
+            queue_ms=_ms(job.submitted_at, started_at),
+            ttft_ms=_ms(job.submitted_at, first_at) if first_at is not None else None,
+            prompt_ms=_ms(started_at, first_at) if first_at is not None else None,
+            total_ms=_ms(job.submitted_at, ended_at),
+            tokens_per_second=tps,
+            time_per_output_token_ms=tpot_ms,
+        ),
+    )

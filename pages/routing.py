@@ -1,0 +1,206 @@
+"""Routing: traffic weights per alias, alias settings, API keys, and where traffic goes."""
+
+from collections.abc import Callable
+
+import streamlit as st
+
+from app.accounts import Role
+from app.analytics.routing_traffic import traffic_per_minute, traffic_totals
+from app.deployments import DeploymentError, Deployments
+from app.gateway.aliases import AliasSettingError, AliasSettings, AliasStore
+from app.gateway.keys import ApiKeyError, ApiKeys
+from app.ui import auth, charts, resources, routing_rows
+from app.ui.analytics_widgets import chart
+
+REFRESH_S = 5.0
+FLASH_KEY = "routing_flash"
+NEW_KEY = "routing_new_key"
+LIVE_WINDOWS_MIN = {"Last 15 minutes": 15, "Last hour": 60, "Last 3 hours": 180}
+
+operator = auth.require_role(Role.VIEWER)
+can_route = operator.role.allows(Role.OPERATOR)
+can_key = operator.role.allows(Role.ADMIN)
+st.title("Routing", help=(
+    "Viewers may look. Operators change traffic weights and alias settings. API keys grant "
+    "access to the gateway, so only admins create and revoke them."
+))  # fmt: skip
+settings = resources.settings()
+
+with resources.database_errors():
+    engine = resources.database().engine
+    deployments = Deployments(engine)
+    alias_store = AliasStore(engine)
+    api_keys = ApiKeys(engine)
+    grouped = routing_rows.by_alias(deployments.all())
+    stored = alias_store.all()
+    keys = api_keys.list()
+
+
+def change(action: str, run: Callable[[], object]) -> None:
+    """Run a change; a refusal is shown plainly, a success reruns the page to show it."""
+    try:
+        with resources.database_errors():
+            run()
+    except (DeploymentError, AliasSettingError, ApiKeyError) as exc:
+        st.error(f"Cannot {action}: {exc}")
+    else:
+        st.session_state[FLASH_KEY] = f"{action.capitalize()}: saved."
+        st.rerun()
+
+
+if FLASH_KEY in st.session_state:
+    st.success(st.session_state.pop(FLASH_KEY))
+
+# ---- traffic weights ---------------------------------------------------------------------
+st.header("Traffic weights")
+st.caption(
+    "Weights are relative: 95 and 5 send 5 % of an alias's calls to a canary, 50 and 50 make "
+    "an A/B test. A conversation stays on its worker, so the split applies to new sessions. "
+    "Gateways apply a saved change within a second."
+)
+if not grouped:
+    st.info("Nothing deployed yet; deploy a model on the Deployments page.")
+for alias, members in grouped.items():
+    with st.container(border=True):
+        st.subheader(f"`{alias}`")
+        new_weights: dict[int, int] = {}
+        if can_route:
+            cols = st.columns(min(len(members), 4))
+            for i, d in enumerate(members):
+                new_weights[d.id] = int(
+                    cols[i % len(cols)].number_input(
+                        f"{d.model_name} (deployment {d.id})",
+                        min_value=0,
+                        max_value=10_000,
+                        value=d.traffic_weight,
+                        step=5,
+                        key=f"weight_{d.id}",
+                    )
+                )
+        st.dataframe(
+            routing_rows.split_rows(members, new_weights), hide_index=True, width="stretch"
+        )
+        if can_route:
+            changed = any(new_weights[d.id] != d.traffic_weight for d in members)
+            if st.button(
+                "Save weights", key=f"weights_save_{alias}", disabled=not changed, type="primary"
+            ):
+                change(
+                    f"set the weights of {alias}",
+                    lambda alias=alias, w=new_weights: deployments.set_traffic_weights(alias, w),
+                )
+
+# ---- alias settings ----------------------------------------------------------------------
+st.header("Alias settings")
+aliases = sorted(set(grouped) | set(stored))
+defaults = AliasSettings.defaults(settings)
+if aliases:
+    st.dataframe(
+        routing_rows.alias_rows(aliases, stored, defaults), hide_index=True, width="stretch"
+    )
+if aliases and can_route:
+    chosen = st.selectbox("Alias", aliases, key="alias_pick")
+    current = stored.get(chosen, defaults)
+    with st.form(f"alias_form_{chosen}"):
+        cols = st.columns(4)
+        cache_on = cols[0].toggle(
+            "Response cache", value=current.cache_enabled, key=f"alias_cache_{chosen}",
+            help="Answers deterministic calls (temperature 0 or a seed) from the cache.",
+        )  # fmt: skip
+        ttl = cols[1].number_input(
+            "Cache TTL (s)", min_value=1.0, value=float(current.cache_ttl_s), step=60.0,
+            key=f"alias_ttl_{chosen}",
+        )  # fmt: skip
+        log_text = cols[2].toggle(
+            "Log prompt and answer text", value=current.log_text, key=f"alias_log_{chosen}",
+            help="Off: requests are still counted and timed, their text is not stored.",
+        )  # fmt: skip
+        rpm = cols[3].number_input(
+            "Rate limit (requests/min, 0 = none)", min_value=0,
+            value=current.rate_limit_rpm or 0, key=f"alias_rpm_{chosen}",
+            help="Per gateway replica; calls above it get 429 with Retry-After.",
+        )  # fmt: skip
+        if st.form_submit_button("Save alias settings"):
+            change(
+                f"save the settings of {chosen}",
+                lambda: alias_store.put(
+                    chosen,
+                    AliasSettings(
+                        cache_enabled=bool(cache_on),
+                        cache_ttl_s=float(ttl),
+                        log_text=bool(log_text),
+                        rate_limit_rpm=int(rpm) or None,
+                    ),
+                ),
+            )
+
+# ---- API keys ----------------------------------------------------------------------------
+st.header("API keys")
+st.caption(
+    "Once any key exists, every call to the gateway needs `Authorization: Bearer <key>`. "
+    "Only a hash of each key is stored; a key is shown once, when it is created."
+)
+created = st.session_state.pop(NEW_KEY, None)
+if created is not None:
+    st.success(f"Key **{created.name}** created. Copy it now: it will not be shown again.")
+    st.code(created.key, language=None)
+if keys:
+    st.dataframe(routing_rows.key_rows(keys), hide_index=True, width="stretch")
+else:
+    st.caption("No keys yet: the gateway answers calls without one.")
+if can_key:
+    left, right = st.columns(2)
+    with left, st.form("key_create", clear_on_submit=True):
+        name = st.text_input("New key's name", key="key_name", placeholder="e.g. support-bot")
+        if st.form_submit_button("Create key"):
+            try:
+                with resources.database_errors():
+                    st.session_state[NEW_KEY] = api_keys.create(name, created_by=operator.name)
+            except ApiKeyError as exc:
+                st.error(f"Cannot create the key: {exc}")
+            else:
+                st.rerun()
+    active = {f"{k.name} ({k.prefix}…, id {k.id})": k for k in keys if k.active}
+    with right:
+        if active:
+            label = st.selectbox("Key to revoke", list(active), key="key_revoke_pick")
+            sure = st.checkbox("Calls with this key will fail", key="key_revoke_confirm")
+            if st.button("Revoke", key="key_revoke", disabled=not sure):
+                change("revoke the key", lambda: api_keys.revoke(str(active[label].id)))
+elif can_route:
+    st.caption("Creating and revoking keys needs the admin role.")
+
+
+# ---- live traffic ------------------------------------------------------------------------
+@st.fragment(run_every=REFRESH_S)
+def live_traffic() -> None:
+    """Requests per worker per minute, refreshed in place every REFRESH_S seconds."""
+    cols = st.columns(2)
+    window = cols[0].selectbox("Window", list(LIVE_WINDOWS_MIN), key="live_window")
+    alias = cols[1].selectbox("Alias", ["(all)", *aliases], key="live_alias")
+    minutes = LIVE_WINDOWS_MIN[window]
+    picked = None if alias == "(all)" else alias
+    with resources.database_errors():
+        per_minute = traffic_per_minute(engine, minutes, picked)
+        totals = traffic_totals(engine, minutes, picked)
+    fig = charts.lines(
+        per_minute, {"": "requests"}, title="Requests per minute", y_title="requests",
+        group="target",
+    )  # fmt: skip
+    chart(fig, per_minute, "routing_requests")
+    if any(r["errors"] for r in per_minute):
+        fig = charts.lines(
+            per_minute, {"": "errors"}, title="Errors per minute", y_title="errors",
+            group="target",
+        )  # fmt: skip
+        chart(fig, per_minute, "routing_errors")
+    if totals:
+        st.dataframe(totals, hide_index=True, width="stretch")
+
+
+st.header("Where traffic goes")
+st.caption(
+    "Per worker and model version; 'response cache' are calls answered without a worker, "
+    "'not routed' those refused before reaching one (no live worker, all busy, rate limit)."
+)
+live_traffic()
