@@ -149,7 +149,10 @@ def test_rebuild_reproduces_the_incremental_rollups(loaded: Any) -> None:
     assert set(after) == set(before)
     for key in before:
         for column, value in before[key].items():
-            assert after[key][column] == pytest.approx(value), (key, column)
+            if isinstance(value, float):  # sums of floats may differ in the last bits
+                assert after[key][column] == pytest.approx(value), (key, column)
+            else:
+                assert after[key][column] == value, (key, column)
     assert sessions_after == sessions_before
 
 
