@@ -21,7 +21,6 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +28,8 @@ import llama_cpp
 
 from app.engine.batch_context import BatchContext
 from app.engine.errors import EngineClosed, GenerationFailed, PromptTooLong, QueueFull
-from app.engine.events import Finished, FinishReason, GenerationEvent, TextDelta, Timings, Usage
+from app.engine.events import Finished, FinishReason, TextDelta, Timings, Usage
+from app.engine.job import EWMA_WEIGHT, MAX_RETRY_AFTER_S, JobChannel, elapsed_ms
 from app.engine.loader import LoadedModel, PreparedPrompt
 from app.engine.protocol import EngineInfo, EngineStats
 from app.engine.requests import GenerationRequest, SamplingParams
@@ -39,17 +39,11 @@ from app.engine.stop_strings import StopMatcher
 
 logger = logging.getLogger(__name__)
 
-EWMA_WEIGHT = 0.3
-MAX_RETRY_AFTER_S = 60
 PIECE_BUFFER_BYTES = 256
 
 
-def _ms(start: float, end: float) -> float:
-    return (end - start) * 1000.0
-
-
-class BatchJob:
-    """A submitted request as the caller sees it: its events, its cancel."""
+class BatchJob(JobChannel):
+    """A submitted request of the batched engine."""
 
     def __init__(
         self,
@@ -59,38 +53,13 @@ class BatchJob:
         loop: asyncio.AbstractEventLoop,
         submitted_at: float,
     ) -> None:
+        super().__init__(prepared, sampling, loop, submitted_at)
         self._engine = engine
-        self.prepared = prepared
-        self.sampling = sampling
-        self.loop = loop
-        self.submitted_at = submitted_at
-        self.cancel_requested = threading.Event()
-        self._queue: asyncio.Queue[GenerationEvent | BaseException] = asyncio.Queue()
-
-    @property
-    def prompt_tokens(self) -> int:
-        return len(self.prepared.tokens)
-
-    async def events(self) -> AsyncIterator[GenerationEvent]:
-        while True:
-            item = await self._queue.get()
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-            if isinstance(item, Finished):
-                return
 
     def cancel(self) -> None:
         if not self.cancel_requested.is_set():
             self.cancel_requested.set()
             self._engine._withdraw(self)
-
-    def push(self, item: GenerationEvent | BaseException) -> None:
-        """Deliver an event from any thread."""
-        try:
-            self.loop.call_soon_threadsafe(self._queue.put_nowait, item)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            self.cancel_requested.set()
 
 
 @dataclass
@@ -486,10 +455,10 @@ def _finished(
             cached_tokens=cached_tokens,
         ),
         timings=Timings(
-            queue_ms=_ms(job.submitted_at, started_at),
-            ttft_ms=_ms(job.submitted_at, first_at) if first_at is not None else None,
-            prompt_ms=_ms(started_at, first_at) if first_at is not None else None,
-            total_ms=_ms(job.submitted_at, ended_at),
+            queue_ms=elapsed_ms(job.submitted_at, started_at),
+            ttft_ms=elapsed_ms(job.submitted_at, first_at) if first_at is not None else None,
+            prompt_ms=elapsed_ms(started_at, first_at) if first_at is not None else None,
+            total_ms=elapsed_ms(job.submitted_at, ended_at),
             tokens_per_second=tps,
             time_per_output_token_ms=tpot_ms,
         ),

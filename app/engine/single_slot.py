@@ -12,16 +12,15 @@ import codecs
 import functools
 import logging
 import math
-import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
 import llama_cpp
 
 from app.engine.errors import EngineClosed, GenerationFailed, QueueFull
-from app.engine.events import Finished, FinishReason, GenerationEvent, TextDelta, Timings, Usage
+from app.engine.events import Finished, FinishReason, TextDelta, Timings, Usage
+from app.engine.job import EWMA_WEIGHT, MAX_RETRY_AFTER_S, JobChannel, elapsed_ms
 from app.engine.loader import LoadedModel, LoadOptions, PreparedPrompt, load_model
 from app.engine.protocol import EngineInfo, EngineStats
 from app.engine.requests import GenerationRequest, SamplingParams
@@ -29,17 +28,9 @@ from app.engine.stop_strings import StopMatcher
 
 logger = logging.getLogger(__name__)
 
-# Weight of the newest generation in the moving averages of speed and duration.
-EWMA_WEIGHT = 0.3
-MAX_RETRY_AFTER_S = 60
 
-
-def _ms(start: float, end: float) -> float:
-    return (end - start) * 1000.0
-
-
-class SlotJob:
-    """A submitted request: prompt, sampling, event queue, cancel flag and clock."""
+class SlotJob(JobChannel):
+    """A submitted request of the single-slot engine."""
 
     def __init__(
         self,
@@ -49,42 +40,13 @@ class SlotJob:
         loop: asyncio.AbstractEventLoop,
         submitted_at: float,
     ) -> None:
+        super().__init__(prepared, sampling, loop, submitted_at)
         self._engine = engine
-        self.prepared = prepared
-        self.sampling = sampling
-        self.loop = loop
-        self.submitted_at = submitted_at
         self.started_at: float | None = None
-        self.cancel_requested = threading.Event()
-        self._queue: asyncio.Queue[GenerationEvent | BaseException] = asyncio.Queue()
-
-    @property
-    def prompt_tokens(self) -> int:
-        return len(self.prepared.tokens)
-
-    async def events(self) -> AsyncIterator[GenerationEvent]:
-        while True:
-            item = await self._queue.get()
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-            if isinstance(item, Finished):
-                return
 
     def cancel(self) -> None:
         self.cancel_requested.set()
         self._engine._leave_queue(self)
-
-    def put(self, item: GenerationEvent | BaseException) -> None:
-        """Deliver an event; on the loop's thread."""
-        self._queue.put_nowait(item)
-
-    def push(self, item: GenerationEvent | BaseException) -> None:
-        """Deliver an event from the generation thread."""
-        try:
-            self.loop.call_soon_threadsafe(self._queue.put_nowait, item)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            self.cancel_requested.set()
 
 
 class SingleSlotEngine:
@@ -283,10 +245,10 @@ def _finished(
         finish_reason=reason,
         usage=Usage(prompt_tokens=job.prompt_tokens, completion_tokens=completion_tokens),
         timings=Timings(
-            queue_ms=_ms(job.submitted_at, started_at),
-            ttft_ms=_ms(job.submitted_at, first_at) if first_at is not None else None,
-            prompt_ms=_ms(started_at, first_at) if first_at is not None else None,
-            total_ms=_ms(job.submitted_at, ended_at),
+            queue_ms=elapsed_ms(job.submitted_at, started_at),
+            ttft_ms=elapsed_ms(job.submitted_at, first_at) if first_at is not None else None,
+            prompt_ms=elapsed_ms(started_at, first_at) if first_at is not None else None,
+            total_ms=elapsed_ms(job.submitted_at, ended_at),
             tokens_per_second=tps,
             time_per_output_token_ms=tpot_ms,
         ),
