@@ -28,8 +28,8 @@ import llama_cpp
 
 from app.engine.batch_context import BatchContext
 from app.engine.errors import EngineClosed, GenerationFailed, PromptTooLong, QueueFull
-from app.engine.events import Finished, FinishReason, TextDelta, Timings, Usage
-from app.engine.job import EWMA_WEIGHT, MAX_RETRY_AFTER_S, JobChannel, elapsed_ms
+from app.engine.events import FinishReason, TextDelta
+from app.engine.job import EWMA_WEIGHT, MAX_RETRY_AFTER_S, JobChannel
 from app.engine.loader import LoadedModel, PreparedPrompt
 from app.engine.protocol import EngineInfo, EngineStats
 from app.engine.requests import GenerationRequest, SamplingParams
@@ -170,7 +170,7 @@ class BatchedEngine:
                 self._wake.notify()
                 return
         now = time.perf_counter()
-        job.push(_finished(job, "cancelled", 0, 0, now, None, None, now))
+        job.push(job.finished("cancelled", 0, now, None, None, now))
 
     def close(self) -> None:
         with self._wake:
@@ -209,7 +209,7 @@ class BatchedEngine:
             self._closed = True
             waiting, self._waiting = list(self._waiting), deque()
         for job in waiting:
-            job.push(_finished(job, "cancelled", 0, 0, now, None, None, now))
+            job.push(job.finished("cancelled", 0, now, None, None, now))
         for r in running:
             self._finish(r, "cancelled", now)
         self._busy = 0
@@ -387,15 +387,14 @@ class BatchedEngine:
             tail += "" if hit else r.stops.flush()
             if tail:
                 r.job.push(TextDelta(tail))
-        finished = _finished(
-            r.job,
+        finished = r.job.finished(
             reason,
             r.completion_tokens,
-            r.cached_tokens,
             r.started_at,
             r.first_at,
             r.last_at,
             now,
+            cached_tokens=r.cached_tokens,
         )
         # The slot is free before the caller hears of the end, so stats() never lags.
         self._release(r)
@@ -427,39 +426,3 @@ class BatchedEngine:
 
 def _seq(r: Running) -> int:
     return r.slot.seq_id
-
-
-def _finished(
-    job: BatchJob,
-    reason: FinishReason,
-    completion_tokens: int,
-    cached_tokens: int,
-    started_at: float,
-    first_at: float | None,
-    last_at: float | None,
-    ended_at: float,
-) -> Finished:
-    decode_s = (last_at - first_at) if first_at is not None and last_at is not None else 0.0
-    if completion_tokens > 1 and decode_s > 0:
-        tps = (completion_tokens - 1) / decode_s
-        tpot_ms: float | None = decode_s * 1000 / (completion_tokens - 1)
-    else:
-        total_s = ended_at - started_at
-        tps = completion_tokens / total_s if total_s > 0 else 0.0
-        tpot_ms = None
-    return Finished(
-        finish_reason=reason,
-        usage=Usage(
-            prompt_tokens=job.prompt_tokens,
-            completion_tokens=completion_tokens,
-            cached_tokens=cached_tokens,
-        ),
-        timings=Timings(
-            queue_ms=elapsed_ms(job.submitted_at, started_at),
-            ttft_ms=elapsed_ms(job.submitted_at, first_at) if first_at is not None else None,
-            prompt_ms=elapsed_ms(started_at, first_at) if first_at is not None else None,
-            total_ms=elapsed_ms(job.submitted_at, ended_at),
-            tokens_per_second=tps,
-            time_per_output_token_ms=tpot_ms,
-        ),
-    )

@@ -6,7 +6,7 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator
 
-from app.engine.events import Finished, GenerationEvent
+from app.engine.events import Finished, FinishReason, GenerationEvent, Timings, Usage
 from app.engine.loader import PreparedPrompt
 from app.engine.requests import SamplingParams
 
@@ -52,6 +52,42 @@ class JobChannel:
             yield item
             if isinstance(item, Finished):
                 return
+
+    def finished(
+        self,
+        reason: FinishReason,
+        completion_tokens: int,
+        started_at: float,
+        first_at: float | None,
+        last_at: float | None,
+        ended_at: float,
+        cached_tokens: int = 0,
+    ) -> Finished:
+        """The closing event: usage and timings from the job's clock readings."""
+        decode_s = (last_at - first_at) if first_at is not None and last_at is not None else 0.0
+        if completion_tokens > 1 and decode_s > 0:
+            tps = (completion_tokens - 1) / decode_s
+            tpot_ms: float | None = decode_s * 1000 / (completion_tokens - 1)
+        else:
+            total_s = ended_at - started_at
+            tps = completion_tokens / total_s if total_s > 0 else 0.0
+            tpot_ms = None
+        return Finished(
+            finish_reason=reason,
+            usage=Usage(
+                prompt_tokens=self.prompt_tokens,
+                completion_tokens=completion_tokens,
+                cached_tokens=cached_tokens,
+            ),
+            timings=Timings(
+                queue_ms=elapsed_ms(self.submitted_at, started_at),
+                ttft_ms=elapsed_ms(self.submitted_at, first_at) if first_at is not None else None,
+                prompt_ms=elapsed_ms(started_at, first_at) if first_at is not None else None,
+                total_ms=elapsed_ms(self.submitted_at, ended_at),
+                tokens_per_second=tps,
+                time_per_output_token_ms=tpot_ms,
+            ),
+        )
 
     def put(self, item: GenerationEvent | BaseException) -> None:
         """Deliver an event; on the loop's thread."""

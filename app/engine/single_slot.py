@@ -19,8 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 import llama_cpp
 
 from app.engine.errors import EngineClosed, GenerationFailed, QueueFull
-from app.engine.events import Finished, FinishReason, TextDelta, Timings, Usage
-from app.engine.job import EWMA_WEIGHT, MAX_RETRY_AFTER_S, JobChannel, elapsed_ms
+from app.engine.events import Finished, FinishReason, TextDelta
+from app.engine.job import EWMA_WEIGHT, MAX_RETRY_AFTER_S, JobChannel
 from app.engine.loader import LoadedModel, LoadOptions, PreparedPrompt, load_model
 from app.engine.protocol import EngineInfo, EngineStats
 from app.engine.requests import GenerationRequest, SamplingParams
@@ -104,7 +104,7 @@ class SingleSlotEngine:
         if job in self._waiting:
             self._waiting.remove(job)
             now = time.perf_counter()
-            job.put(_finished(job, "cancelled", 0, now, None, None, now))
+            job.put(job.finished("cancelled", 0, now, None, None, now))
 
     def _dispatch(self) -> None:
         if self._running is not None or self._closed:
@@ -135,6 +135,9 @@ class SingleSlotEngine:
             if finished.usage.completion_tokens > 1 and tps > 0:
                 old = self._tokens_per_second
                 self._tokens_per_second = tps if old is None else old + EWMA_WEIGHT * (tps - old)
+        if finished is not None:
+            # Delivered here, after the slot is free, so stats() never lags what callers saw.
+            job.put(finished)
         self._dispatch()
 
     def close(self) -> None:
@@ -143,7 +146,7 @@ class SingleSlotEngine:
         now = time.perf_counter()
         for job in waiting:
             job.cancel_requested.set()
-            job.push(_finished(job, "cancelled", 0, now, None, None, now))
+            job.push(job.finished("cancelled", 0, now, None, None, now))
         if self._running is not None:
             self._running.cancel_requested.set()
         # Waits for the running generation to notice its cancel flag (one token at most).
@@ -158,7 +161,6 @@ class SingleSlotEngine:
             logger.exception("llama.cpp failed during a generation")
             job.push(GenerationFailed(f"generation failed: {exc}"))
             return None
-        job.push(finished)
         return finished
 
     def _decode(self, job: SlotJob) -> Finished:
@@ -221,38 +223,7 @@ class SingleSlotEngine:
             tail += "" if hit else stops.flush()
             if tail:
                 job.push(TextDelta(tail))
-        return _finished(job, reason, count, job.started_at, first_at, last_at, time.perf_counter())
-
-
-def _finished(
-    job: SlotJob,
-    reason: FinishReason,
-    completion_tokens: int,
-    started_at: float,
-    first_at: float | None,
-    last_at: float | None,
-    ended_at: float,
-) -> Finished:
-    decode_s = (last_at - first_at) if first_at is not None and last_at is not None else 0.0
-    if completion_tokens > 1 and decode_s > 0:
-        tps = (completion_tokens - 1) / decode_s
-        tpot_ms: float | None = decode_s * 1000 / (completion_tokens - 1)
-    else:
-        total_s = ended_at - started_at
-        tps = completion_tokens / total_s if total_s > 0 else 0.0
-        tpot_ms = None
-    return Finished(
-        finish_reason=reason,
-        usage=Usage(prompt_tokens=job.prompt_tokens, completion_tokens=completion_tokens),
-        timings=Timings(
-            queue_ms=elapsed_ms(job.submitted_at, started_at),
-            ttft_ms=elapsed_ms(job.submitted_at, first_at) if first_at is not None else None,
-            prompt_ms=elapsed_ms(started_at, first_at) if first_at is not None else None,
-            total_ms=elapsed_ms(job.submitted_at, ended_at),
-            tokens_per_second=tps,
-            time_per_output_token_ms=tpot_ms,
-        ),
-    )
+        return job.finished(reason, count, job.started_at, first_at, last_at, time.perf_counter())
 
 
 def load_engine(options: LoadOptions, max_queue: int = 16) -> SingleSlotEngine:
