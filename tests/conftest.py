@@ -13,6 +13,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -139,6 +140,26 @@ def herd_env(db_url: str, models_dir: Path, tmp_path: Path) -> dict[str, str]:
         "HERD_MODELS_DIR": str(models_dir),
         "HERD_HOME": str(tmp_path / "herd-home"),
     }
+
+
+@pytest.fixture
+def dashboard_env(
+    monkeypatch: pytest.MonkeyPatch, db_url: str, models_dir: Path, tmp_path: Path
+) -> None:
+    """Environment for dashboard pages under AppTest, on this test's database and store."""
+    monkeypatch.setenv("HERD_DATABASE_URL", db_url)
+    monkeypatch.setenv("HERD_MODELS_DIR", str(models_dir))
+    monkeypatch.setenv("HERD_HOME", str(tmp_path / "home"))
+    # A port nothing listens on, whatever runs on this machine: the Chat page finds no gateway.
+    monkeypatch.setenv("HERD_GATEWAY_URL", f"http://127.0.0.1:{free_port()}")
+
+
+def submit_login(app: Any, name: str, password: str) -> None:
+    """Fill the login form of an AppTest page and submit it."""
+    app.text_input(key="login_name").input(name)
+    app.text_input(key="login_password").input(password)
+    app.button[0].click()  # the form's submit button
+    app.run()
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from app.gateway.keys import ApiKeys
 from app.gateway.service import gateway_service
 from app.launcher import dashboard_service
 from app.store.catalog import ModelStore
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, submit_login
 
 PAGES = REPO_ROOT / "pages"
 # Pages an end user may open: they check nothing or check something else.
@@ -55,15 +55,6 @@ def test_failed_logins_lock_the_name_in_the_database(database: Database) -> None
     assert accounts.verify("ops", "right password") is not None
 
 
-@pytest.fixture
-def dashboard_env(
-    monkeypatch: pytest.MonkeyPatch, db_url: str, models_dir: Path, tmp_path: Path
-) -> None:
-    monkeypatch.setenv("HERD_DATABASE_URL", db_url)
-    monkeypatch.setenv("HERD_MODELS_DIR", str(models_dir))
-    monkeypatch.setenv("HERD_HOME", str(tmp_path / "home"))
-
-
 def _login_page() -> AppTest:
     app = AppTest.from_file(str(PAGES / "login.py"), default_timeout=30)
     app.run()
@@ -72,10 +63,7 @@ def _login_page() -> AppTest:
 
 
 def _submit(app: AppTest, name: str, password: str) -> None:
-    app.text_input(key="login_name").input(name)
-    app.text_input(key="login_password").input(password)
-    app.button[0].click()
-    app.run()
+    submit_login(app, name, password)
     assert not app.exception, app.exception
 
 

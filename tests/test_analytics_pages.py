@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -12,28 +11,16 @@ from streamlit.testing.v1 import AppTest
 from app.accounts import Accounts, Role
 from app.analytics.demo_traffic import generate_demo_traffic
 from app.db.database import Database
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, submit_login
 
 PAGES = ("monitoring.py", "retraining.py", "feedback_review.py")
-
-
-@pytest.fixture
-def dashboard_env(
-    monkeypatch: pytest.MonkeyPatch, db_url: str, models_dir: Path, tmp_path: Path
-) -> None:
-    monkeypatch.setenv("HERD_DATABASE_URL", db_url)
-    monkeypatch.setenv("HERD_MODELS_DIR", str(models_dir))
-    monkeypatch.setenv("HERD_HOME", str(tmp_path / "home"))
 
 
 def _logged_in(database: Database, role: Role) -> AppTest:
     Accounts(database.engine).add("ana", "analyst password", role)
     app = AppTest.from_file(str(REPO_ROOT / "dashboard.py"), default_timeout=60)
     app.run()
-    app.text_input(key="login_name").input("ana")
-    app.text_input(key="login_password").input("analyst password")
-    app.button[0].click()
-    app.run()
+    submit_login(app, "ana", "analyst password")
     assert not app.exception, app.exception
     return app
 

@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from streamlit.testing.v1 import AppTest
 
 from app.accounts import Accounts, LoggedIn, Role
 from app.db.database import Database
 from app.store.catalog import ModelStore
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, submit_login
 
 ENTRY = str(REPO_ROOT / "dashboard.py")
-
-
-@pytest.fixture
-def dashboard_env(
-    monkeypatch: pytest.MonkeyPatch, db_url: str, models_dir: Path, tmp_path: Path
-) -> None:
-    monkeypatch.setenv("HERD_DATABASE_URL", db_url)
-    monkeypatch.setenv("HERD_MODELS_DIR", str(models_dir))
-    monkeypatch.setenv("HERD_HOME", str(tmp_path / "home"))
-    # A port nothing listens on, whatever runs on this machine: the Chat page finds no gateway.
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        monkeypatch.setenv("HERD_GATEWAY_URL", f"http://127.0.0.1:{sock.getsockname()[1]}")
 
 
 def _app() -> AppTest:
@@ -35,13 +20,6 @@ def _app() -> AppTest:
     app.run()
     assert not app.exception, app.exception
     return app
-
-
-def _log_in(app: AppTest, name: str, password: str) -> None:
-    app.text_input(key="login_name").input(name)
-    app.text_input(key="login_password").input(password)
-    app.button[0].click()  # the form's submit button
-    app.run()
 
 
 def _open(app: AppTest, page: str) -> AppTest:
@@ -96,7 +74,7 @@ def test_logged_in_navigation_lists_every_operator_page(dashboard_env: None) -> 
 def test_wrong_password_gives_a_clear_message(dashboard_env: None, database: Database) -> None:
     Accounts(database.engine).add("ops", "right password", Role.OPERATOR)
     app = _app()
-    _log_in(app, "ops", "wrong password")
+    submit_login(app, "ops", "wrong password")
     assert not app.exception
     assert app.error[0].value == "Wrong operator name or password."
 
@@ -114,7 +92,7 @@ def test_login_shows_overview_and_models(
     store.scan()
 
     app = _app()
-    _log_in(app, "ops", "right password")
+    submit_login(app, "ops", "right password")
     assert not app.exception, app.exception
     assert not app.error
     assert app.session_state["herd_operator"].name == "ops"
@@ -134,7 +112,7 @@ def test_login_shows_overview_and_models(
 def test_viewer_cannot_change_the_store(dashboard_env: None, database: Database) -> None:
     Accounts(database.engine).add("eve", "viewer password", Role.VIEWER)
     app = _app()
-    _log_in(app, "eve", "viewer password")
+    submit_login(app, "eve", "viewer password")
     _open(app, "models.py")
     assert app.title[0].value == "Models"
     assert not [b for b in app.button if b.label == "Rescan the store"]
