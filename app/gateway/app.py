@@ -20,7 +20,7 @@ import app as herd
 from app.config import Settings
 from app.db.database import Database
 from app.gateway.body_limit import BodyLimit
-from app.gateway.errors import GatewayError, database_unavailable, error_body, unauthorized
+from app.gateway.errors import GatewayError, database_unavailable, unauthorized
 from app.gateway.feedback import UnknownResponseError
 from app.gateway.keys import hash_key
 from app.gateway.replies import CHAT
@@ -31,6 +31,7 @@ from app.gateway.schemas import (
     FeedbackRequest,
     FeedbackResponse,
 )
+from app.openai_errors import error_body
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import json
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.gateway.errors import error_body
+from app.openai_errors import error_body
 
 
 def too_large_message(limit_bytes: int) -> str:

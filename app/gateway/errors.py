@@ -7,6 +7,8 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
+from app.openai_errors import error_body
+
 
 class GatewayError(Exception):
     """A call the gateway answers with an error: HTTP status, OpenAI error type and code."""
@@ -35,11 +37,6 @@ class GatewayError(Exception):
         if self.retry_after_s is not None:
             headers["Retry-After"] = str(self.retry_after_s)
         return JSONResponse(self.body(), status_code=self.status, headers=headers)
-
-
-def error_body(message: str, type: str, code: str | None = None) -> dict[str, Any]:
-    """{"error": {...}}, as the OpenAI API and its clients expect it."""
-    return {"error": {"message": message, "type": type, "param": None, "code": code}}
 
 
 def sse_error(message: str, type: str = "upstream_error", code: str | None = None) -> bytes:

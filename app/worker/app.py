@@ -15,7 +15,8 @@ from app.engine.errors import BadRequest, EngineError, GenerationFailed, QueueFu
 from app.engine.events import Finished, TextDelta
 from app.engine.protocol import Engine, Generation
 from app.engine.requests import GenerationRequest
-from app.worker.errors import ApiError, error_body, from_engine_error, install_error_handlers
+from app.openai_errors import error_body
+from app.worker.errors import ApiError, from_engine_error, install_error_handlers
 from app.worker.metrics import WorkerMetrics
 from app.worker.openai_format import SSE_DONE, ChatFormat, ResponseFormat, TextFormat, sse
 from app.worker.schemas import ChatCompletionBody, CompletionBody

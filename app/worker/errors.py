@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,6 +20,7 @@ from app.engine.errors import (
     PromptTooLong,
     QueueFull,
 )
+from app.openai_errors import error_body
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +42,6 @@ class ApiError(Exception):
         self.type = type
         self.code = code
         self.headers = headers or {}
-
-
-def error_body(message: str, type: str, code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type, "code": code}}
 
 
 def from_engine_error(exc: EngineError) -> ApiError:
