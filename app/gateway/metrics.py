@@ -2,59 +2,15 @@
 
 from __future__ import annotations
 
-import bisect
-import math
 from collections import Counter
 from collections.abc import Sequence
+
+from app.prometheus import Histogram, Labels, labels_text, number
 
 # Seconds: from a cache hit (well under a ms) to long CPU generations.
 TTFT_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 TOTAL_BUCKETS_S = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 TPS_BUCKETS = (1, 5, 10, 20, 50, 100, 200, 500, 1000)
-
-Labels = tuple[tuple[str, str], ...]
-
-
-def _number(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
-def _labels(labels: Labels, extra: str = "") -> str:
-    parts = [f'{k}="{_escape(v)}"' for k, v in labels]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
-
-
-def _escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-class Histogram:
-    """A Prometheus histogram per label set: cumulative buckets, sum and count."""
-
-    def __init__(self, buckets: Sequence[float]) -> None:
-        self.bounds = tuple(sorted(buckets))
-        self.series: dict[Labels, tuple[list[int], list[float]]] = {}
-
-    def observe(self, labels: Labels, value: float) -> None:
-        counts, total = self.series.setdefault(labels, ([0] * (len(self.bounds) + 1), [0.0]))
-        counts[bisect.bisect_left(self.bounds, value)] += 1
-        total[0] += value
-
-    def lines(self, name: str) -> list[str]:
-        out = []
-        for labels, (counts, total) in sorted(self.series.items()):
-            running = 0
-            for bound, count in zip((*self.bounds, math.inf), counts, strict=True):
-                running += count
-                le = 'le="' + _number(bound) + '"'
-                out.append(f"{name}_bucket{_labels(labels, le)} {running}")
-            out.append(f"{name}_sum{_labels(labels)} {_number(total[0])}")
-            out.append(f"{name}_count{_labels(labels)} {running}")
-        return out
 
 
 class GatewayMetrics:
@@ -105,7 +61,7 @@ class GatewayMetrics:
 
         def counter(name: str, help_text: str, values: Counter[Labels]) -> None:
             family(name, "counter", help_text)
-            lines.extend(f"{name}{_labels(k)} {n}" for k, n in sorted(values.items()))
+            lines.extend(f"{name}{labels_text(k)} {n}" for k, n in sorted(values.items()))
 
         counter(
             "herd_gateway_requests_total", "Calls by alias, model served and status.", self.requests
@@ -126,5 +82,5 @@ class GatewayMetrics:
         lines.extend(self.tokens_per_second.lines("herd_gateway_tokens_per_second"))
         for name, help_text, value in gauges:
             family(name, "gauge", help_text)
-            lines.append(f"{name} {_number(value)}")
+            lines.append(f"{name} {number(value)}")
         return "\n".join(lines) + "\n"

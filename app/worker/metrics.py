@@ -6,13 +6,11 @@ engine, and histograms with fixed buckets.
 
 from __future__ import annotations
 
-import bisect
-import math
 import threading
 from collections import Counter
-from collections.abc import Sequence
 
 from app.engine.events import Finished
+from app.prometheus import Histogram, escape
 from app.worker.state import WorkerState
 
 # Seconds. Time to first token spans prompt processing on CPU up to long queues.
@@ -20,38 +18,6 @@ TTFT_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 
 # Seconds between output tokens: GPU decode is a few ms, big models on CPU take 100s of ms.
 TPOT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 QUEUE_BUCKETS_S = (0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-
-
-def _number(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
-
-
-def _label_value(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-class Histogram:
-    """A Prometheus histogram: cumulative buckets, sum and count."""
-
-    def __init__(self, buckets: Sequence[float]) -> None:
-        self.bounds = tuple(sorted(buckets))
-        self.counts = [0] * (len(self.bounds) + 1)
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.sum += value
-
-    def lines(self, name: str) -> list[str]:
-        out, running = [], 0
-        for bound, count in zip((*self.bounds, math.inf), self.counts, strict=True):
-            running += count
-            out.append(f'{name}_bucket{{le="{_number(bound)}"}} {running}')
-        out.append(f"{name}_sum {_number(self.sum)}")
-        out.append(f"{name}_count {running}")
-        return out
 
 
 class WorkerMetrics:
@@ -62,9 +28,9 @@ class WorkerMetrics:
         self.requests: Counter[tuple[str, str]] = Counter()
         self.prompt_tokens = 0
         self.completion_tokens = 0
-        self.ttft = Histogram(TTFT_BUCKETS_S)
-        self.tpot = Histogram(TPOT_BUCKETS_S)
-        self.queue = Histogram(QUEUE_BUCKETS_S)
+        self.ttft = Histogram(TTFT_BUCKETS_S, always=[()])
+        self.tpot = Histogram(TPOT_BUCKETS_S, always=[()])
+        self.queue = Histogram(QUEUE_BUCKETS_S, always=[()])
 
     def count_request(self, endpoint: str, outcome: str) -> None:
         """outcome: ok, cancelled, rejected (429), invalid (4xx), error (5xx or mid-stream)."""
@@ -76,11 +42,11 @@ class WorkerMetrics:
         with self._lock:
             self.prompt_tokens += finished.usage.prompt_tokens
             self.completion_tokens += finished.usage.completion_tokens
-            self.queue.observe(timings.queue_ms / 1000)
+            self.queue.observe((), timings.queue_ms / 1000)
             if timings.ttft_ms is not None and finished.usage.completion_tokens > 0:
-                self.ttft.observe(timings.ttft_ms / 1000)
+                self.ttft.observe((), timings.ttft_ms / 1000)
             if timings.time_per_output_token_ms is not None:
-                self.tpot.observe(timings.time_per_output_token_ms / 1000)
+                self.tpot.observe((), timings.time_per_output_token_ms / 1000)
 
     def render(self, state: WorkerState) -> str:
         lines: list[str] = []
@@ -95,8 +61,8 @@ class WorkerMetrics:
             family("herd_worker_requests_total", "counter", "Requests by endpoint and outcome.")
             for (endpoint, outcome), n in sorted(self.requests.items()):
                 lines.append(
-                    f'herd_worker_requests_total{{endpoint="{_label_value(endpoint)}",'
-                    f'outcome="{_label_value(outcome)}"}} {n}'
+                    f'herd_worker_requests_total{{endpoint="{escape(endpoint)}",'
+                    f'outcome="{escape(outcome)}"}} {n}'
                 )
             family("herd_worker_prompt_tokens_total", "counter", "Prompt tokens processed.")
             lines.append(f"herd_worker_prompt_tokens_total {self.prompt_tokens}")
