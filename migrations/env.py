@@ -5,6 +5,7 @@ from __future__ import annotations
 from logging.config import fileConfig
 
 from alembic import context
+from sqlalchemy import text
 
 from app.config import Settings
 from app.db.database import Database
@@ -12,6 +13,10 @@ from app.db.engine import make_engine
 from app.db.tables import Base
 
 config = context.config
+# Every herd process upgrades the schema when it starts, so several (gateway replicas, the
+# dashboard, Kubernetes' migration Job) may do so at once on a new database: a transaction-level
+# advisory lock makes them take turns, and each later one finds the schema already at head.
+MIGRATION_LOCK_KEY = 0x6865726400  # "herd\0"
 if config.config_file_name is not None:
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
@@ -32,6 +37,9 @@ def run_migrations_online() -> None:
                 compare_type=True,
             )
             with context.begin_transaction():
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                )
                 context.run_migrations()
     finally:
         engine.dispose()
