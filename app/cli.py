@@ -237,6 +237,8 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
             deployment_id=args.deployment_id,
             max_queue=args.max_queue,
             log_path=args.log_path,
+            advertise_url=args.advertise_url or settings.advertise_url,
+            join=args.join,
         )
     except ValueError as exc:
         warn(f"herd worker: {exc}")
@@ -252,8 +254,19 @@ def cmd_supervisor(settings: Settings, args: argparse.Namespace) -> int:
     from app.supervisor.errors import SupervisorError
     from app.supervisor.run import run_supervisor
 
-    if args.port is not None:
-        settings = settings.model_copy(update={"supervisor_port": args.port})
+    overrides = {
+        "supervisor_port": args.port,
+        "node_name": args.node_name,
+        "node_labels": args.node_labels,
+    }
+    try:
+        # Validated like the environment: a bad label is one clear line, not a traceback.
+        settings = Settings.model_validate(
+            {**settings.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
+        )
+    except ValueError as exc:
+        warn(f"herd supervisor: {exc}")
+        return 2
     with Database.open(settings) as db:
         migrate.upgrade(db.url)
         try:
@@ -442,6 +455,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="on exit leave the workers running; the next supervisor adopts them",
     )
+    sup.add_argument(
+        "--node-name", default=None, help="this node's name (HERD_NODE_NAME; default: host name)"
+    )
+    sup.add_argument(
+        "--node-labels",
+        default=None,
+        help="this node's labels, k=v,k2=v2, e.g. gpu=h100 (HERD_NODE_LABELS)",
+    )
 
     worker = command(sub, "worker", cmd_worker, "serve one GGUF model over the OpenAI API")
     worker.add_argument(
@@ -471,6 +492,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--log-path", default=None, help="where this worker's output goes, recorded in its row"
+    )
+    worker.add_argument(
+        "--advertise-url",
+        default=None,
+        help=(
+            "URL other hosts reach this worker at, http://host[:port] (without a port the real "
+            "port is added; HERD_ADVERTISE_URL); default: from --host, the host's primary "
+            "address for 0.0.0.0"
+        ),
+    )
+    worker.add_argument(
+        "--join",
+        action="store_true",
+        help=(
+            "serve the deployment for (--alias, --model), creating an external one (started "
+            "by Kubernetes or you, never by a supervisor) if there is none"
+        ),
     )
 
     demo = command(

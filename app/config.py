@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LABEL_PATTERN = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]*[A-Za-z0-9])?$")
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    """'gpu=h100,zone=a' -> {'gpu': 'h100', 'zone': 'a'}; '' -> {}. Raises ValueError."""
+    labels: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        key, sep, value = (x.strip() for x in part.partition("="))
+        if not sep or not LABEL_PATTERN.match(key) or (value and not LABEL_PATTERN.match(value)):
+            raise ValueError(
+                f"label {part!r} is not key=value (letters, digits, . _ / -), "
+                "e.g. HERD_NODE_LABELS=gpu=h100,zone=a"
+            )
+        labels[key] = value
+    return labels
 
 
 class Settings(BaseSettings):
@@ -103,6 +122,30 @@ class Settings(BaseSettings):
     worker_logs_kept: int = Field(
         default=20, ge=1, description="Worker log files kept per deployment; older ones go."
     )
+    # Several machines: nodes, labels, placement, and how workers are reached.
+    node_labels: str = Field(
+        default="",
+        description=(
+            "Labels of this node, as k=v,k2=v2 (e.g. gpu=h100,zone=a); deployments that "
+            "require labels are placed only on nodes that carry them all."
+        ),
+    )
+    node_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description=(
+            "A node whose supervisor has not heartbeated for this long is dead: its "
+            "deployments' replicas are placed on other live nodes that match."
+        ),
+    )
+    advertise_url: str | None = Field(
+        default=None,
+        description=(
+            "URL other hosts use to reach a worker (http://host or http://host:port; without "
+            "a port the worker's real port is added). Default: from the bind address, with "
+            "the host's primary address for a wildcard bind."
+        ),
+    )
 
     # The gateway: OpenAI-compatible API, routing, response cache, request log.
     gateway_host: str = Field(
@@ -172,6 +215,23 @@ class Settings(BaseSettings):
     log_batch_rows: int = Field(
         default=500, ge=1, description="Request rows that trigger a write before the delay."
     )
+    gateway_cold_start_s: float = Field(
+        default=60.0,
+        ge=0,
+        description=(
+            "How long a call waits for a worker when its alias has a deployment but no live "
+            "worker (scale from zero); 0: answer 503 at once."
+        ),
+    )
+    log_memory_max_rows: int = Field(
+        default=50_000,
+        ge=0,
+        description=(
+            "Request rows kept in memory while neither PostgreSQL nor the spool disk takes "
+            "them (database down and disk full); beyond this the oldest are dropped and counted "
+            "in /health and /metrics."
+        ),
+    )
     gateway_max_body_bytes: int = Field(
         default=8 * 1024 * 1024,
         ge=1024,
@@ -226,6 +286,17 @@ class Settings(BaseSettings):
             "keys (create one with `herd keys create chat`). Unset: calls go without a key."
         ),
     )
+
+    @field_validator("node_labels")
+    @classmethod
+    def _check_node_labels(cls, value: str) -> str:
+        parse_labels(value)  # raises ValueError naming the bad part
+        return value
+
+    @property
+    def node_label_map(self) -> dict[str, str]:
+        """HERD_NODE_LABELS as a dict."""
+        return parse_labels(self.node_labels)
 
     @property
     def gateway_base_url(self) -> str:

@@ -9,6 +9,13 @@ from raw rows with percentile_cont, what the page would cost without the rollups
     HERD_BENCH_DATABASE_URL=postgresql://... python bench/analytics_bench.py --requests 10000000
 
 Without HERD_BENCH_DATABASE_URL it starts an embedded PostgreSQL under --home.
+
+At 10M rows generation takes long enough to split the run: `--generate-only` fills a
+database and keeps it (its name is printed), `--database NAME` brings that database to the
+newest schema and times it without generating (rerun it after a query or index change).
+
+    python bench/analytics_bench.py --requests 10000000 --generate-only
+    flock /tmp/herd-bench.lock python bench/analytics_bench.py --database herd_bench_1a2b3c4d
 """
 
 from __future__ import annotations
@@ -49,34 +56,38 @@ def _median_s(fn: Callable[[], Any], runs: int = 3) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=1_000_000)
-    parser.add_argument("--days", type=float, default=14.0)
-    parser.add_argument("--home", default="/tmp/herd-bench")
-    args = parser.parse_args()
-
-    server_url = os.environ.get("HERD_BENCH_DATABASE_URL")
-    embedded = None
-    if not server_url:
-        embedded = EmbeddedPostgres(Path(args.home) / "pgdata")
-        server_url = embedded.start()
-    name = f"herd_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(sqlalchemy_url(server_url), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+def _generate(url: str, args: argparse.Namespace) -> datetime:
+    """Fill the database at url; returns the `now` the traffic ends at."""
+    migrate.upgrade(url)
+    engine = make_engine(url)
     try:
-        migrate.upgrade(url)
-        engine = make_engine(url)
         now = datetime.now(UTC)
         started = time.perf_counter()
         result = generate_demo_traffic(engine, args.requests, args.days, seed=0.42, now=now)
         generate_s = time.perf_counter() - started
         with engine.connect() as conn:
             conn.execute(text("ANALYZE"))
-            size = conn.execute(text("SELECT pg_size_pretty(pg_database_size(current_database()))"))
-            db_size = size.scalar_one()
+            conn.commit()
+        print(
+            f"generated {result.requests} requests, {result.feedback} feedback in "
+            f"{generate_s:.1f} s ({result.requests / generate_s:,.0f} rows/s)",
+            flush=True,
+        )
+        return now
+    finally:
+        engine.dispose()
+
+
+def _time_queries(url: str, now: datetime) -> None:
+    """Print each page query's median time over the traffic that ends at now."""
+    migrate.upgrade(url)  # a reused database gets the indexes and rollups added since
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            requests, feedback, db_size = conn.execute(text(
+                "SELECT (SELECT count(*) FROM requests), (SELECT count(*) FROM feedback), "
+                "pg_size_pretty(pg_database_size(current_database()))"
+            )).one()  # fmt: skip
         week = Scope(start=now - timedelta(days=7), end=now)
         hour = Scope(start=now - timedelta(hours=1), end=now)
         three_days = Scope(start=now - timedelta(days=3), end=now)
@@ -99,10 +110,7 @@ def main() -> None:
                 engine, ReviewFilter(rating=-1, limit=200))),
         ]  # fmt: skip
         print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} CPUs")
-        print(
-            f"rows: {result.requests} requests, {result.feedback} feedback; database {db_size}; "
-            f"generated in {generate_s:.1f} s ({result.requests / generate_s:,.0f} rows/s)"
-        )
+        print(f"rows: {requests} requests, {feedback} feedback; database {db_size}")
         anchor = None
         print("| query | median of 3 (ms) | x anchor |")
         print("|---|---:|---:|")
@@ -110,10 +118,66 @@ def main() -> None:
             seconds = _median_s(fn)
             anchor = anchor or seconds
             print(f"| {label} | {seconds * 1000:,.1f} | {seconds / anchor:.3f} |", flush=True)
-        engine.dispose()
     finally:
+        engine.dispose()
+
+
+def _traffic_end(url: str) -> datetime:
+    """When a kept database's traffic ends: its newest request (the generator's `now`)."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            end = conn.execute(text("SELECT max(created_at) FROM requests")).scalar_one()
+    finally:
+        engine.dispose()
+    if end is None:
+        raise SystemExit("that database has no requests; fill one with --generate-only")
+    return end  # type: ignore[no-any-return]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=1_000_000)
+    parser.add_argument("--days", type=float, default=14.0)
+    parser.add_argument("--home", default="/tmp/herd-bench")
+    parser.add_argument(
+        "--generate-only",
+        action="store_true",
+        help="fill a new database, keep it and print its name; time nothing",
+    )
+    parser.add_argument(
+        "--database",
+        metavar="NAME",
+        help="time this existing database (from --generate-only) instead of generating",
+    )
+    args = parser.parse_args()
+    if args.generate_only and args.database:
+        parser.error("--generate-only makes a new database; leave out --database")
+
+    server_url = os.environ.get("HERD_BENCH_DATABASE_URL")
+    embedded = None
+    if not server_url:
+        embedded = EmbeddedPostgres(Path(args.home) / "pgdata")
+        server_url = embedded.start()
+    admin = create_engine(sqlalchemy_url(server_url), isolation_level="AUTOCOMMIT")
+    name = args.database or f"herd_bench_{uuid.uuid4().hex[:8]}"
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    drop = not (args.database or args.generate_only)
+    try:
+        if args.database:
+            _time_queries(url, _traffic_end(url))
+            return
         with admin.connect() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            conn.execute(text(f"CREATE DATABASE {name}"))
+        if args.generate_only:
+            print(f"database: {name}", flush=True)
+        now = _generate(url, args)
+        if not args.generate_only:
+            _time_queries(url, now)
+    finally:
+        if drop:
+            with admin.connect() as conn:
+                conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         admin.dispose()
         if embedded is not None:
             embedded.release()

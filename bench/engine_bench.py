@@ -5,9 +5,12 @@ streaming chat completions. Not part of CI. Example:
 
     python bench/engine_bench.py --llama-server /path/to/llama-server --threads 2
 
-Herd's worker runs as its HTTP app (create_app) around make_engine(), without database
-registration, which is not on the request path. Prints a table and ratios to llama-server
-(or to llama-cpp-python's server when llama-server is not given).
+Herd runs as it does in production: a real `herd worker` registered in a fresh database on
+the embedded PostgreSQL under bench/.work (alias -> deployment -> the worker's own row,
+heartbeated), and a real `herd gateway` in front of it with its response cache off. The
+same worker is measured twice: called directly ("herd") and through the gateway
+("herd-gateway"). Prints a table and ratios to llama-server (or to llama-cpp-python's
+server when llama-server is not given).
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -38,6 +44,7 @@ QUESTIONS = [
     "Explain how a bicycle works.",
     "Tell me a story about a robot.",
 ]
+SERVERS = ("llama-server", "herd", "herd-gateway", "llama-cpp-python")
 SYSTEM_RULE = "Rule {i}: answer politely, keep to the facts, and cite item {i} when relevant."
 
 
@@ -160,34 +167,70 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 180) 
     raise RuntimeError("server not ready")
 
 
-def herd_serve(model: str, port: int, parallel: int, n_ctx: int, threads: int) -> None:
-    """Run Herd's worker HTTP app around make_engine (the --serve-herd child)."""
-    import uvicorn
-
-    from app.config import Settings
-    from app.engine.factory import make_engine
-    from app.engine.loader import LoadOptions
-    from app.worker.app import create_app
-    from app.worker.state import WorkerState
-
-    engine = make_engine(
-        LoadOptions(Path(model), n_ctx=n_ctx, n_threads=threads, slots=parallel), max_queue=64
-    )
-    state = WorkerState(alias="bench", model_path=model)
-    state.set_ready(engine)
-    try:
-        uvicorn.run(create_app(Settings(), state), host="127.0.0.1", port=port, log_level="warning")
-    finally:
-        engine.close()
+ALIAS = "bench"
 
 
-def start(kind: str, args: argparse.Namespace, port: int, parallel: int) -> subprocess.Popen[bytes]:
+@contextmanager
+def herd_stand(args: argparse.Namespace, parallel: int) -> Iterator[dict[str, str]]:
+    """A registered `herd worker` and a `herd gateway` routing ALIAS to it; yields the URLs
+    to measure: "herd" (the worker itself) and "herd-gateway"."""
+    from gateway_bench import WORK, fresh_database, running, wait_until
+
+    from app.db import migrate
+    from app.db.embedded import EmbeddedPostgres
+    from app.db.engine import make_engine as make_db_engine
+    from app.deployments import Deployments, ServingSettings
+    from app.store.catalog import ModelStore
+
+    folder = WORK / f"engine-{time.strftime('%Y%m%dT%H%M%S')}"
+    folder.mkdir(parents=True)
+    with ExitStack() as stack:
+        embedded = EmbeddedPostgres(WORK / "herd-home" / "pgdata")
+        stack.callback(embedded.release)
+        db_url = stack.enter_context(fresh_database(embedded.start()))
+        migrate.upgrade(db_url)
+        db = make_db_engine(db_url)
+        stack.callback(db.dispose)
+        model = ModelStore(db, folder / "models").add(Path(args.model))
+        serving = ServingSettings(
+            model=model.name, n_ctx=args.n_ctx, parallel=parallel, threads=args.threads
+        )
+        deployment = Deployments(db).create(ALIAS, serving)
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "HERD_DATABASE_URL": db_url,
+            "HERD_HOME": str(folder / "herd-home"),
+            "HERD_MODELS_DIR": str(folder / "models"),
+            # Every call must reach the worker: identical greedy requests would be replayed.
+            "HERD_CACHE_ENABLED": "false",
+        }
+        herd = [sys.executable, "-m", "app.cli"]
+        worker_port, gateway_port = free_port(), free_port()
+        worker_argv = [*herd, "worker", "--model", model.name, "--port", str(worker_port)]
+        worker_argv += ["--alias", ALIAS, "--deployment-id", str(deployment.id)]
+        worker_argv += ["--parallel", str(parallel), "--n-ctx", str(args.n_ctx)]
+        worker_argv += ["--threads", str(args.threads), "--max-queue", "64"]
+        worker = stack.enter_context(running(worker_argv, folder / "worker.log", env))
+        worker_url = f"http://127.0.0.1:{worker_port}"
+        wait_ready(worker_url, worker)
+        gateway_argv = [*herd, "gateway", "--host", "127.0.0.1", "--port", str(gateway_port)]
+        gateway = stack.enter_context(running(gateway_argv, folder / "gateway.log", env))
+        gateway_url = f"http://127.0.0.1:{gateway_port}"
+        wait_until(
+            lambda: httpx.get(f"{gateway_url}/health", timeout=2).json()["live_workers"] == 1,
+            "herd gateway",
+            gateway,
+        )
+        yield {"herd": worker_url, "herd-gateway": gateway_url}
+
+
+@contextmanager
+def anchor_server(kind: str, args: argparse.Namespace, parallel: int) -> Iterator[str]:
+    """llama-server or llama-cpp-python's server on a free port; yields its URL."""
+    port = free_port()
     model, t = args.model, str(args.threads)
-    if kind == "herd":
-        cmd = [sys.executable, __file__, "--serve-herd", "--port", str(port)]
-        cmd += ["--parallel", str(parallel), "--model", model, "--threads", t]
-        cmd += ["--n-ctx", str(args.n_ctx)]
-    elif kind == "llama-cpp-python":
+    if kind == "llama-cpp-python":
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", model, "--port", str(port)]
         cmd += ["--n_threads", t, "--n_threads_batch", t, "--n_ctx", str(args.n_ctx)]
         # Its default cuts a running stream off when the next request arrives.
@@ -195,56 +238,89 @@ def start(kind: str, args: argparse.Namespace, port: int, parallel: int) -> subp
     else:
         cmd = [args.llama_server, "-m", model, "--port", str(port), "-t", t, "-tb", t]
         cmd += ["--parallel", str(parallel), "-c", str(args.n_ctx * parallel), "--no-webui"]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
-async def measure(url: str, args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    out: dict[str, dict[str, float]] = {}
+async def median_of(
+    repeat: int, run: Callable[[], Awaitable[dict[str, float]]]
+) -> dict[str, float]:
+    """Run a scenario repeat times (back to back); the median of each metric. A run the
+    server broke off (a dropped connection) is run again once, and says so."""
+    runs = []
+    for _ in range(repeat):
+        try:
+            runs.append(await run())
+        except httpx.HTTPError as exc:
+            print(f"  run failed ({type(exc).__name__}: {exc}); running it again", flush=True)
+            runs.append(await run())
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+async def measure(url: str, args: argparse.Namespace, out: dict[str, dict[str, float]]) -> None:
+    """Fill out scenario by scenario, so a failure keeps what was measured before it."""
+    rep = args.repeat
     await scenario_concurrent(url, 1, 4)  # warm-up
-    out["1 stream"] = await scenario_concurrent(url, 1, args.max_tokens)
-    for n in args.concurrency:
-        out[f"{n} streams"] = await scenario_concurrent(url, n, args.max_tokens)
-    out["8 chats, 1k system prompt, cold"] = await scenario_shared_prefix(url, shared=False)
-    out["8 chats, 1k system prompt, shared"] = await scenario_shared_prefix(url, shared=True)
+    for n in [1, *args.concurrency]:
+        name = "1 stream" if n == 1 else f"{n} streams"
+        out[name] = await median_of(rep, partial(scenario_concurrent, url, n, args.max_tokens))
+    if args.no_prefix:
+        return
+    for name, shared in (("cold", False), ("shared", True)):
+        out[f"8 chats, 1k system prompt, {name}"] = await median_of(
+            args.prefix_repeat, partial(scenario_shared_prefix, url, shared)
+        )
+
+
+def run_measure(url: str, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    try:
+        asyncio.run(measure(url, args, out))
+    except httpx.HTTPError as exc:
+        print(f"{url}: stopped by {type(exc).__name__}: {exc}", flush=True)
     return out
 
 
 def main() -> int:
     from app.store.demo import find_demo_model
 
-    p = argparse.ArgumentParser()
-    p.add_argument("--model", default=None)
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--parallel", type=int, default=8)
-    p.add_argument("--n-ctx", type=int, default=2048)
-    p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--concurrency", type=int, nargs="*", default=[4, 8])
-    p.add_argument("--llama-server", default=None)
-    p.add_argument("--servers", nargs="*", default=["llama-server", "herd", "llama-cpp-python"])
-    p.add_argument("--serve-herd", action="store_true")
-    p.add_argument("--port", type=int, default=0)
-    p.add_argument("--json", default=None)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default=None, help="GGUF file (default: the demo model)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="for every server")
+    p.add_argument("--parallel", type=int, default=16, help="slots of every batching server")
+    p.add_argument("--n-ctx", type=int, default=2048, help="context tokens per slot")
+    p.add_argument("--max-tokens", type=int, default=64, help="tokens generated per stream")
+    p.add_argument("--concurrency", type=int, nargs="*", default=[4, 8, 16])
+    p.add_argument("--llama-server", default=None, help="llama-server binary (the anchor)")
+    p.add_argument("--servers", nargs="*", default=list(SERVERS), choices=SERVERS)
+    p.add_argument("--repeat", type=int, default=1, help="runs per scenario; medians shown")
+    p.add_argument("--prefix-repeat", type=int, default=1, help="runs of the prefix scenario")
+    p.add_argument("--no-prefix", action="store_true", help="skip the shared-prefix scenario")
+    p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args()
     args.model = args.model or str(find_demo_model().path)
-    if args.serve_herd:
-        herd_serve(args.model, args.port, args.parallel, args.n_ctx, args.threads)
-        return 0
     servers = [s for s in args.servers if s != "llama-server" or args.llama_server]
     results: dict[str, dict[str, dict[str, float]]] = {}
     for kind in servers:
-        port = free_port()
-        proc = start(kind, args, port, args.parallel)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            wait_ready(url, proc)
-            results[kind] = asyncio.run(measure(url, args))
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-    anchor = "llama-server" if "llama-server" in results else "llama-cpp-python"
+        if kind == "herd-gateway" and "herd" in servers:
+            continue  # measured on the same stand as "herd"
+        if kind in ("herd", "herd-gateway"):
+            with herd_stand(args, args.parallel) as urls:
+                for name, url in urls.items():
+                    if name in servers:
+                        results[name] = run_measure(url, args)
+                        print(json.dumps({name: results[name]}), flush=True)
+        else:
+            with anchor_server(kind, args, args.parallel) as url:
+                results[kind] = run_measure(url, args)
+                print(json.dumps({kind: results[kind]}), flush=True)
+    anchor = "llama-server" if "llama-server" in results else next(iter(results))
     print(f"model {args.model}, threads {args.threads}, parallel {args.parallel}, "
           f"n_ctx/slot {args.n_ctx}, max_tokens {args.max_tokens}; anchor {anchor}")  # fmt: skip
     for scen in results[anchor]:
@@ -252,7 +328,7 @@ def main() -> int:
             base = results[anchor][scen][metric]
             row = [f"{scen:36s} {metric:22s}"]
             for kind in results:
-                v = results[kind][scen][metric]
+                v = results[kind].get(scen, {}).get(metric, float("nan"))
                 row.append(f"{kind}={v:9.1f} ({v / base:5.2f}x)")
             print("  ".join(row))
     if args.json:

@@ -11,7 +11,7 @@ from app.deployments import ContextTooLargeError, DeploymentError, Deployments, 
 from app.store.catalog import describe_model
 from app.store.estimate import format_bytes
 from app.supervisor import logs
-from app.ui import auth, deployment_rows, resources
+from app.ui import auth, deployment_rows, resources, worker_health
 
 REFRESH_S = 2.0
 FLASH_KEY = "deployments_flash"
@@ -153,8 +153,14 @@ def live_status() -> None:
     st.subheader("Workers")
     workers = [w for d in current for w in d.workers]
     if workers:
+        reuse = worker_health.read_all_prefix_reuse(w.url for w in workers if w.is_ready and w.url)
         st.dataframe(
-            deployment_rows.worker_rows(workers), hide_index=True, use_container_width=True
+            deployment_rows.worker_rows(workers, reuse), hide_index=True, use_container_width=True
+        )
+        st.caption(
+            "Slots busy: generations running now / slots. Prefix cache hits: share of the "
+            "prompt tokens since the worker started that were reused from its KV cache "
+            "instead of being computed again (shared system prompts, chat history)."
         )
     else:
         st.caption(

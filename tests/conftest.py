@@ -250,3 +250,17 @@ def worker_launcher(tmp_path: Path, db_url: str, models_dir: Path) -> Iterator[W
     launcher = WorkerLauncher(db_url=db_url, home=tmp_path / "herd-home", models_dir=models_dir)
     yield launcher
     launcher.kill_all()
+
+
+@pytest.fixture
+def own_postgres(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """An embedded server of this test's own (pgdata, URL), migrated: a test may stop and
+    start it without disturbing any other test."""
+    from gateway_harness import embedded_postgres
+
+    pgdata = tmp_path / "pg" / "pgdata"
+    pgdata.parent.mkdir()
+    url = embedded_postgres(pgdata, "start")
+    migrate.upgrade(url)
+    yield pgdata, url
+    embedded_postgres(pgdata, "stop")

@@ -3,6 +3,8 @@ thread, and the rows (models, deployments) that put workers behind an alias."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import select
 import signal
@@ -11,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +29,7 @@ from app.db.database import Database
 from app.gateway.app import create_app
 
 TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
 START_TIMEOUT_S = 30.0
 
 
@@ -35,6 +39,26 @@ def wait_for(check: Callable[[], bool], timeout_s: float = 15.0, step_s: float =
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s} s")
         time.sleep(step_s)
+
+
+def embedded_postgres(pgdata: Path, action: str) -> str:
+    """Start (returns its URL) or stop the embedded server of pgdata in a child process, as
+    another herd command would (pgserver caches server handles per process, which would hide
+    a restart here)."""
+    code = {
+        "start": "from app.db.embedded import EmbeddedPostgres as E; "
+        f"print(E(Path({str(pgdata)!r})).start(keep_running=True))",
+        "stop": f"from app.db.embedded import stop_server; stop_server(Path({str(pgdata)!r}))",
+    }[action]
+    done = subprocess.run(
+        [sys.executable, "-c", f"from pathlib import Path; {code}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
 
 
 def add_model(engine: Engine, name: str) -> int:
@@ -61,6 +85,135 @@ def add_deployment(engine: Engine, alias: str, model_id: int, weight: int = 100)
                 {"a": alias, "m": model_id, "w": weight},
             ).scalar_one()
         )
+
+
+@dataclass
+class Ledger:
+    """What clients were told, for the count check after a fault: every call the gateway
+    answered (any status) must have exactly one `requests` row, every response id handed out
+    must be among them, and every acknowledged feedback must be in `feedback`."""
+
+    answered: int = 0
+    response_ids: list[str] = field(default_factory=list)
+    feedback_ids: list[int] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def answer(self, response_id: str | None = None) -> None:
+        with self.lock:
+            self.answered += 1
+            if response_id is not None:
+                self.response_ids.append(response_id)
+
+    def acknowledge(self, feedback_id: int) -> None:
+        with self.lock:
+            self.feedback_ids.append(feedback_id)
+
+    def check(self, engine: Engine, timeout_s: float = 30.0, lost_rows: int = 0) -> None:
+        """Wait for the request log to catch up, then demand exact counts (extra rows fail
+        as much as missing ones). lost_rows: rows the gateway reported dropping."""
+
+        def counts() -> tuple[int, int]:
+            with engine.connect() as conn:
+                requests = conn.execute(text("SELECT count(*) FROM requests")).scalar_one()
+                feedback = conn.execute(text("SELECT count(*) FROM feedback")).scalar_one()
+            return int(requests), int(feedback)
+
+        expected = (self.answered - lost_rows, len(self.feedback_ids))
+        with contextlib.suppress(AssertionError):
+            wait_for(lambda: counts() == expected, timeout_s, step_s=0.2)
+        found = counts()
+        assert found == expected, f"(requests, feedback) rows {found} != told clients {expected}"
+        with engine.connect() as conn:
+            ids = set(conn.execute(text("SELECT id::text FROM requests")).scalars())
+            votes = set(conn.execute(text("SELECT id FROM feedback")).scalars())
+        assert len(set(self.response_ids)) == len(self.response_ids), "a response id repeats"
+        missing = set(self.response_ids) - ids
+        assert len(missing) <= lost_rows, f"{len(missing)} responses handed out have no row"
+        assert votes == set(self.feedback_ids)
+
+
+class Load:
+    """Clients calling the gateway without pause until stopped, streamed and not in turn;
+    every answer goes into the ledger.
+
+    With restarts=True a client rides out a gateway restart: a refused connection (nothing
+    listens), a connection dropped mid-call (the call was in flight) and a 503
+    database_unavailable (a gateway that has not loaded its routing yet) are counted by kind
+    and the client carries on; anything else ends the client as an error."""
+
+    def __init__(
+        self,
+        url: str,
+        ledger: Ledger,
+        *,
+        clients: int = 2,
+        restarts: bool = False,
+        alias: str = "m",
+    ) -> None:
+        self.url = url
+        self.alias = alias
+        self.ledger = ledger
+        self.restarts = restarts
+        self.errors: list[BaseException] = []
+        self.seen: Counter[str] = Counter()
+        self.done_at: dict[str, float] = {}  # response id -> when the client had it
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(c,)) for c in range(clients)]
+        for thread in self._threads:
+            thread.start()
+
+    def _call(self, i: int) -> None:
+        body = {"model": self.alias, "messages": [{"role": "user", "content": f"call {i}"}],
+                "stream": i % 2 == 1}  # fmt: skip
+        try:
+            response = httpx.post(f"{self.url}/v1/chat/completions", json=body, timeout=30)
+        except httpx.ConnectError:
+            if not self.restarts:
+                raise
+            self.seen["refused"] += 1
+            time.sleep(0.05)
+            return
+        except (httpx.RemoteProtocolError, httpx.ReadError):
+            if not self.restarts:
+                raise
+            self.seen["dropped in flight"] += 1
+            return
+        if response.status_code == 503 and self.restarts:
+            assert response.json()["error"]["code"] == "database_unavailable", response.text
+            self.seen["503 database_unavailable"] += 1
+            time.sleep(float(response.headers["Retry-After"]) / 5)
+            return
+        assert response.status_code == 200, response.text
+        if body["stream"]:
+            assert response.text.rstrip().endswith("data: [DONE]"), response.text
+            first = next(line for line in response.text.splitlines() if line.startswith("data: {"))
+            response_id = str(json.loads(first[6:])["id"])
+        else:
+            response_id = str(response.json()["id"])
+        self.done_at[response_id] = time.monotonic()
+        self.seen["ok"] += 1
+        self.ledger.answer(response_id)
+
+    def _run(self, client: int) -> None:
+        i = 0
+        while not self._stop.is_set():
+            try:
+                self._call(client * 100_000 + i)
+            except BaseException as exc:
+                self.errors.append(exc)
+                return
+            i += 1
+
+    def answered_more(self, n: int, timeout_s: float = 60) -> None:
+        """Wait until n more calls were answered."""
+        target = len(self.ledger.response_ids) + n
+        wait_for(lambda: len(self.ledger.response_ids) >= target or bool(self.errors), timeout_s)
+        assert not self.errors, self.errors
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
 
 
 @dataclass
@@ -95,11 +248,12 @@ class Stubs:
         tokens: int = 5,
         token_delay_ms: float = 0,
         slots: int = 4,
+        mode: str = "ok",
     ) -> StubWorker:
         argv = [
             sys.executable, str(TESTS / "stub_worker.py"), "--db-url", self.db_url,
             "--alias", alias, "--name", name, "--tokens", str(tokens),
-            "--token-delay-ms", str(token_delay_ms), "--slots", str(slots),
+            "--token-delay-ms", str(token_delay_ms), "--slots", str(slots), "--mode", mode,
         ]  # fmt: skip
         if deployment_id is not None:
             argv += ["--deployment-id", str(deployment_id)]
@@ -168,6 +322,9 @@ def gateway_settings(tmp_path: Path, db_url: str, **overrides: Any) -> Settings:
         "database_url": db_url,
         "gateway_refresh_s": 0.2,
         "log_flush_ms": 100,
+        # Calls to an alias without a live worker get 503 at once, as tests expect, unless a
+        # test asks for the scale-from-zero hold (tests/test_placement.py).
+        "gateway_cold_start_s": 0,
         **overrides,
     }
     return Settings(**values)

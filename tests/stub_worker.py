@@ -3,8 +3,10 @@ protocol over real HTTP, registered in `workers` with heartbeats like a real wor
 
 Answers name the stub ("<name> says: ..."), so a test can tell who served each call.
 Run: python tests/stub_worker.py --db-url URL --alias A [--deployment-id N] [--model-id N]
-     [--name NAME] [--tokens N] [--token-delay-ms MS] [--slots N]
+     [--name NAME] [--tokens N] [--token-delay-ms MS] [--slots N] [--mode MODE]
 Prints "READY <worker_id> <url>" once registered and serving.
+
+--mode makes it misbehave, for fault tests (MODES says how); the default answers properly.
 """
 
 from __future__ import annotations
@@ -22,6 +24,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import psycopg
+
+# How a misbehaving stub answers completion calls (health and heartbeats stay normal).
+MODES = {
+    "ok": "answer properly",
+    "hang": "read the request, then send nothing at all, not even headers",
+    "hang-mid-stream": "stream the first token, then fall silent (non-streamed: hang)",
+    "invalid-json": "200 with a Content-Type of JSON and a body that is not JSON",
+    "broken-sse": "200 text/event-stream whose first event is not JSON (non-streamed: as "
+    "invalid-json)",
+    "broken-mid-stream": "stream the first token, then an event that is not JSON",
+    "html": "200 text/html with an error page, streamed or not",
+}
+HANG_S = 3600.0
 
 
 class Stub:
@@ -68,6 +83,52 @@ def make_handler(stub: Stub) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
             self.wfile.flush()
 
+        def _send_raw(self, content_type: str, data: bytes) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _first_token_then(self, tail: bytes | None) -> None:
+            """Stream headers and one well-formed token event, then tail (None: silence)."""
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            first = {"id": "stub", "object": "chat.completion.chunk", "created": 0,
+                     "model": stub.args.alias,
+                     "choices": [{"index": 0, "delta": {"content": "first"},
+                                  "finish_reason": None}]}  # fmt: skip
+            self._chunk(b"data: " + json.dumps(first).encode() + b"\n\n")
+            if tail is None:
+                time.sleep(HANG_S)
+            else:
+                self._chunk(tail)
+                self._chunk(b"")
+
+        def _misbehave(self, stream: bool) -> bool:
+            """Answer as --mode says; False when the mode is to answer properly."""
+            mode = stub.args.mode
+            if mode == "ok":
+                return False
+            if mode == "hang" or (mode == "hang-mid-stream" and not stream):
+                time.sleep(HANG_S)
+            elif mode == "hang-mid-stream":
+                self._first_token_then(None)
+            elif mode == "invalid-json" or (mode == "broken-sse" and not stream):
+                self._send_raw("application/json", b'{"choices": [{"message": tru')
+            elif mode == "broken-sse":
+                self._send_raw("text/event-stream", b"data: {not json at all\n\n")
+            elif mode == "broken-mid-stream":
+                if stream:
+                    self._first_token_then(b'data: {"choices": [tru\n\n')
+                else:
+                    self._send_raw("application/json", b"<<garbage>>")
+            elif mode == "html":
+                self._send_raw("text/html", b"<html><body>502 Bad Gateway</body></html>")
+            return True
+
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", "0"))
             body = json.loads(self.rfile.read(length) or b"{}")
@@ -80,6 +141,8 @@ def make_handler(stub: Stub) -> type[BaseHTTPRequestHandler]:
                 return
             with stub.lock:
                 stub.served += 1
+            if self._misbehave(bool(body.get("stream"))):
+                return
             words = stub.words(body)
             delay = stub.args.token_delay_ms / 1000
             n = len(words)
@@ -149,6 +212,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=5)
     parser.add_argument("--token-delay-ms", type=float, default=0)
     parser.add_argument("--slots", type=int, default=4)
+    parser.add_argument("--mode", choices=sorted(MODES), default="ok", help="how to misbehave")
     args = parser.parse_args()
     stub = Stub(args)
     server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(stub))

@@ -151,6 +151,27 @@ def test_greedy_output_is_the_same_alone_and_among_seven_others(
     asyncio.run(scenario())
 
 
+def test_prompts_arriving_together_share_a_decode_and_match_their_runs_alone(
+    crowd: BatchedEngine, alone: BatchedEngine
+) -> None:
+    # Short prompts admitted in one step are prefilled in one llama_decode, as llama-server
+    # does; what each generates must not change.
+    prompts = [*OTHER_PROMPTS, "Tell me about llamas."]
+
+    async def scenario() -> None:
+        expected = [(await run_alone(alone, greedy(p, max_tokens=12)))[0] for p in prompts]
+        before = crowd.packed_decodes
+        for _attempt in range(5):  # arrivals race the scheduler's steps; one pack suffices
+            jobs = await asyncio.gather(*(crowd.submit(greedy(p, max_tokens=12)) for p in prompts))
+            texts = [t for t, _f in await asyncio.gather(*(drain(j) for j in jobs))]
+            assert texts == expected
+            if crowd.packed_decodes > before:
+                return
+        raise AssertionError("the prompts were never prefilled together")
+
+    asyncio.run(scenario())
+
+
 def test_seeded_sampling_is_reproducible_in_a_crowd(
     crowd: BatchedEngine, alone: BatchedEngine
 ) -> None:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
+from worker_process import WorkerLauncher
 
 from app.accounts import LoggedIn, Role
 from app.config import Settings
 from app.db.database import Database
 from app.deployments import Deployments, ServingSettings
 from app.store.catalog import ModelStore
+from app.store.demo import add_demo_model
 from app.supervisor import logs
 from app.supervisor.records import SupervisorRecords
 from app.ui.auth import SESSION_KEY
@@ -136,3 +140,63 @@ def test_cpu_only_build_notice_and_worker_log(
     workers = app.dataframe[1].value
     assert list(workers["pid"]) == [4242] and list(workers["state"]) == ["ready"]
     assert "llama.cpp says hello" in app.code[0].value
+
+
+def test_workers_show_slots_and_prefix_cache_hits_of_a_real_worker(
+    page_env: Deployments, database: Database, models_dir: Path, worker_launcher: WorkerLauncher
+) -> None:
+    model = add_demo_model(ModelStore(database.engine, models_dir))
+    d = page_env.create("smol", ServingSettings(model=model.name, n_ctx=1024, parallel=2))
+    worker = worker_launcher.start(
+        "--model", model.name, "--alias", "smol", "--deployment-id", str(d.id),
+        "--parallel", "2", "--n-ctx", "1024",
+    )  # fmt: skip
+    url = worker.wait_ready()
+    app = _page(Role.OPERATOR)
+    [row] = app.dataframe[1].value.to_dict("records")
+    assert row["slots busy"] == "0 / 2" and row["prefix cache hits"] == "no prompts yet"
+
+    # The second chat shares the first one's long system prompt: its prefix comes from the cache.
+    system = "You are a terse assistant. " + " ".join(f"Rule {i}: be brief." for i in range(40))
+    for question in ("Name a fruit.", "Name a colour."):
+        body = {
+            "model": "smol",
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": question},
+            ],
+            "max_tokens": 2,
+            "temperature": 0,
+        }
+        answer = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60).json()
+    cached = answer["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert cached > 100
+    health = httpx.get(f"{url}/health", timeout=5).json()
+    assert health["cached_prompt_tokens_total"] == cached
+    rate = cached / health["prompt_tokens_total"]
+    assert health["prefix_hit_rate"] == pytest.approx(rate)
+
+    # The row's slot count comes with the next heartbeat after the requests ended.
+    deadline = time.monotonic() + 10
+    while (worker.row() or {}).get("slots_busy") != 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    app.run()
+    assert not app.exception, app.exception
+    [row] = app.dataframe[1].value.to_dict("records")
+    expected = f"{rate * 100:.0f} % of {health['prompt_tokens_total']:,} tokens"
+    assert row["prefix cache hits"] == expected and row["slots busy"] == "0 / 2"
+
+    # A worker the dashboard cannot reach shows "-", and the page still renders.
+    worker.stop()
+    with database.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO workers (deployment_id, host, url, pid, state, slots_total, "
+                "slots_busy) VALUES (:d, '127.0.0.1', 'http://127.0.0.1:9', 4343, 'ready', 2, 1)"
+            ),
+            {"d": d.id},
+        )
+    app.run()
+    assert not app.exception, app.exception
+    [row] = app.dataframe[1].value.to_dict("records")
+    assert row["prefix cache hits"] == "-" and row["slots busy"] == "1 / 2"

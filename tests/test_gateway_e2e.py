@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from gateway_harness import add_deployment, wait_for
+from gateway_harness import Ledger, add_deployment, wait_for
 from sqlalchemy import text
 from worker_process import WorkerLauncher, WorkerProcess
 
@@ -186,3 +186,5 @@ def test_kill_9_of_a_real_worker_under_load(
     assert time.monotonic() - started < 120
     assert stream_outcomes == {"ok": 1, "error": 1}
     assert unary_outcomes == ["ok", "ok"]
+    # The count check: the four calls, the one cut mid-stream included, have a row each.
+    Ledger(answered=4).check(database.engine)

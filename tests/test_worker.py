@@ -18,8 +18,11 @@ from sqlalchemy import text
 from worker_process import WorkerLauncher, WorkerProcess
 
 from app.db.database import Database
+from app.engine.factory import STEP_TOKENS
+from app.engine.slots import reusable
 from app.store.catalog import ModelStore
 from app.store.demo import add_demo_model, find_demo_model
+from app.worker.openai_format import ChatFormat, ResponseFormat, TextFormat, sse
 
 MAX_QUEUE = 1
 
@@ -288,6 +291,38 @@ def test_metrics_are_valid_prometheus_text(url: str) -> None:
     assert samples["herd_worker_ready"] == 1
 
 
+def test_prefix_reuse_is_counted_in_health_and_metrics(url: str) -> None:
+    def counters() -> tuple[int, int, float, float]:
+        body = health(url)
+        text = httpx.get(f"{url}/metrics", timeout=5).text
+        samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if line[0] != "#")
+        return (
+            body["prompt_tokens_total"],
+            body["cached_prompt_tokens_total"],
+            float(samples["herd_worker_started_prompt_tokens_total"]),
+            float(samples["herd_worker_cached_prompt_tokens_total"]),
+        )
+
+    before = counters()
+    prompt = "Tell me about rivers. " * 30
+    usages = [
+        httpx.post(
+            f"{url}/v1/chat/completions", json=chat_body(prompt, max_tokens=1), timeout=30
+        ).json()["usage"]
+        for _ in range(2)
+    ]
+    after = counters()
+    cached = usages[1]["prompt_tokens_details"]["cached_tokens"]
+    # The repeat reuses as much of the cached prompt as keeps its output identical to a cold run.
+    n = usages[1]["prompt_tokens"]
+    assert cached == reusable(n, n, STEP_TOKENS) > 0
+    prompt_tokens = usages[0]["prompt_tokens"] + usages[1]["prompt_tokens"]
+    cached_both = usages[0]["prompt_tokens_details"]["cached_tokens"] + cached
+    assert (after[0] - before[0], after[1] - before[1]) == (prompt_tokens, cached_both)
+    assert (after[2] - before[2], after[3] - before[3]) == (prompt_tokens, cached_both)
+    assert health(url)["prefix_hit_rate"] == pytest.approx(after[1] / after[0])
+
+
 def test_refused_gguf_leaves_a_failed_row_and_exits_non_zero(
     worker_launcher: WorkerLauncher, tiny_gguf: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -348,3 +383,11 @@ def test_database_errors_do_not_stop_heartbeats(
     wait_for(lambda: worker.row()["heartbeat_at"] > before, timeout_s=5)  # type: ignore[index]
     assert "could not write the worker row" in worker.log()
     assert worker.stop() == 0
+
+
+@pytest.mark.parametrize("fmt", [ChatFormat("smol"), TextFormat("smol")])
+def test_fast_stream_chunks_equal_the_plain_rendering(fmt: ResponseFormat) -> None:
+    # chunk_sse renders the envelope once and splices the text in: it must stay byte-equal.
+    for piece in ("hi", 'quote " back\\slash \n newline', "é 漢字 🙂", "", "\x01"):
+        assert fmt.chunk_sse(piece) == sse(fmt.chunk(piece))
+        assert json.loads(fmt.chunk_sse(piece)[len("data: ") :])["id"] == fmt.id

@@ -203,7 +203,10 @@ CHUNK_SQL = text(
                  ELSE (CAST(:up AS double precision[]))[array_position(CAST(:ids AS bigint[]),
                                                                         r.model_id)] END
                   THEN 1 ELSE -1 END AS rating,
-             (CAST(:questions AS text[]))[1 + (abs(hashtext(r.session_id)) + r.prompt_tokens)
+             -- bigint: a hash within a few thousand of int4's limits plus the prompt tokens
+             -- overflows int4 (about one rated answer in a million: seen at 10M rows)
+             (CAST(:questions AS text[]))[1 + (abs(hashtext(r.session_id)::bigint)
+                                               + r.prompt_tokens)
                                               % cardinality(CAST(:questions AS text[]))]
                AS question
       FROM rated r
@@ -274,10 +277,21 @@ def generate_demo_traffic(
     chunk_rows: int = 100_000,
     feedback_rate: float = 0.1,
     progress: DemoProgress | None = None,
+    run_token: str | None = None,
+    first_session: int = 1,
 ) -> DemoResult:
-    """Insert `requests` synthetic requests spread over the last `days` days."""
+    """Insert `requests` synthetic requests spread over the last `days` days.
+
+    Session ids are `demo-<run_token>-<n>` for n counting up from first_session; the token is
+    random unless given, so that runs do not share sessions. Both exist to replay a run's
+    session ids (with its seed) when a chunk of it fails.
+    """
     if requests < 0 or days <= 0:
         raise ValueError("requests must be >= 0 and days > 0")
+    if not 0 <= feedback_rate <= 1 or first_session < 1:
+        raise ValueError("feedback_rate must be within [0, 1] and first_session >= 1")
+    if run_token is not None and not run_token.isalnum():
+        raise ValueError("run_token must be letters and digits (it sits between dashes)")
     models = ensure_demo_models(engine)
     end = now or datetime.now(UTC)
     start = end - timedelta(days=days)
@@ -303,7 +317,7 @@ def generate_demo_traffic(
         "regressed_up": REGRESSED_THUMBS_UP,
         "rate": feedback_rate,
         # A run token keeps session ids apart when the generator runs more than once.
-        "session_prefix": f"demo-{uuid.uuid4().hex[:8]}-",
+        "session_prefix": f"demo-{run_token or uuid.uuid4().hex[:8]}-",
         "questions": QUESTIONS,
         "good": GOOD_ANSWERS,
         "bad": BAD_ANSWERS,
@@ -314,7 +328,7 @@ def generate_demo_traffic(
     # The day count must be whole for day_n; fractional days shorten the last one.
     params["days"] = max(1, math.ceil(days))
     done = feedback = 0
-    next_session = 1
+    next_session = first_session
     with engine.connect() as conn:
         if seed is not None:
             conn.execute(text("SELECT setseed(:seed)"), {"seed": seed})

@@ -14,6 +14,7 @@ from sqlalchemy import Engine, text
 
 from app.analytics.queries import fetch_rows, ratio
 from app.analytics.scope import BIN_ORIGIN, HOUR, RAW_FILTERS, Scope, chart_bin, uses_rollups
+from app.analytics.session_counts import SESSION_COUNTS
 from app.analytics.stats import wilson_interval
 
 QUANTILES = (0.5, 0.95, 0.99)
@@ -140,19 +141,16 @@ ENGAGEMENT_SQL = text(
 # Sessions count where they started; "abandoned after one turn" needs the session to be
 # over, i.e. quiet for :idle (a chat still going is not abandoned yet).
 SESSIONS_SQL = text(
-    """
+    f"""
     SELECT s.*, m.name AS model
     FROM (
-      SELECT date_bin(CAST(:bin AS interval), first_at, :origin) AS t, model_id,
-             count(*) AS sessions, sum(turns) AS turns, sum(regenerates) AS regenerates,
-             count(*) FILTER (WHERE last_at < now() - CAST(:idle AS interval)) AS ended,
-             count(*) FILTER (WHERE turns = 1 AND last_at < now() - CAST(:idle AS interval))
-               AS one_turn
-      FROM request_sessions
-      WHERE first_at >= :start AND first_at < :end
-        AND (CAST(:alias AS text) IS NULL OR alias = :alias)
-        AND (CAST(:model_id AS bigint) IS NULL OR model_id = :model_id)
+      SELECT date_bin(CAST(:bin AS interval), hour, :origin) AS t,
+             nullif(model_id, 0) AS model_id,
+             sum(sessions) AS sessions, sum(turns) AS turns, sum(regenerates) AS regenerates,
+             sum(ended) AS ended, sum(one_turn) AS one_turn
+      FROM ({SESSION_COUNTS}) c
       GROUP BY 1, 2
+      HAVING sum(sessions) > 0
     ) s LEFT JOIN models m ON m.id = s.model_id
     ORDER BY s.t, m.name
     """

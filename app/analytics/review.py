@@ -34,15 +34,31 @@ class ReviewFilter:
     offset: int = 0
 
 
-# One row per rated request: votes summed, latest comment, tags and correction state.
+# One row per rated request: votes summed, latest comment, tags and correction state. The
+# votes in the window are summed by the feedback_reviews rollup (revision 0008) for every
+# request whose votes all fall in the window; only requests with votes on both sides of a
+# window edge are summed here from their votes. Ordered by the rollup's index, so the list
+# reads about as many rows as it shows.
 LIST_SQL = text(
     """
     WITH f AS (
-      SELECT request_id, sum(rating) AS net, count(*) AS votes, max(updated_at) AS rated_at,
+      SELECT v.request_id, v.net, v.votes, v.rated_at, v.comment
+      FROM feedback_reviews v
+      WHERE (CAST(:start AS timestamptz) IS NULL OR v.first_voted_at >= :start)
+        AND (CAST(:end AS timestamptz) IS NULL OR v.last_voted_at < :end)
+      UNION ALL
+      -- the same column types as the rollup's, so the planner can merge the two in order
+      SELECT request_id, CAST(sum(rating) AS integer), CAST(count(*) AS integer),
+             max(updated_at),
              (array_agg(comment ORDER BY updated_at DESC)
-               FILTER (WHERE coalesce(comment, '') <> ''))[1] AS comment
+               FILTER (WHERE coalesce(comment, '') <> ''))[1]
       FROM feedback
-      WHERE (CAST(:start AS timestamptz) IS NULL OR created_at >= :start)
+      WHERE request_id IN (
+          SELECT request_id FROM feedback_reviews
+          WHERE votes > 1
+            AND ((first_voted_at < :start AND last_voted_at >= :start)
+                 OR (first_voted_at < :end AND last_voted_at >= :end)))
+        AND (CAST(:start AS timestamptz) IS NULL OR created_at >= :start)
         AND (CAST(:end AS timestamptz) IS NULL OR created_at < :end)
       GROUP BY request_id
     )
@@ -56,7 +72,9 @@ LIST_SQL = text(
     LEFT JOIN models m ON m.id = r.model_id
     LEFT JOIN messages msg ON msg.request_id = r.id
     LEFT JOIN feedback_corrections c ON c.request_id = r.id
-    WHERE (CAST(:rating AS integer) IS NULL OR sign(f.net) = :rating)
+    -- sign(net) = :rating, spelled so the planner estimates it from net's statistics
+    WHERE (CAST(:rating AS integer) IS NULL OR (:rating = 1 AND f.net > 0)
+           OR (:rating = -1 AND f.net < 0))
       AND (CAST(:model_id AS bigint) IS NULL OR r.model_id = :model_id)
       AND (CAST(:search AS text) IS NULL
            OR strpos(lower(coalesce(f.comment, '')), lower(:search)) > 0
@@ -65,7 +83,7 @@ LIST_SQL = text(
       AND (CAST(:tag AS text) IS NULL
            OR EXISTS (SELECT 1 FROM feedback_tags t WHERE t.request_id = r.id AND t.tag = :tag))
       AND (CAST(:corrected AS boolean) IS NULL OR (c.request_id IS NOT NULL) = :corrected)
-    ORDER BY f.rated_at DESC, r.id
+    ORDER BY f.rated_at DESC, f.request_id
     LIMIT :limit OFFSET :offset
     """
 )

@@ -13,21 +13,21 @@ from app.analytics.scope import RAW_FILTERS, Scope, uses_rollups
 
 RAW_SUMMARY_SQL = text(
     f"""
-    WITH r AS (
-      SELECT id, status, http_status, cache_hit, ttft_ms, total_ms, tokens_per_second
-      FROM requests
-      WHERE created_at >= :start AND created_at < :end {RAW_FILTERS}
-    )
     SELECT count(*) AS requests,
-           count(*) FILTER (WHERE herd_is_error(status, http_status)) AS errors,
-           count(*) FILTER (WHERE cache_hit) AS cache_hits,
-           percentile_cont(0.95) WITHIN GROUP (ORDER BY ttft_ms) AS ttft_p95_ms,
-           percentile_cont(0.95) WITHIN GROUP (ORDER BY total_ms) AS total_p95_ms,
-           avg(tokens_per_second) AS tokens_per_second,
-           (SELECT count(*) FROM feedback f JOIN r ON r.id = f.request_id) AS ratings,
-           (SELECT count(*) FROM feedback f JOIN r ON r.id = f.request_id
-             WHERE f.rating = 1) AS thumbs_up
-    FROM r
+           count(*) FILTER (WHERE herd_is_error(r.status, r.http_status)) AS errors,
+           count(*) FILTER (WHERE r.cache_hit) AS cache_hits,
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY r.ttft_ms) AS ttft_p95_ms,
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY r.total_ms) AS total_p95_ms,
+           avg(r.tokens_per_second) AS tokens_per_second,
+           coalesce(sum(v.ratings), 0) AS ratings, coalesce(sum(v.thumbs_up), 0) AS thumbs_up
+    FROM requests r
+    -- An aggregate per request keeps this a probe of the feedback index for each request
+    -- in range; a join lets the planner read all of feedback (0.8 s at 1M feedback rows).
+    CROSS JOIN LATERAL (
+      SELECT count(*) AS ratings, count(*) FILTER (WHERE f.rating = 1) AS thumbs_up
+      FROM feedback f WHERE f.request_id = r.id
+    ) v
+    WHERE r.created_at >= :start AND r.created_at < :end {RAW_FILTERS}
     """
 )
 

@@ -12,6 +12,7 @@ from sqlalchemy import Engine, text
 from app.analytics.monitoring import SESSION_IDLE
 from app.analytics.queries import fetch_rows, ratio
 from app.analytics.scope import RAW_FILTERS, Scope
+from app.analytics.session_counts import SESSION_COUNTS
 from app.analytics.stats import ProportionTest, two_proportion_test, wilson_interval
 
 VERSION_STATS_SQL = text(
@@ -35,15 +36,9 @@ VERSION_STATS_SQL = text(
         GROUP BY 1, 2, 3, 4
       ) b GROUP BY 1, 2, 3
     ), s AS (
-      SELECT coalesce(alias, '') AS alias, coalesce(model_id, 0) AS model_id,
-             count(*) FILTER (WHERE last_at < now() - CAST(:idle AS interval)) AS sessions_ended,
-             count(*) FILTER (WHERE turns = 1 AND last_at < now() - CAST(:idle AS interval))
-               AS one_turn_sessions,
+      SELECT alias, model_id, sum(ended) AS sessions_ended, sum(one_turn) AS one_turn_sessions,
              sum(turns) AS turns, sum(regenerates) AS regenerates
-      FROM request_sessions
-      WHERE first_at >= :start AND first_at < :end
-        AND (CAST(:alias AS text) IS NULL OR alias = :alias)
-        AND (CAST(:model_id AS bigint) IS NULL OR model_id = :model_id)
+      FROM ({SESSION_COUNTS}) c
       GROUP BY 1, 2
     ), f AS (
       SELECT alias, model_id, min(hour) AS first_hour

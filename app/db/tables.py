@@ -105,8 +105,12 @@ class Deployment(Base):
     generation: Mapped[int] = mapped_column(Integer, server_default=text("1"))
     # Consecutive worker failures; the supervisor gives up (state 'failed') at its limit.
     failures: Mapped[int] = mapped_column(Integer, server_default=text("0"))
-    # The machine whose supervisor runs it; NULL: every supervisor runs it.
+    # The node whose supervisor runs its replicas; NULL: any node that matches node_labels.
     node: Mapped[str | None] = mapped_column(Text)
+    # Labels a node must carry to run it ({"gpu": "h100"}); NULL: no requirement.
+    node_labels: Mapped[dict[str, str] | None] = mapped_column(JSONB)
+    # Replicas started by someone else (Kubernetes, `herd worker --join`); no supervisor runs it.
+    external: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
 
     __table_args__ = (
         CheckConstraint("replicas >= 0", name="replicas"),
@@ -136,6 +140,44 @@ class WorkerProcess(Base):
     stop_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (Index("uq_worker_processes_node_pid", "node", "pid", unique=True),)
+
+
+class Node(Base):
+    """A machine with a supervisor: its labels and its last heartbeat."""
+
+    __tablename__ = "nodes"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    labels: Mapped[dict[str, str]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    started_at: Mapped[datetime] = _now()
+    heartbeat_at: Mapped[datetime] = _now()
+
+
+class Placement(Base):
+    """Which node runs replica `replica` of a supervised deployment."""
+
+    __tablename__ = "placements"
+
+    deployment_id: Mapped[int] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), primary_key=True
+    )
+    replica: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node: Mapped[str] = mapped_column(Text, index=True)
+    placed_at: Mapped[datetime] = _now()
+
+    __table_args__ = (CheckConstraint("replica >= 0", name="replica"),)
+
+
+class GatewayDemand(Base):
+    """One gateway's count of calls waiting and in flight for an alias (for autoscalers)."""
+
+    __tablename__ = "gateway_demand"
+
+    gateway: Mapped[str] = mapped_column(Text, primary_key=True)
+    alias: Mapped[str] = mapped_column(Text, primary_key=True, index=True)
+    waiting: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    in_flight: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    updated_at: Mapped[datetime] = _now()
 
 
 class Worker(Base):
@@ -249,6 +291,12 @@ class Feedback(Base):
         CheckConstraint("rating IN (-1, 1)", name="rating"),
         Index("uq_feedback_request_id_user_id", "request_id", "user_id", unique=True),
         Index("ix_feedback_created_at", "created_at"),
+        # The retraining signals' complaint terms: thumbs-down votes with a comment.
+        Index(
+            "ix_feedback_down_comments",
+            "created_at",
+            postgresql_where=text("rating = -1 AND coalesce(comment, '') <> ''"),
+        ),
     )
 
 
@@ -450,4 +498,55 @@ class RequestSession(Base):
     # Lets the next insert recognise a regenerate (same prompt length as the turn before).
     last_prompt_tokens: Mapped[int | None] = mapped_column(Integer)
 
-    __table_args__ = (Index("ix_request_sessions_first_at", "first_at"),)
+    __table_args__ = (
+        Index("ix_request_sessions_first_at", "first_at"),
+        # Sessions still going (not over yet) are the few with a recent last turn.
+        Index("ix_request_sessions_last_at", "last_at"),
+    )
+
+
+class SessionsHourly(Base):
+    """Rollup of request_sessions per hour of the session's start, alias and model; kept by
+    triggers on request_sessions ('' / 0 for NULL dimensions)."""
+
+    __tablename__ = "sessions_hourly"
+
+    hour: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    alias: Mapped[str] = mapped_column(Text, primary_key=True)
+    model_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    sessions: Mapped[int] = _counter()
+    turns: Mapped[int] = _counter()
+    regenerates: Mapped[int] = _counter()
+    # Sessions of a single turn so far.
+    one_turn: Mapped[int] = _counter()
+
+
+class FeedbackReview(Base):
+    """Rollup: one row per rated request (its votes summed, latest comment, the request's
+    alias, model and time), recomputed by triggers on feedback for the Feedback review list."""
+
+    __tablename__ = "feedback_reviews"
+
+    request_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("requests.id", ondelete="CASCADE"), primary_key=True
+    )
+    request_created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    alias: Mapped[str | None] = mapped_column(Text)
+    model_id: Mapped[int | None] = mapped_column(BigInteger)
+    net: Mapped[int] = mapped_column(Integer)
+    votes: Mapped[int] = mapped_column(Integer)
+    first_voted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_voted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The latest updated_at of its votes: the list's order.
+    rated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    comment: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_feedback_reviews_rated_at", "rated_at", "request_id"),
+        Index(
+            "ix_feedback_reviews_multi_vote",
+            "first_voted_at",
+            "last_voted_at",
+            postgresql_where=text("votes > 1"),
+        ),
+    )

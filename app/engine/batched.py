@@ -8,7 +8,8 @@ gives its slot back at once, keeping its KV cells as a prefix cache for the next
 
 Threads: submit(), cancel() and stats() run on the event loop; everything that touches
 llama.cpp runs on the scheduler thread. They share only the waiting queue (under a
-condition) and each job's cancel flag; events go back through loop.call_soon_threadsafe.
+condition) and each job's cancel flag; events go back through loop.call_soon_threadsafe,
+collected per step (outbox.py) so the loop wakes once per step, not once per token.
 """
 
 from __future__ import annotations
@@ -31,15 +32,20 @@ from app.engine.errors import EngineClosed, GenerationFailed, PromptTooLong, Que
 from app.engine.events import FinishReason, TextDelta
 from app.engine.job import EWMA_WEIGHT, MAX_RETRY_AFTER_S, JobChannel
 from app.engine.loader import LoadedModel, PreparedPrompt
+from app.engine.outbox import Outbox
 from app.engine.protocol import EngineInfo, EngineStats
 from app.engine.requests import GenerationRequest, SamplingParams
 from app.engine.sampler_chain import SamplerChain
-from app.engine.slots import Placement, Slot, place
+from app.engine.slots import ATTENTION_TILE_ROWS, Placement, Slot, place
 from app.engine.stop_strings import StopMatcher
 
 logger = logging.getLogger(__name__)
 
 PIECE_BUFFER_BYTES = 256
+# Packed prompt chunks end at most here: a KV view of 512+ cells lets llama.cpp pick its
+# split-KV attention kernel for a one-token piece, which rounds unlike the whole chunk.
+# llama.cpp pads the view to 256 cells, so 256 keeps every packed view under 512.
+PACK_MAX_POS = 256
 
 
 class BatchJob(JobChannel):
@@ -83,6 +89,8 @@ class Running:
     last_at: float | None = None
     # Batch row whose logits this job samples after the current decode, or None.
     row: int | None = None
+    # Its prompt chunks may share a decode with other prompts' (see _packable).
+    pack: bool = True
 
     def row_or_fail(self) -> int:
         assert self.row is not None, "sampled without logits"
@@ -116,6 +124,12 @@ class BatchedEngine:
         self._busy = 0
         self._tokens_per_second: float | None = None
         self._job_seconds = 1.0
+        # Written by the scheduler thread only; stats() reads them (ints: no torn reads).
+        self._prompt_tokens = 0
+        self._cached_prompt_tokens = 0
+        self._outbox = Outbox()
+        # Decodes that held several prompts' chunks (tests read it to know packing happened).
+        self.packed_decodes = 0
         self._thread = threading.Thread(target=self._run, name="herd-batch", daemon=True)
         self._thread.start()
 
@@ -132,6 +146,8 @@ class BatchedEngine:
             queue_length=waiting,
             max_queue=self._max_queue,
             tokens_per_second=self._tokens_per_second,
+            prompt_tokens=self._prompt_tokens,
+            cached_prompt_tokens=self._cached_prompt_tokens,
         )
 
     async def submit(self, request: GenerationRequest) -> BatchJob:
@@ -195,13 +211,15 @@ class BatchedEngine:
                 for job in admitted:
                     running.append(self._start(job))
                 running = self._step_once(running)
+                self._outbox.flush()
         except Exception:  # a bug here must not leave callers waiting forever
             logger.exception("the batch scheduler failed")
             for r in running:
-                r.job.push(GenerationFailed("the batch scheduler failed"))
+                self._outbox.add(r.job, GenerationFailed("the batch scheduler failed"))
             running = []
         finally:
             self._shut_down(running)
+            self._outbox.flush()
 
     def _shut_down(self, running: list[Running]) -> None:
         now = time.perf_counter()
@@ -209,7 +227,7 @@ class BatchedEngine:
             self._closed = True
             waiting, self._waiting = list(self._waiting), deque()
         for job in waiting:
-            job.push(job.finished("cancelled", 0, now, None, None, now))
+            self._outbox.add(job, job.finished("cancelled", 0, now, None, None, now))
         for r in running:
             self._finish(r, "cancelled", now)
         self._busy = 0
@@ -233,6 +251,8 @@ class BatchedEngine:
         sampler.accept_prompt(prompt)
         room = self._shape.n_ctx_slot - len(prompt)
         max_tokens = job.sampling.max_tokens
+        self._prompt_tokens += len(prompt)
+        self._cached_prompt_tokens += placement.reused
         return Running(
             job=job,
             slot=slot,
@@ -273,10 +293,22 @@ class BatchedEngine:
             for r in decoded:
                 if not self._sample(r, r.row_or_fail()):
                     live.discard(id(r))
+            # Running streams get their tokens now, not after this step's prompt chunks.
+            self._outbox.flush()
+        prefilling = [r for r in still if id(r) in live and r.next_token is None]
+        packed = self._pack(prefilling)
         budget = self._shape.n_batch
-        for r in still:
-            if id(r) not in live or r.next_token is not None or budget <= 0:
-                continue
+        if len(packed) > 1:
+            # Sampled before the next decode: that one overwrites llama.cpp's logits.
+            budget -= self._prefill_packed(packed)
+            for r in packed:
+                if r.row is not None and not self._sample(r, r.row):
+                    live.discard(id(r))
+            done = set(map(id, packed))
+            prefilling = [r for r in prefilling if id(r) not in done]
+        for r in prefilling:
+            if budget <= 0:
+                break
             used = self._prefill_chunk(r)
             budget -= used
             if used == 0 or (
@@ -319,16 +351,74 @@ class BatchedEngine:
                 self._fail(r, f"llama_decode returned {rc}")
         return survivors
 
-    def _prefill_chunk(self, r: Running) -> int:
-        """Decode r's next prompt chunk alone; returns its size, 0 if r failed.
+    def _chunk_end(self, r: Running) -> int:
+        """Where r's next prompt chunk ends.
 
         Chunks end at multiples of the step size, counted from the prompt's start, so a
         prompt resumed after a reused prefix is cut where a cold run cuts it: llama.cpp's
         CPU attention rounds differently for short and long chunks (see slots.py).
         """
-        prompt = r.job.prepared.tokens
         step = self._shape.n_batch
-        end = min(len(prompt), (r.prefilled // step + 1) * step)
+        return min(len(r.job.prepared.tokens), (r.prefilled // step + 1) * step)
+
+    def _packable(self, r: Running) -> bool:
+        """Whether r's next chunk decodes the same packed with other prompts as alone.
+
+        Packed, llama.cpp splits the chunks into micro-batches of equal tokens per sequence,
+        so a chunk may reach the kernels in pieces. Pieces compute the same as the whole when
+        the whole is short enough for the row-by-row attention kernel anyway, and its KV
+        view is too short for the single-query split-KV kernel (PACK_MAX_POS).
+        """
+        end = self._chunk_end(r)
+        return r.pack and end - r.prefilled < ATTENTION_TILE_ROWS and end <= PACK_MAX_POS
+
+    def _pack(self, prefilling: list[Running]) -> list[Running]:
+        """The prompts whose next chunks go into one decode: packable ones, in slot order,
+        as many as the batch holds."""
+        packed: list[Running] = []
+        room = self._shape.n_batch
+        for r in sorted(filter(self._packable, prefilling), key=_seq):
+            size = self._chunk_end(r) - r.prefilled
+            if size <= room:
+                packed.append(r)
+                room -= size
+        return packed
+
+    def _prefill_packed(self, jobs: list[Running]) -> int:
+        """Decode the next (short) prompt chunk of every job in one llama_decode, as
+        llama-server does with new prompts; returns the tokens decoded (0 on a failure: the
+        jobs then retry one by one)."""
+        batch = self._context.batch
+        batch.clear()
+        ends = [self._chunk_end(r) for r in jobs]
+        rows = [
+            batch.add_run(
+                r.job.prepared.tokens[r.prefilled : end],
+                r.prefilled,
+                r.slot.seq_id,
+                end == len(r.job.prepared.tokens),
+            )
+            for r, end in zip(jobs, ends, strict=True)
+        ]
+        if self._context.decode() != 0:
+            logger.warning("llama_decode failed for %d packed prompts; retrying each", len(jobs))
+            for r in jobs:
+                self._context.forget(r.slot.seq_id, len(r.slot.kv_tokens))
+                # From the next step on each decodes alone, so only the culprit fails.
+                r.pack = False
+                r.row = None
+            return 0
+        self.packed_decodes += 1
+        for r, end, row in zip(jobs, ends, rows, strict=True):
+            r.slot.kv_tokens.extend(r.job.prepared.tokens[r.prefilled : end])
+            r.prefilled = end
+            r.row = row if end == len(r.job.prepared.tokens) else None
+        return batch.n_tokens
+
+    def _prefill_chunk(self, r: Running) -> int:
+        """Decode r's next prompt chunk alone; returns its size, 0 if r failed."""
+        prompt = r.job.prepared.tokens
+        end = self._chunk_end(r)
         chunk = prompt[r.prefilled : end]
         batch = self._context.batch
         batch.clear()
@@ -358,7 +448,7 @@ class BatchedEngine:
         r.completion_tokens += 1
         text, hit = r.stops.feed(r.decoder.decode(self._piece(token)))
         if text:
-            r.job.push(TextDelta(text))
+            self._outbox.add(r.job, TextDelta(text))
         if hit:
             self._finish(r, "stop", now, flush=False)
             return False
@@ -386,7 +476,7 @@ class BatchedEngine:
             tail, hit = r.stops.feed(r.decoder.decode(b"", final=True))
             tail += "" if hit else r.stops.flush()
             if tail:
-                r.job.push(TextDelta(tail))
+                self._outbox.add(r.job, TextDelta(tail))
         finished = r.job.finished(
             reason,
             r.completion_tokens,
@@ -398,7 +488,7 @@ class BatchedEngine:
         )
         # The slot is free before the caller hears of the end, so stats() never lags.
         self._release(r)
-        r.job.push(finished)
+        self._outbox.add(r.job, finished)
         if reason != "cancelled":
             self._job_seconds += EWMA_WEIGHT * (
                 finished.timings.total_ms / 1000 - self._job_seconds
@@ -414,7 +504,7 @@ class BatchedEngine:
         self._context.forget(r.slot.seq_id)
         r.slot.kv_tokens.clear()
         self._release(r)
-        r.job.push(GenerationFailed(f"generation failed: {reason}"))
+        self._outbox.add(r.job, GenerationFailed(f"generation failed: {reason}"))
 
     def _release(self, r: Running) -> None:
         """Give the slot back now; its KV cells stay as a prefix cache until reused."""

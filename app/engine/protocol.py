@@ -41,6 +41,15 @@ class EngineStats:
     max_queue: int
     # Recent decode rate (moving average over finished generations); None before the first.
     tokens_per_second: float | None
+    # Since start: prompt tokens of started generations, and how many of them came from a
+    # reused KV prefix instead of being decoded (prefix reuse).
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+
+    @property
+    def prefix_hit_rate(self) -> float | None:
+        """Share of prompt tokens served from the prefix cache; None before any prompt."""
+        return self.cached_prompt_tokens / self.prompt_tokens if self.prompt_tokens else None
 
 
 class Generation(Protocol):

@@ -63,6 +63,7 @@ class SingleSlotEngine:
         # One thread: llama_cpp.Llama is not safe to use from two threads at once.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="herd-generate")
         self._tokens_per_second: float | None = None
+        self._prompt_tokens = 0
         self._job_seconds = 1.0
 
     @property
@@ -76,6 +77,8 @@ class SingleSlotEngine:
             queue_length=len(self._waiting),
             max_queue=self._max_queue,
             tokens_per_second=self._tokens_per_second,
+            # llama-cpp-python's own prefix reuse is not reported: nothing counts as cached.
+            prompt_tokens=self._prompt_tokens,
         )
 
     async def submit(self, request: GenerationRequest) -> SlotJob:
@@ -114,6 +117,7 @@ class SingleSlotEngine:
             if job.cancel_requested.is_set():
                 continue
             self._running = job
+            self._prompt_tokens += job.prompt_tokens
             job.started_at = time.perf_counter()
             future = job.loop.run_in_executor(self._executor, self._generate, job)
             future.add_done_callback(functools.partial(self._done, job))

@@ -11,25 +11,31 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import anyio
-import httpx
+import orjson
 from fastapi.responses import Response, StreamingResponse
 
 from app.config import Settings
 from app.gateway.balancer import AllBusyError, Balancer, NoLiveWorkerError, Pick
 from app.gateway.cache import CachedAnswer, ResponseCache, cache_key, is_cacheable
+from app.gateway.cold_start import ColdStart
 from app.gateway.errors import GatewayError, all_busy, no_live_worker, sse_error, unknown_model
 from app.gateway.metrics import GatewayMetrics
 from app.gateway.ratelimit import RateLimits
 from app.gateway.replies import CHAT, SSE_DONE, cached_body, cached_chunks
+from app.gateway.request_ids import RequestIds
 from app.gateway.request_log import RequestLog, RequestRecord
 from app.gateway.routing import AliasRoute, RoutingState
+from app.gateway.worker_client import (
+    WorkerClient,
+    WorkerHTTPError,
+    WorkerResponse,
+    WorkerTimeoutError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +85,11 @@ class StreamState:
     first_token_at: float | None = None
 
 
+def _hop_failure(exc: WorkerHTTPError) -> UpstreamFailure:
+    what = {"timeout": "timed out", "connect": "unreachable"}.get(exc.kind, "broken answer")
+    return UpstreamFailure(exc.kind, f"{what}: {exc}")
+
+
 def _session(body: dict[str, Any], header: str | None) -> str | None:
     user = body.get("user")
     return header or (user if isinstance(user, str) and user else None)
@@ -102,7 +113,7 @@ def _parse_line(line: str) -> dict[str, Any] | _Done | None:
     data = line[5:].strip()
     if data == "[DONE]":
         return DONE
-    value = json.loads(data)
+    value = orjson.loads(data)
     if not isinstance(value, dict):
         raise ValueError("an SSE event that is not a JSON object")
     return value
@@ -128,7 +139,7 @@ class Proxy:
         cache: ResponseCache,
         log: RequestLog,
         metrics: GatewayMetrics,
-        client: httpx.AsyncClient,
+        client: WorkerClient,
     ) -> None:
         self.settings = settings
         self.routing = routing
@@ -138,12 +149,9 @@ class Proxy:
         self.metrics = metrics
         self.client = client
         self.rate_limits = RateLimits()
-        self._timeout = httpx.Timeout(
-            connect=settings.gateway_connect_timeout_s,
-            read=settings.gateway_first_token_timeout_s,
-            write=settings.gateway_connect_timeout_s,
-            pool=settings.gateway_connect_timeout_s,
-        )
+        self.request_ids = RequestIds()
+        # Scale from zero (app/gateway/cold_start.py); set by the runtime, None: no holding.
+        self.cold_start: ColdStart | None = None
 
     # -- entry -------------------------------------------------------------------------------
     async def complete(
@@ -159,7 +167,7 @@ class Proxy:
         session = _session(body, session_header)
         user = body.get("user")
         record = RequestRecord(
-            id=uuid.uuid4(),
+            id=self.request_ids.new(),
             created_at=datetime.now(UTC),
             endpoint=endpoint,
             alias=alias,
@@ -205,7 +213,14 @@ class Proxy:
                         if hit is not None:
                             call.model_name = d.model_name
                             return self._from_cache(call, hit, d.id, d.model_id)
-                raise self._no_worker(exc, alias) from None
+                if not (
+                    isinstance(exc, NoLiveWorkerError)
+                    and self.cold_start is not None
+                    and self.cold_start.applies(route)
+                ):
+                    raise self._no_worker(exc, alias) from None
+                # A deployment without a live worker yet: hold the call until one is ready.
+                call.route, pick = await self.cold_start.wait(route, session)
             if cacheable:
                 call.cache_key = cache_key(alias, pick.deployment.model_id, endpoint, body)
                 hit = self.cache.get(call.cache_key)
@@ -270,13 +285,15 @@ class Proxy:
             return {**call.body, "stream_options": {"include_usage": True}}
         return call.body
 
-    def _request(self, call: Call, pick: Pick) -> httpx.Request:
-        return self.client.build_request(
-            "POST",
-            pick.worker.url + PATHS[call.endpoint],
-            json=self._payload(call),
-            headers={"X-Request-Id": str(call.record.id)},
-            timeout=self._timeout,
+    async def _send(self, call: Call, pick: Pick, *, stream: bool) -> WorkerResponse:
+        """The call to the worker: headers in (stream) or the whole answer (not stream)."""
+        return await self.client.post(
+            pick.worker.url,
+            PATHS[call.endpoint],
+            orjson.dumps(self._payload(call)),
+            headers=b"X-Request-Id: " + str(call.record.id).encode() + b"\r\n",
+            timeout_s=self.settings.gateway_first_token_timeout_s,
+            stream=stream,
         )
 
     def _attempts(self, call: Call, first: Pick) -> AsyncIterator[Pick]:
@@ -317,18 +334,18 @@ class Proxy:
         )
 
     @staticmethod
-    def _status_failure(response: httpx.Response, content: bytes) -> UpstreamFailure | None:
+    def _status_failure(response: WorkerResponse, content: bytes) -> UpstreamFailure | None:
         """None when the worker's non-200 answer is the client's to see (a 4xx)."""
-        if response.status_code == 429:
+        if response.status == 429:
             return UpstreamFailure("refused", "the worker's queue is full", cool_down=False)
-        if response.status_code >= 500:
+        if response.status >= 500:
             return UpstreamFailure(
-                "status", f"HTTP {response.status_code}: {content[:200].decode(errors='replace')}"
+                "status", f"HTTP {response.status}: {content[:200].decode(errors='replace')}"
             )
         return None
 
     def _client_error(
-        self, call: Call, pick: Pick, response: httpx.Response, content: bytes
+        self, call: Call, pick: Pick, response: WorkerResponse, content: bytes
     ) -> Response:
         """Pass a worker's 4xx (a prompt too long, a bad parameter) to the client as it is."""
         self._served_by(call, pick)
@@ -336,12 +353,10 @@ class Proxy:
             message = json.loads(content)["error"]["message"]
         except (ValueError, KeyError, TypeError):
             message = content[:500].decode(errors="replace")
-        self._finish(
-            call.record, status="error", http_status=response.status_code, error=str(message)
-        )
+        self._finish(call.record, status="error", http_status=response.status, error=str(message))
         return Response(
             content=content,
-            status_code=response.status_code,
+            status_code=response.status,
             media_type=response.headers.get("content-type", "application/json"),
         )
 
@@ -359,24 +374,20 @@ class Proxy:
         async for pick in self._attempts(call, first):
             self.balancer.acquire(pick.worker)
             try:
-                response = await self.client.send(self._request(call, pick))
+                response = await self._send(call, pick, stream=False)
                 content = response.content
-                if response.status_code != 200:
+                if response.status != 200:
                     failure = self._status_failure(response, content)
                     if failure is None:
                         return self._client_error(call, pick, response, content)
                     raise failure
                 try:
-                    data = json.loads(content)
+                    data = orjson.loads(content)
                     choice = data["choices"][0]
                 except (ValueError, KeyError, IndexError, TypeError):
                     raise UpstreamFailure("broken", "an answer that is not a completion") from None
-            except httpx.TimeoutException as exc:
-                self._failed(pick, f := UpstreamFailure("timeout", f"timed out: {exc!r}"))
-                failures.append(f)
-                continue
-            except httpx.TransportError as exc:
-                self._failed(pick, f := UpstreamFailure("connect", f"unreachable: {exc!r}"))
+            except WorkerHTTPError as exc:
+                self._failed(pick, f := _hop_failure(exc))
                 failures.append(f)
                 continue
             except UpstreamFailure as f:
@@ -405,18 +416,19 @@ class Proxy:
         failures: list[UpstreamFailure] = []
         async for pick in self._attempts(call, first):
             self.balancer.acquire(pick.worker)
-            response: httpx.Response | None = None
+            response: WorkerResponse | None = None
+            read_s = self.settings.gateway_first_token_timeout_s
             try:
-                response = await self.client.send(self._request(call, pick), stream=True)
-                if response.status_code != 200:
-                    content = await response.aread()
+                response = await self._send(call, pick, stream=True)
+                if response.status != 200:
+                    content = await response.read(read_s)
                     failure = self._status_failure(response, content)
                     if failure is None:
                         self.balancer.release(pick.worker)
-                        await response.aclose()
+                        response.close()
                         return self._client_error(call, pick, response, content)
                     raise failure
-                lines = response.aiter_lines()
+                lines = response.lines(read_s)
                 head: list[dict[str, Any]] = []
                 done = False
                 async with asyncio.timeout(self.settings.gateway_first_token_timeout_s):
@@ -432,20 +444,20 @@ class Proxy:
                         head.append(event)
                         if _has_token(event):
                             break
-            except (httpx.TransportError, TimeoutError, UpstreamFailure, ValueError) as exc:
+            except (WorkerHTTPError, TimeoutError, UpstreamFailure, ValueError) as exc:
                 if isinstance(exc, UpstreamFailure):
                     failure = exc
-                elif isinstance(exc, TimeoutError | httpx.TimeoutException):
+                elif isinstance(exc, TimeoutError):
                     failure = UpstreamFailure("timeout", "no first token in time")
                 elif isinstance(exc, ValueError):
                     failure = UpstreamFailure("broken", f"unreadable stream: {exc}")
                 else:
-                    failure = UpstreamFailure("connect", f"unreachable: {exc!r}")
+                    failure = _hop_failure(exc)
                 self._failed(pick, failure)
                 failures.append(failure)
                 self.balancer.release(pick.worker)
                 if response is not None:
-                    await response.aclose()
+                    response.close()
                 continue
             self._served_by(call, pick)
             first_token_at = time.perf_counter()
@@ -472,13 +484,13 @@ class Proxy:
             state.timings = event["timings"]
         if not choices and event.get("usage") is not None and not call.include_usage:
             return None  # the usage chunk the gateway asked for, not the client
-        return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
+        return b"data: " + orjson.dumps(event) + b"\n\n"
 
     async def _relay(
         self,
         call: Call,
         pick: Pick,
-        response: httpx.Response,
+        response: WorkerResponse,
         lines: AsyncIterator[str],
         head: list[dict[str, Any]],
         done: bool,
@@ -514,10 +526,10 @@ class Proxy:
             finished = True
             self._store(call, "".join(state.text), state.finish_reason, state.usage)
             yield SSE_DONE
-        except (httpx.TransportError, TimeoutError, UpstreamFailure, ValueError) as exc:
+        except (WorkerHTTPError, TimeoutError, UpstreamFailure, ValueError) as exc:
             if isinstance(exc, UpstreamFailure):
                 failure = exc
-            elif isinstance(exc, TimeoutError | httpx.TimeoutException):
+            elif isinstance(exc, TimeoutError | WorkerTimeoutError):
                 failure = UpstreamFailure("timeout", "no token within the inter-token timeout")
             else:
                 failure = UpstreamFailure("broken", f"the stream broke: {exc!r}")
@@ -530,8 +542,7 @@ class Proxy:
             if not finished:
                 # The client went away: closing the upstream response cancels the generation.
                 self._finish_stream(call, state, status="cancelled", error="client disconnected")
-            with anyio.CancelScope(shield=True):
-                await response.aclose()
+            response.close()
             self.balancer.release(pick.worker)
 
     def _finish_stream(
@@ -588,6 +599,4 @@ async def _iterate(chunks: list[bytes]) -> AsyncIterator[bytes]:
 
 
 def _json(body: dict[str, Any]) -> Response:
-    return Response(
-        content=json.dumps(body, separators=(",", ":")).encode(), media_type="application/json"
-    )
+    return Response(content=orjson.dumps(body), media_type="application/json")

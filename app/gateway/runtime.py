@@ -8,20 +8,23 @@ import asyncio
 import contextlib
 import logging
 
-import httpx
 from sqlalchemy import Engine, create_engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import Settings
 from app.db.database import Database
 from app.db.engine import sqlalchemy_url
 from app.gateway.balancer import Balancer
 from app.gateway.cache import ResponseCache
+from app.gateway.cold_start import ColdStart
+from app.gateway.demand import Demand
 from app.gateway.feedback import FeedbackStore
 from app.gateway.metrics import GatewayMetrics
 from app.gateway.proxy import Proxy
 from app.gateway.request_log import RequestLog
 from app.gateway.routing import RoutingState
 from app.gateway.spool import Spool
+from app.gateway.worker_client import WorkerClient
 from app.retention import run_retention
 
 logger = logging.getLogger(__name__)
@@ -61,17 +64,18 @@ class GatewayRuntime:
             flush_s=settings.log_flush_ms / 1000,
             batch_rows=settings.log_batch_rows,
             redact=settings.redact_text,
+            memory_max_rows=settings.log_memory_max_rows,
         )
-        limits = httpx.Limits(
+        self.client = WorkerClient(
             max_connections=settings.gateway_max_connections,
-            max_keepalive_connections=settings.gateway_max_connections,
-            keepalive_expiry=30.0,
+            connect_timeout_s=settings.gateway_connect_timeout_s,
         )
-        # trust_env off: a proxy from the environment must not sit between us and workers.
-        self.client = httpx.AsyncClient(limits=limits, trust_env=False)
         self.proxy = Proxy(
             settings, self.routing, self.balancer, self.cache, self.log, self.metrics, self.client
         )
+        # Waiting calls per alias for autoscalers, and the scale-from-zero hold.
+        self.demand = Demand(self.engine, self.routing, self.balancer)
+        self.proxy.cold_start = ColdStart(settings, self.routing, self.balancer, self.demand)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -80,6 +84,7 @@ class GatewayRuntime:
         self._tasks = [
             asyncio.create_task(self.routing.run(), name="herd-routing-refresh"),
             asyncio.create_task(self.log.run(), name="herd-request-log"),
+            asyncio.create_task(self.demand.run(), name="herd-demand"),
         ]
         days = self.settings.text_retention_days
         if days is not None:
@@ -92,8 +97,10 @@ class GatewayRuntime:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        with contextlib.suppress(SQLAlchemyError):
+            await asyncio.to_thread(self.demand.withdraw)
         await self.log.close()
-        await self.client.aclose()
+        await self.client.close()
         self.engine.dispose()
 
     def gauges(self) -> list[tuple[str, str, float]]:
@@ -108,6 +115,14 @@ class GatewayRuntime:
              float(self.log.pending_rows)),
             ("herd_gateway_log_spooled_rows", "Request rows on disk awaiting the database.",
              float(self.log.spool.rows)),
+            ("herd_gateway_log_held_rows",
+             "Request rows held in memory: database unreachable and the spool disk refuses them.",
+             float(self.log.held_rows)),
+            ("herd_gateway_log_lost_rows",
+             "Request rows dropped since start (database down, spool disk full, memory bound).",
+             float(self.log.lost_rows)),
+            ("herd_gateway_spool_writable", "0 while the spool's disk refuses writes (full).",
+             0.0 if self.log.spool_error else 1.0),
             ("herd_gateway_database_up", "1 when the last routing refresh reached the database.",
              1.0 if self.routing.database_ok else 0.0),
         ]  # fmt: skip

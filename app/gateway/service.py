@@ -16,6 +16,9 @@ from app.listen import bind_listen_socket
 
 # Seconds a stopping gateway lets streams in flight finish before it closes them.
 GRACEFUL_SHUTDOWN_S = 10
+# How long the request log's writer thread may hold the GIL while the event loop waits for
+# it (Python's default is 5 ms: every socket call of the loop could stall it that long).
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 def _local(host: str) -> str:
@@ -41,6 +44,7 @@ def run_gateway(settings: Settings, database: Database, echo: Callable[[str], No
     host, port = settings.gateway_host, settings.gateway_port
     # httpx logs every upstream call at INFO: a line per request, measurable under load.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     sock = bind_listen_socket(host, port)
     port = sock.getsockname()[1]
     config = uvicorn.Config(

@@ -4,17 +4,22 @@ Each gateway appends to its own file and holds an exclusive flock on it while it
 another gateway on the machine replays a file only when its writer is gone (crashed or
 stopped during an outage). Replays insert with ON CONFLICT DO NOTHING, so replaying a file
 twice (a crash between insert and truncate) adds nothing.
+
+A write the disk refuses (full, read-only) raises OSError after taking back whatever part of
+it landed, so the file never holds a torn line between whole rows.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
 import os
 import uuid
+from io import FileIO
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -25,13 +30,15 @@ class Spool:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.path = directory / f"requests-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
-        self._file: BinaryIO | None = None
+        self._file: FileIO | None = None
         self.rows = 0  # rows in this gateway's own file
 
-    def _open(self) -> BinaryIO:
+    def _open(self) -> FileIO:
         while self._file is None:
             self.directory.mkdir(parents=True, exist_ok=True)
-            f = self.path.open("ab")
+            # Unbuffered: a write the disk refuses must not linger in a buffer and land,
+            # torn, with the next one.
+            f = self.path.open("ab", buffering=0)
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             # Another gateway may have taken the new, still unlocked file for an orphan and
             # deleted it in between: then write to a fresh one, never to an unlinked inode.
@@ -46,13 +53,27 @@ class Spool:
         return self._file
 
     def append(self, rows: list[dict[str, Any]]) -> None:
-        """Write rows durably: they are on disk when this returns."""
+        """Write rows durably: they are on disk when this returns. Raises OSError (rows not
+        written, file as before) when the disk refuses them."""
         if not rows:
             return
         f = self._open()
-        f.write(b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in rows))
-        f.flush()
-        os.fsync(f.fileno())
+        data = b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in rows)
+        size = os.fstat(f.fileno()).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                written = f.write(view)
+                if not written:  # no progress and no error: treat it as a full disk
+                    raise OSError(errno.ENOSPC, "the spool file takes no more bytes")
+                view = view[written:]
+            os.fsync(f.fileno())
+        except OSError:
+            try:
+                f.truncate(size)
+            except OSError:
+                logger.exception("could not take back a partial write to %s", self.path.name)
+            raise
         self.rows += len(rows)
 
     def read_own(self) -> list[dict[str, Any]]:
@@ -64,7 +85,6 @@ class Spool:
         """Forget the rows just replayed."""
         if self._file is not None:
             self._file.truncate(0)
-            self._file.flush()
             os.fsync(self._file.fileno())
         self.rows = 0
 

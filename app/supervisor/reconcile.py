@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ import psutil
 
 from app.config import Settings
 from app.supervisor import logs
+from app.supervisor.placement import Placer
 from app.supervisor.processes import WorkerHandle, adopt, spawn, wait_all, worker_argv
 from app.supervisor.records import DesiredDeployment, SupervisorRecords, WorkerRow
 
@@ -24,10 +26,17 @@ STALE_SWEEP_EVERY_S = 15.0
 class Supervisor:
     """Runs the worker processes this node's deployments ask for."""
 
-    def __init__(self, settings: Settings, records: SupervisorRecords, env: dict[str, str]):
+    def __init__(
+        self,
+        settings: Settings,
+        records: SupervisorRecords,
+        env: dict[str, str],
+        placer: Placer | None = None,
+    ):
         self.settings = settings
         self.records = records
         self.env = env
+        self.placer = placer or Placer(records.engine, records.node, settings.node_label_map)
         self.handles: dict[int, WorkerHandle] = {}
         # Earliest time (monotonic) a deployment with failures may start a replica again.
         self.next_start_at: dict[int, float] = {}
@@ -72,7 +81,12 @@ class Supervisor:
     # ---- reconciliation ----------------------------------------------------------------
 
     def reconcile(self) -> None:
-        """One pass: reap exited workers, kill hung ones, start and stop to match desire."""
+        """One pass: heartbeat this node, place replicas, reap exited workers, kill hung
+        ones, start and stop to match what is placed here."""
+        self.placer.heartbeat()
+        plan = self.placer.place(self.settings.node_timeout_s)
+        if plan:
+            log.info("placement: removed %s, added %s", plan.remove, plan.add)
         desired = self.records.desired()
         rows = self._rows_by_record()
         if self._reap(desired, rows):
@@ -213,6 +227,7 @@ class Supervisor:
             return
         if deployment.failures and time.monotonic() < self.next_start_at.get(deployment.id, 0):
             return  # backing off after a failure
+        deployment = self._local_model(deployment)
         if deployment.model_status != "valid" or not Path(deployment.model_path).is_file():
             reason = (
                 f"model file {deployment.model_path} is not in the model store "
@@ -223,6 +238,16 @@ class Supervisor:
             return
         for _ in range(missing):
             self._start(deployment)
+
+    def _local_model(self, deployment: DesiredDeployment) -> DesiredDeployment:
+        """The deployment with its model at this node's store path when the recorded path
+        (written by the node that scanned it) is not on this machine."""
+        if Path(deployment.model_path).is_file():
+            return deployment
+        local = self.settings.models_path / deployment.model_name
+        if local.is_file():
+            return dataclasses.replace(deployment, model_path=str(local))
+        return deployment
 
     def _start(self, deployment: DesiredDeployment) -> None:
         log_path = logs.new_log_path(

@@ -55,13 +55,18 @@ class WorkerRow:
     heartbeat_age_s: float
 
 
+# replicas: those placed on this node (app/supervisor/placement.py), not the total; a
+# deployment with none here is still listed, so that workers left here are stopped.
 DESIRED_SQL = text(
     """
     SELECT d.id, d.alias, m.name AS model_name, m.path AS model_path,
-           m.status AS model_status, d.replicas, d.n_gpu_layers, d.n_ctx, d.parallel,
+           m.status AS model_status,
+           (SELECT count(*) FROM placements p
+            WHERE p.deployment_id = d.id AND p.node = :node)::int AS replicas,
+           d.n_gpu_layers, d.n_ctx, d.parallel,
            d.threads, d.main_gpu, d.tensor_split, d.state, d.generation, d.failures
     FROM deployments d JOIN models m ON m.id = d.model_id
-    WHERE d.node IS NULL OR d.node = :node
+    WHERE NOT d.external
     """
 )
 WORKER_ROWS_SQL = text(
@@ -101,7 +106,8 @@ class SupervisorRecords:
         self.node = node
 
     def desired(self) -> dict[int, DesiredDeployment]:
-        """Deployments this node runs, by id (every state: 'stopped' ones are stopped here)."""
+        """Supervised deployments by id, with the replicas placed on this node (every
+        state: 'stopped' ones are stopped here)."""
         with self.engine.connect() as conn:
             rows = conn.execute(DESIRED_SQL, {"node": self.node}).mappings().all()
         found = {}

@@ -3,16 +3,17 @@
 It holds a PostgreSQL advisory lock for its node (so two supervisors never both start
 replicas) on the same connection that LISTENs for deployment changes, reconciles on every
 NOTIFY and at least every settings.supervisor_poll_s, and serves /health for `herd up`.
+Each pass also heartbeats its node and takes part in placement (app/supervisor/placement.py).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import signal
 import threading
 import time
 from types import FrameType
+from urllib.parse import urlsplit
 
 import psycopg
 from sqlalchemy.engine import make_url
@@ -23,6 +24,7 @@ from app.db.database import Database
 from app.launcher import child_environment
 from app.supervisor.errors import SupervisorError
 from app.supervisor.health import HealthServer, SupervisorStatus
+from app.supervisor.placement import lock_key
 from app.supervisor.reconcile import Supervisor
 from app.supervisor.records import SupervisorRecords
 
@@ -38,9 +40,8 @@ def _libpq_url(url: str) -> str:
 
 
 def _lock_key(node: str) -> int:
-    """A stable signed 64-bit advisory lock key for a node name."""
-    digest = hashlib.sha256(f"herd-supervisor:{node}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
+    """The advisory lock key of a node's supervisor."""
+    return lock_key(f"herd-supervisor:{node}")
 
 
 class Listener:
@@ -110,6 +111,12 @@ def run_supervisor(
     """Reconcile until SIGTERM/SIGINT (or stop is set); then stop the workers unless
     keep_workers, in which case the next supervisor adopts them."""
     stop = stop or threading.Event()
+    if settings.advertise_url and urlsplit(settings.advertise_url).port is not None:
+        # Its workers inherit it, and each listens on a port of its own.
+        raise SupervisorError(
+            f"HERD_ADVERTISE_URL={settings.advertise_url} names a port, but every worker this "
+            "supervisor starts has its own: give http://host only (the port is added)"
+        )
     records = SupervisorRecords(database.engine, settings.node_name)
     supervisor = Supervisor(settings, records, child_environment(settings, database))
     status = SupervisorStatus(node=settings.node_name, poll_s=settings.supervisor_poll_s)
@@ -150,6 +157,11 @@ def run_supervisor(
                 "leaving %d worker(s) running for the next supervisor", len(supervisor.handles)
             )
         else:
+            try:
+                # Other nodes take this node's replicas over now, not after its timeout.
+                supervisor.placer.leave()
+            except SQLAlchemyError as exc:
+                log.warning("could not hand this node's replicas over: %s", exc)
             log.info("stopping %d worker(s)", len(supervisor.handles))
             supervisor.stop_all()
         listener.close()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from app.deployments import DeploymentView, WorkerView
 from app.store.estimate import format_bytes
+from app.ui.worker_health import PrefixReuse
 
 CPU_ONLY_REBUILD = (
     'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir llama-cpp-python'
@@ -51,7 +53,21 @@ def deployment_rows(deployments: list[DeploymentView]) -> list[dict[str, Any]]:
     ]
 
 
-def worker_rows(workers: list[WorkerView]) -> list[dict[str, Any]]:
+def prefix_reuse_label(reuse: PrefixReuse | None) -> str:
+    """Share of prompt tokens served from the prefix cache, as "62 % of 1,480 tokens"."""
+    if reuse is None:
+        return "-"
+    rate = reuse.hit_rate
+    if rate is None:
+        return "no prompts yet"
+    return f"{rate * 100:.0f} % of {reuse.prompt_tokens:,} tokens"
+
+
+def worker_rows(
+    workers: list[WorkerView], reuse: Mapping[str, PrefixReuse] | None = None
+) -> list[dict[str, Any]]:
+    """One row per worker; reuse maps a worker URL to what its /health reported."""
+    reuse = reuse or {}
     return [
         {
             "deployment": w.deployment_id,
@@ -61,6 +77,7 @@ def worker_rows(workers: list[WorkerView]) -> list[dict[str, Any]]:
             "uptime": format_duration(w.uptime_s),
             "slots busy": None if w.slots_busy is None else f"{w.slots_busy} / {w.slots_total}",
             "queue": w.queue_length,
+            "prefix cache hits": prefix_reuse_label(reuse.get(w.url) if w.url else None),
             "tokens/s": None if w.tokens_per_second is None else round(w.tokens_per_second, 1),
             "RSS": format_bytes(w.rss_bytes),
             "VRAM": format_bytes(w.vram_bytes),

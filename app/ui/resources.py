@@ -32,14 +32,39 @@ def database() -> Database:
     return _database(current.database_url, str(current.pgdata_dir))
 
 
+# While the database is unavailable, a page checks this often whether it is back.
+DATABASE_RETRY_S = 3.0
+
+
+def database_reachable() -> bool:
+    """Does the dashboard's database answer right now?"""
+    try:
+        with database().engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except (OperationalError, EmbeddedDatabaseError):
+        return False
+    return True
+
+
+@st.fragment(run_every=DATABASE_RETRY_S)
+def _rerun_when_database_is_back() -> None:
+    if database_reachable():
+        st.rerun(scope="app")
+
+
 @contextmanager
 def database_errors() -> Iterator[None]:
-    """Show 'database unavailable' instead of a stack trace, and stop the page run."""
+    """Show 'database unavailable' instead of a stack trace, stop the page run, and run the
+    page again by itself once the database answers."""
     try:
         yield
     except (OperationalError, EmbeddedDatabaseError) as exc:
         reason = getattr(exc, "orig", None) or exc
-        st.error(f"Database unavailable: {reason}. This page retries when you reload it.")
+        st.error(
+            f"Database unavailable: {reason}. "
+            f"This page checks every {DATABASE_RETRY_S:g} s and recovers by itself."
+        )
+        _rerun_when_database_is_back()
         st.stop()
 
 

@@ -124,7 +124,7 @@ class CompletionService:
                 yield sse(first)
             async for event in generation.events():
                 if isinstance(event, TextDelta):
-                    yield sse(fmt.chunk(event.text))
+                    yield fmt.chunk_sse(event.text)
                     continue
                 if event.finish_reason != "cancelled":
                     outcome = "ok"

@@ -86,4 +86,21 @@ class WorkerMetrics:
         lines.append(f"herd_worker_slots_busy {stats.slots_busy if stats else 0}")
         family("herd_worker_queue_length", "gauge", "Requests waiting for a slot.")
         lines.append(f"herd_worker_queue_length {stats.queue_length if stats else 0}")
+        # Counted when a generation starts (cancelled ones too), unlike the per-finished
+        # herd_worker_prompt_tokens_total: their ratio is the prefix cache's hit rate.
+        family(
+            "herd_worker_started_prompt_tokens_total",
+            "counter",
+            "Prompt tokens of started generations.",
+        )
+        lines.append(
+            f"herd_worker_started_prompt_tokens_total {stats.prompt_tokens if stats else 0}"
+        )
+        family(
+            "herd_worker_cached_prompt_tokens_total",
+            "counter",
+            "Prompt tokens of started generations taken from a reused KV prefix, not decoded.",
+        )
+        cached = stats.cached_prompt_tokens if stats else 0
+        lines.append(f"herd_worker_cached_prompt_tokens_total {cached}")
         return "\n".join(lines) + "\n"

@@ -20,6 +20,8 @@ def sse(data: dict[str, Any] | str) -> str:
 
 
 SSE_DONE = sse("[DONE]")
+# Stands for the text in a chunk rendered once; no generated text contains a NUL.
+_TEXT_MARK = "\x00"
 
 
 class ResponseFormat:
@@ -33,6 +35,16 @@ class ResponseFormat:
         self.id = f"{self.id_prefix}-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.model = model
+        self._chunk_halves: tuple[str, str] | None = None
+
+    def chunk_sse(self, text: str) -> str:
+        """sse(self.chunk(text)), but per token only the text is JSON-encoded: the rest of
+        the event is rendered once per response (this runs for every streamed token)."""
+        halves = self._chunk_halves
+        if halves is None:
+            head, tail = sse(self.chunk(_TEXT_MARK)).split(json.dumps(_TEXT_MARK), 1)
+            halves = self._chunk_halves = (head, tail)
+        return halves[0] + json.dumps(text) + halves[1]
 
     def _envelope(self, obj: str, choice: dict[str, Any]) -> dict[str, Any]:
         return {

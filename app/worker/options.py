@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from app.worker.advertise import check_advertise_url
+
 DEFAULT_N_CTX = 4096
 DEFAULT_MAX_QUEUE = 16
 
@@ -26,6 +28,11 @@ class WorkerOptions:
     deployment_id: int | None = None
     max_queue: int = DEFAULT_MAX_QUEUE
     log_path: str | None = None
+    # The URL other hosts reach this worker at (http://host[:port]); None: from --host.
+    advertise_url: str | None = None
+    # Join (or create as 'external') the deployment for (alias, model): replicas started by
+    # Kubernetes or an operator rather than by a supervisor.
+    join: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -47,6 +54,13 @@ class WorkerOptions:
             problems.append("--max-queue is >= 0")
         if self.alias is not None and not self.alias.strip():
             problems.append("--alias is empty")
+        if self.join and self.deployment_id is not None:
+            problems.append("--join and --deployment-id exclude each other")
+        if self.advertise_url is not None:
+            try:
+                check_advertise_url(self.advertise_url)
+            except ValueError as exc:
+                problems.append(str(exc))
         if problems:
             raise ValueError("; ".join(problems))
 

@@ -29,19 +29,19 @@ from app.engine.factory import make_engine
 from app.engine.loader import LoadOptions
 from app.listen import bind_listen_socket
 from app.store.gguf_file import InvalidGGUF, read_gguf
+from app.worker.advertise import advertised_url
 from app.worker.app import create_app
 from app.worker.heartbeat import Heartbeat, Reporter
 from app.worker.metrics import WorkerMetrics
 from app.worker.model_source import ModelSource, ModelSourceError, resolve_model
 from app.worker.options import DEFAULT_N_CTX, WorkerOptions
-from app.worker.registration import WorkerRegistry
+from app.worker.registration import WorkerRegistry, join_deployment
 from app.worker.state import WorkerState
 
 logger = logging.getLogger(__name__)
 
 # How long a 'failed' row keeps being retried when the database is unreachable at that moment.
 FAILED_WRITE_DEADLINE_S = 10.0
-WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 
 
 class WorkerStartError(RuntimeError):
@@ -75,15 +75,6 @@ class WorkerServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.worker_state.set_stopping()
         super().handle_exit(sig, frame)
-
-
-def advertised_url(host: str, port: int) -> str:
-    """The URL others use to reach this worker."""
-    if host in WILDCARD_HOSTS:
-        host = socket.gethostname()
-    elif ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
 
 
 def effective_n_ctx(requested: int, trained: int | None) -> int:
@@ -181,7 +172,7 @@ def run_worker(settings: Settings, options: WorkerOptions) -> int:
 
 def _run(settings: Settings, options: WorkerOptions, database: Database) -> int:
     sock = bind_listen_socket(options.host, options.port)
-    url = advertised_url(options.host, sock.getsockname()[1])
+    url = advertised_url(options.host, sock.getsockname()[1], options.advertise_url)
     source: ModelSource | None = None
     problem: str | None = None
     try:
@@ -189,11 +180,24 @@ def _run(settings: Settings, options: WorkerOptions, database: Database) -> int:
     except ModelSourceError as exc:
         problem = str(exc)
     model_path = source.path if source is not None else Path(options.model)
+    alias = options.alias or model_path.stem
+    deployment_id = options.deployment_id
+    if options.join and source is not None:
+        if source.model_id is None:
+            problem = (
+                f"--join needs a model from the store ({settings.models_path}), so that "
+                f"every host names it alike; {model_path} is not in it: `herd models add` it"
+            )
+            source = None
+        else:
+            deployment_id, created = join_deployment(database.engine, alias, source.model_id)
+            logger.info("%s deployment %d for %r", "created external" if created else "joined",
+                        deployment_id, alias)  # fmt: skip
     state = WorkerState(
-        alias=options.alias or model_path.stem,
+        alias=alias,
         model_path=str(model_path),
         model_id=source.model_id if source is not None else None,
-        deployment_id=options.deployment_id,
+        deployment_id=deployment_id,
     )
     reporter = Reporter(
         WorkerRegistry(database.engine),

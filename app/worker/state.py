@@ -78,5 +78,8 @@ class WorkerState:
                 queue_length=stats.queue_length,
                 max_queue=stats.max_queue,
                 tokens_per_second=stats.tokens_per_second,
+                prompt_tokens_total=stats.prompt_tokens,
+                cached_prompt_tokens_total=stats.cached_prompt_tokens,
+                prefix_hit_rate=stats.prefix_hit_rate,
             )
         return body
