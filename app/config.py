@@ -159,7 +159,7 @@ class Settings(BaseSettings):
         description="Seconds between reloads of routing state (aliases, workers, keys) from SQL.",
     )
     gateway_heartbeat_timeout_s: float = Field(
-        default=10.0,
+        default=5.0,
         gt=0,
         description="A ready worker whose last heartbeat is older than this gets no traffic.",
     )

@@ -108,6 +108,8 @@ def _time_queries(url: str, now: datetime) -> None:
             ("retraining signals (3 days)", lambda: assess_versions(engine, three_days)),
             ("feedback review list (thumbs down)", lambda: list_rated(
                 engine, ReviewFilter(rating=-1, limit=200))),
+            ("feedback review list (page default: down, 30 days)", lambda: list_rated(
+                engine, ReviewFilter(rating=-1, start=now - timedelta(days=30), limit=200))),
         ]  # fmt: skip
         print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} CPUs")
         print(f"rows: {requests} requests, {feedback} feedback; database {db_size}")

@@ -85,3 +85,40 @@ def test_browse_tag_and_correct(database: Database) -> None:
     ]
     with pytest.raises(ReviewError):
         save_correction(engine, rows[0]["id"], "  ", "ops")
+
+
+def test_list_sums_only_the_votes_inside_the_window(database: Database) -> None:
+    # Votes on both sides of the window's edges: the list sums the ones inside, as it did
+    # before the feedback_reviews rollup, whose row holds every vote of the request.
+    engine = database.engine
+    base = datetime(2026, 3, 1, tzinfo=UTC)
+    straddling, inside, outside = (request_row(base, alias="chat") for _ in range(3))
+    insert_requests(engine, [straddling, inside, outside])
+    insert_feedback(
+        engine,
+        [
+            {"request_id": straddling["id"], "rating": -1, "user_id": "a", "comment": "old",
+             "created_at": base, "updated_at": base},
+            {"request_id": straddling["id"], "rating": 1, "user_id": "b", "comment": "",
+             "created_at": base + timedelta(days=2), "updated_at": base + timedelta(days=2)},
+            {"request_id": straddling["id"], "rating": 1, "user_id": "c", "comment": "late",
+             "created_at": base + timedelta(days=9), "updated_at": base + timedelta(days=9)},
+            {"request_id": inside["id"], "rating": -1, "user_id": "a", "comment": "bad",
+             "created_at": base + timedelta(days=3), "updated_at": base + timedelta(days=3)},
+            {"request_id": outside["id"], "rating": 1, "user_id": "a", "comment": "",
+             "created_at": base + timedelta(days=20), "updated_at": base + timedelta(days=20)},
+        ],
+    )  # fmt: skip
+    window = ReviewFilter(start=base + timedelta(days=1), end=base + timedelta(days=5))
+    listed = {r["request_id"]: r for r in list_rated(engine, window)}
+    assert set(listed) == {straddling["id"], inside["id"]}
+    assert (listed[straddling["id"]]["net"], listed[straddling["id"]]["votes"]) == (1, 1)
+    assert listed[straddling["id"]]["comment"] is None
+    assert listed[straddling["id"]]["rated_at"] == base + timedelta(days=2)
+    assert [r["request_id"] for r in list_rated(engine, ReviewFilter(rating=-1))] == [
+        inside["id"]  # all three votes of the straddling request: net +1
+    ]
+    down = list_rated(engine, ReviewFilter(rating=-1, end=base + timedelta(days=1)))
+    assert [(r["request_id"], r["net"], r["comment"]) for r in down] == [
+        (straddling["id"], -1, "old")
+    ]

@@ -228,3 +228,111 @@ def test_rollup_percentiles_within_a_histogram_bin(loaded: Any) -> None:
     assert whole.ttft_p95_ms == pytest.approx(exact_ttft, rel=0.09)
     assert whole.requests == len(rows)
     assert whole.errors == sum(r["status"] in ("error", "rejected") for r in rows)
+
+
+# What the 0008 rollups hold, recomputed from their sources: they must match exactly.
+REVIEWS_TRUTH_SQL = """
+SELECT f.request_id, sum(f.rating)::int, count(*)::int,
+       count(*) FILTER (WHERE f.rating = -1 AND coalesce(f.comment, '') <> '')::int,
+       min(f.created_at), max(f.created_at), max(f.updated_at),
+       (array_agg(f.comment ORDER BY f.updated_at DESC)
+         FILTER (WHERE coalesce(f.comment, '') <> ''))[1],
+       r.alias, r.model_id
+FROM feedback f JOIN requests r ON r.id = f.request_id
+GROUP BY f.request_id, r.alias, r.model_id ORDER BY 1
+"""
+REVIEWS_SQL = """
+SELECT request_id, net, votes, down_comments, first_voted_at, last_voted_at, rated_at,
+       comment, alias, model_id
+FROM feedback_reviews ORDER BY 1
+"""
+SESSIONS_TRUTH_SQL = """
+SELECT date_trunc('hour', first_at, 'UTC'), coalesce(alias, ''), coalesce(model_id, 0),
+       count(*), sum(turns), sum(regenerates), count(*) FILTER (WHERE turns = 1)
+FROM request_sessions GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+"""
+SESSIONS_SQL = """
+SELECT hour, alias, model_id, sessions, turns, regenerates, one_turn
+FROM sessions_hourly WHERE sessions <> 0 ORDER BY 1, 2, 3
+"""
+
+
+def _rows(engine: Engine, sql: str) -> list[tuple[Any, ...]]:
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(text(sql))]
+
+
+def test_feedback_reviews_follow_votes_through_insert_update_delete(loaded: Any) -> None:
+    engine, rows, _ = loaded
+    rated = rows[:200]
+    # Two users on some requests, so a request can hold votes of both signs and comments.
+    votes = [
+        {"request_id": r["id"], "rating": 1 if i % 3 else -1, "comment": "slow" if i % 4 else "",
+         "user_id": user, "created_at": BASE + timedelta(minutes=i + 7 * n),
+         "updated_at": BASE + timedelta(minutes=i + 7 * n)}
+        for i, r in enumerate(rated)
+        for n, user in enumerate(["u1", "u2"][: 1 + i % 2])
+    ]  # fmt: skip
+    insert_feedback(engine, votes)
+    assert _rows(engine, REVIEWS_SQL) == _rows(engine, REVIEWS_TRUTH_SQL)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE feedback SET rating = -rating, comment = 'wrong', "
+                "updated_at = updated_at + interval '1 day' WHERE request_id = ANY(:ids)"
+            ),
+            {"ids": [r["id"] for r in rated[:40]]},
+        )
+        conn.execute(
+            text("DELETE FROM feedback WHERE request_id = ANY(:ids) AND user_id = 'u2'"),
+            {"ids": [r["id"] for r in rated[40:80]]},
+        )
+        conn.execute(
+            text("DELETE FROM feedback WHERE request_id = ANY(:ids)"),
+            {"ids": [r["id"] for r in rated[80:100]]},
+        )
+    reviews = _rows(engine, REVIEWS_SQL)
+    assert reviews == _rows(engine, REVIEWS_TRUTH_SQL)
+    assert len(reviews) == 180 and any(row[2] == 2 for row in reviews)
+
+
+def test_sessions_hourly_follows_request_sessions(loaded: Any) -> None:
+    engine, rows, _ = loaded
+    # Later turns of existing sessions and new sessions (UPDATE and INSERT of sessions),
+    # then a rebuild that deletes and re-inserts them (DELETE).
+    late = [
+        request_row(BASE + timedelta(hours=HOURS, minutes=i), session_id=f"s{i % 400}",
+                    prompt_tokens=40)
+        for i in range(120)
+    ]  # fmt: skip
+    insert_requests(engine, late)
+    assert _rows(engine, SESSIONS_SQL) == _rows(engine, SESSIONS_TRUTH_SQL)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM requests WHERE id = ANY(:ids)"),
+                     {"ids": [r["id"] for r in rows[:500]]})  # fmt: skip
+        conn.execute(
+            text("SELECT herd_rebuild_rollups(:lo, :hi)"),
+            {"lo": BASE, "hi": BASE + timedelta(hours=HOURS + 3)},
+        )
+    assert _rows(engine, SESSIONS_SQL) == _rows(engine, SESSIONS_TRUTH_SQL)
+
+
+def test_session_series_counts_partial_hours_and_open_sessions(loaded: Any) -> None:
+    engine, _, _ = loaded
+    # A range cut mid-hour at both ends: partial hours come from the sessions themselves.
+    scope = Scope(start=BASE + timedelta(hours=2, minutes=17), end=BASE + timedelta(hours=9.5))
+    with engine.connect() as conn:
+        truth = conn.execute(
+            text("SELECT count(*), sum(turns) FROM request_sessions "
+                 "WHERE first_at >= :start AND first_at < :end"),
+            {"start": scope.start, "end": scope.end},
+        ).one()  # fmt: skip
+    series = session_series(engine, scope)
+    assert sum(r["sessions"] for r in series) == truth[0] > 0
+    assert sum(r["turns"] for r in series) == truth[1]
+    # A session with a turn just now is not over: not counted as ended or one-turn.
+    now = datetime.now(UTC)
+    insert_requests(engine, [request_row(now - timedelta(minutes=1), session_id="live")])
+    live = session_series(engine, Scope(start=now - timedelta(hours=1), end=now))
+    assert sum(r["sessions"] for r in live) == 1
+    assert sum(r["ended"] for r in live) == 0 and sum(r["one_turn"] for r in live) == 0

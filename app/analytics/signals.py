@@ -74,22 +74,24 @@ class ComplaintCluster:
         return self.terms[0][1] / self.comments if self.terms and self.comments else 0.0
 
 
-# Whether vote f rated a response of the version: one probe of feedback_reviews (the rated
-# request's alias and model, a tenth the size of requests) per thumbs-down comment, which
-# ix_feedback_down_comments finds. A subquery rather than a join: joined, the planner reads
-# all of feedback_reviews (0.5 s per version at 1M feedback rows).
-OF_VERSION = """
-      (SELECT coalesce(r.alias, '') = :alias AND r.model_id IS NOT DISTINCT FROM :model_id
-       FROM feedback_reviews r WHERE r.request_id = f.request_id)
+# A version's thumbs-down comments in the window: its rated requests with such a vote come
+# from feedback_reviews (ix_feedback_reviews_down_comments), then their votes are read. A
+# vote in the window implies its request's first and last votes bracket it.
+DOWN_COMMENTS_FROM = "feedback_reviews r JOIN feedback f ON f.request_id = r.request_id"
+DOWN_COMMENTS = """
+      r.down_comments > 0 AND coalesce(r.alias, '') = :alias
+        AND (r.model_id = :model_id OR (CAST(:model_id AS bigint) IS NULL AND r.model_id IS NULL))
+        AND r.last_voted_at >= :start AND r.first_voted_at < :end
+        AND f.rating = -1 AND coalesce(f.comment, '') <> ''
+        AND f.created_at >= :start AND f.created_at < :end
 """
 
 COMPLAINT_TERMS_SQL = text(
     f"""
     WITH c AS (
       SELECT f.request_id, lower(f.comment) AS comment
-      FROM feedback f
-      WHERE f.rating = -1 AND coalesce(f.comment, '') <> ''
-        AND f.created_at >= :start AND f.created_at < :end AND {OF_VERSION}
+      FROM {DOWN_COMMENTS_FROM}
+      WHERE {DOWN_COMMENTS}
     )
     SELECT t.term, count(DISTINCT c.request_id) AS n, (SELECT count(*) FROM c) AS total
     FROM c, regexp_split_to_table(c.comment, '[^a-z0-9]+') AS t(term)
@@ -103,11 +105,10 @@ COMPLAINT_TERMS_SQL = text(
 COMPLAINT_EXAMPLES_SQL = text(
     f"""
     SELECT f.request_id, f.created_at, f.comment, msg.prompt, msg.response
-    FROM feedback f
+    FROM {DOWN_COMMENTS_FROM}
     LEFT JOIN messages msg ON msg.request_id = f.request_id
-    WHERE f.rating = -1 AND coalesce(f.comment, '') <> ''
-      AND f.created_at >= :start AND f.created_at < :end
-      AND strpos(lower(f.comment), :term) > 0 AND {OF_VERSION}
+    WHERE {DOWN_COMMENTS}
+      AND strpos(lower(f.comment), :term) > 0
     ORDER BY (msg.request_id IS NULL), f.created_at DESC
     LIMIT :examples
     """

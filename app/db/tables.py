@@ -291,12 +291,6 @@ class Feedback(Base):
         CheckConstraint("rating IN (-1, 1)", name="rating"),
         Index("uq_feedback_request_id_user_id", "request_id", "user_id", unique=True),
         Index("ix_feedback_created_at", "created_at"),
-        # The retraining signals' complaint terms: thumbs-down votes with a comment.
-        Index(
-            "ix_feedback_down_comments",
-            "created_at",
-            postgresql_where=text("rating = -1 AND coalesce(comment, '') <> ''"),
-        ),
     )
 
 
@@ -535,6 +529,8 @@ class FeedbackReview(Base):
     model_id: Mapped[int | None] = mapped_column(BigInteger)
     net: Mapped[int] = mapped_column(Integer)
     votes: Mapped[int] = mapped_column(Integer)
+    # Thumbs-down votes with a comment: what the retraining signals' complaint terms read.
+    down_comments: Mapped[int] = mapped_column(Integer)
     first_voted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_voted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # The latest updated_at of its votes: the list's order.
@@ -542,7 +538,13 @@ class FeedbackReview(Base):
     comment: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
-        Index("ix_feedback_reviews_rated_at", "rated_at", "request_id"),
+        Index("ix_feedback_reviews_rated_at", text("rated_at DESC"), "request_id"),
+        Index(
+            "ix_feedback_reviews_down_comments",
+            "model_id",
+            "last_voted_at",
+            postgresql_where=text("down_comments > 0"),
+        ),
         Index(
             "ix_feedback_reviews_multi_vote",
             "first_voted_at",

@@ -85,6 +85,15 @@ class StreamState:
     first_token_at: float | None = None
 
 
+def dumps(value: Any) -> bytes:
+    """Compact JSON; orjson for speed, json for what orjson refuses (integers over 64 bits
+    in the extra fields a client may send through)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":")).encode()
+
+
 def _hop_failure(exc: WorkerHTTPError) -> UpstreamFailure:
     what = {"timeout": "timed out", "connect": "unreachable"}.get(exc.kind, "broken answer")
     return UpstreamFailure(exc.kind, f"{what}: {exc}")
@@ -290,7 +299,7 @@ class Proxy:
         return await self.client.post(
             pick.worker.url,
             PATHS[call.endpoint],
-            orjson.dumps(self._payload(call)),
+            dumps(self._payload(call)),
             headers=b"X-Request-Id: " + str(call.record.id).encode() + b"\r\n",
             timeout_s=self.settings.gateway_first_token_timeout_s,
             stream=stream,
@@ -484,7 +493,7 @@ class Proxy:
             state.timings = event["timings"]
         if not choices and event.get("usage") is not None and not call.include_usage:
             return None  # the usage chunk the gateway asked for, not the client
-        return b"data: " + orjson.dumps(event) + b"\n\n"
+        return b"data: " + dumps(event) + b"\n\n"
 
     async def _relay(
         self,
@@ -599,4 +608,4 @@ async def _iterate(chunks: list[bytes]) -> AsyncIterator[bytes]:
 
 
 def _json(body: dict[str, Any]) -> Response:
-    return Response(content=orjson.dumps(body), media_type="application/json")
+    return Response(content=dumps(body), media_type="application/json")

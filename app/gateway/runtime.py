@@ -69,6 +69,8 @@ class GatewayRuntime:
         self.client = WorkerClient(
             max_connections=settings.gateway_max_connections,
             connect_timeout_s=settings.gateway_connect_timeout_s,
+            # A worker host gone silent is dropped as fast as routing stops choosing it.
+            dead_peer_s=settings.gateway_heartbeat_timeout_s,
         )
         self.proxy = Proxy(
             settings, self.routing, self.balancer, self.cache, self.log, self.metrics, self.client

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Callable
 
@@ -42,8 +41,6 @@ def gateway_service(settings: Settings) -> Service:
 def run_gateway(settings: Settings, database: Database, echo: Callable[[str], None]) -> int:
     """Serve until SIGINT/SIGTERM; the socket is bound first so port 0 reports its port."""
     host, port = settings.gateway_host, settings.gateway_port
-    # httpx logs every upstream call at INFO: a line per request, measurable under load.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     sock = bind_listen_socket(host, port)
     port = sock.getsockname()[1]

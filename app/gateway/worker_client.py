@@ -11,6 +11,7 @@ event loop, so a worker that closes it is noticed when it happens, not polled fo
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import time
 from collections import deque
@@ -205,6 +206,9 @@ class _Connection(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
         self.transport = cast(asyncio.Transport, transport)
         self.client._connections.add(self)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and self.client.dead_peer_s > 0:
+            detect_dead_peer(sock, self.client.dead_peer_s)
 
     def data_received(self, data: bytes) -> None:
         self._got_bytes = True
@@ -297,12 +301,38 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
 
+def detect_dead_peer(sock: socket.socket, within_s: float) -> None:
+    """Have the kernel drop the connection when the worker's host stops answering.
+
+    A host that vanishes (a cut link, a power loss) sends no reset: without this, a call on
+    a kept-alive connection waits for the first-token timeout (minutes). Keepalive probes an
+    idle connection (a worker still working on the first token); TCP_USER_TIMEOUT bounds
+    both unacknowledged request bytes and unanswered probes. Linux options, skipped where
+    the platform lacks them.
+    """
+    half = max(1, int(within_s / 2))
+    options = [
+        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPIDLE", None), half),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPINTVL", None), 1),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPCNT", None), half),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", None), int(within_s * 1000)),
+    ]
+    for level, name, value in options:
+        if name is not None:
+            sock.setsockopt(level, name, value)
+
+
 class WorkerClient:
     """Pooled keep-alive HTTP/1.1 connections to workers, at most max_connections open."""
 
-    def __init__(self, *, max_connections: int, connect_timeout_s: float) -> None:
+    def __init__(
+        self, *, max_connections: int, connect_timeout_s: float, dead_peer_s: float = 0.0
+    ) -> None:
         self.max_connections = max_connections
         self.connect_timeout_s = connect_timeout_s
+        # 0: leave dead-peer detection to the OS defaults (tests of the client alone).
+        self.dead_peer_s = dead_peer_s
         self._idle: dict[Origin, list[_Connection]] = {}
         self._open = 0
         self._slot_waiters: deque[asyncio.Future[None]] = deque()

@@ -15,9 +15,8 @@ many raw rows; this revision gives them rollups kept by statement-level triggers
 - `feedback_reviews`: one row per rated request (net rating, votes, first and last vote,
   last rating time, latest comment, and the request's alias, model and time), recomputed for
   the touched requests on every INSERT/UPDATE/DELETE of `feedback`. The Feedback review list
-  walks it in rating order instead of grouping every vote; the retraining signals find a
-  version's thumbs-down comments through it instead of through `requests`.
-- `ix_feedback_down_comments`: the thumbs-down votes with a comment, by time.
+  reads it instead of grouping every vote; the retraining signals find a version's requests
+  with thumbs-down comments through it (`down_comments`) instead of through `requests`.
 """
 
 from __future__ import annotations
@@ -75,9 +74,10 @@ REVIEWS_REFRESH = """
           AND NOT EXISTS (SELECT 1 FROM feedback f WHERE f.request_id = v.request_id)
       )
       INSERT INTO feedback_reviews AS v (
-        request_id, request_created_at, alias, model_id, net, votes, first_voted_at,
-        last_voted_at, rated_at, comment)
+        request_id, request_created_at, alias, model_id, net, votes, down_comments,
+        first_voted_at, last_voted_at, rated_at, comment)
       SELECT f.request_id, r.created_at, r.alias, r.model_id, sum(f.rating), count(*),
+             count(*) FILTER (WHERE f.rating = -1 AND coalesce(f.comment, '') <> ''),
              min(f.created_at), max(f.created_at), max(f.updated_at),
              (array_agg(f.comment ORDER BY f.updated_at DESC)
                FILTER (WHERE coalesce(f.comment, '') <> ''))[1]
@@ -86,7 +86,8 @@ REVIEWS_REFRESH = """
       JOIN requests r ON r.id = f.request_id
       GROUP BY f.request_id, r.created_at, r.alias, r.model_id
       ON CONFLICT (request_id) DO UPDATE SET
-        net = excluded.net, votes = excluded.votes, first_voted_at = excluded.first_voted_at,
+        net = excluded.net, votes = excluded.votes, down_comments = excluded.down_comments,
+        first_voted_at = excluded.first_voted_at,
         last_voted_at = excluded.last_voted_at, rated_at = excluded.rated_at,
         comment = excluded.comment;
 """
@@ -153,6 +154,7 @@ def upgrade() -> None:
         sa.Column("model_id", sa.BigInteger(), nullable=True),
         sa.Column("net", sa.Integer(), nullable=False),
         sa.Column("votes", sa.Integer(), nullable=False),
+        sa.Column("down_comments", sa.Integer(), nullable=False),
         sa.Column("first_voted_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("last_voted_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("rated_at", sa.DateTime(timezone=True), nullable=False),
@@ -177,11 +179,12 @@ def upgrade() -> None:
         ["first_voted_at", "last_voted_at"],
         postgresql_where=sa.text("votes > 1"),
     )
+    # A version's thumbs-down comments: its rated requests that have one, by last vote.
     op.create_index(
-        "ix_feedback_down_comments",
-        "feedback",
-        ["created_at"],
-        postgresql_where=sa.text("rating = -1 AND coalesce(comment, '') <> ''"),
+        "ix_feedback_reviews_down_comments",
+        "feedback_reviews",
+        ["model_id", "last_voted_at"],
+        postgresql_where=sa.text("down_comments > 0"),
     )
     for statement in [
         SESSIONS_FUNCTION,
@@ -203,7 +206,7 @@ def downgrade() -> None:
         for event in ("insert", "update", "delete"):
             op.execute(f"DROP TRIGGER {function}_{event} ON {table}")
         op.execute(f"DROP FUNCTION {function}()")
-    op.drop_index("ix_feedback_down_comments", table_name="feedback")
+    op.drop_index("ix_feedback_reviews_down_comments", table_name="feedback_reviews")
     op.drop_index("ix_feedback_reviews_multi_vote", table_name="feedback_reviews")
     op.drop_index("ix_feedback_reviews_rated_at", table_name="feedback_reviews")
     op.drop_table("feedback_reviews")
