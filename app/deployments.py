@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Engine, delete, func, select, text, update
 from sqlalchemy.orm import Session
 
+from app.config import parse_labels
 from app.db.tables import Deployment, Model
 
 ALIAS_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}")
@@ -114,10 +115,27 @@ class DeploymentView:
     created_at: datetime
     updated_at: datetime
     workers: list[WorkerView] = field(default_factory=list)
+    # Labels a node must carry to run this deployment's replicas (placement).
+    node_labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def ready_replicas(self) -> int:
         return sum(1 for w in self.workers if w.is_ready)
+
+    @property
+    def placement(self) -> str:
+        """Where its replicas may run, for people: a node, labels, both, or any node."""
+        parts = [f"node {self.node}"] if self.node else []
+        parts += [f"{k}={v}" for k, v in sorted(self.node_labels.items())]
+        return ", ".join(parts) or "any node"
+
+
+def parse_node_labels(text: str) -> dict[str, str]:
+    """'gpu=h100, zone=a' (as typed by an operator) -> labels; a clear error otherwise."""
+    try:
+        return parse_labels(text)
+    except ValueError as exc:
+        raise InvalidSettingError(f"node labels: {exc}") from None
 
 
 def _check(condition: bool, message: str) -> None:
@@ -260,9 +278,11 @@ class Deployments:
         *,
         replicas: int = 1,
         node: str | None = None,
+        node_labels: Mapping[str, str] | None = None,
         allow_ctx_overflow: bool = False,
     ) -> DeploymentView:
-        """Ask for `replicas` workers serving serving.model under alias."""
+        """Ask for `replicas` workers serving serving.model under alias, on `node` or on
+        nodes carrying every one of `node_labels` (default: any node)."""
         alias = _validate_alias(alias)
         _check(replicas >= 0, f"replicas must be 0 or more, not {replicas}")
         with Session(self.engine) as session, session.begin():
@@ -273,6 +293,7 @@ class Deployments:
                 model_id=model.id,
                 replicas=replicas,
                 node=(node or "").strip() or None,
+                node_labels=dict(node_labels) if node_labels else None,
                 state="active",
                 **self._serving_columns(serving),
             )
@@ -462,6 +483,7 @@ class Deployments:
                     generation=d.generation,
                     failures=d.failures,
                     node=d.node,
+                    node_labels=dict(d.node_labels or {}),
                     traffic_weight=d.traffic_weight,
                     created_at=d.created_at,
                     updated_at=d.updated_at,

@@ -7,7 +7,13 @@ import streamlit as st
 
 from app.accounts import Role
 from app.db.tables import Model
-from app.deployments import ContextTooLargeError, DeploymentError, Deployments, ServingSettings
+from app.deployments import (
+    ContextTooLargeError,
+    DeploymentError,
+    Deployments,
+    ServingSettings,
+    parse_node_labels,
+)
 from app.store.catalog import describe_model
 from app.store.estimate import format_bytes
 from app.supervisor import logs
@@ -119,12 +125,29 @@ if can_change:
             )
             replicas = top[1].number_input("Replicas", min_value=0, value=1, key="deploy_replicas")
             serving = serving_inputs("deploy", model, None)
+            where = st.columns(2)
+            node = where[0].text_input(
+                "Node (optional)",
+                key="deploy_node",
+                help="Run the replicas only on this machine (its HERD_NODE_NAME).",
+            )
+            labels = where[1].text_input(
+                "Node labels (optional)",
+                key="deploy_labels",
+                placeholder="gpu=h100, zone=a",
+                help="Run the replicas only on nodes whose HERD_NODE_LABELS include all of these.",
+            )
             allow = overflow_confirmation("deploy", model, serving.n_ctx)
             if st.button("Deploy", type="primary", key="deploy_submit"):
                 report(
                     "deploy",
                     lambda: deployments.create(
-                        alias, serving, replicas=int(replicas), allow_ctx_overflow=allow
+                        alias,
+                        serving,
+                        replicas=int(replicas),
+                        node=node,
+                        node_labels=parse_node_labels(labels),
+                        allow_ctx_overflow=allow,
                     ),
                 )
 

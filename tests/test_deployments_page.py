@@ -93,6 +93,23 @@ def test_context_above_training_needs_confirmation(page_env: Deployments) -> Non
     assert [d.serving.n_ctx for d in page_env.all()] == [TINY["n_ctx_train"] * 2]
 
 
+def test_deploy_on_chosen_nodes_and_bad_labels_are_refused(page_env: Deployments) -> None:
+    app = _page(Role.OPERATOR)
+    app.text_input(key="deploy_labels").input("gpu h100").run()
+    app.button(key="deploy_submit").click().run()
+    assert not app.exception, app.exception
+    assert "node labels" in app.error[0].value and "key=value" in app.error[0].value
+    assert page_env.all() == []  # nothing half-created
+
+    app.text_input(key="deploy_node").input("gpu-box-1")
+    app.text_input(key="deploy_labels").input("gpu=h100, zone=a").run()
+    app.button(key="deploy_submit").click().run()
+    assert not app.error, [e.value for e in app.error]
+    [created] = page_env.all()
+    assert (created.node, created.node_labels) == ("gpu-box-1", {"gpu": "h100", "zone": "a"})
+    assert list(app.dataframe[0].value["runs on"]) == ["node gpu-box-1, gpu=h100, zone=a"]
+
+
 def test_scale_stop_and_delete_from_the_page(page_env: Deployments) -> None:
     d = page_env.create("a", ServingSettings(model="tiny.gguf", n_ctx=256))
     app = _page(Role.OPERATOR)

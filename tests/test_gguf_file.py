@@ -126,3 +126,21 @@ def test_metadata_string_that_is_not_utf8(tiny_gguf: Callable[..., Path], tmp_pa
     (tmp_path / "name.gguf").write_bytes(data)
     with pytest.raises(InvalidGGUF, match=r"general\.name is not valid UTF-8"):
         read_gguf(tmp_path / "name.gguf")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("count", [2**20, 2**40, 2**64 - 1])
+def test_numeric_array_longer_than_the_file(
+    tiny_gguf: Callable[..., Path], tmp_path: Path, count: int
+) -> None:
+    # gguf's reader walks such an array item by item past the end of the file, forever and
+    # allocating as it goes (found by the fuzz test): the walk of the metadata refuses it.
+    data = bytearray(tiny_gguf().read_bytes())
+    key = b"tokenizer.ggml.token_type"
+    at = data.index(key) + len(key) + 4 + 4  # past the key, the value type, the item type
+    assert struct.unpack_from("<Q", data, at)[0] == TINY["n_vocab"]  # really the count
+    data[at : at + 8] = struct.pack("<Q", count)
+    bad = tmp_path / "long-array.gguf"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(InvalidGGUF, match=f"array of {count} items"):
+        read_gguf(bad)

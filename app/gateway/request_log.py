@@ -5,12 +5,18 @@ refuses them too (full), rows wait in memory up to a bound; past it the oldest a
 counted and logged: the only way a request row is lost while the gateway runs.
 
 One writer thread does every write, so batches, replays and spool appends never race.
+
+Fresh batches go in with COPY (one statement per table: psycopg formats the rows in C and
+the rollup triggers, statement-level, fire once per batch instead of once per row); a batch
+COPY refuses (a row already there, a deleted model) is written again through the
+ON CONFLICT path, which is also the one replays of spooled rows take.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
@@ -19,9 +25,11 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
+import orjson
+import psycopg
 from sqlalchemy import Engine
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 
 from app.analytics.redact import redact_messages, redact_text
 from app.db.tables import Message, Request
@@ -150,6 +158,68 @@ def write_entries(engine: Engine, entries: list[dict[str, Any]]) -> None:
             conn.execute(
                 insert(Message).on_conflict_do_nothing(index_elements=["request_id"]), messages
             )
+
+
+_COPY_REQUESTS = f"COPY requests ({', '.join(_ROW_FIELDS)}) FROM STDIN"
+_COPY_MESSAGES = "COPY messages (request_id, prompt, response, created_at) FROM STDIN"
+# orjson writes a NUL inside a JSON string as this escape, which JSONB refuses as well.
+_JSON_NUL = b"\\u0000"
+
+
+def _text(value: Any) -> Any:
+    return value.replace("\x00", "\ufffd") if type(value) is str and "\x00" in value else value
+
+
+def _json_text(value: Any) -> str:
+    try:
+        data = orjson.dumps(value)
+    except TypeError:
+        # What orjson refuses and JSON allows (integers past 64 bits, lone surrogates).
+        return json.dumps(without_nul(value))
+    if _JSON_NUL in data:  # rare: walk the value only then
+        data = orjson.dumps(without_nul(value))
+    return data.decode()
+
+
+def copy_entries(engine: Engine, entries: list[dict[str, Any]]) -> None:
+    """Insert entries (RequestRecord.entry() form) with COPY in one transaction. Raises
+    IntegrityError when one is already there or refers to a deleted row: then nothing is
+    written, and write_entries (ON CONFLICT DO NOTHING) is the way to write them."""
+    if not entries:
+        return
+    with engine.begin() as conn:
+        # The psycopg connection under SQLAlchemy's: COPY has no SQLAlchemy form. Its
+        # errors are wrapped like SQLAlchemy's own, so callers handle one kind.
+        raw = conn.connection.driver_connection
+        assert isinstance(raw, psycopg.Connection)
+        try:
+            with raw.cursor() as cursor:
+                # Text format: the ids and timestamps go as the strings the entries hold.
+                with cursor.copy(_COPY_REQUESTS) as copy:
+                    for entry in entries:
+                        row = entry["request"]
+                        copy.write_row([_text(row[name]) for name in _ROW_FIELDS])
+                with cursor.copy(_COPY_MESSAGES) as copy:
+                    for entry in entries:
+                        message = entry.get("message")
+                        if message:
+                            request = entry["request"]
+                            copy.write_row(
+                                (
+                                    request["id"],
+                                    _json_text(message["prompt"]),
+                                    _text(message["response"]),
+                                    request["created_at"],
+                                )
+                            )
+        except psycopg.Error as exc:
+            if isinstance(exc, psycopg.OperationalError):
+                conn.invalidate(exc)  # the server went away: never hand this one out again
+            raise DBAPIError.instance(_COPY_REQUESTS, None, exc, psycopg.Error) from exc
+        except (TypeError, ValueError) as exc:
+            # A value COPY cannot encode (a lone surrogate): the row-by-row path decides
+            # what to keep of it, as it does for any row the database refuses.
+            raise DataError(_COPY_REQUESTS, None, exc) from exc
 
 
 def write_entries_one_by_one(engine: Engine, entries: list[dict[str, Any]]) -> None:
@@ -350,6 +420,14 @@ class RequestLog:
         self._held = entries
 
     def _insert(self, entries: list[dict[str, Any]]) -> None:
+        """Write a batch: COPY first; rows COPY refuses go through the ON CONFLICT path."""
+        try:
+            copy_entries(self.engine, entries)
+        except (IntegrityError, DataError):
+            self._insert_again(entries)
+
+    def _insert_again(self, entries: list[dict[str, Any]]) -> None:
+        """Write rows that may be in the database already (replays, a refused COPY)."""
         try:
             write_entries(self.engine, entries)
         except (IntegrityError, DataError):
@@ -362,7 +440,7 @@ class RequestLog:
                 return
             rows = self.spool.read_own()
             try:
-                self._insert(rows)
+                self._insert_again(rows)
             except SQLAlchemyError:
                 self._next_replay = now + REPLAY_RETRY_S
                 return
@@ -374,7 +452,7 @@ class RequestLog:
             self._next_orphan_scan = now + ORPHAN_SCAN_S
             for path in self.spool.orphans():
                 try:
-                    self.spool.replay_orphan(path, self._insert)
+                    self.spool.replay_orphan(path, self._insert_again)
                 except SQLAlchemyError as exc:
                     logger.warning("could not replay %s yet: %s", path.name, exc)
                     return

@@ -1,12 +1,14 @@
 """Validate a GGUF file and read what operators need from its header.
 
 Nothing here hands a file to llama.cpp: a file is checked with bounded reads first (magic,
-version, counts against the file size), then parsed with the `gguf` package, then every
-tensor's data range is checked against the file's end.
+version, counts against the file size, then a walk of the metadata section checking every
+length and array count against the bytes left), then parsed with the `gguf` package, then
+every tensor's data range is checked against the file's end.
 """
 
 from __future__ import annotations
 
+import mmap
 import re
 import struct
 from collections import Counter
@@ -24,6 +26,10 @@ MIN_KV_BYTES = 8 + 4 + 1
 MAX_TENSORS = 1_000_000
 MAX_KV = 1_000_000
 _LAYER_TENSOR = re.compile(r"^blk\.(\d+)\.")
+# GGUF metadata value types: fixed sizes of the scalars, and the two variable-size ones.
+_SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_STRING, _ARRAY = 8, 9
+_MAX_ARRAY_DEPTH = 4
 
 
 class InvalidGGUF(ValueError):
@@ -76,6 +82,84 @@ class GGUFInfo:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+def _unpack_header(head: bytes) -> tuple[str, int, int, int]:
+    """(struct byte order, version, tensor count, key/value count) of a 24-byte header."""
+    version, tensor_count, kv_count = struct.unpack("<IQQ", head[4:HEADER_BYTES])
+    if version & 0xFFFF == 0:  # written on a big-endian machine
+        return (">", *struct.unpack(">IQQ", head[4:HEADER_BYTES]))
+    return "<", version, tensor_count, kv_count
+
+
+class _Cursor:
+    """Bounded reads through the metadata section: nothing may run past the file's end."""
+
+    def __init__(self, data: mmap.mmap, order: str) -> None:
+        self.data = data
+        self.order = order
+        self.at = HEADER_BYTES
+
+    def take(self, n: int, what: str) -> int:
+        if n > len(self.data) - self.at:
+            raise InvalidGGUF(
+                f"truncated or corrupt: {what} at byte {self.at} runs past the end of the file"
+            )
+        start, self.at = self.at, self.at + n
+        return start
+
+    def number(self, fmt: str, what: str) -> int:
+        start = self.take(struct.calcsize(fmt), what)
+        value: int = struct.unpack_from(self.order + fmt, self.data, start)[0]
+        return value
+
+    def left(self) -> int:
+        return len(self.data) - self.at
+
+
+def _skip_value(cursor: _Cursor, value_type: int, depth: int = 0) -> None:
+    if value_type in _SCALAR_BYTES:
+        cursor.take(_SCALAR_BYTES[value_type], "a metadata value")
+    elif value_type == _STRING:
+        cursor.take(cursor.number("Q", "a string length"), "a metadata string")
+    elif value_type == _ARRAY:
+        if depth >= _MAX_ARRAY_DEPTH:
+            raise InvalidGGUF(f"corrupt: metadata arrays nested deeper than {_MAX_ARRAY_DEPTH}")
+        item_type = cursor.number("I", "an array's item type")
+        count = cursor.number("Q", "an array's length")
+        if item_type in _SCALAR_BYTES:
+            cursor.take(count * _SCALAR_BYTES[item_type], f"an array of {count} items")
+            return
+        # Each string item needs at least its 8-byte length, each nested array 12 bytes:
+        # a count beyond that cannot be real, and is refused before any loop over it.
+        smallest = 8 if item_type == _STRING else 12
+        if item_type not in (_STRING, _ARRAY) or count * smallest > cursor.left():
+            raise InvalidGGUF(
+                f"truncated or corrupt: an array of {count} items of type {item_type} "
+                f"at byte {cursor.at} cannot fit in the file"
+            )
+        for _ in range(count):
+            _skip_value(cursor, item_type, depth + 1)
+    else:
+        raise InvalidGGUF(f"corrupt: unknown metadata value type {value_type}")
+
+
+def check_metadata(path: Path) -> None:
+    """Walk every metadata key and value with bounded reads.
+
+    The `gguf` package trusts array lengths: one whose items lie past the end of the file
+    makes it loop (and allocate) without end, so lengths are checked here first."""
+    try:
+        with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            order, _, _, kv_count = _unpack_header(data[:HEADER_BYTES])
+            cursor = _Cursor(data, order)
+            for _ in range(kv_count):
+                cursor.take(cursor.number("Q", "a key length"), "a metadata key")
+                _skip_value(cursor, cursor.number("I", "a value type"))
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, InvalidGGUF):
+            raise
+        raise InvalidGGUF(f"unreadable: {exc}") from exc
+
+
 def check_header(path: Path) -> tuple[int, int, int]:
     """Bounded checks of the fixed header; returns (version, tensor_count, kv_count)."""
     try:
@@ -88,9 +172,7 @@ def check_header(path: Path) -> tuple[int, int, int]:
         raise InvalidGGUF(f"not a GGUF file: wrong magic {head[:4]!r} (expected b'GGUF')")
     if len(head) < HEADER_BYTES:
         raise InvalidGGUF(f"truncated: {size} bytes is shorter than the GGUF header")
-    version, tensor_count, kv_count = struct.unpack("<IQQ", head[4:])
-    if version & 0xFFFF == 0:  # written on a big-endian machine
-        version, tensor_count, kv_count = struct.unpack(">IQQ", head[4:])
+    _, version, tensor_count, kv_count = _unpack_header(head)
     if version not in SUPPORTED_VERSIONS:
         raise InvalidGGUF(f"unsupported GGUF version {version} (supported: 2, 3)")
     room = size - HEADER_BYTES
@@ -129,6 +211,7 @@ def _int_field(reader: Any, key: str) -> int | None:
 def read_gguf(path: Path) -> GGUFInfo:
     """Validate path and summarise its header; raises InvalidGGUF with the reason."""
     version, tensor_count, _ = check_header(path)
+    check_metadata(path)
     import gguf
 
     size = path.stat().st_size

@@ -46,7 +46,7 @@ def deployment_rows(deployments: list[DeploymentView]) -> list[dict[str, Any]]:
             "threads": d.serving.threads or "auto",
             "generation": d.generation,
             "failures": d.failures,
-            "node": d.node or "any",
+            "runs on": d.placement,
             "last error": d.error,
         }
         for d in deployments
