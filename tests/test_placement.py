@@ -360,12 +360,17 @@ def test_cold_start_holds_the_call_until_a_worker_is_ready(
     assert [s.status for s in statuses] == ["ok"]
 
 
-@pytest.mark.parametrize("hold_s", [0.0, 1.0])
+@pytest.mark.parametrize(("hold_s", "state"), [(0.0, "active"), (1.0, "active"), (30.0, "failed")])
 def test_cold_start_gives_up_with_a_clear_503(
-    database: Database, db_url: str, tmp_path: Path, hold_s: float
+    database: Database, db_url: str, tmp_path: Path, hold_s: float, state: str
 ) -> None:
     engine = database.engine
-    add_deployment(engine, "idle", add_model(engine, "idle.gguf"))
+    deployment_id = add_deployment(engine, "idle", add_model(engine, "idle.gguf"))
+    with engine.begin() as conn:  # a failed deployment will not start: no point holding
+        conn.execute(
+            text("UPDATE deployments SET state = :s WHERE id = :id"),
+            {"s": state, "id": deployment_id},
+        )
     gateway = GatewayThread(gateway_settings(tmp_path, db_url, gateway_cold_start_s=hold_s), db_url)
     try:
         started = time.monotonic()
@@ -380,7 +385,7 @@ def test_cold_start_gives_up_with_a_clear_503(
     assert answer.status_code == 503
     message = answer.json()["error"]["message"]
     assert "'idle'" in message
-    if hold_s:
+    if state == "active" and hold_s:
         assert waited_s >= hold_s
         assert "within 1 s" in message
     else:

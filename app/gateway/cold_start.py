@@ -32,9 +32,10 @@ class ColdStart:
         self.demand = demand
 
     def applies(self, route: AliasRoute) -> bool:
-        """Whether a call to route may wait: holding enabled and a deployment to start."""
+        """Whether a call to route may wait: holding enabled and a deployment to start (a
+        failed one will not start by itself: its callers get the 503 at once)."""
         return self.settings.gateway_cold_start_s > 0 and any(
-            d.id is not None for d in route.deployments
+            d.id is not None and d.state != "failed" for d in route.deployments
         )
 
     async def wait(self, route: AliasRoute, session: str | None) -> tuple[AliasRoute, Pick]:

@@ -43,6 +43,8 @@ class DeploymentTarget:
     model_name: str
     weight: int
     workers: tuple[WorkerTarget, ...]
+    # 'active' or 'failed' (the supervisor gave up): a failed one is not worth waiting for.
+    state: str = "active"
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ class RoutingSnapshot:
 
 DEPLOYMENTS_SQL = text(
     """
-    SELECT d.id, d.alias, d.model_id, m.name AS model_name, d.traffic_weight
+    SELECT d.id, d.alias, d.model_id, m.name AS model_name, d.traffic_weight, d.state
     FROM deployments d JOIN models m ON m.id = d.model_id
     WHERE d.state <> 'stopped'
     """
@@ -131,6 +133,7 @@ def load_snapshot(
                 model_name=d["model_name"],
                 weight=d["traffic_weight"],
                 workers=tuple(sorted(by_deployment.get(d["id"], []), key=lambda t: t.id)),
+                state=d["state"],
             )
         )
     for alias, members in external.items():
