@@ -91,7 +91,12 @@ def test_worker_registers_ready_with_offload_report(served: tuple[WorkerProcess,
     body = health(base)
     assert body["status"] == "ready" and body["alias"] == "smol"
     assert body["pid"] == worker.pid and body["n_ctx"] == 4096
+    # /health turns ready a moment before the row is written with it: wait for the row.
+    deadline = time.monotonic() + 10
     row = worker.row()
+    while (row is None or row["state"] != "ready") and time.monotonic() < deadline:
+        time.sleep(0.05)
+        row = worker.row()
     assert row is not None
     assert row["state"] == "ready" and row["url"] == base and row["alias"] == "smol"
     assert row["host"] and row["log_path"] == "/tmp/w.log" and row["error"] is None
