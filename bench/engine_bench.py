@@ -174,7 +174,7 @@ ALIAS = "bench"
 def herd_stand(args: argparse.Namespace, parallel: int) -> Iterator[dict[str, str]]:
     """A registered `herd worker` and a `herd gateway` routing ALIAS to it; yields the URLs
     to measure: "herd" (the worker itself) and "herd-gateway"."""
-    from gateway_bench import WORK, fresh_database, running, wait_until
+    from gateway_bench import WORK, fresh_database, running, start_gateway
 
     from app.db import migrate
     from app.db.embedded import EmbeddedPostgres
@@ -206,7 +206,7 @@ def herd_stand(args: argparse.Namespace, parallel: int) -> Iterator[dict[str, st
             "HERD_CACHE_ENABLED": "false",
         }
         herd = [sys.executable, "-m", "app.cli"]
-        worker_port, gateway_port = free_port(), free_port()
+        worker_port = free_port()
         worker_argv = [*herd, "worker", "--model", model.name, "--port", str(worker_port)]
         worker_argv += ["--alias", ALIAS, "--deployment-id", str(deployment.id)]
         worker_argv += ["--parallel", str(parallel), "--n-ctx", str(args.n_ctx)]
@@ -214,14 +214,7 @@ def herd_stand(args: argparse.Namespace, parallel: int) -> Iterator[dict[str, st
         worker = stack.enter_context(running(worker_argv, folder / "worker.log", env))
         worker_url = f"http://127.0.0.1:{worker_port}"
         wait_ready(worker_url, worker)
-        gateway_argv = [*herd, "gateway", "--host", "127.0.0.1", "--port", str(gateway_port)]
-        gateway = stack.enter_context(running(gateway_argv, folder / "gateway.log", env))
-        gateway_url = f"http://127.0.0.1:{gateway_port}"
-        wait_until(
-            lambda: httpx.get(f"{gateway_url}/health", timeout=2).json()["live_workers"] == 1,
-            "herd gateway",
-            gateway,
-        )
+        gateway_url, _ = start_gateway(stack, folder, env)
         yield {"herd": worker_url, "herd-gateway": gateway_url}
 
 

@@ -421,8 +421,16 @@ def start_herd(
     db = prepare_database(db_url, folder, upstream, upstream_pid)
     stack.callback(db.engine.dispose)
     stack.enter_context(heartbeating(db))
-    port = free_port()
     env = {**os.environ, "HERD_DATABASE_URL": db_url, "HERD_HOME": str(folder / "herd-home")}
+    base, gateway = start_gateway(stack, folder, env)
+    return base, gateway, db, postmaster_pid(pgdata)
+
+
+def start_gateway(
+    stack: ExitStack, folder: Path, env: dict[str, str]
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """`herd gateway` on a free loopback port, once it routes to its one live worker."""
+    port = free_port()
     argv = [sys.executable, "-m", "app.cli", "gateway", "--host", "127.0.0.1", "--port", str(port)]
     gateway = stack.enter_context(running(argv, folder / "gateway.log", env))
     base = f"http://127.0.0.1:{port}"
@@ -431,7 +439,7 @@ def start_herd(
         "herd gateway",
         gateway,
     )
-    return base, gateway, db, postmaster_pid(pgdata)
+    return base, gateway
 
 
 def start_litellm(

@@ -17,7 +17,7 @@ from app.deployments import (
 from app.store.catalog import describe_model
 from app.store.estimate import format_bytes
 from app.supervisor import logs
-from app.ui import auth, deployment_rows, resources, worker_health
+from app.ui import auth, changes, deployment_rows, resources, worker_health
 
 REFRESH_S = 2.0
 FLASH_KEY = "deployments_flash"
@@ -95,21 +95,12 @@ def overflow_confirmation(prefix: str, model: Model, n_ctx: int) -> bool:
 
 
 def report(action: str, run: Callable[[], object]) -> None:
-    """Run a change; a refusal is shown plainly, a success reruns the page to show it."""
-    try:
-        with resources.database_errors():
-            run()
-    except ContextTooLargeError as exc:
-        st.error(str(exc))
-    except DeploymentError as exc:
-        st.error(f"Cannot {action}: {exc}")
-    else:
-        st.session_state[FLASH_KEY] = f"{action.capitalize()}: done."
-        st.rerun()
+    changes.run_change(
+        FLASH_KEY, action, run, refused=(DeploymentError,), plain=(ContextTooLargeError,)
+    )
 
 
-if FLASH_KEY in st.session_state:
-    st.success(st.session_state.pop(FLASH_KEY))
+changes.show_confirmation(FLASH_KEY)
 
 
 if can_change:

@@ -9,7 +9,7 @@ from app.analytics.routing_traffic import traffic_per_minute, traffic_totals
 from app.deployments import DeploymentError, Deployments
 from app.gateway.aliases import AliasSettingError, AliasSettings, AliasStore
 from app.gateway.keys import ApiKeyError, ApiKeys
-from app.ui import auth, charts, resources, routing_rows
+from app.ui import auth, changes, charts, resources, routing_rows
 from app.ui.analytics_widgets import chart
 
 REFRESH_S = 5.0
@@ -37,19 +37,13 @@ with resources.database_errors():
 
 
 def change(action: str, run: Callable[[], object]) -> None:
-    """Run a change; a refusal is shown plainly, a success reruns the page to show it."""
-    try:
-        with resources.database_errors():
-            run()
-    except (DeploymentError, AliasSettingError, ApiKeyError) as exc:
-        st.error(f"Cannot {action}: {exc}")
-    else:
-        st.session_state[FLASH_KEY] = f"{action.capitalize()}: saved."
-        st.rerun()
+    changes.run_change(
+        FLASH_KEY, action, run, refused=(DeploymentError, AliasSettingError, ApiKeyError),
+        done="saved",
+    )  # fmt: skip
 
 
-if FLASH_KEY in st.session_state:
-    st.success(st.session_state.pop(FLASH_KEY))
+changes.show_confirmation(FLASH_KEY)
 
 # ---- traffic weights ---------------------------------------------------------------------
 st.header("Traffic weights")

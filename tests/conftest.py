@@ -7,6 +7,7 @@ from a template migrated once, so tests never see each other's rows.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -39,6 +40,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def stop_process(
+    process: subprocess.Popen[bytes], signum: int = signal.SIGTERM, timeout_s: float = 20
+) -> None:
+    """Ask a child process to stop with signum; kill it if it is still there after timeout_s."""
+    process.send_signal(signum)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def run_herd(

@@ -17,7 +17,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from app.accounts import Accounts, Role
 from app.db.database import Database
-from tests.conftest import REPO_ROOT, free_port
+from tests.conftest import REPO_ROOT, free_port, stop_process
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, SHOTS
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing")
@@ -74,9 +74,5 @@ def test_dashboard_says_database_unavailable_and_recovers_by_itself(
             page.screenshot(path=str(SHOTS / "outage-2-recovered.png"))
             browser.close()
     finally:
-        dashboard.send_signal(signal.SIGINT)
-        try:
-            dashboard.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            dashboard.kill()
+        stop_process(dashboard, signal.SIGINT, timeout_s=30)
         log.close()

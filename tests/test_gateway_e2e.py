@@ -26,6 +26,7 @@ from worker_process import WorkerLauncher, WorkerProcess
 from app.db.database import Database
 from app.store.catalog import ModelStore
 from app.store.demo import add_demo_model
+from tests.conftest import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,12 +74,7 @@ def gateway_url(db_url: str, tmp_path: Path) -> Iterator[str]:
         wait_for(lambda: _healthy(base), 30)
         yield base
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         log.close()
 
 

@@ -290,6 +290,16 @@ def test_scale_and_supervisor_restart_adopts_workers(
     # The supervisor dies; its workers keep serving and the next supervisor adopts them.
     supervisor.stop(signal.SIGKILL)
     assert worker_pids(settings, d.id) == pids
+    urls = [w.url for w in deployments.workers(d.id)]
+    assert len(urls) == 2 and all(urls)
+    for url in urls:  # serving, not merely alive, while no supervisor runs
+        answer = httpx.post(
+            f"{url}/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
+            timeout=60,
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["choices"][0]["message"]["content"] is not None
     second = herd()
     time.sleep(1.5)  # several reconciliations
     assert worker_pids(settings, d.id) == pids  # no duplicates started
