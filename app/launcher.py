@@ -18,13 +18,18 @@ from app.accounts import Accounts
 from app.config import Settings
 from app.db import migrate
 from app.db.database import Database
-from app.store.catalog import ModelStore, ProgressCallback, ScanReport
+from app.deployments import Deployments, ServingSettings
+from app.store.catalog import ModelStore, ProgressCallback, ScanReport, default_slots_for
 from app.store.demo import add_demo_model
 
 DASHBOARD_ENTRY = Path(__file__).resolve().parents[1] / "dashboard.py"
 # Long enough for the supervisor to stop its workers gracefully (their grace plus its own).
 STOP_TIMEOUT_S = 20.0
 START_TIMEOUT_S = 60.0
+# `herd up --demo` serves the demo model under this alias (the README's curl calls it).
+DEMO_ALIAS = "demo"
+# Loading the demo model takes seconds; a busy 2-core machine may need a minute or more.
+DEMO_READY_TIMEOUT_S = 300.0
 
 Echo = Callable[[str], None]
 
@@ -74,6 +79,47 @@ def prepare(
     report = store.scan(progress)
     password = Accounts(database.engine).ensure_admin()
     return Preparation(scan=report, admin_password=password, demo_model=demo_name)
+
+
+def deploy_demo(settings: Settings, database: Database, model_name: str) -> bool:
+    """Deploy the demo model as DEMO_ALIAS, once: only while no deployment exists at all, so
+    an operator's own choices (even deleting the demo) are never undone. True if deployed."""
+    deployments = Deployments(database.engine)
+    if deployments.all():
+        return False
+    model = ModelStore(database.engine, settings.models_path).get(model_name)
+    serving = ServingSettings(model=model_name)
+    if model is not None:
+        serving = ServingSettings(
+            model=model_name, parallel=default_slots_for(model, serving.n_gpu_layers, serving.n_ctx)
+        )
+    deployments.create(DEMO_ALIAS, serving)
+    return True
+
+
+def wait_alias_served(
+    gateway_url: str,
+    alias: str,
+    api_key: str | None = None,
+    timeout_s: float = DEMO_READY_TIMEOUT_S,
+) -> bool:
+    """Wait until the gateway at gateway_url (ending in /v1) routes alias to a live worker.
+    False on timeout, or when the gateway refuses the key (it then cannot be asked)."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            reply = httpx.get(f"{gateway_url}/models", headers=headers, timeout=2.0)
+        except httpx.HTTPError:
+            reply = None
+        if reply is not None and reply.status_code in (401, 403):
+            return False
+        if reply is not None and reply.status_code == 200:
+            served = {m["id"]: m.get("live_workers", 0) for m in reply.json().get("data", [])}
+            if served.get(alias, 0) > 0:
+                return True
+        time.sleep(0.5)
+    return False
 
 
 def dashboard_service(settings: Settings, port: int | None = None) -> Service:

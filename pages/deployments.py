@@ -14,7 +14,7 @@ from app.deployments import (
     ServingSettings,
     parse_node_labels,
 )
-from app.store.catalog import describe_model
+from app.store.catalog import default_slots_for, describe_model
 from app.store.estimate import format_bytes
 from app.supervisor import logs
 from app.ui import auth, changes, deployment_rows, resources, worker_health
@@ -60,8 +60,17 @@ def serving_inputs(prefix: str, model: Model, current: ServingSettings | None) -
         parallel = cols[1].number_input(
             "Parallel slots",
             min_value=1,
-            value=current.parallel if current else 1,
+            value=(
+                current.parallel
+                if current
+                else default_slots_for(model, int(n_gpu_layers), int(n_ctx))
+            ),
             key=f"{prefix}_parallel",
+            help=(
+                "Requests one replica generates at once (continuous batching); each slot "
+                "holds its own n_ctx tokens of KV cache. The default is 4, or fewer when "
+                "their cache would not fit in this host's free memory."
+            ),
         )
         threads = cols[2].number_input(
             "Threads (0 = auto)",
@@ -70,10 +79,15 @@ def serving_inputs(prefix: str, model: Model, current: ServingSettings | None) -
             key=f"{prefix}_threads",
         )
     with right:
-        estimate = describe_model(model, int(n_gpu_layers), int(n_ctx))["estimate"] or {}
+        estimate = (
+            describe_model(model, int(n_gpu_layers), int(n_ctx), int(parallel))["estimate"] or {}
+        )
         st.metric("VRAM estimate", format_bytes(estimate.get("vram_bytes")))
         st.metric("RAM estimate", format_bytes(estimate.get("ram_bytes")))
-        st.caption(f"{estimate.get('gpu_layers', 0)} of {layers} layers on the GPU, per replica.")
+        st.caption(
+            f"{estimate.get('gpu_layers', 0)} of {layers} layers on the GPU and "
+            f"{int(parallel)} slots of KV cache, per replica."
+        )
     return ServingSettings(
         model=model.name,
         n_gpu_layers=int(n_gpu_layers),

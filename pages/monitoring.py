@@ -27,6 +27,15 @@ with resources.database_errors():
     engagement = engagement_series(engine, scope)
     sessions = session_series(engine, scope)
 
+if not st.toggle(
+    "Show calls that reached no model",
+    key="mon_unknown",
+    help="Calls for an unknown alias or refused before routing have no model; their "
+    "series are labelled 'unknown'.",
+):
+    latency, traffic = charts.known_models(latency), charts.known_models(traffic)
+    engagement = charts.known_models(engagement)
+
 if not options.models:
     st.info("No traffic recorded yet. For a demo, run `herd demo-traffic --requests 100000`.")
 
@@ -49,7 +58,11 @@ with traffic_tab:
         fig = charts.lines(traffic, {"": "tokens_per_second"}, title="Tokens/s", y_title="tok/s")
         chart(fig, traffic, "tokens_per_second")
         fig = charts.lines(
-            traffic, {"": "error_rate"}, title="Error rate", y_title="", percent=True
+            traffic,
+            {"server": "error_rate", "client": "client_error_rate"},
+            title="Errors: server (5xx) and client (4xx)",
+            y_title="",
+            percent=True,
         )
         chart(fig, traffic, "errors")
     with right:

@@ -254,7 +254,7 @@ def tiny_gguf(tmp_path: Path) -> Callable[..., Path]:
 
 
 # Helpers for real worker processes live in tests/worker_process.py, reusable by any test.
-from worker_process import WorkerLauncher  # noqa: E402
+from tests.worker_process import WorkerLauncher  # noqa: E402
 
 
 @pytest.fixture
@@ -269,7 +269,7 @@ def worker_launcher(tmp_path: Path, db_url: str, models_dir: Path) -> Iterator[W
 def own_postgres(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     """An embedded server of this test's own (pgdata, URL), migrated: a test may stop and
     start it without disturbing any other test."""
-    from gateway_harness import embedded_postgres
+    from tests.gateway_harness import embedded_postgres
 
     pgdata = tmp_path / "pg" / "pgdata"
     pgdata.parent.mkdir()

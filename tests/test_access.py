@@ -11,7 +11,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gateway_harness import ServedAlias, served_alias, wait_for
 from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
@@ -23,6 +22,7 @@ from app.gateway.service import gateway_service
 from app.launcher import dashboard_service
 from app.store.catalog import ModelStore
 from tests.conftest import REPO_ROOT, submit_login
+from tests.gateway_harness import ServedAlias, served_alias, wait_for
 
 PAGES = REPO_ROOT / "pages"
 # Pages an end user may open: they check nothing or check something else.

@@ -28,7 +28,11 @@ def _generate(engine: Engine, seed: int = 7) -> tuple[list[dict[str, Any]], dict
     rows = []
     for _i in range(1500):
         model = ids[int(rng.integers(2))]
-        status = str(rng.choice(["ok", "ok", "ok", "ok", "error", "rejected", "cancelled"]))
+        # "refused": a 4xx, the client's mistake (unknown alias); not a server error.
+        kind = str(
+            rng.choice(["ok", "ok", "ok", "ok", "error", "rejected", "refused", "cancelled"])
+        )
+        status = "rejected" if kind == "refused" else kind
         rows.append(
             request_row(
                 BASE + timedelta(seconds=float(rng.uniform(0, HOURS * 3600))),
@@ -42,7 +46,9 @@ def _generate(engine: Engine, seed: int = 7) -> tuple[list[dict[str, Any]], dict
                 queue_ms=float(rng.exponential(20)),
                 tokens_per_second=float(rng.uniform(10, 60)),
                 status=status,
-                http_status={"ok": 200, "error": 500, "rejected": 503}.get(status, 499),
+                http_status={"ok": 200, "error": 500, "rejected": 503, "refused": 404}.get(
+                    kind, 499
+                ),
                 cache_hit=bool(rng.random() < 0.2),
             )
         )
@@ -51,6 +57,10 @@ def _generate(engine: Engine, seed: int = 7) -> tuple[list[dict[str, Any]], dict
     for part in (order[:400], order[400:900], order[900:]):
         insert_requests(engine, part)
     return rows, models
+
+
+def _server_error(r: dict[str, Any]) -> bool:
+    return bool(r["http_status"] >= 500)
 
 
 def _hour(at: datetime) -> datetime:
@@ -80,7 +90,7 @@ def test_hourly_rollup_matches_python(loaded: Any) -> None:
     for r in rows:
         c = expected[_key(r)]
         c["requests"] += 1
-        c["errors"] += r["status"] in ("error", "rejected")
+        c["errors"] += _server_error(r)
         c["cache_hits"] += r["cache_hit"]
         c["ttft_n"] += r["ttft_ms"] is not None
         sums[_key(r)] += r["total_ms"]
@@ -192,9 +202,7 @@ def test_traffic_series_from_rollups_matches_python(loaded: Any) -> None:
     for r in rows:
         if r["alias"] == "chat":
             expected[(_hour(r["created_at"]), models[r["model_id"]])] += 1
-            errors[(_hour(r["created_at"]), models[r["model_id"]])] += r["status"] != "ok" and (
-                r["status"] != "cancelled"
-            )
+            errors[(_hour(r["created_at"]), models[r["model_id"]])] += _server_error(r)
     got = {(r["t"], r["model"]): r for r in series}
     assert {k: v["requests"] for k, v in got.items()} == dict(expected)
     assert {k: v["errors"] for k, v in got.items()} == {k: errors[k] for k in expected}
@@ -227,7 +235,8 @@ def test_rollup_percentiles_within_a_histogram_bin(loaded: Any) -> None:
     assert whole.total_p95_ms == pytest.approx(exact, rel=0.09)
     assert whole.ttft_p95_ms == pytest.approx(exact_ttft, rel=0.09)
     assert whole.requests == len(rows)
-    assert whole.errors == sum(r["status"] in ("error", "rejected") for r in rows)
+    assert whole.errors == sum(_server_error(r) for r in rows)
+    assert whole.client_errors == sum(r["http_status"] == 404 for r in rows) > 0
 
 
 # What the 0008 rollups hold, recomputed from their sources: they must match exactly.

@@ -9,14 +9,6 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_harness import (
-    GatewayThread,
-    Stubs,
-    add_deployment,
-    add_model,
-    gateway_settings,
-    wait_for,
-)
 from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
@@ -25,6 +17,14 @@ from app.gateway.aliases import AliasSettings, AliasStore
 from app.gateway.keys import ApiKeys
 from app.ui.chat import QUERY_PARAM
 from tests.conftest import REPO_ROOT, free_port
+from tests.gateway_harness import (
+    GatewayThread,
+    Stubs,
+    add_deployment,
+    add_model,
+    gateway_settings,
+    wait_for,
+)
 
 PAGE = str(REPO_ROOT / "pages" / "chat.py")
 TIMEOUT_S = 60

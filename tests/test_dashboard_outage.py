@@ -12,12 +12,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gateway_harness import embedded_postgres, wait_for
 from playwright.sync_api import expect, sync_playwright
 
 from app.accounts import Accounts, Role
 from app.db.database import Database
 from tests.conftest import REPO_ROOT, free_port, stop_process
+from tests.gateway_harness import embedded_postgres, wait_for
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, SHOTS
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing")

@@ -19,15 +19,15 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from gateway_harness import GatewayThread, gateway_settings
 from sqlalchemy import text
-from worker_process import WorkerLauncher
 
 from app.cli import build_parser
 from app.config import Settings
 from app.db import migrate
 from app.db.database import Database
 from app.store.demo import find_demo_model
+from tests.gateway_harness import GatewayThread, gateway_settings
+from tests.worker_process import WorkerLauncher
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"

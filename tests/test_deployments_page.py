@@ -10,7 +10,6 @@ import httpx
 import pytest
 from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
-from worker_process import WorkerLauncher
 
 from app.accounts import LoggedIn, Role
 from app.config import Settings
@@ -23,6 +22,7 @@ from app.supervisor.records import SupervisorRecords
 from app.ui.auth import SESSION_KEY
 from app.ui.deployment_rows import CPU_ONLY_REBUILD
 from tests.conftest import REPO_ROOT, TINY
+from tests.worker_process import WorkerLauncher
 
 PAGE = str(REPO_ROOT / "pages" / "deployments.py")
 

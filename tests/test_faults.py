@@ -19,7 +19,13 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_harness import (
+from sqlalchemy import text
+
+from app.db.database import Database
+from app.gateway.spool import Spool
+from tests.conftest import REPO_ROOT as REPO
+from tests.conftest import free_port
+from tests.gateway_harness import (
     GatewayThread,
     Ledger,
     Load,
@@ -30,12 +36,6 @@ from gateway_harness import (
     gateway_settings,
     wait_for,
 )
-from sqlalchemy import text
-
-from app.db.database import Database
-from app.gateway.spool import Spool
-from tests.conftest import REPO_ROOT as REPO
-from tests.conftest import free_port
 
 # Each misbehaviour of tests/stub_worker.py, and what a streaming client sees: a plain
 # OpenAI error (nothing was streamed yet) or, after the first token, an SSE error event.

@@ -16,7 +16,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from gateway_harness import (
+from sqlalchemy import text
+
+from app.db.database import Database
+from app.gateway.aliases import AliasSettings, AliasStore
+from app.gateway.keys import ApiKeys
+from tests.gateway_harness import (
     GatewayThread,
     Stubs,
     add_deployment,
@@ -24,11 +29,6 @@ from gateway_harness import (
     gateway_settings,
     wait_for,
 )
-from sqlalchemy import text
-
-from app.db.database import Database
-from app.gateway.aliases import AliasSettings, AliasStore
-from app.gateway.keys import ApiKeys
 
 MakeGateway = Callable[..., GatewayThread]
 
@@ -434,9 +434,18 @@ def test_metrics_health_and_openapi(
     gateway.wait_workers(1)
     chat(gateway.url, temperature=0)
     chat(gateway.url, temperature=0)
+    # Aliases clients make up never become label values: one series, "unknown", for all.
+    for made_up in ("nope", "x" * 5000):
+        missing = httpx.post(
+            f"{gateway.url}/v1/chat/completions",
+            json={"model": made_up, "messages": [{"role": "user", "content": "hi"}]},
+        )
+        assert missing.status_code == 404
 
     metrics = httpx.get(f"{gateway.url}/metrics").text
     assert 'herd_gateway_requests_total{alias="m",model="m.gguf",status="ok"} 2' in metrics
+    assert 'herd_gateway_requests_total{alias="unknown",model="",status="rejected"} 2' in metrics
+    assert "nope" not in metrics and "xxxx" not in metrics
     assert 'herd_gateway_cache_hits_total{alias="m"} 1' in metrics
     assert 'herd_gateway_ttft_seconds_count{alias="m",model="m.gguf"} 2' in metrics
     assert "herd_gateway_outstanding_requests 0" in metrics

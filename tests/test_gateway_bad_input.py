@@ -11,8 +11,9 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_harness import ServedAlias, served_alias, wait_for
 from sqlalchemy import text
+
+from tests.gateway_harness import ServedAlias, served_alias, wait_for
 
 ALIAS = "m"
 LIMIT_BYTES = 64 * 1024

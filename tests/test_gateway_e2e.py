@@ -19,14 +19,14 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from gateway_harness import Ledger, add_deployment, wait_for
 from sqlalchemy import text
-from worker_process import WorkerLauncher, WorkerProcess
 
 from app.db.database import Database
 from app.store.catalog import ModelStore
 from app.store.demo import add_demo_model
 from tests.conftest import stop_process
+from tests.gateway_harness import Ledger, add_deployment, wait_for
+from tests.worker_process import WorkerLauncher, WorkerProcess
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,13 +13,13 @@ import httpx
 import pytest
 import requests
 import schemathesis
-from gateway_harness import ServedAlias, served_alias
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 
 from tests.conftest import PgServer, with_database
+from tests.gateway_harness import ServedAlias, served_alias
 
 ALIAS = "fuzz"
 # Examples per operation and generation mode; enough to find shape and type holes quickly.

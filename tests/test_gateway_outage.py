@@ -12,7 +12,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gateway_harness import (
+from sqlalchemy import text
+from streamlit.testing.v1 import AppTest
+
+from app.accounts import LoggedIn, Role
+from app.db.database import Database
+from tests.conftest import REPO_ROOT
+from tests.gateway_harness import (
     GatewayThread,
     Ledger,
     Load,
@@ -22,13 +28,7 @@ from gateway_harness import (
     embedded_postgres,
     gateway_settings,
 )
-from gateway_harness import wait_for as wait_until
-from sqlalchemy import text
-from streamlit.testing.v1 import AppTest
-
-from app.accounts import LoggedIn, Role
-from app.db.database import Database
-from tests.conftest import REPO_ROOT
+from tests.gateway_harness import wait_for as wait_until
 
 # How long the database stays down: the 30 s.
 OUTAGE_S = 30.0

@@ -9,12 +9,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
-from gateway_harness import served_alias, wait_for
 from sqlalchemy import Engine, text
 
 from app.db.database import Database
 from app.retention import delete_expired_text
 from tests.conftest import run_herd
+from tests.gateway_harness import served_alias, wait_for
 
 
 def add_request(engine: Engine, age_days: float, *, rating: int | None = None) -> uuid.UUID:

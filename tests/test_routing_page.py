@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from gateway_harness import add_deployment, add_model
 from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
@@ -17,6 +16,7 @@ from app.gateway.aliases import AliasSettings, AliasStore
 from app.gateway.keys import ApiKeys, hash_key
 from app.ui.auth import SESSION_KEY
 from tests.conftest import REPO_ROOT
+from tests.gateway_harness import add_deployment, add_model
 
 PAGE = str(REPO_ROOT / "pages" / "routing.py")
 

@@ -129,6 +129,18 @@ def test_up_serves_dashboard_and_stops_cleanly(tmp_path: Path) -> None:
         assert gateway, output
         models = httpx.get(f"{gateway.group(1)}/models", timeout=5)
         assert models.status_code == 200 and models.json()["object"] == "list"
+        # --demo serves the demo at once: the README's curl answers without the browser.
+        assert "deployed it as alias 'demo'" in output
+        assert [m["id"] for m in models.json()["data"]] == ["demo"]
+        reply = httpx.post(
+            f"{gateway.group(1)}/chat/completions",
+            json={"model": "demo", "messages": [{"role": "user", "content": "Say hello"}],
+                  "max_tokens": 8},
+            timeout=120,
+        )
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["choices"][0]["message"]["content"]
+        assert "HTTP Request:" not in output  # httpx's INFO lines stay out of herd's output
 
         assert first.interrupt() == 0
         _, alive = psutil.wait_procs(children, timeout=5)
@@ -144,11 +156,13 @@ def test_up_serves_dashboard_and_stops_cleanly(tmp_path: Path) -> None:
         pass
 
     # A second `herd up` on the same HERD_HOME reuses the data: no new admin account.
-    second = HerdUp(env)
+    # It does not deploy the demo again: a deployment exists.
+    second = HerdUp(env, "--demo")
     try:
         output = second.wait_for("herd is up")
         assert "password" not in output
         assert "1 valid" in output
+        assert "deployed it as alias" not in output
         assert second.interrupt() == 0
     finally:
         second.kill()

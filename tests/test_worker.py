@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import text
-from worker_process import WorkerLauncher, WorkerProcess
 
 from app.db.database import Database
 from app.engine.factory import STEP_TOKENS
@@ -23,6 +22,7 @@ from app.engine.slots import reusable
 from app.store.catalog import ModelStore
 from app.store.demo import add_demo_model, find_demo_model
 from app.worker.openai_format import ChatFormat, ResponseFormat, TextFormat, sse
+from tests.worker_process import WorkerLauncher, WorkerProcess
 
 MAX_QUEUE = 1
 
@@ -32,7 +32,7 @@ def served(
     pg_server: Any, migrated_template: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[WorkerProcess, str]]:
     """One worker shared by the HTTP tests (each test starts with it idle)."""
-    from conftest import with_database
+    from tests.conftest import with_database
 
     name = pg_server.create_database(template=migrated_template)
     launcher = WorkerLauncher(with_database(pg_server.url, name), tmp_path_factory.mktemp("w"))

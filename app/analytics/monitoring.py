@@ -71,6 +71,8 @@ RAW_TRAFFIC_SQL = text(
       SELECT date_bin(CAST(:bin AS interval), created_at, :origin) AS t, model_id,
              count(*) AS requests,
              count(*) FILTER (WHERE herd_is_error(status, http_status)) AS errors,
+             count(*) FILTER (WHERE herd_is_client_error(status, http_status))
+               AS client_errors,
              count(*) FILTER (WHERE cache_hit) AS cache_hits,
              avg(tokens_per_second) AS tokens_per_second,
              avg(queue_ms) AS queue_avg_ms,
@@ -109,12 +111,22 @@ ROLLUP_TRAFFIC_SQL = text(
         GROUP BY 1, 2, 3
       ) b
       GROUP BY 1, 2
+    ), c AS (
+      -- 4xx answers are not in the rollups; the partial index finds the few there are.
+      SELECT date_bin(CAST(:bin AS interval), created_at, :origin) AS t,
+             coalesce(model_id, 0) AS model_id, count(*) AS client_errors
+      FROM requests
+      WHERE created_at >= :start AND created_at < :end AND http_status BETWEEN 400 AND 499
+        AND herd_is_client_error(status, http_status) {RAW_FILTERS}
+      GROUP BY 1, 2
     )
     SELECT h.t, nullif(h.model_id, 0) AS model_id, m.name AS model, h.requests, h.errors,
+           coalesce(c.client_errors, 0) AS client_errors,
            h.cache_hits, h.tokens_per_second, h.queue_avg_ms, q.queue_p95_ms,
            h.completion_tokens
     FROM h
     LEFT JOIN q ON q.t = h.t AND q.model_id = h.model_id
+    LEFT JOIN c ON c.t = h.t AND c.model_id = h.model_id
     LEFT JOIN models m ON m.id = h.model_id
     WHERE h.requests > 0
     ORDER BY 1, 3
@@ -182,7 +194,8 @@ def latency_series(engine: Engine, scope: Scope) -> list[dict[str, Any]]:
 
 
 def traffic_series(engine: Engine, scope: Scope) -> list[dict[str, Any]]:
-    """Requests per minute, error and cache-hit rates, tokens/s and queue wait per bucket."""
+    """Requests per minute, server and client error rates, cache-hit rate, tokens/s and
+    queue wait per bucket."""
     bin_size = chart_bin(scope.span)
     sql = ROLLUP_TRAFFIC_SQL if uses_rollups(scope.span) else RAW_TRAFFIC_SQL
     rows = fetch_rows(engine, sql, _params(scope, bin_size))
@@ -190,6 +203,7 @@ def traffic_series(engine: Engine, scope: Scope) -> list[dict[str, Any]]:
     for row in rows:
         row["requests_per_minute"] = row["requests"] / minutes
         row["error_rate"] = ratio(row["errors"], row["requests"])
+        row["client_error_rate"] = ratio(row["client_errors"], row["requests"])
         row["cache_hit_rate"] = ratio(row["cache_hits"], row["requests"])
     return rows
 

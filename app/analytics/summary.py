@@ -15,6 +15,7 @@ RAW_SUMMARY_SQL = text(
     f"""
     SELECT count(*) AS requests,
            count(*) FILTER (WHERE herd_is_error(r.status, r.http_status)) AS errors,
+           count(*) FILTER (WHERE herd_is_client_error(r.status, r.http_status)) AS client_errors,
            count(*) FILTER (WHERE r.cache_hit) AS cache_hits,
            percentile_cont(0.95) WITHIN GROUP (ORDER BY r.ttft_ms) AS ttft_p95_ms,
            percentile_cont(0.95) WITHIN GROUP (ORDER BY r.total_ms) AS total_p95_ms,
@@ -52,6 +53,11 @@ ROLLUP_SUMMARY_SQL = text(
       ) b GROUP BY 1
     )
     SELECT h.*,
+           -- 4xx answers are not in the rollups; the partial index finds the few there are.
+           (SELECT count(*) FROM requests
+            WHERE created_at >= :start AND created_at < :end
+              AND http_status BETWEEN 400 AND 499
+              AND herd_is_client_error(status, http_status) {RAW_FILTERS}) AS client_errors,
            (SELECT q[1] FROM l WHERE metric = 'ttft') AS ttft_p95_ms,
            (SELECT q[1] FROM l WHERE metric = 'total') AS total_p95_ms
     FROM h
@@ -64,7 +70,9 @@ class Summary:
     """Totals and headline rates of one period."""
 
     requests: int
+    # Server-side failures (5xx, a stream cut); client_errors are 4xx answers.
     errors: int
+    client_errors: int
     cache_hits: int
     ttft_p95_ms: float | None
     total_p95_ms: float | None
@@ -75,6 +83,10 @@ class Summary:
     @property
     def error_rate(self) -> float | None:
         return ratio(self.errors, self.requests)
+
+    @property
+    def client_error_rate(self) -> float | None:
+        return ratio(self.client_errors, self.requests)
 
     @property
     def cache_hit_rate(self) -> float | None:
@@ -96,6 +108,7 @@ def summary(engine: Engine, scope: Scope) -> Summary:
     return Summary(
         requests=int(row["requests"]),
         errors=int(row["errors"]),
+        client_errors=int(row["client_errors"]),
         cache_hits=int(row["cache_hits"]),
         ttft_p95_ms=_float(row["ttft_p95_ms"]),
         total_p95_ms=_float(row["total_p95_ms"]),
@@ -142,7 +155,23 @@ def tiles(engine: Engine, scope: Scope) -> list[Tile]:
             True,
             "Mean generation speed per request",
         ),
-        Tile("Error rate", now.error_rate, before.error_rate, "rate", False, "Error or rejected"),
+        Tile(
+            "Server errors",
+            now.error_rate,
+            before.error_rate,
+            "rate",
+            False,
+            "Share of calls that failed on Herd's side (5xx, a stream cut off)",
+        ),
+        Tile(
+            "Client errors",
+            now.client_error_rate,
+            before.client_error_rate,
+            "rate",
+            False,
+            "Share of calls refused as the client's mistake (4xx: unknown alias, bad "
+            "parameter, rate limit)",
+        ),
         Tile(
             "Thumbs up",
             now.thumbs_up_ratio,

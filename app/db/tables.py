@@ -255,6 +255,12 @@ class Request(Base):
         Index("ix_requests_model_id_created_at", "model_id", "created_at"),
         Index("ix_requests_alias_created_at", "alias", "created_at"),
         Index("ix_requests_session_id", "session_id"),
+        # 4xx answers are few: tiles count them over any range through this (0013).
+        Index(
+            "ix_requests_client_errors",
+            "created_at",
+            postgresql_where=text("http_status BETWEEN 400 AND 499"),
+        ),
     )
 
 

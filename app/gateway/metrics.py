@@ -11,6 +11,8 @@ from app.prometheus import Histogram, Labels, labels_text, number
 TTFT_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 TOTAL_BUCKETS_S = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 TPS_BUCKETS = (1, 5, 10, 20, 50, 100, 200, 500, 1000)
+# The label for values that came from a client and name nothing Herd serves.
+UNKNOWN_LABEL = "unknown"
 
 
 class GatewayMetrics:

@@ -24,7 +24,7 @@ from app.gateway.balancer import AllBusyError, Balancer, NoLiveWorkerError, Pick
 from app.gateway.cache import CachedAnswer, ResponseCache, cache_key, is_cacheable
 from app.gateway.cold_start import ColdStart
 from app.gateway.errors import GatewayError, all_busy, no_live_worker, sse_error, unknown_model
-from app.gateway.metrics import GatewayMetrics
+from app.gateway.metrics import UNKNOWN_LABEL, GatewayMetrics
 from app.gateway.ratelimit import RateLimits
 from app.gateway.replies import CHAT, SSE_DONE, cached_body, cached_chunks
 from app.gateway.request_ids import RequestIds
@@ -592,8 +592,10 @@ class Proxy:
             record.total_ms = (time.perf_counter() - call.started) * 1000
         self.log.add(record)
         model = call.model_name if call is not None else ""
+        # Prometheus labels must stay few: an alias a client made up is labelled "unknown".
+        alias = record.alias if record.alias in self.routing.snapshot.routes else UNKNOWN_LABEL
         self.metrics.count_request(
-            record.alias or "",
+            alias,
             model,
             status,
             record.ttft_ms,

@@ -16,7 +16,8 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from app.db.tables import Model
-from app.store.estimate import estimate_memory
+from app.host_memory import free_bytes_for
+from app.store.estimate import default_slots, estimate_memory
 from app.store.gguf_file import InvalidGGUF, ModelLayout, read_gguf
 
 DEFAULT_ESTIMATE_CTX = 4096
@@ -227,8 +228,19 @@ class ModelStore:
         return row
 
 
-def describe_model(model: Model, n_gpu_layers: int = 0, n_ctx: int | None = None) -> dict[str, Any]:
-    """A model row as plain data, with its memory estimate for n_gpu_layers and n_ctx.
+def default_slots_for(model: Model, n_gpu_layers: int, n_ctx: int, main_gpu: int = 0) -> int:
+    """Parallel slots to offer by default for model on this host (estimate.default_slots)."""
+    if not model.layout or model.status != "valid":
+        return 1
+    layout = ModelLayout.from_json(model.layout)
+    return default_slots(layout, n_gpu_layers, n_ctx, free_bytes_for(n_gpu_layers, main_gpu))
+
+
+def describe_model(
+    model: Model, n_gpu_layers: int = 0, n_ctx: int | None = None, slots: int = 1
+) -> dict[str, Any]:
+    """A model row as plain data, with its memory estimate for n_gpu_layers and `slots`
+    parallel sequences of n_ctx tokens each.
 
     n_ctx defaults to the model's trained context, capped at 4096 tokens.
     """
@@ -236,10 +248,11 @@ def describe_model(model: Model, n_gpu_layers: int = 0, n_ctx: int | None = None
     row["estimate"] = None
     if model.layout and model.status == "valid":
         ctx = n_ctx or min(model.context_length or DEFAULT_ESTIMATE_CTX, DEFAULT_ESTIMATE_CTX)
-        est = estimate_memory(ModelLayout.from_json(model.layout), n_gpu_layers, ctx)
+        est = estimate_memory(ModelLayout.from_json(model.layout), n_gpu_layers, ctx, slots)
         row["estimate"] = {
             "n_gpu_layers": n_gpu_layers,
             "n_ctx": ctx,
+            "slots": slots,
             "gpu_layers": est.gpu_layers,
             "vram_bytes": est.vram_bytes,
             "ram_bytes": est.ram_bytes,

@@ -23,6 +23,9 @@ from app.store.gguf_file import ModelLayout
 KV_BYTES_PER_VALUE = 2  # f16, llama.cpp's default cache type
 F32_BYTES = 4
 DEFAULT_UBATCH = 512
+# Slots a deployment gets by default where memory allows: continuous batching serves several
+# streams at nearly the cost of one (bench/RESULTS.md, engine section).
+DEFAULT_SLOTS = 4
 
 
 @dataclass(frozen=True)
@@ -58,10 +61,15 @@ def compute_buffer_bytes(layout: ModelLayout, n_ctx: int, n_ubatch: int = DEFAUL
     return tokens * (widest + layout.n_embd) * F32_BYTES
 
 
-def estimate_memory(layout: ModelLayout, n_gpu_layers: int, n_ctx: int) -> MemoryEstimate:
-    """VRAM and RAM for n_gpu_layers (-1 = all) and a context of n_ctx tokens."""
+def estimate_memory(
+    layout: ModelLayout, n_gpu_layers: int, n_ctx: int, slots: int = 1
+) -> MemoryEstimate:
+    """VRAM and RAM for n_gpu_layers (-1 = all) and `slots` parallel sequences of n_ctx
+    tokens each (the batched engine gives every slot its own n_ctx cells of KV cache)."""
     if n_ctx <= 0:
         raise ValueError(f"n_ctx must be positive, got {n_ctx}")
+    if slots < 1:
+        raise ValueError(f"slots must be 1 or more, got {slots}")
     if n_gpu_layers < -1:
         raise ValueError(f"n_gpu_layers must be -1 (all) or >= 0, got {n_gpu_layers}")
     n_layers = len(layout.layer_bytes)
@@ -78,7 +86,7 @@ def estimate_memory(layout: ModelLayout, n_gpu_layers: int, n_ctx: int) -> Memor
     else:
         ram_weights += layout.output_bytes
 
-    per_layer_kv = kv_bytes_per_layer(layout, n_ctx)
+    per_layer_kv = kv_bytes_per_layer(layout, n_ctx * slots)
     return MemoryEstimate(
         gpu_layers=gpu_layers,
         output_offloaded=everything,
@@ -88,6 +96,20 @@ def estimate_memory(layout: ModelLayout, n_gpu_layers: int, n_ctx: int) -> Memor
         ram_kv=per_layer_kv * first_gpu_layer,
         compute=compute_buffer_bytes(layout, n_ctx),
     )
+
+
+def default_slots(
+    layout: ModelLayout, n_gpu_layers: int, n_ctx: int, budget_bytes: int | None
+) -> int:
+    """Parallel slots to offer by default: DEFAULT_SLOTS, so that continuous batching is on,
+    unless the KV caches of that many slots would not fit in budget_bytes (the free memory
+    of the device the layers go to; None when unknown), then the most that do, at least 1."""
+    for slots in range(DEFAULT_SLOTS, 1, -1):
+        estimate = estimate_memory(layout, n_gpu_layers, n_ctx, slots)
+        needed = estimate.vram_bytes if estimate.gpu_layers else estimate.ram_bytes
+        if budget_bytes is None or needed <= budget_bytes:
+            return slots
+    return 1
 
 
 def format_bytes(n: int | float | None) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import plotly.graph_objects as go
@@ -14,6 +15,17 @@ PLOTLY_CONFIG = {
     "displaylogo": False,
     "toImageButtonOptions": {"format": "png", "scale": 2, "filename": "herd-chart"},
 }
+
+
+# A chart with a single time point gets this much room either side, so Plotly does not zoom
+# into microseconds around it.
+SPARSE_PAD = timedelta(hours=1)
+
+
+def known_models(rows: Sequence[dict[str, Any]], key: str = "model") -> list[dict[str, Any]]:
+    """rows without those of calls that reached no model (an unknown alias, a call refused
+    before routing): their series read "unknown" and crowd the legend."""
+    return [row for row in rows if row.get(key)]
 
 
 def _groups(rows: Sequence[dict[str, Any]], key: str) -> dict[str, list[dict[str, Any]]]:
@@ -47,6 +59,7 @@ def lines(
                     hovertemplate=f"{label}<br>%{{x|%Y-%m-%d %H:%M}}<br>{number}<extra></extra>",
                 )
             )
+    _pad_sparse_time(fig, [r["t"] for r in rows])
     return _layout(fig, title, y_title, percent)
 
 
@@ -91,6 +104,7 @@ def band(
                 ),
             )
         )
+    _pad_sparse_time(fig, [r["t"] for r in rows if r.get(value) is not None])
     return _layout(fig, title, y_title, True)
 
 
@@ -103,6 +117,14 @@ def bars(rows: Sequence[dict[str, Any]], x: str, y: str, *, title: str, y_title:
         )
     )
     return _layout(fig, title, y_title, False)
+
+
+def _pad_sparse_time(fig: Any, times: Sequence[Any]) -> None:
+    """Give a chart whose points share one time a readable span around it."""
+    distinct = {t for t in times if isinstance(t, datetime)}
+    if len(distinct) == 1:
+        (t,) = distinct
+        fig.update_xaxes(range=[t - SPARSE_PAD, t + SPARSE_PAD], tickformat="%H:%M\n%b %d")
 
 
 def _layout(fig: Any, title: str, y_title: str, percent: bool) -> Any:

@@ -22,7 +22,8 @@ class WorkerOptions:
     tensor_split: tuple[float, ...] | None = None
     # 0: the model's trained context. Larger than that is capped to it.
     n_ctx: int = DEFAULT_N_CTX
-    parallel: int = 1
+    # 0: as many slots as memory allows, up to DEFAULT_SLOTS (store/estimate.py).
+    parallel: int = 0
     threads: int | None = None
     alias: str | None = None
     deployment_id: int | None = None
@@ -46,8 +47,8 @@ class WorkerOptions:
             problems.append("--main-gpu is a device index >= 0")
         if self.n_ctx < 0:
             problems.append("--n-ctx is >= 0 (0: the model's trained context)")
-        if self.parallel < 1:
-            problems.append("--parallel is >= 1")
+        if self.parallel < 0:
+            problems.append("--parallel is >= 1 (or 0: chosen from memory)")
         if self.threads is not None and self.threads < 1:
             problems.append("--threads is >= 1")
         if self.max_queue < 0:

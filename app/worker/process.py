@@ -27,7 +27,9 @@ from app.db.database import Database
 from app.engine.errors import ModelLoadError
 from app.engine.factory import make_engine
 from app.engine.loader import LoadOptions
+from app.host_memory import free_bytes_for
 from app.listen import bind_listen_socket
+from app.store.estimate import default_slots
 from app.store.gguf_file import InvalidGGUF, read_gguf
 from app.worker.advertise import advertised_url
 from app.worker.app import create_app
@@ -124,14 +126,21 @@ class ModelLoader:
         except InvalidGGUF as exc:
             self._fail(f"not a valid GGUF: {exc}")
             return
+        n_ctx = effective_n_ctx(options.n_ctx, gguf.context_length)
+        slots = options.parallel or default_slots(
+            gguf.layout,
+            options.n_gpu_layers,
+            n_ctx,
+            free_bytes_for(options.n_gpu_layers, options.main_gpu),
+        )
         load = LoadOptions(
             model_path=self.source.path,
-            n_ctx=effective_n_ctx(options.n_ctx, gguf.context_length),
+            n_ctx=n_ctx,
             n_gpu_layers=options.n_gpu_layers,
             main_gpu=options.main_gpu,
             tensor_split=options.tensor_split,
             n_threads=options.threads,
-            slots=options.parallel,
+            slots=slots,
         )
         try:
             # Batched across --parallel slots; falls back to one slot (logged) if it cannot.
