@@ -120,8 +120,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(settings: Settings, args: argparse.Namespace) -> int:
-    with Database.open(settings) as db:
-        migrate.upgrade(db.url)
+    with Database.open_current(settings) as db:
         service = dashboard_service(settings, args.port)
         return serve(
             settings, db, [service], echo, on_ready=lambda: echo(f"dashboard: {service.public_url}")
@@ -159,8 +158,7 @@ def cmd_db_stop(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_models_scan(settings: Settings, args: argparse.Namespace) -> int:
-    with Database.open(settings) as db:
-        migrate.upgrade(db.url)
+    with Database.open_current(settings) as db:
         store = ModelStore(db.engine, settings.models_path)
         with hash_progress() as progress:
             report = store.scan(progress)
@@ -169,8 +167,7 @@ def cmd_models_scan(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_models_list(settings: Settings, args: argparse.Namespace) -> int:
-    with Database.open(settings) as db:
-        migrate.upgrade(db.url)
+    with Database.open_current(settings) as db:
         models = ModelStore(db.engine, settings.models_path).list()
         rows = [describe_model(m, args.n_gpu_layers, args.n_ctx) for m in models]
     if args.json:
@@ -199,8 +196,7 @@ def cmd_models_list(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_models_add(settings: Settings, args: argparse.Namespace) -> int:
     if not args.demo and not args.path:
         raise ModelStoreError("give a PATH to a .gguf file, or --demo")
-    with Database.open(settings) as db:
-        migrate.upgrade(db.url)
+    with Database.open_current(settings) as db:
         store = ModelStore(db.engine, settings.models_path)
         with hash_progress() as progress:
             if args.demo:
@@ -227,8 +223,7 @@ def _read_password(args: argparse.Namespace) -> tuple[str, bool]:
 
 def cmd_users_add(settings: Settings, args: argparse.Namespace) -> int:
     password, generated = _read_password(args)
-    with Database.open(settings) as db:
-        migrate.upgrade(db.url)
+    with Database.open_current(settings) as db:
         Accounts(db.engine).add(args.name, password, Role(args.role))
     echo(f"created {args.role} {args.name!r}")
     if generated:
@@ -286,8 +281,7 @@ def cmd_supervisor(settings: Settings, args: argparse.Namespace) -> int:
     except ValueError as exc:
         warn(f"herd supervisor: {exc}")
         return 2
-    with Database.open(settings) as db:
-        migrate.upgrade(db.url)
+    with Database.open_current(settings) as db:
         try:
             return run_supervisor(settings, db, keep_workers=args.keep_workers)
         except SupervisorError as exc:
@@ -300,16 +294,14 @@ def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
 
     overrides = {"gateway_host": args.host, "gateway_port": args.port}
     settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-    with Database.open(settings) as db:
-        migrate.upgrade(db.url)
+    with Database.open_current(settings) as db:
         return run_gateway(settings, db, echo)
 
 
 def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:
     from app.gateway.keys import ApiKeyError, ApiKeys
 
-    with Database.open(settings) as db:
-        migrate.upgrade(db.url)
+    with Database.open_current(settings) as db:
         try:
             created = ApiKeys(db.engine).create(args.name, created_by=args.created_by)
         except ApiKeyError as exc:
@@ -324,8 +316,7 @@ def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_keys_list(settings: Settings, args: argparse.Namespace) -> int:
     from app.gateway.keys import ApiKeys
 
-    with Database.open(settings) as db:
-        migrate.upgrade(db.url)
+    with Database.open_current(settings) as db:
         keys = ApiKeys(db.engine).list()
     if args.json:
         echo(json.dumps([k.__dict__ for k in keys], indent=2, default=str))
@@ -347,8 +338,7 @@ def cmd_keys_list(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
     from app.gateway.keys import ApiKeyError, ApiKeys
 
-    with Database.open(settings) as db:
-        migrate.upgrade(db.url)
+    with Database.open_current(settings) as db:
         try:
             ids = ApiKeys(db.engine).revoke(args.name_or_id)
         except ApiKeyError as exc:
@@ -361,8 +351,7 @@ def cmd_keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_demo_traffic(settings: Settings, args: argparse.Namespace) -> int:
     from app.analytics.demo_traffic import generate_demo_traffic, purge_synthetic
 
-    with Database.open(settings) as db:
-        migrate.upgrade(db.url)
+    with Database.open_current(settings) as db:
         if args.delete:
             echo(f"deleted {purge_synthetic(db.engine)} synthetic requests")
             return 0
@@ -389,8 +378,7 @@ def cmd_retention_run(settings: Settings, args: argparse.Namespace) -> int:
     if days is None or days <= 0:
         warn("herd retention: give --days N or set HERD_TEXT_RETENTION_DAYS")
         return 2
-    with Database.open(settings) as db:
-        migrate.upgrade(db.url)
+    with Database.open_current(settings) as db:
         deleted = delete_expired_text(db.engine, days)
     echo(f"deleted the text of {deleted} requests older than {days:g} days (metrics kept)")
     return 0
@@ -408,8 +396,7 @@ def _utc_time(value: str) -> datetime:
 def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
     from app.analytics.export import DatasetKind, ExportError, ExportFilter, export_dataset
 
-    with Database.open(settings) as db:
-        migrate.upgrade(db.url)
+    with Database.open_current(settings) as db:
         models = {m.name: m.id for m in ModelStore(db.engine, settings.models_path).list()}
         unknown = [name for name in args.model if name not in models]
         if unknown:

@@ -7,6 +7,7 @@ from types import TracebackType
 from sqlalchemy import Engine
 
 from app.config import Settings
+from app.db import migrate
 from app.db.embedded import EmbeddedPostgres
 from app.db.engine import make_engine, sqlalchemy_url
 
@@ -32,6 +33,17 @@ class Database:
         except Exception:
             embedded.release()
             raise
+
+    @classmethod
+    def open_current(cls, settings: Settings) -> Database:
+        """open(), then bring the schema up to date: how every herd command starts."""
+        database = cls.open(settings)
+        try:
+            migrate.upgrade(database.url)
+        except BaseException:
+            database.close()
+            raise
+        return database
 
     @property
     def is_embedded(self) -> bool:
