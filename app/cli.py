@@ -90,6 +90,8 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             echo(f"demo model: {prep.demo_model}")
             if deploy_demo(settings, db, prep.demo_model):
                 echo(f"deployed it as alias {DEMO_ALIAS!r}")
+        deployed = Deployments(db.engine, settings.worker_live_s).all()
+        demo_served = args.demo and any(d.alias == DEMO_ALIAS for d in deployed)
         from app.gateway.service import gateway_service
         from app.supervisor.service import supervisor_service
 
@@ -98,7 +100,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         services = [dashboard, supervisor_service(settings), gateway]
 
         def ready() -> None:
-            if args.demo and any(d.alias == DEMO_ALIAS for d in Deployments(db.engine).all()):
+            if demo_served:
                 echo(f"waiting for alias {DEMO_ALIAS!r} to be served ...")
                 key = settings.chat_api_key.get_secret_value() if settings.chat_api_key else None
                 if not wait_alias_served(gateway.public_url, DEMO_ALIAS, key):

@@ -9,6 +9,9 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The liveness rule's default, also used where no Settings is at hand (Deployments' views).
+DEFAULT_WORKER_LIVE_S = 5.0
+
 LABEL_PATTERN = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]*[A-Za-z0-9])?$")
 
 
@@ -114,10 +117,22 @@ class Settings(BaseSettings):
         ge=0,
         description="A replica ready this long resets its deployment's failure count.",
     )
+    worker_live_s: float = Field(
+        default=DEFAULT_WORKER_LIVE_S,
+        gt=0,
+        description=(
+            "A worker is live while its last heartbeat is younger than this: the gateway "
+            "routes to it, the dashboard shows it ready and the supervisor counts it ready. "
+            "The one liveness rule; heartbeats come every second."
+        ),
+    )
     worker_heartbeat_timeout_s: float = Field(
         default=30.0,
         gt=0,
-        description="A ready worker silent this long is considered hung and is restarted.",
+        description=(
+            "A ready worker silent this long that no longer answers /health is killed as "
+            "hung and restarted (it stopped being live after worker_live_s)."
+        ),
     )
     worker_logs_kept: int = Field(
         default=20, ge=1, description="Worker log files kept per deployment; older ones go."
@@ -157,11 +172,6 @@ class Settings(BaseSettings):
         gt=0,
         le=1.0,
         description="Seconds between reloads of routing state (aliases, workers, keys) from SQL.",
-    )
-    gateway_heartbeat_timeout_s: float = Field(
-        default=5.0,
-        gt=0,
-        description="A ready worker whose last heartbeat is older than this gets no traffic.",
     )
     gateway_connect_timeout_s: float = Field(
         default=5.0, gt=0, description="Longest wait to connect to a worker."

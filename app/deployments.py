@@ -17,12 +17,10 @@ from typing import Any
 from sqlalchemy import Engine, delete, func, select, text, update
 from sqlalchemy.orm import Session
 
-from app.config import parse_labels
+from app.config import DEFAULT_WORKER_LIVE_S, parse_labels
 from app.db.tables import Deployment, Model
 
 ALIAS_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}")
-# A worker whose heartbeat is older than this is shown as silent, not as ready.
-LIVE_HEARTBEAT_S = 10.0
 
 
 class DeploymentError(ValueError):
@@ -227,13 +225,16 @@ PROCESSES_SQL = text(
 )
 
 
-def _worker_view(row: Mapping[str, Any] | None, process: Mapping[str, Any] | None) -> WorkerView:
-    """Merge a workers row and a worker_processes row (either may be None)."""
+def _worker_view(
+    row: Mapping[str, Any] | None, process: Mapping[str, Any] | None, live_s: float
+) -> WorkerView:
+    """Merge a workers row and a worker_processes row (either may be None); a ready worker
+    silent for live_s is shown as silent, as the gateway stops routing to it then."""
     w: Mapping[str, Any] = row or {}
     p: Mapping[str, Any] = process or {}
     if row is not None:
         state = str(row["state"])
-        if state == "ready" and (_as_float(row["heartbeat_age_s"]) or 0) > LIVE_HEARTBEAT_S:
+        if state == "ready" and (_as_float(row["heartbeat_age_s"]) or 0) > live_s:
             state = "silent"
     else:
         state = "starting"
@@ -266,8 +267,10 @@ def _worker_view(row: Mapping[str, Any] | None, process: Mapping[str, Any] | Non
 class Deployments:
     """Deployments in one database: validated changes and views with their workers."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, live_s: float = DEFAULT_WORKER_LIVE_S) -> None:
         self.engine = engine
+        # Settings.worker_live_s: the liveness rule the gateway routes by.
+        self.live_s = live_s
 
     # ---- changes -------------------------------------------------------------------------
 
@@ -444,8 +447,8 @@ class Deployments:
             )
             if row is not None:
                 matched.add(row["id"])
-            views.append(_worker_view(row, process))
-        views.extend(_worker_view(r, None) for r in rows if r["id"] not in matched)
+            views.append(_worker_view(row, process, self.live_s))
+        views.extend(_worker_view(r, None, self.live_s) for r in rows if r["id"] not in matched)
         return views
 
     def _views(self, deployment_id: int | None) -> list[DeploymentView]:

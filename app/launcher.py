@@ -84,7 +84,7 @@ def prepare(
 def deploy_demo(settings: Settings, database: Database, model_name: str) -> bool:
     """Deploy the demo model as DEMO_ALIAS, once: only while no deployment exists at all, so
     an operator's own choices (even deleting the demo) are never undone. True if deployed."""
-    deployments = Deployments(database.engine)
+    deployments = Deployments(database.engine, settings.worker_live_s)
     if deployments.all():
         return False
     model = ModelStore(database.engine, settings.models_path).get(model_name)

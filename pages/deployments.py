@@ -28,7 +28,7 @@ st.title("Deployments")
 settings = resources.settings()
 
 with resources.database_errors():
-    deployments = Deployments(resources.database().engine)
+    deployments = Deployments(resources.database().engine, resources.settings().worker_live_s)
     models = [m for m in resources.model_store().list() if m.status == "valid"]
     existing = deployments.all()
 models_by_name = {m.name: m for m in models}

@@ -11,7 +11,7 @@ st.title("Overview")
 
 with resources.database_errors():
     db = resources.database()
-    summary = fleet_summary(db.engine)
+    summary = fleet_summary(db.engine, resources.settings().worker_live_s)
 
 cols = st.columns(4)
 cols[0].metric("Models", summary.models_valid, help="Valid GGUF files in the model store")

@@ -28,7 +28,7 @@ settings = resources.settings()
 
 with resources.database_errors():
     engine = resources.database().engine
-    deployments = Deployments(engine)
+    deployments = Deployments(engine, resources.settings().worker_live_s)
     alias_store = AliasStore(engine)
     api_keys = ApiKeys(engine)
     grouped = routing_rows.by_alias(deployments.all())

@@ -21,6 +21,7 @@ from app.deployments import (
     UnknownDeploymentError,
     UnknownModelError,
 )
+from app.gateway.routing import load_snapshot
 from app.store.catalog import ModelStore
 from app.supervisor import logs
 from app.supervisor.records import SupervisorRecords
@@ -221,12 +222,29 @@ def test_workers_view_merges_processes_and_worker_rows(
     assert (external.state, external.error, external.node) == ("failed", "out of memory", None)
     assert deployments.get(d.id).ready_replicas == 1
 
-    # A worker whose heartbeat stopped is not shown as ready.
+    # A worker is shown ready exactly while the gateway routes to it: one liveness rule
+    # (Settings.worker_live_s) for both. 7 s of silence: the gateway (5 s) has dropped it.
     with database.engine.begin() as conn:
         conn.execute(
-            text("UPDATE workers SET heartbeat_at = now() - interval '1 minute' WHERE pid = 4001")
+            text("UPDATE workers SET heartbeat_at = now() - interval '7 seconds' WHERE pid = 4001")
         )
+    assert settings.worker_live_s == 5
     assert {w.pid: w.state for w in deployments.workers(d.id)}[4001] == "silent"
+    assert "http://127.0.0.1:9001" not in _routed_urls(database, settings)
+    relaxed = Deployments(database.engine, live_s=10)
+    assert {w.pid: w.state for w in relaxed.workers(d.id)}[4001] == "ready"
+    relaxed_settings = settings.model_copy(update={"worker_live_s": 10})
+    assert "http://127.0.0.1:9001" in _routed_urls(database, relaxed_settings)
+
+
+def _routed_urls(database: Database, settings: Settings) -> set[str]:
+    """Worker URLs the gateway would route to now."""
+    return {
+        w.url
+        for route in load_snapshot(database.engine, settings).routes.values()
+        for deployment in route.deployments
+        for w in deployment.workers
+    }
 
 
 def test_log_tail_refuses_files_outside_the_log_folder(settings: Settings, tmp_path: Path) -> None:

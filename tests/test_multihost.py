@@ -279,7 +279,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
             "HERD_DATABASE_URL": f"postgresql://herd@{HOSTS['db']}:5432/postgres",
             "HERD_MODELS_DIR": str(models),
             "HERD_NODE_TIMEOUT_S": str(TIMEOUT_S),
-            "HERD_GATEWAY_HEARTBEAT_TIMEOUT_S": str(TIMEOUT_S),
+            "HERD_WORKER_LIVE_S": str(TIMEOUT_S),
             "HERD_GATEWAY_CONNECT_TIMEOUT_S": "1",
             "HERD_GATEWAY_REFRESH_S": "0.2",
             "HERD_LOG_FLUSH_MS": "100",

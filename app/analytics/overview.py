@@ -6,9 +6,6 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, text
 
-# A worker whose last heartbeat is older than this is not counted as live.
-LIVE_HEARTBEAT_S = 10
-
 SUMMARY_SQL = text(
     """
     SELECT
@@ -46,8 +43,9 @@ class FleetSummary:
     operators: int
 
 
-def fleet_summary(engine: Engine) -> FleetSummary:
-    """Counts of models, deployments, workers and the last day's traffic."""
+def fleet_summary(engine: Engine, live_s: float) -> FleetSummary:
+    """Counts of models, deployments, workers (live: heartbeat younger than live_s, the
+    Settings.worker_live_s rule) and the last day's traffic."""
     with engine.connect() as conn:
-        row = conn.execute(SUMMARY_SQL, {"live_s": LIVE_HEARTBEAT_S}).mappings().one()
+        row = conn.execute(SUMMARY_SQL, {"live_s": live_s}).mappings().one()
     return FleetSummary(**row)

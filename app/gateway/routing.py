@@ -98,7 +98,7 @@ def load_snapshot(
 ) -> RoutingSnapshot:
     """Read the routing state. keep_worker_ids stay live whatever their heartbeat age says
     (used right after a database outage, when no heartbeat could be written)."""
-    timeout_s = settings.gateway_heartbeat_timeout_s
+    timeout_s = settings.worker_live_s
     with engine.connect() as conn:
         deployments = conn.execute(DEPLOYMENTS_SQL).mappings().all()
         workers = conn.execute(WORKERS_SQL).mappings().all()
@@ -181,7 +181,7 @@ class RoutingState:
         keep: frozenset[int] = frozenset()
         # Right after an outage every heartbeat looks old: for one timeout keep the workers
         # we knew, until their own heartbeats land again.
-        grace = self.settings.gateway_heartbeat_timeout_s
+        grace = self.settings.worker_live_s
         if self._recovered_at is not None and now - self._recovered_at < grace:
             keep = frozenset(self.snapshot.live_worker_ids)
         try:

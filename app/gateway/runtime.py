@@ -70,7 +70,7 @@ class GatewayRuntime:
             max_connections=settings.gateway_max_connections,
             connect_timeout_s=settings.gateway_connect_timeout_s,
             # A worker host gone silent is dropped as fast as routing stops choosing it.
-            dead_peer_s=settings.gateway_heartbeat_timeout_s,
+            dead_peer_s=settings.worker_live_s,
         )
         self.proxy = Proxy(
             settings, self.routing, self.balancer, self.cache, self.log, self.metrics, self.client

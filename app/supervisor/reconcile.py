@@ -120,7 +120,7 @@ class Supervisor:
         return (
             row is not None
             and row.state == "ready"
-            and row.heartbeat_age_s <= self.settings.worker_heartbeat_timeout_s
+            and row.heartbeat_age_s <= self.settings.worker_live_s
         )
 
     def _reap(self, desired: dict[int, DesiredDeployment], rows: dict[int, WorkerRow]) -> bool:
