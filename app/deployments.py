@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from app.config import parse_labels
 from app.db.tables import Deployment, Model
+from app.engine.pooling import POOLING_CHOICES, Pooling, parse_pooling
 
 ALIAS_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}")
 # A worker whose heartbeat is older than this is shown as silent, not as ready.
@@ -60,6 +61,9 @@ class ServingSettings:
     threads: int | None = None
     main_gpu: int = 0
     tensor_split: tuple[float, ...] | None = None
+    # Workers serve POST /v1/embeddings (only), pooling token vectors so.
+    embeddings: bool = False
+    pooling: Pooling = "model"
 
 
 @dataclass(frozen=True)
@@ -177,6 +181,10 @@ def _validate_serving(
             and sum(serving.tensor_split) > 0,
             "tensor_split needs non-negative proportions, one per GPU, not all zero",
         )
+    _check(
+        serving.pooling in POOLING_CHOICES,
+        f"pooling is one of {', '.join(POOLING_CHOICES)}, not {serving.pooling!r}",
+    )
     trained = model.context_length
     if trained and serving.n_ctx > trained and not allow_ctx_overflow:
         raise ContextTooLargeError(
@@ -392,6 +400,8 @@ class Deployments:
             "threads": serving.threads,
             "main_gpu": serving.main_gpu,
             "tensor_split": list(serving.tensor_split) if serving.tensor_split else None,
+            "embeddings": serving.embeddings,
+            "pooling": serving.pooling,
         }
 
     def _update(self, deployment_id: int, **values: Any) -> None:
@@ -477,6 +487,8 @@ class Deployments:
                         threads=d.threads,
                         main_gpu=d.main_gpu,
                         tensor_split=tuple(d.tensor_split) if d.tensor_split else None,
+                        embeddings=d.embeddings,
+                        pooling=parse_pooling(d.pooling),
                     ),
                     state=d.state,
                     error=d.error,
