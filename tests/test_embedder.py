@@ -25,7 +25,7 @@ TEXTS = [f"Sentence number {i} is about {topic}." for i, topic in enumerate(
 @pytest.fixture(scope="module")
 def engine() -> Iterator[EmbeddingEngine]:
     path: Path = find_demo_model().path
-    eng = load_embedding_engine(LoadOptions(path, n_ctx=MAX_TOKENS), "model", max_queue=4)
+    eng = load_embedding_engine(LoadOptions(path, n_ctx=MAX_TOKENS), "model", max_queue=8)
     yield eng
     eng.close()
 
@@ -46,8 +46,9 @@ def test_a_batch_of_32_is_one_decode_and_matches_inputs_embedded_alone(
     assert np.allclose(np.linalg.norm(batch, axis=1), 1.0, atol=1e-5)
 
     alone = np.stack([asyncio.run(engine.embed([t]))[0] for t in tokens[:4]])
-    # Each sequence attends only to itself: its vector does not depend on its batch mates.
-    assert np.allclose(alone, batch[:4], atol=2e-3)
+    # Each sequence attends only to itself: its vector does not depend on its batch mates
+    # (up to the rounding of llama.cpp's kernels at another batch size).
+    assert np.all(np.sum(alone * batch[:4], axis=1) > 0.999)
     # Different sentences give different vectors; the same sentence the same one.
     assert float(batch[0] @ batch[1]) < 0.999
     again = asyncio.run(engine.embed([tokens[0], tokens[0]]))
@@ -71,7 +72,7 @@ def test_requests_that_arrive_together_share_decodes(engine: EmbeddingEngine) ->
     before = engine.decodes
     result = asyncio.run(engine.embed(many))
     assert engine.decodes - before == -(-len(many) // MAX_SEQS)
-    assert np.allclose(result[0], result[32], atol=2e-3)
+    assert float(result[0] @ result[32]) > 0.999
 
 
 def test_bad_inputs_are_refused_before_llama_cpp_sees_them(engine: EmbeddingEngine) -> None:

@@ -111,9 +111,7 @@ def test_worker_embeddings_with_the_openai_client(
         assert error["param"] == param, (body, error)
     # A lone surrogate is valid JSON but no text.
     surrogate = b'{"model": "smol-embed", "input": "a\\ud800b"}'
-    error = _error(
-        httpx.post(url, content=surrogate, headers={"Content-Type": "application/json"})
-    )
+    error = _error(httpx.post(url, content=surrogate, headers={"Content-Type": "application/json"}))
     assert error["param"] == "input" and "surrogate" in str(error["message"])
 
     # Chat to the embedding worker, embeddings from the chat worker: 400s that say why.

@@ -35,10 +35,14 @@ def _similarity(url: str, a: str, b: str) -> float:
 
 def _rows(database: Database, response_id: str) -> dict[str, object]:
     with database.engine.connect() as conn:
-        row = conn.execute(
-            text("SELECT cache_hit, cache_similarity, worker_id FROM requests WHERE id = :id"),
-            {"id": response_id},
-        ).mappings().one()
+        row = (
+            conn.execute(
+                text("SELECT cache_hit, cache_similarity, worker_id FROM requests WHERE id = :id"),
+                {"id": response_id},
+            )
+            .mappings()
+            .one()
+        )
     return dict(row)
 
 
@@ -82,7 +86,9 @@ def test_paraphrases_hit_above_the_threshold_and_miss_below(
     time.sleep(0.6)  # the gateway reloads alias settings every 0.2 s
     client = openai.OpenAI(base_url=f"{gateway_url}/v1", api_key="none", max_retries=0)
 
-    def ask(question: str, system: str = SYSTEM, **extra: object) -> openai.types.chat.ChatCompletion:
+    def ask(
+        question: str, system: str = SYSTEM, **extra: object
+    ) -> openai.types.chat.ChatCompletion:
         return client.chat.completions.create(
             model=CHAT_ALIAS,
             messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
@@ -144,9 +150,13 @@ def test_paraphrases_hit_above_the_threshold_and_miss_below(
 
     # The index the gateway made, and the lookup using it once the table is large.
     with database.engine.connect() as conn:
-        indexes = conn.execute(
-            text("SELECT indexname FROM pg_indexes WHERE tablename = 'semantic_cache'")
-        ).scalars().all()
+        indexes = (
+            conn.execute(
+                text("SELECT indexname FROM pg_indexes WHERE tablename = 'semantic_cache'")
+            )
+            .scalars()
+            .all()
+        )
     assert "ix_semantic_cache_hnsw_576" in indexes
 
     # Feedback on a cached and a fresh answer shows in Monitoring's comparison.

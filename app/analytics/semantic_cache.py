@@ -41,7 +41,11 @@ SEMANTIC_SQL = text(
 
 def _rate(up: int, votes: int) -> dict[str, Any]:
     low, high = wilson_interval(up, votes)
-    return {"rate": ratio(up, votes), "low": low if votes else None, "high": high if votes else None}
+    return {
+        "rate": ratio(up, votes),
+        "low": low if votes else None,
+        "high": high if votes else None,
+    }
 
 
 def semantic_cache_rows(engine: Engine, scope: Scope) -> list[dict[str, Any]]:

@@ -12,11 +12,13 @@ runs on the embedding thread. They share the waiting queue under a condition.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -70,6 +72,11 @@ class EmbedJob:
         self.loop = loop
         self.future: asyncio.Future[Vectors] = loop.create_future()
         self.failed = False
+
+    def deliver(self, callback: Callable[..., None], *args: object) -> None:
+        """Run callback on the caller's event loop; nothing if that loop is gone."""
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+            self.loop.call_soon_threadsafe(callback, *args)
 
     def resolve(self) -> None:
         if not self.future.done():
@@ -218,12 +225,12 @@ class EmbeddingEngine:
             started = time.perf_counter()
             try:
                 vectors = self._decode([job.inputs[i] for job, i in taken])
-            except Exception as exc:
+            except Exception:
                 logger.exception("llama.cpp failed while embedding")
                 failure = GenerationFailed("embedding failed in llama.cpp")
                 for job, _ in taken:
                     job.failed = True
-                    job.loop.call_soon_threadsafe(job.fail, failure)
+                    job.deliver(job.fail, failure)
                 continue
             seconds = max(time.perf_counter() - started, 1e-9)
             rate = len(taken) / seconds
@@ -234,7 +241,7 @@ class EmbeddingEngine:
                 job.vectors[i] = vectors[row]
                 job.remaining -= 1
                 if job.remaining == 0:
-                    job.loop.call_soon_threadsafe(job.resolve)
+                    job.deliver(job.resolve)
 
     def _decode(self, sequences: list[list[int]]) -> Vectors:
         """Decode the sequences together (sequence k as seq_id k); their pooled vectors."""
@@ -262,7 +269,8 @@ class EmbeddingEngine:
             )
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         # A zero vector stays zero rather than becoming NaN.
-        return out / np.where(norms > 0, norms, 1.0)  # type: ignore[no-any-return]
+        out /= np.where(norms > 0, norms, np.float32(1.0))
+        return out
 
     def close(self) -> None:
         with self._cond:
@@ -270,7 +278,7 @@ class EmbeddingEngine:
             waiting, self._waiting = list(self._waiting), deque()
             self._cond.notify_all()
         for job, _ in waiting:
-            job.loop.call_soon_threadsafe(job.fail, EngineClosed("the worker is shutting down"))
+            job.deliver(job.fail, EngineClosed("the worker is shutting down"))
         self._thread.join()
         self._batch.close()
         if self._ctx is not None:

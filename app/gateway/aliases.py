@@ -12,7 +12,6 @@ from app.config import Settings
 from app.db.tables import Alias
 from app.gateway.vector_store import ensure_pgvector
 
-
 # Cosine similarity of two normalised question embeddings; 0.95 reuses close paraphrases.
 DEFAULT_SEMANTIC_THRESHOLD = 0.95
 

@@ -18,8 +18,8 @@ from starlette.exceptions import HTTPException
 
 import app as herd
 from app.config import Settings
-from app.embeddings_api import EmbeddingRequest
 from app.db.database import Database
+from app.embeddings_api import EmbeddingRequest
 from app.gateway.bodies import body_openapi, openapi_components, read_body
 from app.gateway.body_limit import BodyLimit
 from app.gateway.errors import GatewayError, database_unavailable, unauthorized, unknown_model

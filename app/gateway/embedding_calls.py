@@ -80,7 +80,9 @@ class EmbeddingCalls:
             record.error = refused.message
             record.total_ms = (time.perf_counter() - started) * 1000
             proxy.log.add(record)
-            proxy.metrics.count_request(body.model, model_name, "error", None, record.total_ms, None)
+            proxy.metrics.count_request(
+                body.model, model_name, "error", None, record.total_ms, None
+            )
             return Response(refused.content, refused.status, media_type="application/json")
         usage = _usage(content)
         record.prompt_tokens = usage
@@ -183,8 +185,7 @@ class EmbeddingCalls:
             raise proxy._no_worker(NoLiveWorkerError(), route.alias)
         raise GatewayError(
             502,
-            f"no worker for {route.alias!r} could answer ({len(failures)} tried): "
-            f"{failures[-1]}",
+            f"no worker for {route.alias!r} could answer ({len(failures)} tried): {failures[-1]}",
             type="upstream_error",
             code="upstream_failed",
             retry_after_s=retry,
