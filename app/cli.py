@@ -235,6 +235,7 @@ def cmd_users_add(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     # Imported here: it loads llama_cpp, which no other command needs to wait for.
+    from app.engine.pooling import parse_pooling
     from app.worker.options import WorkerOptions, parse_tensor_split
     from app.worker.process import WorkerStartError, run_worker
 
@@ -255,6 +256,8 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
             log_path=args.log_path,
             advertise_url=args.advertise_url or settings.advertise_url,
             join=args.join,
+            embeddings=args.embeddings,
+            pooling=parse_pooling(args.pooling),
         )
     except ValueError as exc:
         warn(f"herd worker: {exc}")
@@ -522,6 +525,16 @@ def build_parser() -> argparse.ArgumentParser:
             "serve the deployment for (--alias, --model), creating an external one (started "
             "by Kubernetes or you, never by a supervisor) if there is none"
         ),
+    )
+    worker.add_argument(
+        "--embeddings",
+        action="store_true",
+        help="serve POST /v1/embeddings (only) with this model, --n-ctx tokens per decode",
+    )
+    worker.add_argument(
+        "--pooling",
+        default="model",
+        help="with --embeddings: model (the GGUF's own; mean if it names none), mean, cls, last",
     )
 
     demo = command(

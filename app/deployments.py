@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from app.config import DEFAULT_WORKER_LIVE_S, parse_labels
 from app.db.tables import Deployment, Model
+from app.engine.pooling import POOLING_CHOICES, Pooling, parse_pooling
 
 ALIAS_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}")
 
@@ -58,6 +59,9 @@ class ServingSettings:
     threads: int | None = None
     main_gpu: int = 0
     tensor_split: tuple[float, ...] | None = None
+    # Workers serve POST /v1/embeddings (only), pooling token vectors so.
+    embeddings: bool = False
+    pooling: Pooling = "model"
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,10 @@ def _validate_serving(
             and sum(serving.tensor_split) > 0,
             "tensor_split needs non-negative proportions, one per GPU, not all zero",
         )
+    _check(
+        serving.pooling in POOLING_CHOICES,
+        f"pooling is one of {', '.join(POOLING_CHOICES)}, not {serving.pooling!r}",
+    )
     trained = model.context_length
     if trained and serving.n_ctx > trained and not allow_ctx_overflow:
         raise ContextTooLargeError(
@@ -395,6 +403,8 @@ class Deployments:
             "threads": serving.threads,
             "main_gpu": serving.main_gpu,
             "tensor_split": list(serving.tensor_split) if serving.tensor_split else None,
+            "embeddings": serving.embeddings,
+            "pooling": serving.pooling,
         }
 
     def _update(self, deployment_id: int, **values: Any) -> None:
@@ -480,6 +490,8 @@ class Deployments:
                         threads=d.threads,
                         main_gpu=d.main_gpu,
                         tensor_split=tuple(d.tensor_split) if d.tensor_split else None,
+                        embeddings=d.embeddings,
+                        pooling=parse_pooling(d.pooling),
                     ),
                     state=d.state,
                     error=d.error,

@@ -14,6 +14,7 @@ from app.deployments import (
     ServingSettings,
     parse_node_labels,
 )
+from app.engine.pooling import POOLING_CHOICES, parse_pooling
 from app.store.catalog import default_slots_for, describe_model
 from app.store.estimate import format_bytes
 from app.supervisor import logs
@@ -78,6 +79,22 @@ def serving_inputs(prefix: str, model: Model, current: ServingSettings | None) -
             value=(current.threads or 0) if current else 0,
             key=f"{prefix}_threads",
         )
+        kind = st.columns(2)
+        embeddings = kind[0].checkbox(
+            "Serve embeddings",
+            value=current.embeddings if current else False,
+            key=f"{prefix}_embeddings",
+            help="Replicas answer POST /v1/embeddings only (no chat); n_ctx is the tokens "
+            "one batch of inputs may hold.",
+        )
+        pooling = kind[1].selectbox(
+            "Pooling",
+            POOLING_CHOICES,
+            index=POOLING_CHOICES.index(current.pooling) if current else 0,
+            key=f"{prefix}_pooling",
+            disabled=not embeddings,
+            help="model: the GGUF's own pooling (mean when it names none).",
+        )
     with right:
         estimate = (
             describe_model(model, int(n_gpu_layers), int(n_ctx), int(parallel))["estimate"] or {}
@@ -96,6 +113,8 @@ def serving_inputs(prefix: str, model: Model, current: ServingSettings | None) -
         threads=int(threads) or None,
         main_gpu=current.main_gpu if current else 0,
         tensor_split=current.tensor_split if current else None,
+        embeddings=bool(embeddings),
+        pooling=parse_pooling(str(pooling)),
     )
 
 

@@ -9,6 +9,7 @@ from app.analytics.monitoring import (
     session_series,
     traffic_series,
 )
+from app.analytics.semantic_cache import semantic_cache_rows
 from app.analytics.summary import tiles
 from app.analytics.versions import compare_versions, filter_options
 from app.ui import auth, charts, resources
@@ -26,6 +27,7 @@ with resources.database_errors():
     traffic = traffic_series(engine, scope)
     engagement = engagement_series(engine, scope)
     sessions = session_series(engine, scope)
+    semantic = semantic_cache_rows(engine, scope)
 
 if not st.toggle(
     "Show calls that reached no model",
@@ -72,6 +74,13 @@ with traffic_tab:
             traffic, {"": "cache_hit_rate"}, title="Cache hit rate", y_title="", percent=True
         )
         chart(fig, traffic, "cache")
+    if semantic:
+        st.subheader("Semantic cache", help=(
+            "Chat calls answered from an earlier answer to a similar question, and whether "
+            "people rate those answers as well as fresh ones. A cached thumbs-up rate below "
+            "the fresh one suggests a higher similarity threshold (Routing page)."
+        ))  # fmt: skip
+        st.dataframe(semantic, hide_index=True, width="stretch")
 with engagement_tab:
     fig = charts.band(
         engagement,

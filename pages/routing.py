@@ -9,6 +9,7 @@ from app.analytics.routing_traffic import traffic_per_minute, traffic_totals
 from app.deployments import DeploymentError, Deployments
 from app.gateway.aliases import AliasSettingError, AliasSettings, AliasStore
 from app.gateway.keys import ApiKeyError, ApiKeys
+from app.gateway.vector_store import pgvector_problem
 from app.ui import auth, changes, charts, resources, routing_rows
 from app.ui.analytics_widgets import chart
 
@@ -92,6 +93,18 @@ if aliases:
     st.dataframe(
         routing_rows.alias_rows(aliases, stored, defaults), hide_index=True, width="stretch"
     )
+embedding_aliases = sorted(
+    {d.alias for members in grouped.values() for d in members if d.serving.embeddings}
+)
+with resources.database_errors():
+    pgvector_off = pgvector_problem(engine)
+if pgvector_off is not None:
+    st.warning(f"The semantic cache is off: {pgvector_off}.")
+elif not embedding_aliases:
+    st.caption(
+        "The semantic cache needs an embedding alias: deploy a model with “Serve embeddings” "
+        "on the Deployments page."
+    )
 if aliases and can_route:
     chosen = st.selectbox("Alias", aliases, key="alias_pick")
     current = stored.get(chosen, defaults)
@@ -114,6 +127,23 @@ if aliases and can_route:
             value=current.rate_limit_rpm or 0, key=f"alias_rpm_{chosen}",
             help="Per gateway replica; calls above it get 429 with Retry-After.",
         )  # fmt: skip
+        semantic = st.columns([2, 1])
+        embed_choices = ["off", *embedding_aliases]
+        if current.semantic_cache_alias and current.semantic_cache_alias not in embed_choices:
+            embed_choices.append(current.semantic_cache_alias)
+        embed_alias = semantic[0].selectbox(
+            "Semantic cache: embedding alias", embed_choices,
+            index=embed_choices.index(current.semantic_cache_alias or "off"),
+            key=f"alias_semantic_{chosen}", disabled=pgvector_off is not None,
+            help="Answers a chat call from an earlier answer to a question that means the "
+            "same (same system prompt and sampling settings), embedded by this alias.",
+        )  # fmt: skip
+        threshold = semantic[1].number_input(
+            "Similarity threshold", min_value=0.01, max_value=1.0, step=0.01,
+            value=float(current.semantic_cache_threshold), key=f"alias_threshold_{chosen}",
+            help="Cosine similarity of the two questions above which the cached answer is "
+            "reused; Monitoring compares thumbs-up rates of cached and fresh answers.",
+        )  # fmt: skip
         if st.form_submit_button("Save alias settings"):
             change(
                 f"save the settings of {chosen}",
@@ -124,6 +154,8 @@ if aliases and can_route:
                         cache_ttl_s=float(ttl),
                         log_text=bool(log_text),
                         rate_limit_rpm=int(rpm) or None,
+                        semantic_cache_alias=None if embed_alias == "off" else str(embed_alias),
+                        semantic_cache_threshold=float(threshold),
                     ),
                 ),
             )

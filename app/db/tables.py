@@ -26,7 +26,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, REAL
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING = {
@@ -69,6 +69,8 @@ class Model(Base):
     head_count: Mapped[int | None] = mapped_column(Integer)
     head_count_kv: Mapped[int | None] = mapped_column(Integer)
     has_chat_template: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # The chat template renders tools (revision 0011).
+    chat_template_tools: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     status: Mapped[str] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
     # What the memory estimate needs (bytes per layer, KV shape) so it runs without the file.
@@ -111,6 +113,9 @@ class Deployment(Base):
     node_labels: Mapped[dict[str, str] | None] = mapped_column(JSONB)
     # Replicas started by someone else (Kubernetes, `herd worker --join`); no supervisor runs it.
     external: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # Workers serve POST /v1/embeddings (only), pooling by `pooling` (revision 0011).
+    embeddings: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    pooling: Mapped[str] = mapped_column(Text, server_default=text("'model'"))
 
     __table_args__ = (
         CheckConstraint("replicas >= 0", name="replicas"),
@@ -121,6 +126,7 @@ class Deployment(Base):
         CheckConstraint("state IN ('active', 'stopped', 'failed')", name="state"),
         CheckConstraint("generation >= 1", name="generation"),
         CheckConstraint("failures >= 0", name="failures"),
+        CheckConstraint("pooling IN ('model', 'mean', 'cls', 'last')", name="pooling"),
     )
 
 
@@ -246,6 +252,8 @@ class Request(Base):
     http_status: Mapped[int | None] = mapped_column(SmallInteger)
     error: Mapped[str | None] = mapped_column(Text)
     cache_hit: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # A semantic-cache hit: the cosine similarity of the cached question (revision 0011).
+    cache_similarity: Mapped[float | None] = mapped_column(REAL)
     # Written by `herd demo-traffic`, so that it can be told apart and deleted.
     synthetic: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
 
@@ -357,10 +365,47 @@ class Alias(Base):
     rate_limit_rpm: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
+    # The embedding alias that embeds this alias's questions for the semantic cache;
+    # NULL: no semantic cache (revision 0011).
+    semantic_cache_alias: Mapped[str | None] = mapped_column(Text)
+    # Cosine similarity above which a cached answer is reused.
+    semantic_cache_threshold: Mapped[float] = mapped_column(Double, server_default=text("0.95"))
 
     __table_args__ = (
         CheckConstraint("cache_ttl_s > 0", name="cache_ttl_s"),
         CheckConstraint("rate_limit_rpm >= 1", name="rate_limit_rpm"),
+        CheckConstraint(
+            "semantic_cache_threshold > 0 AND semantic_cache_threshold <= 1",
+            name="semantic_cache_threshold",
+        ),
+    )
+
+
+class SemanticCacheEntry(Base):
+    """An answer with the embedding of the question it answered (revision 0011).
+
+    The vector is real[]: the gateway adds pgvector's HNSW index per vector size when the
+    extension is there (app/gateway/semantic_cache.py)."""
+
+    __tablename__ = "semantic_cache"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    alias: Mapped[str] = mapped_column(Text)
+    # Hash of what must match besides the question: system prompt, sampling, endpoint.
+    scope: Mapped[str] = mapped_column(Text)
+    dims: Mapped[int] = mapped_column(Integer)
+    embedding: Mapped[list[float]] = mapped_column(ARRAY(REAL))
+    question: Mapped[str] = mapped_column(Text)
+    answer: Mapped[str] = mapped_column(Text)
+    finish_reason: Mapped[str] = mapped_column(Text)
+    usage: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    model: Mapped[str] = mapped_column(Text)
+    request_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    created_at: Mapped[datetime] = _now()
+
+    __table_args__ = (
+        CheckConstraint("dims > 0", name="dims"),
+        Index("ix_semantic_cache_alias_scope", "alias", "scope"),
     )
 
 

@@ -1,4 +1,5 @@
-"""Per-alias gateway settings (response cache, text logging, rate limit) in `aliases`."""
+"""Per-alias gateway settings (response cache, semantic cache, text logging, rate limit) in
+`aliases`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ from sqlalchemy.dialects.postgresql import insert
 
 from app.config import Settings
 from app.db.tables import Alias
+from app.gateway.vector_store import ensure_pgvector
+
+# Cosine similarity of two normalised question embeddings; 0.95 reuses close paraphrases.
+DEFAULT_SEMANTIC_THRESHOLD = 0.95
 
 
 class AliasSettingError(ValueError):
@@ -24,6 +29,10 @@ class AliasSettings:
     log_text: bool = True
     # Requests per minute per gateway replica; None: no limit.
     rate_limit_rpm: int | None = None
+    # The semantic cache: the embedding alias that embeds questions (None: off), and the
+    # cosine similarity above which an earlier answer is reused.
+    semantic_cache_alias: str | None = None
+    semantic_cache_threshold: float = DEFAULT_SEMANTIC_THRESHOLD
 
     @classmethod
     def defaults(cls, settings: Settings) -> AliasSettings:
@@ -35,6 +44,10 @@ class AliasSettings:
             raise AliasSettingError("cache TTL must be above 0 seconds")
         if self.rate_limit_rpm is not None and self.rate_limit_rpm < 1:
             raise AliasSettingError("a rate limit is at least 1 request per minute (or none)")
+        if not 0 < self.semantic_cache_threshold <= 1:
+            raise AliasSettingError("the semantic cache threshold is a similarity in (0, 1]")
+        if self.semantic_cache_alias is not None and not self.semantic_cache_alias.strip():
+            raise AliasSettingError("the semantic cache's embedding alias is empty")
 
 
 class AliasStore:
@@ -52,6 +65,8 @@ class AliasStore:
                 cache_ttl_s=r["cache_ttl_s"],
                 log_text=r["log_text"],
                 rate_limit_rpm=r["rate_limit_rpm"],
+                semantic_cache_alias=r["semantic_cache_alias"],
+                semantic_cache_threshold=r["semantic_cache_threshold"],
             )
             for r in rows
         }
@@ -66,10 +81,17 @@ class AliasStore:
             "cache_ttl_s": value.cache_ttl_s,
             "log_text": value.log_text,
             "rate_limit_rpm": value.rate_limit_rpm,
+            "semantic_cache_alias": value.semantic_cache_alias,
+            "semantic_cache_threshold": value.semantic_cache_threshold,
         }
         stmt = insert(Alias).values(alias=alias, **values)
         stmt = stmt.on_conflict_do_update(
             index_elements=[Alias.alias], set_={**values, "updated_at": func.now()}
         )
         with self.engine.begin() as conn:
+            if value.semantic_cache_alias is not None:
+                # Refused here, with the reason, rather than silently off at the gateways.
+                problem = ensure_pgvector(conn)
+                if problem is not None:
+                    raise AliasSettingError(f"the semantic cache cannot be turned on: {problem}")
             conn.execute(stmt)

@@ -19,11 +19,13 @@ from starlette.exceptions import HTTPException
 import app as herd
 from app.config import Settings
 from app.db.database import Database
+from app.embeddings_api import EmbeddingRequest
 from app.gateway.bodies import body_openapi, openapi_components, read_body
 from app.gateway.body_limit import BodyLimit
-from app.gateway.errors import GatewayError, database_unavailable, unauthorized
+from app.gateway.errors import GatewayError, database_unavailable, unauthorized, unknown_model
 from app.gateway.feedback import UnknownResponseError
 from app.gateway.keys import hash_key
+from app.gateway.model_info import describe_alias
 from app.gateway.replies import CHAT
 from app.gateway.runtime import GatewayRuntime, database_url
 from app.gateway.schemas import (
@@ -230,6 +232,31 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
             ],
         }
 
+    @app.get("/v1/models/{model_id:path}", tags=["openai"], summary="One alias: what it serves")
+    async def model(request: Request, model_id: str, api_key_id: ApiKeyId) -> dict[str, Any]:
+        runtime = _runtime(request)
+        route = runtime.routing.snapshot.routes.get(model_id)
+        try:
+            found = await asyncio.to_thread(describe_alias, runtime.engine, model_id, route)
+        except SQLAlchemyError:
+            raise database_unavailable(runtime.settings.gateway_retry_after_s) from None
+        if found is None:
+            raise unknown_model(model_id)
+        return found
+
+    @app.post(
+        "/v1/embeddings",
+        tags=["openai"],
+        summary="Embeddings: one vector per input, from a deployment with embeddings on",
+        openapi_extra=body_openapi(EmbeddingRequest),
+        responses={400: {"description": "Invalid input, naming `param`"}},
+    )
+    async def embeddings(request: Request) -> Response:
+        api_key_id = await authenticate(request)
+        return await _runtime(request).embeddings.handle(
+            await request.body(), api_key_id=api_key_id
+        )
+
     @app.post(
         "/v1/feedback",
         tags=["feedback"],
@@ -289,6 +316,8 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
             "log_held_rows": runtime.log.held_rows,
             "log_lost_rows": runtime.log.lost_rows,
             "spool_error": runtime.log.spool_error,
+            # Why the semantic cache is off (no pgvector, say); null when usable.
+            "semantic_cache_off_reason": runtime.semantic.off_reason,
         }
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
@@ -308,7 +337,9 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
         schema = default_openapi()  # FastAPI keeps it after the first call
         if fresh:
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.update(openapi_components(ChatCompletionRequest, CompletionRequest))
+            components.update(
+                openapi_components(ChatCompletionRequest, CompletionRequest, EmbeddingRequest)
+            )
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]

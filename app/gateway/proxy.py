@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from fastapi.responses import Response, StreamingResponse
@@ -36,6 +36,9 @@ from app.gateway.worker_client import (
     WorkerResponse,
     WorkerTimeoutError,
 )
+
+if TYPE_CHECKING:
+    from app.gateway.semantic_cache import Lookup, SemanticCache
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +75,8 @@ class Call:
     include_usage: bool
     cache_key: str | None = None
     model_name: str = ""
+    # The semantic cache's lookup for this call (aliases that use it), stored into after.
+    semantic: Lookup | None = None
 
 
 @dataclass
@@ -161,6 +166,8 @@ class Proxy:
         self.request_ids = RequestIds()
         # Scale from zero (app/gateway/cold_start.py); set by the runtime, None: no holding.
         self.cold_start: ColdStart | None = None
+        # The semantic cache (app/gateway/semantic_cache.py); set by the runtime.
+        self.semantic: SemanticCache | None = None
 
     # -- entry -------------------------------------------------------------------------------
     async def complete(
@@ -210,6 +217,10 @@ class Proxy:
                     code="rate_limit_exceeded",
                     retry_after_s=wait_s,
                 )
+            if route.settings.semantic_cache_alias and endpoint == CHAT and self.semantic:
+                call.semantic = await self.semantic.lookup(route, body)
+                if call.semantic is not None and call.semantic.is_hit:
+                    return self._from_semantic(call, call.semantic)
             cacheable = route.settings.cache_enabled and is_cacheable(body)
             try:
                 pick = self.balancer.pick(route, session)
@@ -275,8 +286,30 @@ class Proxy:
         self._finish(record, call=call)
         return _json(body)
 
+    def _from_semantic(self, call: Call, lookup: Lookup) -> Response:
+        entry = lookup.hit
+        assert entry is not None
+        call.record.cache_similarity = entry.similarity
+        call.model_name = entry.model
+        served = next((d for d in call.route.deployments if d.model_name == entry.model), None)
+        answer = CachedAnswer(entry.answer, entry.finish_reason, entry.usage, entry.model, 0.0)
+        if served is None:
+            return self._from_cache(call, answer, None, None)
+        return self._from_cache(call, answer, served.id, served.model_id)
+
     def _store(self, call: Call, text: str, finish_reason: str | None, usage: Any) -> None:
-        if call.cache_key is None or finish_reason not in ("stop", "length"):
+        if finish_reason not in ("stop", "length"):
+            return
+        if call.semantic is not None and self.semantic is not None:
+            self.semantic.remember(
+                call.semantic,
+                answer=text,
+                finish_reason=finish_reason,
+                usage=usage if isinstance(usage, dict) else {},
+                model=call.model_name or call.route.alias,
+                request_id=call.record.id,
+            )
+        if call.cache_key is None:
             return
         self.cache.put(
             call.cache_key,

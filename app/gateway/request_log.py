@@ -71,6 +71,8 @@ class RequestRecord:
     http_status: int | None = 200
     error: str | None = None
     cache_hit: bool = False
+    # A semantic-cache hit: the similarity of the cached question it answered from.
+    cache_similarity: float | None = None
     # The prompt as sent (messages or prompt) and the answer text; None when not logged.
     prompt: Any = None
     response: str | None = None
@@ -198,7 +200,8 @@ def copy_entries(engine: Engine, entries: list[dict[str, Any]]) -> None:
                 with cursor.copy(_COPY_REQUESTS) as copy:
                     for entry in entries:
                         row = entry["request"]
-                        copy.write_row([_text(row[name]) for name in _ROW_FIELDS])
+                        # .get: rows spooled by an older gateway lack newer fields.
+                        copy.write_row([_text(row.get(name)) for name in _ROW_FIELDS])
                 with cursor.copy(_COPY_MESSAGES) as copy:
                     for entry in entries:
                         message = entry.get("message")

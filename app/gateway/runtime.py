@@ -18,12 +18,15 @@ from app.gateway.balancer import Balancer
 from app.gateway.cache import ResponseCache
 from app.gateway.cold_start import ColdStart
 from app.gateway.demand import Demand
+from app.gateway.embedding_calls import EmbeddingCalls
 from app.gateway.feedback import FeedbackStore
 from app.gateway.metrics import GatewayMetrics
 from app.gateway.proxy import Proxy
 from app.gateway.request_log import RequestLog
 from app.gateway.routing import RoutingState
+from app.gateway.semantic_cache import SemanticCache
 from app.gateway.spool import Spool
+from app.gateway.vector_store import VectorStore
 from app.gateway.worker_client import WorkerClient
 from app.retention import run_retention
 
@@ -78,6 +81,9 @@ class GatewayRuntime:
         # Waiting calls per alias for autoscalers, and the scale-from-zero hold.
         self.demand = Demand(self.engine, self.routing, self.balancer)
         self.proxy.cold_start = ColdStart(settings, self.routing, self.balancer, self.demand)
+        self.embeddings = EmbeddingCalls(self.proxy)
+        self.semantic = SemanticCache(VectorStore(self.engine), self.embeddings)
+        self.proxy.semantic = self.semantic
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -101,6 +107,7 @@ class GatewayRuntime:
                 await task
         with contextlib.suppress(SQLAlchemyError):
             await asyncio.to_thread(self.demand.withdraw)
+        await self.semantic.drain()
         await self.log.close()
         await self.client.close()
         self.engine.dispose()

@@ -149,6 +149,7 @@ class ModelStore:
             head_count=info.head_count,
             head_count_kv=info.head_count_kv,
             has_chat_template=info.has_chat_template,
+            chat_template_tools=info.chat_template_tools,
             layout=info.layout.to_json(),
         )
         return self._upsert(name, path, row)

@@ -80,6 +80,8 @@ class GGUFInfo:
     tensor_bytes: int
     layout: ModelLayout
     metadata: dict[str, Any] = field(default_factory=dict)
+    # The chat template renders a `tools` list (tool calling through the model's own syntax).
+    chat_template_tools: bool = False
 
 
 def _unpack_header(head: bytes) -> tuple[str, int, int, int]:
@@ -306,4 +308,5 @@ def read_gguf(path: Path) -> GGUFInfo:
         tensor_bytes=sum(int(t.n_bytes) for t in reader.tensors),
         layout=layout,
         metadata={"name": _field(reader, "general.name")},
+        chat_template_tools="tools" in str(_field(reader, "tokenizer.chat_template") or ""),
     )

@@ -39,6 +39,8 @@ def worker_argv(deployment: DesiredDeployment, host: str, log_path: Path) -> lis
         argv += ["--main-gpu", str(deployment.main_gpu)]
     if deployment.tensor_split:
         argv += ["--tensor-split", ",".join(f"{x:g}" for x in deployment.tensor_split)]
+    if deployment.embeddings:
+        argv += ["--embeddings", "--pooling", deployment.pooling]
     return argv
 
 

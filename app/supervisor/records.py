@@ -26,6 +26,8 @@ class DesiredDeployment:
     main_gpu: int
     tensor_split: tuple[float, ...] | None
     state: str
+    embeddings: bool
+    pooling: str
     generation: int
     failures: int
 
@@ -64,7 +66,8 @@ DESIRED_SQL = text(
            (SELECT count(*) FROM placements p
             WHERE p.deployment_id = d.id AND p.node = :node)::int AS replicas,
            d.n_gpu_layers, d.n_ctx, d.parallel,
-           d.threads, d.main_gpu, d.tensor_split, d.state, d.generation, d.failures
+           d.threads, d.main_gpu, d.tensor_split, d.state, d.generation, d.failures,
+           d.embeddings, d.pooling
     FROM deployments d JOIN models m ON m.id = d.model_id
     WHERE NOT d.external
     """

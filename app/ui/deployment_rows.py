@@ -44,6 +44,7 @@ def deployment_rows(deployments: list[DeploymentView]) -> list[dict[str, Any]]:
             "n_ctx": d.serving.n_ctx,
             "parallel": d.serving.parallel,
             "threads": d.serving.threads or "auto",
+            "serves": f"embeddings ({d.serving.pooling})" if d.serving.embeddings else "chat",
             "generation": d.generation,
             "failures": d.failures,
             "runs on": d.placement,

@@ -63,6 +63,11 @@ def alias_rows(
                 "cache TTL (s)": s.cache_ttl_s,
                 "text logging": "on" if s.log_text else "off",
                 "rate limit (rpm)": s.rate_limit_rpm or "none",
+                "semantic cache": (
+                    f"{s.semantic_cache_alias} ≥ {s.semantic_cache_threshold:g}"
+                    if s.semantic_cache_alias
+                    else "off"
+                ),
                 "settings": "own" if alias in stored else "defaults",
             }
         )

@@ -16,6 +16,7 @@ from app.engine.events import Finished, TextDelta
 from app.engine.protocol import Engine, Generation
 from app.engine.requests import GenerationRequest
 from app.openai_errors import error_body
+from app.worker.embeddings import embed_route
 from app.worker.errors import ApiError, from_engine_error, install_error_handlers
 from app.worker.metrics import WorkerMetrics
 from app.worker.openai_format import SSE_DONE, ChatFormat, ResponseFormat, TextFormat, sse
@@ -197,6 +198,10 @@ def create_app(
             build = exc
         fmt = TextFormat(state.alias)
         return await service.serve(request, "completions", build, bool(body.stream), fmt)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Response:
+        return await embed_route(request, service)
 
     app.state.settings = settings
     return app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from app.engine.pooling import Pooling
 from app.worker.advertise import check_advertise_url
 
 DEFAULT_N_CTX = 4096
@@ -34,6 +35,9 @@ class WorkerOptions:
     # Join (or create as 'external') the deployment for (alias, model): replicas started by
     # Kubernetes or an operator rather than by a supervisor.
     join: bool = False
+    # Serve POST /v1/embeddings (only) instead of completions, pooling token vectors so.
+    embeddings: bool = False
+    pooling: Pooling = "model"
 
     def __post_init__(self) -> None:
         problems = []

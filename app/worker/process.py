@@ -24,9 +24,11 @@ import uvicorn
 from app.config import Settings
 from app.db import migrate
 from app.db.database import Database
+from app.engine.embedder import load_embedding_engine
 from app.engine.errors import ModelLoadError
 from app.engine.factory import make_engine
 from app.engine.loader import LoadOptions
+from app.engine.protocol import Engine
 from app.host_memory import free_bytes_for
 from app.listen import bind_listen_socket
 from app.store.estimate import default_slots
@@ -143,8 +145,12 @@ class ModelLoader:
             slots=slots,
         )
         try:
-            # Batched across --parallel slots; falls back to one slot (logged) if it cannot.
-            engine = make_engine(load, max_queue=options.max_queue)
+            engine: Engine
+            if options.embeddings:
+                engine = load_embedding_engine(load, options.pooling, options.max_queue)
+            else:
+                # Batched across --parallel slots; falls back to one slot (logged) if not.
+                engine = make_engine(load, max_queue=options.max_queue)
         except ModelLoadError as exc:
             self._fail(str(exc))
             return

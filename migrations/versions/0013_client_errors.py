@@ -2,7 +2,7 @@
 quantiles by nearest rank
 
 Revision ID: 0013
-Revises: 0008
+Revises: 0011
 Create Date: 2026-12-01
 
 - `herd_is_error` now means a server-side failure: a 5xx, or a call that failed without an
@@ -22,7 +22,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0013"
-down_revision = "0008"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,215 @@
+"""POST /v1/embeddings through the gateway, and the embeddings the semantic cache asks for.
+
+Routed like completions (alias -> deployment by weight -> least-loaded worker), retried on
+another worker when one fails, recorded as one request row. The input text is not stored in
+`messages`: embedding calls index whole document sets, which the text log is not for.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+from fastapi.responses import JSONResponse, Response
+
+from app.embeddings_api import EmbeddingInputError, decode_vector, parse_request
+from app.gateway.balancer import AllBusyError, NoLiveWorkerError, Pick
+from app.gateway.errors import GatewayError, unknown_model
+from app.gateway.proxy import Proxy, UpstreamFailure, _hop_failure
+from app.gateway.request_log import RequestRecord
+from app.gateway.routing import AliasRoute
+from app.gateway.worker_client import WorkerHTTPError
+
+logger = logging.getLogger(__name__)
+
+PATH = "/v1/embeddings"
+ENDPOINT = "embeddings"
+
+
+class EmbeddingCalls:
+    """Forwards embedding calls to the workers of an alias; one per gateway process."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+
+    async def handle(self, raw: bytes, *, api_key_id: int | None) -> Response:
+        """The public endpoint: validate, route, forward, record."""
+        started = time.perf_counter()
+        try:
+            body, _ = parse_request(json.loads(raw))
+        except EmbeddingInputError as exc:
+            return JSONResponse(exc.body(), 400)
+        except (ValueError, UnicodeDecodeError) as exc:
+            error = EmbeddingInputError(f"the request body is not valid JSON: {exc}", None)
+            return JSONResponse(error.body(), 400)
+        proxy = self.proxy
+        record = RequestRecord(
+            id=proxy.request_ids.new(),
+            created_at=datetime.now(UTC),
+            endpoint=ENDPOINT,
+            alias=body.model,
+            api_key_id=api_key_id,
+            user_id=body.user,
+            log_text=False,
+        )
+        model_name = ""
+        try:
+            route = await self._route(body.model)
+            pick, content = await self._fetch(route, raw, str(record.id))
+            record.worker_id = pick.worker.id
+            record.deployment_id = pick.deployment.id
+            record.model_id = pick.worker.model_id or pick.deployment.model_id
+            model_name = pick.deployment.model_name
+        except GatewayError as exc:
+            status = "rejected" if exc.status in (404, 429, 503) else "error"
+            record.status, record.http_status, record.error = status, exc.status, exc.message
+            record.total_ms = (time.perf_counter() - started) * 1000
+            proxy.log.add(record)
+            proxy.metrics.count_request(body.model, model_name, status, None, record.total_ms, None)
+            return exc.response()
+        except _WorkerRefused as refused:
+            record.worker_id = refused.pick.worker.id
+            record.deployment_id = refused.pick.deployment.id
+            record.status, record.http_status = "error", refused.status
+            record.error = refused.message
+            record.total_ms = (time.perf_counter() - started) * 1000
+            proxy.log.add(record)
+            proxy.metrics.count_request(
+                body.model, model_name, "error", None, record.total_ms, None
+            )
+            return Response(refused.content, refused.status, media_type="application/json")
+        usage = _usage(content)
+        record.prompt_tokens = usage
+        record.completion_tokens = 0
+        record.total_ms = (time.perf_counter() - started) * 1000
+        proxy.log.add(record)
+        proxy.metrics.count_request(body.model, model_name, "ok", None, record.total_ms, None)
+        return Response(content, 200, media_type="application/json")
+
+    async def embed(self, alias: str, text: str) -> npt.NDArray[np.float32]:
+        """One text's vector from the workers of alias (for the semantic cache); raises
+        GatewayError when none can give it."""
+        payload = orjson.dumps({"model": alias, "input": text, "encoding_format": "base64"})
+        route = await self._route(alias)
+        try:
+            _, content = await self._fetch(route, payload, None)
+        except _WorkerRefused as refused:
+            raise GatewayError(
+                502, f"the embedding alias {alias!r} refused: {refused.message}"
+            ) from None
+        try:
+            return decode_vector(orjson.loads(content)["data"][0]["embedding"])
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise GatewayError(502, f"{alias!r} answered with no embedding") from None
+
+    async def _route(self, alias: str) -> AliasRoute:
+        route = self.proxy.routing.snapshot.routes.get(alias)
+        if route is None:
+            raise unknown_model(alias)
+        wait_s = self.proxy.rate_limits.wait_s(alias, route.settings.rate_limit_rpm)
+        if wait_s:
+            raise GatewayError(
+                429,
+                f"rate limit of {route.settings.rate_limit_rpm} requests per minute for "
+                f"{alias!r} reached",
+                type="rate_limit_error",
+                code="rate_limit_exceeded",
+                retry_after_s=wait_s,
+            )
+        return route
+
+    async def _first_pick(self, route: AliasRoute) -> tuple[AliasRoute, Pick]:
+        proxy = self.proxy
+        try:
+            return route, proxy.balancer.pick(route, None)
+        except (NoLiveWorkerError, AllBusyError) as exc:
+            cold = proxy.cold_start
+            if isinstance(exc, NoLiveWorkerError) and cold is not None and cold.applies(route):
+                return await cold.wait(route, None)
+            raise proxy._no_worker(exc, route.alias) from None
+
+    async def _fetch(
+        self, route: AliasRoute, payload: bytes, request_id: str | None
+    ) -> tuple[Pick, bytes]:
+        """The first worker's 200 answer, trying others on failure; _WorkerRefused for a
+        4xx the caller should see."""
+        proxy = self.proxy
+        route, pick = await self._first_pick(route)
+        headers = b"X-Request-Id: " + request_id.encode() + b"\r\n" if request_id else b""
+        failures: list[UpstreamFailure] = []
+        tried: set[int] = set()
+        for attempt in range(proxy.settings.gateway_max_attempts):
+            if attempt:
+                try:
+                    pick = proxy.balancer.pick(route, None, frozenset(tried))
+                except (NoLiveWorkerError, AllBusyError):
+                    break
+            tried.add(pick.worker.id)
+            proxy.balancer.acquire(pick.worker)
+            try:
+                response = await proxy.client.post(
+                    pick.worker.url,
+                    PATH,
+                    payload,
+                    headers=headers,
+                    timeout_s=proxy.settings.gateway_first_token_timeout_s,
+                    stream=False,
+                )
+                content = response.content
+                if response.status != 200:
+                    failure = proxy._status_failure(response, content)
+                    if failure is None:
+                        raise _WorkerRefused(pick, response.status, content)
+                    raise failure
+            except WorkerHTTPError as exc:
+                proxy._failed(pick, f := _hop_failure(exc))
+                failures.append(f)
+                continue
+            except UpstreamFailure as f:
+                proxy._failed(pick, f)
+                failures.append(f)
+                continue
+            finally:
+                proxy.balancer.release(pick.worker)
+            return pick, content
+        retry = proxy.settings.gateway_retry_after_s
+        if failures and all(f.kind == "refused" for f in failures):
+            raise proxy._no_worker(AllBusyError(), route.alias)
+        if not failures:
+            raise proxy._no_worker(NoLiveWorkerError(), route.alias)
+        raise GatewayError(
+            502,
+            f"no worker for {route.alias!r} could answer ({len(failures)} tried): {failures[-1]}",
+            type="upstream_error",
+            code="upstream_failed",
+            retry_after_s=retry,
+        )
+
+
+class _WorkerRefused(Exception):
+    """A worker's 4xx (bad input, a chat-only worker): the client's to see as it is."""
+
+    def __init__(self, pick: Pick, status: int, content: bytes) -> None:
+        try:
+            message = str(orjson.loads(content)["error"]["message"])
+        except (ValueError, KeyError, TypeError):
+            message = content[:500].decode(errors="replace")
+        super().__init__(message)
+        self.pick = pick
+        self.status = status
+        self.content = content
+        self.message = message
+
+
+def _usage(content: bytes) -> int | None:
+    try:
+        data: Any = orjson.loads(content)
+        return int(data["usage"]["prompt_tokens"])
+    except (ValueError, KeyError, TypeError):
+        return None
