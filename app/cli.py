@@ -24,6 +24,7 @@ from app.db.database import Database
 from app.db.embedded import EmbeddedDatabaseError, EmbeddedPostgres, running_url, stop_server
 from app.db.engine import DatabaseUrlError
 from app.deployments import Deployments
+from app.engine.serving import add_serving_flags, serving_values_from
 from app.launcher import (
     DEMO_ALIAS,
     LaunchError,
@@ -235,8 +236,7 @@ def cmd_users_add(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     # Imported here: it loads llama_cpp, which no other command needs to wait for.
-    from app.engine.pooling import parse_pooling
-    from app.worker.options import WorkerOptions, parse_tensor_split
+    from app.worker.options import WorkerOptions
     from app.worker.process import WorkerStartError, run_worker
 
     try:
@@ -244,20 +244,13 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
             model=args.model,
             host=args.host,
             port=args.port,
-            n_gpu_layers=args.n_gpu_layers,
-            main_gpu=args.main_gpu,
-            tensor_split=parse_tensor_split(args.tensor_split) if args.tensor_split else None,
-            n_ctx=args.n_ctx,
-            parallel=args.parallel,
-            threads=args.threads,
             alias=args.alias,
             deployment_id=args.deployment_id,
             max_queue=args.max_queue,
             log_path=args.log_path,
             advertise_url=args.advertise_url or settings.advertise_url,
             join=args.join,
-            embeddings=args.embeddings,
-            pooling=parse_pooling(args.pooling),
+            **serving_values_from(args),
         )
     except ValueError as exc:
         warn(f"herd worker: {exc}")
@@ -481,24 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     worker.add_argument("--port", type=int, default=0, help="port (default 0: any free port)")
-    worker.add_argument(
-        "--n-gpu-layers", type=int, default=0, help="layers to offload to the GPU; -1: all"
-    )
-    worker.add_argument("--main-gpu", type=int, default=0, help="GPU for the model (default 0)")
-    worker.add_argument("--tensor-split", default=None, help="share of the model per GPU, e.g. 3,1")
-    worker.add_argument(
-        "--n-ctx",
-        type=int,
-        default=4096,
-        help="context window in tokens (default 4096; 0 or above trained: the trained context)",
-    )
-    worker.add_argument(
-        "--parallel",
-        type=int,
-        default=0,
-        help="generation slots (default 0: 4, or fewer if their KV cache would not fit)",
-    )
-    worker.add_argument("--threads", type=int, default=None, help="CPU threads (default: auto)")
+    # llama.cpp's settings: one flag per ServingParams field, its default and help included.
+    add_serving_flags(worker)
     worker.add_argument("--alias", default=None, help="model name clients use (default: stem)")
     worker.add_argument(
         "--deployment-id", type=int, default=None, help="the deployment it serves (supervisor)"
@@ -525,16 +502,6 @@ def build_parser() -> argparse.ArgumentParser:
             "serve the deployment for (--alias, --model), creating an external one (started "
             "by Kubernetes or you, never by a supervisor) if there is none"
         ),
-    )
-    worker.add_argument(
-        "--embeddings",
-        action="store_true",
-        help="serve POST /v1/embeddings (only) with this model, --n-ctx tokens per decode",
-    )
-    worker.add_argument(
-        "--pooling",
-        default="model",
-        help="with --embeddings: model (the GGUF's own; mean if it names none), mean, cls, last",
     )
 
     demo = command(

@@ -7,7 +7,6 @@ supervisors act on it at once.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from app.config import DEFAULT_WORKER_LIVE_S, parse_labels
 from app.db.tables import Deployment, Model
-from app.engine.pooling import POOLING_CHOICES, Pooling, parse_pooling
+from app.engine.serving import ServingParams, serving_values_from
 
 ALIAS_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}")
 
@@ -48,20 +47,11 @@ class UnknownDeploymentError(DeploymentError):
     """No deployment has that id."""
 
 
-@dataclass(frozen=True)
-class ServingSettings:
+@dataclass(frozen=True, kw_only=True)
+class ServingSettings(ServingParams):
     """How each replica runs: the model (store name) and llama.cpp's settings."""
 
     model: str
-    n_gpu_layers: int = 0
-    n_ctx: int = 4096
-    parallel: int = 1
-    threads: int | None = None
-    main_gpu: int = 0
-    tensor_split: tuple[float, ...] | None = None
-    # Workers serve POST /v1/embeddings (only), pooling token vectors so.
-    embeddings: bool = False
-    pooling: Pooling = "model"
 
 
 @dataclass(frozen=True)
@@ -158,31 +148,8 @@ def _validate_serving(
             f"model {model.name} cannot be served: it is {model.status}"
             + (f" ({model.error})" if model.error else "")
         )
-    _check(
-        serving.n_gpu_layers >= -1,
-        f"n_gpu_layers must be -1 (all layers) or 0 and up, not {serving.n_gpu_layers}",
-    )
-    _check(serving.n_ctx > 0, f"n_ctx must be a positive number of tokens, not {serving.n_ctx}")
-    _check(serving.parallel >= 1, f"parallel needs at least 1 slot, not {serving.parallel}")
-    _check(
-        serving.n_ctx >= serving.parallel,
-        f"n_ctx {serving.n_ctx} is too small to share among {serving.parallel} slots",
-    )
-    _check(
-        serving.threads is None or serving.threads >= 1,
-        f"threads must be 1 or more (or unset for llama.cpp's default), not {serving.threads}",
-    )
-    _check(serving.main_gpu >= 0, f"main_gpu is a GPU index, 0 or more, not {serving.main_gpu}")
-    if serving.tensor_split is not None:
-        _check(
-            all(math.isfinite(x) and x >= 0 for x in serving.tensor_split)
-            and sum(serving.tensor_split) > 0,
-            "tensor_split needs non-negative proportions, one per GPU, not all zero",
-        )
-    _check(
-        serving.pooling in POOLING_CHOICES,
-        f"pooling is one of {', '.join(POOLING_CHOICES)}, not {serving.pooling!r}",
-    )
+    problems = serving.serving_problems()
+    _check(not problems, "; ".join(problems))
     trained = model.context_length
     if trained and serving.n_ctx > trained and not allow_ctx_overflow:
         raise ContextTooLargeError(
@@ -396,16 +363,9 @@ class Deployments:
 
     @staticmethod
     def _serving_columns(serving: ServingSettings) -> dict[str, Any]:
-        return {
-            "n_gpu_layers": serving.n_gpu_layers,
-            "n_ctx": serving.n_ctx,
-            "parallel": serving.parallel,
-            "threads": serving.threads,
-            "main_gpu": serving.main_gpu,
-            "tensor_split": list(serving.tensor_split) if serving.tensor_split else None,
-            "embeddings": serving.embeddings,
-            "pooling": serving.pooling,
-        }
+        values = serving.serving_values()
+        values["tensor_split"] = list(serving.tensor_split) if serving.tensor_split else None
+        return values
 
     def _update(self, deployment_id: int, **values: Any) -> None:
         with Session(self.engine) as session, session.begin():
@@ -483,15 +443,7 @@ class Deployments:
                     model_path=model_path,
                     replicas=d.replicas,
                     serving=ServingSettings(
-                        model=model_name,
-                        n_gpu_layers=d.n_gpu_layers,
-                        n_ctx=d.n_ctx,
-                        parallel=d.parallel,
-                        threads=d.threads,
-                        main_gpu=d.main_gpu,
-                        tensor_split=tuple(d.tensor_split) if d.tensor_split else None,
-                        embeddings=d.embeddings,
-                        pooling=parse_pooling(d.pooling),
+                        model=model_name, **serving_values_from(d)
                     ),
                     state=d.state,
                     error=d.error,

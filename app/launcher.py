@@ -19,7 +19,7 @@ from app.config import Settings
 from app.db import migrate
 from app.db.database import Database
 from app.deployments import Deployments, ServingSettings
-from app.store.catalog import ModelStore, ProgressCallback, ScanReport, default_slots_for
+from app.store.catalog import ModelStore, ProgressCallback, ScanReport
 from app.store.demo import add_demo_model
 
 DASHBOARD_ENTRY = Path(__file__).resolve().parents[1] / "dashboard.py"
@@ -87,13 +87,8 @@ def deploy_demo(settings: Settings, database: Database, model_name: str) -> bool
     deployments = Deployments(database.engine, settings.worker_live_s)
     if deployments.all():
         return False
-    model = ModelStore(database.engine, settings.models_path).get(model_name)
-    serving = ServingSettings(model=model_name)
-    if model is not None:
-        serving = ServingSettings(
-            model=model_name, parallel=default_slots_for(model, serving.n_gpu_layers, serving.n_ctx)
-        )
-    deployments.create(DEMO_ALIAS, serving)
+    # parallel 0: each worker takes as many slots (up to 4) as its host's memory holds.
+    deployments.create(DEMO_ALIAS, ServingSettings(model=model_name))
     return True
 
 

@@ -46,7 +46,7 @@ def demo_path() -> Path:
 @pytest.fixture(scope="module")
 def crowd(demo_path: Path) -> Iterator[BatchedEngine]:
     """Eight slots: the engine under test."""
-    engine = load_batched_engine(LoadOptions(demo_path, n_ctx=N_CTX, slots=8), max_queue=8)
+    engine = load_batched_engine(LoadOptions(demo_path, n_ctx=N_CTX, parallel=8), max_queue=8)
     yield engine
     engine.close()
 
@@ -54,7 +54,7 @@ def crowd(demo_path: Path) -> Iterator[BatchedEngine]:
 @pytest.fixture(scope="module")
 def alone(demo_path: Path) -> Iterator[BatchedEngine]:
     """One slot, one request at a time: the reference each crowded output is compared to."""
-    engine = load_batched_engine(LoadOptions(demo_path, n_ctx=N_CTX, slots=1), max_queue=8)
+    engine = load_batched_engine(LoadOptions(demo_path, n_ctx=N_CTX, parallel=1), max_queue=8)
     yield engine
     engine.close()
 
@@ -218,13 +218,13 @@ def test_prefix_reuse_matches_a_cold_run_and_reports_cached_tokens(
     async def scenario() -> None:
         cold = []
         for q in questions:
-            fresh = load_batched_engine(LoadOptions(demo_path, n_ctx=N_CTX, slots=1))
+            fresh = load_batched_engine(LoadOptions(demo_path, n_ctx=N_CTX, parallel=1))
             try:
                 cold.append(await run_alone(fresh, greedy(q, SYSTEM, max_tokens=12)))
             finally:
                 fresh.close()
         assert cold[0][1].usage.prompt_tokens > 200 and cold[0][1].usage.cached_tokens == 0
-        engine = load_batched_engine(LoadOptions(demo_path, n_ctx=N_CTX, slots=3))
+        engine = load_batched_engine(LoadOptions(demo_path, n_ctx=N_CTX, parallel=3))
         try:
             first = await run_alone(engine, greedy(questions[0], SYSTEM, max_tokens=12))
             assert first[1].usage.cached_tokens == 0 and first[0] == cold[0][0]
@@ -292,7 +292,7 @@ def test_overflow_is_refused_before_any_work(crowd: BatchedEngine) -> None:
 
 
 def test_make_engine_batches_the_demo_model(demo_path: Path) -> None:
-    engine = make_engine(LoadOptions(demo_path, n_ctx=256, slots=2))
+    engine = make_engine(LoadOptions(demo_path, n_ctx=256, parallel=2))
     try:
         assert isinstance(engine, BatchedEngine)
         assert engine.info.slots_total == 2 and engine.info.n_ctx == 256

@@ -120,8 +120,9 @@ class Deployment(Base):
     __table_args__ = (
         CheckConstraint("replicas >= 0", name="replicas"),
         CheckConstraint("n_gpu_layers >= -1", name="n_gpu_layers"),
-        CheckConstraint("n_ctx > 0", name="n_ctx"),
-        CheckConstraint("parallel >= 1", name="parallel"),
+        # 0: the worker chooses (app/engine/serving.py).
+        CheckConstraint("n_ctx >= 0", name="n_ctx"),
+        CheckConstraint("parallel >= 0", name="parallel"),
         CheckConstraint("traffic_weight >= 0", name="traffic_weight"),
         CheckConstraint("state IN ('active', 'stopped', 'failed')", name="state"),
         CheckConstraint("generation >= 1", name="generation"),

@@ -298,9 +298,9 @@ def _context(model: Any, options: LoadOptions, pooling: int, max_tokens: int) ->
     params.n_seq_max = MAX_SEQS
     # Sequences share the cells: one long input may use all of them.
     params.kv_unified = True
-    if options.n_threads:
-        params.n_threads = options.n_threads
-        params.n_threads_batch = options.n_threads
+    if options.threads:
+        params.n_threads = options.threads
+        params.n_threads_batch = options.threads
     params.no_perf = True
     return llama_cpp.llama_init_from_model(model, params)
 

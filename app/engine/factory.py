@@ -27,7 +27,7 @@ STEP_TOKENS = 512
 
 
 def load_batched_engine(options: LoadOptions, max_queue: int = 16) -> BatchedEngine:
-    """Load the model with options.slots sequences in one context; raises ModelLoadError, or
+    """Load the model with options.parallel sequences in one context; raises ModelLoadError, or
     BatchingUnsupported when this model cannot be batched."""
     model = load_model(replace(options, n_ctx=HELPER_N_CTX))
     try:
@@ -35,13 +35,13 @@ def load_batched_engine(options: LoadOptions, max_queue: int = 16) -> BatchedEng
         obstacle = batching_obstacle(llama.model)
         if obstacle is not None:
             raise BatchingUnsupported(obstacle)
-        slots = max(1, options.slots)
+        slots = max(1, options.parallel)
         shape = ContextShape(
             slots=slots,
             n_ctx_slot=options.n_ctx,
             n_batch=max(STEP_TOKENS, slots),
             n_threads=int(llama.n_threads),
-            n_threads_batch=int(options.n_threads or llama.n_threads_batch),
+            n_threads_batch=int(options.threads or llama.n_threads_batch),
         )
         context = BatchContext(llama.model, shape)
         bos = llama.token_bos()
@@ -67,6 +67,6 @@ def make_engine(options: LoadOptions, max_queue: int = 16, batched: bool = True)
                 "time with the single-slot engine (--parallel %d is ignored)",
                 options.model_path.name,
                 exc,
-                options.slots,
+                options.parallel,
             )
     return load_single_slot_engine(options, max_queue=max_queue)

@@ -16,6 +16,7 @@ from app.engine.errors import BadRequest, ModelLoadError, PromptTooLong
 from app.engine.llama_log import LlamaLog
 from app.engine.protocol import EngineInfo
 from app.engine.requests import GenerationRequest
+from app.engine.serving import ServingParams
 
 logger = logging.getLogger(__name__)
 
@@ -24,16 +25,11 @@ _GENERIC_ERRORS = ("failed to load model", "llama_model_load_from_file_impl")
 
 
 @dataclass(frozen=True)
-class LoadOptions:
-    """How to load a model; n_gpu_layers -1 offloads every layer."""
+class LoadOptions(ServingParams):
+    """Which file to load, and how (ServingParams; parallel 0 loads one slot: the worker
+    resolves "choose from memory" before it loads)."""
 
     model_path: Path
-    n_ctx: int = 4096
-    n_gpu_layers: int = 0
-    main_gpu: int = 0
-    tensor_split: tuple[float, ...] | None = None
-    n_threads: int | None = None
-    slots: int = 1
 
 
 @dataclass(frozen=True)
@@ -130,7 +126,7 @@ def load_model(options: LoadOptions) -> LoadedModel:
             n_gpu_layers=options.n_gpu_layers,
             main_gpu=options.main_gpu,
             tensor_split=list(options.tensor_split) if options.tensor_split else None,
-            n_threads=options.n_threads,
+            n_threads=options.threads,
             verbose=False,
         )
     except (ValueError, RuntimeError, OSError) as exc:

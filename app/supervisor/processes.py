@@ -26,22 +26,11 @@ def worker_argv(deployment: DesiredDeployment, host: str, log_path: Path) -> lis
         "--model", deployment.model_path,
         "--host", host,
         "--port", "0",
-        "--n-gpu-layers", str(deployment.n_gpu_layers),
-        "--n-ctx", str(deployment.n_ctx),
-        "--parallel", str(deployment.parallel),
         "--alias", deployment.alias,
         "--deployment-id", str(deployment.id),
         "--log-path", str(log_path),
     ]  # fmt: skip
-    if deployment.threads is not None:
-        argv += ["--threads", str(deployment.threads)]
-    if deployment.main_gpu:
-        argv += ["--main-gpu", str(deployment.main_gpu)]
-    if deployment.tensor_split:
-        argv += ["--tensor-split", ",".join(f"{x:g}" for x in deployment.tensor_split)]
-    if deployment.embeddings:
-        argv += ["--embeddings", "--pooling", deployment.pooling]
-    return argv
+    return argv + deployment.worker_flags()
 
 
 def is_worker_of(process: psutil.Process, deployment_id: int) -> bool:

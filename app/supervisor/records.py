@@ -8,10 +8,12 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
+from app.engine.serving import SERVING_FIELDS, ServingParams, serving_values_from
 
-@dataclass(frozen=True)
-class DesiredDeployment:
-    """A deployment as the supervisor needs it: what to run and how many."""
+
+@dataclass(frozen=True, kw_only=True)
+class DesiredDeployment(ServingParams):
+    """A deployment as the supervisor needs it: what to run, how (ServingParams), how many."""
 
     id: int
     alias: str
@@ -19,15 +21,7 @@ class DesiredDeployment:
     model_path: str
     model_status: str
     replicas: int
-    n_gpu_layers: int
-    n_ctx: int
-    parallel: int
-    threads: int | None
-    main_gpu: int
-    tensor_split: tuple[float, ...] | None
     state: str
-    embeddings: bool
-    pooling: str
     generation: int
     failures: int
 
@@ -60,14 +54,13 @@ class WorkerRow:
 # replicas: those placed on this node (app/supervisor/placement.py), not the total; a
 # deployment with none here is still listed, so that workers left here are stopped.
 DESIRED_SQL = text(
-    """
+    f"""
     SELECT d.id, d.alias, m.name AS model_name, m.path AS model_path,
            m.status AS model_status,
            (SELECT count(*) FROM placements p
             WHERE p.deployment_id = d.id AND p.node = :node)::int AS replicas,
-           d.n_gpu_layers, d.n_ctx, d.parallel,
-           d.threads, d.main_gpu, d.tensor_split, d.state, d.generation, d.failures,
-           d.embeddings, d.pooling
+           d.state, d.generation, d.failures,
+           {", ".join(f"d.{name}" for name in SERVING_FIELDS)}
     FROM deployments d JOIN models m ON m.id = d.model_id
     WHERE NOT d.external
     """
@@ -116,10 +109,8 @@ class SupervisorRecords:
         found = {}
         for row in rows:
             values: dict[str, Any] = dict(row)
-            split = values.pop("tensor_split")
-            found[row["id"]] = DesiredDeployment(
-                tensor_split=tuple(float(x) for x in split) if split else None, **values
-            )
+            values.update(serving_values_from(row))
+            found[row["id"]] = DesiredDeployment(**values)
         return found
 
     def processes(self) -> list[ProcessRecord]:

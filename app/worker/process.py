@@ -29,6 +29,7 @@ from app.engine.errors import ModelLoadError
 from app.engine.factory import make_engine
 from app.engine.loader import LoadOptions
 from app.engine.protocol import Engine
+from app.engine.serving import DEFAULT_N_CTX
 from app.host_memory import free_bytes_for
 from app.listen import bind_listen_socket
 from app.store.estimate import default_slots
@@ -38,7 +39,7 @@ from app.worker.app import create_app
 from app.worker.heartbeat import Heartbeat, Reporter
 from app.worker.metrics import WorkerMetrics
 from app.worker.model_source import ModelSource, ModelSourceError, resolve_model
-from app.worker.options import DEFAULT_N_CTX, WorkerOptions
+from app.worker.options import WorkerOptions
 from app.worker.registration import WorkerRegistry, join_deployment
 from app.worker.state import WorkerState
 
@@ -136,13 +137,7 @@ class ModelLoader:
             free_bytes_for(options.n_gpu_layers, options.main_gpu),
         )
         load = LoadOptions(
-            model_path=self.source.path,
-            n_ctx=n_ctx,
-            n_gpu_layers=options.n_gpu_layers,
-            main_gpu=options.main_gpu,
-            tensor_split=options.tensor_split,
-            n_threads=options.threads,
-            slots=slots,
+            self.source.path, **(options.serving_values() | {"n_ctx": n_ctx, "parallel": slots})
         )
         try:
             engine: Engine

@@ -1,0 +1,177 @@
+"""How one model replica runs in llama.cpp: the one definition of the serving parameters.
+
+Deployments (what operators ask for, one row each), the supervisor (which starts workers
+with them), `herd worker` (whose flags are generated from the fields below) and the engine's
+loader all derive from ServingParams: a new parameter is added here, once, with its default,
+its help text and its check. Free of llama_cpp, so pages and the CLI import it cheaply.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from app.engine.pooling import POOLING_CHOICES, Pooling, parse_pooling
+
+DEFAULT_N_CTX = 4096
+
+
+def parse_tensor_split(text: str) -> tuple[float, ...]:
+    """'3,1' -> (3.0, 1.0): the share of the model each GPU gets, as llama.cpp takes it."""
+    try:
+        parts = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        raise ValueError(f"tensor split {text!r} is not comma-separated numbers") from None
+    if any(p < 0 for p in parts) or not any(p > 0 for p in parts):
+        raise ValueError(f"tensor split {text!r} needs shares >= 0, at least one above 0")
+    return parts
+
+
+def _format_tensor_split(value: tuple[float, ...]) -> str:
+    return ",".join(f"{x:g}" for x in value)
+
+
+def _param(
+    default: Any,
+    help_text: str,
+    *,
+    parse: Callable[[str], Any] | None = None,
+    show: Callable[[Any], str] = str,
+) -> Any:
+    """A serving parameter: its default, and how its `herd worker` flag reads and writes it."""
+    return field(default=default, metadata={"help": help_text, "parse": parse, "show": show})
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServingParams:
+    """llama.cpp's settings for one replica. 0 for n_ctx and parallel means "choose": the
+    model's trained context, and as many slots (up to 4) as the host's memory holds."""
+
+    n_gpu_layers: int = _param(0, "layers to offload to the GPU; -1: all (default 0)")
+    n_ctx: int = _param(
+        DEFAULT_N_CTX,
+        f"context window in tokens, per slot (default {DEFAULT_N_CTX}; 0: the model's "
+        "trained context; above it: capped to it)",
+    )
+    parallel: int = _param(
+        0,
+        "generation slots batched together (default 0: 4, or fewer if their KV cache "
+        "would not fit in free memory)",
+    )
+    threads: int | None = _param(None, "CPU threads (default: llama.cpp's choice)", parse=int)
+    main_gpu: int = _param(0, "GPU for the model (default 0)")
+    tensor_split: tuple[float, ...] | None = _param(
+        None,
+        "share of the model per GPU, e.g. 3,1",
+        parse=parse_tensor_split,
+        show=_format_tensor_split,
+    )
+    embeddings: bool = _param(
+        False, "serve POST /v1/embeddings (only) with this model, n_ctx tokens per decode"
+    )
+    pooling: Pooling = _param(
+        "model",
+        "with --embeddings: model (the GGUF's own; mean if it names none), mean, cls, last",
+        parse=parse_pooling,
+    )
+
+    def serving_problems(self) -> list[str]:
+        """What is wrong with these values, each as a sentence; empty when they are fine."""
+        problems = []
+        if self.n_gpu_layers < -1:
+            problems.append(
+                f"n_gpu_layers must be -1 (all layers) or 0 and up, not {self.n_gpu_layers}"
+            )
+        if self.n_ctx < 0:
+            problems.append(
+                f"n_ctx must be a positive number of tokens (or 0: the trained context), "
+                f"not {self.n_ctx}"
+            )
+        if self.parallel < 0:
+            problems.append(
+                f"parallel needs at least 1 slot (or 0: chosen from memory), not {self.parallel}"
+            )
+        if self.threads is not None and self.threads < 1:
+            problems.append(
+                f"threads must be 1 or more (or unset for llama.cpp's default), not {self.threads}"
+            )
+        if self.main_gpu < 0:
+            problems.append(f"main_gpu is a GPU index, 0 or more, not {self.main_gpu}")
+        if self.tensor_split is not None and not (
+            all(math.isfinite(x) and x >= 0 for x in self.tensor_split)
+            and sum(self.tensor_split) > 0
+        ):
+            problems.append(
+                "tensor_split needs non-negative proportions, one per GPU, not all zero"
+            )
+        if self.pooling not in POOLING_CHOICES:
+            choices = ", ".join(POOLING_CHOICES)
+            problems.append(f"pooling is one of {choices}, not {self.pooling!r}")
+        return problems
+
+    def serving_params(self) -> ServingParams:
+        """Just the serving parameters of this (possibly larger) object."""
+        return ServingParams(**self.serving_values())
+
+    def serving_values(self) -> dict[str, Any]:
+        """The parameters by name, as the `deployments` table's columns hold them."""
+        return {f.name: getattr(self, f.name) for f in fields(ServingParams)}
+
+    def worker_flags(self) -> list[str]:
+        """The `herd worker` flags that reproduce these values (defaults left out)."""
+        argv: list[str] = []
+        for f in fields(ServingParams):
+            value = getattr(self, f.name)
+            if value == f.default:
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            if isinstance(value, bool):
+                argv.append(flag)
+            else:
+                argv += [flag, f.metadata["show"](value)]
+        return argv
+
+
+# Column names in the `deployments` table, flag names (with dashes) for `herd worker`.
+SERVING_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ServingParams))
+
+
+def add_serving_flags(parser: argparse.ArgumentParser) -> None:
+    """The `herd worker` flags, one per ServingParams field, with its default and help."""
+    for f in fields(ServingParams):
+        flag = "--" + f.name.replace("_", "-")
+        if f.default is False:
+            parser.add_argument(flag, action="store_true", help=f.metadata["help"])
+            continue
+        parser.add_argument(
+            flag,
+            type=_flag_parser(f.metadata["parse"] or type(f.default)),
+            default=f.default,
+            help=f.metadata["help"],
+        )
+
+
+def _flag_parser(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """parse, with its ValueError's message shown by argparse (not "invalid value")."""
+
+    def parse_flag(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse_flag
+
+
+def serving_values_from(source: object) -> dict[str, Any]:
+    """The ServingParams values held by parsed flags, an ORM row (attributes) or a mapping
+    (a SQL row), as ServingParams takes them (tensor_split as a tuple)."""
+    get = source.get if isinstance(source, Mapping) else lambda name: getattr(source, name)
+    values = {f.name: get(f.name) for f in fields(ServingParams)}
+    if values["tensor_split"] is not None:
+        values["tensor_split"] = tuple(float(x) for x in values["tensor_split"])
+    values["pooling"] = parse_pooling(str(values["pooling"]))
+    return values
