@@ -22,6 +22,27 @@ from app.engine.serving import ServingParams, serving_values_from
 
 ALIAS_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}")
 
+# state stays 'active' below the limit; at the limit the supervisor gives up.
+FAILURE_SQL = text(
+    """
+    UPDATE deployments
+    SET failures = failures + 1,
+        error = :reason,
+        state = CASE WHEN failures + 1 >= :limit THEN 'failed' ELSE state END
+    WHERE id = :id AND state = 'active'
+    RETURNING failures, state
+    """
+)
+JOIN_SQL = text(
+    "SELECT id FROM deployments WHERE alias = :alias AND model_id = :model_id "
+    "AND state <> 'stopped' ORDER BY external, id LIMIT 1"
+)
+# replicas 0: nobody here decides how many there are; Kubernetes or the operator does.
+CREATE_EXTERNAL_SQL = text(
+    "INSERT INTO deployments (alias, model_id, replicas, external) "
+    "VALUES (:alias, :model_id, 0, true) RETURNING id"
+)
+
 
 class DeploymentError(ValueError):
     """A deployment request was refused; the message says why."""
@@ -360,6 +381,67 @@ class Deployments:
             ).first()
         if deleted is None:
             raise UnknownDeploymentError(f"no deployment with id {deployment_id}")
+
+    def set_node_selector(
+        self, deployment_id: int, node: str | None, labels: Mapping[str, str] | None
+    ) -> None:
+        """Where a deployment may run: a node name and/or labels every node must carry.
+
+        Placements that no longer match are moved by the next placement step."""
+        self._update(
+            deployment_id,
+            node=(node or "").strip() or None,
+            node_labels=dict(labels) if labels else None,
+        )
+
+    # ---- changes the fleet makes itself: supervisors counting failures, joining workers ---
+
+    def record_failure(self, deployment_id: int, reason: str, limit: int) -> tuple[int, bool]:
+        """Count a failed replica; returns (consecutive failures, whether it gave up)."""
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                FAILURE_SQL, {"id": deployment_id, "reason": reason, "limit": limit}
+            ).first()
+        if row is None:  # stopped or deleted meanwhile: nothing to count
+            return 0, False
+        return int(row.failures), row.state == "failed"
+
+    def fail(self, deployment_id: int, reason: str) -> None:
+        """Give up on an active deployment at once (a failure no restart can fix)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "UPDATE deployments SET state = 'failed', error = :reason "
+                    "WHERE id = :id AND state = 'active'"
+                ),
+                {"id": deployment_id, "reason": reason},
+            )
+
+    def reset_failures(self, deployment_id: int) -> None:
+        """A replica has been ready long enough: the failure count starts again."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "UPDATE deployments SET failures = 0, error = NULL "
+                    "WHERE id = :id AND failures > 0 AND state = 'active'"
+                ),
+                {"id": deployment_id},
+            )
+
+    def join_external(self, alias: str, model_id: int) -> tuple[int, bool]:
+        """The deployment a `herd worker --join` serves: the live one for (alias, model), or
+        a new external one. Returns (id, created). One advisory lock per alias keeps workers
+        that join at the same moment from creating two rows."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+                {"key": f"herd-join:{alias}"},
+            )
+            params = {"alias": alias, "model_id": model_id}
+            found = conn.execute(JOIN_SQL, params).scalar()
+            if found is not None:
+                return int(found), False
+            return int(conn.execute(CREATE_EXTERNAL_SQL, params).scalar_one()), True
 
     @staticmethod
     def _serving_columns(serving: ServingSettings) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, text
 
 from app.config import Settings
 from app.db.database import Database
+from app.deployments import Deployments, UnknownDeploymentError
 from app.gateway.demand import alias_demand, queued_requests
 from app.store.catalog import ModelStore
 from app.store.demo import add_demo_model
@@ -23,11 +24,9 @@ from app.supervisor.placement import (
     Placer,
     Selector,
     plan_placements,
-    set_node_selector,
 )
 from app.supervisor.records import SupervisorRecords
 from app.worker.advertise import advertised_url
-from app.worker.registration import join_deployment
 from tests.conftest import run_herd, write_tiny_gguf
 from tests.gateway_harness import (
     GatewayThread,
@@ -209,17 +208,18 @@ def test_selectors_place_by_label_and_name_and_move_when_changed(database: Datab
     cpu = Placer(engine, "cpu-box", {"zone": "a"})
     for placer in (gpu, cpu):
         placer.heartbeat()
-    set_node_selector(engine, deployment_id, None, {"gpu": "h100"})
+    Deployments(engine).set_node_selector(deployment_id, None, {"gpu": "h100"})
     cpu.place(TIMEOUT_S)
     assert placed(engine, deployment_id) == {0: "gpu-box", 1: "gpu-box"}
-    set_node_selector(engine, deployment_id, "cpu-box", None)
+    Deployments(engine).set_node_selector(deployment_id, "cpu-box", None)
     gpu.place(TIMEOUT_S)
     assert placed(engine, deployment_id) == {0: "cpu-box", 1: "cpu-box"}
-    set_node_selector(engine, deployment_id, "cpu-box", {"gpu": "h100"})  # nothing matches
+    # Nothing matches both:
+    Deployments(engine).set_node_selector(deployment_id, "cpu-box", {"gpu": "h100"})
     gpu.place(TIMEOUT_S)
     assert placed(engine, deployment_id) == {}
-    with pytest.raises(LookupError, match="no deployment"):
-        set_node_selector(engine, 999_999, None, None)
+    with pytest.raises(UnknownDeploymentError, match="no deployment"):
+        Deployments(engine).set_node_selector(999_999, None, None)
 
 
 def test_a_clean_exit_hands_replicas_over_at_once(database: Database) -> None:
@@ -243,7 +243,8 @@ def test_join_creates_one_external_deployment_even_when_racing(database: Databas
     engine = database.engine
     model_id = add_model(engine, "m.gguf")
     with ThreadPoolExecutor(6) as pool:
-        joined = list(pool.map(lambda _: join_deployment(engine, "ext", model_id), range(6)))
+        deployments = Deployments(engine)
+        joined = list(pool.map(lambda _: deployments.join_external("ext", model_id), range(6)))
     ids = {deployment_id for deployment_id, _ in joined}
     assert len(ids) == 1 and sum(created for _, created in joined) == 1
     (deployment_id,) = ids
@@ -260,7 +261,7 @@ def test_join_creates_one_external_deployment_even_when_racing(database: Databas
     assert deployment_id not in SupervisorRecords(engine, "n").desired()
     # A supervised deployment of the same alias and model is joined, not duplicated.
     supervised = add_deployment(engine, "sup", model_id)
-    assert join_deployment(engine, "sup", model_id) == (supervised, False)
+    assert Deployments(engine).join_external("sup", model_id) == (supervised, False)
 
 
 def test_worker_join_serves_through_the_gateway(

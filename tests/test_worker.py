@@ -40,6 +40,7 @@ def served(
         worker = launcher.start(
             "--model", str(find_demo_model().path), "--alias", "smol",
             "--n-gpu-layers", "-1", "--max-queue", str(MAX_QUEUE), "--log-path", "/tmp/w.log",
+            "--parallel", "1",  # these tests are about one slot and its queue
         )  # fmt: skip
         yield worker, worker.wait_ready()
     finally:
@@ -377,6 +378,8 @@ def test_database_errors_do_not_stop_heartbeats(
 ) -> None:
     worker = worker_launcher.start("--model", str(find_demo_model().path))
     base = worker.wait_ready()
+    # No --parallel: 4 slots, as the 135M model's KV caches fit in this host's memory.
+    assert health(base)["slots_total"] == 4
     # Take the table away: every heartbeat now fails with a database error.
     with database.engine.begin() as conn:
         conn.execute(text("ALTER TABLE workers RENAME TO workers_away"))

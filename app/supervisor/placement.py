@@ -174,25 +174,3 @@ class Placer:
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PLACEMENT_LOCK})
             conn.execute(text("DELETE FROM placements WHERE node = :node"), {"node": self.node})
             conn.execute(text("DELETE FROM nodes WHERE name = :node"), {"node": self.node})
-
-
-def set_node_selector(
-    engine: Engine, deployment_id: int, node: str | None, labels: Mapping[str, str] | None
-) -> None:
-    """Where a deployment may run: a node name and/or labels every node must carry.
-
-    Placements that no longer match are moved by the next placement step."""
-    with engine.begin() as conn:
-        found = conn.execute(
-            text(
-                "UPDATE deployments SET node = :node, node_labels = CAST(:labels AS jsonb), "
-                "updated_at = now() WHERE id = :id"
-            ),
-            {
-                "id": deployment_id,
-                "node": (node or "").strip() or None,
-                "labels": json.dumps(dict(labels)) if labels else None,
-            },
-        ).rowcount
-    if not found:
-        raise LookupError(f"no deployment {deployment_id}")

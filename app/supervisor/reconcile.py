@@ -11,6 +11,7 @@ import httpx
 import psutil
 
 from app.config import Settings
+from app.deployments import Deployments
 from app.supervisor import logs
 from app.supervisor.placement import Placer
 from app.supervisor.processes import WorkerHandle, adopt, spawn, wait_all, worker_argv
@@ -37,6 +38,8 @@ class Supervisor:
         self.records = records
         self.env = env
         self.placer = placer or Placer(records.engine, records.node, settings.node_label_map)
+        # The deployments table's one writer, for the failure counts kept here.
+        self.deployments = Deployments(records.engine, settings.worker_live_s)
         self.handles: dict[int, WorkerHandle] = {}
         # Earliest time (monotonic) a deployment with failures may start a replica again.
         self.next_start_at: dict[int, float] = {}
@@ -141,7 +144,7 @@ class Supervisor:
                 log.info("worker pid %s of deployment %s ended: %s",
                          handle.pid, handle.deployment_id, reason)  # fmt: skip
                 continue
-            failures, gave_up = self.records.record_failure(
+            failures, gave_up = self.deployments.record_failure(
                 deployment.id, reason, self.settings.restart_max_failures
             )
             counted = True
@@ -234,7 +237,7 @@ class Supervisor:
                 f"(status {deployment.model_status}); rescan the store or roll to another model"
             )
             log.error("deployment %s (%s): %s", deployment.id, deployment.alias, reason)
-            self.records.fail(deployment.id, reason)
+            self.deployments.fail(deployment.id, reason)
             return
         for _ in range(missing):
             self._start(deployment)
@@ -300,7 +303,7 @@ class Supervisor:
                 and h.age_s >= self.settings.restart_stable_s
                 for h in self.handles.values()
             ):
-                self.records.reset_failures(deployment.id)
+                self.deployments.reset_failures(deployment.id)
                 self.next_start_at.pop(deployment.id, None)
 
     def _sweep_stale_rows(self) -> None:

@@ -73,17 +73,6 @@ WORKER_ROWS_SQL = text(
     ORDER BY id DESC
     """
 )
-# state stays 'active' below the limit; at the limit the supervisor gives up.
-FAILURE_SQL = text(
-    """
-    UPDATE deployments
-    SET failures = failures + 1,
-        error = :reason,
-        state = CASE WHEN failures + 1 >= :limit THEN 'failed' ELSE state END
-    WHERE id = :id AND state = 'active'
-    RETURNING failures, state
-    """
-)
 # Rows of workers on loopback addresses (so on this machine) that stopped heartbeating.
 STALE_LOCAL_SQL = text(
     """
@@ -172,37 +161,6 @@ class SupervisorRecords:
         return [
             WorkerRow(**{**r, "heartbeat_age_s": float(r["heartbeat_age_s"] or 0.0)}) for r in rows
         ]
-
-    def record_failure(self, deployment_id: int, reason: str, limit: int) -> tuple[int, bool]:
-        """Count a failed replica; returns (consecutive failures, whether it gave up)."""
-        with self.engine.begin() as conn:
-            row = conn.execute(
-                FAILURE_SQL, {"id": deployment_id, "reason": reason, "limit": limit}
-            ).first()
-        if row is None:  # stopped or deleted meanwhile: nothing to count
-            return 0, False
-        return int(row.failures), row.state == "failed"
-
-    def fail(self, deployment_id: int, reason: str) -> None:
-        """Give up on a deployment at once (a failure no restart can fix)."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                text(
-                    "UPDATE deployments SET state = 'failed', error = :reason "
-                    "WHERE id = :id AND state = 'active'"
-                ),
-                {"id": deployment_id, "reason": reason},
-            )
-
-    def reset_failures(self, deployment_id: int) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                text(
-                    "UPDATE deployments SET failures = 0, error = NULL "
-                    "WHERE id = :id AND failures > 0 AND state = 'active'"
-                ),
-                {"id": deployment_id},
-            )
 
     def stale_local_workers(self, stale_s: float) -> list[tuple[int, int | None]]:
         """(row id, pid) of loopback workers silent for stale_s seconds."""

@@ -24,6 +24,7 @@ import uvicorn
 from app.config import Settings
 from app.db import migrate
 from app.db.database import Database
+from app.deployments import Deployments
 from app.engine.embedder import load_embedding_engine
 from app.engine.errors import ModelLoadError
 from app.engine.factory import make_engine
@@ -40,7 +41,7 @@ from app.worker.heartbeat import Heartbeat, Reporter
 from app.worker.metrics import WorkerMetrics
 from app.worker.model_source import ModelSource, ModelSourceError, resolve_model
 from app.worker.options import WorkerOptions
-from app.worker.registration import WorkerRegistry, join_deployment
+from app.worker.registration import WorkerRegistry
 from app.worker.state import WorkerState
 
 logger = logging.getLogger(__name__)
@@ -200,7 +201,9 @@ def _run(settings: Settings, options: WorkerOptions, database: Database) -> int:
             )
             source = None
         else:
-            deployment_id, created = join_deployment(database.engine, alias, source.model_id)
+            deployment_id, created = Deployments(database.engine).join_external(
+                alias, source.model_id
+            )
             logger.info("%s deployment %d for %r", "created external" if created else "joined",
                         deployment_id, alias)  # fmt: skip
     state = WorkerState(

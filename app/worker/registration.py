@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, text, update
+from sqlalchemy import Engine, delete, func, insert, update
 
 from app.db.tables import Worker
 
@@ -63,30 +63,3 @@ class WorkerRegistry:
     def delete(self, worker_id: int) -> None:
         with self.engine.begin() as conn:
             conn.execute(delete(Worker).where(Worker.id == worker_id))
-
-
-JOIN_SQL = text(
-    "SELECT id FROM deployments WHERE alias = :alias AND model_id = :model_id "
-    "AND state <> 'stopped' ORDER BY external, id LIMIT 1"
-)
-# replicas 0: nobody here decides how many there are; Kubernetes or the operator does.
-CREATE_EXTERNAL_SQL = text(
-    "INSERT INTO deployments (alias, model_id, replicas, external) "
-    "VALUES (:alias, :model_id, 0, true) RETURNING id"
-)
-
-
-def join_deployment(engine: Engine, alias: str, model_id: int) -> tuple[int, bool]:
-    """The deployment a `--join` worker serves: the live one for (alias, model), or a new
-    external one. Returns (id, created). One advisory lock per alias keeps workers that
-    join at the same moment from creating two rows."""
-    with engine.begin() as conn:
-        conn.execute(
-            text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
-            {"key": f"herd-join:{alias}"},
-        )
-        params = {"alias": alias, "model_id": model_id}
-        found = conn.execute(JOIN_SQL, params).scalar()
-        if found is not None:
-            return int(found), False
-        return int(conn.execute(CREATE_EXTERNAL_SQL, params).scalar_one()), True
