@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, select, text, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
 
 from app.config import parse_labels
+from app.db.bind import Bind, connect
 from app.db.tables import Deployment, Model
 
 ALIAS_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}")
@@ -266,7 +267,7 @@ def _worker_view(row: Mapping[str, Any] | None, process: Mapping[str, Any] | Non
 class Deployments:
     """Deployments in one database: validated changes and views with their workers."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Bind) -> None:
         self.engine = engine
 
     # ---- changes -------------------------------------------------------------------------
@@ -424,7 +425,7 @@ class Deployments:
 
     def workers(self, deployment_id: int | None = None) -> list[WorkerView]:
         """Replicas of one deployment (or of all), supervised processes and worker rows merged."""
-        with self.engine.connect() as conn:
+        with connect(self.engine) as conn:
             params = {"deployment_id": deployment_id}
             rows = [dict(r) for r in conn.execute(WORKERS_SQL, params).mappings()]
             processes = [dict(r) for r in conn.execute(PROCESSES_SQL, params).mappings()]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 
 from app.config import Settings
+from app.db.bind import Bind, begin, connect
 from app.db.tables import Alias
 
 
@@ -40,11 +41,11 @@ class AliasSettings:
 class AliasStore:
     """Reads and writes the aliases table."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Bind) -> None:
         self.engine = engine
 
     def all(self) -> dict[str, AliasSettings]:
-        with self.engine.connect() as conn:
+        with connect(self.engine) as conn:
             rows = conn.execute(select(Alias)).mappings().all()
         return {
             r["alias"]: AliasSettings(
@@ -71,5 +72,11 @@ class AliasStore:
         stmt = stmt.on_conflict_do_update(
             index_elements=[Alias.alias], set_={**values, "updated_at": func.now()}
         )
-        with self.engine.begin() as conn:
+        with begin(self.engine) as conn:
             conn.execute(stmt)
+
+    def delete(self, alias: str) -> bool:
+        """Drop the alias's row, so it gets the defaults again; False when it had none."""
+        with begin(self.engine) as conn:
+            gone = conn.execute(delete(Alias).where(Alias.alias == alias).returning(Alias.alias))
+            return gone.first() is not None
