@@ -9,6 +9,7 @@ from app.analytics.monitoring import (
     session_series,
     traffic_series,
 )
+from app.analytics.key_usage import key_usage
 from app.analytics.summary import tiles
 from app.analytics.versions import compare_versions, filter_options
 from app.ui import auth, charts, resources
@@ -124,3 +125,15 @@ with ab_tab:
             )
     if not shown:
         st.caption("No alias has more than one model version with traffic in this period.")
+
+st.header("Usage per API key")
+with resources.database_errors():
+    per_key = key_usage(engine, scope)
+if per_key:
+    st.dataframe(per_key, hide_index=True, width="stretch")
+    st.caption(
+        "Requests and tokens in the period as the gateways count them for key limits "
+        "(table `api_key_usage`); tokens today are against the key's daily quota (UTC day)."
+    )
+else:
+    st.caption("No API keys.")

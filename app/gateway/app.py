@@ -74,7 +74,7 @@ async def authenticate(request: Request) -> int | None:
             "a valid API key is required: send `Authorization: Bearer <key>` "
             "(operators create keys with `herd keys create NAME`)"
             if not token
-            else "the API key is not valid (unknown or revoked)"
+            else "the API key is not valid (unknown, revoked or expired)"
         )
     return None
 

@@ -87,6 +87,14 @@ class GatewayRuntime:
             asyncio.create_task(self.routing.run(), name="herd-routing-refresh"),
             asyncio.create_task(self.log.run(), name="herd-request-log"),
             asyncio.create_task(self.demand.run(), name="herd-demand"),
+            asyncio.create_task(
+                self.proxy.key_limits.run(
+                    self.engine,
+                    lambda: self.routing.snapshot.key_rules,
+                    self.settings.gateway_refresh_s,
+                ),
+                name="herd-key-usage",
+            ),
         ]
         days = self.settings.text_retention_days
         if days is not None:
@@ -101,6 +109,8 @@ class GatewayRuntime:
                 await task
         with contextlib.suppress(SQLAlchemyError):
             await asyncio.to_thread(self.demand.withdraw)
+        # Hand this replica's last key usage counts to the others.
+        await asyncio.to_thread(self.proxy.key_limits.sync, self.engine, set())
         await self.log.close()
         await self.client.close()
         self.engine.dispose()
