@@ -20,13 +20,13 @@ from tqdm import tqdm
 from app.accounts import AccountError, Role
 from app.admin import commands as admin_commands
 from app.admin.config_file import ConfigError
-from app.deployments import DeploymentError
-from app.gateway.keys import ApiKeyError
 from app.config import Settings
 from app.db import migrate
 from app.db.database import Database
 from app.db.embedded import EmbeddedDatabaseError, EmbeddedPostgres, running_url, stop_server
 from app.db.engine import DatabaseUrlError
+from app.deployments import DeploymentError
+from app.gateway.keys import ApiKeyError
 from app.launcher import LaunchError, dashboard_service, prepare, serve
 from app.store.catalog import ModelStore, ModelStoreError, ProgressCallback, describe_model
 from app.store.estimate import format_bytes

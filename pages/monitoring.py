@@ -3,13 +3,13 @@
 import streamlit as st
 
 from app.accounts import Role
+from app.analytics.key_usage import key_usage
 from app.analytics.monitoring import (
     engagement_series,
     latency_series,
     session_series,
     traffic_series,
 )
-from app.analytics.key_usage import key_usage
 from app.analytics.summary import tiles
 from app.analytics.versions import compare_versions, filter_options
 from app.ui import auth, charts, resources

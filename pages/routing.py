@@ -155,7 +155,9 @@ if can_key:
         )
         admin_scope = st.checkbox("Admin scope (may call /admin/v1)", key="key_admin")
         limit_cols = st.columns(3)
-        rpm_limit = limit_cols[0].number_input("Requests/min (0 = none)", min_value=0, key="key_rpm")
+        rpm_limit = limit_cols[0].number_input(
+            "Requests/min (0 = none)", min_value=0, key="key_rpm"
+        )
         tpm_limit = limit_cols[1].number_input("Tokens/min (0 = none)", min_value=0, key="key_tpm")
         daily = limit_cols[2].number_input("Tokens/day (0 = none)", min_value=0, key="key_daily")
         expires_on = st.date_input("Expires (optional)", value=None, key="key_expires")

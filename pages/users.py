@@ -67,7 +67,9 @@ with right:
         )
         cols = st.columns(2)
         if cols[0].button("Save role", key=f"user_role_save_{picked}"):
-            change(f"change the role of {picked!r}", lambda: admin.set_role(actor, picked, Role(role)))
+            change(
+                f"change the role of {picked!r}", lambda: admin.set_role(actor, picked, Role(role))
+            )
         if user.disabled:
             if cols[1].button("Enable", key=f"user_enable_{picked}"):
                 change(f"enable {picked!r}", lambda: admin.set_disabled(actor, picked, False))

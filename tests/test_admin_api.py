@@ -70,9 +70,10 @@ def test_admin_api_changes_are_the_audited_changes(
     created = api.post("/deployments", json={"alias": "chat", "model": "tiny.gguf", "n_ctx": 256})
     assert created.status_code == 201, created.text
     deployment_id = created.json()["id"]
-    assert api.post(f"/deployments/{deployment_id}/scale", json={"replicas": 2}).json()[
-        "replicas"
-    ] == 2
+    assert (
+        api.post(f"/deployments/{deployment_id}/scale", json={"replicas": 2}).json()["replicas"]
+        == 2
+    )
     bad = api.post("/deployments", json={"alias": "x", "model": "missing.gguf"})
     assert bad.status_code == 400 and "missing.gguf" in bad.json()["error"]["message"]
     assert api.post("/deployments", json={"alias": "x", "model": "tiny.gguf", "replicaz": 1}

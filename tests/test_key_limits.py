@@ -104,6 +104,7 @@ def usage_rows(database: Database, key_id: int) -> tuple[int, int]:
 def settled(database: Database, key_id: int, requests: int, tokens: int = 0) -> None:
     """Until the database holds the key's counts, then long enough for every gateway to
     read them back (syncs run every 0.2 s here)."""
+
     def reached() -> bool:
         found = usage_rows(database, key_id)
         return found[0] >= requests and found[1] >= tokens

@@ -20,8 +20,8 @@ from app.admin.snapshots import alias_json, deployment_json, key_json, operator_
 from app.admin.specs import (
     AliasSpec,
     DeploymentSpec,
-    KeySpec,
     KeyPolicySpec,
+    KeySpec,
     ModelAddSpec,
     RollSpec,
     ScaleSpec,
@@ -206,7 +206,9 @@ def admin_router() -> APIRouter:
     def list_keys(who: Who, admin: Ops) -> list[dict[str, Any]]:
         return [key_json(k) for k in admin.keys().list()]
 
-    @router.post("/keys", summary="Create a key; its secret is in this answer only", status_code=201)
+    @router.post(
+        "/keys", summary="Create a key; its secret is in this answer only", status_code=201
+    )
     def create_key(body: KeySpec, who: Who, admin: Ops) -> dict[str, Any]:
         created = refused(lambda: admin.create_key(who, body.name, body.policy()))
         return {**asdict(created)}

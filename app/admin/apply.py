@@ -30,7 +30,7 @@ class Step:
 
     text: str
     where: str
-    run: Callable[[Change], None]
+    run: Callable[[Change], object]
 
 
 @dataclass
@@ -45,7 +45,9 @@ class Plan:
 
 
 def _changes(before: dict[str, Any], after: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {before.get(k)!r} -> {v!r}" for k, v in after.items() if before.get(k) != v)
+    return ", ".join(
+        f"{k} {before.get(k)!r} -> {v!r}" for k, v in after.items() if before.get(k) != v
+    )
 
 
 def _serving_fields(serving: ServingSettings) -> dict[str, Any]:
@@ -206,8 +208,7 @@ class Applier:
                                        self._create_key(spec, plan)))  # fmt: skip
             elif current.policy != want:
                 text = (
-                    f"~ key {spec.name}: "
-                    f"{_changes(policy_json(current.policy), policy_json(want))}"
+                    f"~ key {spec.name}: {_changes(policy_json(current.policy), policy_json(want))}"
                 )
                 plan.steps.append(Step(text, where, self._set_key(current.id, spec)))
         if prune:
@@ -218,7 +219,7 @@ class Applier:
 
     # -- the steps' actions (each runs inside the one apply transaction)
 
-    def _create(self, spec: DeploymentSpec) -> Callable[[Change], None]:
+    def _create(self, spec: DeploymentSpec) -> Callable[[Change], object]:
         def run(change: Change) -> None:
             view = self.admin.create_deployment_in(
                 change,
@@ -235,7 +236,7 @@ class Applier:
 
         return run
 
-    def _replace(self, old_id: int, spec: DeploymentSpec) -> Callable[[Change], None]:
+    def _replace(self, old_id: int, spec: DeploymentSpec) -> Callable[[Change], object]:
         create = self._create(spec)
 
         def run(change: Change) -> None:
@@ -247,7 +248,7 @@ class Applier:
     def _update(
         self, current: DeploymentView, have: dict[str, Any], spec: DeploymentSpec,
         want: dict[str, Any],
-    ) -> Callable[[Change], None]:  # fmt: skip
+    ) -> Callable[[Change], object]:  # fmt: skip
         def run(change: Change) -> None:
             if any(have[f] != want[f] for f in SERVING_FIELDS):
                 self.admin.roll_in(change, current.id, spec.serving(), spec.allow_ctx_overflow)
@@ -261,28 +262,28 @@ class Applier:
 
         return run
 
-    def _weights(self, alias: str, weights: dict[int, int]) -> Callable[[Change], None]:
+    def _weights(self, alias: str, weights: dict[int, int]) -> Callable[[Change], object]:
         return lambda change: self.admin.set_traffic_weights_in(change, alias, weights)
 
-    def _delete(self, deployment_id: int) -> Callable[[Change], None]:
+    def _delete(self, deployment_id: int) -> Callable[[Change], object]:
         return lambda change: self.admin.delete_deployment_in(change, deployment_id)
 
-    def _set_alias(self, alias: str, spec: AliasSpec) -> Callable[[Change], None]:
+    def _set_alias(self, alias: str, spec: AliasSpec) -> Callable[[Change], object]:
         return lambda change: self.admin.set_alias_settings_in(change, alias, spec.settings())
 
-    def _reset_alias(self, alias: str) -> Callable[[Change], None]:
+    def _reset_alias(self, alias: str) -> Callable[[Change], object]:
         return lambda change: self.admin.reset_alias_settings_in(change, alias)
 
-    def _create_key(self, spec: KeySpec, plan: Plan) -> Callable[[Change], None]:
+    def _create_key(self, spec: KeySpec, plan: Plan) -> Callable[[Change], object]:
         def run(change: Change) -> None:
             plan.created_keys.append(self.admin.create_key_in(change, spec.name, spec.policy()))
 
         return run
 
-    def _set_key(self, key_id: int, spec: KeySpec) -> Callable[[Change], None]:
+    def _set_key(self, key_id: int, spec: KeySpec) -> Callable[[Change], object]:
         return lambda change: self.admin.set_key_policy_in(change, str(key_id), spec.policy())
 
-    def _revoke(self, key_id: int) -> Callable[[Change], None]:
+    def _revoke(self, key_id: int) -> Callable[[Change], object]:
         return lambda change: self.admin.revoke_key_in(change, str(key_id))
 
     def apply(self, plan: Plan, actor: Actor) -> None:

@@ -107,4 +107,6 @@ def read_audit(
 def audit_actors(engine: Engine) -> list[str]:
     """Everyone who appears in the audit log (for a filter)."""
     with engine.connect() as conn:
-        return list(conn.execute(select(AuditLog.actor).distinct().order_by(AuditLog.actor)).scalars())
+        return list(
+            conn.execute(select(AuditLog.actor).distinct().order_by(AuditLog.actor)).scalars()
+        )

@@ -30,9 +30,7 @@ class Change:
     conn: Connection
     actor: Actor
 
-    def record(
-        self, action: str, kind: str, target_id: object, before: Any, after: Any
-    ) -> None:
+    def record(self, action: str, kind: str, target_id: object, before: Any, after: Any) -> None:
         record(self.conn, self.actor, action, kind, target_id, before, after)
 
 
@@ -273,9 +271,7 @@ class Admin:
     def keys(self) -> ApiKeys:
         return ApiKeys(self.engine)
 
-    def create_key(
-        self, actor: Actor, name: str, policy: KeyPolicy | None = None
-    ) -> CreatedKey:
+    def create_key(self, actor: Actor, name: str, policy: KeyPolicy | None = None) -> CreatedKey:
         with self.transaction(actor) as change:
             return self.create_key_in(change, name, policy)
 
@@ -292,9 +288,7 @@ class Admin:
         with self.transaction(actor) as change:
             return self.set_key_policy_in(change, name_or_id, policy)
 
-    def set_key_policy_in(
-        self, change: Change, name_or_id: str, policy: KeyPolicy
-    ) -> ApiKeyView:
+    def set_key_policy_in(self, change: Change, name_or_id: str, policy: KeyPolicy) -> ApiKeyView:
         keys = ApiKeys(change.conn)
         before = _active_key(keys, name_or_id)
         keys.set_policy(before.id, policy)
@@ -373,11 +367,7 @@ def _key(keys: ApiKeys, key_id: int) -> ApiKeyView:
 
 def _active_key(keys: ApiKeys, name_or_id: str) -> ApiKeyView:
     found = next(
-        (
-            k
-            for k in keys.list()
-            if k.active and (k.name == name_or_id or str(k.id) == name_or_id)
-        ),
+        (k for k in keys.list() if k.active and (k.name == name_or_id or str(k.id) == name_or_id)),
         None,
     )
     if found is None:

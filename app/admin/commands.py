@@ -81,7 +81,9 @@ def cmd_users_list(settings: Settings, args: argparse.Namespace) -> int:
     _echo(f"{'NAME':24} {'ROLE':9} {'STATE':9} LAST LOGIN")
     for u in users:
         last = u.last_login_at.strftime("%Y-%m-%d %H:%M:%S") if u.last_login_at else "-"
-        _echo(f"{u.name[:24]:24} {u.role.value:9} {'disabled' if u.disabled else 'enabled':9} {last}")
+        _echo(
+            f"{u.name[:24]:24} {u.role.value:9} {'disabled' if u.disabled else 'enabled':9} {last}"
+        )
     return 0
 
 

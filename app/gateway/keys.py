@@ -9,12 +9,11 @@ from __future__ import annotations
 import builtins
 import hashlib
 import secrets
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import RowMapping, func, insert, select, update
 
 from app.db.bind import Bind, begin, connect
 from app.db.tables import ApiKey
@@ -67,7 +66,7 @@ class KeyPolicy:
         }
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> KeyPolicy:
+    def from_row(cls, row: RowMapping) -> KeyPolicy:
         scopes = row["scopes"]
         return cls(
             scopes=tuple(scopes) if scopes is not None else None,

@@ -29,7 +29,9 @@ def upgrade() -> None:
     op.create_table(
         "audit_log",
         sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
-        sa.Column("at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column(
+            "at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+        ),
         sa.Column("actor", sa.Text(), nullable=False),
         sa.Column("via", sa.Text(), nullable=False),
         sa.Column("source", sa.Text(), nullable=True),
