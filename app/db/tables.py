@@ -380,8 +380,8 @@ class AuditLog(Base):
     action: Mapped[str] = mapped_column(Text)
     target_kind: Mapped[str] = mapped_column(Text)
     target_id: Mapped[str | None] = mapped_column(Text)
-    before: Mapped[Any] = mapped_column(JSONB)
-    after: Mapped[Any] = mapped_column(JSONB)
+    before: Mapped[Any] = mapped_column(JSONB, nullable=True)
+    after: Mapped[Any] = mapped_column(JSONB, nullable=True)
 
     __table_args__ = (
         CheckConstraint("via IN ('page', 'cli', 'api', 'apply')", name="via"),
