@@ -167,12 +167,15 @@ def test_limits_and_quotas_hold_across_two_gateway_processes(
 
     # Usage per key is plain SQL.
     with database.engine.connect() as conn:
-        per_key = dict(
-            conn.execute(
-                text("SELECT k.name, sum(u.tokens) FROM api_key_usage u "
-                     "JOIN api_keys k ON k.id = u.api_key_id GROUP BY k.name")
-            ).tuples().all()
-        )  # fmt: skip
+        per_key = {
+            name: int(tokens)
+            for name, tokens in conn.execute(
+                text(
+                    "SELECT k.name, sum(u.tokens) FROM api_key_usage u "
+                    "JOIN api_keys k ON k.id = u.api_key_id GROUP BY k.name"
+                )
+            )
+        }
     assert per_key == {"rpm": 4 * TOKENS_PER_CALL, "quota": 3 * TOKENS_PER_CALL}
 
 
