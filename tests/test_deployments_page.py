@@ -12,7 +12,7 @@ from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 from worker_process import WorkerLauncher
 
-from app.accounts import LoggedIn, Role
+from app.accounts import Role
 from app.config import Settings
 from app.db.database import Database
 from app.deployments import Deployments, ServingSettings
@@ -20,9 +20,8 @@ from app.store.catalog import ModelStore
 from app.store.demo import add_demo_model
 from app.supervisor import logs
 from app.supervisor.records import SupervisorRecords
-from app.ui.auth import SESSION_KEY
 from app.ui.deployment_rows import CPU_ONLY_REBUILD
-from tests.conftest import REPO_ROOT, TINY
+from tests.conftest import REPO_ROOT, TINY, log_in_as
 
 PAGE = str(REPO_ROOT / "pages" / "deployments.py")
 
@@ -44,7 +43,7 @@ def page_env(
 
 def _page(role: Role) -> AppTest:
     app = AppTest.from_file(PAGE, default_timeout=30)
-    app.session_state[SESSION_KEY] = LoggedIn("someone", role)
+    log_in_as(app, "someone", role)
     app.run()
     assert not app.exception, app.exception
     return app

@@ -9,14 +9,13 @@ from gateway_harness import add_deployment, add_model
 from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
-from app.accounts import LoggedIn, Role
+from app.accounts import Role
 from app.config import Settings
 from app.db.database import Database
 from app.deployments import DeploymentError, Deployments
 from app.gateway.aliases import AliasSettings, AliasStore
 from app.gateway.keys import ApiKeys, hash_key
-from app.ui.auth import SESSION_KEY
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, log_in_as
 
 PAGE = str(REPO_ROOT / "pages" / "routing.py")
 
@@ -33,7 +32,7 @@ def canary(monkeypatch: pytest.MonkeyPatch, settings: Settings, database: Databa
 
 def _page(role: Role) -> AppTest:
     app = AppTest.from_file(PAGE, default_timeout=30)
-    app.session_state[SESSION_KEY] = LoggedIn("alice", role)
+    log_in_as(app, "alice", role)
     app.run()
     assert not app.exception, app.exception
     return app
