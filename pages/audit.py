@@ -38,6 +38,11 @@ with resources.database_errors():
 if not rows:
     st.info("No changes recorded for these filters.")
 else:
+    latest = rows[0]
+    st.caption(
+        f"{len(rows)} change(s), newest first. Latest: {latest.action} by {latest.actor} "
+        f"via {latest.via}."
+    )
     st.dataframe(
         [
             {

@@ -61,19 +61,21 @@ with right:
     picked = st.selectbox("Account", list(by_name), key="user_pick")
     if picked:
         user = by_name[picked]
+        state = "disabled" if user.disabled else "enabled"
+        st.caption(f"{picked}: {user.role.value}, {state}")
         roles = [r.value for r in Role]
         role = st.selectbox(
             "Role", roles, index=roles.index(user.role.value), key=f"user_role_{picked}"
         )
         cols = st.columns(2)
-        if cols[0].button("Save role", key=f"user_role_save_{picked}"):
+        if cols[0].button("Save role", key="user_role_save"):
             change(
                 f"change the role of {picked!r}", lambda: admin.set_role(actor, picked, Role(role))
             )
         if user.disabled:
-            if cols[1].button("Enable", key=f"user_enable_{picked}"):
+            if cols[1].button("Enable", key="user_enable"):
                 change(f"enable {picked!r}", lambda: admin.set_disabled(actor, picked, False))
-        elif cols[1].button("Disable", key=f"user_disable_{picked}"):
+        elif cols[1].button("Disable", key="user_disable"):
             change(f"disable {picked!r}", lambda: admin.set_disabled(actor, picked, True))
         with st.form(f"user_password_{picked}", clear_on_submit=True):
             password = st.text_input("New password", type="password", key=f"user_pw_{picked}")

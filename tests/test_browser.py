@@ -211,6 +211,7 @@ def test_admin_disables_a_user_whose_session_then_ends(
         open_page(page, "Users")
         page.get_by_role("combobox", name=re.compile("Account")).click()
         page.get_by_role("option", name="dora", exact=True).click()
+        expect(page.get_by_text("dora: operator, enabled")).to_be_visible()
         page.get_by_role("button", name="Disable", exact=True).click()
         expect(page.get_by_text("Disable 'dora': done.")).to_be_visible()
         shot(page, "20-users-disable")
@@ -223,7 +224,7 @@ def test_admin_disables_a_user_whose_session_then_ends(
         shot(dora, "21-disabled-user-logged-out")
 
         open_page(page, "Audit")
-        expect(page.get_by_text("user.disable").first).to_be_visible()
+        expect(page.get_by_text("Latest: user.disable by admin via page.")).to_be_visible()
         shot(page, "22-audit")
     finally:
         dora_context.close()

@@ -30,7 +30,7 @@ def test_admin_disables_a_user_and_that_session_ends(database: Database) -> None
     assert [r for r in users.dataframe[0].value["name"]] == ["dora", "root"]
 
     users.selectbox(key="user_pick").set_value("dora").run()
-    users.button(key="user_disable_dora").click().run()
+    users.button(key="user_disable").click().run()
     assert not users.exception, users.exception
     assert users.success[0].value == "Disable 'dora': done."
 
@@ -42,16 +42,16 @@ def test_admin_disables_a_user_and_that_session_ends(database: Database) -> None
 
     # The last enabled admin cannot disable itself.
     users.selectbox(key="user_pick").set_value("root").run()
-    users.button(key="user_disable_root").click().run()
+    users.button(key="user_disable").click().run()
     assert "last enabled admin" in users.error[0].value
     assert Accounts(database.engine).current("root") == Role.ADMIN
 
     # A role change applies at the next run too: an admin demoted to viewer loses the page.
     users.selectbox(key="user_pick").set_value("dora").run()
-    users.button(key="user_enable_dora").click().run()
+    users.button(key="user_enable").click().run()
     users.selectbox(key="user_pick").set_value("dora").run()
     users.selectbox(key="user_role_dora").set_value("admin").run()
-    users.button(key="user_role_save_dora").click().run()
+    users.button(key="user_role_save").click().run()
     assert Accounts(database.engine).current("dora") == Role.ADMIN
 
     rows = read_audit(database.engine, action="user.")
