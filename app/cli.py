@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import json
 import logging
@@ -308,7 +309,7 @@ def cmd_keys_list(settings: Settings, args: argparse.Namespace) -> int:
         migrate.upgrade(db.url)
         keys = ApiKeys(db.engine).list()
     if args.json:
-        echo(json.dumps([k.__dict__ for k in keys], indent=2, default=str))
+        echo(json.dumps([dataclasses.asdict(k) for k in keys], indent=2, default=str))
         return 0
     if not keys:
         echo("no API keys: the gateway accepts calls without one (unless HERD_REQUIRE_API_KEY=1)")
