@@ -87,8 +87,9 @@ class KeyLimits:
     since (pending: not yet sent; in flight: being sent now)."""
 
     def __init__(self) -> None:
-        self._pending: dict[tuple[int, int], _Counts] = defaultdict(_Counts)
-        self._in_flight: dict[tuple[int, int], _Counts] = {}
+        # key id -> minute -> counts; by key so that a check reads only its own key's.
+        self._pending: dict[int, dict[int, _Counts]] = defaultdict(lambda: defaultdict(_Counts))
+        self._in_flight: dict[int, dict[int, _Counts]] = {}
         # key id -> (minute, requests this minute, tokens this minute, day, tokens that day)
         self._totals: dict[int, tuple[int, int, int, int, int]] = {}
 
@@ -103,9 +104,7 @@ class KeyLimits:
             if t_day == day:
                 day_tokens = t_day_tokens
         for counts in (self._pending, self._in_flight):
-            for (kid, m), c in counts.items():
-                if kid != key_id:
-                    continue
+            for m, c in counts.get(key_id, {}).items():
                 if m == minute:
                     requests += c.requests
                     tokens += c.tokens
@@ -145,13 +144,13 @@ class KeyLimits:
                 "token_rate_limit_exceeded",
                 to_next_minute,
             )
-        self._pending[(key_id, _minute(now))].requests += 1
+        self._pending[key_id][_minute(now)].requests += 1
 
     def add_tokens(self, key_id: int, tokens: int, now: float | None = None) -> None:
         """Tokens of an answered call (prompt and completion), counted when it ends."""
         if tokens > 0:
             now = time.time() if now is None else now
-            self._pending[(key_id, _minute(now))].tokens += tokens
+            self._pending[key_id][_minute(now)].tokens += tokens
 
     def sync(self, engine: Engine, key_ids: set[int], now: float | None = None) -> None:
         """Add what this replica counted to api_key_usage and read every replica's totals
@@ -159,13 +158,15 @@ class KeyLimits:
         now = time.time() if now is None else now
         if self._in_flight:
             return  # the previous sync is still running
-        self._in_flight, self._pending = dict(self._pending), defaultdict(_Counts)
+        self._in_flight = dict(self._pending)
+        self._pending = defaultdict(lambda: defaultdict(_Counts))
         minute, day = _minute(now), _day(now)
         try:
             with engine.begin() as conn:
                 rows = [
                     {"key_id": k, "minute": _ts(m), "requests": c.requests, "tokens": c.tokens}
-                    for (k, m), c in sorted(self._in_flight.items())
+                    for k, minutes in sorted(self._in_flight.items())
+                    for m, c in sorted(minutes.items())
                 ]
                 if rows:
                     conn.execute(FLUSH_SQL, rows)
@@ -178,9 +179,10 @@ class KeyLimits:
                 )
         except SQLAlchemyError as exc:
             logger.warning("cannot sync API key usage; counting locally meanwhile: %s", exc)
-            for slot, c in self._in_flight.items():
-                self._pending[slot].requests += c.requests
-                self._pending[slot].tokens += c.tokens
+            for k, minutes in self._in_flight.items():
+                for m, c in minutes.items():
+                    self._pending[k][m].requests += c.requests
+                    self._pending[k][m].tokens += c.tokens
             self._in_flight = {}
             return
         self._totals = {
