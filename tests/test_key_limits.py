@@ -19,6 +19,8 @@ from sqlalchemy import text
 
 from app.admin.audit import Actor, Via
 from app.admin.changes import Admin
+from app.analytics.key_usage import key_usage
+from app.analytics.scope import Scope
 from app.config import Settings
 from app.db.database import Database
 from app.gateway.errors import GatewayError
@@ -177,6 +179,15 @@ def test_limits_and_quotas_hold_across_two_gateway_processes(
             )
         }
     assert per_key == {"rpm": 4 * TOKENS_PER_CALL, "quota": 3 * TOKENS_PER_CALL}
+    # ... and what the Monitoring page shows per key.
+    now = datetime.now(UTC)
+    shown = {
+        r["name"]: (r["requests"], r["tokens"], r["tokens_today"], r["daily_token_quota"])
+        for r in key_usage(database.engine, Scope(now - timedelta(hours=1), now + timedelta(1)))
+    }
+    assert shown["quota"] == (3, 3 * TOKENS_PER_CALL, 3 * TOKENS_PER_CALL, 3 * TOKENS_PER_CALL)
+    assert shown["rpm"][:2] == (4, 4 * TOKENS_PER_CALL)
+    assert shown["old"] == (0, 0, 0, None)
 
 
 def test_counts_of_one_replica_reach_another_through_the_database(database: Database) -> None:
