@@ -564,7 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys_create = command(keys, "create", cmd_keys_create, "create a key (shown once)")
     keys_create.add_argument("name")
     keys_create.add_argument(
-        "--created-by", dest="actor", default=None, help="who asked for it (audit log)"
+        "--as", "--created-by", dest="actor", default=None, help="who asked for it (audit log)"
     )
     admin_commands.add_key_policy_flags(keys_create)
     keys_list = command(keys, "list", cmd_keys_list, "list keys (never the keys themselves)")
@@ -572,6 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys_revoke = command(keys, "revoke", cmd_keys_revoke, "revoke a key by name or id")
     keys_revoke.add_argument("name_or_id")
     admin_commands.add_actor_flag(keys_revoke)
+    admin_commands.add_key_commands(keys, command)
 
     retention = sub.add_parser("retention", help="text retention").add_subparsers(
         dest="retention_command", required=True, metavar="COMMAND"

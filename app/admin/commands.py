@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from app.accounts import Role
+from app.admin import snapshots
 from app.admin.apply import Applier, export_config
 from app.admin.audit import Actor, Via
 from app.admin.changes import Admin
@@ -108,6 +109,14 @@ def cmd_users_remove(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_set(settings: Settings, args: argparse.Namespace) -> int:
+    """Replace an active key's scopes, expiry and limits (flags not given: none)."""
+    with open_admin(settings) as admin:
+        view = admin.set_key_policy(cli_actor(args), args.name_or_id, key_policy(args))
+    _echo(f"key {view.id} {view.name!r}: {snapshots.policy_json(view.policy)}")
+    return 0
+
+
 def key_policy(args: argparse.Namespace) -> KeyPolicy:
     """The policy the key flags describe."""
     expires = datetime.fromisoformat(args.expires).astimezone() if args.expires else None
@@ -135,6 +144,14 @@ def add_actor_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--as", dest="actor", default=None, help="who to record in the audit log (default: $USER)"
     )
+
+
+def add_key_commands(keys: Any, command: Command) -> None:
+    """`herd keys set`: a key's policy without herd.yaml."""
+    set_key = command(keys, "set", cmd_keys_set, "replace a key's scopes, expiry and limits")
+    set_key.add_argument("name_or_id")
+    add_key_policy_flags(set_key)
+    add_actor_flag(set_key)
 
 
 def add_admin_commands(sub: Any, users: Any, command: Command) -> None:
