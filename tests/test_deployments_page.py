@@ -13,6 +13,7 @@ from streamlit.testing.v1 import AppTest
 from worker_process import WorkerLauncher
 
 from app.accounts import Role
+from app.admin.audit import read_audit
 from app.config import Settings
 from app.db.database import Database
 from app.deployments import Deployments, ServingSettings
@@ -49,7 +50,9 @@ def _page(role: Role) -> AppTest:
     return app
 
 
-def test_operator_deploys_with_the_estimate_shown(page_env: Deployments) -> None:
+def test_operator_deploys_with_the_estimate_shown(
+    page_env: Deployments, database: Database
+) -> None:
     app = _page(Role.OPERATOR)
     assert app.title[0].value == "Deployments"
     assert "Nothing deployed yet." in [i.value for i in app.info]
@@ -76,6 +79,9 @@ def test_operator_deploys_with_the_estimate_shown(page_env: Deployments) -> None
     shown = app.dataframe[0].value
     assert list(shown["alias"]) == ["tiny-chat"]
     assert list(shown["ready"]) == ["0 / 2"]
+    [audited] = read_audit(database.engine)
+    assert (audited.actor, audited.via, audited.action) == ("someone", "page", "deployment.create")
+    assert audited.after["replicas"] == 2 and audited.before is None
 
 
 def test_context_above_training_needs_confirmation(page_env: Deployments) -> None:

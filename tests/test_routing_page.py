@@ -10,6 +10,7 @@ from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
 from app.accounts import Role
+from app.admin.audit import read_audit
 from app.config import Settings
 from app.db.database import Database
 from app.deployments import DeploymentError, Deployments
@@ -98,6 +99,8 @@ def test_key_is_shown_once_and_only_its_hash_is_stored(
 ) -> None:
     app = _page(Role.ADMIN)
     app.text_input(key="key_name").input("support-bot")
+    app.multiselect(key="key_scopes").select("assistant")
+    app.number_input(key="key_rpm").set_value(30)
     _submit(app, "Create key")
     assert not app.error, [e.value for e in app.error]
     [shown] = [c.value for c in app.code]
@@ -118,6 +121,9 @@ def test_key_is_shown_once_and_only_its_hash_is_stored(
     assert not app.exception, app.exception
     [key] = ApiKeys(database.engine).list()
     assert not key.active
+    assert (key.policy.scopes, key.policy.rate_limit_rpm) == (("assistant",), 30)
+    audited = [(r.actor, r.via, r.action) for r in read_audit(database.engine, action="key.")]
+    assert audited == [("alice", "page", "key.revoke"), ("alice", "page", "key.create")]
 
 
 def test_viewer_can_look_but_not_change(canary: list[int], database: Database) -> None:
