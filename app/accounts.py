@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import builtins
 import secrets
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import Engine, delete, func, select, text
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.db.bind import Bind, begin, connect
 from app.db.tables import LoginAttempt, Operator
 
 
@@ -52,6 +55,27 @@ class LoggedIn:
     logged_in_at: float = field(default_factory=time.time)
 
 
+@dataclass(frozen=True)
+class OperatorView:
+    """An account as admins see it (never its password hash)."""
+
+    name: str
+    role: Role
+    disabled: bool
+    created_at: datetime
+    last_login_at: datetime | None
+
+
+def _view(row: Operator) -> OperatorView:
+    return OperatorView(
+        name=row.name,
+        role=Role(row.role),
+        disabled=row.disabled,
+        created_at=row.created_at,
+        last_login_at=row.last_login_at,
+    )
+
+
 MIN_PASSWORD_LENGTH = 8
 
 FAILED_LOGIN_SQL = text("""
@@ -72,7 +96,7 @@ FAILED_LOGIN_SQL = text("""
 class Accounts:
     """Operator rows in one database; the only code that touches password hashes."""
 
-    def __init__(self, engine: Engine, max_failures: int = 5, lockout_s: float = 60.0) -> None:
+    def __init__(self, engine: Bind, max_failures: int = 5, lockout_s: float = 60.0) -> None:
         self.engine = engine
         self.max_failures = max_failures
         self.lockout_s = lockout_s
@@ -95,6 +119,89 @@ class Accounts:
                 session.add(row)
         except IntegrityError as exc:
             raise AccountError(f"an operator called {name!r} already exists") from exc
+
+    def list(self) -> builtins.list[OperatorView]:
+        """Every account, by name."""
+        with Session(self.engine) as session:
+            rows = session.scalars(select(Operator).order_by(Operator.name)).all()
+            return [_view(r) for r in rows]
+
+    def get(self, name: str) -> OperatorView:
+        with Session(self.engine) as session:
+            row = session.scalar(select(Operator).where(Operator.name == name))
+            if row is None:
+                raise AccountError(f"no operator called {name!r}")
+            return _view(row)
+
+    def current(self, name: str) -> Role | None:
+        """The role of an enabled account, None when it is disabled or gone: checked on every
+        page run so that disabling or demoting an account takes effect at once."""
+        with connect(self.engine) as conn:
+            role = conn.execute(
+                select(Operator.role).where(Operator.name == name, Operator.disabled.is_(False))
+            ).scalar()
+        return None if role is None else Role(role)
+
+    def set_role(self, name: str, role: Role) -> OperatorView:
+        """Change an account's role; the last enabled admin keeps its role."""
+        role = Role(role)
+        with Session(self.engine) as session, session.begin():
+            row = self._locked(session, name)
+            if row.role == Role.ADMIN and role != Role.ADMIN and not row.disabled:
+                self._keep_an_admin(session, name, "demote")
+            row.role = role.value
+            return _view(row)
+
+    def set_disabled(self, name: str, disabled: bool) -> OperatorView:
+        """Disable (or enable again) an account; the last enabled admin cannot be disabled."""
+        with Session(self.engine) as session, session.begin():
+            row = self._locked(session, name)
+            if disabled and row.role == Role.ADMIN and not row.disabled:
+                self._keep_an_admin(session, name, "disable")
+            row.disabled = disabled
+            return _view(row)
+
+    def remove(self, name: str) -> OperatorView:
+        """Delete an account; the last enabled admin cannot be removed."""
+        with Session(self.engine) as session, session.begin():
+            row = self._locked(session, name)
+            if row.role == Role.ADMIN and not row.disabled:
+                self._keep_an_admin(session, name, "remove")
+            view = _view(row)
+            session.delete(row)
+            return view
+
+    def set_password(self, name: str, password: str) -> OperatorView:
+        """Give an account a new password (an admin's reset, or the owner's change)."""
+        if len(password) < MIN_PASSWORD_LENGTH:
+            raise AccountError(f"passwords need at least {MIN_PASSWORD_LENGTH} characters")
+        with Session(self.engine) as session, session.begin():
+            row = self._locked(session, name)
+            row.password_hash = self._hasher.hash(password)
+            session.execute(delete(LoginAttempt).where(LoginAttempt.operator_name == name))
+            return _view(row)
+
+    @staticmethod
+    def _locked(session: Session, name: str) -> Operator:
+        row = session.scalar(select(Operator).where(Operator.name == name).with_for_update())
+        if row is None:
+            raise AccountError(f"no operator called {name!r}")
+        return row
+
+    @staticmethod
+    def _keep_an_admin(session: Session, name: str, verb: str) -> None:
+        # Locks every enabled admin row, so two admins cannot demote each other at once.
+        others = session.execute(
+            select(Operator.id)
+            .where(
+                Operator.role == Role.ADMIN.value,
+                Operator.disabled.is_(False),
+                Operator.name != name,
+            )
+            .with_for_update()
+        ).all()
+        if not others:
+            raise AccountError(f"cannot {verb} {name!r}: it is the last enabled admin")
 
     def ensure_admin(self) -> str | None:
         """On first run (no operators) create `admin` with a random password and return it."""
@@ -134,7 +241,7 @@ class Accounts:
             return LoggedIn(name=row.name, role=Role(row.role))
 
     def _check_lock(self, name: str) -> None:
-        with self.engine.connect() as conn:
+        with connect(self.engine) as conn:
             left = conn.execute(
                 select(func.extract("epoch", LoginAttempt.locked_until - func.now())).where(
                     LoginAttempt.operator_name == name, LoginAttempt.locked_until > func.now()
@@ -147,7 +254,7 @@ class Accounts:
         """Count a failure in the database (every dashboard process sees it); lock the name
         when it reaches max_failures. The count starts afresh after a lockout has run out or
         an hour without failures."""
-        with self.engine.begin() as conn:
+        with begin(self.engine) as conn:
             conn.execute(
                 FAILED_LOGIN_SQL,
                 {"name": name, "max": self.max_failures, "lockout_s": self.lockout_s},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import json
 import logging
@@ -17,14 +18,17 @@ from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 from tqdm import tqdm
 
-from app.accounts import AccountError, Accounts, Role
+from app.accounts import AccountError, Role
+from app.admin import commands as admin_commands
+from app.admin.config_file import ConfigError
 from app.config import Settings
 from app.db import migrate
 from app.db.database import Database
 from app.db.embedded import EmbeddedDatabaseError, EmbeddedPostgres, running_url, stop_server
 from app.db.engine import DatabaseUrlError
-from app.deployments import Deployments
+from app.deployments import DeploymentError, Deployments
 from app.engine.serving import add_serving_flags, serving_values_from
+from app.gateway.keys import ApiKeyError
 from app.launcher import (
     DEMO_ALIAS,
     LaunchError,
@@ -35,7 +39,6 @@ from app.launcher import (
     wait_alias_served,
 )
 from app.store.catalog import ModelStore, ModelStoreError, ProgressCallback, describe_model
-from app.store.demo import add_demo_model
 from app.store.estimate import format_bytes
 
 
@@ -161,11 +164,9 @@ def cmd_db_stop(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_models_scan(settings: Settings, args: argparse.Namespace) -> int:
-    with Database.open_current(settings) as db:
-        store = ModelStore(db.engine, settings.models_path)
-        with hash_progress() as progress:
-            report = store.scan(progress)
-        _print_scan(store, report)
+    with admin_commands.open_admin(settings) as admin, hash_progress() as progress:
+        report = admin.scan_models(admin_commands.cli_actor(args), progress)
+        _print_scan(admin.models(), report)
     return 0
 
 
@@ -199,13 +200,16 @@ def cmd_models_list(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_models_add(settings: Settings, args: argparse.Namespace) -> int:
     if not args.demo and not args.path:
         raise ModelStoreError("give a PATH to a .gguf file, or --demo")
-    with Database.open_current(settings) as db:
-        store = ModelStore(db.engine, settings.models_path)
-        with hash_progress() as progress:
-            if args.demo:
-                model = add_demo_model(store, progress)
-            else:
-                model = store.add(Path(args.path), args.name, progress)
+    with admin_commands.open_admin(settings) as admin, hash_progress() as progress:
+        name = admin.add_model(
+            admin_commands.cli_actor(args),
+            Path(args.path) if args.path else None,
+            args.name,
+            demo=args.demo,
+            progress=progress,
+        )
+        model = admin.models().get(name)
+        assert model is not None
         echo(f"added {model.name} ({model.architecture}, {model.file_type}, sha256 {model.sha256})")
     return 0
 
@@ -226,8 +230,8 @@ def _read_password(args: argparse.Namespace) -> tuple[str, bool]:
 
 def cmd_users_add(settings: Settings, args: argparse.Namespace) -> int:
     password, generated = _read_password(args)
-    with Database.open_current(settings) as db:
-        Accounts(db.engine).add(args.name, password, Role(args.role))
+    with admin_commands.open_admin(settings) as admin:
+        admin.add_user(admin_commands.cli_actor(args), args.name, password, Role(args.role))
     echo(f"created {args.role} {args.name!r}")
     if generated:
         echo(f"password: {password}  (shown once)")
@@ -297,11 +301,10 @@ def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:
-    from app.gateway.keys import ApiKeyError, ApiKeys
-
-    with Database.open_current(settings) as db:
+    with admin_commands.open_admin(settings) as admin:
         try:
-            created = ApiKeys(db.engine).create(args.name, created_by=args.created_by)
+            actor = admin_commands.cli_actor(args)
+            created = admin.create_key(actor, args.name, admin_commands.key_policy(args))
         except ApiKeyError as exc:
             warn(f"herd: {exc}")
             return 1
@@ -317,7 +320,7 @@ def cmd_keys_list(settings: Settings, args: argparse.Namespace) -> int:
     with Database.open_current(settings) as db:
         keys = ApiKeys(db.engine).list()
     if args.json:
-        echo(json.dumps([k.__dict__ for k in keys], indent=2, default=str))
+        echo(json.dumps([dataclasses.asdict(k) for k in keys], indent=2, default=str))
         return 0
     if not keys:
         echo("no API keys: the gateway accepts calls without one (unless HERD_REQUIRE_API_KEY=1)")
@@ -334,11 +337,9 @@ def cmd_keys_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
-    from app.gateway.keys import ApiKeyError, ApiKeys
-
-    with Database.open_current(settings) as db:
+    with admin_commands.open_admin(settings) as admin:
         try:
-            ids = ApiKeys(db.engine).revoke(args.name_or_id)
+            ids = admin.revoke_key(admin_commands.cli_actor(args), args.name_or_id)
         except ApiKeyError as exc:
             warn(f"herd: {exc}")
             return 1
@@ -559,11 +560,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     keys_create = command(keys, "create", cmd_keys_create, "create a key (shown once)")
     keys_create.add_argument("name")
-    keys_create.add_argument("--created-by", default=None, help="who asked for it")
+    keys_create.add_argument(
+        "--as", "--created-by", dest="actor", default=None, help="who asked for it (audit log)"
+    )
+    admin_commands.add_key_policy_flags(keys_create)
     keys_list = command(keys, "list", cmd_keys_list, "list keys (never the keys themselves)")
     keys_list.add_argument("--json", action="store_true", help="print JSON")
     keys_revoke = command(keys, "revoke", cmd_keys_revoke, "revoke a key by name or id")
     keys_revoke.add_argument("name_or_id")
+    admin_commands.add_actor_flag(keys_revoke)
+    admin_commands.add_key_commands(keys, command)
 
     retention = sub.add_parser("retention", help="text retention").add_subparsers(
         dest="retention_command", required=True, metavar="COMMAND"
@@ -584,6 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
     useradd.add_argument(
         "--password-stdin", action="store_true", help="read the password from standard input"
     )
+    admin_commands.add_actor_flag(useradd)
+    admin_commands.add_admin_commands(sub, users, command)
     return parser
 
 
@@ -605,6 +613,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (
         ModelStoreError,
         AccountError,
+        ConfigError,
+        ApiKeyError,
+        DeploymentError,
         LaunchError,
         DatabaseUrlError,
         EmbeddedDatabaseError,

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, select, text, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
 
 from app.config import DEFAULT_WORKER_LIVE_S, parse_labels
+from app.db.bind import Bind, begin, connect
 from app.db.tables import Deployment, Model
 from app.engine.serving import ServingParams, serving_values_from
 
@@ -263,7 +264,7 @@ def _worker_view(
 class Deployments:
     """Deployments in one database: validated changes and views with their workers."""
 
-    def __init__(self, engine: Engine, live_s: float = DEFAULT_WORKER_LIVE_S) -> None:
+    def __init__(self, engine: Bind, live_s: float = DEFAULT_WORKER_LIVE_S) -> None:
         self.engine = engine
         # Settings.worker_live_s: the liveness rule the gateway routes by.
         self.live_s = live_s
@@ -398,7 +399,7 @@ class Deployments:
 
     def record_failure(self, deployment_id: int, reason: str, limit: int) -> tuple[int, bool]:
         """Count a failed replica; returns (consecutive failures, whether it gave up)."""
-        with self.engine.begin() as conn:
+        with begin(self.engine) as conn:
             row = conn.execute(
                 FAILURE_SQL, {"id": deployment_id, "reason": reason, "limit": limit}
             ).first()
@@ -408,7 +409,7 @@ class Deployments:
 
     def fail(self, deployment_id: int, reason: str) -> None:
         """Give up on an active deployment at once (a failure no restart can fix)."""
-        with self.engine.begin() as conn:
+        with begin(self.engine) as conn:
             conn.execute(
                 text(
                     "UPDATE deployments SET state = 'failed', error = :reason "
@@ -419,7 +420,7 @@ class Deployments:
 
     def reset_failures(self, deployment_id: int) -> None:
         """A replica has been ready long enough: the failure count starts again."""
-        with self.engine.begin() as conn:
+        with begin(self.engine) as conn:
             conn.execute(
                 text(
                     "UPDATE deployments SET failures = 0, error = NULL "
@@ -432,7 +433,7 @@ class Deployments:
         """The deployment a `herd worker --join` serves: the live one for (alias, model), or
         a new external one. Returns (id, created). One advisory lock per alias keeps workers
         that join at the same moment from creating two rows."""
-        with self.engine.begin() as conn:
+        with begin(self.engine) as conn:
             conn.execute(
                 text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
                 {"key": f"herd-join:{alias}"},
@@ -479,7 +480,7 @@ class Deployments:
 
     def workers(self, deployment_id: int | None = None) -> list[WorkerView]:
         """Replicas of one deployment (or of all), supervised processes and worker rows merged."""
-        with self.engine.connect() as conn:
+        with connect(self.engine) as conn:
             params = {"deployment_id": deployment_id}
             rows = [dict(r) for r in conn.execute(WORKERS_SQL, params).mappings()]
             processes = [dict(r) for r in conn.execute(PROCESSES_SQL, params).mappings()]

@@ -18,7 +18,7 @@ from app.engine.pooling import POOLING_CHOICES, parse_pooling
 from app.store.catalog import default_slots_for, describe_model
 from app.store.estimate import format_bytes
 from app.supervisor import logs
-from app.ui import auth, changes, deployment_rows, resources, worker_health
+from app.ui import admin_actions, auth, changes, deployment_rows, resources, worker_health
 
 REFRESH_S = 2.0
 FLASH_KEY = "deployments_flash"
@@ -27,6 +27,8 @@ operator = auth.require_role(Role.VIEWER)
 can_change = operator.role.allows(Role.OPERATOR)
 st.title("Deployments")
 settings = resources.settings()
+admin = admin_actions.admin()
+actor = admin_actions.page_actor(operator, "deployments")
 
 with resources.database_errors():
     deployments = Deployments(resources.database().engine, resources.settings().worker_live_s)
@@ -165,7 +167,8 @@ if can_change:
             if st.button("Deploy", type="primary", key="deploy_submit"):
                 report(
                     "deploy",
-                    lambda: deployments.create(
+                    lambda: admin.create_deployment(
+                        actor,
                         alias,
                         serving,
                         replicas=int(replicas),
@@ -227,15 +230,15 @@ if existing and can_change:
         "Replicas", min_value=0, value=chosen.replicas, key=f"scale_{chosen.id}"
     )
     if cols[0].button("Scale", key=f"scale_submit_{chosen.id}"):
-        report("scale", lambda: deployments.scale(chosen.id, int(new_replicas)))
+        report("scale", lambda: admin.scale(actor, chosen.id, int(new_replicas)))
     if chosen.state == "active":
         if cols[1].button("Stop", key=f"stop_{chosen.id}"):
-            report("stop", lambda: deployments.stop(chosen.id))
+            report("stop", lambda: admin.stop(actor, chosen.id))
     elif cols[1].button("Start", key=f"start_{chosen.id}"):
-        report("start", lambda: deployments.start(chosen.id))
+        report("start", lambda: admin.start(actor, chosen.id))
     confirm = cols[3].checkbox("Really delete", key=f"confirm_delete_{chosen.id}")
     if cols[2].button("Delete", key=f"delete_{chosen.id}", disabled=not confirm):
-        report("delete", lambda: deployments.delete(chosen.id))
+        report("delete", lambda: admin.delete_deployment(actor, chosen.id))
 
     with st.expander("Roll to a new model or settings (no downtime)"):
         names = list(models_by_name)
@@ -250,7 +253,7 @@ if existing and can_change:
             if st.button("Roll", key=f"roll_submit_{chosen.id}"):
                 report(
                     "roll",
-                    lambda: deployments.roll(chosen.id, rolled, allow_ctx_overflow=allow_roll),
+                    lambda: admin.roll(actor, chosen.id, rolled, allow_ctx_overflow=allow_roll),
                 )
         else:
             st.info("No valid model in the store to roll to.")

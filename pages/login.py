@@ -13,7 +13,9 @@ with st.form("login"):
     password = st.text_input("Password", type="password", key="login_password")
     submitted = st.form_submit_button("Log in")
 
-if auth.session_expired() and not submitted:
+if auth.account_disabled() and not submitted:
+    st.warning("Your account has been disabled; ask an admin.")
+elif auth.session_expired() and not submitted:
     st.warning("Your session has expired. Please log in again.")
 
 if submitted:

@@ -6,13 +6,14 @@ import streamlit as st
 
 from app.accounts import Role
 from app.store.catalog import ModelStoreError, describe_model
-from app.store.demo import add_demo_model
 from app.store.estimate import format_bytes
-from app.ui import auth, resources
+from app.ui import admin_actions, auth, resources
 
 operator = auth.require_role(Role.VIEWER)
 st.title("Models")
 store = resources.model_store()
+admin = admin_actions.admin()
+actor = admin_actions.page_actor(operator, "models")
 st.caption(f"Model store: `{store.root}`")
 
 left, right = st.columns(2)
@@ -66,14 +67,14 @@ if operator.role.allows(Role.OPERATOR):
     if add:
         try:
             with st.spinner("Validating and copying ..."):
-                added = store.add(Path(source), new_name or None)
-            st.success(f"Added {added.name}.")
+                added = admin.add_model(actor, Path(source), new_name or None)
+            st.success(f"Added {added}.")
         except ModelStoreError as exc:
             st.error(str(exc))
     cols = st.columns(2)
     if cols[0].button("Rescan the store"):
         with st.spinner("Scanning ..."):
-            report = store.scan()
+            report = admin.scan_models(actor)
         st.success(
             f"{len(report.valid)} valid, {len(report.invalid)} invalid, "
             f"{len(report.missing)} missing."
@@ -81,7 +82,19 @@ if operator.role.allows(Role.OPERATOR):
     if cols[1].button("Add the SmolLM2 demo model"):
         try:
             with st.spinner("Copying the demo model ..."):
-                demo = add_demo_model(store)
-            st.success(f"{demo.name} is in the store.")
+                demo = admin.add_model(actor, None, demo=True)
+            st.success(f"{demo} is in the store.")
         except ModelStoreError as exc:
             st.error(str(exc))
+    if models:
+        with st.expander("Delete a model no deployment uses"):
+            doomed = st.selectbox("Model", [m.name for m in models], key="model_delete_pick")
+            sure = st.checkbox("Delete its file from the store too", key="model_delete_sure")
+            if st.button("Delete", key="model_delete", disabled=not sure):
+                try:
+                    with resources.database_errors():
+                        admin.delete_model(actor, doomed)
+                except ModelStoreError as exc:
+                    st.error(f"Cannot delete {doomed}: {exc}")
+                else:
+                    st.rerun()

@@ -3,6 +3,7 @@
 import streamlit as st
 
 from app.accounts import Role
+from app.analytics.key_usage import key_usage
 from app.analytics.monitoring import (
     engagement_series,
     latency_series,
@@ -146,3 +147,15 @@ with ab_tab:
             )
     if not shown:
         st.caption("No alias has more than one model version with traffic in this period.")
+
+st.header("Usage per API key")
+with resources.database_errors():
+    per_key = key_usage(engine, scope)
+if per_key:
+    st.dataframe(per_key, hide_index=True, width="stretch")
+    st.caption(
+        "Requests and tokens in the period as the gateways count them for key limits "
+        "(table `api_key_usage`); tokens today are against the key's daily quota (UTC day)."
+    )
+else:
+    st.caption("No API keys.")

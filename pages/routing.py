@@ -1,6 +1,7 @@
 """Routing: traffic weights per alias, alias settings, API keys, and where traffic goes."""
 
 from collections.abc import Callable
+from datetime import UTC, datetime, time
 
 import streamlit as st
 
@@ -8,9 +9,9 @@ from app.accounts import Role
 from app.analytics.routing_traffic import traffic_per_minute, traffic_totals
 from app.deployments import DeploymentError, Deployments
 from app.gateway.aliases import AliasSettingError, AliasSettings, AliasStore
-from app.gateway.keys import ApiKeyError, ApiKeys
+from app.gateway.keys import ApiKeyError, ApiKeys, KeyPolicy
 from app.gateway.vector_store import pgvector_problem
-from app.ui import auth, changes, charts, resources, routing_rows
+from app.ui import admin_actions, auth, changes, charts, resources, routing_rows
 from app.ui.analytics_widgets import chart
 
 REFRESH_S = 5.0
@@ -26,6 +27,8 @@ st.title("Routing", help=(
     "access to the gateway, so only admins create and revoke them."
 ))  # fmt: skip
 settings = resources.settings()
+admin = admin_actions.admin()
+actor = admin_actions.page_actor(operator, "routing")
 
 with resources.database_errors():
     engine = resources.database().engine
@@ -82,7 +85,7 @@ for alias, members in grouped.items():
             ):
                 change(
                     f"set the weights of {alias}",
-                    lambda alias=alias, w=new_weights: deployments.set_traffic_weights(alias, w),
+                    lambda alias=alias, w=new_weights: admin.set_traffic_weights(actor, alias, w),
                 )
 
 # ---- alias settings ----------------------------------------------------------------------
@@ -147,7 +150,8 @@ if aliases and can_route:
         if st.form_submit_button("Save alias settings"):
             change(
                 f"save the settings of {chosen}",
-                lambda: alias_store.put(
+                lambda: admin.set_alias_settings(
+                    actor,
                     chosen,
                     AliasSettings(
                         cache_enabled=bool(cache_on),
@@ -178,10 +182,31 @@ if can_key:
     left, right = st.columns(2)
     with left, st.form("key_create", clear_on_submit=True):
         name = st.text_input("New key's name", key="key_name", placeholder="e.g. support-bot")
+        scopes = st.multiselect(
+            "Aliases it may call (none chosen: every alias)", aliases, key="key_scopes"
+        )
+        admin_scope = st.checkbox("Admin scope (may call /admin/v1)", key="key_admin")
+        limit_cols = st.columns(3)
+        rpm_limit = limit_cols[0].number_input(
+            "Requests/min (0 = none)", min_value=0, key="key_rpm"
+        )
+        tpm_limit = limit_cols[1].number_input("Tokens/min (0 = none)", min_value=0, key="key_tpm")
+        daily = limit_cols[2].number_input("Tokens/day (0 = none)", min_value=0, key="key_daily")
+        expires_on = st.date_input("Expires (optional)", value=None, key="key_expires")
         if st.form_submit_button("Create key"):
             try:
+                key_policy = KeyPolicy(
+                    scopes=tuple(scopes) or None,
+                    admin=admin_scope,
+                    expires_at=(
+                        datetime.combine(expires_on, time(), tzinfo=UTC) if expires_on else None
+                    ),
+                    rate_limit_rpm=int(rpm_limit) or None,
+                    rate_limit_tpm=int(tpm_limit) or None,
+                    daily_token_quota=int(daily) or None,
+                )
                 with resources.database_errors():
-                    st.session_state[NEW_KEY] = api_keys.create(name, created_by=operator.name)
+                    st.session_state[NEW_KEY] = admin.create_key(actor, name, key_policy)
             except ApiKeyError as exc:
                 st.error(f"Cannot create the key: {exc}")
             else:
@@ -192,7 +217,7 @@ if can_key:
             label = st.selectbox("Key to revoke", list(active), key="key_revoke_pick")
             sure = st.checkbox("Calls with this key will fail", key="key_revoke_confirm")
             if st.button("Revoke", key="key_revoke", disabled=not sure):
-                change("revoke the key", lambda: api_keys.revoke(str(active[label].id)))
+                change("revoke the key", lambda: admin.revoke_key(actor, str(active[label].id)))
 elif can_route:
     st.caption("Creating and revoking keys needs the admin role.")
 

@@ -175,6 +175,30 @@ def submit_login(app: Any, name: str, password: str) -> None:
     app.run()
 
 
+def log_in_as(app: Any, name: str, role: Any, logged_in_at: float | None = None) -> None:
+    """Log an AppTest session in as an account of that role, creating the account in the
+    test's database (HERD_DATABASE_URL) when it is reachable: pages read it on every run."""
+    import time
+
+    from sqlalchemy.exc import OperationalError
+
+    from app.accounts import AccountError, Accounts, LoggedIn
+
+    engine = create_engine(sqlalchemy_url(os.environ["HERD_DATABASE_URL"]))
+    try:
+        accounts = Accounts(engine)
+        try:
+            accounts.add(name, "password-for-tests", role)
+        except AccountError:
+            accounts.set_role(name, role)
+    except OperationalError:
+        pass  # the database is away (outage tests): the page keeps the session as it is
+    finally:
+        engine.dispose()
+    at = time.time() if logged_in_at is None else logged_in_at
+    app.session_state["herd_operator"] = LoggedIn(name, role, at)
+
+
 @pytest.fixture
 def settings(tmp_path: Path, db_url: str, models_dir: Path) -> Settings:
     return Settings(home=tmp_path / "herd-home", database_url=db_url, models_dir=models_dir)

@@ -14,19 +14,20 @@ import pytest
 from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
-from app.accounts import Accounts, LoggedIn, LoginLockedError, Role
+from app.accounts import Accounts, LoginLockedError, Role
 from app.config import Settings
 from app.db.database import Database
 from app.gateway.keys import ApiKeys
 from app.gateway.service import gateway_service
 from app.launcher import dashboard_service
 from app.store.catalog import ModelStore
-from tests.conftest import REPO_ROOT, submit_login
+from tests.conftest import REPO_ROOT, log_in_as, submit_login
 from tests.gateway_harness import ServedAlias, served_alias, wait_for
 
 PAGES = REPO_ROOT / "pages"
 # Pages an end user may open: they check nothing or check something else.
 PUBLIC_PAGES = {"login.py", "chat.py"}
+ADMIN_PAGES = {"users.py", "audit.py"}
 OPERATOR_PAGES = sorted(p.name for p in PAGES.glob("*.py") if p.name not in PUBLIC_PAGES)
 
 
@@ -107,13 +108,13 @@ def test_passwords_are_never_logged_or_stored(
 def test_sessions_expire(dashboard_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HERD_SESSION_TTL_S", "60")
     fresh = AppTest.from_file(str(PAGES / "overview.py"), default_timeout=30)
-    fresh.session_state["herd_operator"] = LoggedIn("ops", Role.VIEWER, time.time() - 30)
+    log_in_as(fresh, "ops", Role.VIEWER, time.time() - 30)
     fresh.run()
     assert not fresh.exception, fresh.exception
     assert fresh.title[0].value == "Overview"
 
     stale = AppTest.from_file(str(PAGES / "overview.py"), default_timeout=30)
-    stale.session_state["herd_operator"] = LoggedIn("ops", Role.ADMIN, time.time() - 61)
+    log_in_as(stale, "ops", Role.ADMIN, time.time() - 61)
     stale.run()
     assert not stale.exception, stale.exception
     assert not stale.title
@@ -125,7 +126,7 @@ def test_sessions_expire(dashboard_env: None, monkeypatch: pytest.MonkeyPatch) -
 def _page(name: str, role: Role | None) -> AppTest:
     app = AppTest.from_file(str(PAGES / name), default_timeout=30)
     if role is not None:
-        app.session_state["herd_operator"] = LoggedIn(f"a-{role.value}", role)
+        log_in_as(app, f"a-{role.value}", role)
     app.run()
     assert not app.exception, (name, role, app.exception)
     return app
@@ -149,9 +150,15 @@ def test_every_operator_page_checks_the_role(
         assert "log in" in anonymous.warning[0].value.lower(), name
         assert not _buttons(anonymous), name
 
-        # Viewers read every page but get no control that changes anything.
+        # Viewers read every page but get no control that changes anything; admin pages
+        # they do not see at all.
         viewer = _page(name, Role.VIEWER)
-        assert viewer.title, name
+        if name in ADMIN_PAGES:
+            assert not viewer.title, name
+            assert "needs the admin role" in viewer.error[0].value, name
+            assert _page(name, Role.ADMIN).title, name
+        else:
+            assert viewer.title, name
         assert not _buttons(viewer), (name, _buttons(viewer))
 
     operator = _page("deployments.py", Role.OPERATOR)

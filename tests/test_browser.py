@@ -189,3 +189,42 @@ def test_end_user_chats_votes_down_and_monitoring_counts_it(page: Page, herd: He
     expect(metrics.filter(has_text="Feedback rate")).to_contain_text("100.0%")
     expect(metrics.filter(has_text="Thumbs up")).to_contain_text("0.0%")
     shot(page, "10-monitoring-engagement")
+
+
+def test_admin_disables_a_user_whose_session_then_ends(
+    page: Page, browser: Browser, herd: Herd
+) -> None:
+    added = run_herd(
+        "users", "add", "dora", "--role", "operator", "--password-stdin",
+        env=herd.env, stdin="dora password\n",
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    dora_context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    dora_context.set_default_timeout(STEP_MS)
+    dora = dora_context.new_page()
+    try:
+        log_in(dora, herd, "dora", "dora password")
+        expect(dora.get_by_text("Logged in as")).to_be_visible()
+        open_page(dora, "Models")
+
+        log_in(page, herd, "admin", herd.admin_password)
+        open_page(page, "Users")
+        page.get_by_role("combobox", name=re.compile("Account")).click()
+        page.get_by_role("option", name="dora", exact=True).click()
+        expect(page.get_by_text("dora: operator, enabled")).to_be_visible()
+        page.get_by_role("button", name="Disable", exact=True).click()
+        expect(page.get_by_text("Disable 'dora': done.")).to_be_visible()
+        shot(page, "20-users-disable")
+
+        # Dora's next page run ends her session.
+        dora.get_by_role("link", name="Deployments").click()
+        expect(dora.get_by_text("Your account has been disabled")).to_be_visible()
+        expect(dora.get_by_role("button", name="Log in")).to_be_visible()
+        expect(dora.get_by_role("link", name="Deployments")).to_have_count(0)
+        shot(dora, "21-disabled-user-logged-out")
+
+        open_page(page, "Audit")
+        expect(page.get_by_text("Latest: user.disable by admin via page.")).to_be_visible()
+        shot(page, "22-audit")
+    finally:
+        dora_context.close()

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from app.accounts import Accounts, LoggedIn, Role
+from app.accounts import Accounts, Role
 from app.db.database import Database
 from app.store.catalog import ModelStore
-from tests.conftest import REPO_ROOT, submit_login
+from tests.conftest import REPO_ROOT, log_in_as, submit_login
 
 ENTRY = str(REPO_ROOT / "dashboard.py")
 
@@ -59,7 +59,7 @@ def test_logged_in_navigation_lists_every_operator_page(dashboard_env: None) -> 
     # Seeding the session before the first run makes AppTest build the logged-in navigation,
     # which fails if any registered page file is missing.
     app = AppTest.from_file(ENTRY, default_timeout=30)
-    app.session_state["herd_operator"] = LoggedIn(name="ops", role=Role.VIEWER)
+    log_in_as(app, "ops", Role.ADMIN)  # admins see every page
     app.run()
     assert not app.exception, app.exception
     assert app.title[0].value == "Overview"

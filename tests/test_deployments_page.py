@@ -11,7 +11,8 @@ import pytest
 from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
-from app.accounts import LoggedIn, Role
+from app.accounts import Role
+from app.admin.audit import read_audit
 from app.config import Settings
 from app.db.database import Database
 from app.deployments import Deployments, ServingSettings
@@ -19,9 +20,8 @@ from app.store.catalog import ModelStore
 from app.store.demo import add_demo_model
 from app.supervisor import logs
 from app.supervisor.records import SupervisorRecords
-from app.ui.auth import SESSION_KEY
 from app.ui.deployment_rows import CPU_ONLY_REBUILD
-from tests.conftest import REPO_ROOT, TINY
+from tests.conftest import REPO_ROOT, TINY, log_in_as
 from tests.worker_process import WorkerLauncher
 
 PAGE = str(REPO_ROOT / "pages" / "deployments.py")
@@ -44,13 +44,15 @@ def page_env(
 
 def _page(role: Role) -> AppTest:
     app = AppTest.from_file(PAGE, default_timeout=30)
-    app.session_state[SESSION_KEY] = LoggedIn("someone", role)
+    log_in_as(app, "someone", role)
     app.run()
     assert not app.exception, app.exception
     return app
 
 
-def test_operator_deploys_with_the_estimate_shown(page_env: Deployments) -> None:
+def test_operator_deploys_with_the_estimate_shown(
+    page_env: Deployments, database: Database
+) -> None:
     app = _page(Role.OPERATOR)
     assert app.title[0].value == "Deployments"
     assert "Nothing deployed yet." in [i.value for i in app.info]
@@ -77,6 +79,9 @@ def test_operator_deploys_with_the_estimate_shown(page_env: Deployments) -> None
     shown = app.dataframe[0].value
     assert list(shown["alias"]) == ["tiny-chat"]
     assert list(shown["ready"]) == ["0 / 2"]
+    [audited] = read_audit(database.engine)
+    assert (audited.actor, audited.via, audited.action) == ("someone", "page", "deployment.create")
+    assert audited.after["replicas"] == 2 and audited.before is None
 
 
 def test_context_above_training_needs_confirmation(page_env: Deployments) -> None:

@@ -10,14 +10,14 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from gateway_harness import add_deployment, wait_for
 from sqlalchemy import text
-from test_gateway_e2e import gateway_url  # noqa: F401  (a fixture)
-from worker_process import WorkerLauncher, WorkerProcess
 
 from app.db.database import Database
 from app.store.catalog import ModelStore
 from app.store.demo import add_demo_model
+from tests.gateway_harness import add_deployment, wait_for
+from tests.test_gateway_e2e import gateway_url  # noqa: F401  (a fixture)
+from tests.worker_process import WorkerLauncher, WorkerProcess
 
 EMBED_ALIAS = "smol-embed"
 CHAT_ALIAS = "smol"

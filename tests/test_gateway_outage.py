@@ -15,9 +15,9 @@ import pytest
 from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
-from app.accounts import LoggedIn, Role
+from app.accounts import Role
 from app.db.database import Database
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, log_in_as
 from tests.gateway_harness import (
     GatewayThread,
     Ledger,
@@ -74,7 +74,7 @@ def _overview(monkeypatch: pytest.MonkeyPatch, url: str, home: Path) -> AppTest:
     monkeypatch.setenv("HERD_DATABASE_URL", url)
     monkeypatch.setenv("HERD_HOME", str(home))
     app = AppTest.from_file(str(REPO_ROOT / "pages" / "overview.py"), default_timeout=30)
-    app.session_state["herd_operator"] = LoggedIn(name="ops", role=Role.VIEWER)
+    log_in_as(app, "ops", Role.VIEWER)
     app.run()
     assert not app.exception, app.exception  # never a stack trace
     return app

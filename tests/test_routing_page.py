@@ -8,14 +8,14 @@ import pytest
 from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
-from app.accounts import LoggedIn, Role
+from app.accounts import Role
+from app.admin.audit import read_audit
 from app.config import Settings
 from app.db.database import Database
 from app.deployments import DeploymentError, Deployments
 from app.gateway.aliases import AliasSettings, AliasStore
 from app.gateway.keys import ApiKeys, hash_key
-from app.ui.auth import SESSION_KEY
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, log_in_as
 from tests.gateway_harness import add_deployment, add_model
 
 PAGE = str(REPO_ROOT / "pages" / "routing.py")
@@ -33,7 +33,7 @@ def canary(monkeypatch: pytest.MonkeyPatch, settings: Settings, database: Databa
 
 def _page(role: Role) -> AppTest:
     app = AppTest.from_file(PAGE, default_timeout=30)
-    app.session_state[SESSION_KEY] = LoggedIn("alice", role)
+    log_in_as(app, "alice", role)
     app.run()
     assert not app.exception, app.exception
     return app
@@ -99,6 +99,8 @@ def test_key_is_shown_once_and_only_its_hash_is_stored(
 ) -> None:
     app = _page(Role.ADMIN)
     app.text_input(key="key_name").input("support-bot")
+    app.multiselect(key="key_scopes").select("assistant")
+    app.number_input(key="key_rpm").set_value(30)
     _submit(app, "Create key")
     assert not app.error, [e.value for e in app.error]
     [shown] = [c.value for c in app.code]
@@ -119,6 +121,9 @@ def test_key_is_shown_once_and_only_its_hash_is_stored(
     assert not app.exception, app.exception
     [key] = ApiKeys(database.engine).list()
     assert not key.active
+    assert (key.policy.scopes, key.policy.rate_limit_rpm) == (("assistant",), 30)
+    audited = [(r.actor, r.via, r.action) for r in read_audit(database.engine, action="key.")]
+    assert audited == [("alice", "page", "key.revoke"), ("alice", "page", "key.create")]
 
 
 def test_viewer_can_look_but_not_change(canary: list[int], database: Database) -> None:

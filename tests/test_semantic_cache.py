@@ -9,17 +9,17 @@ from datetime import timedelta
 import httpx
 import numpy as np
 import openai
-from gateway_harness import wait_for
 from sqlalchemy import text
-from test_embeddings_api import CHAT_ALIAS, EMBED_ALIAS, pair  # noqa: F401  (a fixture)
-from test_gateway_e2e import gateway_url  # noqa: F401  (a fixture)
-from worker_process import WorkerProcess
 
 from app.analytics.scope import last
 from app.analytics.semantic_cache import semantic_cache_rows
 from app.db.database import Database
 from app.gateway.aliases import AliasSettings, AliasStore
 from app.gateway.vector_store import VectorStore, pgvector_problem
+from tests.gateway_harness import wait_for
+from tests.test_embeddings_api import CHAT_ALIAS, EMBED_ALIAS, pair  # noqa: F401  (a fixture)
+from tests.test_gateway_e2e import gateway_url  # noqa: F401  (a fixture)
+from tests.worker_process import WorkerProcess
 
 QUESTION = "What is the capital city of France?"
 PARAPHRASE = "Which city is the capital of France?"

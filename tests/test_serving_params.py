@@ -88,3 +88,13 @@ def test_bad_flag_values_are_refused_with_the_reason(capsys: object) -> None:
         build_parser().parse_args(["worker", "--model", "m", "--tensor-split", "1,x"])
     err = capsys.readouterr().err  # type: ignore[attr-defined]
     assert "--tensor-split" in err and "not comma-separated numbers" in err
+
+
+def test_the_config_file_and_admin_api_take_every_field() -> None:
+    from app.admin.specs import AliasSpec, DeploymentSpec
+    from app.gateway.aliases import AliasSettings
+
+    assert {"model", *SERVING_FIELDS} <= set(DeploymentSpec.model_fields)
+    spec = DeploymentSpec(alias="a", model="m.gguf", **ODD.serving_values())
+    assert spec.serving().serving_params() == ODD
+    assert set(AliasSpec.model_fields) == {f.name for f in fields(AliasSettings)}

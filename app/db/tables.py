@@ -350,6 +350,60 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = _now()
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # What the key may do (revision 0009): the aliases it may call (NULL: every alias), the
+    # admin API, until when, and its limits (NULL: none).
+    scopes: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
+    admin: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    rate_limit_rpm: Mapped[int | None] = mapped_column(Integer)
+    rate_limit_tpm: Mapped[int | None] = mapped_column(Integer)
+    daily_token_quota: Mapped[int | None] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        CheckConstraint(
+            "rate_limit_rpm >= 1 AND rate_limit_tpm >= 1 AND daily_token_quota >= 1",
+            name="limits",
+        ),
+    )
+
+
+class ApiKeyUsage(Base):
+    """Requests and tokens of one API key in one minute, summed over gateway replicas."""
+
+    __tablename__ = "api_key_usage"
+
+    api_key_id: Mapped[int] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True
+    )
+    minute: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+
+
+class AuditLog(Base):
+    """One change to Herd's configuration: who, how, from where, and before/after as JSON."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = _now()
+    # The operator account, or "key:<name>" for the admin API.
+    actor: Mapped[str] = mapped_column(Text)
+    via: Mapped[str] = mapped_column(Text)
+    # Where the change came from: client address (API), host name (CLI, apply), page name.
+    source: Mapped[str | None] = mapped_column(Text)
+    action: Mapped[str] = mapped_column(Text)
+    target_kind: Mapped[str] = mapped_column(Text)
+    target_id: Mapped[str | None] = mapped_column(Text)
+    before: Mapped[Any] = mapped_column(JSONB, nullable=True)
+    after: Mapped[Any] = mapped_column(JSONB, nullable=True)
+
+    __table_args__ = (
+        CheckConstraint("via IN ('page', 'cli', 'api', 'apply')", name="via"),
+        Index("ix_audit_log_at", "at"),
+        Index("ix_audit_log_actor_at", "actor", "at"),
+        Index("ix_audit_log_action_at", "action", "at"),
+    )
 
 
 class Alias(Base):

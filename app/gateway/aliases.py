@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 
 from app.config import Settings
+from app.db.bind import Bind, begin, connect
 from app.db.tables import Alias
 from app.gateway.vector_store import ensure_pgvector
 
@@ -53,11 +54,11 @@ class AliasSettings:
 class AliasStore:
     """Reads and writes the aliases table."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Bind) -> None:
         self.engine = engine
 
     def all(self) -> dict[str, AliasSettings]:
-        with self.engine.connect() as conn:
+        with connect(self.engine) as conn:
             rows = conn.execute(select(Alias)).mappings().all()
         return {
             r["alias"]: AliasSettings(
@@ -88,10 +89,16 @@ class AliasStore:
         stmt = stmt.on_conflict_do_update(
             index_elements=[Alias.alias], set_={**values, "updated_at": func.now()}
         )
-        with self.engine.begin() as conn:
+        with begin(self.engine) as conn:
             if value.semantic_cache_alias is not None:
                 # Refused here, with the reason, rather than silently off at the gateways.
                 problem = ensure_pgvector(conn)
                 if problem is not None:
                     raise AliasSettingError(f"the semantic cache cannot be turned on: {problem}")
             conn.execute(stmt)
+
+    def delete(self, alias: str) -> bool:
+        """Drop the alias's row, so it gets the defaults again; False when it had none."""
+        with begin(self.engine) as conn:
+            gone = conn.execute(delete(Alias).where(Alias.alias == alias).returning(Alias.alias))
+            return gone.first() is not None

@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
 
 import app as herd
+from app.admin.api import admin_router
 from app.config import Settings
 from app.db.database import Database
 from app.embeddings_api import EmbeddingRequest
@@ -75,7 +76,7 @@ async def authenticate(request: Request) -> int | None:
             "a valid API key is required: send `Authorization: Bearer <key>` "
             "(operators create keys with `herd keys create NAME`)"
             if not token
-            else "the API key is not valid (unknown or revoked)"
+            else "the API key is not valid (unknown, revoked or expired)"
         )
     return None
 
@@ -327,6 +328,10 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
             runtime.metrics.render(runtime.gauges()),
             media_type="text/plain; version=0.0.4; charset=utf-8",
         )
+
+    # The admin API shares the listener but not the /v1 path: its routes come after the
+    # OpenAI ones and never run on a completion call.
+    app.include_router(admin_router())
 
     default_openapi = app.openapi
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 import builtins
 import hashlib
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import RowMapping, func, insert, select, update
 
+from app.db.bind import Bind, begin, connect
 from app.db.tables import ApiKey
 
 KEY_PREFIX = "herd-"
@@ -28,6 +30,52 @@ class ApiKeyError(ValueError):
 def hash_key(key: str) -> str:
     """The stored form of a key."""
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class KeyPolicy:
+    """What a key may do: the aliases it may call (None: all), the admin API, until when,
+    and its limits (None: no limit)."""
+
+    scopes: tuple[str, ...] | None = None
+    admin: bool = False
+    expires_at: datetime | None = None
+    rate_limit_rpm: int | None = None
+    rate_limit_tpm: int | None = None
+    daily_token_quota: int | None = None
+
+    def __post_init__(self) -> None:
+        for label, value in (
+            ("requests per minute", self.rate_limit_rpm),
+            ("tokens per minute", self.rate_limit_tpm),
+            ("daily token quota", self.daily_token_quota),
+        ):
+            if value is not None and value < 1:
+                raise ApiKeyError(f"a key's {label} is at least 1 (or no limit), not {value}")
+        if self.scopes is not None and not all(a.strip() for a in self.scopes):
+            raise ApiKeyError("a key's scopes are alias names, none empty")
+
+    def columns(self) -> dict[str, Any]:
+        return {
+            "scopes": list(self.scopes) if self.scopes is not None else None,
+            "admin": self.admin,
+            "expires_at": self.expires_at,
+            "rate_limit_rpm": self.rate_limit_rpm,
+            "rate_limit_tpm": self.rate_limit_tpm,
+            "daily_token_quota": self.daily_token_quota,
+        }
+
+    @classmethod
+    def from_row(cls, row: RowMapping) -> KeyPolicy:
+        scopes = row["scopes"]
+        return cls(
+            scopes=tuple(scopes) if scopes is not None else None,
+            admin=bool(row["admin"]),
+            expires_at=row["expires_at"],
+            rate_limit_rpm=row["rate_limit_rpm"],
+            rate_limit_tpm=row["rate_limit_tpm"],
+            daily_token_quota=row["daily_token_quota"],
+        )
 
 
 @dataclass(frozen=True)
@@ -49,6 +97,7 @@ class ApiKeyView:
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    policy: KeyPolicy = field(default_factory=KeyPolicy)
 
     @property
     def active(self) -> bool:
@@ -58,16 +107,18 @@ class ApiKeyView:
 class ApiKeys:
     """The api_keys table: create, list, revoke."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Bind) -> None:
         self.engine = engine
 
-    def create(self, name: str, created_by: str | None = None) -> CreatedKey:
+    def create(
+        self, name: str, created_by: str | None = None, policy: KeyPolicy | None = None
+    ) -> CreatedKey:
         name = name.strip()
         if not name:
             raise ApiKeyError("a key needs a name")
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         prefix = key[:SHOWN_CHARS]
-        with self.engine.begin() as conn:
+        with begin(self.engine) as conn:
             taken = conn.execute(
                 select(ApiKey.id).where(ApiKey.name == name, ApiKey.revoked_at.is_(None))
             ).first()
@@ -75,13 +126,19 @@ class ApiKeys:
                 raise ApiKeyError(f"an active key named {name!r} exists; revoke it first")
             key_id = conn.execute(
                 insert(ApiKey)
-                .values(name=name, key_hash=hash_key(key), prefix=prefix, created_by=created_by)
+                .values(
+                    name=name,
+                    key_hash=hash_key(key),
+                    prefix=prefix,
+                    created_by=created_by,
+                    **(policy or KeyPolicy()).columns(),
+                )
                 .returning(ApiKey.id)
             ).scalar_one()
         return CreatedKey(id=int(key_id), name=name, prefix=prefix, key=key)
 
     def list(self) -> builtins.list[ApiKeyView]:
-        with self.engine.connect() as conn:
+        with connect(self.engine) as conn:
             rows = conn.execute(select(ApiKey).order_by(ApiKey.id)).mappings().all()
         return [
             ApiKeyView(
@@ -92,16 +149,33 @@ class ApiKeys:
                 created_at=r["created_at"],
                 last_used_at=r["last_used_at"],
                 revoked_at=r["revoked_at"],
+                policy=KeyPolicy.from_row(r),
             )
             for r in rows
         ]
+
+    def active(self, name: str) -> ApiKeyView | None:
+        """The active key with that name, if any."""
+        return next((k for k in self.list() if k.active and k.name == name), None)
+
+    def set_policy(self, key_id: int, policy: KeyPolicy) -> None:
+        """Change what an active key may do; gateways apply it within a second."""
+        with begin(self.engine) as conn:
+            changed = conn.execute(
+                update(ApiKey)
+                .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+                .values(**policy.columns())
+                .returning(ApiKey.id)
+            ).first()
+        if changed is None:
+            raise ApiKeyError(f"no active key with id {key_id}")
 
     def revoke(self, name_or_id: str) -> builtins.list[int]:
         """Revoke the active keys with that name (or that id); their ids. Raises if none."""
         match = ApiKey.name == name_or_id
         if name_or_id.isdigit():
             match = match | (ApiKey.id == int(name_or_id))
-        with self.engine.begin() as conn:
+        with begin(self.engine) as conn:
             ids = (
                 conn.execute(
                     update(ApiKey)
@@ -120,7 +194,7 @@ class ApiKeys:
         """Record that these keys were used just now (batched by the request log)."""
         if not key_ids:
             return
-        with self.engine.begin() as conn:
+        with begin(self.engine) as conn:
             conn.execute(
                 update(ApiKey).where(ApiKey.id.in_(key_ids)).values(last_used_at=func.now())
             )

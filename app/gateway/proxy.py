@@ -24,6 +24,7 @@ from app.gateway.balancer import AllBusyError, Balancer, NoLiveWorkerError, Pick
 from app.gateway.cache import CachedAnswer, ResponseCache, cache_key, is_cacheable
 from app.gateway.cold_start import ColdStart
 from app.gateway.errors import GatewayError, all_busy, no_live_worker, sse_error, unknown_model
+from app.gateway.key_limits import KeyLimits
 from app.gateway.metrics import UNKNOWN_LABEL, GatewayMetrics
 from app.gateway.ratelimit import RateLimits
 from app.gateway.replies import CHAT, SSE_DONE, cached_body, cached_chunks
@@ -163,6 +164,7 @@ class Proxy:
         self.metrics = metrics
         self.client = client
         self.rate_limits = RateLimits()
+        self.key_limits = KeyLimits()
         self.request_ids = RequestIds()
         # Scale from zero (app/gateway/cold_start.py); set by the runtime, None: no holding.
         self.cold_start: ColdStart | None = None
@@ -192,8 +194,13 @@ class Proxy:
             user_id=user if isinstance(user, str) else None,
             prompt=body.get("messages") if endpoint == CHAT else {"prompt": body.get("prompt")},
         )
-        route = self.routing.snapshot.routes.get(alias)
+        snapshot = self.routing.snapshot
+        route = snapshot.routes.get(alias)
         try:
+            if api_key_id is not None:
+                rule = snapshot.key_rules.get(api_key_id)
+                if rule is not None:
+                    self.key_limits.admit(api_key_id, rule, alias)
             if route is None:
                 raise unknown_model(alias)
             record.log_text = route.settings.log_text
@@ -251,7 +258,7 @@ class Proxy:
                 return await self._stream(call, pick)
             return await self._unary(call, pick)
         except GatewayError as exc:
-            status = "rejected" if exc.status in (404, 429, 503) else "error"
+            status = "rejected" if exc.status in (403, 404, 429, 503) else "error"
             record.total_ms = (time.perf_counter() - started) * 1000
             self._finish(record, status=status, http_status=exc.status, error=exc.message)
             return exc.response()
@@ -621,6 +628,10 @@ class Proxy:
         error: str | None = None,
     ) -> None:
         record.status, record.http_status, record.error = status, http_status, error
+        if record.api_key_id is not None and not record.cache_hit:
+            used = (record.prompt_tokens or 0) + (record.completion_tokens or 0)
+            if used:
+                self.key_limits.add_tokens(record.api_key_id, used)
         if call is not None:
             record.total_ms = (time.perf_counter() - call.started) * 1000
         self.log.add(record)

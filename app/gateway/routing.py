@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, RowMapping, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import Settings
 from app.gateway.aliases import AliasSettings, AliasStore
+from app.gateway.key_limits import KeyRule
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,8 @@ class RoutingSnapshot:
     routes: dict[str, AliasRoute] = field(default_factory=dict)
     # sha256 of each active key -> its id.
     key_ids: dict[str, int] = field(default_factory=dict)
+    # Active keys with a scope or a limit -> what the gateway enforces for them.
+    key_rules: dict[int, KeyRule] = field(default_factory=dict)
     # Once any key was ever created, calls need one (revoking the last key opens nothing).
     keys_exist: bool = False
     loaded_at: float = 0.0
@@ -88,7 +92,14 @@ WORKERS_SQL = text(
     WHERE w.state = 'ready'
     """
 )
-KEYS_SQL = text("SELECT id, key_hash, revoked_at IS NULL AS active FROM api_keys")
+KEYS_SQL = text(
+    """
+    SELECT id, key_hash,
+           revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()) AS active,
+           scopes, rate_limit_rpm, rate_limit_tpm, daily_token_quota
+    FROM api_keys
+    """
+)
 
 
 def load_snapshot(
@@ -159,10 +170,26 @@ def load_snapshot(
     return RoutingSnapshot(
         routes=routes,
         key_ids={k["key_hash"]: k["id"] for k in keys if k["active"]},
+        key_rules=_key_rules(keys),
         keys_exist=bool(keys),
         loaded_at=time.monotonic(),
         loaded=True,
     )
+
+
+def _key_rules(keys: Sequence[RowMapping]) -> dict[int, KeyRule]:
+    rules = {}
+    for k in keys:
+        scopes = k["scopes"]
+        rule = KeyRule(
+            scopes=frozenset(scopes) if scopes is not None else None,
+            rpm=k["rate_limit_rpm"],
+            tpm=k["rate_limit_tpm"],
+            daily_tokens=k["daily_token_quota"],
+        )
+        if k["active"] and (rule.scopes is not None or rule.limited):
+            rules[int(k["id"])] = rule
+    return rules
 
 
 class RoutingState:

@@ -93,6 +93,14 @@ class GatewayRuntime:
             asyncio.create_task(self.routing.run(), name="herd-routing-refresh"),
             asyncio.create_task(self.log.run(), name="herd-request-log"),
             asyncio.create_task(self.demand.run(), name="herd-demand"),
+            asyncio.create_task(
+                self.proxy.key_limits.run(
+                    self.engine,
+                    lambda: self.routing.snapshot.key_rules,
+                    self.settings.gateway_refresh_s,
+                ),
+                name="herd-key-usage",
+            ),
         ]
         days = self.settings.text_retention_days
         if days is not None:
@@ -108,6 +116,8 @@ class GatewayRuntime:
         with contextlib.suppress(SQLAlchemyError):
             await asyncio.to_thread(self.demand.withdraw)
         await self.semantic.drain()
+        # Hand this replica's last key usage counts to the others.
+        await asyncio.to_thread(self.proxy.key_limits.sync, self.engine, set())
         await self.log.close()
         await self.client.close()
         self.engine.dispose()

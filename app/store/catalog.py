@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from app.db.tables import Model
+from app.db.bind import Bind, begin
+from app.db.tables import Deployment, Model
 from app.host_memory import free_bytes_for
 from app.store.estimate import default_slots, estimate_memory
 from app.store.gguf_file import InvalidGGUF, ModelLayout, read_gguf
@@ -62,7 +63,7 @@ def sha256_file(path: Path, progress: ProgressCallback | None = None) -> str:
 class ModelStore:
     """GGUF files under root and their rows; the only writer of the `models` table."""
 
-    def __init__(self, engine: Engine, root: Path) -> None:
+    def __init__(self, engine: Bind, root: Path) -> None:
         self.engine = engine
         self.root = root.expanduser().resolve()
 
@@ -159,7 +160,7 @@ class ModelStore:
         stmt = insert(Model).values(values)
         update = {k: stmt.excluded[k] for k in values if k != "name"}
         update["scanned_at"] = stmt.excluded.scanned_at
-        with self.engine.begin() as conn:
+        with begin(self.engine) as conn:
             conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_=update))
         return row
 
@@ -219,6 +220,26 @@ class ModelStore:
         finally:
             tmp.unlink(missing_ok=True)
         return self.rescan_one(target, progress)
+
+    def delete(self, name: str) -> Model:
+        """Remove a model no deployment uses: its row, then its file (if still there)."""
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            row = session.scalar(select(Model).where(Model.name == name).with_for_update())
+            if row is None:
+                raise ModelStoreError(f"no model called {name!r} in the store")
+            users = session.scalars(
+                select(Deployment.alias).where(Deployment.model_id == row.id)
+            ).all()
+            if users:
+                raise ModelStoreError(
+                    f"{name} is in use by deployment(s) of {', '.join(sorted(set(users)))}; "
+                    "delete or roll them first"
+                )
+            session.execute(delete(Model).where(Model.id == row.id))
+        target = self.root / name
+        if target.resolve().is_relative_to(self.root):
+            target.unlink(missing_ok=True)
+        return row
 
     def rescan_one(self, path: Path, progress: ProgressCallback | None = None) -> Model:
         """Scan a single file of the store and return its row."""

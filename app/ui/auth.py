@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import streamlit as st
+from sqlalchemy.exc import OperationalError
 
 from app.accounts import LoggedIn, Role
+from app.db.embedded import EmbeddedDatabaseError
 from app.ui import resources
 
 SESSION_KEY = "herd_operator"
 EXPIRED_KEY = "herd_session_expired"
+DISABLED_KEY = "herd_account_disabled"
 
 
 def current_operator() -> LoggedIn | None:
@@ -23,6 +27,19 @@ def current_operator() -> LoggedIn | None:
         st.session_state.pop(SESSION_KEY, None)
         st.session_state[EXPIRED_KEY] = True
         return None
+    try:
+        role = resources.accounts().current(value.name)
+    except (OperationalError, EmbeddedDatabaseError):
+        # The database is away: keep the login; the page says the database is unavailable.
+        return value
+    if role is None:
+        # Disabled (or removed) by an admin: the login ends at this run of any page.
+        st.session_state.pop(SESSION_KEY, None)
+        st.session_state[DISABLED_KEY] = True
+        return None
+    if role != value.role:
+        value = dataclasses.replace(value, role=role)
+        st.session_state[SESSION_KEY] = value
     return value
 
 
@@ -35,7 +52,13 @@ def log_in(name: str, password: str) -> bool:
         return False
     st.session_state[SESSION_KEY] = operator
     st.session_state.pop(EXPIRED_KEY, None)
+    st.session_state.pop(DISABLED_KEY, None)
     return True
+
+
+def account_disabled() -> bool:
+    """Did this browser's login just end because an admin disabled the account?"""
+    return bool(st.session_state.get(DISABLED_KEY))
 
 
 def session_expired() -> bool:
@@ -54,7 +77,9 @@ def require_role(role: Role) -> LoggedIn:
     """
     operator = current_operator()
     if operator is None:
-        if session_expired():
+        if account_disabled():
+            st.warning("Your account has been disabled; ask an admin.")
+        elif session_expired():
             st.warning("Your session has expired. Please log in again.")
         else:
             st.warning("Please log in as an operator to see this page.")

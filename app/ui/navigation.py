@@ -6,6 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from app.accounts import Role
 from app.ui import auth
 
 PAGES_DIR = Path(__file__).resolve().parents[2] / "pages"
@@ -59,6 +60,11 @@ def build_navigation() -> st.navigation:  # type: ignore[valid-type]
             ],
             "Use": [chat],
         }
+        if operator.role.allows(Role.ADMIN):
+            pages["Admin"] = [
+                st.Page(PAGES_DIR / "users.py", title="Users", icon=":material/group:"),
+                st.Page(PAGES_DIR / "audit.py", title="Audit", icon=":material/history:"),
+            ]
         with st.sidebar:
             st.caption(f"Logged in as **{operator.name}** ({operator.role.value})")
             if st.button("Log out", key="logout"):

@@ -89,6 +89,12 @@ def key_rows(keys: Sequence[ApiKeyView]) -> list[dict[str, Any]]:
             "last used": _when(k.last_used_at),
             "revoked": _when(k.revoked_at),
             "state": "active" if k.active else "revoked",
+            "aliases": ", ".join(k.policy.scopes) if k.policy.scopes is not None else "all",
+            "admin": k.policy.admin,
+            "expires": _when(k.policy.expires_at),
+            "requests/min": k.policy.rate_limit_rpm,
+            "tokens/min": k.policy.rate_limit_tpm,
+            "tokens/day": k.policy.daily_token_quota,
         }
         for k in keys
     ]

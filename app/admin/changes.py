@@ -1,0 +1,375 @@
+"""Admin: every configuration change, validated by the module that owns its table and
+recorded in audit_log in the same transaction. Pages, the CLI, the admin API and
+`herd apply` call these methods; nothing changes configuration another way."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+
+from app.accounts import Accounts, OperatorView, Role
+from app.admin.audit import Actor, record
+from app.admin.snapshots import alias_json, deployment_json, key_json, operator_json
+from app.config import Settings
+from app.deployments import Deployments, DeploymentView, ServingSettings
+from app.gateway.aliases import AliasSettings, AliasStore
+from app.gateway.keys import ApiKeyError, ApiKeys, ApiKeyView, CreatedKey, KeyPolicy
+from app.store.catalog import ModelStore, ProgressCallback, ScanReport
+from app.store.demo import add_demo_model
+
+
+@dataclass(frozen=True)
+class Change:
+    """One audited change within a transaction (what `Admin.transaction` hands out)."""
+
+    conn: Connection
+    actor: Actor
+
+    def record(self, action: str, kind: str, target_id: object, before: Any, after: Any) -> None:
+        record(self.conn, self.actor, action, kind, target_id, before, after)
+
+
+class Admin:
+    """The changes operators make, each audited; pass one Actor per call."""
+
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self.engine = engine
+        self.settings = settings
+
+    @contextmanager
+    def transaction(self, actor: Actor) -> Iterator[Change]:
+        """One transaction for several changes (herd apply): all of them, or none."""
+        with self.engine.begin() as conn:
+            yield Change(conn, actor)
+
+    # ---- models ----------------------------------------------------------------------------
+
+    def models(self) -> ModelStore:
+        return ModelStore(self.engine, self.settings.models_path)
+
+    def add_model(
+        self,
+        actor: Actor,
+        source: Path | None,
+        name: str | None = None,
+        *,
+        demo: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> str:
+        """Copy a GGUF (or the demo model) into the store; its name there."""
+        with self.transaction(actor) as change:
+            store = ModelStore(change.conn, self.settings.models_path)
+            if demo:
+                model = add_demo_model(store, progress)
+            else:
+                assert source is not None
+                model = store.add(source, name, progress)
+            after = {"name": model.name, "sha256": model.sha256, "status": model.status}
+            change.record("model.add", "model", model.name, None, after)
+            return model.name
+
+    def scan_models(self, actor: Actor, progress: ProgressCallback | None = None) -> ScanReport:
+        """Rescan the store. The scan writes as it reads files; the audit row follows it."""
+        report = self.models().scan(progress)
+        with self.transaction(actor) as change:
+            after = {
+                "valid": len(report.valid),
+                "invalid": sorted(report.invalid),
+                "missing": report.missing,
+            }
+            change.record("model.scan", "model", None, None, after)
+        return report
+
+    def delete_model(self, actor: Actor, name: str) -> None:
+        """Delete a model no deployment uses, row and file."""
+        with self.transaction(actor) as change:
+            row = ModelStore(change.conn, self.settings.models_path).delete(name)
+            before = {"name": row.name, "sha256": row.sha256, "status": row.status}
+            change.record("model.delete", "model", name, before, None)
+
+    # ---- deployments -----------------------------------------------------------------------
+
+    def deployments(self) -> Deployments:
+        return Deployments(self.engine)
+
+    def create_deployment(
+        self,
+        actor: Actor,
+        alias: str,
+        serving: ServingSettings,
+        *,
+        replicas: int = 1,
+        node: str | None = None,
+        node_labels: Mapping[str, str] | None = None,
+        allow_ctx_overflow: bool = False,
+    ) -> DeploymentView:
+        with self.transaction(actor) as change:
+            return self.create_deployment_in(
+                change,
+                alias,
+                serving,
+                replicas=replicas,
+                node=node,
+                node_labels=node_labels,
+                allow_ctx_overflow=allow_ctx_overflow,
+            )
+
+    def create_deployment_in(
+        self,
+        change: Change,
+        alias: str,
+        serving: ServingSettings,
+        *,
+        replicas: int = 1,
+        node: str | None = None,
+        node_labels: Mapping[str, str] | None = None,
+        allow_ctx_overflow: bool = False,
+        traffic_weight: int | None = None,
+    ) -> DeploymentView:
+        deployments = Deployments(change.conn)
+        view = deployments.create(
+            alias,
+            serving,
+            replicas=replicas,
+            node=node,
+            node_labels=node_labels,
+            allow_ctx_overflow=allow_ctx_overflow,
+        )
+        if traffic_weight is not None and traffic_weight != view.traffic_weight:
+            deployments.set_traffic_weights(view.alias, {view.id: traffic_weight})
+            view = deployments.get(view.id)
+        change.record("deployment.create", "deployment", view.id, None, deployment_json(view))
+        return view
+
+    def scale(self, actor: Actor, deployment_id: int, replicas: int) -> DeploymentView:
+        with self.transaction(actor) as change:
+            return self.scale_in(change, deployment_id, replicas)
+
+    def scale_in(self, change: Change, deployment_id: int, replicas: int) -> DeploymentView:
+        return self._deployment_change(
+            change, "deployment.scale", deployment_id, lambda d: d.scale(deployment_id, replicas)
+        )
+
+    def stop(self, actor: Actor, deployment_id: int) -> DeploymentView:
+        with self.transaction(actor) as change:
+            return self.stop_in(change, deployment_id)
+
+    def stop_in(self, change: Change, deployment_id: int) -> DeploymentView:
+        return self._deployment_change(
+            change, "deployment.stop", deployment_id, lambda d: d.stop(deployment_id)
+        )
+
+    def start(self, actor: Actor, deployment_id: int) -> DeploymentView:
+        with self.transaction(actor) as change:
+            return self.start_in(change, deployment_id)
+
+    def start_in(self, change: Change, deployment_id: int) -> DeploymentView:
+        return self._deployment_change(
+            change, "deployment.start", deployment_id, lambda d: d.start(deployment_id)
+        )
+
+    def roll(
+        self,
+        actor: Actor,
+        deployment_id: int,
+        serving: ServingSettings,
+        *,
+        allow_ctx_overflow: bool = False,
+    ) -> DeploymentView:
+        with self.transaction(actor) as change:
+            return self.roll_in(change, deployment_id, serving, allow_ctx_overflow)
+
+    def roll_in(
+        self,
+        change: Change,
+        deployment_id: int,
+        serving: ServingSettings,
+        allow_ctx_overflow: bool = False,
+    ) -> DeploymentView:
+        return self._deployment_change(
+            change,
+            "deployment.roll",
+            deployment_id,
+            lambda d: d.roll(deployment_id, serving, allow_ctx_overflow=allow_ctx_overflow),
+        )
+
+    def delete_deployment(self, actor: Actor, deployment_id: int) -> None:
+        with self.transaction(actor) as change:
+            self.delete_deployment_in(change, deployment_id)
+
+    def delete_deployment_in(self, change: Change, deployment_id: int) -> None:
+        deployments = Deployments(change.conn)
+        before = deployment_json(deployments.get(deployment_id))
+        deployments.delete(deployment_id)
+        change.record("deployment.delete", "deployment", deployment_id, before, None)
+
+    def _deployment_change(
+        self, change: Change, action: str, deployment_id: int, run: Any
+    ) -> DeploymentView:
+        deployments = Deployments(change.conn)
+        before = deployment_json(deployments.get(deployment_id))
+        after: DeploymentView = run(deployments)
+        change.record(action, "deployment", deployment_id, before, deployment_json(after))
+        return after
+
+    def set_traffic_weights(self, actor: Actor, alias: str, weights: Mapping[int, int]) -> None:
+        with self.transaction(actor) as change:
+            self.set_traffic_weights_in(change, alias, weights)
+
+    def set_traffic_weights_in(
+        self, change: Change, alias: str, weights: Mapping[int, int]
+    ) -> None:
+        deployments = Deployments(change.conn)
+        current = {d.id: d.traffic_weight for d in deployments.all() if d.alias == alias}
+        deployments.set_traffic_weights(alias, weights)
+        after = {**current, **weights}
+        change.record(
+            "routing.weights",
+            "alias",
+            alias,
+            {str(k): v for k, v in current.items()},
+            {str(k): v for k, v in after.items()},
+        )
+
+    # ---- alias settings --------------------------------------------------------------------
+
+    def set_alias_settings(self, actor: Actor, alias: str, value: AliasSettings) -> None:
+        with self.transaction(actor) as change:
+            self.set_alias_settings_in(change, alias, value)
+
+    def set_alias_settings_in(self, change: Change, alias: str, value: AliasSettings) -> None:
+        store = AliasStore(change.conn)
+        before = store.all().get(alias)
+        store.put(alias, value)
+        change.record(
+            "alias.settings",
+            "alias",
+            alias,
+            alias_json(before) if before else None,
+            alias_json(value),
+        )
+
+    def reset_alias_settings_in(self, change: Change, alias: str) -> None:
+        """Drop an alias's settings row: it gets the defaults again."""
+        store = AliasStore(change.conn)
+        before = store.all().get(alias)
+        if store.delete(alias):
+            change.record(
+                "alias.reset", "alias", alias, alias_json(before) if before else None, None
+            )
+
+    def alias_settings(self) -> dict[str, AliasSettings]:
+        return AliasStore(self.engine).all()
+
+    # ---- API keys --------------------------------------------------------------------------
+
+    def keys(self) -> ApiKeys:
+        return ApiKeys(self.engine)
+
+    def create_key(self, actor: Actor, name: str, policy: KeyPolicy | None = None) -> CreatedKey:
+        with self.transaction(actor) as change:
+            return self.create_key_in(change, name, policy)
+
+    def create_key_in(
+        self, change: Change, name: str, policy: KeyPolicy | None = None
+    ) -> CreatedKey:
+        keys = ApiKeys(change.conn)
+        created = keys.create(name, created_by=change.actor.who, policy=policy)
+        view = _key(keys, created.id)
+        change.record("key.create", "key", created.id, None, key_json(view))
+        return created
+
+    def set_key_policy(self, actor: Actor, name_or_id: str, policy: KeyPolicy) -> ApiKeyView:
+        with self.transaction(actor) as change:
+            return self.set_key_policy_in(change, name_or_id, policy)
+
+    def set_key_policy_in(self, change: Change, name_or_id: str, policy: KeyPolicy) -> ApiKeyView:
+        keys = ApiKeys(change.conn)
+        before = _active_key(keys, name_or_id)
+        keys.set_policy(before.id, policy)
+        after = _key(keys, before.id)
+        change.record("key.update", "key", before.id, key_json(before), key_json(after))
+        return after
+
+    def revoke_key(self, actor: Actor, name_or_id: str) -> list[int]:
+        with self.transaction(actor) as change:
+            return self.revoke_key_in(change, name_or_id)
+
+    def revoke_key_in(self, change: Change, name_or_id: str) -> list[int]:
+        keys = ApiKeys(change.conn)
+        before = {k.id: k for k in keys.list()}
+        ids = keys.revoke(name_or_id)
+        for key_id in ids:
+            change.record(
+                "key.revoke",
+                "key",
+                key_id,
+                key_json(before[key_id]),
+                key_json(_key(keys, key_id)),
+            )
+        return ids
+
+    # ---- users -----------------------------------------------------------------------------
+
+    def accounts(self) -> Accounts:
+        return Accounts(
+            self.engine,
+            max_failures=self.settings.login_max_failures,
+            lockout_s=self.settings.login_lockout_s,
+        )
+
+    def add_user(self, actor: Actor, name: str, password: str, role: Role) -> OperatorView:
+        with self.transaction(actor) as change:
+            accounts = Accounts(change.conn)
+            accounts.add(name, password, role)
+            view = accounts.get(name.strip())
+            change.record("user.create", "user", view.name, None, operator_json(view))
+            return view
+
+    def set_role(self, actor: Actor, name: str, role: Role) -> OperatorView:
+        return self._user_change(actor, "user.role", name, lambda a: a.set_role(name, role))
+
+    def set_disabled(self, actor: Actor, name: str, disabled: bool) -> OperatorView:
+        action = "user.disable" if disabled else "user.enable"
+        return self._user_change(actor, action, name, lambda a: a.set_disabled(name, disabled))
+
+    def reset_password(self, actor: Actor, name: str, password: str) -> OperatorView:
+        # The audit row says that the password changed, never what to.
+        return self._user_change(
+            actor, "user.password", name, lambda a: a.set_password(name, password)
+        )
+
+    def remove_user(self, actor: Actor, name: str) -> None:
+        with self.transaction(actor) as change:
+            view = Accounts(change.conn).remove(name)
+            change.record("user.delete", "user", name, operator_json(view), None)
+
+    def _user_change(self, actor: Actor, action: str, name: str, run: Any) -> OperatorView:
+        with self.transaction(actor) as change:
+            accounts = Accounts(change.conn)
+            before = operator_json(accounts.get(name))
+            after: OperatorView = run(accounts)
+            change.record(action, "user", name, before, operator_json(after))
+            return after
+
+
+def _key(keys: ApiKeys, key_id: int) -> ApiKeyView:
+    found = next((k for k in keys.list() if k.id == key_id), None)
+    if found is None:
+        raise ApiKeyError(f"no key with id {key_id}")
+    return found
+
+
+def _active_key(keys: ApiKeys, name_or_id: str) -> ApiKeyView:
+    found = next(
+        (k for k in keys.list() if k.active and (k.name == name_or_id or str(k.id) == name_or_id)),
+        None,
+    )
+    if found is None:
+        raise ApiKeyError(f"no active key named {name_or_id!r} or with that id")
+    return found

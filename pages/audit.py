@@ -1,0 +1,62 @@
+"""Audit: every configuration change, by whom, how, from where, before and after."""
+
+from datetime import UTC, datetime, timedelta
+
+import streamlit as st
+
+from app.accounts import Role
+from app.admin.audit import audit_actors, read_audit
+from app.ui import auth, resources
+
+PERIODS = {"Last 24 hours": 1, "Last 7 days": 7, "Last 30 days": 30, "Everything": None}
+
+operator = auth.require_role(Role.ADMIN)
+st.title("Audit")
+st.caption(
+    "One row per change made on a page, with the CLI, through the admin API or by "
+    "`herd apply`. The `audit_log` table holds the same rows for SQL."
+)
+engine = resources.database().engine
+with resources.database_errors():
+    actors = audit_actors(engine)
+
+cols = st.columns(3)
+who = cols[0].selectbox("Who", ["(anyone)", *actors], key="audit_who")
+action = cols[1].text_input(
+    "Action starts with", key="audit_action", placeholder="deployment. / key. / user."
+)
+period = cols[2].selectbox("Period", list(PERIODS), key="audit_period")
+days = PERIODS[period]
+since = datetime.now(UTC) - timedelta(days=days) if days else None
+with resources.database_errors():
+    rows = read_audit(
+        engine,
+        actor=None if who == "(anyone)" else who,
+        action=action.strip() or None,
+        since=since,
+    )
+if not rows:
+    st.info("No changes recorded for these filters.")
+else:
+    latest = rows[0]
+    st.caption(
+        f"{len(rows)} change(s), newest first. Latest: {latest.action} by {latest.actor} "
+        f"via {latest.via}."
+    )
+    st.dataframe(
+        [
+            {
+                "at": r.at.strftime("%Y-%m-%d %H:%M:%S"),
+                "who": r.actor,
+                "via": r.via,
+                "from": r.source,
+                "action": r.action,
+                "target": f"{r.target_kind} {r.target_id or ''}".strip(),
+                "before": r.before,
+                "after": r.after,
+            }
+            for r in rows
+        ],
+        hide_index=True,
+        width="stretch",
+    )
