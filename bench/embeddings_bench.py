@@ -205,7 +205,8 @@ def cache_latency(db_url: str, dims: int, args: argparse.Namespace) -> dict[str,
                 text(
                     "INSERT INTO semantic_cache (alias, scope, dims, embedding, question, answer, "
                     "finish_reason, model) SELECT 'bench', 's', :dims, "
-                    "(SELECT array_agg((random() - 0.5)::real) FROM generate_series(1, CAST(:dims AS int)) "
+                    "(SELECT array_agg((random() - 0.5)::real) "
+                    "FROM generate_series(1, CAST(:dims AS int)) "
                     "WHERE i > 0), 'q', 'answer ' || i, 'stop', 'm' "
                     "FROM generate_series(CAST(:first AS int), CAST(:last AS int)) AS i"
                 ),
