@@ -101,3 +101,40 @@ def test_viewer_reads_but_cannot_act(dashboard_env: None, full: Database) -> Non
     assert any("operator role" in c.value for c in app.caption)
     _open(app, "feedback_review.py")
     assert "Save correction" not in [b.label for b in app.button]
+
+
+def test_monitoring_compares_semantic_cache_hits_with_fresh_answers(
+    dashboard_env: None, database: Database
+) -> None:
+    with database.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO aliases (alias, semantic_cache_alias, semantic_cache_threshold) "
+                "VALUES ('chat', 'embed', 0.9)"
+            )
+        )
+        # Four fresh answers (one up, one down) and two semantic hits (both up).
+        for i, (similarity, rating) in enumerate(
+            [(None, 1), (None, -1), (None, None), (None, None), (0.93, 1), (0.97, 1)]
+        ):
+            request_id = conn.execute(
+                text(
+                    "INSERT INTO requests (id, alias, endpoint, status, cache_hit, "
+                    "cache_similarity) VALUES (gen_random_uuid(), 'chat', 'chat.completions', "
+                    "'ok', :hit, :sim) RETURNING id"
+                ),
+                {"hit": similarity is not None, "sim": similarity},
+            ).scalar_one()
+            if rating is not None:
+                conn.execute(
+                    text("INSERT INTO feedback (request_id, rating, user_id) VALUES (:r, :v, :u)"),
+                    {"r": request_id, "v": rating, "u": f"u{i}"},
+                )
+    app = _open(_logged_in(database, Role.VIEWER), "monitoring.py")
+    assert "Semantic cache" in [s.value for s in app.subheader]
+    [table] = [d.value for d in app.dataframe if "hit rate" in d.value.columns]
+    row = table.iloc[0]
+    assert (row["alias"], row["chat calls"], row["semantic hits"]) == ("chat", 6, 2)
+    assert abs(row["hit rate"] - 2 / 6) < 1e-9
+    assert (row["thumbs-up cached"], row["thumbs-up fresh"]) == (1.0, 0.5)
+    assert abs(row["mean similarity of hits"] - 0.95) < 1e-6

@@ -222,3 +222,17 @@ def test_workers_show_slots_and_prefix_cache_hits_of_a_real_worker(
     assert not app.exception, app.exception
     [row] = app.dataframe[1].value.to_dict("records")
     assert row["prefix cache hits"] == "-" and row["slots busy"] == "1 / 2"
+
+
+def test_deploy_for_embeddings_with_a_chosen_pooling(page_env: Deployments) -> None:
+    app = _page(Role.OPERATOR)
+    assert app.selectbox(key="deploy_pooling").disabled  # only for embedding deployments
+    app.text_input(key="deploy_alias").input("tiny-embed")
+    app.checkbox(key="deploy_embeddings").check().run()
+    app.selectbox(key="deploy_pooling").select("cls").run()
+    app.button(key="deploy_submit").click().run()
+    assert not app.exception, app.exception
+    assert not app.error, [e.value for e in app.error]
+    [created] = page_env.all()
+    assert (created.serving.embeddings, created.serving.pooling) == (True, "cls")
+    assert list(app.dataframe[0].value["serves"]) == ["embeddings (cls)"]

@@ -193,3 +193,27 @@ def test_stopped_deployments_get_no_share_and_weights_stay_within_the_alias(
     with pytest.raises(DeploymentError, match="weight above 0"):
         deployments.set_traffic_weights("assistant", {v1: 0, v2: 100})  # v2 is stopped
     assert {d.id: d.traffic_weight for d in deployments.all()} == {v1: 100, v2: 100, other: 100}
+
+
+def test_semantic_cache_is_turned_on_with_an_embedding_alias(
+    canary: list[int], database: Database
+) -> None:
+    embed = add_deployment(database.engine, "embedder", add_model(database.engine, "e.gguf"))
+    with database.engine.begin() as conn:
+        conn.execute(text("UPDATE deployments SET embeddings = true WHERE id = :id"), {"id": embed})
+    app = _page(Role.OPERATOR)
+    assert not app.warning  # the embedded server ships pgvector
+    pick = app.selectbox(key="alias_semantic_assistant")
+    assert pick.options == ["off", "embedder"]
+    pick.select("embedder")
+    app.number_input(key="alias_threshold_assistant").set_value(0.9)
+    _submit(app, "Save alias settings")
+    assert not app.error, [e.value for e in app.error]
+    saved = AliasStore(database.engine).all()["assistant"]
+    assert (saved.semantic_cache_alias, saved.semantic_cache_threshold) == ("embedder", 0.9)
+    with database.engine.connect() as conn:
+        assert conn.execute(
+            text("SELECT count(*) FROM pg_extension WHERE extname = 'vector'")
+        ).scalar_one()
+    [table] = [d.value for d in app.dataframe if "semantic cache" in d.value.columns]
+    assert "embedder ≥ 0.9" in list(table["semantic cache"])

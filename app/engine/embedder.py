@@ -113,6 +113,7 @@ class EmbeddingEngine:
         self._closed = False
         self._cond = threading.Condition()
         self._inputs_per_second: float | None = None
+        self._tokens_per_second: float | None = None
         self._prompt_tokens = 0
         # llama_decode calls since start: how well inputs were batched (tests, benchmarks).
         self.decodes = 0
@@ -132,8 +133,8 @@ class EmbeddingEngine:
             slots_busy=1 if self._busy else 0,
             queue_length=waiting,
             max_queue=self._max_queue,
-            # Inputs (not tokens) per second: what an embedding worker's throughput means.
-            tokens_per_second=self._inputs_per_second,
+            # Input tokens pooled per second: an embedding worker generates none.
+            tokens_per_second=self._tokens_per_second,
             prompt_tokens=self._prompt_tokens,
         )
 
@@ -233,10 +234,10 @@ class EmbeddingEngine:
                     job.deliver(job.fail, failure)
                 continue
             seconds = max(time.perf_counter() - started, 1e-9)
-            rate = len(taken) / seconds
-            old = self._inputs_per_second
-            self._inputs_per_second = rate if old is None else old + EWMA_WEIGHT * (rate - old)
-            self._prompt_tokens += sum(len(job.inputs[i]) for job, i in taken)
+            tokens = sum(len(job.inputs[i]) for job, i in taken)
+            self._inputs_per_second = _moving(self._inputs_per_second, len(taken) / seconds)
+            self._tokens_per_second = _moving(self._tokens_per_second, tokens / seconds)
+            self._prompt_tokens += tokens
             for row, (job, i) in enumerate(taken):
                 job.vectors[i] = vectors[row]
                 job.remaining -= 1
@@ -285,6 +286,10 @@ class EmbeddingEngine:
             llama_cpp.llama_free(self._ctx)
             self._ctx = None
         self._model.close()
+
+
+def _moving(old: float | None, new: float) -> float:
+    return new if old is None else old + EWMA_WEIGHT * (new - old)
 
 
 def _context(model: Any, options: LoadOptions, pooling: int, max_tokens: int) -> Any:

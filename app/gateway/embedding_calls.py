@@ -25,6 +25,7 @@ from app.gateway.proxy import Proxy, UpstreamFailure, _hop_failure
 from app.gateway.request_log import RequestRecord
 from app.gateway.routing import AliasRoute
 from app.gateway.worker_client import WorkerHTTPError
+from app.openai_errors import error_body
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class EmbeddingCalls:
             proxy.metrics.count_request(
                 body.model, model_name, "error", None, record.total_ms, None
             )
-            return Response(refused.content, refused.status, media_type="application/json")
+            return refused.response()
         usage = _usage(content)
         record.prompt_tokens = usage
         record.completion_tokens = 0
@@ -193,18 +194,31 @@ class EmbeddingCalls:
 
 
 class _WorkerRefused(Exception):
-    """A worker's 4xx (bad input, a chat-only worker): the client's to see as it is."""
+    """A worker's 4xx (bad input, a chat-only worker): the client's to see."""
 
     def __init__(self, pick: Pick, status: int, content: bytes) -> None:
+        self.shaped = False
         try:
-            message = str(orjson.loads(content)["error"]["message"])
+            error = orjson.loads(content)["error"]
+            message = str(error["message"])
+            self.shaped = bool(message) and isinstance(error.get("type"), str)
         except (ValueError, KeyError, TypeError):
             message = content[:500].decode(errors="replace")
+        if status == 404 and not self.shaped:
+            # A worker without the endpoint: an external server not started for embeddings.
+            message = f"the workers of this alias do not serve embeddings ({message})"
         super().__init__(message)
         self.pick = pick
         self.status = status
         self.content = content
         self.message = message
+
+    def response(self) -> Response:
+        """The worker's error as it is when it is in OpenAI's shape, else wrapped in it."""
+        if self.shaped:
+            return Response(self.content, self.status, media_type="application/json")
+        body = error_body(self.message, "invalid_request_error", "upstream_refused")
+        return JSONResponse(body, self.status)
 
 
 def _usage(content: bytes) -> int | None:
