@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, text
 from streamlit.testing.v1 import AppTest
-from test_multihost import PG_USER, open_to, pg_bin, run
 
 from app.accounts import LoggedIn, Role
 from app.db import migrate
@@ -21,6 +20,7 @@ from app.gateway.aliases import AliasSettingError, AliasSettings, AliasStore
 from app.gateway.vector_store import VectorStore, pgvector_problem
 from app.ui.auth import SESSION_KEY
 from tests.conftest import REPO_ROOT
+from tests.test_multihost import PG_USER, open_to, pg_bin, run
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0
