@@ -34,6 +34,26 @@ class SamplingParams:
     seed: int | None = None
     # Keep generating past end-of-sequence tokens (benchmarks, tests); llama-server's name.
     ignore_eos: bool = False
+    # OpenAI's penalties, over the tokens generated so far (0 turns each off).
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    # (token id, bias added to its logit); -100 bans a token, as in the OpenAI API.
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    # None: no log probabilities; k >= 0: each token's, with its k likeliest alternatives.
+    logprobs: int | None = None
+
+
+@dataclass(frozen=True)
+class OutputConstraint:
+    """What the output must match: a GBNF grammar, a JSON schema, or any JSON object.
+
+    source is the grammar's text or the schema as JSON; param names the request field it came
+    from, for the 400 when it cannot be used.
+    """
+
+    kind: Literal["grammar", "json_schema", "json_object"]
+    source: str
+    param: str
 
 
 @dataclass(frozen=True)
@@ -43,6 +63,7 @@ class GenerationRequest:
     messages: tuple[ChatMessage, ...] | None = None
     prompt: str | None = None
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    constraint: OutputConstraint | None = None
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):
