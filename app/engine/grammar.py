@@ -20,7 +20,9 @@ ROOT = b"root"
 
 def grammar_sampler(vocab: Any, gbnf: str) -> Any:
     """A new llama.cpp grammar sampler for gbnf, or None when llama.cpp cannot parse it."""
-    return llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), ROOT)
+    sampler = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), ROOT)
+    # ctypes hands back a NULL pointer as a false-y pointer object, not None.
+    return sampler if sampler else None
 
 
 class GrammarCache:
