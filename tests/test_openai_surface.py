@@ -160,15 +160,17 @@ REFUSED_FIELDS = [
     (CHAT, {"messages": MESSAGES, "n": SLOTS + 1}, "n"),
     (CHAT, {"messages": MESSAGES, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
     (CHAT, {"messages": MESSAGES, "top_logprobs": 3}, "top_logprobs"),
+    (CHAT, {"messages": MESSAGES, "tool_choice": "required"}, "tool_choice"),
     (
         CHAT,
         {
             "messages": MESSAGES,
-            "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "tool_choice": {"type": "function", "function": {"name": "g"}},
         },
-        "tools",
+        "tool_choice.function.name",
     ),
-    (CHAT, {"messages": MESSAGES, "tool_choice": "required"}, "tool_choice"),
+    (CHAT, {"messages": MESSAGES, "tools": [{"type": "function"}]}, "tools.[0].function"),
     (CHAT, {"messages": MESSAGES, "audio": {"voice": "x"}}, "audio"),
     (CHAT, {"messages": MESSAGES, "modalities": ["text", "audio"]}, "modalities"),
     (CHAT, {"messages": MESSAGES, "surprise": 1}, "surprise"),
@@ -378,3 +380,119 @@ def test_n_choices_come_with_indexes_and_exact_usage(served: Served, via: str) -
 
     text = api.completions.create(model=ALIAS, prompt="Once upon a time", max_tokens=6, n=2)
     assert [c.index for c in text.choices] == [0, 1]
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "minLength": 1, "maxLength": 20},
+                "unit": {"enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city", "unit"],
+        },
+    },
+}
+ADD = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "a": {"type": "integer", "minimum": -1000, "maximum": 1000},
+                "b": {"type": "integer", "minimum": -1000, "maximum": 1000},
+            },
+            "required": ["a", "b"],
+        },
+    },
+}
+SCHEMA_OF = {"get_weather": WEATHER, "add": ADD}
+
+
+def check_calls(calls: list[Any], names: set[str]) -> None:
+    assert calls, "no tool calls"
+    for call in calls:
+        assert call.type == "function" and call.id
+        assert call.function.name in names
+        schema = SCHEMA_OF[call.function.name]["function"]["parameters"]  # type: ignore[index]
+        jsonschema.validate(json.loads(call.function.arguments), schema)
+
+
+@pytest.mark.parametrize("via", ["worker", "gateway"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_forced_tool_calls_always_parse(served: Served, via: str, seed: int) -> None:
+    api = client(served, via)
+    ask: dict[str, Any] = {
+        "model": ALIAS,
+        "messages": [{"role": "user", "content": "What is the weather in Paris? And 2+3?"}],
+        "tools": [WEATHER, ADD],
+        "max_tokens": 120,
+        "seed": seed,
+        "temperature": 1.0,
+    }
+    required = api.chat.completions.create(**ask, tool_choice="required")
+    choice = required.choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    check_calls(choice.message.tool_calls or [], {"get_weather", "add"})
+
+    named = api.chat.completions.create(
+        **ask,
+        tool_choice={"type": "function", "function": {"name": "add"}},
+        parallel_tool_calls=False,
+    )
+    calls = named.choices[0].message.tool_calls or []
+    assert len(calls) == 1 and calls[0].function.name == "add"
+    check_calls(calls, {"add"})
+
+    # Streamed: the calls come as delta.tool_calls, arguments whole.
+    streamed: dict[int, dict[str, str]] = {}
+    finish = None
+    for chunk in api.chat.completions.create(**ask, tool_choice="required", stream=True):
+        for c in chunk.choices:
+            for delta in c.delta.tool_calls or []:
+                entry = streamed.setdefault(delta.index, {"name": "", "arguments": ""})
+                entry["name"] += (delta.function and delta.function.name) or ""
+                entry["arguments"] += (delta.function and delta.function.arguments) or ""
+            finish = c.finish_reason or finish
+    assert finish == "tool_calls" and streamed
+    for entry in streamed.values():
+        schema = SCHEMA_OF[entry["name"]]["function"]["parameters"]  # type: ignore[index]
+        jsonschema.validate(json.loads(entry["arguments"]), schema)
+
+
+def test_tool_history_and_auto_choice_are_accepted(served: Served) -> None:
+    api = client(served, "gateway")
+    history: list[Any] = [
+        {"role": "user", "content": "What is 2+3?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "5"},
+    ]
+    answer = api.chat.completions.create(
+        model=ALIAS, messages=history, tools=[ADD], max_tokens=20, temperature=0
+    )
+    choice = answer.choices[0]
+    assert choice.finish_reason in ("stop", "length", "tool_calls")
+    if choice.finish_reason == "tool_calls":
+        check_calls(choice.message.tool_calls or [], {"add"})
+    else:
+        assert choice.message.content is not None
+    # tool_choice none: tools stay out of the prompt, the answer is text.
+    plain = api.chat.completions.create(
+        model=ALIAS, messages=history, tools=[ADD], tool_choice="none", max_tokens=5
+    )
+    assert plain.choices[0].message.tool_calls is None

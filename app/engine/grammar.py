@@ -10,7 +10,7 @@ from typing import Any
 import llama_cpp
 
 from app.engine.errors import BadRequest
-from app.engine.json_grammar import UnsupportedSchema, schema_to_gbnf
+from app.engine.json_grammar import UnsupportedSchema, schema_to_gbnf, tool_call_gbnf
 from app.engine.requests import OutputConstraint
 
 # Distinct schemas kept converted and checked; clients tend to reuse a handful.
@@ -63,8 +63,10 @@ class GrammarCache:
             if not constraint.source.strip():
                 raise BadRequest(f"{constraint.param}: the grammar is empty", constraint.param)
             return constraint.source
-        source = constraint.source if constraint.kind == "json_schema" else '{"type": "object"}'
         try:
+            if constraint.kind == "tool_call":
+                return tool_call_gbnf(constraint.source)
+            source = constraint.source if constraint.kind == "json_schema" else '{"type": "object"}'
             return schema_to_gbnf(source)
         except UnsupportedSchema as exc:
             raise BadRequest(f"{constraint.param}: {exc}", param=constraint.param) from None

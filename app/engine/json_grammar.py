@@ -262,3 +262,40 @@ def schema_to_gbnf(schema_json: str) -> str:
     except (AssertionError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise UnsupportedSchema(f"the schema cannot be turned into a grammar: {exc}") from None
     return grammar
+
+
+def tool_call_gbnf(source: str) -> str:
+    """GBNF for one (or, parallel, one or more) <tool_call> blocks, each a JSON object naming
+    one of the tools with arguments matching its parameters schema.
+
+    source: {"tools": [{"name": ..., "parameters": {...}}, ...], "parallel": bool}.
+    """
+    spec = json.loads(source)
+    calls = []
+    for i, function in enumerate(spec["tools"]):
+        parameters = function.get("parameters") or {"type": "object", "properties": {}}
+        _check(parameters, f"tools[{i}].function.parameters")
+        calls.append(
+            {
+                "type": "object",
+                "properties": {"name": {"const": function["name"]}, "arguments": parameters},
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
+        )
+    schema = calls[0] if len(calls) == 1 else {"anyOf": calls}
+    converter = StrictConverter(  # type: ignore[no-untyped-call]
+        prop_order={"name": 0, "arguments": 1}, allow_fetch=False, dotall=False, raw_pattern=False
+    )
+    try:
+        converter.visit(converter.resolve_refs(schema, "input"), "call")
+        rules: str = converter.format_grammar()  # type: ignore[no-untyped-call]
+    except UnsupportedSchema:
+        raise
+    except (AssertionError, ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise UnsupportedSchema(
+            f"a tool's parameters cannot be turned into a grammar: {exc}"
+        ) from None
+    block = '"<tool_call>" space call "</tool_call>"'
+    repeat = f' ("\\n" {block})*' if spec.get("parallel") else ""
+    return f"root ::= {block}{repeat}\n{rules}"

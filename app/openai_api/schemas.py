@@ -112,9 +112,6 @@ class NamedToolChoice(Strict):
     function: NamedFunction
 
 
-_TOOLS = "tool calling is not supported by this server yet; leave tools out"
-
-
 class CompletionParams(Strict):
     """What chat and text completions share; names and ranges as in the OpenAI API."""
 
@@ -187,12 +184,17 @@ class ChatCompletionRequest(CompletionParams):
         le=MAX_TOP_LOGPROBS,
         description="The likeliest alternatives per token (needs logprobs: true).",
     )
-    tools: Annotated[list[Tool] | None, refuse_unless([], why=_TOOLS)] = None
-    tool_choice: Annotated[
-        Literal["none", "auto", "required"] | NamedToolChoice | None,
-        refuse_unless("none", "auto", why=_TOOLS),
-    ] = None
-    parallel_tool_calls: bool | None = None
+    tools: list[Tool] | None = Field(
+        default=None, max_length=128, description="Functions the model may call."
+    )
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        default=None,
+        description="auto (default with tools), none, required or a named function; "
+        "required and named calls are forced by a grammar, so they always parse.",
+    )
+    parallel_tool_calls: bool | None = Field(
+        default=None, description="Allow several calls in one answer (default true)."
+    )
     functions: Annotated[
         list[JsonObject] | None, refuse_unless([], why="deprecated: use tools")
     ] = None

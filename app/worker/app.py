@@ -32,6 +32,7 @@ from app.worker.openai_format import (
     sse,
 )
 from app.worker.state import WorkerState
+from app.worker.tool_calls import parse_tool_calls
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -74,6 +75,7 @@ class CompletionService:
         n: int,
         stream: bool,
         fmt: ResponseFormat,
+        tool_names: set[str] | None = None,
     ) -> Response:
         if isinstance(build, ApiError):
             self.metrics.count_request(endpoint, "invalid")
@@ -99,12 +101,12 @@ class CompletionService:
             raise from_engine_error(exc) from exc
         if stream:
             return StreamingResponse(
-                self._stream(endpoint, choices, fmt),
+                self._stream(endpoint, choices, fmt, tool_names),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
         logprobs = build.sampling.logprobs is not None
-        return await self._whole(request, endpoint, choices, fmt, logprobs)
+        return await self._whole(request, endpoint, choices, fmt, logprobs, tool_names)
 
     async def _whole(
         self,
@@ -113,6 +115,7 @@ class CompletionService:
         choices: ChoiceSet,
         fmt: ResponseFormat,
         logprobs: bool,
+        tool_names: set[str] | None,
     ) -> Response:
         watcher = asyncio.create_task(_cancel_on_disconnect(request, choices))
         n = len(choices.generations)
@@ -146,14 +149,22 @@ class CompletionService:
         self.metrics.observe(total)
         for result in results:
             result.text = "".join(result.parts)
+            _find_tool_calls(result, tool_names)
         return JSONResponse(fmt.whole(results, total))
 
     async def _stream(
-        self, endpoint: str, choices: ChoiceSet, fmt: ResponseFormat
+        self,
+        endpoint: str,
+        choices: ChoiceSet,
+        fmt: ResponseFormat,
+        tool_names: set[str] | None,
     ) -> AsyncIterator[str]:
+        """Chunks as tokens come; with tools in play each choice's text is held until it
+        ends, then sent as content and tool_calls deltas (a call is only known whole)."""
         outcome = "cancelled"  # unless the stream reaches its end: the client left
         n = len(choices.generations)
         ends: list[Finished] = []
+        held = [ChoiceText("", "") for _ in range(n)] if tool_names else None
         try:
             for index in range(n):
                 first = fmt.first_chunk(index)
@@ -161,16 +172,29 @@ class CompletionService:
                     yield sse(first)
             async for index, event in choices.events():
                 if isinstance(event, TextDelta):
-                    if event.tokens:
+                    if held is not None:
+                        held[index].parts.append(event.text)
+                    elif event.tokens:
                         yield sse(fmt.chunk(event.text, event.tokens, index))
                     else:
                         yield fmt.chunk_sse(event.text, index)
                     continue
                 ends.append(event)
+                reason: str = event.finish_reason
+                if held is not None and isinstance(fmt, ChatFormat):
+                    result = held[index]
+                    result.text, result.finish_reason = "".join(result.parts), reason
+                    _find_tool_calls(result, tool_names)
+                    if result.tool_calls:
+                        for chunk in fmt.tool_call_chunks(result, index):
+                            yield sse(chunk)
+                    elif result.text:
+                        yield sse(fmt.chunk(result.text, index=index))
+                    reason = result.finish_reason
                 if n == 1:
-                    yield sse(fmt.final_chunk(event))
+                    yield sse({**fmt.end_chunk(reason), **fmt.accounting(event)})
                 else:
-                    yield sse(fmt.end_chunk(event.finish_reason, index))
+                    yield sse(fmt.end_chunk(reason, index))
             total = combined(ends)
             if total.finish_reason != "cancelled":
                 outcome = "ok"
@@ -187,6 +211,16 @@ class CompletionService:
             # Runs also when the client disconnects and the response task is cancelled.
             choices.cancel()
             self.metrics.count_request(endpoint, outcome)
+
+
+def _find_tool_calls(result: ChoiceText, tool_names: set[str] | None) -> None:
+    """Parse a finished choice's text for tool calls; a complete answer with calls ends
+    with finish_reason tool_calls, as OpenAI's."""
+    if not tool_names or result.finish_reason != "stop":
+        return
+    content, calls = parse_tool_calls(result.text, tool_names)
+    if calls:
+        result.content, result.tool_calls, result.finish_reason = content, calls, "tool_calls"
 
 
 def create_app(
@@ -237,7 +271,10 @@ def create_app(
             build = exc
         fmt = ChatFormat(state.alias)
         n, stream = body.n or 1, bool(body.stream)
-        return await service.serve(request, "chat.completions", build, n, stream, fmt)
+        tools = None
+        if not isinstance(build, ApiError) and build.tools is not None and body.tools:
+            tools = {t.function.name for t in body.tools}
+        return await service.serve(request, "chat.completions", build, n, stream, fmt, tools)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:

@@ -19,9 +19,53 @@ from app.openai_api.schemas import (
 def flat_message(message: MessageIn) -> ChatMessage:
     """The message with its content as plain text (the schema admits text parts only)."""
     content = message.content
-    if content is None or isinstance(content, str):
-        return ChatMessage(message.role, content or "")
-    return ChatMessage(message.role, "".join(part.text for part in content))
+    text = (
+        content or ""
+        if content is None or isinstance(content, str)
+        else "".join(part.text for part in content)
+    )
+    calls = None
+    if message.tool_calls:
+        calls = json.dumps([c.model_dump() for c in message.tool_calls])
+    return ChatMessage(message.role, text, calls, message.tool_call_id, message.name)
+
+
+def tool_mode(body: ChatCompletionRequest) -> str | None:
+    """None (no tools in play), "auto", "required", or the name of the forced function."""
+    choice = body.tool_choice
+    if not body.tools:
+        if choice not in (None, "none", "auto"):
+            raise bad_param("tool_choice", "names a tool choice but no tools were given")
+        return None
+    if choice == "none":
+        return None
+    if choice is None or choice == "auto":
+        return "auto"
+    if choice == "required":
+        return "required"
+    assert not isinstance(choice, str)
+    names = [t.function.name for t in body.tools]
+    if choice.function.name not in names:
+        raise bad_param(
+            "tool_choice.function.name",
+            f"{choice.function.name!r} is not one of the tools ({', '.join(names)})",
+        )
+    return choice.function.name
+
+
+def tool_constraint(body: ChatCompletionRequest, mode: str) -> OutputConstraint | None:
+    """The grammar forcing a call, for tool_choice required or a named function."""
+    if mode == "auto":
+        return None
+    assert body.tools is not None
+    functions = [
+        {"name": t.function.name, "parameters": t.function.parameters}
+        for t in body.tools
+        if mode == "required" or t.function.name == mode
+    ]
+    parallel = body.parallel_tool_calls is not False and mode == "required"
+    source = json.dumps({"tools": functions, "parallel": parallel})
+    return OutputConstraint("tool_call", source, "tools")
 
 
 def sampling(
@@ -82,16 +126,23 @@ def chat_logprobs(body: ChatCompletionRequest) -> int | None:
 
 
 def chat_request(body: ChatCompletionRequest) -> GenerationRequest:
-    for i, message in enumerate(body.messages):
-        if message.tool_calls:
-            raise bad_param(
-                f"messages.[{i}].tool_calls", "tool calls are not supported by this server yet"
-            )
     max_tokens = body.max_completion_tokens or body.max_tokens
+    mode = tool_mode(body)
+    output = constraint(body)
+    if mode is not None and mode != "auto":
+        if output is not None:
+            raise bad_param(
+                "tool_choice", "a forced tool call cannot be combined with grammar or a JSON format"
+            )
+        output = tool_constraint(body, mode)
+    tools = None
+    if mode is not None and body.tools:
+        tools = json.dumps([t.model_dump(exclude_none=True) for t in body.tools])
     return GenerationRequest(
         messages=tuple(flat_message(m) for m in body.messages),
         sampling=sampling(body, max_tokens, chat_logprobs(body)),
-        constraint=constraint(body),
+        constraint=output,
+        tools=tools,
     )
 
 

@@ -56,6 +56,9 @@ class ChoiceText:
     finish_reason: str
     tokens: list[TokenLogprob] | None = None
     parts: list[str] = field(default_factory=list)
+    tool_calls: list[dict[str, Any]] | None = None
+    # The text the tool calls leave over (None: none), when there are calls.
+    content: str | None = None
 
 
 class ResponseFormat:
@@ -90,7 +93,7 @@ class ResponseFormat:
         }
 
     @staticmethod
-    def _accounting(finished: Finished) -> dict[str, Any]:
+    def accounting(finished: Finished) -> dict[str, Any]:
         return {"usage": finished.usage.to_json(), "timings": finished.timings.to_json()}
 
     def first_chunk(self, index: int = 0) -> dict[str, Any] | None:
@@ -106,18 +109,18 @@ class ResponseFormat:
 
     def final_chunk(self, finished: Finished) -> dict[str, Any]:
         """The last chunk of a one-choice stream: its end, with usage and timings."""
-        return {**self.end_chunk(finished.finish_reason), **self._accounting(finished)}
+        return {**self.end_chunk(finished.finish_reason), **self.accounting(finished)}
 
     def usage_chunk(self, finished: Finished) -> dict[str, Any]:
         """The last chunk of a several-choice stream: no choices, usage and timings."""
-        return {**self._envelope(self.chunk_object_name), **self._accounting(finished)}
+        return {**self._envelope(self.chunk_object_name), **self.accounting(finished)}
 
     def choice(self, index: int, result: ChoiceText) -> dict[str, Any]:
         raise NotImplementedError
 
     def whole(self, results: list[ChoiceText], finished: Finished) -> dict[str, Any]:
         choices = [self.choice(i, r) for i, r in enumerate(results)]
-        return {**self._envelope(self.object_name, *choices), **self._accounting(finished)}
+        return {**self._envelope(self.object_name, *choices), **self.accounting(finished)}
 
 
 class ChatFormat(ResponseFormat):
@@ -147,12 +150,27 @@ class ChatFormat(ResponseFormat):
         return self._envelope(self.chunk_object_name, choice)
 
     def choice(self, index: int, result: ChoiceText) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": result.text}
+        if result.tool_calls:
+            message = {"role": "assistant", "content": result.content}
+            message["tool_calls"] = result.tool_calls
         return {
             "index": index,
-            "message": {"role": "assistant", "content": result.text},
+            "message": message,
             "logprobs": None if result.tokens is None else chat_logprobs(result.tokens),
             "finish_reason": result.finish_reason,
         }
+
+    def tool_call_chunks(self, result: ChoiceText, index: int = 0) -> list[dict[str, Any]]:
+        """A buffered choice with tool calls as stream chunks: content, then the calls (each
+        whole, with its index), before the end chunk."""
+        chunks = []
+        if result.content:
+            chunks.append(self.chunk(result.content, index=index))
+        calls = [{"index": i, **call} for i, call in enumerate(result.tool_calls or [])]
+        choice = {"index": index, "delta": {"tool_calls": calls}, "finish_reason": None}
+        chunks.append(self._envelope(self.chunk_object_name, choice))
+        return chunks
 
 
 class TextFormat(ResponseFormat):
