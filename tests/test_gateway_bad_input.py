@@ -68,7 +68,7 @@ def test_invalid_utf8_and_invalid_json_are_400s(target: ServedAlias) -> None:
     error = error_of(post(target, "/v1/chat/completions", content=raw, headers=headers), 400)
     assert "UTF-8" in error["message"]
 
-    error = error_of(post(target, "/v1/chat/completions", content=b"{nope", headers=headers), 422)
+    error = error_of(post(target, "/v1/chat/completions", content=b"{nope", headers=headers), 400)
     assert "JSON" in error["message"]
     assert error["type"] == "invalid_request_error"
 
@@ -93,14 +93,15 @@ def test_invalid_utf8_and_invalid_json_are_400s(target: ServedAlias) -> None:
 def test_wrong_types_and_ranges_name_the_field(
     target: ServedAlias, body: dict[str, Any], field: str
 ) -> None:
-    error = error_of(post(target, "/v1/chat/completions", json=body), 422)
+    error = error_of(post(target, "/v1/chat/completions", json=body), 400)
     assert field in error["message"]
+    assert error["param"] == field
     assert error["code"] == "invalid_body"
 
 
 def test_a_body_that_is_not_an_object(target: ServedAlias) -> None:
     for body in ([1, 2], "text", None, 3):
-        error_of(post(target, "/v1/chat/completions", json=body), 422)
+        error_of(post(target, "/v1/chat/completions", json=body), 400)
 
 
 def test_unknown_alias_is_404_and_logged(target: ServedAlias) -> None:
@@ -126,12 +127,38 @@ def test_feedback_for_unknown_or_malformed_response_ids_is_404(target: ServedAli
         body = {"response_id": response_id, "rating": -1}
         error = error_of(post(target, "/v1/feedback", json=body), 404)
         assert error["code"] == "not_found"
-    error = error_of(post(target, "/v1/feedback", json={"response_id": "x", "rating": 5}), 422)
-    assert "rating" in error["message"]
+    error = error_of(post(target, "/v1/feedback", json={"response_id": "x", "rating": 5}), 400)
+    assert "rating" in error["message"] and error["param"] == "rating"
 
 
-def test_nul_characters_are_stored_not_dropped(target: ServedAlias) -> None:
-    answer = post(target, "/v1/chat/completions", json=chat_body("a\u0000b", user="u\u0000v"))
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (chat_body("a\u0000b"), "messages.[0].content"),
+        (chat_body("lone \ud800 surrogate"), "messages.[0].content"),
+        (chat_body("low \udc00 half"), "messages.[0].content"),
+        (chat_body([{"type": "text", "text": "x\ud83d"}]), "messages.[0].content"),
+        (chat_body("fine", user="u\u0000v"), "user"),
+        (chat_body("fine", stop=["\ud800"]), "stop"),
+        ({"model": ALIAS, "prompt": "nul\u0000"}, "prompt"),
+    ],
+)
+def test_bad_text_is_a_400_naming_the_param_and_not_a_worker_failure(
+    target: ServedAlias, body: dict[str, Any], param: str
+) -> None:
+    # json.dumps writes the lone surrogates as \ud800 escapes: valid JSON, invalid text.
+    path = "/v1/completions" if "prompt" in body else "/v1/chat/completions"
+    raw = json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    error = error_of(post(target, path, content=raw, headers=headers), 400)
+    assert error["param"] == param, error
+    assert "NUL" in error["message"] or "surrogate" in error["message"]
+    # The gateway still serves (no worker was marked failed).
+    assert post(target, "/v1/chat/completions", json=chat_body()).status_code == 200
+
+
+def test_nul_in_a_feedback_comment_is_stored_not_dropped(target: ServedAlias) -> None:
+    answer = post(target, "/v1/chat/completions", json=chat_body("a b"))
     assert answer.status_code == 200, answer.text
     response_id = answer.json()["id"]
     vote = post(
@@ -139,11 +166,7 @@ def test_nul_characters_are_stored_not_dropped(target: ServedAlias) -> None:
     )
     assert vote.status_code == 200, vote.text
     with target.database.engine.connect() as conn:
-        prompt = conn.execute(
-            text("SELECT prompt FROM messages WHERE request_id = :id"), {"id": response_id}
-        ).scalar_one()
         comment = conn.execute(text("SELECT comment FROM feedback")).scalar_one()
-    assert prompt[0]["content"] == "a\ufffdb"
     assert comment == "x\ufffdy"
 
 

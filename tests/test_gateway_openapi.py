@@ -20,10 +20,11 @@ def test_completion_bodies_are_described_and_their_references_resolve(
         schema = schemas[ref.rsplit("/", 1)[1]]
         assert {"model", field} <= set(schema["required"])
         assert schema["properties"]["temperature"]["anyOf"][0]["maximum"] == 2
-        error = operation["responses"]["422"]["content"]["application/json"]["schema"]["$ref"]
+        error = operation["responses"]["400"]["content"]["application/json"]["schema"]["$ref"]
         assert error.rsplit("/", 1)[1] in schemas
     # The message schema the chat body refers to is there too.
-    assert "ChatMessageIn" in schemas
+    assert "ChatMessage" in schemas
+    assert "param" in schemas["ErrorDetail"]["properties"]
     assert {"X-Session-Id"} == {
         p["name"] for p in document["paths"]["/v1/chat/completions"]["post"]["parameters"]
     }

@@ -22,9 +22,9 @@ from app.analytics.key_usage import key_usage
 from app.analytics.scope import Scope
 from app.config import Settings
 from app.db.database import Database
-from app.gateway.errors import GatewayError
 from app.gateway.key_limits import KeyLimits, KeyRule
 from app.gateway.keys import KeyPolicy
+from app.openai_api.errors import ApiError
 from tests.conftest import stop_process
 from tests.gateway_harness import REPO, Stubs, add_deployment, add_model, wait_for
 
@@ -205,7 +205,7 @@ def test_counts_of_one_replica_reach_another_through_the_database(database: Data
     first.sync(database.engine, {key_id}, now)
     second.sync(database.engine, {key_id}, now)
     second.admit(key_id, rule, "m", now)
-    with pytest.raises(GatewayError) as caught:
+    with pytest.raises(ApiError) as caught:
         second.admit(key_id, rule, "m", now)
     assert (caught.value.status, caught.value.retry_after_s) == (429, 55)
     # The next minute starts afresh.

@@ -29,13 +29,15 @@ import llama_cpp
 
 from app.engine.batch_context import BatchContext
 from app.engine.errors import EngineClosed, GenerationFailed, PromptTooLong, QueueFull
-from app.engine.events import FinishReason, TextDelta
+from app.engine.events import FinishReason, TextDelta, TokenLogprob
+from app.engine.grammar import GrammarCache
 from app.engine.job import EWMA_WEIGHT, MAX_RETRY_AFTER_S, JobChannel
 from app.engine.loader import LoadedModel, PreparedPrompt
+from app.engine.logprobs import token_logprob
 from app.engine.outbox import Outbox
 from app.engine.protocol import EngineInfo, EngineStats
 from app.engine.requests import GenerationRequest, SamplingParams
-from app.engine.sampler_chain import SamplerChain
+from app.engine.sampler_chain import SamplerChain, check_sampling
 from app.engine.slots import ATTENTION_TILE_ROWS, Placement, Slot, place
 from app.engine.stop_strings import StopMatcher
 
@@ -58,9 +60,12 @@ class BatchJob(JobChannel):
         sampling: SamplingParams,
         loop: asyncio.AbstractEventLoop,
         submitted_at: float,
+        gbnf: str | None = None,
     ) -> None:
         super().__init__(prepared, sampling, loop, submitted_at)
         self._engine = engine
+        # The grammar the output must follow (checked by GrammarCache), or None.
+        self.gbnf = gbnf
 
     def cancel(self) -> None:
         if not self.cancel_requested.is_set():
@@ -91,6 +96,8 @@ class Running:
     row: int | None = None
     # Its prompt chunks may share a decode with other prompts' (see _packable).
     pack: bool = True
+    # Log probabilities of tokens sampled but not yet sent (only when asked for).
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
     def row_or_fail(self) -> int:
         assert self.row is not None, "sampled without logits"
@@ -116,6 +123,8 @@ class BatchedEngine:
         self._shape = context.shape
         self._slots = [Slot(seq_id=i) for i in range(self._shape.slots)]
         self._vocab: Any = model.llama._model.vocab
+        self._grammars = GrammarCache(self._vocab)
+        self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
         self._pieces: dict[int, bytes] = {}
         self._piece_buffer = ctypes.create_string_buffer(PIECE_BUFFER_BYTES)
         self._waiting: deque[BatchJob] = deque()
@@ -155,13 +164,14 @@ class BatchedEngine:
             raise EngineClosed("the worker is shutting down")
         loop = asyncio.get_running_loop()
         submitted_at = time.perf_counter()
-        # Templating and tokenizing read only the vocabulary: safe beside the decode thread.
-        prepared = await loop.run_in_executor(None, self._model.prepare, request)
+        # Templating, tokenizing and grammar checks read only the vocabulary: safe beside
+        # the decode thread.
+        prepared, gbnf = await loop.run_in_executor(None, self._prepare, request)
         n_ctx = self._shape.n_ctx_slot
         max_tokens = request.sampling.max_tokens
         if max_tokens is not None and len(prepared.tokens) + max_tokens > n_ctx:
             raise PromptTooLong(len(prepared.tokens), n_ctx, max_tokens)
-        job = BatchJob(self, prepared, request.sampling, loop, submitted_at)
+        job = BatchJob(self, prepared, request.sampling, loop, submitted_at, gbnf)
         with self._wake:
             if self._closed:
                 raise EngineClosed("the worker is shutting down")
@@ -172,6 +182,13 @@ class BatchedEngine:
             self._waiting.append(job)
             self._wake.notify()
         return job
+
+    def _prepare(self, request: GenerationRequest) -> tuple[PreparedPrompt, str | None]:
+        """Tokens and checked grammar of a request; BadRequest before it is queued."""
+        check_sampling(request.sampling, self._vocab)
+        constraint = request.constraint
+        gbnf = None if constraint is None else self._grammars.gbnf(constraint)
+        return self._model.prepare(request), gbnf
 
     def _retry_after_s(self, queued: int) -> int:
         per_slot = (queued + 1) * self._job_seconds / self._shape.slots
@@ -247,7 +264,7 @@ class BatchedEngine:
         placement = place(prompt, self._slots, self._shape.n_batch)
         assert placement is not None, "admitted beyond the free slots"
         slot = self._claim(placement)
-        sampler = SamplerChain(job.sampling, self._vocab)
+        sampler = SamplerChain(job.sampling, self._vocab, job.gbnf, self._shape.n_ctx_slot)
         sampler.accept_prompt(prompt)
         room = self._shape.n_ctx_slot - len(prompt)
         max_tokens = job.sampling.max_tokens
@@ -446,9 +463,14 @@ class BatchedEngine:
             self._finish(r, "stop", now)
             return False
         r.completion_tokens += 1
+        top = r.job.sampling.logprobs
+        if top is not None:
+            ctx = self._context.ctx
+            r.logprobs.append(token_logprob(ctx, row, self._n_vocab, token, top, self._piece))
         text, hit = r.stops.feed(r.decoder.decode(self._piece(token)))
-        if text:
-            self._outbox.add(r.job, TextDelta(text))
+        if text or (r.logprobs and hit):
+            self._outbox.add(r.job, TextDelta(text, tuple(r.logprobs)))
+            r.logprobs.clear()
         if hit:
             self._finish(r, "stop", now, flush=False)
             return False
@@ -475,8 +497,9 @@ class BatchedEngine:
             # Text held back as a possible stop-string start, and any incomplete UTF-8.
             tail, hit = r.stops.feed(r.decoder.decode(b"", final=True))
             tail += "" if hit else r.stops.flush()
-            if tail:
-                self._outbox.add(r.job, TextDelta(tail))
+            if tail or r.logprobs:
+                self._outbox.add(r.job, TextDelta(tail, tuple(r.logprobs)))
+                r.logprobs.clear()
         finished = r.job.finished(
             reason,
             r.completion_tokens,

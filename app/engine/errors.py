@@ -12,7 +12,12 @@ class ModelLoadError(EngineError):
 
 
 class BadRequest(EngineError):
-    """The request cannot be served as given (empty prompt, template refused the messages)."""
+    """The request cannot be served as given (empty prompt, template refused the messages);
+    param names the request field at fault, when one is."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class PromptTooLong(BadRequest):

@@ -50,10 +50,23 @@ class Timings:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One sampled token's log probability, with the most likely alternatives (sorted)."""
+
+    piece: bytes
+    logprob: float
+    top: tuple[tuple[bytes, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class TextDelta:
-    """New completion text; may span several tokens or none (held back for stop strings)."""
+    """New completion text; may span several tokens or none (held back for stop strings).
+
+    tokens: the tokens sampled since the previous delta, when log probabilities were asked.
+    """
 
     text: str
+    tokens: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,8 @@ class JobChannel:
         self.submitted_at = submitted_at
         self.cancel_requested = threading.Event()
         self._queue: asyncio.Queue[GenerationEvent | BaseException] = asyncio.Queue()
+        # Set with the first event: the prompt is decoded (its KV can be shared).
+        self._started = asyncio.Event()
 
     @property
     def prompt_tokens(self) -> int:
@@ -89,13 +91,18 @@ class JobChannel:
             ),
         )
 
+    async def started(self) -> None:
+        """Until the first event: the prompt has been decoded, or the job has ended."""
+        await self._started.wait()
+
     def put(self, item: GenerationEvent | BaseException) -> None:
         """Deliver an event; on the loop's thread."""
         self._queue.put_nowait(item)
+        self._started.set()
 
     def push(self, item: GenerationEvent | BaseException) -> None:
         """Deliver an event from any thread."""
         try:
-            self.loop.call_soon_threadsafe(self._queue.put_nowait, item)
+            self.loop.call_soon_threadsafe(self.put, item)
         except RuntimeError:  # the loop is closed: nobody is listening any more
             self.cancel_requested.set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -17,6 +18,7 @@ from app.engine.llama_log import LlamaLog
 from app.engine.protocol import EngineInfo
 from app.engine.requests import GenerationRequest
 from app.engine.serving import ServingParams
+from app.engine.tool_prompt import message_dicts, render_with_tools
 
 logger = logging.getLogger(__name__)
 
@@ -86,13 +88,26 @@ class LoadedModel:
                 raise BadRequest(
                     "this model's GGUF has no chat template; use /v1/completions with a prompt"
                 )
-            messages: list[Any] = [{"role": m.role, "content": m.content} for m in request.messages]
+            formatter = self._formatter
+            rendered: list[Any] = []
+
+            def render(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
+                formatted = formatter(messages=messages, tools=tools)  # type: ignore[arg-type]
+                rendered.append(formatted)
+                return formatted.prompt
+
             try:
-                formatted = self._formatter(messages=messages)
+                if request.tools is not None:
+                    prompt = render_with_tools(request.messages, json.loads(request.tools), render)
+                else:
+                    prompt = render(message_dicts(request.messages, native=True), None)
             except Exception as exc:  # the template's raise_exception and Jinja errors
-                raise BadRequest(f"the model's chat template refused the messages: {exc}") from exc
+                raise BadRequest(
+                    f"the model's chat template refused the messages: {exc}", param="messages"
+                ) from exc
+            formatted = rendered[-1]
             tokens = self.llama.tokenize(
-                formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True
+                prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True
             )
             stop = formatted.stop if isinstance(formatted.stop, list) else [formatted.stop]
             extra_stop = tuple(s for s in stop if s)

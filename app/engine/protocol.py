@@ -66,6 +66,10 @@ class Generation(Protocol):
         """Stop at the next token (or leave the queue) and free the slot; idempotent."""
         ...
 
+    async def started(self) -> None:
+        """Until the prompt is decoded (the first event is out) or the generation ended."""
+        ...
+
 
 class Engine(Protocol):
     """A loaded model that serves generations."""

@@ -10,10 +10,17 @@ Role = Literal["system", "user", "assistant", "tool", "developer"]
 
 @dataclass(frozen=True)
 class ChatMessage:
-    """One chat turn, with its content already flattened to text."""
+    """One chat turn, with its content already flattened to text.
+
+    An assistant turn may hold the tool calls it made (tool_calls: their JSON list, as OpenAI
+    writes them); a tool turn answers the call tool_call_id.
+    """
 
     role: Role
     content: str
+    tool_calls: str | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,27 @@ class SamplingParams:
     seed: int | None = None
     # Keep generating past end-of-sequence tokens (benchmarks, tests); llama-server's name.
     ignore_eos: bool = False
+    # OpenAI's penalties, over the tokens generated so far (0 turns each off).
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    # (token id, bias added to its logit); -100 bans a token, as in the OpenAI API.
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    # None: no log probabilities; k >= 0: each token's, with its k likeliest alternatives.
+    logprobs: int | None = None
+
+
+@dataclass(frozen=True)
+class OutputConstraint:
+    """What the output must match: a GBNF grammar, a JSON schema, any JSON object, or a
+    call of one of the tools (tool_call_gbnf).
+
+    source is the grammar's text, the schema as JSON, or {"tools": [...], "parallel": bool};
+    param names the request field it came from, for the 400 when it cannot be used.
+    """
+
+    kind: Literal["grammar", "json_schema", "json_object", "tool_call"]
+    source: str
+    param: str
 
 
 @dataclass(frozen=True)
@@ -43,6 +71,9 @@ class GenerationRequest:
     messages: tuple[ChatMessage, ...] | None = None
     prompt: str | None = None
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    constraint: OutputConstraint | None = None
+    # The tools the chat template presents to the model: a JSON list of OpenAI tool objects.
+    tools: str | None = None
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):

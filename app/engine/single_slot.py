@@ -15,15 +15,21 @@ import math
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import llama_cpp
+import numpy as np
+from llama_cpp import LogitsProcessorList
+from llama_cpp.llama_grammar import LlamaGrammar
 
-from app.engine.errors import EngineClosed, GenerationFailed, QueueFull
+from app.engine.errors import BadRequest, EngineClosed, GenerationFailed, QueueFull
 from app.engine.events import Finished, FinishReason, TextDelta
+from app.engine.grammar import GrammarCache
 from app.engine.job import EWMA_WEIGHT, MAX_RETRY_AFTER_S, JobChannel
 from app.engine.loader import LoadedModel, LoadOptions, PreparedPrompt, load_model
 from app.engine.protocol import EngineInfo, EngineStats
 from app.engine.requests import GenerationRequest, SamplingParams
+from app.engine.sampler_chain import check_sampling
 from app.engine.stop_strings import StopMatcher
 
 logger = logging.getLogger(__name__)
@@ -43,6 +49,8 @@ class SlotJob(JobChannel):
         super().__init__(prepared, sampling, loop, submitted_at)
         self._engine = engine
         self.started_at: float | None = None
+        # The grammar the output must follow (checked by GrammarCache), or None.
+        self.gbnf: str | None = None
 
     def cancel(self) -> None:
         self.cancel_requested.set()
@@ -65,6 +73,7 @@ class SingleSlotEngine:
         self._tokens_per_second: float | None = None
         self._prompt_tokens = 0
         self._job_seconds = 1.0
+        self._grammars = GrammarCache(model.llama._model.vocab)
 
     @property
     def info(self) -> EngineInfo:
@@ -88,15 +97,29 @@ class SingleSlotEngine:
         submitted_at = time.perf_counter()
         # Template rendering and tokenizing read only the vocabulary, so they may run beside
         # a generation; off the loop so a long prompt does not stall other connections.
-        prepared = await loop.run_in_executor(None, self._model.prepare, request)
+        prepared, gbnf = await loop.run_in_executor(None, self._prepare, request)
         if self._closed:
             raise EngineClosed("the worker is shutting down")
         if self._running is not None and len(self._waiting) >= self._max_queue:
             raise QueueFull(len(self._waiting), self._retry_after_s())
         job = SlotJob(self, prepared, request.sampling, loop, submitted_at)
+        job.gbnf = gbnf
         self._waiting.append(job)
         self._dispatch()
         return job
+
+    def _prepare(self, request: GenerationRequest) -> tuple[PreparedPrompt, str | None]:
+        """Tokens and checked grammar of a request; BadRequest before it is queued."""
+        check_sampling(request.sampling, self._model.llama._model.vocab)
+        if request.sampling.logprobs is not None:
+            raise BadRequest(
+                "logprobs: log probabilities need the batched engine, which this model cannot "
+                "use (see the worker's log)",
+                param="logprobs",
+            )
+        constraint = request.constraint
+        gbnf = None if constraint is None else self._grammars.gbnf(constraint)
+        return self._model.prepare(request), gbnf
 
     def _retry_after_s(self) -> int:
         """Seconds until a queue place is likely free: the queue ahead times a mean job."""
@@ -127,9 +150,9 @@ class SingleSlotEngine:
         self._running = None
         try:
             finished = future.result()
-        except BaseException as exc:  # _generate catches its own; this is a last resort
+        except BaseException:  # _generate catches its own; this is a last resort
             logger.exception("generation thread failed")
-            job.put(GenerationFailed(str(exc)))
+            job.put(GenerationFailed("generation failed; details are in the worker's log"))
             finished = None
         if finished is not None and finished.finish_reason != "cancelled":
             self._job_seconds += EWMA_WEIGHT * (
@@ -161,9 +184,9 @@ class SingleSlotEngine:
         """Run one generation to its end; on the generation thread."""
         try:
             finished = self._decode(job)
-        except Exception as exc:
+        except Exception:
             logger.exception("llama.cpp failed during a generation")
-            job.push(GenerationFailed(f"generation failed: {exc}"))
+            job.push(GenerationFailed("llama.cpp failed; details are in the worker's log"))
             return None
         return finished
 
@@ -197,6 +220,10 @@ class SingleSlotEngine:
             min_p=params.min_p,
             temp=params.temperature,
             repeat_penalty=params.repeat_penalty,
+            frequency_penalty=params.frequency_penalty,
+            presence_penalty=params.presence_penalty,
+            logits_processor=_logit_bias(params.logit_bias),
+            grammar=LlamaGrammar.from_string(job.gbnf, verbose=False) if job.gbnf else None,
         )
         try:
             for token in tokens if budget > 0 else ():
@@ -228,6 +255,20 @@ class SingleSlotEngine:
             if tail:
                 job.push(TextDelta(tail))
         return job.finished(reason, count, job.started_at, first_at, last_at, time.perf_counter())
+
+
+def _logit_bias(biases: tuple[tuple[int, float], ...]) -> LogitsProcessorList | None:
+    """OpenAI's logit_bias as a llama-cpp-python logits processor (-100 bans the token)."""
+    if not biases:
+        return None
+    tokens = np.array([t for t, _ in biases], dtype=np.intc)
+    values = np.array([-np.inf if b <= -100 else b for _, b in biases], dtype=np.single)
+
+    def add_bias(input_ids: Any, scores: Any) -> Any:
+        scores[tokens] += values
+        return scores
+
+    return LogitsProcessorList([add_bias])
 
 
 def load_engine(options: LoadOptions, max_queue: int = 16) -> SingleSlotEngine:

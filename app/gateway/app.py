@@ -11,31 +11,25 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import PlainTextResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
-from starlette.exceptions import HTTPException
 
 import app as herd
 from app.admin.api import admin_router
 from app.config import Settings
 from app.db.database import Database
 from app.embeddings_api import EmbeddingRequest
-from app.gateway.bodies import body_openapi, openapi_components, read_body
 from app.gateway.body_limit import BodyLimit
-from app.gateway.errors import GatewayError, database_unavailable, unauthorized, unknown_model
+from app.gateway.errors import database_unavailable, unauthorized, unknown_model
 from app.gateway.feedback import UnknownResponseError
 from app.gateway.keys import hash_key
 from app.gateway.model_info import describe_alias
 from app.gateway.replies import CHAT
 from app.gateway.runtime import GatewayRuntime, database_url
-from app.gateway.schemas import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    FeedbackRequest,
-    FeedbackResponse,
-)
-from app.openai_errors import error_body
+from app.gateway.schemas import ErrorResponse, FeedbackRequest, FeedbackResponse
+from app.openai_api.bodies import body_openapi, openapi_components, read_body
+from app.openai_api.errors import ApiError, install_error_handlers
+from app.openai_api.schemas import ChatCompletionRequest, CompletionRequest
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +51,7 @@ async def authenticate(request: Request) -> int | None:
     runtime = _runtime(request)
     snapshot = runtime.routing.snapshot
     if not snapshot.loaded:
-        raise GatewayError(
+        raise ApiError(
             503,
             "the gateway has not reached its database since it started; retry shortly",
             type="service_unavailable",
@@ -95,13 +89,11 @@ SESSION_HEADER_OPENAPI: dict[str, Any] = {
 }
 
 
-# As FastAPI documents a body parameter's 422 (the feedback route keeps the component).
+# Bad bodies are 400 with the field in error.param, as OpenAI answers them.
 INVALID_BODY_OPENAPI: dict[int | str, dict[str, Any]] = {
-    422: {
-        "description": "Validation Error",
-        "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}
-        },
+    400: {
+        "description": "Invalid request: error.param names the field",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
     }
 }
 
@@ -141,42 +133,9 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
         lifespan=lifespan,
     )
 
-    @app.exception_handler(GatewayError)
-    async def gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
-        return exc.response()
-
     app.add_middleware(BodyLimit, limit_bytes=settings.gateway_max_body_bytes)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        # Starlette's own errors (unknown path, wrong method, an unparsable body, 413 from
-        # BodyLimit) in the OpenAI shape like every other error.
-        message = str(exc.detail)
-        if isinstance(exc.__cause__, UnicodeDecodeError):
-            message = f"the request body is not valid UTF-8: {exc.__cause__.reason}"
-        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
-            exc.status_code
-        )
-        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return JSONResponse(
-            error_body(message, kind, code), exc.status_code, headers=dict(exc.headers or {})
-        )
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(error_body("internal error in the gateway", "server_error"), 500)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
-            for e in exc.errors()
-        )
-        body = error_body(f"invalid request: {problems}", "invalid_request_error", "invalid_body")
-        # The input itself is left out: it may be bytes, or large, or secret.
-        detail = [{"loc": e["loc"], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-        return JSONResponse({**body, "detail": detail}, status_code=422)
+    install_error_handlers(app, "gateway")
 
     # The completion routes check the key, read the session header and read their body
     # themselves instead of declaring them as FastAPI parameters: solving the dependencies
@@ -263,7 +222,11 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
         tags=["feedback"],
         summary="Rate a response (+1 / -1); a second vote by the same user updates the first",
         response_model=FeedbackResponse,
-        responses={404: {"description": "Unknown response id"}, 503: {"description": "Retry"}},
+        responses={
+            **INVALID_BODY_OPENAPI,
+            404: {"description": "Unknown response id"},
+            503: {"description": "Retry"},
+        },
     )
     async def feedback(
         request: Request, body: FeedbackRequest, api_key_id: ApiKeyId
@@ -271,7 +234,7 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
         runtime = _runtime(request)
         request_id = _parse_response_id(body.response_id)
         if request_id is None:
-            raise GatewayError(404, f"no response with id {body.response_id!r}", code="not_found")
+            raise ApiError(404, f"no response with id {body.response_id!r}", code="not_found")
         await runtime.log.ensure_written(request_id)
         try:
             row = await asyncio.to_thread(
@@ -282,7 +245,7 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
                 # The response may be among the rows still on their way (the database was
                 # just away): a retry will find it, a 404 would tell the client to give up.
                 raise database_unavailable(runtime.settings.gateway_retry_after_s) from None
-            raise GatewayError(
+            raise ApiError(
                 404, f"no response with id {body.response_id!r}", code="not_found"
             ) from None
         except SQLAlchemyError:
@@ -343,7 +306,9 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
         if fresh:
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(
-                openapi_components(ChatCompletionRequest, CompletionRequest, EmbeddingRequest)
+                openapi_components(
+                    ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ErrorResponse
+                )
             )
         return schema
 

@@ -13,8 +13,9 @@ import time
 from app.config import Settings
 from app.gateway.balancer import AllBusyError, Balancer, NoLiveWorkerError, Pick
 from app.gateway.demand import Demand
-from app.gateway.errors import GatewayError, all_busy
+from app.gateway.errors import all_busy
 from app.gateway.routing import AliasRoute, RoutingState
+from app.openai_api.errors import ApiError
 
 # How often a held call looks at the routing state again (which reloads every refresh_s).
 POLL_S = 0.05
@@ -39,7 +40,7 @@ class ColdStart:
         )
 
     async def wait(self, route: AliasRoute, session: str | None) -> tuple[AliasRoute, Pick]:
-        """The fresh route and a pick on it once a worker is ready; GatewayError otherwise."""
+        """The fresh route and a pick on it once a worker is ready; ApiError otherwise."""
         limit_s = self.settings.gateway_cold_start_s
         deadline = time.monotonic() + limit_s
         with self.demand.holding(route.alias):
@@ -52,7 +53,7 @@ class ColdStart:
                     continue
                 except AllBusyError:
                     raise all_busy(route.alias, self.settings.gateway_retry_after_s) from None
-        raise GatewayError(
+        raise ApiError(
             503,
             f"no worker for {route.alias!r} became ready within {limit_s:g} s "
             "(HERD_GATEWAY_COLD_START_S); its deployment has no live worker: check it on the "

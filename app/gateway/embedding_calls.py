@@ -20,11 +20,12 @@ from fastapi.responses import JSONResponse, Response
 
 from app.embeddings_api import EmbeddingInputError, decode_vector, parse_request
 from app.gateway.balancer import AllBusyError, NoLiveWorkerError, Pick
-from app.gateway.errors import GatewayError, unknown_model
+from app.gateway.errors import unknown_model
 from app.gateway.proxy import Proxy, UpstreamFailure, _hop_failure
 from app.gateway.request_log import RequestRecord
 from app.gateway.routing import AliasRoute
 from app.gateway.worker_client import WorkerHTTPError
+from app.openai_api.errors import ApiError
 from app.openai_errors import error_body
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class EmbeddingCalls:
             record.deployment_id = pick.deployment.id
             record.model_id = pick.worker.model_id or pick.deployment.model_id
             model_name = pick.deployment.model_name
-        except GatewayError as exc:
+        except ApiError as exc:
             status = "rejected" if exc.status in (404, 429, 503) else "error"
             record.status, record.http_status, record.error = status, exc.status, exc.message
             record.total_ms = (time.perf_counter() - started) * 1000
@@ -95,19 +96,19 @@ class EmbeddingCalls:
 
     async def embed(self, alias: str, text: str) -> npt.NDArray[np.float32]:
         """One text's vector from the workers of alias (for the semantic cache); raises
-        GatewayError when none can give it."""
+        ApiError when none can give it."""
         payload = orjson.dumps({"model": alias, "input": text, "encoding_format": "base64"})
         route = await self._route(alias)
         try:
             _, content = await self._fetch(route, payload, None)
         except _WorkerRefused as refused:
-            raise GatewayError(
+            raise ApiError(
                 502, f"the embedding alias {alias!r} refused: {refused.message}"
             ) from None
         try:
             return decode_vector(orjson.loads(content)["data"][0]["embedding"])
         except (ValueError, KeyError, IndexError, TypeError):
-            raise GatewayError(502, f"{alias!r} answered with no embedding") from None
+            raise ApiError(502, f"{alias!r} answered with no embedding") from None
 
     async def _route(self, alias: str) -> AliasRoute:
         route = self.proxy.routing.snapshot.routes.get(alias)
@@ -115,7 +116,7 @@ class EmbeddingCalls:
             raise unknown_model(alias)
         wait_s = self.proxy.rate_limits.wait_s(alias, route.settings.rate_limit_rpm)
         if wait_s:
-            raise GatewayError(
+            raise ApiError(
                 429,
                 f"rate limit of {route.settings.rate_limit_rpm} requests per minute for "
                 f"{alias!r} reached",
@@ -184,7 +185,7 @@ class EmbeddingCalls:
             raise proxy._no_worker(AllBusyError(), route.alias)
         if not failures:
             raise proxy._no_worker(NoLiveWorkerError(), route.alias)
-        raise GatewayError(
+        raise ApiError(
             502,
             f"no worker for {route.alias!r} could answer ({len(failures)} tried): {failures[-1]}",
             type="upstream_error",

@@ -1,42 +1,11 @@
-"""Gateway errors and the one place that turns them into OpenAI-shaped error bodies."""
+"""The errors the gateway answers with, built on the OpenAI surface's one error type."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
 
-from fastapi.responses import JSONResponse
-
+from app.openai_api.errors import ApiError
 from app.openai_errors import error_body
-
-
-class GatewayError(Exception):
-    """A call the gateway answers with an error: HTTP status, OpenAI error type and code."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        code: str | None = None,
-        retry_after_s: int | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type
-        self.code = code
-        self.retry_after_s = retry_after_s
-
-    def body(self) -> dict[str, Any]:
-        return error_body(self.message, self.type, self.code)
-
-    def response(self) -> JSONResponse:
-        headers = {}
-        if self.retry_after_s is not None:
-            headers["Retry-After"] = str(self.retry_after_s)
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
 
 
 def sse_error(message: str, type: str = "upstream_error", code: str | None = None) -> bytes:
@@ -44,20 +13,20 @@ def sse_error(message: str, type: str = "upstream_error", code: str | None = Non
     return b"data: " + json.dumps(error_body(message, type, code)).encode() + b"\n\n"
 
 
-def unauthorized(message: str) -> GatewayError:
-    return GatewayError(401, message, type="authentication_error", code="invalid_api_key")
+def unauthorized(message: str) -> ApiError:
+    return ApiError(401, message, type="authentication_error", code="invalid_api_key")
 
 
-def unknown_model(alias: str) -> GatewayError:
-    return GatewayError(
+def unknown_model(alias: str) -> ApiError:
+    return ApiError(
         404,
         f"the model {alias!r} does not exist; GET /v1/models lists the aliases served here",
         code="model_not_found",
     )
 
 
-def no_live_worker(alias: str, retry_after_s: int) -> GatewayError:
-    return GatewayError(
+def no_live_worker(alias: str, retry_after_s: int) -> ApiError:
+    return ApiError(
         503,
         f"no live worker serves {alias!r} right now (none ready with a fresh heartbeat); "
         "check its deployment on the Deployments page",
@@ -67,8 +36,8 @@ def no_live_worker(alias: str, retry_after_s: int) -> GatewayError:
     )
 
 
-def all_busy(alias: str, retry_after_s: int) -> GatewayError:
-    return GatewayError(
+def all_busy(alias: str, retry_after_s: int) -> ApiError:
+    return ApiError(
         429,
         f"every worker serving {alias!r} is busy and their queues are full; retry shortly",
         type="rate_limit_error",
@@ -77,8 +46,8 @@ def all_busy(alias: str, retry_after_s: int) -> GatewayError:
     )
 
 
-def database_unavailable(retry_after_s: int) -> GatewayError:
-    return GatewayError(
+def database_unavailable(retry_after_s: int) -> ApiError:
+    return ApiError(
         503,
         "the database is unreachable; nothing was stored, retry shortly",
         type="service_unavailable",

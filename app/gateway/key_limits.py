@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.gateway.errors import GatewayError
+from app.openai_api.errors import ApiError
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class KeyLimits:
     def admit(self, key_id: int, rule: KeyRule, alias: str, now: float | None = None) -> None:
         """Count the call, or raise 403 (alias out of scope) / 429 (a limit reached)."""
         if rule.scopes is not None and alias not in rule.scopes:
-            raise GatewayError(
+            raise ApiError(
                 403,
                 f"this API key may not call {alias!r}",
                 type="permission_error",
@@ -207,7 +207,7 @@ class KeyLimits:
                     logger.exception("API key usage sync failed")
 
 
-def _too_many(message: str, code: str, retry_after_s: int) -> GatewayError:
-    return GatewayError(
+def _too_many(message: str, code: str, retry_after_s: int) -> ApiError:
+    return ApiError(
         429, message, type="rate_limit_error", code=code, retry_after_s=retry_after_s
     )

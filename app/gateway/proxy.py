@@ -23,7 +23,7 @@ from app.config import Settings
 from app.gateway.balancer import AllBusyError, Balancer, NoLiveWorkerError, Pick
 from app.gateway.cache import CachedAnswer, ResponseCache, cache_key, is_cacheable
 from app.gateway.cold_start import ColdStart
-from app.gateway.errors import GatewayError, all_busy, no_live_worker, sse_error, unknown_model
+from app.gateway.errors import all_busy, no_live_worker, sse_error, unknown_model
 from app.gateway.key_limits import KeyLimits
 from app.gateway.metrics import UNKNOWN_LABEL, GatewayMetrics
 from app.gateway.ratelimit import RateLimits
@@ -37,6 +37,7 @@ from app.gateway.worker_client import (
     WorkerResponse,
     WorkerTimeoutError,
 )
+from app.openai_api.errors import ApiError
 
 if TYPE_CHECKING:
     from app.gateway.semantic_cache import Lookup, SemanticCache
@@ -216,7 +217,7 @@ class Proxy:
             )
             wait_s = self.rate_limits.wait_s(alias, route.settings.rate_limit_rpm)
             if wait_s:
-                raise GatewayError(
+                raise ApiError(
                     429,
                     f"rate limit of {route.settings.rate_limit_rpm} requests per minute for "
                     f"{alias!r} reached",
@@ -257,13 +258,13 @@ class Proxy:
             if body.get("stream"):
                 return await self._stream(call, pick)
             return await self._unary(call, pick)
-        except GatewayError as exc:
+        except ApiError as exc:
             status = "rejected" if exc.status in (403, 404, 429, 503) else "error"
             record.total_ms = (time.perf_counter() - started) * 1000
             self._finish(record, status=status, http_status=exc.status, error=exc.message)
             return exc.response()
 
-    def _no_worker(self, exc: Exception, alias: str) -> GatewayError:
+    def _no_worker(self, exc: Exception, alias: str) -> ApiError:
         retry = self.settings.gateway_retry_after_s
         if isinstance(exc, AllBusyError):
             return all_busy(alias, retry)
@@ -368,13 +369,13 @@ class Proxy:
             self.balancer.failed(pick.worker)
         logger.warning("worker %d (%s): %s", pick.worker.id, pick.worker.url, failure)
 
-    def _give_up(self, call: Call, failures: list[UpstreamFailure]) -> GatewayError:
+    def _give_up(self, call: Call, failures: list[UpstreamFailure]) -> ApiError:
         retry = self.settings.gateway_retry_after_s
         if not failures:
             return no_live_worker(call.route.alias, retry)
         if all(f.kind == "refused" for f in failures):
             return all_busy(call.route.alias, retry)
-        return GatewayError(
+        return ApiError(
             502,
             f"no worker for {call.route.alias!r} could answer ({len(failures)} tried): "
             f"{failures[-1]}",

@@ -1,50 +1,25 @@
-"""Request bodies the gateway accepts: validated (422 otherwise) and described in OpenAPI.
+"""Bodies of the gateway's own endpoints (feedback) and the error shape, for OpenAPI.
 
-Fields the gateway does not need pass through to the worker untouched (extra="allow").
-"""
+The completion bodies are the OpenAI surface's (app/openai_api/schemas.py)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# llama.cpp counts tokens in C ints: a larger max_tokens can only be a mistake.
-INT32_MAX = 2**31 - 1
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = Field(description="The request field at fault, if one is.")
+    code: str | None
 
 
-class ChatMessageIn(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class ErrorResponse(BaseModel):
+    """Every error the API answers with, in OpenAI's shape."""
 
-    role: str = Field(min_length=1)
-    content: str | list[dict[str, Any]] | None = None
-
-
-class CompletionParams(BaseModel):
-    """What chat and text completions share; names and ranges as in the OpenAI API."""
-
-    model_config = ConfigDict(extra="allow")
-
-    model: str = Field(min_length=1, description="An alias from GET /v1/models.")
-    stream: bool = False
-    stream_options: dict[str, Any] | None = None
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, ge=0, le=1)
-    max_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
-    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
-    stop: str | list[str] | None = None
-    n: int | None = Field(default=None, ge=1, le=1, description="Only 1 is supported.")
-    user: str | None = Field(
-        default=None, description="End-user id; also the session for worker affinity."
-    )
-
-
-class ChatCompletionRequest(CompletionParams):
-    messages: list[ChatMessageIn] = Field(min_length=1)
-
-
-class CompletionRequest(CompletionParams):
-    prompt: str | list[str]
+    error: ErrorDetail
 
 
 class FeedbackRequest(BaseModel):

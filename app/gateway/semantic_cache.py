@@ -29,9 +29,9 @@ import orjson
 
 from app.gateway.cache import NOT_IN_KEY, UNCACHEABLE, _normalise_content
 from app.gateway.embedding_calls import EmbeddingCalls
-from app.gateway.errors import GatewayError
 from app.gateway.routing import AliasRoute
 from app.gateway.vector_store import CachedEntry, VectorStore
+from app.openai_api.errors import ApiError
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class SemanticCache:
             hit = await asyncio.to_thread(
                 self.store.nearest, route.alias, question.scope, vector.tolist()
             )
-        except GatewayError as exc:
+        except ApiError as exc:
             self._warn("semantic cache for %r: cannot embed with %r: %s", route.alias,
                        embed_alias, exc.message)  # fmt: skip
             return None

@@ -15,18 +15,30 @@ from app.engine.errors import BadRequest, EngineError, GenerationFailed, QueueFu
 from app.engine.events import Finished, TextDelta
 from app.engine.protocol import Engine, Generation
 from app.engine.requests import GenerationRequest
+from app.openai_api.bodies import read_model
+from app.openai_api.errors import ApiError, bad_param, install_error_handlers
+from app.openai_api.schemas import ChatCompletionRequest, CompletionRequest
 from app.openai_errors import error_body
+from app.worker.choices import ChoiceSet, choice_requests, combined
 from app.worker.embeddings import embed_route
-from app.worker.errors import ApiError, from_engine_error, install_error_handlers
+from app.worker.errors import from_engine_error
+from app.worker.generation import chat_request, text_request
 from app.worker.metrics import WorkerMetrics
-from app.worker.openai_format import SSE_DONE, ChatFormat, ResponseFormat, TextFormat, sse
-from app.worker.schemas import ChatCompletionBody, CompletionBody
+from app.worker.openai_format import (
+    SSE_DONE,
+    ChatFormat,
+    ChoiceText,
+    ResponseFormat,
+    TextFormat,
+    sse,
+)
 from app.worker.state import WorkerState
+from app.worker.tool_calls import parse_tool_calls
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
-async def _cancel_on_disconnect(request: Request, generation: Generation) -> None:
+async def _cancel_on_disconnect(request: Request, generation: Generation | ChoiceSet) -> None:
     """Wait for the client to go away, then cancel its generation (frees the slot)."""
     while True:
         message = await request.receive()
@@ -60,45 +72,66 @@ class CompletionService:
         self,
         request: Request,
         endpoint: str,
-        build: GenerationRequest | ValueError,
+        build: GenerationRequest | ApiError,
+        n: int,
         stream: bool,
         fmt: ResponseFormat,
+        tool_names: set[str] | None = None,
     ) -> Response:
-        if isinstance(build, ValueError):
+        if isinstance(build, ApiError):
             self.metrics.count_request(endpoint, "invalid")
-            raise ApiError(400, str(build))
+            raise build
         engine = self.engine()
+        slots = engine.info.slots_total
+        if n > slots:
+            self.metrics.count_request(endpoint, "invalid")
+            raise bad_param(
+                "n", f"at most {slots} choices: this worker decodes {slots} sequences at once"
+            )
+        prompt_param = "messages" if build.messages is not None else "prompt"
         try:
-            generation = await engine.submit(build)
+            choices = await ChoiceSet.submit(engine, choice_requests(build, n))
         except QueueFull as exc:
             self.metrics.count_request(endpoint, "rejected")
             raise from_engine_error(exc) from exc
         except BadRequest as exc:
             self.metrics.count_request(endpoint, "invalid")
-            raise from_engine_error(exc) from exc
+            raise from_engine_error(exc, prompt_param) from exc
         except EngineError as exc:
             self.metrics.count_request(endpoint, "error")
             raise from_engine_error(exc) from exc
         if stream:
             return StreamingResponse(
-                self._stream(endpoint, generation, fmt),
+                self._stream(endpoint, choices, fmt, tool_names),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        return await self._whole(request, endpoint, generation, fmt)
+        logprobs = build.sampling.logprobs is not None
+        return await self._whole(request, endpoint, choices, fmt, logprobs, tool_names)
 
     async def _whole(
-        self, request: Request, endpoint: str, generation: Generation, fmt: ResponseFormat
+        self,
+        request: Request,
+        endpoint: str,
+        choices: ChoiceSet,
+        fmt: ResponseFormat,
+        logprobs: bool,
+        tool_names: set[str] | None,
     ) -> Response:
-        watcher = asyncio.create_task(_cancel_on_disconnect(request, generation))
-        texts: list[str] = []
-        finished: Finished | None = None
+        watcher = asyncio.create_task(_cancel_on_disconnect(request, choices))
+        n = len(choices.generations)
+        results = [ChoiceText("", "", [] if logprobs else None) for _ in range(n)]
+        finished: list[Finished | None] = [None] * n
         try:
-            async for event in generation.events():
+            async for index, event in choices.events():
+                result = results[index]
                 if isinstance(event, TextDelta):
-                    texts.append(event.text)
+                    result.parts.append(event.text)
+                    if result.tokens is not None:
+                        result.tokens.extend(event.tokens)
                 else:
-                    finished = event
+                    finished[index] = event
+                    result.finish_reason = event.finish_reason
         except GenerationFailed as exc:
             self.metrics.count_request(endpoint, "error")
             raise from_engine_error(exc) from exc
@@ -106,31 +139,69 @@ class CompletionService:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-            generation.cancel()
-        assert finished is not None
-        if finished.finish_reason == "cancelled":
+            choices.cancel()
+        ends = [f for f in finished if f is not None]
+        assert len(ends) == n
+        if any(f.finish_reason == "cancelled" for f in ends):
             self.metrics.count_request(endpoint, "cancelled")
             return JSONResponse(error_body("request cancelled", "cancelled"), 499)
         self.metrics.count_request(endpoint, "ok")
-        self.metrics.observe(finished)
-        return JSONResponse(fmt.whole("".join(texts), finished))
+        total = combined(ends)
+        self.metrics.observe(total)
+        for result in results:
+            result.text = "".join(result.parts)
+            _find_tool_calls(result, tool_names)
+        return JSONResponse(fmt.whole(results, total))
 
     async def _stream(
-        self, endpoint: str, generation: Generation, fmt: ResponseFormat
+        self,
+        endpoint: str,
+        choices: ChoiceSet,
+        fmt: ResponseFormat,
+        tool_names: set[str] | None,
     ) -> AsyncIterator[str]:
+        """Chunks as tokens come; with tools in play each choice's text is held until it
+        ends, then sent as content and tool_calls deltas (a call is only known whole)."""
         outcome = "cancelled"  # unless the stream reaches its end: the client left
+        n = len(choices.generations)
+        ends: list[Finished] = []
+        held = [ChoiceText("", "") for _ in range(n)] if tool_names else None
         try:
-            first = fmt.first_chunk()
-            if first is not None:
-                yield sse(first)
-            async for event in generation.events():
+            for index in range(n):
+                first = fmt.first_chunk(index)
+                if first is not None:
+                    yield sse(first)
+            async for index, event in choices.events():
                 if isinstance(event, TextDelta):
-                    yield fmt.chunk_sse(event.text)
+                    if held is not None:
+                        held[index].parts.append(event.text)
+                    elif event.tokens:
+                        yield sse(fmt.chunk(event.text, event.tokens, index))
+                    else:
+                        yield fmt.chunk_sse(event.text, index)
                     continue
-                if event.finish_reason != "cancelled":
-                    outcome = "ok"
-                    self.metrics.observe(event)
-                yield sse(fmt.final_chunk(event))
+                ends.append(event)
+                reason: str = event.finish_reason
+                if held is not None and isinstance(fmt, ChatFormat):
+                    result = held[index]
+                    result.text, result.finish_reason = "".join(result.parts), reason
+                    _find_tool_calls(result, tool_names)
+                    if result.tool_calls:
+                        for chunk in fmt.tool_call_chunks(result, index):
+                            yield sse(chunk)
+                    elif result.text:
+                        yield sse(fmt.chunk(result.text, index=index))
+                    reason = result.finish_reason
+                if n == 1:
+                    yield sse({**fmt.end_chunk(reason), **fmt.accounting(event)})
+                else:
+                    yield sse(fmt.end_chunk(reason, index))
+            total = combined(ends)
+            if total.finish_reason != "cancelled":
+                outcome = "ok"
+                self.metrics.observe(total)
+            if n > 1:
+                yield sse(fmt.usage_chunk(total))
             yield SSE_DONE
         except GenerationFailed as exc:
             outcome = "error"
@@ -139,8 +210,18 @@ class CompletionService:
             yield SSE_DONE
         finally:
             # Runs also when the client disconnects and the response task is cancelled.
-            generation.cancel()
+            choices.cancel()
             self.metrics.count_request(endpoint, outcome)
+
+
+def _find_tool_calls(result: ChoiceText, tool_names: set[str] | None) -> None:
+    """Parse a finished choice's text for tool calls; a complete answer with calls ends
+    with finish_reason tool_calls, as OpenAI's."""
+    if not tool_names or result.finish_reason != "stop":
+        return
+    content, calls = parse_tool_calls(result.text, tool_names)
+    if calls:
+        result.content, result.tool_calls, result.finish_reason = content, calls, "tool_calls"
 
 
 def create_app(
@@ -150,7 +231,7 @@ def create_app(
     metrics = metrics or WorkerMetrics()
     service = CompletionService(state, metrics)
     app = FastAPI(title="herd worker", docs_url=None, redoc_url=None, openapi_url=None)
-    install_error_handlers(app)
+    install_error_handlers(app, "worker")
 
     @app.get("/health")
     def health() -> JSONResponse:
@@ -182,22 +263,30 @@ def create_app(
         return JSONResponse({"object": "list", "data": [entry]})
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionBody, request: Request) -> Response:
+    async def chat_completions(request: Request) -> Response:
+        # A client calling the worker directly may leave the model out: it serves one.
+        body = await read_model(request, ChatCompletionRequest, {"model": state.alias})
         try:
-            build: GenerationRequest | ValueError = body.generation_request()
-        except ValueError as exc:
+            build: GenerationRequest | ApiError = chat_request(body)
+        except ApiError as exc:
             build = exc
         fmt = ChatFormat(state.alias)
-        return await service.serve(request, "chat.completions", build, bool(body.stream), fmt)
+        n, stream = body.n or 1, bool(body.stream)
+        tools = None
+        if not isinstance(build, ApiError) and build.tools is not None and body.tools:
+            tools = {t.function.name for t in body.tools}
+        return await service.serve(request, "chat.completions", build, n, stream, fmt, tools)
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionBody, request: Request) -> Response:
+    async def completions(request: Request) -> Response:
+        body = await read_model(request, CompletionRequest, {"model": state.alias})
         try:
-            build: GenerationRequest | ValueError = body.generation_request()
-        except ValueError as exc:
+            build: GenerationRequest | ApiError = text_request(body)
+        except ApiError as exc:
             build = exc
         fmt = TextFormat(state.alias)
-        return await service.serve(request, "completions", build, bool(body.stream), fmt)
+        n, stream = body.n or 1, bool(body.stream)
+        return await service.serve(request, "completions", build, n, stream, fmt)
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> Response:

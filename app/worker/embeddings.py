@@ -18,7 +18,8 @@ from app.embeddings_api import (
 )
 from app.engine.embedder import EmbeddingEngine
 from app.engine.errors import BadRequest, EngineError
-from app.worker.errors import ApiError, from_engine_error
+from app.openai_api.errors import ApiError
+from app.worker.errors import from_engine_error
 
 if TYPE_CHECKING:
     from app.worker.app import CompletionService

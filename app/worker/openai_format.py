@@ -1,6 +1,7 @@
 """OpenAI response shapes for chat and text completions, whole and as stream chunks.
 
-Every final body and final chunk carries usage and Herd's `timings` object.
+Every final body carries usage and Herd's `timings` object; so does the final chunk of a
+stream (with several choices: a last chunk without choices, as OpenAI sends usage).
 """
 
 from __future__ import annotations
@@ -8,9 +9,32 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
-from app.engine.events import Finished
+from app.engine.events import Finished, TokenLogprob
+
+
+def _token_text(piece: bytes) -> str:
+    return piece.decode("utf-8", errors="replace")
+
+
+def chat_logprobs(tokens: tuple[TokenLogprob, ...] | list[TokenLogprob]) -> dict[str, Any]:
+    """OpenAI chat logprobs: {"content": [{token, logprob, bytes, top_logprobs}, ...]}."""
+    return {
+        "content": [
+            {
+                "token": _token_text(t.piece),
+                "logprob": t.logprob,
+                "bytes": list(t.piece),
+                "top_logprobs": [
+                    {"token": _token_text(p), "logprob": lp, "bytes": list(p)} for p, lp in t.top
+                ],
+            }
+            for t in tokens
+        ],
+        "refusal": None,
+    }
 
 
 def sse(data: dict[str, Any] | str) -> str:
@@ -24,6 +48,19 @@ SSE_DONE = sse("[DONE]")
 _TEXT_MARK = "\x00"
 
 
+@dataclass
+class ChoiceText:
+    """What one choice produced: its text, how it ended, its tokens' log probabilities."""
+
+    text: str
+    finish_reason: str
+    tokens: list[TokenLogprob] | None = None
+    parts: list[str] = field(default_factory=list)
+    tool_calls: list[dict[str, Any]] | None = None
+    # The text the tool calls leave over (None: none), when there are calls.
+    content: str | None = None
+
+
 class ResponseFormat:
     """Base: one response's id, creation time and model name."""
 
@@ -35,41 +72,55 @@ class ResponseFormat:
         self.id = f"{self.id_prefix}-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.model = model
-        self._chunk_halves: tuple[str, str] | None = None
+        self._chunk_halves: dict[int, tuple[str, str]] = {}
 
-    def chunk_sse(self, text: str) -> str:
+    def chunk_sse(self, text: str, index: int = 0) -> str:
         """sse(self.chunk(text)), but per token only the text is JSON-encoded: the rest of
         the event is rendered once per response (this runs for every streamed token)."""
-        halves = self._chunk_halves
+        halves = self._chunk_halves.get(index)
         if halves is None:
-            head, tail = sse(self.chunk(_TEXT_MARK)).split(json.dumps(_TEXT_MARK), 1)
-            halves = self._chunk_halves = (head, tail)
+            head, tail = sse(self.chunk(_TEXT_MARK, index=index)).split(json.dumps(_TEXT_MARK), 1)
+            halves = self._chunk_halves[index] = (head, tail)
         return halves[0] + json.dumps(text) + halves[1]
 
-    def _envelope(self, obj: str, choice: dict[str, Any]) -> dict[str, Any]:
+    def _envelope(self, obj: str, *choices: dict[str, Any]) -> dict[str, Any]:
         return {
             "id": self.id,
             "object": obj,
             "created": self.created,
             "model": self.model,
-            "choices": [{"index": 0, **choice}],
+            "choices": list(choices),
         }
 
     @staticmethod
-    def _accounting(finished: Finished) -> dict[str, Any]:
+    def accounting(finished: Finished) -> dict[str, Any]:
         return {"usage": finished.usage.to_json(), "timings": finished.timings.to_json()}
 
-    def first_chunk(self) -> dict[str, Any] | None:
+    def first_chunk(self, index: int = 0) -> dict[str, Any] | None:
         return None
 
-    def chunk(self, text: str) -> dict[str, Any]:
+    def chunk(
+        self, text: str, tokens: tuple[TokenLogprob, ...] = (), index: int = 0
+    ) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def end_chunk(self, finish_reason: str, index: int = 0) -> dict[str, Any]:
         raise NotImplementedError
 
     def final_chunk(self, finished: Finished) -> dict[str, Any]:
+        """The last chunk of a one-choice stream: its end, with usage and timings."""
+        return {**self.end_chunk(finished.finish_reason), **self.accounting(finished)}
+
+    def usage_chunk(self, finished: Finished) -> dict[str, Any]:
+        """The last chunk of a several-choice stream: no choices, usage and timings."""
+        return {**self._envelope(self.chunk_object_name), **self.accounting(finished)}
+
+    def choice(self, index: int, result: ChoiceText) -> dict[str, Any]:
         raise NotImplementedError
 
-    def whole(self, text: str, finished: Finished) -> dict[str, Any]:
-        raise NotImplementedError
+    def whole(self, results: list[ChoiceText], finished: Finished) -> dict[str, Any]:
+        choices = [self.choice(i, r) for i, r in enumerate(results)]
+        return {**self._envelope(self.object_name, *choices), **self.accounting(finished)}
 
 
 class ChatFormat(ResponseFormat):
@@ -77,27 +128,49 @@ class ChatFormat(ResponseFormat):
     chunk_object_name = "chat.completion.chunk"
     id_prefix = "chatcmpl"
 
-    def first_chunk(self) -> dict[str, Any]:
+    def first_chunk(self, index: int = 0) -> dict[str, Any]:
         delta = {"role": "assistant", "content": ""}
-        return self._envelope(self.chunk_object_name, {"delta": delta, "finish_reason": None})
+        choice = {"index": index, "delta": delta, "finish_reason": None}
+        return self._envelope(self.chunk_object_name, choice)
 
-    def chunk(self, text: str) -> dict[str, Any]:
-        return self._envelope(
-            self.chunk_object_name, {"delta": {"content": text}, "finish_reason": None}
-        )
+    def chunk(
+        self, text: str, tokens: tuple[TokenLogprob, ...] = (), index: int = 0
+    ) -> dict[str, Any]:
+        choice: dict[str, Any] = {
+            "index": index,
+            "delta": {"content": text},
+            "finish_reason": None,
+        }
+        if tokens:
+            choice["logprobs"] = chat_logprobs(tokens)
+        return self._envelope(self.chunk_object_name, choice)
 
-    def final_chunk(self, finished: Finished) -> dict[str, Any]:
-        body = self._envelope(
-            self.chunk_object_name, {"delta": {}, "finish_reason": finished.finish_reason}
-        )
-        return {**body, **self._accounting(finished)}
+    def end_chunk(self, finish_reason: str, index: int = 0) -> dict[str, Any]:
+        choice = {"index": index, "delta": {}, "finish_reason": finish_reason}
+        return self._envelope(self.chunk_object_name, choice)
 
-    def whole(self, text: str, finished: Finished) -> dict[str, Any]:
-        message = {"role": "assistant", "content": text}
-        body = self._envelope(
-            self.object_name, {"message": message, "finish_reason": finished.finish_reason}
-        )
-        return {**body, **self._accounting(finished)}
+    def choice(self, index: int, result: ChoiceText) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": result.text}
+        if result.tool_calls:
+            message = {"role": "assistant", "content": result.content}
+            message["tool_calls"] = result.tool_calls
+        return {
+            "index": index,
+            "message": message,
+            "logprobs": None if result.tokens is None else chat_logprobs(result.tokens),
+            "finish_reason": result.finish_reason,
+        }
+
+    def tool_call_chunks(self, result: ChoiceText, index: int = 0) -> list[dict[str, Any]]:
+        """A buffered choice with tool calls as stream chunks: content, then the calls (each
+        whole, with its index), before the end chunk."""
+        chunks = []
+        if result.content:
+            chunks.append(self.chunk(result.content, index=index))
+        calls = [{"index": i, **call} for i, call in enumerate(result.tool_calls or [])]
+        choice = {"index": index, "delta": {"tool_calls": calls}, "finish_reason": None}
+        chunks.append(self._envelope(self.chunk_object_name, choice))
+        return chunks
 
 
 class TextFormat(ResponseFormat):
@@ -105,15 +178,44 @@ class TextFormat(ResponseFormat):
     chunk_object_name = "text_completion"
     id_prefix = "cmpl"
 
-    def chunk(self, text: str) -> dict[str, Any]:
-        return self._envelope(
-            self.chunk_object_name, {"text": text, "logprobs": None, "finish_reason": None}
-        )
+    def __init__(self, model: str) -> None:
+        super().__init__(model)
+        # Characters of completion text so far per choice: text_offset of the next token.
+        self._offsets: dict[int, int] = {}
 
-    def final_chunk(self, finished: Finished) -> dict[str, Any]:
-        choice = {"text": "", "logprobs": None, "finish_reason": finished.finish_reason}
-        return {**self._envelope(self.chunk_object_name, choice), **self._accounting(finished)}
+    def logprobs(
+        self, tokens: tuple[TokenLogprob, ...] | list[TokenLogprob], index: int = 0
+    ) -> dict[str, Any]:
+        """The legacy completions shape: parallel lists, top alternatives as dicts."""
+        texts = [_token_text(t.piece) for t in tokens]
+        offset = self._offsets.get(index, 0)
+        offsets = []
+        for text in texts:
+            offsets.append(offset)
+            offset += len(text)
+        self._offsets[index] = offset
+        return {
+            "tokens": texts,
+            "token_logprobs": [t.logprob for t in tokens],
+            "top_logprobs": [{_token_text(p): lp for p, lp in t.top} for t in tokens],
+            "text_offset": offsets,
+        }
 
-    def whole(self, text: str, finished: Finished) -> dict[str, Any]:
-        choice = {"text": text, "logprobs": None, "finish_reason": finished.finish_reason}
-        return {**self._envelope(self.object_name, choice), **self._accounting(finished)}
+    def chunk(
+        self, text: str, tokens: tuple[TokenLogprob, ...] = (), index: int = 0
+    ) -> dict[str, Any]:
+        logprobs = self.logprobs(tokens, index) if tokens else None
+        choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": None}
+        return self._envelope(self.chunk_object_name, choice)
+
+    def end_chunk(self, finish_reason: str, index: int = 0) -> dict[str, Any]:
+        choice = {"index": index, "text": "", "logprobs": None, "finish_reason": finish_reason}
+        return self._envelope(self.chunk_object_name, choice)
+
+    def choice(self, index: int, result: ChoiceText) -> dict[str, Any]:
+        return {
+            "index": index,
+            "text": result.text,
+            "logprobs": None if result.tokens is None else self.logprobs(result.tokens, index),
+            "finish_reason": result.finish_reason,
+        }

@@ -1,9 +1,10 @@
-"""Completion request bodies read and validated in the route itself.
+"""OpenAI request bodies read and validated in the route itself (gateway and worker).
 
 FastAPI's body parameter machinery (dependency solving, field embedding checks, query
 parsing) cost more per call than the validation it wraps; the completion routes read the
-body here instead, with the same outcomes: 422 with FastAPI's error list for bad JSON and
-bad fields, 400 for a body that cannot be decoded. OpenAPI still describes the bodies
+body here instead, with the same outcomes: a RequestValidationError for bad JSON and bad
+fields (400 naming the param, from the one error handler), 400 for a body that cannot be
+decoded. OpenAPI still describes the bodies
 (body_openapi, openapi_components).
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import email.message
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -20,6 +21,7 @@ from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException
 
 REF_TEMPLATE = "#/components/schemas/{model}"
+Model = TypeVar("Model", bound=BaseModel)
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -35,8 +37,10 @@ def _is_json(content_type: str | None) -> bool:
     return subtype == "json" or subtype.endswith("+json")
 
 
-async def read_body(request: Request, schema: type[BaseModel]) -> dict[str, Any]:
-    """The request's JSON body validated against schema, as the fields the client set."""
+async def read_model(
+    request: Request, schema: type[Model], defaults: dict[str, Any] | None = None
+) -> Model:
+    """The request's JSON body validated against schema; defaults fill fields it lacks."""
     raw = await request.body()
     if not raw:
         raise RequestValidationError(
@@ -62,13 +66,20 @@ async def read_body(request: Request, schema: type[BaseModel]) -> dict[str, Any]
             # As FastAPI: a 400 for anything else (not UTF-8, nested too deep); the error
             # handler names the reason when it is the encoding.
             raise HTTPException(400, "There was an error parsing the body") from exc
+    if defaults and isinstance(value, dict):
+        value = {**defaults, **value}
     try:
-        model = schema.model_validate(value)
+        return schema.model_validate(value)
     except ValidationError as exc:
         raise RequestValidationError(
             [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
         ) from None
-    return model.model_dump(exclude_unset=True)
+
+
+async def read_body(request: Request, schema: type[BaseModel]) -> dict[str, Any]:
+    """The request's JSON body validated against schema, as the fields the client set."""
+    model = await read_model(request, schema)
+    return model.model_dump(exclude_unset=True, by_alias=True)
 
 
 def body_openapi(schema: type[BaseModel]) -> dict[str, Any]:
