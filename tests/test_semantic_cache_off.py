@@ -13,13 +13,12 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from streamlit.testing.v1 import AppTest
 
-from app.accounts import LoggedIn, Role
+from app.accounts import Role
 from app.db import migrate
 from app.db.engine import sqlalchemy_url
 from app.gateway.aliases import AliasSettingError, AliasSettings, AliasStore
 from app.gateway.vector_store import VectorStore, pgvector_problem
-from app.ui.auth import SESSION_KEY
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, log_in_as
 from tests.test_multihost import PG_USER, open_to, pg_bin, run
 
 pytestmark = pytest.mark.skipif(
@@ -80,7 +79,7 @@ def test_without_pgvector_the_semantic_cache_says_why(
     monkeypatch.setenv("HERD_DATABASE_URL", url)
     monkeypatch.setenv("HERD_HOME", str(tmp_path / "home"))
     app = AppTest.from_file(str(REPO_ROOT / "pages" / "routing.py"), default_timeout=30)
-    app.session_state[SESSION_KEY] = LoggedIn("alice", Role.OPERATOR)
+    log_in_as(app, "alice", Role.OPERATOR)
     app.run()
     assert not app.exception, app.exception
     assert any("semantic cache is off" in w.value for w in app.warning)
