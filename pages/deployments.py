@@ -62,7 +62,7 @@ def serving_inputs(prefix: str, model: Model, current: ServingSettings | None) -
         )
         parallel = cols[1].number_input(
             "Parallel slots",
-            min_value=1,
+            min_value=0,
             value=(
                 current.parallel
                 if current
@@ -72,7 +72,8 @@ def serving_inputs(prefix: str, model: Model, current: ServingSettings | None) -
             help=(
                 "Requests one replica generates at once (continuous batching); each slot "
                 "holds its own n_ctx tokens of KV cache. The default is 4, or fewer when "
-                "their cache would not fit in this host's free memory."
+                "their cache would not fit in this host's free memory; 0 lets each worker "
+                "choose so on its own host."
             ),
         )
         threads = cols[2].number_input(
@@ -97,15 +98,17 @@ def serving_inputs(prefix: str, model: Model, current: ServingSettings | None) -
             disabled=not embeddings,
             help="model: the GGUF's own pooling (mean when it names none).",
         )
+    # parallel 0: the worker chooses; estimate what it would choose on this host.
+    slots = int(parallel) or default_slots_for(model, int(n_gpu_layers), int(n_ctx))
     with right:
         estimate = (
-            describe_model(model, int(n_gpu_layers), int(n_ctx), int(parallel))["estimate"] or {}
+            describe_model(model, int(n_gpu_layers), int(n_ctx), slots)["estimate"] or {}
         )
         st.metric("VRAM estimate", format_bytes(estimate.get("vram_bytes")))
         st.metric("RAM estimate", format_bytes(estimate.get("ram_bytes")))
         st.caption(
             f"{estimate.get('gpu_layers', 0)} of {layers} layers on the GPU and "
-            f"{int(parallel)} slots of KV cache, per replica."
+            f"{slots} slots of KV cache, per replica."
         )
     return ServingSettings(
         model=model.name,
