@@ -23,6 +23,9 @@ from app.db import migrate
 from app.db.database import Database
 from app.db.embedded import EmbeddedDatabaseError, EmbeddedPostgres, running_url, stop_server
 from app.db.engine import DatabaseUrlError
+from app.compress.quantize import QuantizeRefused
+from app.jobs import cli as jobs_cli
+from app.jobs.store import JobError
 from app.launcher import LaunchError, dashboard_service, prepare, serve
 from app.store.catalog import ModelStore, ModelStoreError, ProgressCallback, describe_model
 from app.store.demo import add_demo_model
@@ -556,6 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("path", nargs="?", help="a .gguf file")
     add.add_argument("--name", help="file name in the store (default: the file's own)")
     add.add_argument("--demo", action="store_true", help="add the SmolLM2-135M demo model")
+    jobs_cli.add_commands(sub, models, command)
 
     gateway = command(sub, "gateway", cmd_gateway, "run the OpenAI-compatible gateway alone")
     gateway.add_argument("--host", default=None, help="address (default HERD_GATEWAY_HOST)")
@@ -615,6 +619,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         LaunchError,
         DatabaseUrlError,
         EmbeddedDatabaseError,
+        QuantizeRefused,
+        JobError,
     ) as exc:
         warn(f"herd: {exc}")
         return 1

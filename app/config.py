@@ -130,6 +130,22 @@ class Settings(BaseSettings):
             "require labels are placed only on nodes that carry them all."
         ),
     )
+    job_heartbeat_s: float = Field(
+        default=1.0,
+        gt=0,
+        description=(
+            "Seconds between a background job's heartbeats (progress, log tail); also how "
+            "often it checks for a cancel request."
+        ),
+    )
+    job_stale_s: float = Field(
+        default=15.0,
+        gt=0,
+        description=(
+            "A running job whose heartbeat is older than this is dead (its process was "
+            "killed): it is marked failed and its temporary files are removed."
+        ),
+    )
     node_timeout_s: float = Field(
         default=5.0,
         gt=0,

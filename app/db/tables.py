@@ -75,6 +75,12 @@ class Model(Base):
     layout: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     scanned_at: Mapped[datetime] = _now()
     created_at: Mapped[datetime] = _now()
+    # Lineage of a model made inside Herd (quantized, pruned): its source, how, and by whom.
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("models.id", ondelete="SET NULL")
+    )
+    recipe: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    created_by: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (CheckConstraint("status IN ('valid', 'invalid', 'missing')", name="status"),)
 
@@ -551,4 +557,41 @@ class FeedbackReview(Base):
             "last_voted_at",
             postgresql_where=text("votes > 1"),
         ),
+    )
+
+
+class Job(Base):
+    """Long work run in its own process (quantize, evaluate, ...): state, progress, heartbeat.
+
+    Written only by app.jobs.store.JobStore.
+    """
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(Text, server_default=text("'queued'"))
+    progress: Mapped[float] = mapped_column(Double, server_default=text("0"))
+    log_tail: Mapped[str] = mapped_column(Text, server_default=text("''"))
+    params: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    started_by: Mapped[str] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    host: Mapped[str | None] = mapped_column(Text)
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Temporary files the job writes: removed by whoever finds the job dead.
+    scratch: Mapped[list[str]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
+
+    __table_args__ = (
+        CheckConstraint(
+            "state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')", name="state"
+        ),
+        CheckConstraint("progress >= 0 AND progress <= 1", name="progress"),
+        Index("ix_jobs_kind_created_at", "kind", "created_at"),
+        Index("ix_jobs_state", "state"),
     )

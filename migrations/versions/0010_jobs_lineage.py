@@ -1,0 +1,93 @@
+"""jobs_lineage: background jobs (quantize, evaluate, later batches and datasets) and the
+lineage of models made inside Herd
+
+- `jobs`: one row per piece of long work run in its own process (`herd jobs run ID`):
+  kind, state (queued, running, succeeded, failed, cancelled), progress 0..1, the tail of its
+  log, parameters and result as JSON, who started it, the error, times, the heartbeat of the
+  process running it (pid, host) and a cancel request it watches for. `scratch` lists the
+  temporary files it writes, so whoever finds it dead (a stale heartbeat) removes them.
+- `models.parent_id`, `models.recipe`, `models.created_by`: a model made from another one
+  (quantized, pruned) names its parent, how it was made (ftype, pruned layers, requantized,
+  llama.cpp version) and who made it.
+
+Revision ID: 0010
+Revises: 0008
+Create Date: 2026-12-01
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import postgresql
+
+revision = "0010"
+down_revision = "0008"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "jobs",
+        sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
+        sa.Column("kind", sa.Text(), nullable=False),
+        sa.Column("state", sa.Text(), server_default=sa.text("'queued'"), nullable=False),
+        sa.Column("progress", sa.Double(), server_default=sa.text("0"), nullable=False),
+        sa.Column("log_tail", sa.Text(), server_default=sa.text("''"), nullable=False),
+        sa.Column(
+            "params",
+            postgresql.JSONB(astext_type=sa.Text()),
+            server_default=sa.text("'{}'::jsonb"),
+            nullable=False,
+        ),
+        sa.Column("result", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
+        sa.Column("started_by", sa.Text(), nullable=False),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("pid", sa.Integer(), nullable=True),
+        sa.Column("host", sa.Text(), nullable=True),
+        sa.Column("cancel_requested_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column(
+            "scratch",
+            postgresql.JSONB(astext_type=sa.Text()),
+            server_default=sa.text("'[]'::jsonb"),
+            nullable=False,
+        ),
+        sa.CheckConstraint(
+            "state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')",
+            name=op.f("ck_jobs_state"),
+        ),
+        sa.CheckConstraint("progress >= 0 AND progress <= 1", name=op.f("ck_jobs_progress")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_jobs")),
+    )
+    op.create_index("ix_jobs_kind_created_at", "jobs", ["kind", "created_at"])
+    op.create_index("ix_jobs_state", "jobs", ["state"])
+    op.add_column("models", sa.Column("parent_id", sa.BigInteger(), nullable=True))
+    op.add_column(
+        "models", sa.Column("recipe", postgresql.JSONB(astext_type=sa.Text()), nullable=True)
+    )
+    op.add_column("models", sa.Column("created_by", sa.Text(), nullable=True))
+    op.create_foreign_key(
+        op.f("fk_models_parent_id_models"),
+        "models",
+        "models",
+        ["parent_id"],
+        ["id"],
+        ondelete="SET NULL",
+    )
+
+
+def downgrade() -> None:
+    op.drop_constraint(op.f("fk_models_parent_id_models"), "models", type_="foreignkey")
+    op.drop_column("models", "created_by")
+    op.drop_column("models", "recipe")
+    op.drop_column("models", "parent_id")
+    op.drop_index("ix_jobs_state", table_name="jobs")
+    op.drop_index("ix_jobs_kind_created_at", table_name="jobs")
+    op.drop_table("jobs")
