@@ -18,12 +18,12 @@ from sqlalchemy.exc import OperationalError
 from tqdm import tqdm
 
 from app.accounts import AccountError, Accounts, Role
+from app.compress.quantize import QuantizeRefused
 from app.config import Settings
 from app.db import migrate
 from app.db.database import Database
 from app.db.embedded import EmbeddedDatabaseError, EmbeddedPostgres, running_url, stop_server
 from app.db.engine import DatabaseUrlError
-from app.compress.quantize import QuantizeRefused
 from app.jobs import cli as jobs_cli
 from app.jobs.store import JobError
 from app.launcher import LaunchError, dashboard_service, prepare, serve

@@ -14,10 +14,10 @@ from app.compress.quantize import (
     start_quantize,
 )
 from app.jobs.kinds import JobKind
-from app.store.lineage import lineage_tree
 from app.store.catalog import ModelStoreError, describe_model
 from app.store.demo import add_demo_model
 from app.store.estimate import format_bytes
+from app.store.lineage import lineage_tree
 from app.ui import auth, resources
 from app.ui.jobs_panel import job_store, jobs_panel
 

@@ -56,7 +56,7 @@ def test_operator_starts_a_quantize_job_and_sees_it_end_with_lineage(
     assert not app.exception, app.exception
     assert any("Started job" in s.value for s in app.success), [e.value for e in app.error]
     jobs = JobStore(database.engine)
-    [job] = jobs.list("quantize")
+    [job] = jobs.recent("quantize")
     assert wait_job(jobs, job.id, finished, timeout_s=120).state == "succeeded"
     made = tiny_store.get("tiny.Q8_0.gguf")
     assert made is not None and made.created_by == "olivia"

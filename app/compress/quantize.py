@@ -98,7 +98,9 @@ def parse_layers(text: str) -> tuple[int, ...]:
     try:
         return tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
     except ValueError as exc:
-        raise QuantizeRefused(f"layers to prune are integers separated by commas: {text!r}") from exc
+        raise QuantizeRefused(
+            f"layers to prune are integers separated by commas: {text!r}"
+        ) from exc
 
 
 def llama_ftypes() -> dict[str, int]:
@@ -233,7 +235,7 @@ def start_quantize(
         raise QuantizeRefused("the same output twice: " + ", ".join(names))
     jobs.reap_stale(settings.job_stale_s)
     busy = {
-        job.params.get("target") for job in jobs.list(JobKind.QUANTIZE) if not job.finished
+        job.params.get("target") for job in jobs.recent(JobKind.QUANTIZE) if not job.finished
     }
     for plan in plans:
         if plan.target_name in busy:

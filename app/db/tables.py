@@ -595,3 +595,22 @@ class Job(Base):
         Index("ix_jobs_kind_created_at", "kind", "created_at"),
         Index("ix_jobs_state", "state"),
     )
+
+
+class Evaluation(Base):
+    """One measured metric of one model (perplexity, tokens/s, RSS ...), with its settings."""
+
+    __tablename__ = "evaluations"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    metric: Mapped[str] = mapped_column(Text)
+    value: Mapped[float] = mapped_column(Double)
+    unit: Mapped[str] = mapped_column(Text, server_default=text("''"))
+    settings: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    created_at: Mapped[datetime] = _now()
+
+    __table_args__ = (
+        Index("ix_evaluations_model_id_metric_created_at", "model_id", "metric", "created_at"),
+    )

@@ -84,7 +84,7 @@ def cmd_jobs_list(settings: Settings, args: argparse.Namespace) -> int:
         migrate.upgrade(db.url)
         store = JobStore(db.engine)
         store.reap_stale(settings.job_stale_s)
-        jobs = store.list(args.kind, args.limit)
+        jobs = store.recent(args.kind, args.limit)
     if args.json:
         _print(json.dumps([job.__dict__ for job in jobs], indent=2, default=str))
         return 0
@@ -116,8 +116,12 @@ def cmd_jobs_restart(settings: Settings, args: argparse.Namespace) -> int:
 
 def add_commands(sub: Any, models: Any, command: Any) -> None:
     """Hook the job commands into the `herd` parser."""
-    quantize = command(models, "quantize", cmd_models_quantize,
-                       "write quantized (and layer-pruned) variants of a model, as jobs")  # fmt: skip
+    quantize = command(
+        models,
+        "quantize",
+        cmd_models_quantize,
+        "write quantized (and layer-pruned) variants of a model, as jobs",
+    )
     quantize.add_argument("source", help="the model's name in the store")
     quantize.add_argument(
         "--type", action="append", required=True, help="file type, e.g. Q4_K_M (repeatable)"

@@ -13,11 +13,13 @@ if TYPE_CHECKING:
 
 class JobKind(enum.StrEnum):
     QUANTIZE = "quantize"
+    EVALUATE = "evaluate"
 
 
 # Each module defines run(ctx: JobContext) -> dict (the job's result).
 _HANDLER_MODULES = {
     JobKind.QUANTIZE: "app.compress.quantize_job",
+    JobKind.EVALUATE: "app.evaluation.evaluate_job",
 }
 
 Handler = Callable[["JobContext"], dict[str, Any]]

@@ -136,7 +136,7 @@ class JobStore:
                 raise JobError(f"no job {job_id}")
             return JobView.of(job)
 
-    def list(self, kind: str | None = None, limit: int = 50) -> list[JobView]:
+    def recent(self, kind: str | None = None, limit: int = 50) -> list[JobView]:
         """The newest jobs first (of one kind, if given)."""
         query = select(Job).order_by(Job.id.desc()).limit(limit)
         if kind is not None:

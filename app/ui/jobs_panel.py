@@ -39,19 +39,23 @@ def _show(job: JobView, store: JobStore, operator: str | None) -> None:
                 st.code(job.log_tail, language=None)
         if operator is None:
             return
-        if not job.finished and not job.cancel_requested:
-            if st.button("Cancel", key=f"job_cancel_{job.id}"):
-                try:
-                    store.request_cancel(job.id)
-                except JobError as exc:
-                    st.error(str(exc))
-        if job.state in ("failed", "cancelled"):
-            if st.button("Start again", key=f"job_restart_{job.id}"):
-                try:
-                    new_id = restart(resources.settings(), store, job.id, operator)
-                    st.info(f"Started job {new_id}.")
-                except JobError as exc:
-                    st.error(str(exc))
+        if (
+            not job.finished
+            and not job.cancel_requested
+            and st.button("Cancel", key=f"job_cancel_{job.id}")
+        ):
+            try:
+                store.request_cancel(job.id)
+            except JobError as exc:
+                st.error(str(exc))
+        if job.state in ("failed", "cancelled") and st.button(
+            "Start again", key=f"job_restart_{job.id}"
+        ):
+            try:
+                new_id = restart(resources.settings(), store, job.id, operator)
+                st.info(f"Started job {new_id}.")
+            except JobError as exc:
+                st.error(str(exc))
 
 
 @st.fragment(run_every=REFRESH_S)
@@ -60,7 +64,7 @@ def jobs_panel(kind: str, operator: str | None, limit: int = 10) -> None:
     with resources.database_errors():
         store = job_store()
         store.reap_stale(resources.settings().job_stale_s)
-        jobs = store.list(kind, limit)
+        jobs = store.recent(kind, limit)
     if not jobs:
         st.caption("No jobs yet.")
         return

@@ -9,6 +9,9 @@ lineage of models made inside Herd
 - `models.parent_id`, `models.recipe`, `models.created_by`: a model made from another one
   (quantized, pruned) names its parent, how it was made (ftype, pruned layers, requantized,
   llama.cpp version) and who made it.
+- `evaluations`: one row per model per metric measured by an evaluation job (file size,
+  peak RSS and the estimate, prefill/decode tokens/s, perplexity, reference log-likelihood),
+  with the settings it was measured with (context, threads, text and its sha256, ...).
 
 Revision ID: 0010
 Revises: 0008
@@ -83,7 +86,42 @@ def upgrade() -> None:
     )
 
 
+    op.create_table(
+        "evaluations",
+        sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
+        sa.Column("model_id", sa.BigInteger(), nullable=False),
+        sa.Column("job_id", sa.BigInteger(), nullable=True),
+        sa.Column("metric", sa.Text(), nullable=False),
+        sa.Column("value", sa.Double(), nullable=False),
+        sa.Column("unit", sa.Text(), server_default=sa.text("''"), nullable=False),
+        sa.Column(
+            "settings",
+            postgresql.JSONB(astext_type=sa.Text()),
+            server_default=sa.text("'{}'::jsonb"),
+            nullable=False,
+        ),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
+        sa.ForeignKeyConstraint(
+            ["model_id"], ["models.id"], name=op.f("fk_evaluations_model_id_models"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["job_id"], ["jobs.id"], name=op.f("fk_evaluations_job_id_jobs"), ondelete="SET NULL"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_evaluations")),
+    )
+    op.create_index(
+        "ix_evaluations_model_id_metric_created_at",
+        "evaluations",
+        ["model_id", "metric", "created_at"],
+    )
+
+
 def downgrade() -> None:
+    op.drop_index("ix_evaluations_model_id_metric_created_at", table_name="evaluations")
+    op.drop_table("evaluations")
     op.drop_constraint(op.f("fk_models_parent_id_models"), "models", type_="foreignkey")
     op.drop_column("models", "created_by")
     op.drop_column("models", "recipe")
