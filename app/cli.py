@@ -24,6 +24,8 @@ from app.db import migrate
 from app.db.database import Database
 from app.db.embedded import EmbeddedDatabaseError, EmbeddedPostgres, running_url, stop_server
 from app.db.engine import DatabaseUrlError
+from app.evaluation import cli as eval_cli
+from app.evaluation.plan import EvalRefused
 from app.jobs import cli as jobs_cli
 from app.jobs.store import JobError
 from app.launcher import LaunchError, dashboard_service, prepare, serve
@@ -560,6 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--name", help="file name in the store (default: the file's own)")
     add.add_argument("--demo", action="store_true", help="add the SmolLM2-135M demo model")
     jobs_cli.add_commands(sub, models, command)
+    eval_cli.add_command(sub, command)
 
     gateway = command(sub, "gateway", cmd_gateway, "run the OpenAI-compatible gateway alone")
     gateway.add_argument("--host", default=None, help="address (default HERD_GATEWAY_HOST)")
@@ -620,6 +623,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         DatabaseUrlError,
         EmbeddedDatabaseError,
         QuantizeRefused,
+        EvalRefused,
         JobError,
     ) as exc:
         warn(f"herd: {exc}")

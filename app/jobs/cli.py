@@ -23,7 +23,7 @@ def _print(message: str) -> None:
     print(message, flush=True)
 
 
-def _follow_with_bars(settings: Settings, store: JobStore, ids: list[int]) -> int:
+def follow_with_bars(settings: Settings, store: JobStore, ids: list[int]) -> int:
     bars: dict[int, tqdm[Any]] = {}
     for position, job_id in enumerate(ids):
         job = store.get(job_id)
@@ -70,7 +70,7 @@ def cmd_models_quantize(settings: Settings, args: argparse.Namespace) -> int:
         _print("started " + ", ".join(f"job {i}" for i in ids))
         if args.no_wait:
             return 0
-        return _follow_with_bars(settings, store, ids)
+        return follow_with_bars(settings, store, ids)
 
 
 def cmd_jobs_run(settings: Settings, args: argparse.Namespace) -> int:
@@ -111,7 +111,7 @@ def cmd_jobs_restart(settings: Settings, args: argparse.Namespace) -> int:
         _print(f"started job {new_id} (again of job {args.job_id})")
         if args.no_wait:
             return 0
-        return _follow_with_bars(settings, store, [new_id])
+        return follow_with_bars(settings, store, [new_id])
 
 
 def add_commands(sub: Any, models: Any, command: Any) -> None:
