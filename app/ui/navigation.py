@@ -52,6 +52,9 @@ def build_navigation() -> st.navigation:  # type: ignore[valid-type]
                     icon=":material/rate_review:",
                 ),
                 st.Page(
+                    PAGES_DIR / "evaluation.py", title="Evaluation", icon=":material/speed:"
+                ),
+                st.Page(
                     PAGES_DIR / "retraining.py",
                     title="Retraining",
                     icon=":material/model_training:",
