@@ -12,6 +12,10 @@ lineage of models made inside Herd
 - `evaluations`: one row per model per metric measured by an evaluation job (file size,
   peak RSS and the estimate, prefill/decode tokens/s, perplexity, reference log-likelihood),
   with the settings it was measured with (context, threads, text and its sha256, ...).
+- `rollouts`: one row per canary, promotion, rollback or automatic rollback of an alias:
+  who, when, the candidate deployment and model, the weights and states before and after,
+  the evaluations and signals cited, the retraining decision it executed, and for a
+  promotion until when the previous version stays deployed at weight 0.
 
 Revision ID: 0010
 Revises: 0008
@@ -117,9 +121,55 @@ def upgrade() -> None:
         "evaluations",
         ["model_id", "metric", "created_at"],
     )
+    op.create_table(
+        "rollouts",
+        sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
+        sa.Column("alias", sa.Text(), nullable=False),
+        sa.Column("action", sa.Text(), nullable=False),
+        sa.Column("candidate_deployment_id", sa.BigInteger(), nullable=True),
+        sa.Column("candidate_model_id", sa.BigInteger(), nullable=True),
+        sa.Column("before", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
+        sa.Column("after", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
+        sa.Column(
+            "evaluation",
+            postgresql.JSONB(astext_type=sa.Text()),
+            server_default=sa.text("'[]'::jsonb"),
+            nullable=False,
+        ),
+        sa.Column(
+            "signals",
+            postgresql.JSONB(astext_type=sa.Text()),
+            server_default=sa.text("'{}'::jsonb"),
+            nullable=False,
+        ),
+        sa.Column("decision_id", sa.BigInteger(), nullable=True),
+        sa.Column("decided_by", sa.Text(), nullable=False),
+        sa.Column("note", sa.Text(), server_default=sa.text("''"), nullable=False),
+        sa.Column("grace_until", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("closed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
+        sa.CheckConstraint(
+            "action IN ('canary', 'promote', 'rollback', 'auto_rollback')",
+            name=op.f("ck_rollouts_action"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["candidate_model_id"], ["models.id"],
+            name=op.f("fk_rollouts_candidate_model_id_models"), ondelete="SET NULL",
+        ),
+        sa.ForeignKeyConstraint(
+            ["decision_id"], ["retraining_decisions.id"],
+            name=op.f("fk_rollouts_decision_id_retraining_decisions"), ondelete="SET NULL",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_rollouts")),
+    )
+    op.create_index("ix_rollouts_alias_created_at", "rollouts", ["alias", "created_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_rollouts_alias_created_at", table_name="rollouts")
+    op.drop_table("rollouts")
     op.drop_index("ix_evaluations_model_id_metric_created_at", table_name="evaluations")
     op.drop_table("evaluations")
     op.drop_constraint(op.f("fk_models_parent_id_models"), "models", type_="foreignkey")
