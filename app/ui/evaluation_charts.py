@@ -36,7 +36,10 @@ def pareto_scatter(
                 "symbol": ["star" if i in front else "circle" for i in range(len(points))],
             },
             name="models",
-            hovertemplate="%{text}<br>" + x_title + ": %{x:,.4g}<br>" + y_title
+            hovertemplate="%{text}<br>"
+            + x_title
+            + ": %{x:,.4g}<br>"
+            + y_title
             + ": %{y:.4f}<extra></extra>",
         )
     )

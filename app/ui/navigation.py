@@ -41,6 +41,7 @@ def build_navigation() -> st.navigation:  # type: ignore[valid-type]
                     icon=":material/rocket_launch:",
                 ),
                 st.Page(PAGES_DIR / "routing.py", title="Routing", icon=":material/alt_route:"),
+                st.Page(PAGES_DIR / "rollouts.py", title="Rollouts", icon=":material/swap_horiz:"),
             ],
             "Analyze": [
                 st.Page(
