@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 from tqdm import tqdm
 
+from app import rollout_cli
 from app.accounts import AccountError, Accounts, Role
 from app.compress.quantize import QuantizeRefused
 from app.config import Settings
@@ -24,11 +25,13 @@ from app.db import migrate
 from app.db.database import Database
 from app.db.embedded import EmbeddedDatabaseError, EmbeddedPostgres, running_url, stop_server
 from app.db.engine import DatabaseUrlError
+from app.deployments import DeploymentError
 from app.evaluation import cli as eval_cli
 from app.evaluation.plan import EvalRefused
 from app.jobs import cli as jobs_cli
 from app.jobs.store import JobError
 from app.launcher import LaunchError, dashboard_service, prepare, serve
+from app.rollouts import RolloutError
 from app.store.catalog import ModelStore, ModelStoreError, ProgressCallback, describe_model
 from app.store.demo import add_demo_model
 from app.store.estimate import format_bytes
@@ -563,6 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--demo", action="store_true", help="add the SmolLM2-135M demo model")
     jobs_cli.add_commands(sub, models, command)
     eval_cli.add_command(sub, command)
+    rollout_cli.add_commands(sub, command)
 
     gateway = command(sub, "gateway", cmd_gateway, "run the OpenAI-compatible gateway alone")
     gateway.add_argument("--host", default=None, help="address (default HERD_GATEWAY_HOST)")
@@ -625,6 +629,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         QuantizeRefused,
         EvalRefused,
         JobError,
+        RolloutError,
+        DeploymentError,
     ) as exc:
         warn(f"herd: {exc}")
         return 1

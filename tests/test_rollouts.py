@@ -17,6 +17,7 @@ from app.evaluation.store import EvaluationStore
 from app.rollouts import RolloutError, Rollouts
 from app.store.catalog import ModelStore
 from tests.analytics_data import insert_requests, request_row
+from tests.conftest import run_herd
 
 
 @pytest.fixture
@@ -126,3 +127,19 @@ def test_refusals(
         rollouts.canary("other", "v2.gguf", 5, "alice")
     with pytest.raises(RolloutError, match="no open canary to promote"):
         rollouts.promote("smol", "alice")
+
+
+def test_the_cli_walks_canary_promote_rollback(
+    database: Database, settings: Settings, alias: tuple[Deployments, int, int],
+    herd_env: dict[str, str],
+) -> None:
+    steps = (("canary", "smol", "v2.gguf", "--percent", "20"), ("promote", "smol"),
+             ("rollback", "smol"))  # fmt: skip
+    for step in steps:
+        done = run_herd("rollout", *step, "--by", "dan", env=herd_env)
+        assert done.returncode == 0, done.stderr
+    assert "'v2.gguf': (0, 'stopped')" in done.stdout
+    again = run_herd("rollout", "rollback", "smol", env=herd_env)
+    assert again.returncode == 1 and "no open canary" in again.stderr
+    rollouts = Rollouts(database.engine, settings)
+    assert [h["decided_by"] for h in rollouts.history("smol")] == ["dan"] * 3
