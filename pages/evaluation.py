@@ -68,6 +68,7 @@ else:
                 "peak RSS": format_bytes(row.get(Metric.RSS_PEAK.value)),
                 "estimate": format_bytes(row.get(Metric.RSS_ESTIMATE.value)),
                 "estimate error %": row.get(Metric.RSS_ERROR.value),
+                "reference log-lik/token": row.get(Metric.REFERENCE_LOGLIK.value),
                 "context": (row["settings"] or {}).get("n_ctx"),
                 "threads": (row["settings"] or {}).get("threads"),
                 "evaluated": row["evaluated_at"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from app.evaluation.store import EvaluationStore
 from app.jobs.store import JobStore
 from app.store.catalog import ModelStore
 from app.store.demo import add_demo_model
+from tests.analytics_data import insert_feedback, insert_messages, insert_requests, request_row
 from tests.conftest import run_herd
 
 
@@ -25,6 +27,16 @@ def test_eval_measures_the_demo_model_and_stores_one_row_per_metric(
 ) -> None:
     store = ModelStore(database.engine, models_dir)
     demo = add_demo_model(store)
+    # One thumbs-up answer: the reference set the job scores each model on.
+    now = datetime.now(UTC)
+    liked = request_row(now, alias="smol", model_id=demo.id)
+    insert_requests(database.engine, [liked])
+    insert_messages(database.engine, [{
+        "request_id": liked["id"], "created_at": now,
+        "prompt": [{"role": "user", "content": "What is the capital of France?"}],
+        "response": "The capital of France is Paris."}])  # fmt: skip
+    insert_feedback(database.engine, [{"request_id": liked["id"], "rating": 1,
+                                       "created_at": now, "updated_at": now}])  # fmt: skip
     # Small settings keep this quick on a busy CI machine; bench/ runs the real ones.
     done = run_herd("eval", demo.name, "--ctx", "64", "--threads", "1", "--pp", "32",
                     "--tg", "8", "--repeats", "1", "--by", "ann", env=herd_env,
@@ -37,7 +49,8 @@ def test_eval_measures_the_demo_model_and_stores_one_row_per_metric(
             {"m": demo.id},
         ).all()
     values = {metric: value for metric, value, _ in rows}
-    assert set(values) == {m.value for m in Metric} - {Metric.REFERENCE_LOGLIK.value}
+    assert set(values) == {m.value for m in Metric}
+    assert -20 < values[Metric.REFERENCE_LOGLIK] < 0  # mean log-probability per answer token
     assert values[Metric.SIZE] == demo.size_bytes
     assert 1 < values[Metric.PERPLEXITY] < 1000 and math.isfinite(values[Metric.PERPLEXITY])
     assert values[Metric.PREFILL] > 0 and values[Metric.DECODE] > 0
@@ -47,6 +60,7 @@ def test_eval_measures_the_demo_model_and_stores_one_row_per_metric(
     assert settings["n_ctx"] == 64 and settings["threads"] == 1
     assert settings["text"] == "herd-eval.txt" and len(settings["text_sha256"]) == 64
     assert settings["windows"] == settings["tokens_scored"] // 31
+    assert settings["references"] == 1 and settings["reference_tokens"] > 3
     [latest] = EvaluationStore(database.engine).latest()
     assert latest["model"] == demo.name and latest[Metric.PERPLEXITY] == values[Metric.PERPLEXITY]
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from app.engine.errors import ModelLoadError
 from app.engine.llama_log import LlamaLog
+from app.engine.loader import chat_formatter
 
 
 class MeasureError(ValueError):
@@ -165,8 +166,30 @@ class Measured:
             text_tokens=len(tokens),
         )
 
+    def chat_tokens(
+        self, messages: list[dict[str, str]], answer: str
+    ) -> tuple[list[int], list[int]]:
+        """(prompt tokens through the model's chat template with the generation prompt,
+        answer tokens): what a worker would feed and what the model should produce."""
+        formatter = chat_formatter(self.llama)
+        if formatter is not None:
+            chat: list[Any] = list(messages)
+            formatted = formatter(messages=chat)
+            prompt = list(self.llama.tokenize(formatted.prompt.encode("utf-8"),
+                                              add_bos=not formatted.added_special,
+                                              special=True))  # fmt: skip
+        else:
+            plain = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+            prompt = self.tokenize(plain)
+        answer_tokens = list(self.llama.tokenize(answer.encode("utf-8"), add_bos=False,
+                                                 special=False))  # fmt: skip
+        return prompt, answer_tokens
+
     def mean_loglik(self, prompt: list[int], answer: list[int]) -> tuple[float, int]:
-        """Sum of log p(answer token | prompt, answer so far), and the tokens scored."""
+        """Sum of log p(answer token | prompt, answer so far), and the tokens scored (the
+        start of a long prompt is cut so that prompt and answer fit the context)."""
+        if not answer:
+            return 0.0, 0
         sequence = (prompt + answer)[-self.n_ctx :]
         start = len(sequence) - len(answer)
         if start < 1:

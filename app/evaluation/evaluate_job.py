@@ -18,11 +18,13 @@ from app.engine.errors import ModelLoadError
 from app.engine.measure import Measured, MeasureError
 from app.evaluation.metrics import Metric
 from app.evaluation.plan import EvalRefused, EvalRequest, check_eval, ram_estimate, read_text
+from app.evaluation.references import digest, reference_set
 from app.evaluation.store import EvaluationStore
 from app.jobs.runner import JobContext, JobFailed
 from app.store.catalog import ModelStore
 
 RSS_SAMPLE_S = 0.02
+REFERENCE_LIMIT = 200
 
 
 class PeakRss:
@@ -67,6 +69,9 @@ def run(ctx: JobContext) -> dict[str, Any]:
         "repeats": request.repeats,
     }
     evaluations = EvaluationStore(ctx.db.engine)
+    references = reference_set(ctx.db.engine, REFERENCE_LIMIT)
+    settings["references"] = len(references)
+    settings["references_sha256"] = digest(references)
     results: dict[str, Any] = {}
     share = 1 / len(request.models)
     for k, name in enumerate(request.models):
@@ -94,6 +99,13 @@ def run(ctx: JobContext) -> dict[str, Any]:
                     ctx.check_cancel()
 
                 ppl = measured.perplexity(tokens, window)
+                loglik, scored = 0.0, 0
+                for ref in references:
+                    prompt, answer = measured.chat_tokens(ref.messages, ref.answer)
+                    if len(answer) >= request.n_ctx:
+                        continue  # an answer longer than the context cannot be scored whole
+                    total, n = measured.mean_loglik(prompt, answer)
+                    loglik, scored = loglik + total, scored + n
                 seconds = time.monotonic() - started
         except (ModelLoadError, MeasureError) as exc:
             raise JobFailed(f"{name}: {exc}") from exc
@@ -108,8 +120,11 @@ def run(ctx: JobContext) -> dict[str, Any]:
             Metric.DECODE: speed.decode_tps,
             Metric.PERPLEXITY: ppl.perplexity,
         }
+        if scored:
+            values[Metric.REFERENCE_LOGLIK] = loglik / scored
         model_settings = {**settings, "tokens_scored": ppl.tokens_scored,
-                          "windows": ppl.windows, "nll_stderr": ppl.nll_stderr}  # fmt: skip
+                          "windows": ppl.windows, "nll_stderr": ppl.nll_stderr,
+                          "reference_tokens": scored}  # fmt: skip
         evaluations.record(model.id, values, model_settings, ctx.job.id)
         ctx.log(f"{name}: perplexity {ppl.perplexity:.4f} over {ppl.tokens_scored} tokens "
                 f"({ppl.windows} windows); peak RSS {peak} bytes, estimate {estimate}; "
