@@ -90,3 +90,17 @@ def test_log_tail_keeps_the_end_at_a_line_start() -> None:
     text = "\n".join(f"line {i}" for i in range(1000))
     kept = tail(text, 100)
     assert len(kept) <= 100 and kept.startswith("line ") and kept.endswith("line 999")
+
+
+def test_a_job_no_process_ever_claimed_is_failed_after_the_start_time(database: Database) -> None:
+    store = JobStore(database.engine)
+    job_id = store.create("quantize", {}, "erin")
+    assert store.reap_stale(stale_s=1) == []  # just created: its process may be starting
+    with database.engine.begin() as conn:
+        conn.execute(
+            update(Job).where(Job.id == job_id).values(
+                created_at=Job.created_at - timedelta(minutes=10)
+            )
+        )
+    assert store.reap_stale(stale_s=1) == [job_id]
+    assert "no process started the job" in (store.get(job_id).error or "")

@@ -23,6 +23,9 @@ from sqlalchemy.orm import Session
 from app.db.tables import Job
 
 LOG_TAIL_CHARS = 4000
+# A queued job whose process has not claimed it after this long never will (the start
+# failed); generous, since a process starting on a busy machine can take a while.
+QUEUED_START_S = 120.0
 
 
 class JobState(enum.StrEnum):
@@ -233,6 +236,7 @@ class JobStore:
         than stale_s is gone wherever it ran. Its scratch files are removed.
         """
         cutoff = datetime.now(UTC) - timedelta(seconds=stale_s)
+        start_cutoff = datetime.now(UTC) - timedelta(seconds=max(stale_s, QUEUED_START_S))
         reaped = []
         with Session(self.engine) as session, session.begin():
             running = session.scalars(
@@ -242,9 +246,11 @@ class JobStore:
             )
             for job in running:
                 if job.state == JobState.QUEUED:
-                    if job.created_at < cutoff:
+                    if job.created_at < start_cutoff:
                         job.state = JobState.FAILED
-                        job.error = f"no process started the job within {stale_s:g} s"
+                        job.error = (
+                            f"no process started the job within {max(stale_s, QUEUED_START_S):g} s"
+                        )
                         job.finished_at = func.now()
                         reaped.append(job.id)
                     continue
