@@ -196,9 +196,9 @@ def test_cancel_stops_the_job_and_leaves_nothing(
 ) -> None:
     demo = demo_store.list()[0].name
     jobs = JobStore(database.engine)
-    [job_id] = start_quantize(
-        settings, demo_store, jobs, [QuantizeRequest(demo, "Q8_0", allow_requantize=True)], "eve"
-    )
+    # K-quants on one thread take long enough (10+ s) for the cancel to land mid-way.
+    slow = QuantizeRequest(demo, "Q5_K_M", allow_requantize=True, nthread=1)
+    [job_id] = start_quantize(settings, demo_store, jobs, [slow], "eve")
     running = wait_job(jobs, job_id, _running_with_progress)
     assert partials(models_dir), "the job writes its temporary file in the store"
     jobs.request_cancel(job_id)
@@ -209,8 +209,8 @@ def test_cancel_stops_the_job_and_leaves_nothing(
         time.sleep(0.1)
     assert running.pid is not None and not process_alive(running.pid)
     assert partials(models_dir) == []
-    assert demo_store.get(target_name(demo, "Q8_0", ())) is None
-    assert not (models_dir / target_name(demo, "Q8_0", ())).exists()
+    assert demo_store.get(target_name(demo, "Q5_K_M", ())) is None
+    assert not (models_dir / target_name(demo, "Q5_K_M", ())).exists()
 
 
 def test_kill_9_of_the_job_process_fails_the_job_and_it_can_start_again(
@@ -219,7 +219,7 @@ def test_kill_9_of_the_job_process_fails_the_job_and_it_can_start_again(
     demo = demo_store.list()[0]
     jobs = JobStore(database.engine)
     [job_id] = start_quantize(settings, demo_store, jobs,
-                              [QuantizeRequest(demo.name, "Q5_K_M", allow_requantize=True)],
+                              [QuantizeRequest(demo.name, "Q5_K_M", (), True, nthread=1)],
                               "eve")  # fmt: skip
     running = wait_job(jobs, job_id, _running_with_progress)
     assert running.pid is not None
@@ -246,16 +246,16 @@ def test_a_disk_that_fills_mid_write_fails_the_job_cleanly_and_it_can_run_again(
     from app.store.demo import find_demo_model
 
     demo_bytes = find_demo_model().path.stat().st_size
-    # Room for the source and the estimate for Q8_0, not much more.
+    # Room for the source and the estimate for Q5_K_M, not much more.
     size_mb = (demo_bytes + 230 * 1024 * 1024) // (1024 * 1024)
     with tmpfs(tmp_path / "store", f"{size_mb}m") as root:
         store = ModelStore(database.engine, root)
         demo = add_demo_model(store)
         jobs = JobStore(database.engine)
         own = settings.model_copy(update={"models_dir": root})
-        [job_id] = start_quantize(
-            own, store, jobs, [QuantizeRequest(demo.name, "Q8_0", allow_requantize=True)], "eve"
-        )
+        # One thread: slow enough that the disk fills while llama.cpp writes.
+        slow = QuantizeRequest(demo.name, "Q5_K_M", allow_requantize=True, nthread=1)
+        [job_id] = start_quantize(own, store, jobs, [slow], "eve")
         wait_job(jobs, job_id, lambda v: v.state == "running" and bool(partials(root)))
         filler = root / "filler.bin"
         # Take all but a little of what is left; the job writes meanwhile, so the disk may
@@ -274,7 +274,7 @@ def test_a_disk_that_fills_mid_write_fails_the_job_cleanly_and_it_can_run_again(
         filler.unlink()
         again = restart(own, jobs, job_id, "eve")
         assert wait_job(jobs, again, finished).state == "succeeded"
-        assert store.get(target_name(demo.name, "Q8_0", ())) is not None
+        assert store.get(target_name(demo.name, "Q5_K_M", ())) is not None
         assert partials(root) == []
 
 
