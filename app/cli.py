@@ -18,9 +18,11 @@ from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 from tqdm import tqdm
 
+from app import rollout_cli
 from app.accounts import AccountError, Role
 from app.admin import commands as admin_commands
 from app.admin.config_file import ConfigError
+from app.compress.quantize import QuantizeRefused
 from app.config import Settings
 from app.db import migrate
 from app.db.database import Database
@@ -28,7 +30,11 @@ from app.db.embedded import EmbeddedDatabaseError, EmbeddedPostgres, running_url
 from app.db.engine import DatabaseUrlError
 from app.deployments import DeploymentError, Deployments
 from app.engine.serving import add_serving_flags, serving_values_from
+from app.evaluation import cli as eval_cli
+from app.evaluation.plan import EvalRefused
 from app.gateway.keys import ApiKeyError
+from app.jobs import cli as jobs_cli
+from app.jobs.store import JobError
 from app.launcher import (
     DEMO_ALIAS,
     LaunchError,
@@ -38,6 +44,7 @@ from app.launcher import (
     serve,
     wait_alias_served,
 )
+from app.rollouts import RolloutError
 from app.store.catalog import ModelStore, ModelStoreError, ProgressCallback, describe_model
 from app.store.estimate import format_bytes
 
@@ -550,6 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("path", nargs="?", help="a .gguf file")
     add.add_argument("--name", help="file name in the store (default: the file's own)")
     add.add_argument("--demo", action="store_true", help="add the SmolLM2-135M demo model")
+    jobs_cli.add_commands(sub, models, command)
+    eval_cli.add_command(sub, command)
+    rollout_cli.add_commands(sub, command)
 
     gateway = command(sub, "gateway", cmd_gateway, "run the OpenAI-compatible gateway alone")
     gateway.add_argument("--host", default=None, help="address (default HERD_GATEWAY_HOST)")
@@ -619,6 +629,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         LaunchError,
         DatabaseUrlError,
         EmbeddedDatabaseError,
+        QuantizeRefused,
+        EvalRefused,
+        JobError,
+        RolloutError,
     ) as exc:
         warn(f"herd: {exc}")
         return 1

@@ -145,6 +145,54 @@ class Settings(BaseSettings):
             "require labels are placed only on nodes that carry them all."
         ),
     )
+    rollout_grace_s: float = Field(
+        default=3600.0,
+        ge=0,
+        description=(
+            "After a promotion, how long the previous version stays deployed at weight 0 for "
+            "an instant rollback before it is stopped."
+        ),
+    )
+    canary_guard_min_requests: int = Field(
+        default=50,
+        ge=1,
+        description=(
+            "Requests the canary and the current version each need since the canary started "
+            "before the guard compares them."
+        ),
+    )
+    canary_guard_error_margin: float = Field(
+        default=0.05,
+        ge=0,
+        description=(
+            "The guard sets a canary to weight 0 when its error rate exceeds the current "
+            "version's by more than this (0.05: five percentage points)."
+        ),
+    )
+    canary_guard_p95_margin: float = Field(
+        default=0.5,
+        ge=0,
+        description=(
+            "... or when its p95 latency exceeds the current version's by more than this "
+            "share (0.5: 50 % slower)."
+        ),
+    )
+    job_heartbeat_s: float = Field(
+        default=1.0,
+        gt=0,
+        description=(
+            "Seconds between a background job's heartbeats (progress, log tail); also how "
+            "often it checks for a cancel request."
+        ),
+    )
+    job_stale_s: float = Field(
+        default=15.0,
+        gt=0,
+        description=(
+            "A running job whose heartbeat is older than this is dead (its process was "
+            "killed): it is marked failed and its temporary files are removed."
+        ),
+    )
     node_timeout_s: float = Field(
         default=5.0,
         gt=0,

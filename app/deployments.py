@@ -280,11 +280,13 @@ class Deployments:
         node: str | None = None,
         node_labels: Mapping[str, str] | None = None,
         allow_ctx_overflow: bool = False,
+        traffic_weight: int = 100,
     ) -> DeploymentView:
         """Ask for `replicas` workers serving serving.model under alias, on `node` or on
         nodes carrying every one of `node_labels` (default: any node)."""
         alias = _validate_alias(alias)
         _check(replicas >= 0, f"replicas must be 0 or more, not {replicas}")
+        _check(traffic_weight >= 0, f"a weight is 0 or more, not {traffic_weight}")
         with Session(self.engine) as session, session.begin():
             model = session.scalar(select(Model).where(Model.name == serving.model))
             model = _validate_serving(model, serving, allow_ctx_overflow)
@@ -295,6 +297,8 @@ class Deployments:
                 node=(node or "").strip() or None,
                 node_labels=dict(node_labels) if node_labels else None,
                 state="active",
+                # A canary starts at 0 and gets its weight once it exists (app/rollouts.py).
+                traffic_weight=traffic_weight,
                 **self._serving_columns(serving),
             )
             session.add(row)

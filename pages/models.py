@@ -1,13 +1,24 @@
-"""Models: the GGUF store with metadata, validity and memory estimates; add and rescan."""
+"""Models: the GGUF store with metadata, validity and memory estimates; add and rescan;
+quantize into new variants (as jobs) and the lineage tree."""
 
 from pathlib import Path
 
 import streamlit as st
 
 from app.accounts import Role
+from app.compress.quantize import (
+    QuantizeRefused,
+    QuantizeRequest,
+    offered_ftypes,
+    parse_layers,
+    start_quantize,
+)
+from app.jobs.kinds import JobKind
 from app.store.catalog import ModelStoreError, describe_model
 from app.store.estimate import format_bytes
+from app.store.lineage import lineage_tree
 from app.ui import admin_actions, auth, resources
+from app.ui.jobs_panel import job_store, jobs_panel
 
 operator = auth.require_role(Role.VIEWER)
 st.title("Models")
@@ -98,3 +109,48 @@ if operator.role.allows(Role.OPERATOR):
                     st.error(f"Cannot delete {doomed}: {exc}")
                 else:
                     st.rerun()
+
+if any(m.parent_id for m in models):
+    st.subheader("Lineage")
+    st.caption("Each model under the one it was made from, with how it was made.")
+    st.dataframe(
+        [row.describe() for row in lineage_tree(models)], hide_index=True, width="stretch"
+    )
+
+st.subheader("Quantize")
+valid = [m.name for m in models if m.status == "valid"]
+can_change = operator.role.allows(Role.OPERATOR)
+if can_change and valid:
+    with st.form("quantize"):
+        source_name = st.selectbox("Source model", valid, key="quantize_source")
+        types = st.multiselect(
+            "File types (one job each)",
+            offered_ftypes(),
+            key="quantize_types",
+            help="llama.cpp's quantization types; those that need an importance matrix "
+            "are not offered.",
+        )
+        prune = st.text_input(
+            "Layers to prune (optional)", key="quantize_prune", help="e.g. 3,7: dropped layers"
+        )
+        requantize = st.checkbox(
+            "Allow requantizing an already quantized source", key="quantize_requantize"
+        )
+        start = st.form_submit_button("Start quantizing")
+    if start:
+        try:
+            layers = parse_layers(prune)
+            with resources.database_errors():
+                ids = start_quantize(
+                    resources.settings(),
+                    store,
+                    job_store(),
+                    [QuantizeRequest(source_name, t, layers, requantize) for t in types],
+                    operator.name,
+                )
+            st.success("Started " + ", ".join(f"job {i}" for i in ids) + ".")
+        except (QuantizeRefused, ModelStoreError) as exc:
+            st.error(f"Cannot quantize: {exc}")
+elif can_change:
+    st.caption("Add a model to the store to quantize it.")
+jobs_panel(JobKind.QUANTIZE.value, operator.name if can_change else None)

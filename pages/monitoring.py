@@ -14,6 +14,7 @@ from app.analytics.semantic_cache import semantic_cache_rows
 from app.analytics.summary import tiles
 from app.analytics.versions import compare_versions, filter_options
 from app.ui import auth, charts, resources
+from app.ui.ab_chart import ab_figure
 from app.ui.analytics_widgets import chart, scope_picker, tile_row
 
 auth.require_role(Role.VIEWER)
@@ -133,6 +134,11 @@ with ab_tab:
             c.candidate.as_dict() for c in comparisons
         ]
         st.dataframe(versions, hide_index=True, width="stretch")
+        st.plotly_chart(
+            ab_figure([comparisons[0].baseline] + [c.candidate for c in comparisons]),
+            config=charts.PLOTLY_CONFIG,
+            key=f"ab_chart_{alias}",
+        )
         rows = [c.as_dict() for c in comparisons]
         st.dataframe(rows, hide_index=True, width="stretch")
         for c in comparisons:

@@ -13,6 +13,7 @@ from app.analytics.scope import Scope
 from app.analytics.versions import filter_options
 from app.ui import auth, charts, resources
 from app.ui.analytics_widgets import chart, period_picker
+from app.ui.rollout_widgets import execute_rollback_button
 
 operator = auth.require_role(Role.VIEWER)
 can_act = operator.role.allows(Role.OPERATOR)
@@ -84,6 +85,8 @@ else:
         for d in decisions
     }
     chosen = labels[st.selectbox("Show the data a decision was based on", list(labels))]
+    if can_act and chosen["decision"] == "rollback" and chosen["alias"]:
+        execute_rollback_button(chosen["alias"], chosen["id"], operator.name)
     basis = Scope(
         start=chosen["period_start"], end=chosen["period_end"], model_id=chosen["model_id"]
     )

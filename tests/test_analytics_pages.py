@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -67,6 +68,10 @@ def test_pages_render_on_a_full_database(dashboard_env: None, full: Database) ->
     assert not app.exception, app.exception
     assert int(app.metric[0].value.replace(",", "")) > 5_000
     assert not app.info
+    # The A/B tab's chart: thumbs-up with intervals beside p95 latency, per version.
+    specs = [json.loads(c.proto.spec) for c in app.get("plotly_chart")]
+    ab = [s for s in specs if "p95 latency" in str(s["layout"].get("annotations"))]
+    assert ab and len(ab[0]["data"]) == 2 and ab[0]["data"][0]["error_y"]["array"]
 
     _open(app, "retraining.py")
     assert len(app.subheader) == 4  # one per model version

@@ -77,6 +77,12 @@ class Model(Base):
     layout: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     scanned_at: Mapped[datetime] = _now()
     created_at: Mapped[datetime] = _now()
+    # Lineage of a model made inside Herd (quantized, pruned): its source, how, and by whom.
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("models.id", ondelete="SET NULL")
+    )
+    recipe: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    created_by: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (CheckConstraint("status IN ('valid', 'invalid', 'missing')", name="status"),)
 
@@ -657,4 +663,102 @@ class FeedbackReview(Base):
             "last_voted_at",
             postgresql_where=text("votes > 1"),
         ),
+    )
+
+
+class Job(Base):
+    """Long work run in its own process (quantize, evaluate, ...): state, progress, heartbeat.
+
+    Written only by app.jobs.store.JobStore.
+    """
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(Text, server_default=text("'queued'"))
+    progress: Mapped[float] = mapped_column(Double, server_default=text("0"))
+    log_tail: Mapped[str] = mapped_column(Text, server_default=text("''"))
+    params: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    started_by: Mapped[str] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    host: Mapped[str | None] = mapped_column(Text)
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Temporary files the job writes: removed by whoever finds the job dead.
+    scratch: Mapped[list[str]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
+
+    __table_args__ = (
+        CheckConstraint(
+            "state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')", name="state"
+        ),
+        CheckConstraint("progress >= 0 AND progress <= 1", name="progress"),
+        Index("ix_jobs_kind_created_at", "kind", "created_at"),
+        Index("ix_jobs_state", "state"),
+    )
+
+
+class Evaluation(Base):
+    """One measured metric of one model (perplexity, tokens/s, RSS ...), with its settings."""
+
+    __tablename__ = "evaluations"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    metric: Mapped[str] = mapped_column(Text)
+    value: Mapped[float] = mapped_column(Double)
+    unit: Mapped[str] = mapped_column(Text, server_default=text("''"))
+    settings: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    created_at: Mapped[datetime] = _now()
+
+    __table_args__ = (
+        Index("ix_evaluations_model_id_metric_created_at", "model_id", "metric", "created_at"),
+    )
+
+
+class Rollout(Base):
+    """A canary, promotion or rollback of an alias: who, when, what changed, the evidence.
+
+    Written only by app.rollouts.Rollouts.
+    """
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    alias: Mapped[str] = mapped_column(Text)
+    action: Mapped[str] = mapped_column(Text)
+    # No foreign key: the record outlives a deleted deployment.
+    candidate_deployment_id: Mapped[int | None] = mapped_column(BigInteger)
+    candidate_model_id: Mapped[int | None] = mapped_column(
+        ForeignKey("models.id", ondelete="SET NULL")
+    )
+    # [{deployment_id, model_id, model, weight, state}] of the alias before and after.
+    before: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
+    after: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
+    evaluation: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, server_default=text("'[]'::jsonb")
+    )
+    signals: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    decision_id: Mapped[int | None] = mapped_column(
+        ForeignKey("retraining_decisions.id", ondelete="SET NULL")
+    )
+    decided_by: Mapped[str] = mapped_column(Text)
+    note: Mapped[str] = mapped_column(Text, server_default=text("''"))
+    grace_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When a later action superseded this one (a canary promoted or rolled back, a
+    # promotion rolled back or its grace period over).
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _now()
+
+    __table_args__ = (
+        CheckConstraint(
+            "action IN ('canary', 'promote', 'rollback', 'auto_rollback')", name="action"
+        ),
+        Index("ix_rollouts_alias_created_at", "alias", "created_at"),
     )

@@ -10,6 +10,7 @@ import ctypes
 import logging
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import llama_cpp
@@ -34,8 +35,12 @@ class LlamaLog:
     installs a LlamaLog keeps it until restore().
     """
 
-    def __init__(self, max_errors: int = 20) -> None:
+    def __init__(
+        self, max_errors: int = 20, listener: Callable[[str], None] | None = None
+    ) -> None:
         self._errors: deque[str] = deque(maxlen=max_errors)
+        # Also given every line (a quantize job reads its progress from them).
+        self._listener = listener
         self._lock = threading.Lock()
         self._last_level = logging.DEBUG
         self._callback: Any = llama_cpp.llama_log_callback(self._on_log)
@@ -59,6 +64,8 @@ class LlamaLog:
             with self._lock:
                 self._errors.append(line)
         logger.log(py_level, "%s", line)
+        if self._listener is not None:
+            self._listener(line)
 
     def clear_errors(self) -> None:
         with self._lock:

@@ -55,6 +55,19 @@ def layers_offloaded(n_gpu_layers: int, n_layer: int, supported: bool) -> int:
     return all_layers if n_gpu_layers < 0 else min(n_gpu_layers, all_layers)
 
 
+def chat_formatter(llama: Any) -> Jinja2ChatFormatter | None:
+    """The formatter llama-cpp-python builds from the GGUF's chat template; None without one."""
+    template = llama.metadata.get("tokenizer.chat_template")
+    if not template:
+        return None
+    eos_id, bos_id = llama.token_eos(), llama.token_bos()
+    return Jinja2ChatFormatter(
+        template=template,
+        eos_token=llama._model.token_get_text(eos_id) if eos_id != -1 else "",
+        bos_token=llama._model.token_get_text(bos_id) if bos_id != -1 else "",
+    )
+
+
 def _load_reason(log: LlamaLog, exc: BaseException) -> str:
     lines = [line for line in log.errors() if not any(g in line for g in _GENERIC_ERRORS)]
     # "llama_model_load: error loading model: X" -> "X": the operator needs the reason.
@@ -69,17 +82,8 @@ class LoadedModel:
         self.llama = llama
         self.info = info
         self._log = log
-        template = llama.metadata.get("tokenizer.chat_template")
-        self._formatter: Jinja2ChatFormatter | None = None
-        if template:
-            eos_id, bos_id = llama.token_eos(), llama.token_bos()
-            # The same formatter llama-cpp-python builds from GGUF metadata; kept here so the
-            # prompt is tokenized (and checked against n_ctx) before it is queued.
-            self._formatter = Jinja2ChatFormatter(
-                template=template,
-                eos_token=llama._model.token_get_text(eos_id) if eos_id != -1 else "",
-                bos_token=llama._model.token_get_text(bos_id) if bos_id != -1 else "",
-            )
+        # Kept here so the prompt is tokenized (and checked against n_ctx) before it is queued.
+        self._formatter = chat_formatter(llama)
 
     def prepare(self, request: GenerationRequest) -> PreparedPrompt:
         """Apply the chat template and tokenize; raises BadRequest or PromptTooLong."""

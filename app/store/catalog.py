@@ -19,7 +19,7 @@ from app.db.bind import Bind, begin
 from app.db.tables import Deployment, Model
 from app.host_memory import free_bytes_for
 from app.store.estimate import default_slots, estimate_memory
-from app.store.gguf_file import InvalidGGUF, ModelLayout, read_gguf
+from app.store.gguf_file import GGUFInfo, InvalidGGUF, ModelLayout, read_gguf
 
 DEFAULT_ESTIMATE_CTX = 4096
 SUMMARY_COLUMNS = (
@@ -58,6 +58,27 @@ def sha256_file(path: Path, progress: ProgressCallback | None = None) -> str:
             if progress is not None:
                 progress(path.name, done, total)
     return digest.hexdigest()
+
+
+def _valid_row(info: GGUFInfo, sha256: str) -> dict[str, Any]:
+    """The `models` columns of a valid GGUF read from its header."""
+    return {
+        "status": "valid",
+        "error": None,
+        "sha256": sha256,
+        "architecture": info.architecture,
+        "parameter_count": info.parameter_count,
+        "file_type": info.file_type,
+        "quantization": info.quantization,
+        "context_length": info.context_length,
+        "block_count": info.block_count,
+        "embedding_length": info.embedding_length,
+        "head_count": info.head_count,
+        "head_count_kv": info.head_count_kv,
+        "has_chat_template": info.has_chat_template,
+        "chat_template_tools": info.chat_template_tools,
+        "layout": info.layout.to_json(),
+    }
 
 
 class ModelStore:
@@ -136,24 +157,43 @@ class ModelStore:
             row.update(status="invalid", error=f"unreadable: {exc}", sha256=None, layout=None)
             return self._upsert(name, path, row)
         report.hashed.append(name)
-        row.update(
-            status="valid",
-            error=None,
-            sha256=sha,
-            architecture=info.architecture,
-            parameter_count=info.parameter_count,
-            file_type=info.file_type,
-            quantization=info.quantization,
-            context_length=info.context_length,
-            block_count=info.block_count,
-            embedding_length=info.embedding_length,
-            head_count=info.head_count,
-            head_count_kv=info.head_count_kv,
-            has_chat_template=info.has_chat_template,
-            chat_template_tools=info.chat_template_tools,
-            layout=info.layout.to_json(),
-        )
+        row.update(_valid_row(info, sha))
         return self._upsert(name, path, row)
+
+    def place(
+        self,
+        source: Path,
+        name: str,
+        lineage: dict[str, Any],
+        progress: ProgressCallback | None = None,
+    ) -> Model:
+        """Validate a finished file, move it into the store under name (never overwriting)
+        and write its row with lineage (parent_id, recipe, created_by) in one step.
+
+        source is a temporary file in the store's file system; it is gone afterwards.
+        """
+        target = self.destination(name)
+        try:
+            info = read_gguf(source)
+        except InvalidGGUF as exc:
+            raise ModelStoreError(f"the new file is not a valid GGUF: {exc}") from exc
+        sha = sha256_file(source, progress)
+        stat = source.stat()
+        row = {"size_bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, **_valid_row(info, sha)}
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source, target)  # fails if the name appeared meanwhile: no overwrite
+        except FileExistsError as exc:
+            raise ModelStoreError(f"{self.name_of(target)} already exists") from exc
+        try:
+            self._upsert(name, target, {**row, **lineage})
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+        source.unlink(missing_ok=True)
+        placed = self.get(name)
+        assert placed is not None
+        return placed
 
     def _upsert(self, name: str, path: Path, row: dict[str, Any]) -> dict[str, Any]:
         values = {"name": name, "path": str(path), **row}

@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.config import Settings
 from app.db.database import Database
 from app.launcher import child_environment
+from app.rollouts import Rollouts
 from app.supervisor.errors import SupervisorError
 from app.supervisor.health import HealthServer, SupervisorStatus
 from app.supervisor.placement import lock_key
@@ -121,6 +122,7 @@ def run_supervisor(
     supervisor = Supervisor(settings, records, child_environment(settings, database))
     status = SupervisorStatus(node=settings.node_name, poll_s=settings.supervisor_poll_s)
     listener = Listener(database.url, settings.node_name)
+    rollouts = Rollouts(database.engine, settings)
     listener.open(wait_s=LOCK_WAIT_S)
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -149,6 +151,11 @@ def run_supervisor(
                 # /health turns 503 if it persists.
                 status.failed(repr(exc))
                 log.exception("reconciliation failed, retrying")
+            try:
+                # Canary guard and the end of promotions' grace periods (app/rollouts.py).
+                rollouts.tick()
+            except Exception:
+                log.exception("rollout guard failed, retrying")
             listener.wait(settings.supervisor_poll_s)
     finally:
         health.stop()

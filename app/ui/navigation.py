@@ -42,6 +42,7 @@ def build_navigation() -> st.navigation:  # type: ignore[valid-type]
                     icon=":material/rocket_launch:",
                 ),
                 st.Page(PAGES_DIR / "routing.py", title="Routing", icon=":material/alt_route:"),
+                st.Page(PAGES_DIR / "rollouts.py", title="Rollouts", icon=":material/swap_horiz:"),
             ],
             "Analyze": [
                 st.Page(
@@ -51,6 +52,9 @@ def build_navigation() -> st.navigation:  # type: ignore[valid-type]
                     PAGES_DIR / "feedback_review.py",
                     title="Feedback review",
                     icon=":material/rate_review:",
+                ),
+                st.Page(
+                    PAGES_DIR / "evaluation.py", title="Evaluation", icon=":material/speed:"
                 ),
                 st.Page(
                     PAGES_DIR / "retraining.py",

@@ -1,7 +1,7 @@
 """embeddings: embedding deployments and the semantic cache
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 Create Date: 2026-12-01
 
 - `models.chat_template_tools`: the GGUF's chat template renders tools (GET /v1/models/{id}
@@ -27,7 +27,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = "0011"
-down_revision = "0009"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 

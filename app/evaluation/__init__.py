@@ -1,0 +1,1 @@
+"""Measured profiles of models: size, memory against the estimate, speed, perplexity."""

@@ -1,0 +1,74 @@
+"""`herd eval`: parse in app/cli.py, work here."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+from typing import Any
+
+from app.config import Settings
+from app.db import migrate
+from app.db.database import Database
+from app.evaluation.metrics import Metric
+from app.evaluation.plan import EvalRequest, start_eval
+from app.evaluation.store import EvaluationStore
+from app.jobs.cli import follow_with_bars
+from app.jobs.store import JobStore
+from app.store.catalog import ModelStore
+from app.store.estimate import format_bytes
+
+
+def results_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The evaluation table as text lines."""
+    lines = [f"{'MODEL':44} {'TYPE':8} {'SIZE':>10} {'PPL':>9} {'PP t/s':>9} {'TG t/s':>8} "
+             f"{'RSS':>10} {'EST':>10} {'ERR%':>6}"]  # fmt: skip
+    for row in rows:
+
+        def num(metric: Metric, spec: str, row: dict[str, Any] = row) -> str:
+            value = row.get(metric.value)
+            return "-" if value is None else format(value, spec)
+
+        lines.append(
+            f"{row['model'][:44]:44} {(row['file_type'] or '-')[:8]:8} "
+            f"{format_bytes(row.get(Metric.SIZE.value)):>10} {num(Metric.PERPLEXITY, '.4f'):>9} "
+            f"{num(Metric.PREFILL, '.1f'):>9} {num(Metric.DECODE, '.1f'):>8} "
+            f"{format_bytes(row.get(Metric.RSS_PEAK.value)):>10} "
+            f"{format_bytes(row.get(Metric.RSS_ESTIMATE.value)):>10} "
+            f"{num(Metric.RSS_ERROR, '+.1f'):>6}"
+        )
+    return lines
+
+
+def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
+    request = EvalRequest(
+        models=tuple(args.models), text_path=args.text, n_ctx=args.ctx, threads=args.threads,
+        n_prompt=args.pp, n_gen=args.tg, repeats=args.repeats,
+    )  # fmt: skip
+    with Database.open(settings) as db:
+        migrate.upgrade(db.url)
+        jobs = JobStore(db.engine)
+        store = ModelStore(db.engine, settings.models_path)
+        job_id = start_eval(settings, store, jobs, request, args.by or getpass.getuser())
+        print(f"started job {job_id}", flush=True)
+        if args.no_wait:
+            return 0
+        status = follow_with_bars(settings, jobs, [job_id])
+        rows = [r for r in EvaluationStore(db.engine).latest() if r["model"] in args.models]
+        for line in results_lines(rows):
+            print(line, flush=True)
+        return status
+
+
+def add_command(sub: Any, command: Any) -> None:
+    """Hook `herd eval` into the `herd` parser."""
+    p = command(sub, "eval", cmd_eval,
+                "measure models: size, memory, speed (pp/tg), perplexity, as a job")  # fmt: skip
+    p.add_argument("models", nargs="+", help="model names in the store")
+    p.add_argument("--text", default=None, help="UTF-8 text for perplexity (default: shipped)")
+    p.add_argument("--ctx", type=int, default=512, help="context and window size (default 512)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    p.add_argument("--pp", type=int, default=512, help="prompt tokens for prefill speed")
+    p.add_argument("--tg", type=int, default=128, help="tokens generated for decode speed")
+    p.add_argument("--repeats", type=int, default=2, help="speed runs after a warm-up")
+    p.add_argument("--by", default=None, help="who starts it (default: the OS user)")
+    p.add_argument("--no-wait", action="store_true", help="start and return")

@@ -1,0 +1,134 @@
+"""The evaluation job: runs in its own process (`herd jobs run ID`), one model at a time.
+
+Per model: file size; peak RSS while loaded and measured, above the process's RSS before
+loading (so the Python runtime is not counted), next to Herd's estimate (CPU, the same n_ctx)
+with the error in %; llama-bench-style pp/tg tokens/s; llama-perplexity-style perplexity.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from app.engine.errors import ModelLoadError
+from app.engine.measure import Measured, MeasureError
+from app.evaluation.metrics import Metric
+from app.evaluation.plan import EvalRefused, EvalRequest, check_eval, ram_estimate, read_text
+from app.evaluation.references import digest, reference_set
+from app.evaluation.store import EvaluationStore
+from app.jobs.runner import JobContext, JobFailed
+from app.store.catalog import ModelStore
+
+RSS_SAMPLE_S = 0.02
+REFERENCE_LIMIT = 200
+
+
+class PeakRss:
+    """Samples this process's RSS in a thread; the highest seen."""
+
+    def __init__(self) -> None:
+        self._process = psutil.Process()
+        self.peak = self._process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(RSS_SAMPLE_S):
+            self.peak = max(self.peak, self._process.memory_info().rss)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss)
+
+
+def run(ctx: JobContext) -> dict[str, Any]:
+    request = EvalRequest.from_params(ctx.params)
+    store = ModelStore(ctx.db.engine, ctx.settings.models_path)
+    try:
+        check_eval(store, request)
+        text, text_sha = read_text(request.text)
+    except EvalRefused as exc:
+        raise JobFailed(str(exc)) from exc
+    settings = {
+        "n_ctx": request.n_ctx,
+        "threads": request.thread_count,
+        "n_gpu_layers": 0,
+        "text": request.text.name,
+        "text_sha256": text_sha,
+        "pp": request.n_prompt,
+        "tg": request.n_gen,
+        "repeats": request.repeats,
+    }
+    evaluations = EvaluationStore(ctx.db.engine)
+    references = reference_set(ctx.db.engine, REFERENCE_LIMIT)
+    settings["references"] = len(references)
+    settings["references_sha256"] = digest(references)
+    results: dict[str, Any] = {}
+    share = 1 / len(request.models)
+    for k, name in enumerate(request.models):
+        ctx.check_cancel()
+        model = store.get(name)
+        assert model is not None and model.layout is not None  # checked above
+        ctx.log(f"{name}: loading (context {request.n_ctx}, {request.thread_count} threads)")
+        baseline = psutil.Process().memory_info().rss
+        try:
+            with PeakRss() as rss, Measured(Path(model.path), request.n_ctx,
+                                            request.thread_count) as measured:  # fmt: skip
+                tokens = measured.tokenize(text)
+                started = time.monotonic()
+                speed = measured.speed(
+                    min(request.n_prompt, request.n_ctx),
+                    min(request.n_gen, request.n_ctx),
+                    request.repeats,
+                )
+                ctx.log(f"{name}: pp{speed.n_prompt} {speed.prefill_tps:.1f} tokens/s, "
+                        f"tg{speed.n_gen} {speed.decode_tps:.1f} tokens/s")  # fmt: skip
+                ctx.set_progress(share * (k + 0.3))
+
+                def window(done: int, total: int, k: int = k) -> None:
+                    ctx.set_progress(share * (k + 0.3 + 0.7 * done / total))
+                    ctx.check_cancel()
+
+                ppl = measured.perplexity(tokens, window)
+                loglik, scored = 0.0, 0
+                for ref in references:
+                    prompt, answer = measured.chat_tokens(ref.messages, ref.answer)
+                    if len(answer) >= request.n_ctx:
+                        continue  # an answer longer than the context cannot be scored whole
+                    total, n = measured.mean_loglik(prompt, answer)
+                    loglik, scored = loglik + total, scored + n
+                seconds = time.monotonic() - started
+        except (ModelLoadError, MeasureError) as exc:
+            raise JobFailed(f"{name}: {exc}") from exc
+        peak = rss.peak - baseline
+        estimate = ram_estimate(model.layout, request.n_ctx)
+        values = {
+            Metric.SIZE: float(model.size_bytes),
+            Metric.RSS_PEAK: float(peak),
+            Metric.RSS_ESTIMATE: float(estimate),
+            Metric.RSS_ERROR: 100.0 * (estimate - peak) / peak if peak > 0 else 0.0,
+            Metric.PREFILL: speed.prefill_tps,
+            Metric.DECODE: speed.decode_tps,
+            Metric.PERPLEXITY: ppl.perplexity,
+        }
+        if scored:
+            values[Metric.REFERENCE_LOGLIK] = loglik / scored
+        model_settings = {**settings, "tokens_scored": ppl.tokens_scored,
+                          "windows": ppl.windows, "nll_stderr": ppl.nll_stderr,
+                          "reference_tokens": scored}  # fmt: skip
+        evaluations.record(model.id, values, model_settings, ctx.job.id)
+        ctx.log(f"{name}: perplexity {ppl.perplexity:.4f} over {ppl.tokens_scored} tokens "
+                f"({ppl.windows} windows); peak RSS {peak} bytes, estimate {estimate}; "
+                f"{seconds:.1f} s")  # fmt: skip
+        results[name] = {metric.value: value for metric, value in values.items()}
+        ctx.set_progress(share * (k + 1))
+    return {"models": results, "settings": settings}

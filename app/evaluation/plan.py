@@ -1,0 +1,126 @@
+"""Evaluation requests: checked before the job starts (models valid, the text readable, each
+model small enough for this machine's free memory by the project's estimate)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from app.config import Settings
+from app.jobs.kinds import JobKind
+from app.jobs.spawn import spawn_job
+from app.jobs.store import JobStore
+from app.store.catalog import ModelStore
+from app.store.estimate import estimate_memory, format_bytes
+from app.store.gguf_file import ModelLayout
+
+DEFAULT_TEXT = Path(__file__).parent / "texts" / "herd-eval.txt"
+MAX_TEXT_BYTES = 64 * 1024 * 1024
+
+
+class EvalRefused(ValueError):
+    """An evaluation that cannot run as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """Which models, on which text, with which context and threads."""
+
+    models: tuple[str, ...]
+    text_path: str | None = None
+    n_ctx: int = 512
+    threads: int | None = None
+    n_prompt: int = 512
+    n_gen: int = 128
+    repeats: int = 2
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "models": list(self.models),
+            "text_path": self.text_path,
+            "n_ctx": self.n_ctx,
+            "threads": self.threads,
+            "n_prompt": self.n_prompt,
+            "n_gen": self.n_gen,
+            "repeats": self.repeats,
+        }
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> EvalRequest:
+        return cls(
+            models=tuple(params["models"]),
+            text_path=params.get("text_path"),
+            n_ctx=int(params.get("n_ctx") or 512),
+            threads=params.get("threads"),
+            n_prompt=int(params.get("n_prompt") or 512),
+            n_gen=int(params.get("n_gen") or 128),
+            repeats=int(params.get("repeats") or 2),
+        )
+
+    @property
+    def text(self) -> Path:
+        return Path(self.text_path) if self.text_path else DEFAULT_TEXT
+
+    @property
+    def thread_count(self) -> int:
+        return self.threads or os.cpu_count() or 1
+
+
+def read_text(path: Path) -> tuple[str, str]:
+    """(text, sha256) of an evaluation text; EvalRefused if it cannot be used."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_TEXT_BYTES:
+            raise EvalRefused(f"{path} is {format_bytes(size)}; the limit is 64 MiB")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise EvalRefused(f"cannot read the evaluation text {path}: {exc}") from exc
+    try:
+        return data.decode("utf-8"), hashlib.sha256(data).hexdigest()
+    except UnicodeDecodeError as exc:
+        raise EvalRefused(f"{path} is not UTF-8 text: {exc}") from exc
+
+
+def ram_estimate(layout: dict[str, Any], n_ctx: int) -> int:
+    """Herd's memory estimate for a model on the CPU at n_ctx (what Deployments shows)."""
+    return estimate_memory(ModelLayout.from_json(layout), 0, n_ctx).ram_bytes
+
+
+def check_eval(
+    store: ModelStore, request: EvalRequest, available_bytes: int | None = None
+) -> None:
+    """Refuse a request that cannot run, before any job starts."""
+    if not request.models:
+        raise EvalRefused("choose at least one model")
+    if request.n_ctx < 16:
+        raise EvalRefused(f"context {request.n_ctx} is too small (at least 16)")
+    read_text(request.text)
+    free = available_bytes if available_bytes is not None else psutil.virtual_memory().available
+    for name in request.models:
+        model = store.get(name)
+        if model is None:
+            raise EvalRefused(f"no model {name!r} in the store")
+        if model.status != "valid" or model.layout is None:
+            raise EvalRefused(f"{name} is {model.status}: {model.error}")
+        needed = ram_estimate(model.layout, request.n_ctx)
+        if needed > free:
+            raise EvalRefused(
+                f"{name} does not fit in memory: the estimate at context {request.n_ctx} is "
+                f"{needed} bytes ({format_bytes(needed)}), {free} bytes "
+                f"({format_bytes(free)}) are available"
+            )
+
+
+def start_eval(
+    settings: Settings, store: ModelStore, jobs: JobStore, request: EvalRequest, started_by: str
+) -> int:
+    """Check the request, then start the evaluation job; its id."""
+    check_eval(store, request)
+    job_id = jobs.create(JobKind.EVALUATE, request.params(), started_by)
+    spawn_job(settings, job_id)
+    return job_id

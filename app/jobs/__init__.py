@@ -1,0 +1,6 @@
+"""Long work that outlives the page or command that started it, run in its own process.
+
+`store.JobStore` writes the `jobs` table; `runner.run_job` runs one job in this process
+(`herd jobs run ID`) with heartbeats and cancellation; `spawn.spawn_job` starts that command
+detached. A job kind is a `JobKind` whose handler module has `run(ctx) -> dict`.
+"""

@@ -1,0 +1,151 @@
+"""`herd jobs ...` and `herd models quantize`: parse in app/cli.py, work here."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+from typing import Any
+
+from tqdm import tqdm
+
+from app.compress.quantize import QuantizeRequest, parse_layers, start_quantize
+from app.config import Settings
+from app.db import migrate
+from app.db.database import Database
+from app.jobs.follow import follow, restart
+from app.jobs.runner import run_job
+from app.jobs.store import JobStore, JobView
+from app.store.catalog import ModelStore
+
+
+def _print(message: str) -> None:
+    print(message, flush=True)
+
+
+def follow_with_bars(settings: Settings, store: JobStore, ids: list[int]) -> int:
+    bars: dict[int, tqdm[Any]] = {}
+    for position, job_id in enumerate(ids):
+        job = store.get(job_id)
+        label = job.params.get("target") or f"{job.kind} {job_id}"
+        bars[job_id] = tqdm(total=100, desc=f"job {job_id} {label}", position=position,
+                            unit="%", bar_format="{l_bar}{bar}| {n:.0f}%")  # fmt: skip
+
+    def update(view: JobView) -> None:
+        bar = bars[view.id]
+        bar.update(round(view.progress * 100, 1) - bar.n)
+
+    try:
+        final = follow(settings, store, ids, update)
+    except KeyboardInterrupt:
+        for bar in bars.values():
+            bar.close()
+        _print("stopped following; the jobs go on (`herd jobs list`, `herd jobs cancel ID`)")
+        return 130
+    for bar in bars.values():
+        bar.close()
+    failed = 0
+    for view in final:
+        if view.state == "succeeded":
+            _print(f"job {view.id} succeeded: {json.dumps(view.result)}")
+        else:
+            failed += 1
+            _print(f"job {view.id} {view.state}: {view.error}")
+    return 1 if failed else 0
+
+
+def cmd_models_quantize(settings: Settings, args: argparse.Namespace) -> int:
+    layers = parse_layers(args.prune_layers or "")
+    requests = [
+        QuantizeRequest(args.source, ftype, layers, args.allow_requantize, args.threads or 0)
+        for ftype in args.type
+    ]
+    with Database.open(settings) as db:
+        migrate.upgrade(db.url)
+        store = JobStore(db.engine)
+        ids = start_quantize(
+            settings, ModelStore(db.engine, settings.models_path), store, requests,
+            args.by or getpass.getuser(),
+        )  # fmt: skip
+        _print("started " + ", ".join(f"job {i}" for i in ids))
+        if args.no_wait:
+            return 0
+        return follow_with_bars(settings, store, ids)
+
+
+def cmd_jobs_run(settings: Settings, args: argparse.Namespace) -> int:
+    job = run_job(settings, args.job_id)
+    _print(f"job {job.id} {job.state}" + (f": {job.error}" if job.error else ""))
+    return 0 if job.state == "succeeded" else 1
+
+
+def cmd_jobs_list(settings: Settings, args: argparse.Namespace) -> int:
+    with Database.open(settings) as db:
+        migrate.upgrade(db.url)
+        store = JobStore(db.engine)
+        store.reap_stale(settings.job_stale_s)
+        jobs = store.recent(args.kind, args.limit)
+    if args.json:
+        _print(json.dumps([job.__dict__ for job in jobs], indent=2, default=str))
+        return 0
+    for job in jobs:
+        what = job.params.get("target") or ""
+        _print(f"{job.id:>6} {job.kind:10} {job.state:10} {job.progress * 100:5.1f}% "
+               f"{job.started_by:12} {what} {job.error or ''}")  # fmt: skip
+    return 0
+
+
+def cmd_jobs_cancel(settings: Settings, args: argparse.Namespace) -> int:
+    with Database.open(settings) as db:
+        migrate.upgrade(db.url)
+        job = JobStore(db.engine).request_cancel(args.job_id)
+    _print(f"job {job.id}: " + ("cancelled" if job.finished else "cancel requested"))
+    return 0
+
+
+def cmd_jobs_restart(settings: Settings, args: argparse.Namespace) -> int:
+    with Database.open(settings) as db:
+        migrate.upgrade(db.url)
+        store = JobStore(db.engine)
+        new_id = restart(settings, store, args.job_id, args.by or getpass.getuser())
+        _print(f"started job {new_id} (again of job {args.job_id})")
+        if args.no_wait:
+            return 0
+        return follow_with_bars(settings, store, [new_id])
+
+
+def add_commands(sub: Any, models: Any, command: Any) -> None:
+    """Hook the job commands into the `herd` parser."""
+    quantize = command(
+        models,
+        "quantize",
+        cmd_models_quantize,
+        "write quantized (and layer-pruned) variants of a model, as jobs",
+    )
+    quantize.add_argument("source", help="the model's name in the store")
+    quantize.add_argument(
+        "--type", action="append", required=True, help="file type, e.g. Q4_K_M (repeatable)"
+    )
+    quantize.add_argument("--prune-layers", default=None, help="layers to drop, e.g. 3,7")
+    quantize.add_argument(
+        "--allow-requantize", action="store_true", help="allow an already quantized source"
+    )
+    quantize.add_argument("--threads", type=int, default=None, help="threads (default: all)")
+    quantize.add_argument("--by", default=None, help="who starts it (default: the OS user)")
+    quantize.add_argument("--no-wait", action="store_true", help="start and return")
+
+    jobs = sub.add_parser("jobs", help="background jobs").add_subparsers(
+        dest="jobs_command", required=True, metavar="COMMAND"
+    )
+    run = command(jobs, "run", cmd_jobs_run, "run a queued job in this process")
+    run.add_argument("job_id", type=int)
+    listing = command(jobs, "list", cmd_jobs_list, "the newest jobs")
+    listing.add_argument("--kind", default=None, help="only this kind, e.g. quantize")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    cancel = command(jobs, "cancel", cmd_jobs_cancel, "cancel a queued or running job")
+    cancel.add_argument("job_id", type=int)
+    again = command(jobs, "restart", cmd_jobs_restart, "start a failed or cancelled job again")
+    again.add_argument("job_id", type=int)
+    again.add_argument("--by", default=None, help="who starts it (default: the OS user)")
+    again.add_argument("--no-wait", action="store_true", help="start and return")

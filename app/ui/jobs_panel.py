@@ -1,0 +1,72 @@
+"""A live list of background jobs: progress bars, log tails, cancel and start-again buttons.
+
+It reads the `jobs` table on every refresh, so it shows the same state after a page reload,
+in another browser, or for a job started from the CLI.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app.jobs.follow import restart
+from app.jobs.store import JobError, JobStore, JobView
+from app.ui import resources
+
+REFRESH_S = 1.0
+
+
+def job_store() -> JobStore:
+    return JobStore(resources.database().engine)
+
+
+def _label(job: JobView) -> str:
+    target = job.params.get("target") or job.params.get("models") or ""
+    return f"Job {job.id} · {job.kind} {target} · {job.state} · by {job.started_by}"
+
+
+def _show(job: JobView, store: JobStore, operator: str | None) -> None:
+    with st.container(border=True):
+        st.markdown(f"**{_label(job)}**")
+        if job.state in ("queued", "running"):
+            text = "cancelling ..." if job.cancel_requested else f"{job.progress * 100:.0f}%"
+            st.progress(job.progress, text=text)
+        elif job.state == "succeeded":
+            st.success(f"Succeeded: {job.result}")
+        else:
+            st.error(f"{job.state.capitalize()}: {job.error}")
+        if job.log_tail:
+            with st.expander("Log"):
+                st.code(job.log_tail, language=None)
+        if operator is None:
+            return
+        if (
+            not job.finished
+            and not job.cancel_requested
+            and st.button("Cancel", key=f"job_cancel_{job.id}")
+        ):
+            try:
+                store.request_cancel(job.id)
+            except JobError as exc:
+                st.error(str(exc))
+        if job.state in ("failed", "cancelled") and st.button(
+            "Start again", key=f"job_restart_{job.id}"
+        ):
+            try:
+                new_id = restart(resources.settings(), store, job.id, operator)
+                st.info(f"Started job {new_id}.")
+            except JobError as exc:
+                st.error(str(exc))
+
+
+@st.fragment(run_every=REFRESH_S)
+def jobs_panel(kind: str, operator: str | None, limit: int = 10) -> None:
+    """The newest jobs of one kind; operator None shows them without buttons."""
+    with resources.database_errors():
+        store = job_store()
+        store.reap_stale(resources.settings().job_stale_s)
+        jobs = store.recent(kind, limit)
+    if not jobs:
+        st.caption("No jobs yet.")
+        return
+    for job in jobs:
+        _show(job, store, operator)

@@ -1,0 +1,38 @@
+"""Rollout controls shared by the Rollouts and Retraining pages."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app.deployments import DeploymentError
+from app.rollouts import RolloutError, Rollouts
+from app.ui import resources
+from app.ui.changes import run_change, show_confirmation
+
+FLASH = "rollout_flash"
+REFUSED = (RolloutError, DeploymentError)
+
+
+def rollouts() -> Rollouts:
+    return Rollouts(resources.database().engine, resources.settings())
+
+
+def execute_rollback_button(alias: str, decision_id: int, operator: str) -> None:
+    """Offer to execute a recorded 'rollback' decision on its alias, when one is open."""
+    show_confirmation(FLASH)
+    manager = rollouts()
+    with resources.database_errors():
+        action = manager.open_action(alias)
+    if action is None:
+        st.caption(f"`{alias}` has no open canary or promotion to roll back.")
+        return
+    if st.button(f"Execute this rollback on `{alias}`", key=f"execute_rollback_{decision_id}"):
+        run_change(
+            FLASH,
+            f"roll back {alias}",
+            lambda: manager.rollback(
+                alias, operator, decision_id=decision_id, note=f"executes decision #{decision_id}"
+            ),
+            refused=REFUSED,
+            done=f"the {action.action} #{action.id} is undone",
+        )

@@ -1,0 +1,96 @@
+"""Evaluation: measure models (as a job) and compare size, speed and perplexity."""
+
+import streamlit as st
+
+from app.accounts import Role
+from app.evaluation.metrics import Metric
+from app.evaluation.plan import EvalRefused, EvalRequest, start_eval
+from app.evaluation.store import EvaluationStore
+from app.jobs.kinds import JobKind
+from app.store.estimate import format_bytes
+from app.ui import auth, resources
+from app.ui.charts import PLOTLY_CONFIG
+from app.ui.evaluation_charts import pareto_scatter
+from app.ui.jobs_panel import job_store, jobs_panel
+
+operator = auth.require_role(Role.VIEWER)
+st.title("Evaluation")
+st.caption(
+    "Each model measured on this machine with the same threads and context: file size, peak "
+    "RSS next to Herd's estimate, prefill/decode tokens/s (like llama-bench pp/tg), and "
+    "perplexity over an evaluation text (windows of the context size, second half scored, "
+    "as llama-perplexity does)."
+)
+store = resources.model_store()
+with resources.database_errors():
+    models = [m for m in store.list() if m.status == "valid"]
+    results = EvaluationStore(resources.database().engine).latest()
+
+can_change = operator.role.allows(Role.OPERATOR)
+if can_change and models:
+    with st.form("evaluate"):
+        chosen = st.multiselect("Models", [m.name for m in models], key="eval_models")
+        cols = st.columns(3)
+        n_ctx = cols[0].number_input("Context (tokens)", min_value=16, value=512, key="eval_ctx")
+        threads = cols[1].number_input("Threads (0: all)", min_value=0, value=0, key="eval_threads")
+        text_path = cols[2].text_input(
+            "Evaluation text on the server (optional)", key="eval_text",
+            help="UTF-8 text; default: the text shipped with Herd (about 3,800 tokens).",
+        )  # fmt: skip
+        start = st.form_submit_button("Evaluate")
+    if start:
+        request = EvalRequest(
+            tuple(chosen), text_path or None, int(n_ctx), int(threads) or None
+        )
+        try:
+            with resources.database_errors():
+                job_id = start_eval(resources.settings(), store, job_store(), request,
+                                    operator.name)  # fmt: skip
+            st.success(f"Started job {job_id}.")
+        except EvalRefused as exc:
+            st.error(f"Cannot evaluate: {exc}")
+jobs_panel(JobKind.EVALUATE.value, operator.name if can_change else None, limit=5)
+
+st.subheader("Results")
+if not results:
+    st.info("No evaluations yet.")
+else:
+    table = []
+    for row in results:
+        table.append(
+            {
+                "model": row["model"],
+                "type": row["file_type"],
+                "size": format_bytes(row.get(Metric.SIZE.value)),
+                "perplexity": row.get(Metric.PERPLEXITY.value),
+                "prefill tokens/s": row.get(Metric.PREFILL.value),
+                "decode tokens/s": row.get(Metric.DECODE.value),
+                "peak RSS": format_bytes(row.get(Metric.RSS_PEAK.value)),
+                "estimate": format_bytes(row.get(Metric.RSS_ESTIMATE.value)),
+                "estimate error %": row.get(Metric.RSS_ERROR.value),
+                "reference log-lik/token": row.get(Metric.REFERENCE_LOGLIK.value),
+                "context": (row["settings"] or {}).get("n_ctx"),
+                "threads": (row["settings"] or {}).get("threads"),
+                "evaluated": row["evaluated_at"],
+            }
+        )
+    st.dataframe(table, hide_index=True, width="stretch")
+    contexts = {(r["settings"] or {}).get("n_ctx") for r in results}
+    if len(contexts) > 1:
+        st.warning(f"Models were measured at different contexts {sorted(contexts)}; "
+                   "compare perplexity only at the same one.")  # fmt: skip
+    left, right = st.columns(2)
+    left.plotly_chart(
+        pareto_scatter(results, Metric.SIZE.value, Metric.PERPLEXITY.value,
+                       title="Size vs perplexity", x_title="file size (bytes)",
+                       y_title="perplexity"),
+        config=PLOTLY_CONFIG, key="chart_size_ppl",
+    )  # fmt: skip
+    right.plotly_chart(
+        pareto_scatter(results, Metric.DECODE.value, Metric.PERPLEXITY.value,
+                       title="Decode speed vs perplexity", x_title="decode tokens/s",
+                       y_title="perplexity", maximize_x=True),
+        config=PLOTLY_CONFIG, key="chart_speed_ppl",
+    )  # fmt: skip
+    st.caption("Stars and the dashed line: the Pareto front (no other model is both smaller "
+               "or faster and lower in perplexity).")  # fmt: skip

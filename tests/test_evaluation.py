@@ -1,0 +1,100 @@
+"""Evaluation jobs on the real demo model: metrics stored per model, refusals, the Pareto front."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from app.config import Settings
+from app.db.database import Database
+from app.evaluation.metrics import Metric
+from app.evaluation.pareto import pareto_front
+from app.evaluation.plan import EvalRefused, EvalRequest, check_eval
+from app.evaluation.store import EvaluationStore
+from app.jobs.store import JobStore
+from app.store.catalog import ModelStore
+from app.store.demo import add_demo_model
+from tests.analytics_data import insert_feedback, insert_messages, insert_requests, request_row
+from tests.conftest import run_herd
+
+
+def test_eval_measures_the_demo_model_and_stores_one_row_per_metric(
+    database: Database, models_dir: Path, herd_env: dict[str, str], tmp_path: Path
+) -> None:
+    store = ModelStore(database.engine, models_dir)
+    demo = add_demo_model(store)
+    # One thumbs-up answer: the reference set the job scores each model on.
+    now = datetime.now(UTC)
+    liked = request_row(now, alias="smol", model_id=demo.id)
+    insert_requests(database.engine, [liked])
+    insert_messages(database.engine, [{
+        "request_id": liked["id"], "created_at": now,
+        "prompt": [{"role": "user", "content": "What is the capital of France?"}],
+        "response": "The capital of France is Paris."}])  # fmt: skip
+    insert_feedback(database.engine, [{"request_id": liked["id"], "rating": 1,
+                                       "created_at": now, "updated_at": now}])  # fmt: skip
+    # Small settings keep this quick on a busy CI machine; bench/ runs the real ones.
+    done = run_herd("eval", demo.name, "--ctx", "64", "--threads", "1", "--pp", "32",
+                    "--tg", "8", "--repeats", "1", "--by", "ann", env=herd_env,
+                    timeout_s=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "PPL" in done.stdout and demo.name[:40] in done.stdout
+    with database.engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT metric, value, settings FROM evaluations WHERE model_id = :m"),
+            {"m": demo.id},
+        ).all()
+    values = {metric: value for metric, value, _ in rows}
+    assert set(values) == {m.value for m in Metric}
+    assert -20 < values[Metric.REFERENCE_LOGLIK] < 0  # mean log-probability per answer token
+    assert values[Metric.SIZE] == demo.size_bytes
+    assert 1 < values[Metric.PERPLEXITY] < 1000 and math.isfinite(values[Metric.PERPLEXITY])
+    assert values[Metric.PREFILL] > 0 and values[Metric.DECODE] > 0
+    # The weights are mmapped and read while measuring: RSS grows by at least most of them.
+    assert values[Metric.RSS_PEAK] > 0.5 * demo.size_bytes
+    settings = rows[0][2]
+    assert settings["n_ctx"] == 64 and settings["threads"] == 1
+    assert settings["text"] == "herd-eval.txt" and len(settings["text_sha256"]) == 64
+    assert settings["windows"] == settings["tokens_scored"] // 31
+    assert settings["references"] == 1 and settings["reference_tokens"] > 3
+    [latest] = EvaluationStore(database.engine).latest()
+    assert latest["model"] == demo.name and latest[Metric.PERPLEXITY] == values[Metric.PERPLEXITY]
+
+    # The same settings on a text too short for two windows: the job fails and says why.
+    short = tmp_path / "short.txt"
+    short.write_text("Too short to measure.", encoding="utf-8")
+    failed = run_herd("eval", demo.name, "--ctx", "64", "--text", str(short), "--threads", "1",
+                      "--pp", "16", "--tg", "4", "--repeats", "1", env=herd_env)  # fmt: skip
+    assert failed.returncode == 1
+    [job] = [j for j in JobStore(database.engine).recent("evaluate") if j.state == "failed"]
+    assert "needs at least 128" in (job.error or "")
+
+
+def test_evaluating_a_model_that_does_not_fit_is_refused_with_the_estimate(
+    database: Database, models_dir: Path, settings: Settings, tmp_path: Path
+) -> None:
+    store = ModelStore(database.engine, models_dir)
+    demo = add_demo_model(store)
+    request = EvalRequest((demo.name,))
+    with pytest.raises(EvalRefused, match=r"does not fit in memory: the estimate at context 512"):
+        check_eval(store, request, available_bytes=10 * 1024 * 1024)
+    with pytest.raises(EvalRefused, match="no model"):
+        check_eval(store, EvalRequest(("missing.gguf",)))
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(EvalRefused, match="not UTF-8"):
+        check_eval(store, EvalRequest((demo.name,), text_path=str(binary)))
+    check_eval(store, request)  # this machine has room for 135M parameters
+
+
+def test_pareto_front_keeps_the_models_nothing_beats_on_both() -> None:
+    # (size, perplexity): smaller and lower are better.
+    points = [(100.0, 20.0), (150.0, 19.0), (120.0, 21.0), (80.0, 25.0), (150.0, 19.0)]
+    assert pareto_front(points) == [0, 1, 3, 4]
+    # (decode tokens/s, perplexity): faster is better.
+    speed = [(50.0, 20.0), (40.0, 19.0), (30.0, 22.0)]
+    assert pareto_front(speed, maximize_x=True) == [0, 1]

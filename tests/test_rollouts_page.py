@@ -1,0 +1,91 @@
+"""The Rollouts page and the Retraining page's 'execute rollback', with AppTest."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app.accounts import LoggedIn, Role
+from app.analytics.decisions import record_decision
+from app.config import Settings
+from app.db.database import Database
+from app.deployments import Deployments, ServingSettings
+from app.rollouts import Rollouts
+from app.store.catalog import ModelStore
+from app.ui.auth import SESSION_KEY
+from tests.conftest import REPO_ROOT
+
+
+@pytest.fixture
+def served(
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings,
+    database: Database,
+    models_dir: Path,
+    tiny_gguf: Callable[..., Path],
+) -> Rollouts:
+    monkeypatch.setenv("HERD_DATABASE_URL", str(settings.database_url))
+    monkeypatch.setenv("HERD_MODELS_DIR", str(models_dir))
+    monkeypatch.setenv("HERD_HOME", str(settings.home))
+    store = ModelStore(database.engine, models_dir)
+    store.add(tiny_gguf("v1.gguf"))
+    store.add(tiny_gguf("v2.gguf"))
+    Deployments(database.engine).create("smol", ServingSettings("v1.gguf", n_ctx=256), replicas=0)
+    return Rollouts(database.engine, settings)
+
+
+def _page(name: str, role: Role = Role.OPERATOR) -> AppTest:
+    app = AppTest.from_file(str(REPO_ROOT / "pages" / name), default_timeout=60)
+    app.session_state[SESSION_KEY] = LoggedIn("olivia", role)
+    app.run()
+    assert not app.exception, app.exception
+    return app
+
+
+def test_canary_promote_rollback_from_the_page(served: Rollouts) -> None:
+    app = _page("rollouts.py")
+    app.selectbox(key="canary_model").select("v2.gguf")
+    app.number_input(key="canary_percent").set_value(20)
+    app.button(key="FormSubmitter:canary-Start canary").click().run()
+    assert not app.exception, app.exception
+    assert "20% of the traffic" in app.success[0].value
+    shares = {row["model"]: row["share"] for _, row in app.dataframe[0].value.iterrows()}
+    assert shares == {"v1.gguf": "80%", "v2.gguf": "20%"}
+
+    app.button(key="promote").click().run()
+    assert "all the traffic" in app.success[0].value
+    app.button(key="rollback").click().run()
+    assert "previous version is back" in app.success[0].value
+    weights = {d["model"]: (d["weight"], d["state"]) for d in served.snapshot("smol")}
+    assert weights == {"v1.gguf": (100, "active"), "v2.gguf": (0, "stopped")}
+    history = app.dataframe[-1].value
+    assert list(history["action"]) == ["rollback", "promote", "canary"]
+    assert set(history["by"]) == {"olivia"}
+
+    viewer = _page("rollouts.py", Role.VIEWER)
+    assert not [b for b in viewer.button if b.label in ("Promote", "Roll back")]
+    with pytest.raises(KeyError):
+        viewer.selectbox(key="canary_model")
+
+
+def test_a_recorded_rollback_decision_is_executed_from_the_retraining_page(
+    served: Rollouts, database: Database
+) -> None:
+    served.canary("smol", "v2.gguf", 50, "alice")
+    served.promote("smol", "alice")
+    now = datetime.now(UTC)
+    decision = record_decision(
+        database.engine, model_id=None, alias="smol", decision="rollback", decided_by="bob",
+        period_start=now - timedelta(days=1), period_end=now,
+    )  # fmt: skip
+    app = _page("retraining.py")
+    app.button(key=f"execute_rollback_{decision}").click().run()
+    assert not app.exception, app.exception
+    [rollback] = [h for h in served.history("smol") if h["action"] == "rollback"]
+    assert (rollback["decision_id"], rollback["decided_by"]) == (decision, "olivia")
+    weights = {d["model"]: d["weight"] for d in served.snapshot("smol")}
+    assert weights == {"v1.gguf": 100, "v2.gguf": 0}
