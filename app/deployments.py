@@ -69,7 +69,7 @@ class UnknownDeploymentError(DeploymentError):
     """No deployment has that id."""
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class ServingSettings(ServingParams):
     """How each replica runs: the model (store name) and llama.cpp's settings."""
 

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.db.tables import Deployment, Model, Rollout
 from app.deployments import Deployments, ServingSettings
+from app.engine.serving import serving_values_from
 from app.evaluation.store import EvaluationStore
 
 # Serialises rollout changes (and the guard run by several supervisors) across processes.
@@ -153,10 +154,8 @@ class Rollouts:
         with Session(self.engine) as session:
             base = session.get(Deployment, current[0]["deployment_id"])
             assert base is not None
-            serving = ServingSettings(
-                model=model, n_gpu_layers=base.n_gpu_layers, n_ctx=base.n_ctx,
-                parallel=base.parallel, threads=base.threads,
-            )  # fmt: skip
+            # The canary runs as the current version does, only on another model.
+            serving = ServingSettings(model=model, **serving_values_from(base))
             node, labels = base.node, base.node_labels
         created = self.deployments.create(
             alias, serving, replicas=1, node=node, node_labels=labels, traffic_weight=0

@@ -9,14 +9,13 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app.accounts import LoggedIn, Role
+from app.accounts import Role
 from app.config import Settings
 from app.db.database import Database
 from app.evaluation.metrics import Metric
 from app.evaluation.store import EvaluationStore
 from app.store.catalog import ModelStore
-from app.ui.auth import SESSION_KEY
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, log_in_as
 
 PAGE = str(REPO_ROOT / "pages" / "evaluation.py")
 
@@ -43,7 +42,7 @@ def evaluated(
 
 def _page(role: Role) -> AppTest:
     app = AppTest.from_file(PAGE, default_timeout=60)
-    app.session_state[SESSION_KEY] = LoggedIn("olivia", role)
+    log_in_as(app, "olivia", role)
     app.run()
     assert not app.exception, app.exception
     return app

@@ -9,15 +9,14 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app.accounts import LoggedIn, Role
+from app.accounts import Role
 from app.analytics.decisions import record_decision
 from app.config import Settings
 from app.db.database import Database
 from app.deployments import Deployments, ServingSettings
 from app.rollouts import Rollouts
 from app.store.catalog import ModelStore
-from app.ui.auth import SESSION_KEY
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, log_in_as
 
 
 @pytest.fixture
@@ -40,7 +39,7 @@ def served(
 
 def _page(name: str, role: Role = Role.OPERATOR) -> AppTest:
     app = AppTest.from_file(str(REPO_ROOT / "pages" / name), default_timeout=60)
-    app.session_state[SESSION_KEY] = LoggedIn("olivia", role)
+    log_in_as(app, "olivia", role)
     app.run()
     assert not app.exception, app.exception
     return app
