@@ -167,6 +167,18 @@ def dashboard_env(
     monkeypatch.setenv("HERD_GATEWAY_URL", f"http://127.0.0.1:{free_port()}")
 
 
+def run_page(name: str, role: Any, user: str = "olivia", timeout_s: float = 60) -> Any:
+    """Run pages/NAME under AppTest as an account of that role (see log_in_as); a page that
+    raises fails the test."""
+    from streamlit.testing.v1 import AppTest
+
+    app = AppTest.from_file(str(REPO_ROOT / "pages" / name), default_timeout=timeout_s)
+    log_in_as(app, user, role)
+    app.run()
+    assert not app.exception, app.exception
+    return app
+
+
 def submit_login(app: Any, name: str, password: str) -> None:
     """Fill the login form of an AppTest page and submit it."""
     app.text_input(key="login_name").input(name)

@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from app.accounts import Role
 from app.analytics.decisions import record_decision
@@ -16,20 +15,17 @@ from app.db.database import Database
 from app.deployments import Deployments, ServingSettings
 from app.rollouts import Rollouts
 from app.store.catalog import ModelStore
-from tests.conftest import REPO_ROOT, log_in_as
+from tests.conftest import run_page
 
 
 @pytest.fixture
 def served(
-    monkeypatch: pytest.MonkeyPatch,
+    dashboard_env: None,
     settings: Settings,
     database: Database,
     models_dir: Path,
     tiny_gguf: Callable[..., Path],
 ) -> Rollouts:
-    monkeypatch.setenv("HERD_DATABASE_URL", str(settings.database_url))
-    monkeypatch.setenv("HERD_MODELS_DIR", str(models_dir))
-    monkeypatch.setenv("HERD_HOME", str(settings.home))
     store = ModelStore(database.engine, models_dir)
     store.add(tiny_gguf("v1.gguf"))
     store.add(tiny_gguf("v2.gguf"))
@@ -37,16 +33,9 @@ def served(
     return Rollouts(database.engine, settings)
 
 
-def _page(name: str, role: Role = Role.OPERATOR) -> AppTest:
-    app = AppTest.from_file(str(REPO_ROOT / "pages" / name), default_timeout=60)
-    log_in_as(app, "olivia", role)
-    app.run()
-    assert not app.exception, app.exception
-    return app
-
 
 def test_canary_promote_rollback_from_the_page(served: Rollouts) -> None:
-    app = _page("rollouts.py")
+    app = run_page("rollouts.py", Role.OPERATOR)
     app.selectbox(key="canary_model").select("v2.gguf")
     app.number_input(key="canary_percent").set_value(20)
     app.button(key="FormSubmitter:canary-Start canary").click().run()
@@ -65,7 +54,7 @@ def test_canary_promote_rollback_from_the_page(served: Rollouts) -> None:
     assert list(history["action"]) == ["rollback", "promote", "canary"]
     assert set(history["by"]) == {"olivia"}
 
-    viewer = _page("rollouts.py", Role.VIEWER)
+    viewer = run_page("rollouts.py", Role.VIEWER)
     assert not [b for b in viewer.button if b.label in ("Promote", "Roll back")]
     with pytest.raises(KeyError):
         viewer.selectbox(key="canary_model")
@@ -81,7 +70,7 @@ def test_a_recorded_rollback_decision_is_executed_from_the_retraining_page(
         database.engine, model_id=None, alias="smol", decision="rollback", decided_by="bob",
         period_start=now - timedelta(days=1), period_end=now,
     )  # fmt: skip
-    app = _page("retraining.py")
+    app = run_page("retraining.py", Role.OPERATOR)
     app.button(key=f"execute_rollback_{decision}").click().run()
     assert not app.exception, app.exception
     [rollback] = [h for h in served.history("smol") if h["action"] == "rollback"]
