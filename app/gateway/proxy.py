@@ -181,30 +181,12 @@ class Proxy:
         api_key_id: int | None,
         session_header: str | None,
     ) -> Response:
+        """Answer one completion call: admit it, try the caches, place it on a worker."""
         started = time.perf_counter()
-        alias = str(body["model"])
         session = _session(body, session_header)
-        user = body.get("user")
-        record = RequestRecord(
-            id=self.request_ids.new(),
-            created_at=datetime.now(UTC),
-            endpoint=endpoint,
-            alias=alias,
-            api_key_id=api_key_id,
-            session_id=session,
-            user_id=user if isinstance(user, str) else None,
-            prompt=body.get("messages") if endpoint == CHAT else {"prompt": body.get("prompt")},
-        )
-        snapshot = self.routing.snapshot
-        route = snapshot.routes.get(alias)
+        record = self._new_record(endpoint, body, api_key_id, session)
         try:
-            if api_key_id is not None:
-                rule = snapshot.key_rules.get(api_key_id)
-                if rule is not None:
-                    self.key_limits.admit(api_key_id, rule, alias)
-            if route is None:
-                raise unknown_model(alias)
-            record.log_text = route.settings.log_text
+            route = self._admit(record, api_key_id)
             stream_options = body.get("stream_options") or {}
             call = Call(
                 endpoint=endpoint,
@@ -215,54 +197,102 @@ class Proxy:
                 started=started,
                 include_usage=bool(stream_options.get("include_usage")),
             )
-            wait_s = self.rate_limits.wait_s(alias, route.settings.rate_limit_rpm)
-            if wait_s:
-                raise ApiError(
-                    429,
-                    f"rate limit of {route.settings.rate_limit_rpm} requests per minute for "
-                    f"{alias!r} reached",
-                    type="rate_limit_error",
-                    code="rate_limit_exceeded",
-                    retry_after_s=wait_s,
-                )
             if route.settings.semantic_cache_alias and endpoint == CHAT and self.semantic:
                 call.semantic = await self.semantic.lookup(route, body)
                 if call.semantic is not None and call.semantic.is_hit:
                     return self._from_semantic(call, call.semantic)
             cacheable = route.settings.cache_enabled and is_cacheable(body)
-            try:
-                pick = self.balancer.pick(route, session)
-            except (NoLiveWorkerError, AllBusyError) as exc:
-                # Without a worker, a cached answer for any model version of the alias serves.
-                if cacheable:
-                    for d in route.deployments:
-                        key = cache_key(alias, d.model_id, endpoint, body)
-                        hit = self.cache.get(key)
-                        if hit is not None:
-                            call.model_name = d.model_name
-                            return self._from_cache(call, hit, d.id, d.model_id)
-                if not (
-                    isinstance(exc, NoLiveWorkerError)
-                    and self.cold_start is not None
-                    and self.cold_start.applies(route)
-                ):
-                    raise self._no_worker(exc, alias) from None
-                # A deployment without a live worker yet: hold the call until one is ready.
-                call.route, pick = await self.cold_start.wait(route, session)
+            placed = await self._place(call, cacheable)
+            if not isinstance(placed, Pick):
+                return placed  # answered from the cache while no worker was free
             if cacheable:
-                call.cache_key = cache_key(alias, pick.deployment.model_id, endpoint, body)
-                hit = self.cache.get(call.cache_key)
-                if hit is not None:
-                    call.model_name = pick.deployment.model_name
-                    return self._from_cache(call, hit, pick.deployment.id, pick.deployment.model_id)
+                cached = self._cached(call, placed)
+                if cached is not None:
+                    return cached
             if body.get("stream"):
-                return await self._stream(call, pick)
-            return await self._unary(call, pick)
+                return await self._stream(call, placed)
+            return await self._unary(call, placed)
         except ApiError as exc:
             status = "rejected" if exc.status in (403, 404, 429, 503) else "error"
             record.total_ms = (time.perf_counter() - started) * 1000
             self._finish(record, status=status, http_status=exc.status, error=exc.message)
             return exc.response()
+
+    def _new_record(
+        self, endpoint: str, body: dict[str, Any], api_key_id: int | None, session: str | None
+    ) -> RequestRecord:
+        """The request-log row of a call, filled in as the call goes."""
+        user = body.get("user")
+        return RequestRecord(
+            id=self.request_ids.new(),
+            created_at=datetime.now(UTC),
+            endpoint=endpoint,
+            alias=str(body["model"]),
+            api_key_id=api_key_id,
+            session_id=session,
+            user_id=user if isinstance(user, str) else None,
+            prompt=body.get("messages") if endpoint == CHAT else {"prompt": body.get("prompt")},
+        )
+
+    def _admit(self, record: RequestRecord, api_key_id: int | None) -> AliasRoute:
+        """The alias's route, once the key's scope and limits and the alias's own rate limit
+        let the call in; raises the ApiError that refuses it otherwise."""
+        alias = record.alias or ""
+        snapshot = self.routing.snapshot
+        if api_key_id is not None:
+            rule = snapshot.key_rules.get(api_key_id)
+            if rule is not None:
+                self.key_limits.admit(api_key_id, rule, alias)
+        route = snapshot.routes.get(alias)
+        if route is None:
+            raise unknown_model(alias)
+        record.log_text = route.settings.log_text
+        wait_s = self.rate_limits.wait_s(alias, route.settings.rate_limit_rpm)
+        if wait_s:
+            raise ApiError(
+                429,
+                f"rate limit of {route.settings.rate_limit_rpm} requests per minute for "
+                f"{alias!r} reached",
+                type="rate_limit_error",
+                code="rate_limit_exceeded",
+                retry_after_s=wait_s,
+            )
+        return route
+
+    async def _place(self, call: Call, cacheable: bool) -> Pick | Response:
+        """A worker for the call; without one, a cached answer of any version of the alias,
+        or (scale from zero) a wait until a worker is ready."""
+        route, session = call.route, call.session
+        try:
+            return self.balancer.pick(route, session)
+        except (NoLiveWorkerError, AllBusyError) as exc:
+            if cacheable:
+                for d in route.deployments:
+                    key = cache_key(route.alias, d.model_id, call.endpoint, call.body)
+                    hit = self.cache.get(key)
+                    if hit is not None:
+                        call.model_name = d.model_name
+                        return self._from_cache(call, hit, d.id, d.model_id)
+            if not (
+                isinstance(exc, NoLiveWorkerError)
+                and self.cold_start is not None
+                and self.cold_start.applies(route)
+            ):
+                raise self._no_worker(exc, route.alias) from None
+            # A deployment without a live worker yet: hold the call until one is ready.
+            call.route, pick = await self.cold_start.wait(route, session)
+            return pick
+
+    def _cached(self, call: Call, pick: Pick) -> Response | None:
+        """The cached answer of the picked worker's model version, if there is one."""
+        call.cache_key = cache_key(
+            call.route.alias, pick.deployment.model_id, call.endpoint, call.body
+        )
+        hit = self.cache.get(call.cache_key)
+        if hit is None:
+            return None
+        call.model_name = pick.deployment.model_name
+        return self._from_cache(call, hit, pick.deployment.id, pick.deployment.model_id)
 
     def _no_worker(self, exc: Exception, alias: str) -> ApiError:
         retry = self.settings.gateway_retry_after_s
