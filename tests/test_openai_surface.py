@@ -226,6 +226,14 @@ def test_unusable_schemas_and_grammars_are_400_before_decoding(
     assert needle in error["message"], error
     key = next(iter(extra))
     assert error["param"] and error["param"].split(".")[0] == key, error
+    # The worker's 400 reached the client as it was: no upstream error counted at the gateway.
+    metrics = httpx.get(f"{served.gateway}/metrics", timeout=10).text
+    errors = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("herd_gateway_upstream_errors_total{") and not line.endswith(" 0")
+    ]
+    assert errors == []
 
 
 BAD_TEXT = [
