@@ -437,7 +437,7 @@ def test_metrics_health_and_openapi(
     chat(gateway.url, temperature=0)
     chat(gateway.url, temperature=0)
     # Aliases clients make up never become label values: one series, "unknown", for all.
-    for made_up in ("nope", "x" * 5000):
+    for made_up in ("nope", "x" * 200):
         missing = httpx.post(
             f"{gateway.url}/v1/chat/completions",
             json={"model": made_up, "messages": [{"role": "user", "content": "hi"}]},
@@ -448,6 +448,11 @@ def test_metrics_health_and_openapi(
     assert 'herd_gateway_requests_total{alias="m",model="m.gguf",status="ok"} 2' in metrics
     assert 'herd_gateway_requests_total{alias="unknown",model="",status="rejected"} 2' in metrics
     assert "nope" not in metrics and "xxxx" not in metrics
+    # Client strings have length limits.
+    for field in ("model", "user"):
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], field: "x" * 257}
+        too_long = httpx.post(f"{gateway.url}/v1/chat/completions", json=body)
+        assert too_long.status_code == 400 and too_long.json()["error"]["param"] == field
     assert 'herd_gateway_cache_hits_total{alias="m"} 1' in metrics
     assert 'herd_gateway_ttft_seconds_count{alias="m",model="m.gguf"} 2' in metrics
     assert "herd_gateway_outstanding_requests 0" in metrics

@@ -34,6 +34,9 @@ def refuse_unless(*allowed: object, why: str) -> AfterValidator:
     return AfterValidator(check)
 
 
+# Longest alias or end-user id a client may send (aliases themselves are at most 128).
+MAX_CLIENT_NAME = 256
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -115,7 +118,10 @@ class NamedToolChoice(Strict):
 class CompletionParams(Strict):
     """What chat and text completions share; names and ranges as in the OpenAI API."""
 
-    model: Text = Field(min_length=1, description="An alias from GET /v1/models.")
+    # Client strings are bounded: they reach logs, rows and (as "unknown") metric labels.
+    model: Text = Field(
+        min_length=1, max_length=MAX_CLIENT_NAME, description="An alias from GET /v1/models."
+    )
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -137,7 +143,9 @@ class CompletionParams(Strict):
         default=None, description="Token id (as a string) -> bias added to its logit."
     )
     user: Text | None = Field(
-        default=None, description="End-user id; also the session for worker affinity."
+        default=None,
+        max_length=MAX_CLIENT_NAME,
+        description="End-user id; also the session for worker affinity.",
     )
     response_format: ResponseFormat | None = None
     # Accepted, as OpenAI: Herd logs every request anyway; metadata is not used.
