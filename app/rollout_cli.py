@@ -7,17 +7,16 @@ import getpass
 import json
 from typing import Any
 
+from app.admin.audit import Via
 from app.config import Settings
-from app.db import migrate
 from app.db.database import Database
 from app.rollouts import Rollouts
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
     by = args.by or getpass.getuser()
-    with Database.open(settings) as db:
-        migrate.upgrade(db.url)
-        rollouts = Rollouts(db.engine, settings)
+    with Database.open_current(settings) as db:
+        rollouts = Rollouts(db.engine, settings, Via.CLI)
         if args.rollout_command == "canary":
             done = rollouts.canary(args.alias, args.model, args.percent, by, note=args.note)
         elif args.rollout_command == "promote":

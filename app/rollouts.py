@@ -25,6 +25,8 @@ from typing import Any
 from sqlalchemy import Engine, select, text, update
 from sqlalchemy.orm import Session
 
+from app.admin import audit
+from app.admin.audit import Actor, Via
 from app.config import Settings
 from app.db.tables import Deployment, Model, Rollout
 from app.deployments import Deployments, ServingSettings
@@ -71,10 +73,12 @@ def _snapshot(session: Session, alias: str) -> list[dict[str, Any]]:
 class Rollouts:
     """Canary, promote, rollback and guard the deployments of aliases."""
 
-    def __init__(self, engine: Engine, settings: Settings) -> None:
+    def __init__(self, engine: Engine, settings: Settings, via: Via = Via.PAGE) -> None:
         self.engine = engine
         self.settings = settings
         self.deployments = Deployments(engine)
+        # How the actions come in, for their audit_log rows.
+        self.via = via
 
     # ---- reading ---------------------------------------------------------------------------
 
@@ -123,6 +127,16 @@ class Rollouts:
         row = Rollout(**values)
         session.add(row)
         session.flush()
+        # Every change is in the audit log too, in the same transaction as the record.
+        audit.record(
+            session.connection(),
+            Actor(who=values["decided_by"], via=self.via, source="rollouts"),
+            f"rollout.{values['action']}",
+            "alias",
+            values["alias"],
+            values["before"],
+            values["after"],
+        )
         return row.id
 
     def _lock(self, session: Session) -> None:

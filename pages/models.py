@@ -146,7 +146,7 @@ if can_change and valid:
                     store,
                     job_store(),
                     [QuantizeRequest(source_name, t, layers, requantize) for t in types],
-                    operator.name,
+                    actor,
                 )
             st.success("Started " + ", ".join(f"job {i}" for i in ids) + ".")
         except (QuantizeRefused, ModelStoreError) as exc:

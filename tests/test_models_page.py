@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from app.accounts import Role
+from app.admin.audit import read_audit
 from app.db.database import Database
 from app.jobs.store import JobStore
 from app.store.catalog import ModelStore
@@ -44,6 +45,9 @@ def test_operator_starts_a_quantize_job_and_sees_it_end_with_lineage(
     assert wait_job(jobs, job.id, finished, timeout_s=120).state == "succeeded"
     made = tiny_store.get("tiny.Q8_0.gguf")
     assert made is not None and made.created_by == "olivia"
+    [started] = read_audit(database.engine, action="model.quantize")
+    assert (started.actor, started.via, started.target_id) == ("olivia", "page", str(job.id))
+    assert started.after["target"] == "tiny.Q8_0.gguf"
 
     # A fresh load shows the job from the table, and the tree.
     app = run_page("models.py", Role.OPERATOR)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from app.admin.audit import Actor, Via
 from app.compress.quantize import QuantizeRefused, QuantizeRequest, start_quantize, target_name
 from app.config import Settings
 from app.db.database import Database
@@ -27,6 +28,9 @@ from tests.conftest import TINY, run_herd
 from tests.test_faults import tmpfs
 
 JOB_TIMEOUT_S = 600
+
+# Who starts the jobs here, as the audit log names them.
+EVE = Actor("eve", Via.CLI, "tests")
 
 
 def wait_job(
@@ -130,12 +134,12 @@ def test_impossible_requests_are_refused_before_any_job_starts(
     for reason, request in refused.items():
         with pytest.raises(QuantizeRefused, match=reason.replace("(", r"\(").replace(")", r"\)")
                            .replace("[", r"\[").replace("]", r"\]")):  # fmt: skip
-            start_quantize(settings, demo_store, jobs, [request], "eve")
+            start_quantize(settings, demo_store, jobs, [request], EVE)
     # One good and one bad type: nothing starts.
     with pytest.raises(QuantizeRefused, match="unknown file type"):
         start_quantize(settings, demo_store, jobs,
                        [QuantizeRequest(demo, "Q8_0", allow_requantize=True),
-                        QuantizeRequest(demo, "Q7_X", allow_requantize=True)], "eve")  # fmt: skip
+                        QuantizeRequest(demo, "Q7_X", allow_requantize=True)], EVE)  # fmt: skip
     assert job_count(database) == 0
 
     cli = run_herd("models", "quantize", demo, "--type", "Q4_K_M", env=herd_env)
@@ -159,7 +163,7 @@ def test_corrupt_and_truncated_sources_are_refused_and_fail_the_job(
     store.scan()
     jobs = JobStore(database.engine)
     with pytest.raises(QuantizeRefused, match=r"broken\.gguf is invalid: truncated"):
-        start_quantize(settings, store, jobs, [QuantizeRequest("broken.gguf", "Q8_0")], "eve")
+        start_quantize(settings, store, jobs, [QuantizeRequest("broken.gguf", "Q8_0")], EVE)
 
     # Valid when the job was asked for, truncated before its process ran: the job fails.
     job_id = jobs.create("quantize", QuantizeRequest("tiny.gguf", "Q8_0").params(), "eve")
@@ -183,7 +187,7 @@ def test_too_little_disk_space_is_refused_with_needed_and_free_bytes(
         with pytest.raises(QuantizeRefused, match=r"needs about \d+ bytes .* \d+ bytes .* free"):
             start_quantize(settings.model_copy(update={"models_dir": root}), store,
                            JobStore(database.engine), [QuantizeRequest(tiny.name, "F16")],
-                           "eve")  # fmt: skip
+                           EVE)  # fmt: skip
         assert job_count(database) == 0
 
 
@@ -198,7 +202,7 @@ def test_cancel_stops_the_job_and_leaves_nothing(
     jobs = JobStore(database.engine)
     # K-quants on one thread take long enough (10+ s) for the cancel to land mid-way.
     slow = QuantizeRequest(demo, "Q5_K_M", allow_requantize=True, nthread=1)
-    [job_id] = start_quantize(settings, demo_store, jobs, [slow], "eve")
+    [job_id] = start_quantize(settings, demo_store, jobs, [slow], EVE)
     running = wait_job(jobs, job_id, _running_with_progress)
     assert partials(models_dir), "the job writes its temporary file in the store"
     jobs.request_cancel(job_id)
@@ -220,7 +224,7 @@ def test_kill_9_of_the_job_process_fails_the_job_and_it_can_start_again(
     jobs = JobStore(database.engine)
     [job_id] = start_quantize(settings, demo_store, jobs,
                               [QuantizeRequest(demo.name, "Q5_K_M", (), True, nthread=1)],
-                              "eve")  # fmt: skip
+                              EVE)  # fmt: skip
     running = wait_job(jobs, job_id, _running_with_progress)
     assert running.pid is not None
     os.kill(running.pid, signal.SIGKILL)
@@ -255,7 +259,7 @@ def test_a_disk_that_fills_mid_write_fails_the_job_cleanly_and_it_can_run_again(
         own = settings.model_copy(update={"models_dir": root})
         # One thread: slow enough that the disk fills while llama.cpp writes.
         slow = QuantizeRequest(demo.name, "Q5_K_M", allow_requantize=True, nthread=1)
-        [job_id] = start_quantize(own, store, jobs, [slow], "eve")
+        [job_id] = start_quantize(own, store, jobs, [slow], EVE)
         wait_job(jobs, job_id, lambda v: v.state == "running" and bool(partials(root)))
         filler = root / "filler.bin"
         # Take all but a little of what is left; the job writes meanwhile, so the disk may
@@ -284,7 +288,7 @@ def test_tiny_f32_model_quantizes_without_requantize(
     store = ModelStore(database.engine, models_dir)
     tiny = store.add(tiny_gguf("tiny.gguf"))
     jobs = JobStore(database.engine)
-    [job_id] = start_quantize(settings, store, jobs, [QuantizeRequest(tiny.name, "Q8_0")], "eve")
+    [job_id] = start_quantize(settings, store, jobs, [QuantizeRequest(tiny.name, "Q8_0")], EVE)
     job = wait_job(jobs, job_id, finished, timeout_s=120)
     assert job.state == "succeeded", job
     made = store.get("tiny.Q8_0.gguf")

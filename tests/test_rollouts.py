@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from app.admin.audit import read_audit
 from app.config import Settings
 from app.db.database import Database
 from app.deployments import Deployments, ServingSettings, traffic_shares
@@ -70,6 +71,14 @@ def test_canary_promote_rollback_restores_each_step(
         "model_id"], "model": "v1.gguf", "weight": 100, "state": "active"}]  # fmt: skip
     assert history[1]["grace_until"] is not None
     assert all(h["closed_at"] is not None for h in history if h["action"] != "rollback")
+    # Each action is an audit_log row as well, with who and the weights before and after.
+    audited = read_audit(database.engine, action="rollout.")
+    assert [(e.action, e.actor, e.via) for e in audited] == [
+        ("rollout.rollback", "carol", "page"),
+        ("rollout.promote", "bob", "page"),
+        ("rollout.canary", "alice", "page"),
+    ]
+    assert audited[-1].before == first["before"] and audited[-1].after == first["after"]
 
 
 def test_the_grace_period_ends_by_stopping_the_previous_version(

@@ -20,6 +20,8 @@ class Via(StrEnum):
     CLI = "cli"
     API = "api"
     APPLY = "apply"
+    # Herd itself: the supervisor's canary guard rolling a canary back (0015).
+    SYSTEM = "system"
 
 
 @dataclass(frozen=True)

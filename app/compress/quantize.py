@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.admin import audit
+from app.admin.audit import Actor
 from app.config import Settings
 from app.jobs.kinds import JobKind
 from app.jobs.spawn import spawn_job
@@ -221,11 +223,11 @@ def start_quantize(
     store: ModelStore,
     jobs: JobStore,
     requests: list[QuantizeRequest],
-    started_by: str,
+    actor: Actor,
 ) -> list[int]:
     """Check every request, then start one detached job per request; the job ids.
 
-    Nothing starts unless every request passes its checks.
+    Nothing starts unless every request passes its checks. Each start is an audit_log row.
     """
     if not requests:
         raise QuantizeRefused("choose at least one file type")
@@ -244,7 +246,9 @@ def start_quantize(
     ids = []
     for plan in plans:
         params = {**plan.request.params(), "target": plan.target_name}
-        job_id = jobs.create(JobKind.QUANTIZE, params, started_by)
+        job_id = jobs.create(JobKind.QUANTIZE, params, actor.who)
+        with jobs.engine.begin() as conn:
+            audit.record(conn, actor, "model.quantize", "job", job_id, None, params)
         spawn_job(settings, job_id)
         ids.append(job_id)
     return ids

@@ -405,7 +405,7 @@ class AuditLog(Base):
     after: Mapped[Any] = mapped_column(JSONB, nullable=True)
 
     __table_args__ = (
-        CheckConstraint("via IN ('page', 'cli', 'api', 'apply')", name="via"),
+        CheckConstraint("via IN ('page', 'cli', 'api', 'apply', 'system')", name="via"),
         Index("ix_audit_log_at", "at"),
         Index("ix_audit_log_actor_at", "actor", "at"),
         Index("ix_audit_log_action_at", "action", "at"),

@@ -7,7 +7,6 @@ import getpass
 from typing import Any
 
 from app.config import Settings
-from app.db import migrate
 from app.db.database import Database
 from app.evaluation.metrics import Metric
 from app.evaluation.plan import EvalRequest, start_eval
@@ -44,8 +43,7 @@ def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
         models=tuple(args.models), text_path=args.text, n_ctx=args.ctx, threads=args.threads,
         n_prompt=args.pp, n_gen=args.tg, repeats=args.repeats,
     )  # fmt: skip
-    with Database.open(settings) as db:
-        migrate.upgrade(db.url)
+    with Database.open_current(settings) as db:
         jobs = JobStore(db.engine)
         store = ModelStore(db.engine, settings.models_path)
         job_id = start_eval(settings, store, jobs, request, args.by or getpass.getuser())

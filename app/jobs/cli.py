@@ -9,9 +9,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+from app.admin.audit import Actor, Via
 from app.compress.quantize import QuantizeRequest, parse_layers, start_quantize
 from app.config import Settings
-from app.db import migrate
 from app.db.database import Database
 from app.jobs.follow import follow, restart
 from app.jobs.runner import run_job
@@ -60,12 +60,11 @@ def cmd_models_quantize(settings: Settings, args: argparse.Namespace) -> int:
         QuantizeRequest(args.source, ftype, layers, args.allow_requantize, args.threads or 0)
         for ftype in args.type
     ]
-    with Database.open(settings) as db:
-        migrate.upgrade(db.url)
+    with Database.open_current(settings) as db:
         store = JobStore(db.engine)
         ids = start_quantize(
             settings, ModelStore(db.engine, settings.models_path), store, requests,
-            args.by or getpass.getuser(),
+            Actor.local(args.by, Via.CLI),
         )  # fmt: skip
         _print("started " + ", ".join(f"job {i}" for i in ids))
         if args.no_wait:
@@ -80,8 +79,7 @@ def cmd_jobs_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_list(settings: Settings, args: argparse.Namespace) -> int:
-    with Database.open(settings) as db:
-        migrate.upgrade(db.url)
+    with Database.open_current(settings) as db:
         store = JobStore(db.engine)
         store.reap_stale(settings.job_stale_s)
         jobs = store.recent(args.kind, args.limit)
@@ -96,16 +94,14 @@ def cmd_jobs_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_cancel(settings: Settings, args: argparse.Namespace) -> int:
-    with Database.open(settings) as db:
-        migrate.upgrade(db.url)
+    with Database.open_current(settings) as db:
         job = JobStore(db.engine).request_cancel(args.job_id)
     _print(f"job {job.id}: " + ("cancelled" if job.finished else "cancel requested"))
     return 0
 
 
 def cmd_jobs_restart(settings: Settings, args: argparse.Namespace) -> int:
-    with Database.open(settings) as db:
-        migrate.upgrade(db.url)
+    with Database.open_current(settings) as db:
         store = JobStore(db.engine)
         new_id = restart(settings, store, args.job_id, args.by or getpass.getuser())
         _print(f"started job {new_id} (again of job {args.job_id})")

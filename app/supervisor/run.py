@@ -19,6 +19,7 @@ import psycopg
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.admin.audit import Via
 from app.config import Settings
 from app.db.database import Database
 from app.launcher import child_environment
@@ -122,7 +123,7 @@ def run_supervisor(
     supervisor = Supervisor(settings, records, child_environment(settings, database))
     status = SupervisorStatus(node=settings.node_name, poll_s=settings.supervisor_poll_s)
     listener = Listener(database.url, settings.node_name)
-    rollouts = Rollouts(database.engine, settings)
+    rollouts = Rollouts(database.engine, settings, Via.SYSTEM)
     listener.open(wait_s=LOCK_WAIT_S)
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
