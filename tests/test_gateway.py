@@ -453,6 +453,12 @@ def test_metrics_health_and_openapi(
         body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], field: "x" * 257}
         too_long = httpx.post(f"{gateway.url}/v1/chat/completions", json=body)
         assert too_long.status_code == 400 and too_long.json()["error"]["param"] == field
+    too_long = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"X-Session-Id": "s" * 257},
+    )
+    assert too_long.status_code == 400 and "X-Session-Id" in too_long.json()["error"]["message"]
     assert 'herd_gateway_cache_hits_total{alias="m"} 1' in metrics
     assert 'herd_gateway_ttft_seconds_count{alias="m",model="m.gguf"} 2' in metrics
     assert "herd_gateway_outstanding_requests 0" in metrics

@@ -15,7 +15,8 @@ from app.gateway.model_info import describe_alias
 from app.gateway.replies import CHAT
 from app.gateway.request_context import SESSION_HEADER_OPENAPI, ApiKeyId, authenticate, runtime_of
 from app.openai_api.bodies import body_openapi, read_body
-from app.openai_api.schemas import ChatCompletionRequest, CompletionRequest
+from app.openai_api.errors import ApiError
+from app.openai_api.schemas import MAX_CLIENT_NAME, ChatCompletionRequest, CompletionRequest
 
 # Bad bodies are 400 with the field in error.param, as OpenAI answers them.
 INVALID_BODY_OPENAPI: dict[int | str, dict[str, Any]] = {
@@ -24,6 +25,18 @@ INVALID_BODY_OPENAPI: dict[int | str, dict[str, Any]] = {
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
     }
 }
+
+
+def _session_header(request: Request) -> str | None:
+    """X-Session-Id, bounded like every client string that reaches rows and logs."""
+    value = request.headers.get("x-session-id")
+    if value is not None and len(value) > MAX_CLIENT_NAME:
+        raise ApiError(
+            400,
+            f"the X-Session-Id header is longer than {MAX_CLIENT_NAME} characters",
+            code="invalid_value",
+        )
+    return value
 
 
 def openai_router() -> APIRouter:
@@ -47,7 +60,7 @@ def openai_router() -> APIRouter:
             CHAT,
             body,
             api_key_id=await authenticate(request),
-            session_header=request.headers.get("x-session-id"),
+            session_header=_session_header(request),
         )
 
     @router.post(
@@ -63,7 +76,7 @@ def openai_router() -> APIRouter:
             "completions",
             body,
             api_key_id=await authenticate(request),
-            session_header=request.headers.get("x-session-id"),
+            session_header=_session_header(request),
         )
 
     @router.get("/v1/models", tags=["openai"], summary="The aliases served here")
