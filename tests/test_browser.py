@@ -131,24 +131,26 @@ def test_viewer_cannot_change_deployments(page: Page, herd: Herd) -> None:
 
 
 def test_admin_deploys_the_demo_model_and_sees_the_worker_ready(page: Page, herd: Herd) -> None:
+    # `herd up --demo` already serves alias "demo"; the admin deploys it again as "smol".
     log_in(page, herd, "admin", herd.admin_password)
     expect(page.get_by_text("Logged in as")).to_be_visible()
     shot(page, "03-admin-overview")
     open_page(page, "Deployments")
-    page.get_by_role("textbox", name="Alias").fill("demo")
+    page.get_by_text("Deploy a model").click()  # folded: a deployment exists
+    page.get_by_role("textbox", name="Alias").fill("smol")
     shot(page, "04-deploy-form")
     page.get_by_role("button", name="Deploy", exact=True).click()
     expect(page.get_by_text("Deploy: done.")).to_be_visible()
 
     def live_workers() -> int:
         models = httpx.get(f"{herd.gateway}/v1/models", timeout=5).json()["data"]
-        return sum(m["live_workers"] for m in models if m["id"] == "demo")
+        return sum(m["live_workers"] for m in models if m["id"] == "smol")
 
     deadline_ms = WORKER_READY_MS
     while live_workers() < 1 and deadline_ms > 0:
         page.wait_for_timeout(1000)
         deadline_ms -= 1000
-    assert live_workers() == 1, "the demo worker did not become ready"
+    assert live_workers() == 1, "the smol worker did not become ready"
     # What the person sees: the status table, refreshed in place, shows the worker ready.
     # The tables draw on a canvas; their accessible copy holds the cells' text.
     expect(page.get_by_role("heading", name="Workers")).to_be_visible()
