@@ -133,6 +133,15 @@ def test_limits_and_quotas_hold_across_two_gateway_processes(
         wait_for(lambda g=gateway: call(g.url, rpm.key, alias="o").status_code == 403)
     refused = call(a.url, rpm.key, alias="o")
     assert refused.json()["error"]["code"] == "alias_not_in_key_scope"
+    # Every endpoint is admitted alike: embeddings too.
+    embedded = httpx.post(
+        f"{a.url}/v1/embeddings",
+        json={"model": "o", "input": "hi"},
+        headers={"Authorization": f"Bearer {rpm.key}"},
+        timeout=30,
+    )
+    assert embedded.status_code == 403, embedded.text
+    assert embedded.json()["error"]["code"] == "alias_not_in_key_scope"
     assert usage_rows(database, rpm.id) == (0, 0)
 
     # Requests per minute, shared: 4 per minute across both gateways together. Start early

@@ -20,7 +20,6 @@ from fastapi.responses import JSONResponse, Response
 
 from app.embeddings_api import EmbeddingInputError, decode_vector, parse_request
 from app.gateway.balancer import AllBusyError, NoLiveWorkerError, Pick
-from app.gateway.errors import unknown_model
 from app.gateway.proxy import Proxy, UpstreamFailure, _hop_failure
 from app.gateway.request_log import RequestRecord
 from app.gateway.routing import AliasRoute
@@ -62,43 +61,41 @@ class EmbeddingCalls:
         )
         model_name = ""
         try:
-            route = await self._route(body.model)
+            route = proxy.admit(body.model, api_key_id)
             pick, content = await self._fetch(route, raw, str(record.id))
             record.worker_id = pick.worker.id
             record.deployment_id = pick.deployment.id
             record.model_id = pick.worker.model_id or pick.deployment.model_id
             model_name = pick.deployment.model_name
         except ApiError as exc:
-            status = "rejected" if exc.status in (404, 429, 503) else "error"
-            record.status, record.http_status, record.error = status, exc.status, exc.message
+            status = "rejected" if exc.status in (403, 404, 429, 503) else "error"
             record.total_ms = (time.perf_counter() - started) * 1000
-            proxy.log.add(record)
-            proxy.metrics.count_request(body.model, model_name, status, None, record.total_ms, None)
+            proxy.finish(record, status=status, http_status=exc.status, error=exc.message)
             return exc.response()
         except _WorkerRefused as refused:
             record.worker_id = refused.pick.worker.id
             record.deployment_id = refused.pick.deployment.id
-            record.status, record.http_status = "error", refused.status
-            record.error = refused.message
+            model_name = refused.pick.deployment.model_name
             record.total_ms = (time.perf_counter() - started) * 1000
-            proxy.log.add(record)
-            proxy.metrics.count_request(
-                body.model, model_name, "error", None, record.total_ms, None
+            proxy.finish(
+                record,
+                status="error",
+                http_status=refused.status,
+                error=refused.message,
+                model_name=model_name,
             )
             return refused.response()
-        usage = _usage(content)
-        record.prompt_tokens = usage
+        record.prompt_tokens = _usage(content)
         record.completion_tokens = 0
         record.total_ms = (time.perf_counter() - started) * 1000
-        proxy.log.add(record)
-        proxy.metrics.count_request(body.model, model_name, "ok", None, record.total_ms, None)
+        proxy.finish(record, model_name=model_name)
         return Response(content, 200, media_type="application/json")
 
     async def embed(self, alias: str, text: str) -> npt.NDArray[np.float32]:
         """One text's vector from the workers of alias (for the semantic cache); raises
         ApiError when none can give it."""
         payload = orjson.dumps({"model": alias, "input": text, "encoding_format": "base64"})
-        route = await self._route(alias)
+        route = self.proxy.admit(alias, None)
         try:
             _, content = await self._fetch(route, payload, None)
         except _WorkerRefused as refused:
@@ -109,22 +106,6 @@ class EmbeddingCalls:
             return decode_vector(orjson.loads(content)["data"][0]["embedding"])
         except (ValueError, KeyError, IndexError, TypeError):
             raise ApiError(502, f"{alias!r} answered with no embedding") from None
-
-    async def _route(self, alias: str) -> AliasRoute:
-        route = self.proxy.routing.snapshot.routes.get(alias)
-        if route is None:
-            raise unknown_model(alias)
-        wait_s = self.proxy.rate_limits.wait_s(alias, route.settings.rate_limit_rpm)
-        if wait_s:
-            raise ApiError(
-                429,
-                f"rate limit of {route.settings.rate_limit_rpm} requests per minute for "
-                f"{alias!r} reached",
-                type="rate_limit_error",
-                code="rate_limit_exceeded",
-                retry_after_s=wait_s,
-            )
-        return route
 
     async def _first_pick(self, route: AliasRoute) -> tuple[AliasRoute, Pick]:
         proxy = self.proxy

@@ -186,7 +186,8 @@ class Proxy:
         session = _session(body, session_header)
         record = self._new_record(endpoint, body, api_key_id, session)
         try:
-            route = self._admit(record, api_key_id)
+            route = self.admit(record.alias or "", api_key_id)
+            record.log_text = route.settings.log_text
             stream_options = body.get("stream_options") or {}
             call = Call(
                 endpoint=endpoint,
@@ -215,7 +216,7 @@ class Proxy:
         except ApiError as exc:
             status = "rejected" if exc.status in (403, 404, 429, 503) else "error"
             record.total_ms = (time.perf_counter() - started) * 1000
-            self._finish(record, status=status, http_status=exc.status, error=exc.message)
+            self.finish(record, status=status, http_status=exc.status, error=exc.message)
             return exc.response()
 
     def _new_record(
@@ -234,10 +235,9 @@ class Proxy:
             prompt=body.get("messages") if endpoint == CHAT else {"prompt": body.get("prompt")},
         )
 
-    def _admit(self, record: RequestRecord, api_key_id: int | None) -> AliasRoute:
+    def admit(self, alias: str, api_key_id: int | None) -> AliasRoute:
         """The alias's route, once the key's scope and limits and the alias's own rate limit
-        let the call in; raises the ApiError that refuses it otherwise."""
-        alias = record.alias or ""
+        let the call in (every endpoint's calls); raises the ApiError that refuses it."""
         snapshot = self.routing.snapshot
         if api_key_id is not None:
             rule = snapshot.key_rules.get(api_key_id)
@@ -246,7 +246,6 @@ class Proxy:
         route = snapshot.routes.get(alias)
         if route is None:
             raise unknown_model(alias)
-        record.log_text = route.settings.log_text
         wait_s = self.rate_limits.wait_s(alias, route.settings.rate_limit_rpm)
         if wait_s:
             raise ApiError(
@@ -316,12 +315,12 @@ class Proxy:
         if call.body.get("stream"):
             chunks = cached_chunks(call.endpoint, rid, hit, call.include_usage)
             record.ttft_ms = (time.perf_counter() - call.started) * 1000
-            self._finish(record, call=call)
+            self.finish(record, call=call)
             return StreamingResponse(_iterate(chunks), media_type="text/event-stream",
                                      headers=SSE_HEADERS)  # fmt: skip
         body = cached_body(call.endpoint, rid, hit)
         record.ttft_ms = (time.perf_counter() - call.started) * 1000
-        self._finish(record, call=call)
+        self.finish(record, call=call)
         return _json(body)
 
     def _from_semantic(self, call: Call, lookup: Lookup) -> Response:
@@ -433,7 +432,7 @@ class Proxy:
             message = json.loads(content)["error"]["message"]
         except (ValueError, KeyError, TypeError):
             message = content[:500].decode(errors="replace")
-        self._finish(call.record, status="error", http_status=response.status, error=str(message))
+        self.finish(call.record, status="error", http_status=response.status, error=str(message))
         return Response(
             content=content,
             status_code=response.status,
@@ -486,7 +485,7 @@ class Proxy:
             timings = data.get("timings") or {}
             if isinstance(timings.get("ttft_ms"), int | float):
                 record.ttft_ms = float(timings["ttft_ms"])
-            self._finish(record, call=call)
+            self.finish(record, call=call)
             self._store(call, text, choice.get("finish_reason"), data.get("usage"))
             return _json(data)
         raise self._give_up(call, failures)
@@ -632,7 +631,7 @@ class Proxy:
         record.response = "".join(state.text)
         self._account(record, state.usage, state.timings)
         http_status = {"ok": 200, "cancelled": 499}.get(status, 502)
-        self._finish(record, call=call, status=status, http_status=http_status, error=error)
+        self.finish(record, call=call, status=status, http_status=http_status, error=error)
 
     # -- recording -----------------------------------------------------------------------------
     @staticmethod
@@ -649,7 +648,7 @@ class Proxy:
                 if isinstance(value, int | float):
                     setattr(record, name, float(value))
 
-    def _finish(
+    def finish(
         self,
         record: RequestRecord,
         *,
@@ -657,7 +656,10 @@ class Proxy:
         status: str = "ok",
         http_status: int = 200,
         error: str | None = None,
+        model_name: str = "",
     ) -> None:
+        """Close a call's record: key token counts, the request log, the metrics (for every
+        endpoint; model_name names the version served where no Call carries it)."""
         record.status, record.http_status, record.error = status, http_status, error
         if record.api_key_id is not None and not record.cache_hit:
             used = (record.prompt_tokens or 0) + (record.completion_tokens or 0)
@@ -666,7 +668,7 @@ class Proxy:
         if call is not None:
             record.total_ms = (time.perf_counter() - call.started) * 1000
         self.log.add(record)
-        model = call.model_name if call is not None else ""
+        model = call.model_name if call is not None else model_name
         # Prometheus labels must stay few: an alias a client made up is labelled "unknown".
         alias = record.alias if record.alias in self.routing.snapshot.routes else UNKNOWN_LABEL
         self.metrics.count_request(
