@@ -200,9 +200,11 @@ def test_cancel_stops_the_job_and_leaves_nothing(
 ) -> None:
     demo = demo_store.list()[0].name
     jobs = JobStore(database.engine)
-    # K-quants on one thread take long enough (10+ s) for the cancel to land mid-way.
+    # K-quants on one thread take seconds; the job checks for a cancel at every heartbeat,
+    # here every 50 ms, so the cancel lands mid-way even on a quiet machine.
     slow = QuantizeRequest(demo, "Q5_K_M", allow_requantize=True, nthread=1)
-    [job_id] = start_quantize(settings, demo_store, jobs, [slow], EVE)
+    quick_beats = settings.model_copy(update={"job_heartbeat_s": 0.05})
+    [job_id] = start_quantize(quick_beats, demo_store, jobs, [slow], EVE)
     running = wait_job(jobs, job_id, _running_with_progress)
     assert partials(models_dir), "the job writes its temporary file in the store"
     jobs.request_cancel(job_id)
