@@ -15,21 +15,29 @@ def free_ram_bytes() -> int:
     return int(psutil.virtual_memory().available)
 
 
-def free_vram_bytes(gpu: int) -> int | None:
-    """Free memory of NVIDIA GPU `gpu`; None where nvidia-smi is missing or cannot tell."""
+def nvidia_smi(*args: str) -> str | None:
+    """What `nvidia-smi ARGS` prints; None where it is missing or fails."""
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return None
     try:
-        out = subprocess.run(
-            [exe, "-i", str(gpu), "--query-gpu=memory.free", "--format=csv,noheader,nounits"],
+        return subprocess.run(
+            [exe, *args],
             capture_output=True,
             text=True,
             timeout=NVIDIA_SMI_TIMEOUT_S,
             check=True,
-        ).stdout.strip()
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def free_vram_bytes(gpu: int) -> int | None:
+    """Free memory of NVIDIA GPU `gpu`; None where nvidia-smi is missing or cannot tell."""
+    out = (
+        nvidia_smi("-i", str(gpu), "--query-gpu=memory.free", "--format=csv,noheader,nounits")
+        or ""
+    ).strip()
     return int(out) * 1024 * 1024 if out.isdigit() else None
 
 

@@ -144,19 +144,7 @@ def admin_router() -> APIRouter:
     def create_deployment(body: DeploymentSpec, who: Who, admin: Ops) -> dict[str, Any]:
         def run() -> dict[str, Any]:
             with admin.transaction(who) as change:
-                view = admin.create_deployment_in(
-                    change,
-                    body.alias,
-                    body.serving(),
-                    replicas=body.replicas,
-                    node=body.node,
-                    node_labels=body.node_labels,
-                    allow_ctx_overflow=body.allow_ctx_overflow,
-                    traffic_weight=body.weight,
-                )
-            if body.stopped:
-                view = admin.stop(who, view.id)
-            return deployment_json(view)
+                return deployment_json(admin.deploy_spec_in(change, body))
 
         return dict(refused(run))
 

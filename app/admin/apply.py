@@ -221,18 +221,7 @@ class Applier:
 
     def _create(self, spec: DeploymentSpec) -> Callable[[Change], object]:
         def run(change: Change) -> None:
-            view = self.admin.create_deployment_in(
-                change,
-                spec.alias,
-                spec.serving(),
-                replicas=spec.replicas,
-                node=spec.node,
-                node_labels=spec.node_labels,
-                allow_ctx_overflow=spec.allow_ctx_overflow,
-                traffic_weight=spec.weight,
-            )
-            if spec.stopped:
-                self.admin.stop_in(change, view.id)
+            self.admin.deploy_spec_in(change, spec)
 
         return run
 

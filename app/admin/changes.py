@@ -15,6 +15,7 @@ from sqlalchemy import Connection, Engine
 from app.accounts import Accounts, OperatorView, Role
 from app.admin.audit import Actor, record
 from app.admin.snapshots import alias_json, deployment_json, key_json, operator_json
+from app.admin.specs import DeploymentSpec
 from app.config import Settings
 from app.deployments import Deployments, DeploymentView, ServingSettings
 from app.gateway.aliases import AliasSettings, AliasStore
@@ -158,6 +159,20 @@ class Admin:
     def stop(self, actor: Actor, deployment_id: int) -> DeploymentView:
         with self.transaction(actor) as change:
             return self.stop_in(change, deployment_id)
+
+    def deploy_spec_in(self, change: Change, spec: DeploymentSpec) -> DeploymentView:
+        """A deployment as the admin API and herd.yaml describe it, stopped if it says so."""
+        view = self.create_deployment_in(
+            change,
+            spec.alias,
+            spec.serving(),
+            replicas=spec.replicas,
+            node=spec.node,
+            node_labels=spec.node_labels,
+            allow_ctx_overflow=spec.allow_ctx_overflow,
+            traffic_weight=spec.weight,
+        )
+        return self.stop_in(change, view.id) if spec.stopped else view
 
     def stop_in(self, change: Change, deployment_id: int) -> DeploymentView:
         return self._deployment_change(

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import time
 
 import psutil
 
-NVIDIA_SMI_TIMEOUT_S = 2.0
+from app.host_memory import nvidia_smi
+
 # nvidia-smi takes tens of milliseconds; VRAM changes slowly once the model is loaded.
 VRAM_REFRESH_S = 10.0
 
@@ -20,18 +19,8 @@ def rss_bytes() -> int:
 
 def gpu_bytes_of(pid: int) -> int | None:
     """GPU memory held by pid across NVIDIA GPUs; None where nvidia-smi cannot tell."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return None
-    try:
-        out = subprocess.run(
-            [exe, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=NVIDIA_SMI_TIMEOUT_S,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
+    out = nvidia_smi("--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits")
+    if out is None:
         return None
     total_mib = 0
     found = False
