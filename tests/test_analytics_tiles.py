@@ -75,3 +75,22 @@ def test_server_errors_are_5xx_and_cut_streams(database: Database) -> None:
     for span in (timedelta(hours=1), timedelta(days=1)):
         now = summary(engine, Scope(start=DAY, end=DAY + span))
         assert (now.requests, now.errors, now.client_errors) == (7, 3, 2), span
+
+
+def test_sparse_charts_get_a_readable_span_and_hide_unknown_models() -> None:
+    from app.ui import charts
+
+    at = DAY + timedelta(minutes=30)
+    rows = [
+        {"t": at, "model": "m.gguf", "total_p95_ms": 1000.0},
+        {"t": at, "model": None, "total_p95_ms": 1.0},
+    ]
+    known = charts.known_models(rows)
+    assert [r["model"] for r in known] == ["m.gguf"]
+    fig = charts.lines(known, {"p95": "total_p95_ms"}, title="Total latency", y_title="ms")
+    assert [trace.name for trace in fig.data] == ["m.gguf p95"]
+    # One point in time: an hour either side, not Plotly's sub-millisecond zoom.
+    assert list(fig.layout.xaxis.range) == [at - timedelta(hours=1), at + timedelta(hours=1)]
+    two_points = [*known, {"t": at + timedelta(hours=2), "model": "m.gguf", "total_p95_ms": 9.0}]
+    spread = charts.lines(two_points, {"p95": "total_p95_ms"}, title="", y_title="")
+    assert spread.layout.xaxis.range is None
