@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.store.estimate import estimate_memory, format_bytes
+from app.store.estimate import DEFAULT_SLOTS, default_slots, estimate_memory, format_bytes
 from app.store.gguf_file import read_gguf
 
 # The tiny model (tests/conftest.py TINY), all f32: n_layer 2, n_embd 64, n_head 4,
@@ -80,3 +80,14 @@ def test_format_bytes() -> None:
     assert format_bytes(512) == "512 B"
     assert format_bytes(1536) == "1.5 KiB"
     assert format_bytes(3 * 1024**3) == "3.0 GiB"
+
+
+def test_default_slots_fit_the_free_memory(tiny_gguf: Callable[..., Path]) -> None:
+    layout = read_gguf(tiny_gguf()).layout
+    need = {n: estimate_memory(layout, 0, N_CTX, n).ram_bytes for n in (1, 2, 3, 4)}
+    assert need[1] < need[2] < need[3] < need[4]  # each slot holds its own KV cache
+    assert default_slots(layout, 0, N_CTX, None) == DEFAULT_SLOTS == 4  # memory unknown
+    assert default_slots(layout, 0, N_CTX, need[4]) == 4
+    assert default_slots(layout, 0, N_CTX, need[4] - 1) == 3
+    assert default_slots(layout, 0, N_CTX, need[2]) == 2
+    assert default_slots(layout, 0, N_CTX, 0) == 1  # never fewer than one
