@@ -177,6 +177,19 @@ class Settings(BaseSettings):
             "share (0.5: 50 % slower)."
         ),
     )
+    eval_answer_prompts: int = Field(
+        default=8,
+        ge=0,
+        description=(
+            "Prompts of the evaluation's prompt set each model answers greedily, for reading "
+            "side by side (0: none); bounded so that an evaluation stays quick."
+        ),
+    )
+    eval_answer_tokens: int = Field(
+        default=64,
+        ge=1,
+        description="The most tokens each greedy evaluation answer may have.",
+    )
     job_heartbeat_s: float = Field(
         default=1.0,
         gt=0,

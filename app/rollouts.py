@@ -151,8 +151,10 @@ class Rollouts:
         *,
         note: str = "",
         decision_id: int | None = None,
+        signals: dict[str, Any] | None = None,
     ) -> int:
-        """Deploy model beside alias's current version at percent of its traffic."""
+        """Deploy model beside alias's current version at percent of its traffic; signals
+        (e.g. the page it was started from) are recorded beside the share."""
         if not 0 < percent < 100:
             raise RolloutError(f"a canary gets between 0 and 100 % of the traffic, not {percent}")
         if self.open_action(alias) is not None:
@@ -184,8 +186,8 @@ class Rollouts:
                 session, alias=alias, action="canary", candidate_deployment_id=created.id,
                 candidate_model_id=created.model_id, before=before, after=after,
                 evaluation=self._cited({created.model_id, *(d["model_id"] for d in current)}),
-                signals={"percent": percent}, decision_id=decision_id, decided_by=decided_by,
-                note=note,
+                signals={**(signals or {}), "percent": percent}, decision_id=decision_id,
+                decided_by=decided_by, note=note,
             )  # fmt: skip
 
     def promote(self, alias: str, decided_by: str, *, note: str = "") -> int:

@@ -6,7 +6,7 @@ from app.accounts import Role
 from app.deployments import traffic_shares
 from app.ui import auth, resources
 from app.ui.changes import run_change, show_confirmation
-from app.ui.rollout_widgets import FLASH, REFUSED, rollouts
+from app.ui.rollout_widgets import FLASH, REFUSED, rollouts, start_canary
 
 operator = auth.require_role(Role.VIEWER)
 can_act = operator.role.allows(Role.OPERATOR)
@@ -57,10 +57,8 @@ if can_act:
             )
             note = st.text_input("Note (why)", key="canary_note")
             if st.form_submit_button("Start canary"):
-                run_change(FLASH, f"canary {model} on {alias}",
-                           lambda: manager.canary(alias, str(model), float(percent),
-                                                  operator.name, note=note),
-                           refused=REFUSED, done=f"{percent}% of the traffic")  # fmt: skip
+                start_canary(manager, alias, str(model), float(percent), operator.name,
+                             note=note, page="rollouts")  # fmt: skip
     else:
         cols = st.columns(2)
         if action.action == "canary" and cols[0].button("Promote", key="promote"):

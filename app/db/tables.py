@@ -722,6 +722,37 @@ class Evaluation(Base):
     )
 
 
+class EvaluationAnswer(Base):
+    """The answer one model generated greedily to one prompt of an evaluation's prompt set,
+    beside the reference answer, for reading side by side.
+
+    Written only by app.evaluation.answers.
+    """
+
+    __tablename__ = "evaluation_answers"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    # 'feedback' or the prompt file's name; prompt_key (sha256 of the messages and the
+    # reference) matches the same prompt across models and runs.
+    prompt_set: Mapped[str] = mapped_column(Text)
+    prompt_key: Mapped[str] = mapped_column(Text)
+    position: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(Text)
+    prompt: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
+    reference: Mapped[str] = mapped_column(Text)
+    answer: Mapped[str] = mapped_column(Text)
+    answer_tokens: Mapped[int] = mapped_column(Integer)
+    max_tokens: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = _now()
+
+    __table_args__ = (
+        Index("ix_evaluation_answers_prompt_set_created_at", "prompt_set", "created_at"),
+        Index("ix_evaluation_answers_model_id_prompt_key", "model_id", "prompt_key"),
+    )
+
+
 class Rollout(Base):
     """A canary, promotion or rollback of an alias: who, when, what changed, the evidence.
 

@@ -203,6 +203,28 @@ class Measured:
             total += logits[sequence[i + 1]] - top - math.log(float(np.exp(logits - top).sum()))
         return total, len(sequence) - start
 
+    def greedy(self, prompt: list[int], max_tokens: int) -> tuple[str, int]:
+        """(text, tokens) the model generates after prompt, always taking the most likely
+        token, until an end-of-generation token or max_tokens; the start of a long prompt
+        is cut so that prompt and answer fit the context."""
+        if max_tokens < 1 or max_tokens >= self.n_ctx:
+            raise MeasureError(f"{max_tokens} answer tokens do not fit a context of {self.n_ctx}")
+        prompt = prompt[-(self.n_ctx - max_tokens) :]
+        self._clear()
+        self._decode(prompt, 0, logits_from=None)
+        produced: list[int] = []
+        for _ in range(max_tokens):
+            # -1: the last output of the latest decode (the prompt's end, then each token).
+            token = int(np.argmax(self._logits(-1)))
+            if llama_cpp.llama_vocab_is_eog(self.vocab, token):
+                break
+            produced.append(token)
+            if len(produced) == max_tokens:
+                break
+            self._decode([token], len(prompt) + len(produced) - 1, logits_from=None)
+        data = self.llama.detokenize(produced, special=False)
+        return data.decode("utf-8", errors="replace"), len(produced)
+
     def speed(self, n_prompt: int = 512, n_gen: int = 128, repeats: int = 1) -> Speed:
         """llama-bench's pp and tg: random tokens, an empty context each run, the mean over
         repeats after one warm-up run."""

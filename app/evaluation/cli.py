@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import getpass
+from pathlib import Path
 from typing import Any
 
 from app.config import Settings
 from app.db.database import Database
 from app.evaluation.metrics import Metric
 from app.evaluation.plan import EvalRequest, start_eval
+from app.evaluation.prompt_sets import FEEDBACK
 from app.evaluation.store import EvaluationStore
 from app.jobs.cli import follow_with_bars
 from app.jobs.store import JobStore
@@ -38,10 +40,20 @@ def results_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def prompts_choice(value: str | None) -> str | None:
+    """--prompts as the job reads it: 'feedback', or a file's absolute path (the job runs in
+    its own process, which need not share this one's directory)."""
+    if value is None or value == FEEDBACK:
+        return value
+    return str(Path(value).expanduser().resolve())
+
+
 def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
     request = EvalRequest(
         models=tuple(args.models), text_path=args.text, n_ctx=args.ctx, threads=args.threads,
         n_prompt=args.pp, n_gen=args.tg, repeats=args.repeats,
+        prompts=prompts_choice(args.prompts), answers=args.answers,
+        answer_tokens=args.answer_tokens,
     )  # fmt: skip
     with Database.open_current(settings) as db:
         jobs = JobStore(db.engine)
@@ -68,5 +80,15 @@ def add_command(sub: Any, command: Any) -> None:
     p.add_argument("--pp", type=int, default=512, help="prompt tokens for prefill speed")
     p.add_argument("--tg", type=int, default=128, help="tokens generated for decode speed")
     p.add_argument("--repeats", type=int, default=2, help="speed runs after a warm-up")
+    p.add_argument(
+        "--prompts", default=None, metavar="SET",
+        help="prompt set for reference log-likelihood and greedy answers: 'feedback' (the "
+        "thumbs-up and corrected answers; the default, used when there are any) or a JSONL "
+        "file of {\"prompt\": ..., \"reference\": ...} objects",
+    )  # fmt: skip
+    p.add_argument("--answers", type=int, default=None,
+                   help="prompts each model answers greedily (default HERD_EVAL_ANSWER_PROMPTS)")
+    p.add_argument("--answer-tokens", type=int, default=None,
+                   help="the most tokens per answer (default HERD_EVAL_ANSWER_TOKENS)")
     p.add_argument("--by", default=None, help="who starts it (default: the OS user)")
     p.add_argument("--no-wait", action="store_true", help="start and return")

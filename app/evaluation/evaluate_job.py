@@ -16,15 +16,22 @@ import psutil
 
 from app.engine.errors import ModelLoadError
 from app.engine.measure import Measured, MeasureError
+from app.evaluation.answers import AnswerStore, GeneratedAnswer
 from app.evaluation.metrics import Metric
-from app.evaluation.plan import EvalRefused, EvalRequest, check_eval, ram_estimate, read_text
-from app.evaluation.references import digest, reference_set
+from app.evaluation.plan import (
+    EvalRefused,
+    EvalRequest,
+    check_eval,
+    prompt_set,
+    ram_estimate,
+    read_text,
+)
+from app.evaluation.references import Reference
 from app.evaluation.store import EvaluationStore
 from app.jobs.runner import JobContext, JobFailed
 from app.store.catalog import ModelStore
 
 RSS_SAMPLE_S = 0.02
-REFERENCE_LIMIT = 200
 
 
 class PeakRss:
@@ -50,12 +57,39 @@ class PeakRss:
         self.peak = max(self.peak, self._process.memory_info().rss)
 
 
+def answer_count(request: EvalRequest, default: int) -> int:
+    """How many prompts each model answers: the request's, else the settings' default."""
+    return default if request.answers is None else request.answers
+
+
+def answer_tokens(request: EvalRequest, default: int) -> int:
+    """The most tokens an answer may have: the request's (checked to fit), else the
+    settings' default, cut to half the context so that a prompt still fits."""
+    if request.answer_tokens is not None:
+        return request.answer_tokens
+    return max(1, min(default, request.n_ctx // 2))
+
+
+def greedy_answers(
+    measured: Measured, references: list[Reference], max_tokens: int, ctx: JobContext
+) -> list[GeneratedAnswer]:
+    """Each reference's prompt answered greedily, in the set's order."""
+    out = []
+    for position, ref in enumerate(references):
+        ctx.check_cancel()
+        prompt, _ = measured.chat_tokens(ref.messages, ref.answer)
+        answer, n = measured.greedy(prompt, max_tokens)
+        out.append(GeneratedAnswer(ref, position, answer, n))
+    return out
+
+
 def run(ctx: JobContext) -> dict[str, Any]:
     request = EvalRequest.from_params(ctx.params)
     store = ModelStore(ctx.db.engine, ctx.settings.models_path)
     try:
         check_eval(store, request)
         text, text_sha = read_text(request.text)
+        prompts = prompt_set(ctx.db.engine, request)
     except EvalRefused as exc:
         raise JobFailed(str(exc)) from exc
     settings = {
@@ -69,9 +103,15 @@ def run(ctx: JobContext) -> dict[str, Any]:
         "repeats": request.repeats,
     }
     evaluations = EvaluationStore(ctx.db.engine)
-    references = reference_set(ctx.db.engine, REFERENCE_LIMIT)
+    answers = AnswerStore(ctx.db.engine)
+    references = prompts.references
+    to_answer = references[: answer_count(request, ctx.settings.eval_answer_prompts)]
+    max_tokens = answer_tokens(request, ctx.settings.eval_answer_tokens)
+    settings["prompts"] = prompts.name
     settings["references"] = len(references)
-    settings["references_sha256"] = digest(references)
+    settings["references_sha256"] = prompts.sha256
+    settings["answers"] = len(to_answer)
+    settings["answer_tokens"] = max_tokens
     results: dict[str, Any] = {}
     share = 1 / len(request.models)
     for k, name in enumerate(request.models):
@@ -106,6 +146,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
                         continue  # an answer longer than the context cannot be scored whole
                     total, n = measured.mean_loglik(prompt, answer)
                     loglik, scored = loglik + total, scored + n
+                generated = greedy_answers(measured, to_answer, max_tokens, ctx)
                 seconds = time.monotonic() - started
         except (ModelLoadError, MeasureError) as exc:
             raise JobFailed(f"{name}: {exc}") from exc
@@ -126,6 +167,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
                           "windows": ppl.windows, "nll_stderr": ppl.nll_stderr,
                           "reference_tokens": scored}  # fmt: skip
         evaluations.record(model.id, values, model_settings, ctx.job.id)
+        answers.record(model.id, prompts.name, generated, max_tokens, ctx.job.id)
         ctx.log(f"{name}: perplexity {ppl.perplexity:.4f} over {ppl.tokens_scored} tokens "
                 f"({ppl.windows} windows); peak RSS {peak} bytes, estimate {estimate}; "
                 f"{seconds:.1f} s")  # fmt: skip

@@ -12,6 +12,8 @@ from typing import Any
 import psutil
 
 from app.config import Settings
+from app.db.bind import Bind
+from app.evaluation.prompt_sets import PromptSet, PromptSetError, load_prompt_set
 from app.jobs.kinds import JobKind
 from app.jobs.spawn import spawn_job
 from app.jobs.store import JobStore
@@ -21,6 +23,8 @@ from app.store.gguf_file import ModelLayout
 
 DEFAULT_TEXT = Path(__file__).parent / "texts" / "herd-eval.txt"
 MAX_TEXT_BYTES = 64 * 1024 * 1024
+# References scored by log-likelihood per model (the newest feedback, or a file's first).
+REFERENCE_LIMIT = 200
 
 
 class EvalRefused(ValueError):
@@ -38,6 +42,11 @@ class EvalRequest:
     n_prompt: int = 512
     n_gen: int = 128
     repeats: int = 2
+    # None: the feedback set if any; 'feedback' (refused when empty) or a JSONL file's path.
+    prompts: str | None = None
+    # Prompts answered greedily and their most tokens; None: the settings' defaults.
+    answers: int | None = None
+    answer_tokens: int | None = None
 
     def params(self) -> dict[str, Any]:
         return {
@@ -48,6 +57,9 @@ class EvalRequest:
             "n_prompt": self.n_prompt,
             "n_gen": self.n_gen,
             "repeats": self.repeats,
+            "prompts": self.prompts,
+            "answers": self.answers,
+            "answer_tokens": self.answer_tokens,
         }
 
     @classmethod
@@ -60,6 +72,9 @@ class EvalRequest:
             n_prompt=int(params.get("n_prompt") or 512),
             n_gen=int(params.get("n_gen") or 128),
             repeats=int(params.get("repeats") or 2),
+            prompts=params.get("prompts"),
+            answers=params.get("answers"),
+            answer_tokens=params.get("answer_tokens"),
         )
 
     @property
@@ -86,6 +101,14 @@ def read_text(path: Path) -> tuple[str, str]:
         raise EvalRefused(f"{path} is not UTF-8 text: {exc}") from exc
 
 
+def prompt_set(bind: Bind, request: EvalRequest) -> PromptSet:
+    """The request's prompt set, loaded; EvalRefused if it cannot be used."""
+    try:
+        return load_prompt_set(bind, request.prompts, REFERENCE_LIMIT)
+    except PromptSetError as exc:
+        raise EvalRefused(str(exc)) from exc
+
+
 def ram_estimate(layout: dict[str, Any], n_ctx: int) -> int:
     """Herd's memory estimate for a model on the CPU at n_ctx (what Deployments shows)."""
     return estimate_memory(ModelLayout.from_json(layout), 0, n_ctx).ram_bytes
@@ -99,7 +122,14 @@ def check_eval(
         raise EvalRefused("choose at least one model")
     if request.n_ctx < 16:
         raise EvalRefused(f"context {request.n_ctx} is too small (at least 16)")
+    if request.answers is not None and request.answers < 0:
+        raise EvalRefused(f"{request.answers} answers: give 0 or more prompts to answer")
+    if request.answer_tokens is not None and not 1 <= request.answer_tokens < request.n_ctx:
+        raise EvalRefused(
+            f"{request.answer_tokens} answer tokens do not fit a context of {request.n_ctx}"
+        )
     read_text(request.text)
+    prompt_set(store.engine, request)
     free = available_bytes if available_bytes is not None else psutil.virtual_memory().available
     for name in request.models:
         model = store.get(name)

@@ -7,9 +7,10 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, text
+from sqlalchemy import text
 
 from app.analytics.export import prompt_messages
+from app.db.bind import Bind, connect
 
 _REFERENCES = text("""
     SELECT source, prompt, answer FROM (
@@ -39,9 +40,9 @@ class Reference:
     answer: str
 
 
-def reference_set(engine: Engine, limit: int = 200) -> list[Reference]:
+def reference_set(bind: Bind, limit: int = 200) -> list[Reference]:
     """The newest references, at most limit; prompts that are not chat messages are skipped."""
-    with engine.connect() as conn:
+    with connect(bind) as conn:
         rows = conn.execute(_REFERENCES, {"limit": limit}).all()
     out = []
     for source, prompt, answer in rows:

@@ -51,10 +51,12 @@ class EvaluationStore:
                 row["model_id"],
                 {"model_id": row["model_id"], "model": row["model"],
                  "file_type": row["file_type"], "parent_id": row["parent_id"],
-                 "evaluated_at": row["created_at"], "settings": row["settings"]},
+                 "evaluated_at": row["created_at"], "settings": row["settings"],
+                 "job_id": row["job_id"]},
             )  # fmt: skip
             entry[row["metric"]] = row["value"]
             if row["created_at"] > entry["evaluated_at"]:
                 entry["evaluated_at"] = row["created_at"]
                 entry["settings"] = row["settings"]
+                entry["job_id"] = row["job_id"]
         return sorted(by_model.values(), key=lambda r: r["model"])

@@ -17,6 +17,29 @@ def rollouts() -> Rollouts:
     return Rollouts(resources.database().engine, resources.settings())
 
 
+def start_canary(
+    manager: Rollouts,
+    alias: str,
+    model: str,
+    percent: float,
+    decided_by: str,
+    *,
+    note: str = "",
+    page: str,
+) -> None:
+    """Start a canary from a page (Rollouts, Evaluation): the one Rollouts.canary path,
+    recorded with the page it was started from beside the evaluations it cites."""
+    run_change(
+        FLASH,
+        f"canary {model} on {alias}",
+        lambda: manager.canary(
+            alias, model, percent, decided_by, note=note, signals={"started_from": page}
+        ),
+        refused=REFUSED,
+        done=f"{percent:g}% of the traffic",
+    )
+
+
 def execute_rollback_button(alias: str, decision_id: int, operator: str) -> None:
     """Offer to execute a recorded 'rollback' decision on its alias, when one is open."""
     show_confirmation(FLASH)
