@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import UTC, datetime
 from pathlib import Path
 
+import llama_cpp
 import pytest
 from sqlalchemy import text
 
 from app.config import Settings
 from app.db.database import Database
+from app.evaluation.answers import AnswerStore
 from app.evaluation.metrics import Metric
 from app.evaluation.pareto import pareto_front
 from app.evaluation.plan import EvalRefused, EvalRequest, check_eval
@@ -39,8 +42,8 @@ def test_eval_measures_the_demo_model_and_stores_one_row_per_metric(
                                        "created_at": now, "updated_at": now}])  # fmt: skip
     # Small settings keep this quick on a busy CI machine; bench/ runs the real ones.
     done = run_herd("eval", demo.name, "--ctx", "64", "--threads", "1", "--pp", "32",
-                    "--tg", "8", "--repeats", "1", "--by", "ann", env=herd_env,
-                    timeout_s=600)  # fmt: skip
+                    "--tg", "8", "--repeats", "1", "--answer-tokens", "8", "--by", "ann",
+                    env=herd_env, timeout_s=600)  # fmt: skip
     assert done.returncode == 0, done.stderr + done.stdout
     assert "PPL" in done.stdout and demo.name[:40] in done.stdout
     with database.engine.connect() as conn:
@@ -61,6 +64,12 @@ def test_eval_measures_the_demo_model_and_stores_one_row_per_metric(
     assert settings["text"] == "herd-eval.txt" and len(settings["text_sha256"]) == 64
     assert settings["windows"] == settings["tokens_scored"] // 31
     assert settings["references"] == 1 and settings["reference_tokens"] > 3
+    assert settings["prompts"] == "feedback" and settings["answers"] == 1
+    # The one reference's prompt answered greedily, stored beside the reference.
+    [entry] = AnswerStore(database.engine).side_by_side("feedback")
+    assert entry.reference == "The capital of France is Paris." and entry.source == "thumbs_up"
+    assert entry.prompt == [{"role": "user", "content": "What is the capital of France?"}]
+    assert list(entry.answers) == [demo.name] and entry.answers[demo.name].strip()
     [latest] = EvaluationStore(database.engine).latest()
     assert latest["model"] == demo.name and latest[Metric.PERPLEXITY] == values[Metric.PERPLEXITY]
 
@@ -98,3 +107,103 @@ def test_pareto_front_keeps_the_models_nothing_beats_on_both() -> None:
     # (decode tokens/s, perplexity): faster is better.
     speed = [(50.0, 20.0), (40.0, 19.0), (30.0, 22.0)]
     assert pareto_front(speed, maximize_x=True) == [0, 1]
+
+
+# Long enough for perplexity at context 64 (two windows), short enough to measure quickly.
+SHORT_TEXT = " ".join(
+    f"Line {i}: the herd grazes by the river while the shepherd counts the sheep."
+    for i in range(12)
+)
+
+
+def test_a_prompt_file_is_answered_by_each_model_side_by_side(
+    database: Database, models_dir: Path, herd_env: dict[str, str], tmp_path: Path
+) -> None:
+    store = ModelStore(database.engine, models_dir)
+    demo = add_demo_model(store)
+    copy = store.add(Path(demo.path), "smol-copy.gguf")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        json.dumps({"prompt": "Name a colour of the sky.", "reference": "Blue."}) + "\n\n"
+        + json.dumps({"prompt": [{"role": "system", "content": "Answer briefly."},
+                                 {"role": "user", "content": "What do bees make?"}],
+                      "reference": "Honey."}) + "\n"
+        + json.dumps({"prompt": "Not answered: --answers 2.", "reference": "-"}) + "\n",
+        encoding="utf-8",
+    )  # fmt: skip
+    text_file = tmp_path / "short.txt"
+    text_file.write_text(SHORT_TEXT, encoding="utf-8")
+    done = run_herd("eval", demo.name, copy.name, "--prompts", str(prompts), "--answers", "2",
+                    "--answer-tokens", "12", "--text", str(text_file), "--ctx", "64",
+                    "--threads", "1", "--pp", "16", "--tg", "4", "--repeats", "1",
+                    env=herd_env, timeout_s=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr + done.stdout
+    answers = AnswerStore(database.engine)
+    assert answers.prompt_sets() == ["prompts.jsonl"]
+    entries = answers.side_by_side("prompts.jsonl")
+    assert [e.reference for e in entries] == ["Blue.", "Honey."]  # the file's order
+    assert [e.source for e in entries] == ["file", "file"]
+    assert entries[1].prompt[0] == {"role": "system", "content": "Answer briefly."}
+    # The same weights answer the same greedily; what they answer is llama.cpp's greedy
+    # chat completion of the prompt.
+    llama = llama_cpp.Llama(demo.path, n_ctx=64, n_threads=1, verbose=False)
+    try:
+        for entry in entries:
+            assert set(entry.answers) == {demo.name, copy.name}
+            assert entry.answers[demo.name] == entry.answers[copy.name]
+            expected = llama.create_chat_completion(
+                entry.prompt, temperature=0, top_k=1, max_tokens=12
+            )["choices"][0]["message"]["content"]
+            assert entry.answers[demo.name] == expected
+    finally:
+        llama.close()
+    # Log-likelihood was scored on all three references of the file.
+    with database.engine.connect() as conn:
+        refs = conn.execute(text(
+            "SELECT settings->>'references', settings->>'prompts' FROM evaluations "
+            "WHERE model_id = :m AND metric = 'perplexity'"), {"m": copy.id}).one()  # fmt: skip
+    assert refs == ("3", "prompts.jsonl")
+
+
+def test_bad_prompt_sets_are_refused_with_line_numbers(
+    database: Database, models_dir: Path, herd_env: dict[str, str], tmp_path: Path
+) -> None:
+    store = ModelStore(database.engine, models_dir)
+    demo = add_demo_model(store)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        '{"prompt": "fine", "reference": "ok"}\n'
+        "{not json\n"
+        '{"prompt": "no reference"}\n'
+        '\n'
+        '["a list"]\n'
+        '{"prompt": [{"role": "wizard", "content": "x"}], "reference": "r"}\n'
+        '{"prompt": "p", "reference": "r", "extra": 1}\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(EvalRefused) as refused:
+        check_eval(store, EvalRequest((demo.name,), prompts=str(bad)))
+    message = str(refused.value)
+    assert "5 bad line(s)" in message
+    assert "line 2: not JSON" in message
+    assert "line 3: 'reference' must be a non-empty string" in message
+    assert "line 5: expected an object" in message
+    assert "line 6: 'prompt' must be" in message
+    assert "line 7: unknown field(s) ['extra']" in message
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n  \n", encoding="utf-8")
+    with pytest.raises(EvalRefused, match="holds no prompts"):
+        check_eval(store, EvalRequest((demo.name,), prompts=str(empty)))
+    with pytest.raises(EvalRefused, match="cannot read the prompt file"):
+        check_eval(store, EvalRequest((demo.name,), prompts=str(tmp_path / "missing.jsonl")))
+    # Asked for by name, the feedback set must hold something; by default it may be empty.
+    with pytest.raises(EvalRefused, match="the feedback prompt set is empty"):
+        check_eval(store, EvalRequest((demo.name,), prompts="feedback"))
+    check_eval(store, EvalRequest((demo.name,)))
+    with pytest.raises(EvalRefused, match="16 answer tokens do not fit a context of 16"):
+        check_eval(store, EvalRequest((demo.name,), n_ctx=16, answer_tokens=16))
+    # The CLI says the same and starts no job.
+    refused_cli = run_herd("eval", demo.name, "--prompts", str(bad), env=herd_env)
+    assert refused_cli.returncode != 0
+    assert "line 2: not JSON" in refused_cli.stderr + refused_cli.stdout
+    assert JobStore(database.engine).recent("evaluate") == []

@@ -9,11 +9,20 @@ from pathlib import Path
 import pytest
 
 from app.accounts import Role
+from app.admin.audit import read_audit
+from app.config import Settings
 from app.db.database import Database
+from app.deployments import Deployments, ServingSettings
+from app.evaluation.answers import AnswerStore, GeneratedAnswer
 from app.evaluation.metrics import Metric
+from app.evaluation.references import Reference
 from app.evaluation.store import EvaluationStore
+from app.rollouts import Rollouts
 from app.store.catalog import ModelStore
 from tests.conftest import run_page
+
+BEES = Reference("thumbs_up", [{"role": "user", "content": "What do bees make?"}], "Honey.")
+SKY = Reference("correction", [{"role": "user", "content": "Colour of the sky?"}], "Blue.")
 
 
 @pytest.fixture
@@ -30,6 +39,11 @@ def evaluated(
         model = store.add(tiny_gguf(name))
         results.record(model.id, {Metric.SIZE: size, Metric.PERPLEXITY: ppl,
                                   Metric.DECODE: tps}, {"n_ctx": 512})  # fmt: skip
+        if name != "c.gguf":
+            AnswerStore(database.engine).record(model.id, "feedback", [
+                GeneratedAnswer(BEES, 0, f"{name} says wax", 3),
+                GeneratedAnswer(SKY, 1, f"{name} says blue", 3),
+            ], max_tokens=16)  # fmt: skip
 
 
 
@@ -52,3 +66,50 @@ def test_an_operator_gets_a_clear_refusal(evaluated: None) -> None:
     app.button(key="FormSubmitter:evaluate-Evaluate").click()
     app.run()
     assert [e.value for e in app.error] == ["Cannot evaluate: choose at least one model"]
+
+
+def test_answers_are_shown_side_by_side_per_prompt(evaluated: None) -> None:
+    app = run_page("evaluation.py", Role.VIEWER)
+    assert not app.exception, app.exception
+    texts = [t.value for t in app.text]
+    # Per prompt, in the set's order: the prompt, the reference, then each model's answer.
+    assert texts == [
+        "What do bees make?", "Honey.", "a.gguf says wax", "b.gguf says wax",
+        "Colour of the sky?", "Blue.", "a.gguf says blue", "b.gguf says blue",
+    ]  # fmt: skip
+    captions = [c.value for c in app.caption]
+    assert captions.count("reference") == 2 and captions.count("b.gguf") == 2
+    # Fewer models to compare: only their columns remain.
+    app.multiselect(key="answers_models").set_value(["b.gguf"]).run()
+    assert "a.gguf says wax" not in [t.value for t in app.text]
+    assert "b.gguf says wax" in [t.value for t in app.text]
+
+
+def test_an_operator_starts_a_canary_from_the_evaluation_page(
+    evaluated: None, database: Database, settings: Settings
+) -> None:
+    Deployments(database.engine).create("smol", ServingSettings("a.gguf", n_ctx=256), replicas=0)
+    app = run_page("evaluation.py", Role.OPERATOR)
+    app.selectbox(key="eval_canary_model").select("b.gguf")
+    app.selectbox(key="eval_canary_alias").select("smol")
+    app.number_input(key="eval_canary_percent").set_value(20)
+    app.text_input(key="eval_canary_note").input("lower perplexity")
+    app.button(key="FormSubmitter:eval_canary-Start canary").click().run()
+    assert not app.exception, app.exception
+    assert [s.value for s in app.success] == ["Canary b.gguf on smol: 20% of the traffic."]
+    rollouts = Rollouts(database.engine, settings)
+    weights = {d["model"]: d["weight"] for d in rollouts.snapshot("smol")}
+    assert weights == {"a.gguf": 100, "b.gguf": 25}
+    [record] = rollouts.history("smol")
+    assert (record["action"], record["decided_by"], record["note"]) == (
+        "canary", "olivia", "lower perplexity")  # fmt: skip
+    assert record["signals"] == {"started_from": "evaluation", "percent": 20.0}
+    # The evaluations it cites: the canary's and the current version's, as they stood.
+    cited = {e["model"]: e[Metric.PERPLEXITY.value] for e in record["evaluation"]}
+    assert cited == {"a.gguf": 20.0, "b.gguf": 19.0}
+    [audited] = read_audit(database.engine, action="rollout.")
+    assert (audited.action, audited.actor, audited.via) == ("rollout.canary", "olivia", "page")
+    # A second canary on the same alias is refused plainly while this one is open.
+    app.selectbox(key="eval_canary_model").select("c.gguf")
+    app.button(key="FormSubmitter:eval_canary-Start canary").click().run()
+    assert "has a canary or promotion open" in app.error[0].value

@@ -11,7 +11,11 @@ import pytest
 APP = Path(__file__).resolve().parents[1] / "app"
 
 # table -> (ORM class, the one module that writes it)
-OWNERS = {"deployments": ("Deployment", "deployments.py")}
+OWNERS = {
+    "deployments": ("Deployment", "deployments.py"),
+    "evaluations": ("Evaluation", "evaluation/store.py"),
+    "evaluation_answers": ("EvaluationAnswer", "evaluation/answers.py"),
+}
 
 
 @pytest.mark.parametrize("table", sorted(OWNERS))
