@@ -138,6 +138,10 @@ def test_a_prompt_file_is_answered_by_each_model_side_by_side(
                     "--threads", "1", "--pp", "16", "--tg", "4", "--repeats", "1",
                     env=herd_env, timeout_s=600)  # fmt: skip
     assert done.returncode == 0, done.stderr + done.stdout
+    # The CLI prints the answers per prompt after the results table.
+    assert "PROMPT 1: Name a colour of the sky." in done.stdout
+    assert "PROMPT 2: What do bees make? (after 1 earlier message(s))" in done.stdout
+    assert "PROMPT 3" not in done.stdout
     answers = AnswerStore(database.engine)
     assert answers.prompt_sets() == ["prompts.jsonl"]
     entries = answers.side_by_side("prompts.jsonl")

@@ -35,6 +35,14 @@ def prompt_key(reference: Reference) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
+def prompt_text(messages: list[dict[str, str]]) -> str:
+    """The prompt as a reader wants it: the last user message, with earlier turns counted."""
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    last = users[-1] if users else messages[-1]["content"]
+    earlier = len(messages) - 1
+    return last if earlier == 0 else f"{last}\n(after {earlier} earlier message(s))"
+
+
 @dataclass(frozen=True)
 class GeneratedAnswer:
     """What one model answered greedily to one reference's prompt."""

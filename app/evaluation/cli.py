@@ -9,6 +9,7 @@ from typing import Any
 
 from app.config import Settings
 from app.db.database import Database
+from app.evaluation.answers import AnswerStore, SideBySide, prompt_text
 from app.evaluation.metrics import Metric
 from app.evaluation.plan import EvalRequest, start_eval
 from app.evaluation.prompt_sets import FEEDBACK
@@ -40,6 +41,22 @@ def results_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def answers_lines(entries: list[SideBySide], models: list[str], width: int = 100) -> list[str]:
+    """The greedy answers per prompt, each on one line cut to width (the page shows them
+    whole)."""
+
+    def cut(value: str) -> str:
+        flat = " ".join(value.split())
+        return flat if len(flat) <= width else flat[: width - 3] + "..."
+
+    lines = []
+    for k, entry in enumerate(entries, start=1):
+        lines += [f"PROMPT {k}: {cut(prompt_text(entry.prompt))}",
+                  f"  {'reference':44} {cut(entry.reference)}"]  # fmt: skip
+        lines += [f"  {m[:44]:44} {cut(entry.answers[m])}" for m in models if m in entry.answers]
+    return lines
+
+
 def prompts_choice(value: str | None) -> str | None:
     """--prompts as the job reads it: 'feedback', or a file's absolute path (the job runs in
     its own process, which need not share this one's directory)."""
@@ -65,6 +82,10 @@ def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
         status = follow_with_bars(settings, jobs, [job_id])
         rows = [r for r in EvaluationStore(db.engine).latest() if r["model"] in args.models]
         for line in results_lines(rows):
+            print(line, flush=True)
+        prompt_set = FEEDBACK if request.prompts is None else Path(request.prompts).name
+        entries = AnswerStore(db.engine).side_by_side(prompt_set, list(args.models))
+        for line in answers_lines(entries, list(args.models)):
             print(line, flush=True)
         return status
 

@@ -4,15 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.evaluation.answers import SideBySide
-
-
-def prompt_text(messages: list[dict[str, str]]) -> str:
-    """The prompt as a reader wants it: the last user message, with earlier turns counted."""
-    users = [m["content"] for m in messages if m["role"] == "user"]
-    last = users[-1] if users else messages[-1]["content"]
-    earlier = len(messages) - 1
-    return last if earlier == 0 else f"{last}\n(after {earlier} earlier message(s))"
+from app.evaluation.answers import SideBySide, prompt_text
 
 
 def answers_side_by_side(entries: list[SideBySide], models: list[str]) -> None:
