@@ -1,5 +1,5 @@
-"""Free memory on this host: RAM from psutil, a GPU's from nvidia-smi. Used to size defaults
-(parallel slots) before a model is loaded, never to refuse one."""
+"""Memory on this host: free RAM from psutil; a GPU's free memory and a process's GPU memory
+from nvidia-smi. Free memory sizes defaults (parallel slots) before a model is loaded."""
 
 from __future__ import annotations
 
@@ -30,6 +30,21 @@ def nvidia_smi(*args: str) -> str | None:
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def gpu_bytes_of(pid: int) -> int | None:
+    """GPU memory held by pid across NVIDIA GPUs; None where nvidia-smi cannot tell."""
+    out = nvidia_smi("--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits")
+    if out is None:
+        return None
+    total_mib = 0
+    found = False
+    for line in out.splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) == 2 and fields[0] == str(pid) and fields[1].isdigit():
+            total_mib += int(fields[1])
+            found = True
+    return total_mib * 1024 * 1024 if found else None
 
 
 def free_vram_bytes(gpu: int) -> int | None:

@@ -42,10 +42,14 @@ can_change = operator.role.allows(Role.OPERATOR)
 if can_change and models:
     with st.form("evaluate"):
         chosen = st.multiselect("Models", [m.name for m in models], key="eval_models")
-        cols = st.columns(3)
+        cols = st.columns(4)
         n_ctx = cols[0].number_input("Context (tokens)", min_value=16, value=512, key="eval_ctx")
         threads = cols[1].number_input("Threads (0: all)", min_value=0, value=0, key="eval_threads")
-        text_path = cols[2].text_input(
+        gpu_layers = cols[2].number_input(
+            "GPU layers (-1: all)", min_value=-1, value=0, key="eval_gpu_layers",
+            help="0 measures on the CPU; with layers offloaded, peak VRAM is measured too.",
+        )  # fmt: skip
+        text_path = cols[3].text_input(
             "Evaluation text on the server (optional)", key="eval_text",
             help="UTF-8 text; default: the text shipped with Herd (about 3,800 tokens).",
         )  # fmt: skip
@@ -67,7 +71,7 @@ if can_change and models:
     if start:
         request = EvalRequest(
             tuple(chosen), text_path or None, int(n_ctx), int(threads) or None,
-            prompts=prompts.strip() or None, answers=int(answers),
+            n_gpu_layers=int(gpu_layers), prompts=prompts.strip() or None, answers=int(answers),
             answer_tokens=int(answer_tokens),
         )  # fmt: skip
         try:
@@ -96,6 +100,9 @@ else:
                 "peak RSS": format_bytes(row.get(Metric.RSS_PEAK.value)),
                 "estimate": format_bytes(row.get(Metric.RSS_ESTIMATE.value)),
                 "estimate error %": row.get(Metric.RSS_ERROR.value),
+                "peak VRAM": format_bytes(row.get(Metric.VRAM_PEAK.value)),
+                "VRAM estimate": format_bytes(row.get(Metric.VRAM_ESTIMATE.value)),
+                "GPU layers": (row["settings"] or {}).get("n_gpu_layers"),
                 "reference log-lik/token": row.get(Metric.REFERENCE_LOGLIK.value),
                 "context": (row["settings"] or {}).get("n_ctx"),
                 "threads": (row["settings"] or {}).get("threads"),

@@ -13,6 +13,7 @@ from sqlalchemy import text
 
 from app.config import Settings
 from app.db.database import Database
+from app.engine.loader import gpu_offload_supported
 from app.evaluation.answers import AnswerStore
 from app.evaluation.metrics import Metric
 from app.evaluation.pareto import pareto_front
@@ -23,6 +24,8 @@ from app.store.catalog import ModelStore
 from app.store.demo import add_demo_model
 from tests.analytics_data import insert_feedback, insert_messages, insert_requests, request_row
 from tests.conftest import run_herd
+
+VRAM_METRICS = (Metric.VRAM_PEAK, Metric.VRAM_ESTIMATE, Metric.VRAM_ERROR)
 
 
 def test_eval_measures_the_demo_model_and_stores_one_row_per_metric(
@@ -52,7 +55,8 @@ def test_eval_measures_the_demo_model_and_stores_one_row_per_metric(
             {"m": demo.id},
         ).all()
     values = {metric: value for metric, value, _ in rows}
-    assert set(values) == {m.value for m in Metric}
+    # On the CPU (0 GPU layers) every metric but the VRAM ones.
+    assert set(values) == {m.value for m in Metric} - set(VRAM_METRICS)
     assert -20 < values[Metric.REFERENCE_LOGLIK] < 0  # mean log-probability per answer token
     assert values[Metric.SIZE] == demo.size_bytes
     assert 1 < values[Metric.PERPLEXITY] < 1000 and math.isfinite(values[Metric.PERPLEXITY])
@@ -98,6 +102,11 @@ def test_evaluating_a_model_that_does_not_fit_is_refused_with_the_estimate(
     with pytest.raises(EvalRefused, match="not UTF-8"):
         check_eval(store, EvalRequest((demo.name,), text_path=str(binary)))
     check_eval(store, request)  # this machine has room for 135M parameters
+    with pytest.raises(EvalRefused, match="GPU layers -2"):
+        check_eval(store, EvalRequest((demo.name,), n_gpu_layers=-2))
+    if not gpu_offload_supported():
+        with pytest.raises(EvalRefused, match="cannot offload layers to a GPU"):
+            check_eval(store, EvalRequest((demo.name,), n_gpu_layers=-1))
 
 
 def test_pareto_front_keeps_the_models_nothing_beats_on_both() -> None:

@@ -23,7 +23,7 @@ from app.store.estimate import format_bytes
 def results_lines(rows: list[dict[str, Any]]) -> list[str]:
     """The evaluation table as text lines."""
     lines = [f"{'MODEL':44} {'TYPE':8} {'SIZE':>10} {'PPL':>9} {'PP t/s':>9} {'TG t/s':>8} "
-             f"{'RSS':>10} {'EST':>10} {'ERR%':>6}"]  # fmt: skip
+             f"{'RSS':>10} {'EST':>10} {'ERR%':>6} {'VRAM':>10}"]  # fmt: skip
     for row in rows:
 
         def num(metric: Metric, spec: str, row: dict[str, Any] = row) -> str:
@@ -36,7 +36,8 @@ def results_lines(rows: list[dict[str, Any]]) -> list[str]:
             f"{num(Metric.PREFILL, '.1f'):>9} {num(Metric.DECODE, '.1f'):>8} "
             f"{format_bytes(row.get(Metric.RSS_PEAK.value)):>10} "
             f"{format_bytes(row.get(Metric.RSS_ESTIMATE.value)):>10} "
-            f"{num(Metric.RSS_ERROR, '+.1f'):>6}"
+            f"{num(Metric.RSS_ERROR, '+.1f'):>6} "
+            f"{format_bytes(row.get(Metric.VRAM_PEAK.value)):>10}"
         )
     return lines
 
@@ -68,7 +69,7 @@ def prompts_choice(value: str | None) -> str | None:
 def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
     request = EvalRequest(
         models=tuple(args.models), text_path=args.text, n_ctx=args.ctx, threads=args.threads,
-        n_prompt=args.pp, n_gen=args.tg, repeats=args.repeats,
+        n_prompt=args.pp, n_gen=args.tg, repeats=args.repeats, n_gpu_layers=args.gpu_layers,
         prompts=prompts_choice(args.prompts), answers=args.answers,
         answer_tokens=args.answer_tokens,
     )  # fmt: skip
@@ -101,6 +102,9 @@ def add_command(sub: Any, command: Any) -> None:
     p.add_argument("--pp", type=int, default=512, help="prompt tokens for prefill speed")
     p.add_argument("--tg", type=int, default=128, help="tokens generated for decode speed")
     p.add_argument("--repeats", type=int, default=2, help="speed runs after a warm-up")
+    p.add_argument("--gpu-layers", type=int, default=0,
+                   help="layers offloaded to the GPU (-1: all; default 0: CPU); peak VRAM "
+                   "is then measured with nvidia-smi")  # fmt: skip
     p.add_argument(
         "--prompts", default=None, metavar="SET",
         help="prompt set for reference log-likelihood and greedy answers: 'feedback' (the "

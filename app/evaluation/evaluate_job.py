@@ -1,12 +1,15 @@
 """The evaluation job: runs in its own process (`herd jobs run ID`), one model at a time.
 
 Per model: file size; peak RSS while loaded and measured, above the process's RSS before
-loading (so the Python runtime is not counted), next to Herd's estimate (CPU, the same n_ctx)
-with the error in %; llama-bench-style pp/tg tokens/s; llama-perplexity-style perplexity.
+loading (so the Python runtime is not counted), next to Herd's estimate (the same n_ctx and
+GPU layers) with the error in %; with GPU layers, peak VRAM from nvidia-smi likewise;
+llama-bench-style pp/tg tokens/s; llama-perplexity-style perplexity; reference
+log-likelihood and greedy answers on the prompt set.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -22,32 +25,48 @@ from app.evaluation.plan import (
     EvalRefused,
     EvalRequest,
     check_eval,
+    memory_estimate,
     prompt_set,
-    ram_estimate,
     read_text,
 )
 from app.evaluation.references import Reference
 from app.evaluation.store import EvaluationStore
+from app.host_memory import gpu_bytes_of
 from app.jobs.runner import JobContext, JobFailed
 from app.store.catalog import ModelStore
 
 RSS_SAMPLE_S = 0.02
+VRAM_SAMPLE_S = 0.5
 
 
-class PeakRss:
-    """Samples this process's RSS in a thread; the highest seen."""
+class PeakMemory:
+    """Samples this process's RSS in a thread, and with gpu its GPU memory (nvidia-smi, the
+    runner workers use; every VRAM_SAMPLE_S, since each call takes tens of ms); the highest
+    seen. vram_peak stays None where nvidia-smi is missing or does not list this process."""
 
-    def __init__(self) -> None:
+    def __init__(self, gpu: bool = False) -> None:
         self._process = psutil.Process()
         self.peak = self._process.memory_info().rss
+        self.vram_peak: int | None = None
+        self._gpu = gpu
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def sample_vram(self) -> None:
+        used = gpu_bytes_of(os.getpid())
+        if used is not None:
+            self.vram_peak = max(self.vram_peak or 0, used)
+
     def _run(self) -> None:
+        every = max(1, round(VRAM_SAMPLE_S / RSS_SAMPLE_S))
+        tick = 0
         while not self._stop.wait(RSS_SAMPLE_S):
             self.peak = max(self.peak, self._process.memory_info().rss)
+            tick += 1
+            if self._gpu and tick % every == 0:
+                self.sample_vram()
 
-    def __enter__(self) -> PeakRss:
+    def __enter__(self) -> PeakMemory:
         self._thread.start()
         return self
 
@@ -95,7 +114,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
     settings = {
         "n_ctx": request.n_ctx,
         "threads": request.thread_count,
-        "n_gpu_layers": 0,
+        "n_gpu_layers": request.n_gpu_layers,
         "text": request.text.name,
         "text_sha256": text_sha,
         "pp": request.n_prompt,
@@ -118,11 +137,18 @@ def run(ctx: JobContext) -> dict[str, Any]:
         ctx.check_cancel()
         model = store.get(name)
         assert model is not None and model.layout is not None  # checked above
-        ctx.log(f"{name}: loading (context {request.n_ctx}, {request.thread_count} threads)")
+        ctx.log(f"{name}: loading (context {request.n_ctx}, {request.thread_count} threads, "
+                f"{request.n_gpu_layers} GPU layers)")  # fmt: skip
         baseline = psutil.Process().memory_info().rss
+        gpu = request.n_gpu_layers != 0
+        # GPU memory this process held before loading (a CUDA context of an earlier model).
+        vram_baseline = (gpu_bytes_of(os.getpid()) or 0) if gpu else 0
         try:
-            with PeakRss() as rss, Measured(Path(model.path), request.n_ctx,
-                                            request.thread_count) as measured:  # fmt: skip
+            with PeakMemory(gpu) as memory, Measured(
+                Path(model.path), request.n_ctx, request.thread_count, request.n_gpu_layers
+            ) as measured:
+                if gpu:
+                    memory.sample_vram()  # loaded: the weights are on the GPU now
                 tokens = measured.tokenize(text)
                 started = time.monotonic()
                 speed = measured.speed(
@@ -147,11 +173,14 @@ def run(ctx: JobContext) -> dict[str, Any]:
                     total, n = measured.mean_loglik(prompt, answer)
                     loglik, scored = loglik + total, scored + n
                 generated = greedy_answers(measured, to_answer, max_tokens, ctx)
+                if gpu:
+                    memory.sample_vram()
                 seconds = time.monotonic() - started
         except (ModelLoadError, MeasureError) as exc:
             raise JobFailed(f"{name}: {exc}") from exc
-        peak = rss.peak - baseline
-        estimate = ram_estimate(model.layout, request.n_ctx)
+        peak = memory.peak - baseline
+        estimates = memory_estimate(model.layout, request.n_ctx, request.n_gpu_layers)
+        estimate = estimates.ram_bytes
         values = {
             Metric.SIZE: float(model.size_bytes),
             Metric.RSS_PEAK: float(peak),
@@ -163,6 +192,12 @@ def run(ctx: JobContext) -> dict[str, Any]:
         }
         if scored:
             values[Metric.REFERENCE_LOGLIK] = loglik / scored
+        if memory.vram_peak is not None:
+            vram = memory.vram_peak - vram_baseline
+            values[Metric.VRAM_PEAK] = float(vram)
+            values[Metric.VRAM_ESTIMATE] = float(estimates.vram_bytes)
+            if vram > 0:
+                values[Metric.VRAM_ERROR] = 100.0 * (estimates.vram_bytes - vram) / vram
         model_settings = {**settings, "tokens_scored": ppl.tokens_scored,
                           "windows": ppl.windows, "nll_stderr": ppl.nll_stderr,
                           "reference_tokens": scored}  # fmt: skip

@@ -13,12 +13,14 @@ import psutil
 
 from app.config import Settings
 from app.db.bind import Bind
+from app.engine.loader import gpu_offload_supported
 from app.evaluation.prompt_sets import PromptSet, PromptSetError, load_prompt_set
+from app.host_memory import free_vram_bytes
 from app.jobs.kinds import JobKind
 from app.jobs.spawn import spawn_job
 from app.jobs.store import JobStore
 from app.store.catalog import ModelStore
-from app.store.estimate import estimate_memory, format_bytes
+from app.store.estimate import MemoryEstimate, estimate_memory, format_bytes
 from app.store.gguf_file import ModelLayout
 
 DEFAULT_TEXT = Path(__file__).parent / "texts" / "herd-eval.txt"
@@ -42,6 +44,8 @@ class EvalRequest:
     n_prompt: int = 512
     n_gen: int = 128
     repeats: int = 2
+    # Layers offloaded to the GPU (-1: all); 0 measures on the CPU alone.
+    n_gpu_layers: int = 0
     # None: the feedback set if any; 'feedback' (refused when empty) or a JSONL file's path.
     prompts: str | None = None
     # Prompts answered greedily and their most tokens; None: the settings' defaults.
@@ -57,6 +61,7 @@ class EvalRequest:
             "n_prompt": self.n_prompt,
             "n_gen": self.n_gen,
             "repeats": self.repeats,
+            "n_gpu_layers": self.n_gpu_layers,
             "prompts": self.prompts,
             "answers": self.answers,
             "answer_tokens": self.answer_tokens,
@@ -72,6 +77,7 @@ class EvalRequest:
             n_prompt=int(params.get("n_prompt") or 512),
             n_gen=int(params.get("n_gen") or 128),
             repeats=int(params.get("repeats") or 2),
+            n_gpu_layers=int(params.get("n_gpu_layers") or 0),
             prompts=params.get("prompts"),
             answers=params.get("answers"),
             answer_tokens=params.get("answer_tokens"),
@@ -109,9 +115,10 @@ def prompt_set(bind: Bind, request: EvalRequest) -> PromptSet:
         raise EvalRefused(str(exc)) from exc
 
 
-def ram_estimate(layout: dict[str, Any], n_ctx: int) -> int:
-    """Herd's memory estimate for a model on the CPU at n_ctx (what Deployments shows)."""
-    return estimate_memory(ModelLayout.from_json(layout), 0, n_ctx).ram_bytes
+def memory_estimate(layout: dict[str, Any], n_ctx: int, n_gpu_layers: int = 0) -> MemoryEstimate:
+    """Herd's memory estimate for a model at n_ctx with n_gpu_layers offloaded (what the
+    Deployments page shows)."""
+    return estimate_memory(ModelLayout.from_json(layout), n_gpu_layers, n_ctx)
 
 
 def check_eval(
@@ -122,6 +129,16 @@ def check_eval(
         raise EvalRefused("choose at least one model")
     if request.n_ctx < 16:
         raise EvalRefused(f"context {request.n_ctx} is too small (at least 16)")
+    if request.n_gpu_layers < -1:
+        raise EvalRefused(f"GPU layers {request.n_gpu_layers}: give -1 (all), 0 or more")
+    free_vram = None
+    if request.n_gpu_layers != 0:
+        if not gpu_offload_supported():
+            raise EvalRefused(
+                "this llama-cpp-python build cannot offload layers to a GPU; evaluate with "
+                "0 GPU layers or install a GPU build"
+            )
+        free_vram = free_vram_bytes(0)
     if request.answers is not None and request.answers < 0:
         raise EvalRefused(f"{request.answers} answers: give 0 or more prompts to answer")
     if request.answer_tokens is not None and not 1 <= request.answer_tokens < request.n_ctx:
@@ -137,7 +154,15 @@ def check_eval(
             raise EvalRefused(f"no model {name!r} in the store")
         if model.status != "valid" or model.layout is None:
             raise EvalRefused(f"{name} is {model.status}: {model.error}")
-        needed = ram_estimate(model.layout, request.n_ctx)
+        estimate = memory_estimate(model.layout, request.n_ctx, request.n_gpu_layers)
+        if free_vram is not None and estimate.vram_bytes > free_vram:
+            raise EvalRefused(
+                f"{name} does not fit in GPU memory: the estimate at context {request.n_ctx} "
+                f"with {request.n_gpu_layers} GPU layers is {estimate.vram_bytes} bytes "
+                f"({format_bytes(estimate.vram_bytes)}), {free_vram} bytes "
+                f"({format_bytes(free_vram)}) are free"
+            )
+        needed = estimate.ram_bytes
         if needed > free:
             raise EvalRefused(
                 f"{name} does not fit in memory: the estimate at context {request.n_ctx} is "

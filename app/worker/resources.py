@@ -7,7 +7,7 @@ import time
 
 import psutil
 
-from app.host_memory import nvidia_smi
+from app.host_memory import gpu_bytes_of
 
 # nvidia-smi takes tens of milliseconds; VRAM changes slowly once the model is loaded.
 VRAM_REFRESH_S = 10.0
@@ -15,21 +15,6 @@ VRAM_REFRESH_S = 10.0
 
 def rss_bytes() -> int:
     return int(psutil.Process().memory_info().rss)
-
-
-def gpu_bytes_of(pid: int) -> int | None:
-    """GPU memory held by pid across NVIDIA GPUs; None where nvidia-smi cannot tell."""
-    out = nvidia_smi("--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits")
-    if out is None:
-        return None
-    total_mib = 0
-    found = False
-    for line in out.splitlines():
-        fields = [f.strip() for f in line.split(",")]
-        if len(fields) == 2 and fields[0] == str(pid) and fields[1].isdigit():
-            total_mib += int(fields[1])
-            found = True
-    return total_mib * 1024 * 1024 if found else None
 
 
 class VramProbe:
