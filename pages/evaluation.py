@@ -32,8 +32,8 @@ st.caption(
 show_confirmation(FLASH)
 settings = resources.settings()
 store = resources.model_store()
-answer_store = AnswerStore(resources.database().engine)
 with resources.database_errors():
+    answer_store = AnswerStore(resources.database().engine)
     models = [m for m in store.list() if m.status == "valid"]
     results = EvaluationStore(resources.database().engine).latest()
     prompt_sets = answer_store.prompt_sets()

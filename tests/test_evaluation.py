@@ -159,7 +159,7 @@ def test_a_prompt_file_is_answered_by_each_model_side_by_side(
     assert entries[1].prompt[0] == {"role": "system", "content": "Answer briefly."}
     # The same weights answer the same greedily; what they answer is llama.cpp's greedy
     # chat completion of the prompt.
-    llama = llama_cpp.Llama(demo.path, n_ctx=64, n_threads=1, verbose=False)
+    llama = llama_cpp.Llama(demo.path, n_ctx=64, n_threads=1, flash_attn=True, verbose=False)
     try:
         for entry in entries:
             assert set(entry.answers) == {demo.name, copy.name}

@@ -63,6 +63,10 @@ class Measured:
                 n_threads=n_threads,
                 n_threads_batch=n_threads,
                 n_gpu_layers=n_gpu_layers,
+                # Flash attention, as llama-bench and llama-perplexity use it by default and
+                # the workers' batched contexts do ('auto' turns it on for the CPU and for
+                # GPUs that support it); llama-cpp-python's Llama turns it off unless asked.
+                flash_attn=True,
                 verbose=False,
             )
         except (ValueError, RuntimeError, OSError) as exc:
