@@ -11,7 +11,10 @@ import pytest
 APP = Path(__file__).resolve().parents[1] / "app"
 
 # table -> (ORM class, the one module that writes it)
-OWNERS = {"deployments": ("Deployment", "deployments.py")}
+OWNERS = {
+    "deployments": ("Deployment", "deployments.py"),
+    "datasets": ("Dataset", "datasets/store.py"),
+}
 
 
 @pytest.mark.parametrize("table", sorted(OWNERS))

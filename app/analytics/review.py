@@ -149,7 +149,7 @@ def tags(engine: Engine, request_id: uuid.UUID) -> list[str]:
         )
 
 
-def _clean_tag(tag: str) -> str:
+def clean_tag(tag: str) -> str:
     cleaned = " ".join(tag.strip().lower().split())
     if not 1 <= len(cleaned) <= 64:
         raise ReviewError("a tag has 1 to 64 characters")
@@ -158,7 +158,7 @@ def _clean_tag(tag: str) -> str:
 
 def add_tag(engine: Engine, request_id: uuid.UUID, tag: str, by: str | None) -> str:
     """Tag a conversation (idempotent); returns the tag as stored."""
-    cleaned = _clean_tag(tag)
+    cleaned = clean_tag(tag)
     with engine.begin() as conn:
         conn.execute(
             insert(FeedbackTag)
@@ -172,7 +172,7 @@ def remove_tag(engine: Engine, request_id: uuid.UUID, tag: str) -> None:
     with engine.begin() as conn:
         conn.execute(
             delete(FeedbackTag).where(
-                FeedbackTag.request_id == request_id, FeedbackTag.tag == _clean_tag(tag)
+                FeedbackTag.request_id == request_id, FeedbackTag.tag == clean_tag(tag)
             )
         )
 
