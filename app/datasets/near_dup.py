@@ -2,11 +2,11 @@
 
 Each text becomes a set of word 3-gram shingles (lower-cased \\w+ tokens; a text shorter
 than three words is one shingle of its words); a MinHash signature of NUM_PERM 32-bit
-values estimates the Jaccard similarity of two such sets. Banding (BANDS bands of ROWS_PER_BAND values)
-proposes candidate pairs, each checked against the full signatures; pairs whose estimated
-similarity reaches the threshold are joined into clusters, and each cluster keeps its
-earliest text. Whole arrays per step, so 1M short prompts take seconds, not hours
-(bench/dedup_bench.py).
+values estimates the Jaccard similarity of two such sets. Banding (BANDS bands of
+ROWS_PER_BAND values) proposes candidate pairs, each checked against the full signatures;
+pairs whose estimated similarity reaches the threshold are joined into clusters, and each
+cluster keeps its earliest text. Whole arrays per step, so 1M short prompts take seconds,
+not hours (bench/dedup_bench.py).
 """
 
 from __future__ import annotations
