@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,13 @@ from app.datasets.rows import DatasetError, DatasetRow
 from app.datasets.selection import LogSelection, Rating, read_upload, select_from_log
 from app.datasets.splits import SplitRatios, split_rows
 from app.datasets.store import DatasetStore
+from app.datasets.teacher import (
+    GenerationSettings,
+    distill_requests,
+    distilled_rows,
+    paraphrase_requests,
+    paraphrased_rows,
+)
 from app.db.database import Database
 from app.db.tables import Dataset, FeedbackTag
 from tests.analytics_data import insert_feedback, insert_messages, insert_requests, request_row
@@ -110,8 +118,8 @@ def test_every_cleaning_step_with_exact_counts(
         "unusable_prompt": (11, 1, 0),
         "empty_answer": (10, 1, 0),
         "refusal": (9, 1, 0),
+        "answer_length": (8, 0, 0),
         "prompt_length": (8, 1, 0),
-        "answer_length": (7, 0, 0),
         "language": (7, 1, 0),
         "pii_redaction": (6, 0, 1),
         "exact_duplicate": (6, 1, 0),
@@ -469,3 +477,78 @@ def test_rows_keep_one_schema() -> None:
         "synthetic": False,
         "parent_id": "",
     }
+
+
+@dataclass
+class Line:
+    """A batch line's outcome as app.batches.service.BatchResult exposes it."""
+
+    ok: bool
+    text: str | None
+
+
+def test_distillation_bodies_and_rows() -> None:
+    rows = [
+        DatasetRow(
+            "a", "s1", ({"role": "system", "content": "old"}, {"role": "user", "content": "Q1"})
+        ),
+        DatasetRow("b", "s2", ({"role": "user", "content": "Q2"},), response="student answer"),
+        DatasetRow("c", "s3", ({"role": "user", "content": "Q3"},)),
+    ]
+    teacher = GenerationSettings("big", max_tokens=64, temperature=0.2, system_prompt="Be exact.")
+    ids, bodies = distill_requests(rows, teacher)
+    assert ids == ["r0", "r1", "r2"]
+    assert bodies[0] == {
+        "messages": [{"role": "system", "content": "Be exact."}, {"role": "user", "content": "Q1"}],
+        "max_tokens": 64,
+        "temperature": 0.2,
+        "top_p": 1.0,
+        "seed": 0,
+    }
+    out, step = distilled_rows(
+        rows, {"r0": Line(True, "T1"), "r1": Line(True, "T2"), "r2": Line(False, None)}
+    )
+    assert [(r.id, r.response, r.source) for r in out] == [
+        ("a", "T1", "distill"),
+        ("b", "T2", "distill"),
+    ]
+    assert (step.step, step.rows_in, step.removed) == ("teacher_failed", 3, 1)
+    with pytest.raises(DatasetError, match="alias"):
+        GenerationSettings("")
+
+
+def test_augmentation_bodies_and_rows() -> None:
+    rows = [
+        DatasetRow(
+            "a", "s1", ({"role": "user", "content": "How do I bake bread at home?"},), "Knead."
+        ),
+        DatasetRow("b", "s2", ({"role": "user", "content": "What is the speed of light?"},), "c"),
+    ]
+    ids, bodies = paraphrase_requests(rows, 3, GenerationSettings("para", temperature=0.9))
+    assert ids == ["r0-p0", "r0-p1", "r0-p2", "r1-p0", "r1-p1", "r1-p2"]
+    assert [b["seed"] for b in bodies] == [0, 1, 2, 0, 1, 2]
+    assert bodies[0]["messages"][1] == {"role": "user", "content": "How do I bake bread at home?"}
+    results = {
+        "r0-p0": Line(True, 'Here is a paraphrase: "What is the way to make bread in my kitchen?"'),
+        "r0-p1": Line(True, "how do I bake bread at home?"),  # the original, case aside
+        "r0-p2": Line(True, "What is the way to make bread in my kitchen"),  # near the first
+        "r1-p0": Line(False, None),
+        "r1-p1": Line(True, "   "),
+        "r1-p2": Line(True, "How fast does light travel?"),
+    }
+    out, steps = paraphrased_rows(rows, results, 3)
+    assert [(s.step, s.rows_in, s.removed) for s in steps] == [
+        ("paraphrase_failed", 6, 2),
+        ("paraphrase_exact_duplicate", 4, 1),
+        ("paraphrase_near_duplicate", 3, 1),
+    ]
+    assert [
+        (r.id, r.last_user_text(), r.synthetic, r.parent_id, r.session, r.response) for r in out
+    ] == [
+        ("a", "How do I bake bread at home?", False, "", "s1", "Knead."),
+        ("b", "What is the speed of light?", False, "", "s2", "c"),
+        ("a-p0", "What is the way to make bread in my kitchen?", True, "a", "s1", "Knead."),
+        ("b-p2", "How fast does light travel?", True, "b", "s2", "c"),
+    ]
+    with pytest.raises(DatasetError, match="1 to 20"):
+        paraphrase_requests(rows, 0, GenerationSettings("para"))

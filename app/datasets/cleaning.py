@@ -122,9 +122,11 @@ def clean(
     options: CleaningOptions,
     answers: bool,
     progress: StepProgress | None = None,
+    prompts: bool = True,
 ) -> CleaningResult:
-    """Run the enabled steps over rows in a fixed order; answers=False for prompt-only rows
-    (before a teacher answers them), which skips the answer steps."""
+    """Run the enabled steps over rows in a fixed order. answers=False skips the answer
+    steps (prompt-only rows, before a teacher answers them); prompts=False skips the prompt
+    steps (a teacher's answers to prompts cleaned before)."""
     o = options
     p = _Pipeline(rows, progress)
     if answers and o.drop_empty_answers:
@@ -139,11 +141,6 @@ def clean(
             "answer opens by declining (\"I'm sorry, but I can't ...\")",
             lambda r: is_refusal(r.response or ""),
         )
-    p.drop(
-        "prompt_length",
-        f"prompt outside {o.min_prompt_chars}..{o.max_prompt_chars} characters",
-        lambda r: not o.min_prompt_chars <= len(r.prompt_text().strip()) <= o.max_prompt_chars,
-    )
     if answers:
         p.drop(
             "answer_length",
@@ -152,6 +149,27 @@ def clean(
                 not o.min_answer_chars <= len((r.response or "").strip()) <= o.max_answer_chars
             ),
         )
+    if prompts:
+        _prompt_steps(p, o)
+    elif o.redact:
+        _redact_step(p)
+    return CleaningResult(p.rows, p.steps)
+
+
+def _redact_step(p: _Pipeline) -> None:
+    before = p.rows
+    p.rows = [_redact(r) for r in before]
+    changed = sum(a != b for a, b in zip(before, p.rows, strict=True))
+    description = "emails, phone and card numbers replaced by [EMAIL], [PHONE], [CARD]"
+    p.steps.append(StepReport("pii_redaction", description, len(before), 0, changed))
+
+
+def _prompt_steps(p: _Pipeline, o: CleaningOptions) -> None:
+    p.drop(
+        "prompt_length",
+        f"prompt outside {o.min_prompt_chars}..{o.max_prompt_chars} characters",
+        lambda r: not o.min_prompt_chars <= len(r.prompt_text().strip()) <= o.max_prompt_chars,
+    )
     if o.languages:
         allowed = set(o.languages) | ({UNKNOWN} if o.keep_unknown_language else set())
         p.drop(
@@ -161,18 +179,7 @@ def clean(
             lambda r: detect_language(r.last_user_text() or r.prompt_text()) not in allowed,
         )
     if o.redact:
-        before = p.rows
-        p.rows = [_redact(r) for r in before]
-        changed = sum(a != b for a, b in zip(before, p.rows, strict=True))
-        p.steps.append(
-            StepReport(
-                "pii_redaction",
-                "emails, phone and card numbers replaced by [EMAIL], [PHONE], [CARD]",
-                len(before),
-                0,
-                changed,
-            )
-        )
+        _redact_step(p)
     if o.exact_dedup:
         seen: set[str] = set()
 
@@ -188,8 +195,8 @@ def clean(
         texts = [r.prompt_text() for r in p.rows]
 
         def near_progress(done: int, total: int) -> None:
-            if progress is not None:
-                progress("near_duplicate", done, total)
+            if p.progress is not None:
+                p.progress("near_duplicate", done, total)
 
         mask = near_duplicates(texts, o.near_dup_threshold, progress=near_progress)
         flagged = {id(r) for r, m in zip(p.rows, mask, strict=True) if m}
@@ -199,4 +206,3 @@ def clean(
             "earlier row's",
             lambda r: id(r) in flagged,
         )
-    return CleaningResult(p.rows, p.steps)
