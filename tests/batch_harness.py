@@ -19,8 +19,14 @@ from tests.worker_process import WorkerLauncher, WorkerProcess
 ALIAS = "smol"
 
 
-def chat_line(custom_id: str, content: str = "Say hi", *, model: str = ALIAS,
-              url: str = "/v1/chat/completions", max_tokens: int = 2) -> dict[str, Any]:  # fmt: skip
+def chat_line(
+    custom_id: str,
+    content: str = "Say hi",
+    *,
+    model: str = ALIAS,
+    url: str = "/v1/chat/completions",
+    max_tokens: int = 2,
+) -> dict[str, Any]:
     body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "temperature": 0}
     if url == "/v1/completions":
         body["prompt"] = content
@@ -47,9 +53,19 @@ def start_demo_worker(
     model = add_demo_model(ModelStore(database.engine, models_dir))
     deployment = add_deployment(database.engine, ALIAS, model.id)
     args = [
-        "--model", model.name, "--alias", ALIAS, "--deployment-id", str(deployment),
-        "--port", "0", "--n-ctx", "512", "--parallel", str(parallel),
-    ]  # fmt: skip
+        "--model",
+        model.name,
+        "--alias",
+        ALIAS,
+        "--deployment-id",
+        str(deployment),
+        "--port",
+        "0",
+        "--n-ctx",
+        "512",
+        "--parallel",
+        str(parallel),
+    ]
     worker = launcher.start(*args)
     worker.wait_ready(timeout_s=180)
     return worker, args
@@ -57,8 +73,9 @@ def start_demo_worker(
 
 @contextmanager
 def batch_gateway(tmp_path: Path, db_url: str, **overrides: Any) -> Iterator[GatewayThread]:
-    settings = gateway_settings(tmp_path, db_url, job_heartbeat_s=0.2, job_stale_s=5,
-                                batch_watch_s=0.5, **overrides)  # fmt: skip
+    settings = gateway_settings(
+        tmp_path, db_url, job_heartbeat_s=0.2, job_stale_s=5, batch_watch_s=0.5, **overrides
+    )
     gateway = GatewayThread(settings, db_url)
     try:
         yield gateway

@@ -24,9 +24,12 @@ from tests.worker_process import WorkerLauncher
 
 
 def test_openai_client_runs_a_batch_with_per_line_errors(
-    tmp_path: Path, db_url: str, database: Database, models_dir: Path,
+    tmp_path: Path,
+    db_url: str,
+    database: Database,
+    models_dir: Path,
     worker_launcher: WorkerLauncher,
-) -> None:  # fmt: skip
+) -> None:
     start_demo_worker(worker_launcher, database, models_dir)
     lines = [chat_line(f"ok-{i}", f"Count to {i}") for i in range(4)]
     lines.append(chat_line("unknown-model", model="no-such-alias"))
@@ -41,15 +44,20 @@ def test_openai_client_runs_a_batch_with_per_line_errors(
         assert client.files.content(uploaded.id).content == source.read_bytes()
 
         batch = client.batches.create(
-            input_file_id=uploaded.id, endpoint="/v1/chat/completions",
-            completion_window="24h", metadata={"purpose": "test"},
-        )  # fmt: skip
+            input_file_id=uploaded.id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            metadata={"purpose": "test"},
+        )
         assert batch.status in ("validating", "in_progress")
         batch = wait_batch(client, batch.id)
         assert batch.status == "completed", batch
         assert batch.request_counts is not None
-        assert (batch.request_counts.total, batch.request_counts.completed,
-                batch.request_counts.failed) == (6, 4, 2)  # fmt: skip
+        assert (
+            batch.request_counts.total,
+            batch.request_counts.completed,
+            batch.request_counts.failed,
+        ) == (6, 4, 2)
         assert batch.metadata == {"purpose": "test"}
         assert batch.output_file_id and batch.error_file_id
 
@@ -88,20 +96,21 @@ def test_openai_client_runs_a_batch_with_per_line_errors(
     assert hourly == 5
 
 
-def test_bad_files_are_refused_with_line_numbers(
-    tmp_path: Path, db_url: str
-) -> None:
-    bad = write_jsonl(tmp_path / "bad.jsonl", [
-        chat_line("a"),
-        "{not json",
-        chat_line("b", url="/v1/images/generations"),
-        {**chat_line("c"), "method": "GET"},
-        chat_line("a"),
-        "",
-        "[1, 2]",
-        {**chat_line("d"), "body": {**chat_line("d")["body"], "stream": True}},
-        chat_line("e"),
-    ])  # fmt: skip
+def test_bad_files_are_refused_with_line_numbers(tmp_path: Path, db_url: str) -> None:
+    bad = write_jsonl(
+        tmp_path / "bad.jsonl",
+        [
+            chat_line("a"),
+            "{not json",
+            chat_line("b", url="/v1/images/generations"),
+            {**chat_line("c"), "method": "GET"},
+            chat_line("a"),
+            "",
+            "[1, 2]",
+            {**chat_line("d"), "body": {**chat_line("d")["body"], "stream": True}},
+            chat_line("e"),
+        ],
+    )
     with batch_gateway(tmp_path, db_url, batch_file_max_bytes=4000) as gateway:
         client = openai.OpenAI(base_url=gateway.v1, api_key="none", max_retries=0)
         with pytest.raises(openai.BadRequestError) as refused:
@@ -122,7 +131,9 @@ def test_bad_files_are_refused_with_line_numbers(
         with pytest.raises(openai.BadRequestError, match="the file is empty"):
             client.files.create(file=empty.open("rb"), purpose="batch")
 
-        big = write_jsonl(tmp_path / "big.jsonl", [chat_line(f"x{i}", "y" * 100) for i in range(40)])
+        big = write_jsonl(
+            tmp_path / "big.jsonl", [chat_line(f"x{i}", "y" * 100) for i in range(40)]
+        )
         assert big.stat().st_size > 4000
         with pytest.raises(openai.APIStatusError) as too_big:
             client.files.create(file=big.open("rb"), purpose="batch")
@@ -133,11 +144,15 @@ def test_bad_files_are_refused_with_line_numbers(
             client.files.create(file=good.open("rb"), purpose="fine-tune")
         uploaded = client.files.create(file=good.open("rb"), purpose="batch")
         with pytest.raises(openai.BadRequestError, match="endpoint"):
-            client.batches.create(input_file_id=uploaded.id, endpoint="/v1/images",  # type: ignore[arg-type]
-                                  completion_window="24h")  # fmt: skip
+            client.batches.create(
+                input_file_id=uploaded.id,
+                endpoint="/v1/images",  # type: ignore[arg-type]
+                completion_window="24h",
+            )
         with pytest.raises(openai.BadRequestError, match="completion_window"):
-            client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
-                                  completion_window="1h")  # type: ignore[arg-type]  # fmt: skip
+            client.batches.create(
+                input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="1h"
+            )  # type: ignore[arg-type]
         with pytest.raises(openai.NotFoundError):
             client.batches.retrieve("batch_nope")
         # Nothing of the refused files stays behind: only the good upload is on disk.
@@ -150,12 +165,19 @@ def test_batch_marking_needs_the_runner_credential(tmp_path: Path, db_url: str) 
     with batch_gateway(tmp_path, db_url) as gateway:
         client = openai.OpenAI(base_url=gateway.v1, api_key="none", max_retries=0)
         uploaded = client.files.create(file=source.open("rb"), purpose="batch")
-        batch = client.batches.create(input_file_id=uploaded.id,
-                                      endpoint="/v1/chat/completions", completion_window="24h")  # fmt: skip
-        for headers in ({"X-Herd-Batch": batch.id},
-                        {"X-Herd-Batch": batch.id, "X-Herd-Batch-Token": "guess"}):  # fmt: skip
-            answer = httpx.post(f"{gateway.v1}/chat/completions", headers=headers,
-                                json=chat_line("x")["body"], timeout=10)  # fmt: skip
+        batch = client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        for headers in (
+            {"X-Herd-Batch": batch.id},
+            {"X-Herd-Batch": batch.id, "X-Herd-Batch-Token": "guess"},
+        ):
+            answer = httpx.post(
+                f"{gateway.v1}/chat/completions",
+                headers=headers,
+                json=chat_line("x")["body"],
+                timeout=10,
+            )
             assert answer.status_code == 403, answer.text
             assert answer.json()["error"]["code"] == "batch_marking_refused"
         done = wait_batch(client, batch.id, timeout_s=60)
