@@ -11,14 +11,19 @@ import openai
 import pytest
 from sqlalchemy import text
 
+from app.batches.service import batch_results, create_batch, wait_batch
+from app.config import Settings
 from app.db.database import Database
 from tests.batch_harness import (
+    ALIAS,
     batch_gateway,
     chat_line,
     parse_jsonl,
     start_demo_worker,
-    wait_batch,
     write_jsonl,
+)
+from tests.batch_harness import (
+    wait_batch as wait_openai_batch,
 )
 from tests.worker_process import WorkerLauncher
 
@@ -50,7 +55,7 @@ def test_openai_client_runs_a_batch_with_per_line_errors(
             metadata={"purpose": "test"},
         )
         assert batch.status in ("validating", "in_progress")
-        batch = wait_batch(client, batch.id)
+        batch = wait_openai_batch(client, batch.id)
         assert batch.status == "completed", batch
         assert batch.request_counts is not None
         assert (
@@ -180,6 +185,48 @@ def test_batch_marking_needs_the_runner_credential(tmp_path: Path, db_url: str) 
             )
             assert answer.status_code == 403, answer.text
             assert answer.json()["error"]["code"] == "batch_marking_refused"
-        done = wait_batch(client, batch.id, timeout_s=60)
+        done = wait_openai_batch(client, batch.id, timeout_s=60)
         assert done.status == "completed" and done.request_counts is not None
         assert done.request_counts.failed == 1
+
+
+def test_python_api_creates_waits_and_reads_results(
+    tmp_path: Path,
+    db_url: str,
+    database: Database,
+    models_dir: Path,
+    worker_launcher: WorkerLauncher,
+) -> None:
+    start_demo_worker(worker_launcher, database, models_dir)
+    with batch_gateway(tmp_path, db_url) as gateway:
+        gateway.wait_workers(1)
+        settings = Settings(
+            home=tmp_path / "herd-home", database_url=db_url, gateway_url=gateway.url
+        )
+        bodies = [
+            {"messages": [{"role": "user", "content": f"Hi {i}"}], "max_tokens": 2}
+            for i in range(3)
+        ]
+        batch_id = create_batch(
+            settings,
+            database.engine,
+            alias=ALIAS,
+            bodies=bodies,
+            custom_ids=["a", "b", "c"],
+            created_by="test",
+        )
+        seen: list[int] = []
+        view = wait_batch(
+            database.engine,
+            batch_id,
+            timeout_s=240,
+            poll_s=0.5,
+            on_progress=lambda v: seen.append(v.done),
+        )
+        assert view.status == "completed" and (view.total, view.completed) == (3, 3)
+        assert seen[-1] == 3 and seen == sorted(seen)
+        results = batch_results(database.engine, batch_id)
+        assert sorted(results) == ["a", "b", "c"]
+        assert all(r.ok and r.status_code == 200 and r.text is not None for r in results.values())
+        with pytest.raises(ValueError, match="custom ids"):
+            create_batch(settings, database.engine, alias=ALIAS, bodies=bodies, custom_ids=["x"])
