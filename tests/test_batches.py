@@ -84,6 +84,8 @@ def test_openai_client_runs_a_batch_with_per_line_errors(
             line["custom_id"] for line in lines
         )
 
+        with pytest.raises(openai.ConflictError, match="completed"):
+            client.batches.cancel(batch.id)
         listed = client.batches.list(limit=10)
         assert [b.id for b in listed.data] == [batch.id]
         assert client.files.delete(uploaded.id).deleted
