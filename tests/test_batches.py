@@ -1,0 +1,234 @@
+"""The Batch API end to end with the official openai client: a gateway, a real worker on the
+demo model, the batch runner as a job process, real PostgreSQL."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from sqlalchemy import text
+
+from app.batches.service import batch_results, create_batch, wait_batch
+from app.config import Settings
+from app.db.database import Database
+from tests.batch_harness import (
+    ALIAS,
+    batch_gateway,
+    chat_line,
+    parse_jsonl,
+    start_demo_worker,
+    write_jsonl,
+)
+from tests.batch_harness import (
+    wait_batch as wait_openai_batch,
+)
+from tests.worker_process import WorkerLauncher
+
+
+def test_openai_client_runs_a_batch_with_per_line_errors(
+    tmp_path: Path,
+    db_url: str,
+    database: Database,
+    models_dir: Path,
+    worker_launcher: WorkerLauncher,
+) -> None:
+    start_demo_worker(worker_launcher, database, models_dir)
+    lines = [chat_line(f"ok-{i}", f"Count to {i}") for i in range(4)]
+    lines.append(chat_line("unknown-model", model="no-such-alias"))
+    lines.append(chat_line("other-endpoint", url="/v1/completions"))
+    source = write_jsonl(tmp_path / "in.jsonl", lines)
+    with batch_gateway(tmp_path, db_url) as gateway:
+        gateway.wait_workers(1)
+        client = openai.OpenAI(base_url=gateway.v1, api_key="none", max_retries=0)
+        uploaded = client.files.create(file=source.open("rb"), purpose="batch")
+        assert uploaded.bytes == source.stat().st_size and uploaded.purpose == "batch"
+        assert client.files.retrieve(uploaded.id).filename == "in.jsonl"
+        assert client.files.content(uploaded.id).content == source.read_bytes()
+
+        batch = client.batches.create(
+            input_file_id=uploaded.id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            metadata={"purpose": "test"},
+        )
+        assert batch.status in ("validating", "in_progress")
+        batch = wait_openai_batch(client, batch.id)
+        assert batch.status == "completed", batch
+        assert batch.request_counts is not None
+        assert (
+            batch.request_counts.total,
+            batch.request_counts.completed,
+            batch.request_counts.failed,
+        ) == (6, 4, 2)
+        assert batch.metadata == {"purpose": "test"}
+        assert batch.output_file_id and batch.error_file_id
+
+        output = parse_jsonl(client.files.content(batch.output_file_id).text)
+        errors = parse_jsonl(client.files.content(batch.error_file_id).text)
+        assert sorted(o["custom_id"] for o in output) == [f"ok-{i}" for i in range(4)]
+        for row in output:
+            assert row["error"] is None and row["response"]["status_code"] == 200
+            body = row["response"]["body"]
+            assert body["object"] == "chat.completion" and body["usage"]["completion_tokens"] <= 2
+            assert row["response"]["request_id"] == body["id"]
+        by_id = {e["custom_id"]: e for e in errors}
+        assert sorted(by_id) == ["other-endpoint", "unknown-model"]
+        assert by_id["unknown-model"]["response"]["status_code"] == 404
+        assert by_id["other-endpoint"]["response"] is None
+        assert by_id["other-endpoint"]["error"]["code"] == "invalid_url"
+        # Every custom_id exactly once over both files.
+        assert Counter(r["custom_id"] for r in output + errors) == Counter(
+            line["custom_id"] for line in lines
+        )
+
+        with pytest.raises(openai.ConflictError, match="completed"):
+            client.batches.cancel(batch.id)
+        listed = client.batches.list(limit=10)
+        assert [b.id for b in listed.data] == [batch.id]
+        assert client.files.delete(uploaded.id).deleted
+        with pytest.raises(openai.NotFoundError):
+            client.files.retrieve(uploaded.id)
+
+    # The request log marks the batch's calls; no session, so no conversation counts them.
+    with database.engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT status, session_id FROM requests WHERE batch_id = :b"), {"b": batch.id}
+        ).all()
+        hourly = conn.execute(text("SELECT sum(batch_requests) FROM requests_hourly")).scalar()
+    assert Counter(r.status for r in rows) == Counter({"ok": 4, "rejected": 1})
+    assert all(r.session_id is None for r in rows)
+    assert hourly == 5
+
+
+def test_bad_files_are_refused_with_line_numbers(tmp_path: Path, db_url: str) -> None:
+    bad = write_jsonl(
+        tmp_path / "bad.jsonl",
+        [
+            chat_line("a"),
+            "{not json",
+            chat_line("b", url="/v1/images/generations"),
+            {**chat_line("c"), "method": "GET"},
+            chat_line("a"),
+            "",
+            "[1, 2]",
+            {**chat_line("d"), "body": {**chat_line("d")["body"], "stream": True}},
+            chat_line("e"),
+        ],
+    )
+    with batch_gateway(tmp_path, db_url, batch_file_max_bytes=4000) as gateway:
+        client = openai.OpenAI(base_url=gateway.v1, api_key="none", max_retries=0)
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.files.create(file=bad.open("rb"), purpose="batch")
+        message = refused.value.message
+        assert "(6 errors)" in message
+        for expected in (
+            "line 2: not valid JSON",
+            "line 3: unknown endpoint '/v1/images/generations'",
+            "line 4: method 'GET' does not match url /v1/chat/completions",
+            "line 5: custom_id 'a' repeats line 1",
+            "line 7: not a JSON object",
+            "line 8: body.stream is not supported",
+        ):
+            assert expected in message, message
+
+        empty = write_jsonl(tmp_path / "empty.jsonl", ["", ""])
+        with pytest.raises(openai.BadRequestError, match="the file is empty"):
+            client.files.create(file=empty.open("rb"), purpose="batch")
+
+        big = write_jsonl(
+            tmp_path / "big.jsonl", [chat_line(f"x{i}", "y" * 100) for i in range(40)]
+        )
+        assert big.stat().st_size > 4000
+        with pytest.raises(openai.APIStatusError) as too_big:
+            client.files.create(file=big.open("rb"), purpose="batch")
+        assert too_big.value.status_code == 413 and "4000 bytes" in too_big.value.message
+
+        good = write_jsonl(tmp_path / "good.jsonl", [chat_line("only")])
+        with pytest.raises(openai.BadRequestError, match="purpose"):
+            client.files.create(file=good.open("rb"), purpose="fine-tune")
+        uploaded = client.files.create(file=good.open("rb"), purpose="batch")
+        with pytest.raises(openai.BadRequestError, match="endpoint"):
+            client.batches.create(
+                input_file_id=uploaded.id,
+                endpoint="/v1/images",  # type: ignore[arg-type]
+                completion_window="24h",
+            )
+        with pytest.raises(openai.BadRequestError, match="completion_window"):
+            client.batches.create(
+                input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="1h"
+            )  # type: ignore[arg-type]
+        with pytest.raises(openai.NotFoundError):
+            client.batches.retrieve("batch_nope")
+        # Nothing of the refused files stays behind: only the good upload is on disk.
+        files = sorted(p.name for p in (tmp_path / "herd-home" / "files").iterdir())
+        assert files == [f"{uploaded.id}.jsonl"]
+
+
+def test_batch_marking_needs_the_runner_credential(tmp_path: Path, db_url: str) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", [chat_line("one", model="nobody-serves-this")])
+    with batch_gateway(tmp_path, db_url) as gateway:
+        client = openai.OpenAI(base_url=gateway.v1, api_key="none", max_retries=0)
+        uploaded = client.files.create(file=source.open("rb"), purpose="batch")
+        batch = client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        for headers in (
+            {"X-Herd-Batch": batch.id},
+            {"X-Herd-Batch": batch.id, "X-Herd-Batch-Token": "guess"},
+        ):
+            answer = httpx.post(
+                f"{gateway.v1}/chat/completions",
+                headers=headers,
+                json=chat_line("x")["body"],
+                timeout=10,
+            )
+            assert answer.status_code == 403, answer.text
+            assert answer.json()["error"]["code"] == "batch_marking_refused"
+        done = wait_openai_batch(client, batch.id, timeout_s=60)
+        assert done.status == "completed" and done.request_counts is not None
+        assert done.request_counts.failed == 1
+
+
+def test_python_api_creates_waits_and_reads_results(
+    tmp_path: Path,
+    db_url: str,
+    database: Database,
+    models_dir: Path,
+    worker_launcher: WorkerLauncher,
+) -> None:
+    start_demo_worker(worker_launcher, database, models_dir)
+    with batch_gateway(tmp_path, db_url) as gateway:
+        gateway.wait_workers(1)
+        settings = Settings(
+            home=tmp_path / "herd-home", database_url=db_url, gateway_url=gateway.url
+        )
+        bodies = [
+            {"messages": [{"role": "user", "content": f"Hi {i}"}], "max_tokens": 2}
+            for i in range(3)
+        ]
+        batch_id = create_batch(
+            settings,
+            database.engine,
+            alias=ALIAS,
+            bodies=bodies,
+            custom_ids=["a", "b", "c"],
+            created_by="test",
+        )
+        seen: list[int] = []
+        view = wait_batch(
+            database.engine,
+            batch_id,
+            timeout_s=240,
+            poll_s=0.5,
+            on_progress=lambda v: seen.append(v.done),
+        )
+        assert view.status == "completed" and (view.total, view.completed) == (3, 3)
+        assert seen[-1] == 3 and seen == sorted(seen)
+        results = batch_results(database.engine, batch_id)
+        assert sorted(results) == ["a", "b", "c"]
+        assert all(r.ok and r.status_code == 200 and r.text is not None for r in results.values())
+        with pytest.raises(ValueError, match="custom ids"):
+            create_batch(settings, database.engine, alias=ALIAS, bodies=bodies, custom_ids=["x"])
