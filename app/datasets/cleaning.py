@@ -152,16 +152,16 @@ def clean(
     if prompts:
         _prompt_steps(p, o)
     elif o.redact:
-        _redact_step(p)
+        _redact_step(p, "pii_redaction_answers")
     return CleaningResult(p.rows, p.steps)
 
 
-def _redact_step(p: _Pipeline) -> None:
+def _redact_step(p: _Pipeline, step: str = "pii_redaction") -> None:
     before = p.rows
     p.rows = [_redact(r) for r in before]
     changed = sum(a != b for a, b in zip(before, p.rows, strict=True))
     description = "emails, phone and card numbers replaced by [EMAIL], [PHONE], [CARD]"
-    p.steps.append(StepReport("pii_redaction", description, len(before), 0, changed))
+    p.steps.append(StepReport(step, description, len(before), 0, changed))
 
 
 def _prompt_steps(p: _Pipeline, o: CleaningOptions) -> None:

@@ -27,6 +27,7 @@ from app.datasets.selection import (
 )
 from app.datasets.splits import SplitRatios
 from app.datasets.store import DatasetInfo, DatasetStore
+from app.datasets.teacher import GenerationSettings
 from app.db.database import Database
 from app.store.catalog import ModelStore
 
@@ -115,7 +116,7 @@ def select(
     selection = LogSelection(
         start=args.since,
         end=args.until,
-        aliases=tuple(args.alias),
+        aliases=tuple(args.source_aliases),
         model_ids=tuple(models[name] for name in args.model),
         rating=Rating(args.rating),
         tags=tuple(args.tag),
@@ -149,6 +150,64 @@ def cmd_build(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     print_report(info)
     return 0
+
+
+def generation_settings(args: argparse.Namespace, alias: str) -> GenerationSettings:
+    return GenerationSettings(
+        alias=alias,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.gen_seed,
+        system_prompt=args.system_prompt,
+    )
+
+
+def _run_with_batch(settings: Settings, args: argparse.Namespace, kind: DatasetKind) -> int:
+    from app.batches.files import FileError
+    from app.batches.store import BatchError
+    from app.datasets.run import augment_dataset, distill_dataset
+
+    try:
+        spec = build_spec(args, kind)
+        alias = args.teacher if kind is DatasetKind.DISTILL else args.alias
+        generation = generation_settings(args, alias)
+        with Database.open_current(settings) as db, step_bars() as progress:
+            root = datasets_root(settings.home_dir)
+            check_name(db.engine, root, spec.name)
+            selected = select(db, settings, args, progress)
+            if kind is DatasetKind.DISTILL:
+                info = distill_dataset(
+                    settings, db.engine, root, spec, selected, generation, progress, args.timeout
+                )
+            else:
+                info = augment_dataset(
+                    settings,
+                    db.engine,
+                    root,
+                    spec,
+                    selected,
+                    generation,
+                    args.n,
+                    progress,
+                    args.timeout,
+                )
+    except (DatasetError, BatchError, FileError) as exc:
+        _warn(str(exc))
+        return 2
+    except TimeoutError as exc:
+        _warn(f"{exc}; it goes on (`herd batch status ID`), but no dataset was written")
+        return 1
+    print_report(info)
+    return 0
+
+
+def cmd_distill(settings: Settings, args: argparse.Namespace) -> int:
+    return _run_with_batch(settings, args, DatasetKind.DISTILL)
+
+
+def cmd_augment(settings: Settings, args: argparse.Namespace) -> int:
+    return _run_with_batch(settings, args, DatasetKind.AUGMENT)
 
 
 def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
@@ -196,12 +255,19 @@ def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def add_source_flags(p: argparse.ArgumentParser) -> None:
-    """Where the prompts come from: --from-file or request-log filters."""
+def add_source_flags(p: argparse.ArgumentParser, alias_flag: str = "--alias") -> None:
+    """Where the prompts come from: --from-file or request-log filters (the alias filter is
+    --source-alias for augment, whose --alias names the paraphrasing alias)."""
     p.add_argument(
         "--from-file", default=None, help="an uploaded .jsonl or .csv instead of the log"
     )
-    p.add_argument("--alias", action="append", default=[], help="only this alias (repeatable)")
+    p.add_argument(
+        alias_flag,
+        dest="source_aliases",
+        action="append",
+        default=[],
+        help="only this alias (repeatable)",
+    )
     p.add_argument("--model", action="append", default=[], help="only this model (repeatable)")
     p.add_argument("--since", type=_utc_time, default=None, help="requests from (ISO)")
     p.add_argument("--until", type=_utc_time, default=None, help="requests before (ISO)")
@@ -254,6 +320,25 @@ def add_build_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--by", default=None, help="who builds it (default: the OS user)")
 
 
+def add_generation_flags(p: argparse.ArgumentParser, temperature: float, max_tokens: int) -> None:
+    """The sampling settings of every batch line (recorded on the card)."""
+    p.add_argument(
+        "--max-tokens", type=int, default=max_tokens, help=f"per answer (default {max_tokens})"
+    )
+    p.add_argument(
+        "--temperature", type=float, default=temperature, help=f"default {temperature:g}"
+    )
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--gen-seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--system-prompt", default=None, help="replaces the default instructions")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds to wait for the batch (default: as long as it takes)",
+    )
+
+
 def add_commands(sub: Any, command: Any) -> None:
     """Hook `herd dataset ...` into the `herd` parser."""
     dataset = sub.add_parser("dataset", help="datasets for retraining").add_subparsers(
@@ -267,6 +352,27 @@ def add_commands(sub: Any, command: Any) -> None:
     )
     add_build_flags(build)
     add_source_flags(build)
+    distill = command(
+        dataset,
+        "distill",
+        cmd_distill,
+        "a teacher alias answers the selected prompts (as a batch): an SFT dataset for a student",
+    )
+    add_build_flags(distill)
+    add_source_flags(distill)
+    distill.add_argument("--teacher", required=True, help="the alias whose answers to keep")
+    add_generation_flags(distill, temperature=0.0, max_tokens=512)
+    augment = command(
+        dataset,
+        "augment",
+        cmd_augment,
+        "the selected rows plus N paraphrases of each prompt by an alias (as a batch)",
+    )
+    add_build_flags(augment)
+    add_source_flags(augment, alias_flag="--source-alias")
+    augment.add_argument("--alias", dest="alias", required=True, help="the alias that paraphrases")
+    augment.add_argument("--n", type=int, default=3, help="paraphrases per prompt (default 3)")
+    add_generation_flags(augment, temperature=0.9, max_tokens=256)
     listing = command(dataset, "list", cmd_list, "the datasets built so far")
     listing.add_argument("--json", action="store_true", help="print JSON")
     show = command(dataset, "show", cmd_show, "a dataset's source, steps with counts, splits")

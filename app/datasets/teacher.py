@@ -5,6 +5,7 @@ them). Pure functions; run.py sends the bodies as a batch through the Batch API.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
@@ -79,7 +80,7 @@ def distill_requests(
 
 
 def distilled_rows(
-    rows: list[DatasetRow], results: dict[str, LineResult]
+    rows: list[DatasetRow], results: Mapping[str, LineResult]
 ) -> tuple[list[DatasetRow], StepReport]:
     """Each row with the teacher's answer in place of its own; rows whose line failed are
     dropped and counted."""
@@ -145,7 +146,7 @@ def _with_user_text(row: DatasetRow, text: str) -> tuple[dict[str, str], ...]:
 
 def paraphrased_rows(
     rows: list[DatasetRow],
-    results: dict[str, LineResult],
+    results: Mapping[str, LineResult],
     n: int,
     threshold: float = 0.8,
 ) -> tuple[list[DatasetRow], list[StepReport]]:

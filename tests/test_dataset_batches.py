@@ -1,0 +1,146 @@
+"""Distillation and augmentation end to end: request-log rows in PostgreSQL, a batch through
+the Batch API to a real gateway and a real worker on the SmolLM2 demo model, the dataset."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+
+from app.batches.service import batch_results
+from app.config import Settings
+from app.datasets.build import BuildSpec, datasets_root
+from app.datasets.cleaning import CleaningOptions
+from app.datasets.run import distill_dataset
+from app.datasets.selection import LogSelection, select_from_log
+from app.datasets.teacher import GenerationSettings, clean_paraphrase
+from app.db.database import Database
+from tests.batch_harness import ALIAS, batch_gateway, start_demo_worker
+from tests.conftest import run_herd
+from tests.test_datasets import Log
+from tests.worker_process import WorkerLauncher
+
+PROMPTS = [
+    "What is the capital of France?",
+    "What is the capital of France?",  # an exact duplicate prompt: one line, not two
+    "Name a colour of the rainbow.",
+    "My email is jane@example.com, what is 2 + 2?",
+    "Give one word that rhymes with cat.",
+]
+
+
+def _log(database: Database) -> None:
+    log = Log(database.engine)
+    for i, prompt in enumerate(PROMPTS):
+        log.add([{"role": "user", "content": prompt}], f"logged answer {i}", votes=(-1,),
+                session_id=f"s{i}")  # fmt: skip
+
+
+def _lines(directory: Path) -> list[dict[str, Any]]:
+    return [
+        json.loads(x) for f in sorted(directory.glob("*.jsonl")) for x in f.read_text().splitlines()
+    ]
+
+
+def test_distill_and_augment_through_batches(
+    tmp_path: Path, db_url: str, database: Database, models_dir: Path,
+    worker_launcher: WorkerLauncher, herd_env: dict[str, str],
+) -> None:  # fmt: skip
+    _log(database)
+    start_demo_worker(worker_launcher, database, models_dir)
+    with batch_gateway(tmp_path, db_url) as gateway:
+        gateway.wait_workers(1)
+        settings = Settings(home=tmp_path / "herd-home", database_url=db_url,
+                            gateway_url=gateway.url)  # fmt: skip
+        root = datasets_root(settings.home_dir)
+        teacher = GenerationSettings(ALIAS, max_tokens=8, temperature=0.0)
+        seen: list[tuple[str, int, int]] = []
+        info = distill_dataset(
+            settings, database.engine, root,
+            BuildSpec("distilled", "olivia", cleaning=CleaningOptions(near_dedup=False)),
+            select_from_log(database.engine, LogSelection(rating="down")), teacher,
+            progress=lambda step, done, total: seen.append((step, done, total)),
+            timeout_s=240,
+        )  # fmt: skip
+        assert info.kind == "distill" and info.rows == 4
+        steps = {s["step"]: (s["rows_in"], s["removed"], s["changed"]) for s in info.steps}
+        assert steps["exact_duplicate"] == (5, 1, 0)
+        assert steps["pii_redaction"] == (5, 0, 1)
+        assert steps["pii_redaction_answers"][:2] == (4, 0)
+        assert steps["teacher_failed"] == (4, 0, 0)
+        card = info.card["teacher"]
+        assert (card["alias"], card["max_tokens"], card["temperature"]) == (ALIAS, 8, 0.0)
+        results = batch_results(database.engine, card["batch_id"])
+        assert len(results) == 4 and all(r.ok for r in results.values())
+        rows = _lines(info.path)
+        assert all(r["source"] == "distill" for r in rows)
+        # Each answer is the teacher's line for that prompt, never the logged answer.
+        answers = {r.body["choices"][0]["message"]["content"] for r in results.values()}
+        assert {r["messages"][-1]["content"] for r in rows} <= answers
+        assert not any(r["messages"][-1]["content"].startswith("logged answer") for r in rows)
+        assert "jane@example.com" not in json.dumps(rows)  # redacted before the teacher saw it
+        assert ("batch", 4, 4) in seen  # the batch reported its progress
+        # The gateway writes its request log in batches, off the request path: give it time.
+        deadline = time.monotonic() + 20
+        while True:
+            with database.engine.connect() as conn:
+                marked = conn.execute(text("SELECT count(*) FROM requests WHERE batch_id = :b"),
+                                      {"b": card["batch_id"]}).scalar_one()  # fmt: skip
+            if marked >= 4 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert marked == 4  # the teacher's calls are in the request log, marked as batch
+
+        # Augmentation from the CLI, as an operator runs it.
+        env = {**herd_env, "HERD_GATEWAY_URL": gateway.url}
+        argv = [
+            "dataset",
+            "augment",
+            "augmented",
+            "--alias",
+            ALIAS,
+            "--n",
+            "2",
+            "--rating",
+            "down",
+            "--max-tokens",
+            "16",
+            "--split",
+            "0.5,0.5,0",
+            "--timeout",
+            "240",
+        ]
+        run = run_herd(*argv, env=env, timeout_s=300)
+        assert run.returncode == 0, run.stderr
+        shown = json.loads(run_herd("dataset", "show", "augmented", "--json", env=env).stdout)
+    aug = shown["augmentation"]
+    assert (aug["alias"], aug["n"], aug["temperature"]) == (ALIAS, 2, 0.9)
+    steps = {s["step"]: s for s in shown["steps"]}
+    assert steps["paraphrase_failed"]["rows_in"] == 8  # 4 prompts x 2
+    kept = steps["paraphrase_near_duplicate"]["rows_out"]
+    assert kept == aug["paraphrases_kept"] == shown["synthetic_rows"]
+    rows = _lines(Path(herd_env["HERD_HOME"]) / "datasets" / "augmented")
+    assert len(rows) == 4 + kept == sum(shown["split_rows"].values())
+    originals = {r["id"]: r for r in rows if not r["synthetic"]}
+    assert steps["near_duplicate"]["removed"] == 1 and len(originals) == 4
+    # Lines are keyed by the cleaned rows' order: the request log's, oldest first.
+    with database.engine.connect() as conn:
+        logged = [
+            str(x)
+            for x in conn.execute(
+                text("SELECT id FROM requests WHERE batch_id IS NULL ORDER BY created_at, id")
+            ).scalars()
+        ]
+    order = [x for x in logged if x in originals]
+    results = batch_results(database.engine, aug["batch_id"])
+    for row in rows:
+        if row["synthetic"]:
+            parent = originals[row["parent_id"]]
+            assert row["session_id"] == parent["session_id"] and row["source"] == "augment"
+            assert row["messages"][-1] == parent["messages"][-1]  # the original's answer
+            k = row["id"].rsplit("-p", 1)[1]
+            line = results[f"r{order.index(row['parent_id'])}-p{k}"]
+            assert row["messages"][0]["content"] == clean_paraphrase(line.text or "")
