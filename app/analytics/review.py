@@ -197,3 +197,9 @@ def save_correction(engine: Engine, request_id: uuid.UUID, response: str, by: st
 def delete_correction(engine: Engine, request_id: uuid.UUID) -> None:
     with engine.begin() as conn:
         conn.execute(delete(FeedbackCorrection).where(FeedbackCorrection.request_id == request_id))
+
+
+def known_tags(engine: Engine) -> list[str]:
+    """Every tag operators have used, for pickers."""
+    with Session(engine) as session:
+        return list(session.scalars(select(FeedbackTag.tag).distinct().order_by(FeedbackTag.tag)))
