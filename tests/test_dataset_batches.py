@@ -8,8 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import text
 
+from app.accounts import Role
 from app.batches.service import batch_results
 from app.config import Settings
 from app.datasets.build import BuildSpec, datasets_root
@@ -19,7 +21,7 @@ from app.datasets.selection import LogSelection, select_from_log
 from app.datasets.teacher import GenerationSettings, clean_paraphrase
 from app.db.database import Database
 from tests.batch_harness import ALIAS, batch_gateway, start_demo_worker
-from tests.conftest import run_herd
+from tests.conftest import run_herd, run_page
 from tests.test_datasets import Log
 from tests.worker_process import WorkerLauncher
 
@@ -45,9 +47,12 @@ def _lines(directory: Path) -> list[dict[str, Any]]:
     ]
 
 
+# A worker start, three batches and a page run: more than the default 300 s on a busy machine.
+@pytest.mark.timeout(900)
 def test_distill_and_augment_through_batches(
     tmp_path: Path, db_url: str, database: Database, models_dir: Path,
-    worker_launcher: WorkerLauncher, herd_env: dict[str, str],
+    worker_launcher: WorkerLauncher, herd_env: dict[str, str], dashboard_env: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     _log(database)
     start_demo_worker(worker_launcher, database, models_dir)
@@ -116,6 +121,20 @@ def test_distill_and_augment_through_batches(
         run = run_herd(*argv, env=env, timeout_s=300)
         assert run.returncode == 0, run.stderr
         shown = json.loads(run_herd("dataset", "show", "augmented", "--json", env=env).stdout)
+
+        # Distillation from the Retraining page (operator), through the same gateway.
+        monkeypatch.setenv("HERD_GATEWAY_URL", gateway.url)
+        app = run_page("retraining.py", Role.OPERATOR)
+        app.text_input(key="ds_name").input("from-page")
+        app.selectbox(key="ds_kind").select("distill")
+        app.selectbox(key="ds_alias").select(ALIAS)
+        app.number_input(key="ds_tokens").set_value(4)
+        app.button(key="FormSubmitter:dataset_build-Build dataset").click().run(timeout=300)
+        assert not app.exception, app.exception
+        assert not app.error, [e.value for e in app.error]
+        assert any("Built dataset 'from-page'" in x.value for x in app.success)
+        page_card = json.loads(run_herd("dataset", "show", "from-page", "--json", env=env).stdout)
+        assert page_card["kind"] == "distill" and page_card["teacher"]["max_tokens"] == 4
     aug = shown["augmentation"]
     assert (aug["alias"], aug["n"], aug["temperature"]) == (ALIAS, 2, 0.9)
     steps = {s["step"]: s for s in shown["steps"]}

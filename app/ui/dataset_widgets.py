@@ -23,6 +23,8 @@ from app.ui import charts
 from app.ui.charts import PLOTLY_CONFIG
 
 LOG, UPLOAD = "Request log (period above)", "Uploaded file"
+# How long the page waits for a distillation or augmentation batch; the CLI waits longer.
+PAGE_BATCH_WAIT_S = 900.0
 
 
 def cleaning_report(info: DatasetInfo, key: str) -> None:
@@ -191,15 +193,22 @@ def build_form(
             from app.datasets.run import augment_dataset, distill_dataset
 
             generation = GenerationSettings(alias, int(max_tokens), float(temperature))
+            wait = PAGE_BATCH_WAIT_S
             if spec.kind is DatasetKind.DISTILL:
-                info = distill_dataset(settings, engine, root, spec, selected, generation, progress)
+                info = distill_dataset(
+                    settings, engine, root, spec, selected, generation, progress, wait
+                )
             else:
                 info = augment_dataset(
-                    settings, engine, root, spec, selected, generation, int(n), progress
+                    settings, engine, root, spec, selected, generation, int(n), progress, wait
                 )
     except ValueError as exc:  # DatasetError, and the Batch API's BatchError / FileError
         bar.empty()
         st.error(str(exc))
+        return
+    except TimeoutError as exc:
+        bar.empty()
+        st.warning(f"{exc}: it goes on (Batches, `herd batch status`); no dataset was written.")
         return
     bar.empty()
     st.success(f"Built dataset {info.name!r}: {info.rows} rows.")
