@@ -8,7 +8,6 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +37,6 @@ def _print(message: str) -> None:
 
 def _warn(message: str) -> None:
     print(f"herd dataset: {message}", file=sys.stderr, flush=True)
-
-
-def _utc_time(value: str) -> datetime:
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not an ISO date or time: {value!r}") from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 @contextmanager
@@ -258,6 +249,9 @@ def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
 def add_source_flags(p: argparse.ArgumentParser, alias_flag: str = "--alias") -> None:
     """Where the prompts come from: --from-file or request-log filters (the alias filter is
     --source-alias for augment, whose --alias names the paraphrasing alias)."""
+    # The one parser of ISO times on the command line (what `herd export` takes too).
+    from app.cli import _utc_time
+
     p.add_argument(
         "--from-file", default=None, help="an uploaded .jsonl or .csv instead of the log"
     )
