@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ from app.batches.service import batch_results
 from app.config import Settings
 from app.datasets.build import BuildSpec, datasets_root
 from app.datasets.cleaning import CleaningOptions
-from app.datasets.run import distill_dataset
+from app.datasets.rows import DatasetError
+from app.datasets.run import BatchStillRunning, distill_dataset
 from app.datasets.selection import LogSelection, select_from_log
 from app.datasets.teacher import GenerationSettings, clean_paraphrase
 from app.db.database import Database
@@ -37,8 +39,12 @@ PROMPTS = [
 def _log(database: Database) -> None:
     log = Log(database.engine)
     for i, prompt in enumerate(PROMPTS):
-        log.add([{"role": "user", "content": prompt}], f"logged answer {i}", votes=(-1,),
-                session_id=f"s{i}")  # fmt: skip
+        log.add(
+            [{"role": "user", "content": prompt}],
+            f"logged answer {i}",
+            votes=(-1,),
+            session_id=f"s{i}",
+        )
 
 
 def _lines(directory: Path) -> list[dict[str, Any]]:
@@ -50,26 +56,57 @@ def _lines(directory: Path) -> list[dict[str, Any]]:
 # A worker start, three batches and a page run: more than the default 300 s on a busy machine.
 @pytest.mark.timeout(900)
 def test_distill_and_augment_through_batches(
-    tmp_path: Path, db_url: str, database: Database, models_dir: Path,
-    worker_launcher: WorkerLauncher, herd_env: dict[str, str], dashboard_env: None,
+    tmp_path: Path,
+    db_url: str,
+    database: Database,
+    models_dir: Path,
+    worker_launcher: WorkerLauncher,
+    herd_env: dict[str, str],
+    dashboard_env: None,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     _log(database)
     start_demo_worker(worker_launcher, database, models_dir)
     with batch_gateway(tmp_path, db_url) as gateway:
         gateway.wait_workers(1)
-        settings = Settings(home=tmp_path / "herd-home", database_url=db_url,
-                            gateway_url=gateway.url)  # fmt: skip
+        settings = Settings(
+            home=tmp_path / "herd-home", database_url=db_url, gateway_url=gateway.url
+        )
         root = datasets_root(settings.home_dir)
         teacher = GenerationSettings(ALIAS, max_tokens=8, temperature=0.0)
         seen: list[tuple[str, int, int]] = []
+        spec = BuildSpec("distilled", "olivia", cleaning=CleaningOptions(near_dedup=False))
+        selected = select_from_log(database.engine, LogSelection(rating="down"))
+        # The command gives up waiting: the batch goes on, nothing is written ...
+        with pytest.raises(BatchStillRunning, match="rerun the same command with --batch") as left:
+            distill_dataset(
+                settings, database.engine, root, spec, selected, teacher, timeout_s=0.001
+            )
+        assert not root.exists() or not any(root.iterdir())
+        # ... a batch made for another dataset is refused ...
+        with pytest.raises(DatasetError, match="was not made for distill dataset 'other'"):
+            distill_dataset(
+                settings,
+                database.engine,
+                root,
+                replace(spec, name="other"),
+                selected,
+                teacher,
+                resume=left.value.batch_id,
+            )
+        # ... and a rerun with the batch's id writes the dataset from it.
         info = distill_dataset(
-            settings, database.engine, root,
-            BuildSpec("distilled", "olivia", cleaning=CleaningOptions(near_dedup=False)),
-            select_from_log(database.engine, LogSelection(rating="down")), teacher,
+            settings,
+            database.engine,
+            root,
+            spec,
+            selected,
+            teacher,
             progress=lambda step, done, total: seen.append((step, done, total)),
             timeout_s=240,
-        )  # fmt: skip
+            resume=left.value.batch_id,
+        )
+        assert info.card["teacher"]["batch_id"] == left.value.batch_id
         assert info.kind == "distill" and info.rows == 4
         steps = {s["step"]: (s["rows_in"], s["removed"], s["changed"]) for s in info.steps}
         assert steps["exact_duplicate"] == (5, 1, 0)
@@ -92,8 +129,10 @@ def test_distill_and_augment_through_batches(
         deadline = time.monotonic() + 20
         while True:
             with database.engine.connect() as conn:
-                marked = conn.execute(text("SELECT count(*) FROM requests WHERE batch_id = :b"),
-                                      {"b": card["batch_id"]}).scalar_one()  # fmt: skip
+                marked = conn.execute(
+                    text("SELECT count(*) FROM requests WHERE batch_id = :b"),
+                    {"b": card["batch_id"]},
+                ).scalar_one()
             if marked >= 4 or time.monotonic() > deadline:
                 break
             time.sleep(0.2)

@@ -167,9 +167,10 @@ def _run_with_batch(settings: Settings, args: argparse.Namespace, kind: DatasetK
             root = datasets_root(settings.home_dir)
             check_name(db.engine, root, spec.name)
             selected = select(db, settings, args, progress)
+            wait = {"timeout_s": args.timeout, "resume": args.batch}
             if kind is DatasetKind.DISTILL:
                 info = distill_dataset(
-                    settings, db.engine, root, spec, selected, generation, progress, args.timeout
+                    settings, db.engine, root, spec, selected, generation, progress, **wait
                 )
             else:
                 info = augment_dataset(
@@ -181,13 +182,13 @@ def _run_with_batch(settings: Settings, args: argparse.Namespace, kind: DatasetK
                     generation,
                     args.n,
                     progress,
-                    args.timeout,
+                    **wait,
                 )
     except (DatasetError, BatchError, FileError) as exc:
         _warn(str(exc))
         return 2
     except TimeoutError as exc:
-        _warn(f"{exc}; it goes on (`herd batch status ID`), but no dataset was written")
+        _warn(f"{exc}; no dataset was written yet")
         return 1
     print_report(info)
     return 0
@@ -325,6 +326,11 @@ def add_generation_flags(p: argparse.ArgumentParser, temperature: float, max_tok
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--gen-seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--system-prompt", default=None, help="replaces the default instructions")
+    p.add_argument(
+        "--batch",
+        default=None,
+        help="pick up the batch an earlier run of this command left running (its id)",
+    )
     p.add_argument(
         "--timeout",
         type=float,

@@ -14,7 +14,13 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from app.batches.service import BatchResult, batch_results, create_batch, wait_batch
+from app.batches.service import (
+    BatchResult,
+    batch_results,
+    create_batch,
+    get_batch,
+    wait_batch,
+)
 from app.config import Settings
 from app.datasets.build import BuildSpec, check_name, clean_selected, write_dataset
 from app.datasets.cleaning import StepProgress, clean
@@ -30,6 +36,27 @@ from app.datasets.teacher import (
 )
 
 
+class BatchStillRunning(TimeoutError):
+    """The wait ran out; the batch goes on and a rerun with its id picks it up."""
+
+    def __init__(self, batch_id: str, message: str) -> None:
+        super().__init__(f"{message}; rerun the same command with --batch {batch_id} to write "
+                         "the dataset from it")  # fmt: skip
+        self.batch_id = batch_id
+
+
+def _resumable(engine: Engine, batch_id: str, spec: BuildSpec, lines: int) -> str:
+    """batch_id, if it was made for this dataset from as many lines; DatasetError if not."""
+    view = get_batch(engine, batch_id)
+    meta = view.metadata or {}
+    if (meta.get("dataset"), meta.get("kind"), view.total) != (spec.name, spec.kind.value, lines):
+        raise DatasetError(
+            f"batch {batch_id} was not made for {spec.kind.value} dataset {spec.name!r} from "
+            f"these {lines} lines (it has {view.total}, metadata {meta})"
+        )
+    return batch_id
+
+
 def run_batch(
     settings: Settings,
     engine: Engine,
@@ -39,23 +66,31 @@ def run_batch(
     spec: BuildSpec,
     progress: StepProgress | None = None,
     timeout_s: float | None = None,
+    resume: str | None = None,
 ) -> tuple[str, dict[str, BatchResult]]:
-    """Run the bodies as one batch for alias and wait; (batch id, results by custom id)."""
-    batch_id = create_batch(
-        settings,
-        engine,
-        alias=alias,
-        bodies=bodies,
-        custom_ids=ids,
-        created_by=spec.created_by,
-        metadata={"dataset": spec.name, "kind": spec.kind.value},
-    )
+    """Run the bodies as one batch for alias (or pick up batch `resume`, made for the same
+    dataset earlier) and wait; (batch id, results by custom id)."""
+    if resume is not None:
+        batch_id = _resumable(engine, resume, spec, len(bodies))
+    else:
+        batch_id = create_batch(
+            settings,
+            engine,
+            alias=alias,
+            bodies=bodies,
+            custom_ids=ids,
+            created_by=spec.created_by,
+            metadata={"dataset": spec.name, "kind": spec.kind.value},
+        )
 
     def seen(view: Any) -> None:
         if progress is not None:
             progress("batch", int(view.done), int(view.total))
 
-    view = wait_batch(engine, batch_id, timeout_s=timeout_s, on_progress=seen)
+    try:
+        view = wait_batch(engine, batch_id, timeout_s=timeout_s, on_progress=seen)
+    except TimeoutError as exc:
+        raise BatchStillRunning(batch_id, str(exc)) from exc
     if view.status != "completed":
         raise DatasetError(
             f"batch {batch_id} ended {view.status} ({view.completed} of {view.total} lines "
@@ -73,6 +108,7 @@ def distill_dataset(
     teacher: GenerationSettings,
     progress: StepProgress | None = None,
     timeout_s: float | None = None,
+    resume: str | None = None,
 ) -> DatasetInfo:
     """An SFT dataset of the teacher alias's answers to the selection's cleaned prompts."""
     spec = replace(spec, kind=DatasetKind.DISTILL)
@@ -84,7 +120,7 @@ def distill_dataset(
     rows, steps = clean_selected(prompts, spec, answers=False, progress=progress)
     ids, bodies = distill_requests(rows, teacher)
     batch_id, results = run_batch(
-        settings, engine, teacher.alias, ids, bodies, spec, progress, timeout_s
+        settings, engine, teacher.alias, ids, bodies, spec, progress, timeout_s, resume
     )
     answered, failed = distilled_rows(rows, results)
     cleaned = clean(answered, spec.cleaning, answers=True, prompts=False, progress=progress)
@@ -107,6 +143,7 @@ def augment_dataset(
     n: int,
     progress: StepProgress | None = None,
     timeout_s: float | None = None,
+    resume: str | None = None,
 ) -> DatasetInfo:
     """The selection's cleaned rows plus n paraphrases of each prompt by an alias (marked
     synthetic, deduplicated against the originals, in their original's conversation)."""
@@ -116,7 +153,7 @@ def augment_dataset(
     rows, steps = clean_selected(selected, spec, answers=answers, progress=progress)
     ids, bodies = paraphrase_requests(rows, n, paraphraser)
     batch_id, results = run_batch(
-        settings, engine, paraphraser.alias, ids, bodies, spec, progress, timeout_s
+        settings, engine, paraphraser.alias, ids, bodies, spec, progress, timeout_s, resume
     )
     out, added = paraphrased_rows(rows, results, n, spec.cleaning.near_dup_threshold)
     augmentation = {
