@@ -3,6 +3,7 @@ demo model, the batch runner as a job process, real PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from tests.batch_harness import (
 from tests.batch_harness import (
     wait_batch as wait_openai_batch,
 )
+from tests.conftest import run_herd
 from tests.worker_process import WorkerLauncher
 
 
@@ -192,12 +194,13 @@ def test_batch_marking_needs_the_runner_credential(tmp_path: Path, db_url: str) 
         assert done.request_counts.failed == 1
 
 
-def test_python_api_creates_waits_and_reads_results(
+def test_python_api_and_the_herd_batch_commands(
     tmp_path: Path,
     db_url: str,
     database: Database,
     models_dir: Path,
     worker_launcher: WorkerLauncher,
+    herd_env: dict[str, str],
 ) -> None:
     start_demo_worker(worker_launcher, database, models_dir)
     with batch_gateway(tmp_path, db_url) as gateway:
@@ -232,3 +235,33 @@ def test_python_api_creates_waits_and_reads_results(
         assert all(r.ok and r.status_code == 200 and r.text is not None for r in results.values())
         with pytest.raises(ValueError, match="custom ids"):
             create_batch(settings, database.engine, alias=ALIAS, bodies=bodies, custom_ids=["x"])
+
+        # The CLI: submit with --alias (the lines name another model), follow, download.
+        env = {**herd_env, "HERD_GATEWAY_URL": gateway.url}
+        lines = [chat_line(f"cli-{i}", model="whatever") for i in range(3)]
+        source = write_jsonl(tmp_path / "cli.jsonl", [*lines, "{broken"])
+        refused = run_herd("batch", "submit", str(source), "--alias", ALIAS, env=env)
+        assert refused.returncode == 1 and "line 4: not valid JSON" in refused.stderr
+        source = write_jsonl(tmp_path / "cli.jsonl", lines)
+        done = run_herd("batch", "submit", str(source), "--alias", ALIAS, env=env, timeout_s=300)
+        assert done.returncode == 0, done.stderr
+        cli_batch = done.stdout.split()[1]
+        assert "completed, 3/3 done (3 completed, 0 failed)" in done.stdout
+        assert "line/s" in done.stderr or "3/3" in done.stderr  # the tqdm bar
+        status = run_herd("batch", "status", cli_batch, "--json", env=env)
+        assert json.loads(status.stdout)["request_counts"] == {
+            "total": 3,
+            "completed": 3,
+            "failed": 0,
+        }
+        out = tmp_path / "downloads"
+        fetched = run_herd("batch", "download", cli_batch, "-o", str(out), env=env)
+        assert fetched.returncode == 0, fetched.stderr
+        rows = parse_jsonl((out / f"{cli_batch}_output.jsonl").read_text())
+        assert sorted(r["custom_id"] for r in rows) == ["cli-0", "cli-1", "cli-2"]
+        assert all(r["response"]["body"]["model"] == ALIAS for r in rows)
+        assert (out / f"{cli_batch}_errors.jsonl").read_text() == ""
+        listed = run_herd("batch", "list", env=env)
+        assert cli_batch in listed.stdout and batch_id in listed.stdout
+        cancel = run_herd("batch", "cancel", cli_batch, env=env)
+        assert cancel.returncode == 1 and "only a validating or in_progress" in cancel.stderr
