@@ -11,7 +11,12 @@ import pytest
 APP = Path(__file__).resolve().parents[1] / "app"
 
 # table -> (ORM class, the one module that writes it)
-OWNERS = {"deployments": ("Deployment", "deployments.py")}
+OWNERS = {
+    "deployments": ("Deployment", "deployments.py"),
+    "files": ("File", "batches/files.py"),
+    "batches": ("Batch", "batches/store.py"),
+    "batch_requests": ("BatchRequest", "batches/store.py"),
+}
 
 
 @pytest.mark.parametrize("table", sorted(OWNERS))
