@@ -6,6 +6,8 @@ a reload, in another browser, or for a batch submitted with the CLI or the API.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import streamlit as st
 
 from app.batches.owner import OPERATOR
@@ -50,17 +52,21 @@ def _show(view: BatchView, store: BatchStore, can_change: bool) -> None:
                 st.error(str(exc))
         if view.finished:
             cols = st.columns(2)
-            for col, purpose, label in (
-                (cols[0], "batch_output", "Download output"),
-                (cols[1], "batch_errors", "Download errors"),
+            for col, purpose, label, count in (
+                (cols[0], "batch_output", "Download output", view.completed),
+                (cols[1], "batch_errors", "Download errors", view.failed + view.cancelled),
             ):
-                lines = store.rendered(view.id, purpose)
+                # Rendered when clicked, not on every refresh of the list.
                 col.download_button(
-                    f"{label} ({len(lines)})", data=b"".join(lines),
+                    f"{label} ({count})", data=_file(store, view.id, purpose),
                     file_name=f"{view.id}_{purpose.removeprefix('batch_')}.jsonl",
                     mime="application/jsonl", key=f"batch_{purpose}_{view.id}",
-                    disabled=not lines,
+                    disabled=not count, on_click="ignore",
                 )  # fmt: skip
+
+
+def _file(store: BatchStore, batch_id: str, purpose: str) -> Callable[[], bytes]:
+    return lambda: b"".join(store.rendered(batch_id, purpose))
 
 
 @st.fragment(run_every=REFRESH_S)
