@@ -79,6 +79,19 @@ def runner_job(database: Database, batch_id: str) -> tuple[int, int | None]:
     return int(row.id), row.pid
 
 
+def runner_log(database: Database, batch_id: str) -> str:
+    with database.engine.connect() as conn:
+        return str(
+            conn.execute(
+                text(
+                    "SELECT j.log_tail FROM batches b JOIN jobs j ON j.id = b.job_id "
+                    "WHERE b.id = :b"
+                ),
+                {"b": batch_id},
+            ).scalar_one()
+        )
+
+
 def exactly_once(client: openai.OpenAI, batch: Any, ids: list[str]) -> tuple[list[Any], list[Any]]:
     """The output and error lines; asserts every custom_id is in exactly one of them once."""
     output = (
@@ -233,6 +246,7 @@ def test_gateway_killed_mid_run_runner_waits_and_resumes(
         gateway.send_signal(signal.SIGKILL)
         gateway.wait(timeout=30)
     time.sleep(3)  # the runner meets a closed port meanwhile
+    wait_for(lambda: "gateway unreachable" in runner_log(database, batch.id), timeout_s=30)
     with gateway_process(db_url, home, port):
         final = wait_batch(client, batch.id, timeout_s=300)
         assert final.status == "completed"

@@ -3,6 +3,8 @@ demo model, the batch runner as a job process, real PostgreSQL."""
 
 from __future__ import annotations
 
+import json
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from sqlalchemy import text
 from app.batches.service import batch_results, create_batch, wait_batch
 from app.config import Settings
 from app.db.database import Database
+from app.gateway.keys import ApiKeys, KeyPolicy
 from tests.batch_harness import (
     ALIAS,
     batch_gateway,
@@ -25,6 +28,8 @@ from tests.batch_harness import (
 from tests.batch_harness import (
     wait_batch as wait_openai_batch,
 )
+from tests.conftest import run_herd
+from tests.gateway_harness import served_alias
 from tests.worker_process import WorkerLauncher
 
 
@@ -192,12 +197,13 @@ def test_batch_marking_needs_the_runner_credential(tmp_path: Path, db_url: str) 
         assert done.request_counts.failed == 1
 
 
-def test_python_api_creates_waits_and_reads_results(
+def test_python_api_and_the_herd_batch_commands(
     tmp_path: Path,
     db_url: str,
     database: Database,
     models_dir: Path,
     worker_launcher: WorkerLauncher,
+    herd_env: dict[str, str],
 ) -> None:
     start_demo_worker(worker_launcher, database, models_dir)
     with batch_gateway(tmp_path, db_url) as gateway:
@@ -232,3 +238,99 @@ def test_python_api_creates_waits_and_reads_results(
         assert all(r.ok and r.status_code == 200 and r.text is not None for r in results.values())
         with pytest.raises(ValueError, match="custom ids"):
             create_batch(settings, database.engine, alias=ALIAS, bodies=bodies, custom_ids=["x"])
+
+        # The CLI: submit with --alias (the lines name another model), follow, download.
+        env = {**herd_env, "HERD_GATEWAY_URL": gateway.url}
+        lines = [chat_line(f"cli-{i}", model="whatever") for i in range(3)]
+        source = write_jsonl(tmp_path / "cli.jsonl", [*lines, "{broken"])
+        refused = run_herd("batch", "submit", str(source), "--alias", ALIAS, env=env)
+        assert refused.returncode == 1 and "line 4: not valid JSON" in refused.stderr
+        source = write_jsonl(tmp_path / "cli.jsonl", lines)
+        done = run_herd("batch", "submit", str(source), "--alias", ALIAS, env=env, timeout_s=300)
+        assert done.returncode == 0, done.stderr
+        cli_batch = done.stdout.split()[1]
+        assert "completed, 3/3 done (3 completed, 0 failed)" in done.stdout
+        assert "line/s" in done.stderr or "3/3" in done.stderr  # the tqdm bar
+        status = run_herd("batch", "status", cli_batch, "--json", env=env)
+        assert json.loads(status.stdout)["request_counts"] == {
+            "total": 3,
+            "completed": 3,
+            "failed": 0,
+        }
+        out = tmp_path / "downloads"
+        fetched = run_herd("batch", "download", cli_batch, "-o", str(out), env=env)
+        assert fetched.returncode == 0, fetched.stderr
+        rows = parse_jsonl((out / f"{cli_batch}_output.jsonl").read_text())
+        assert sorted(r["custom_id"] for r in rows) == ["cli-0", "cli-1", "cli-2"]
+        assert all(r["response"]["body"]["model"] == ALIAS for r in rows)
+        assert (out / f"{cli_batch}_errors.jsonl").read_text() == ""
+        listed = run_herd("batch", "list", env=env)
+        assert cli_batch in listed.stdout and batch_id in listed.stdout
+        cancel = run_herd("batch", "cancel", cli_batch, env=env)
+        assert cancel.returncode == 1 and "only a validating or in_progress" in cancel.stderr
+
+
+def test_batch_lines_reach_workers_marked_and_count_against_the_owner_key(
+    tmp_path: Path, db_url: str
+) -> None:
+    with served_alias(db_url, tmp_path, "stubby", batch_watch_s=0.5) as served:
+        keys = ApiKeys(served.database.engine)
+        owner = keys.create("owner").key
+        scoped = keys.create("scoped", policy=KeyPolicy(scopes=("elsewhere",))).key
+        time.sleep(0.5)  # the gateway loads keys with its routing state
+        source = write_jsonl(
+            tmp_path / "in.jsonl",
+            [chat_line(f"s{i}", f"Hello {i}", model="stubby") for i in range(3)],
+        )
+        runs = {}
+        for name, key in (("owner", owner), ("scoped", scoped)):
+            client = openai.OpenAI(base_url=f"{served.url}/v1", api_key=key, max_retries=0)
+            uploaded = client.files.create(file=source.open("rb"), purpose="batch")
+            batch = client.batches.create(
+                input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+            runs[name] = (client, wait_openai_batch(client, batch.id, timeout_s=60))
+        owner_client, owner_batch = runs["owner"]
+        scoped_client, scoped_batch = runs["scoped"]
+        assert owner_batch.request_counts.completed == 3
+        # The scoped key may not call "stubby": its batch lines are refused like its calls.
+        assert scoped_batch.request_counts.failed == 3
+        errors = parse_jsonl(scoped_client.files.content(scoped_batch.error_file_id).text)
+        assert {e["response"]["status_code"] for e in errors} == {403}
+        # A batch is its owner's: another key neither sees nor cancels it.
+        with pytest.raises(openai.NotFoundError):
+            scoped_client.batches.retrieve(owner_batch.id)
+        with pytest.raises(openai.NotFoundError):
+            scoped_client.files.content(owner_batch.output_file_id)
+        assert [b.id for b in owner_client.batches.list().data] == [owner_batch.id]
+        # Interactive calls go without the priority header; batch lines with it.
+        owner_client.chat.completions.create(
+            model="stubby", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+        )
+        stats = httpx.get(f"{served.stub.url}/stats", timeout=5).json()
+        assert stats["priorities"] == {"batch": 3, "": 1}
+        with served.database.engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT batch_id, api_key_id FROM requests WHERE alias = 'stubby' "
+                    "ORDER BY created_at"
+                )
+            ).all()
+        by_batch = Counter((r.batch_id, r.api_key_id) for r in rows)
+        owner_id = keys.active("owner").id  # type: ignore[union-attr]
+        assert by_batch[(owner_batch.id, owner_id)] == 3 and by_batch[(None, owner_id)] == 1
+        # Pages of the list: newest first, `after` the last id seen.
+        httpx_headers = {"Authorization": f"Bearer {owner}"}
+        second = owner_client.batches.create(
+            input_file_id=owner_client.files.create(file=source.open("rb"), purpose="batch").id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+        )
+        page = httpx.get(f"{served.url}/v1/batches?limit=1", headers=httpx_headers).json()
+        assert [b["id"] for b in page["data"]] == [second.id] and page["has_more"]
+        rest = httpx.get(
+            f"{served.url}/v1/batches?limit=1&after={second.id}", headers=httpx_headers
+        ).json()
+        assert [b["id"] for b in rest.get("data", [])] == [owner_batch.id], rest
+        assert not rest["has_more"]
+        wait_openai_batch(owner_client, second.id, timeout_s=60)

@@ -14,6 +14,9 @@ APP = Path(__file__).resolve().parents[1] / "app"
 OWNERS = {
     "deployments": ("Deployment", "deployments.py"),
     "datasets": ("Dataset", "datasets/store.py"),
+    "files": ("File", "batches/files.py"),
+    "batches": ("Batch", "batches/store.py"),
+    "batch_requests": ("BatchRequest", "batches/store.py"),
 }
 
 

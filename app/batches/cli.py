@@ -12,7 +12,7 @@ from typing import Any
 from tqdm import tqdm
 
 from app.batches.files import FileError
-from app.batches.jsonl import ENDPOINTS
+from app.batches.jsonl import ENDPOINTS, with_alias
 from app.batches.owner import OPERATOR
 from app.batches.progress import describe
 from app.batches.service import cancel_batch, create_batch_from_file, get_batch, wait_batch
@@ -23,20 +23,6 @@ from app.db.database import Database
 
 def _print(message: str) -> None:
     print(message, flush=True)
-
-
-def with_alias(data: bytes, alias: str) -> bytes:
-    """The file with every line's body.model set to alias; lines that are not requests are
-    kept as they are, for the upload's check to name them with their line numbers."""
-    out = io.BytesIO()
-    for raw in data.splitlines(keepends=True):
-        try:
-            line = json.loads(raw)
-            line["body"]["model"] = alias
-            out.write(json.dumps(line).encode() + b"\n")
-        except (ValueError, TypeError, KeyError, IndexError):
-            out.write(raw if raw.endswith(b"\n") else raw + b"\n")
-    return out.getvalue()
 
 
 def follow_batch(db: Database, batch_id: str) -> BatchView:

@@ -7,6 +7,7 @@ whole, so a batch never starts on half a file.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -126,3 +127,17 @@ def validate(path: Path) -> int:
     if count == 0:
         raise FileInvalid([LineError(0, "the file is empty: no request lines")])
     return count
+
+
+def with_alias(data: bytes, alias: str) -> bytes:
+    """The file with every line's body.model set to alias; lines that are not requests are
+    kept as they are, for the upload's check to name them with their line numbers."""
+    out = io.BytesIO()
+    for raw in data.splitlines(keepends=True):
+        try:
+            line = json.loads(raw)
+            line["body"]["model"] = alias
+            out.write(json.dumps(line).encode() + b"\n")
+        except (ValueError, TypeError, KeyError, IndexError):
+            out.write(raw if raw.endswith(b"\n") else raw + b"\n")
+    return out.getvalue()

@@ -95,8 +95,11 @@ class BatchRunner:
         await self.db(self.store.start, self.batch_id)
         limits = httpx.Limits(max_connections=self.settings.batch_concurrency + 2)
         headers = {BATCH_HEADER: self.batch_id, TOKEN_HEADER: info.runner_token}
+        # HERD_GATEWAY_URL, when set, names the gateways' shared address (a Kubernetes
+        # service): better than the one replica the batch was created on, which may be gone.
+        base_url = self.settings.gateway_url or info.gateway_url
         async with httpx.AsyncClient(
-            base_url=info.gateway_url, headers=headers, limits=limits,
+            base_url=base_url.rstrip("/").removesuffix("/v1"), headers=headers, limits=limits,
             timeout=httpx.Timeout(CALL_TIMEOUT_S, connect=5.0),
         ) as client:  # fmt: skip
             await self._loop(client, info)

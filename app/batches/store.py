@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, RowMapping, func, insert, select, update
+from sqlalchemy import Connection, Engine, RowMapping, func, insert, select, tuple_, update
 
 from app.batches.files import FileStore
 from app.batches.jsonl import BatchLine
@@ -242,14 +242,18 @@ class BatchStore:
         """The newest batches first, those older than `after` when given; and whether
         there are more."""
         query = _select().where(owner.clause(Batch.api_key_id))
-        if after is not None:
-            anchor = select(Batch.created_at, Batch.id).where(Batch.id == after).subquery()
-            query = query.where(
-                func.row(Batch.created_at, Batch.id)
-                < select(func.row(anchor.c.created_at, anchor.c.id)).scalar_subquery()
-            )
-        query = query.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit + 1)
         with self.engine.connect() as conn:
+            if after is not None:
+                anchor = conn.execute(
+                    select(Batch.created_at, Batch.id).where(Batch.id == after)
+                ).first()
+                if anchor is None:
+                    raise BatchError(f"no batch {after!r} (after)", status=404,
+                                     code="batch_not_found")  # fmt: skip
+                query = query.where(
+                    tuple_(Batch.created_at, Batch.id) < tuple_(anchor.created_at, anchor.id)
+                )
+            query = query.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit + 1)
             rows = conn.execute(query).mappings().all()
         views = [_view(r) for r in rows]
         return views[:limit], len(views) > limit
