@@ -69,6 +69,9 @@ def test_distill_and_augment_through_batches(
     start_demo_worker(worker_launcher, database, models_dir)
     with batch_gateway(tmp_path, db_url) as gateway:
         gateway.wait_workers(1)
+        # Batch runners (their own processes) use HERD_GATEWAY_URL when it is set; the
+        # dashboard_env fixture set it to a closed port.
+        monkeypatch.setenv("HERD_GATEWAY_URL", gateway.url)
         settings = Settings(
             home=tmp_path / "herd-home", database_url=db_url, gateway_url=gateway.url
         )
@@ -162,7 +165,6 @@ def test_distill_and_augment_through_batches(
         shown = json.loads(run_herd("dataset", "show", "augmented", "--json", env=env).stdout)
 
         # Distillation from the Retraining page (operator), through the same gateway.
-        monkeypatch.setenv("HERD_GATEWAY_URL", gateway.url)
         app = run_page("retraining.py", Role.OPERATOR)
         app.text_input(key="ds_name").input("from-page")
         app.selectbox(key="ds_kind").select("distill")
