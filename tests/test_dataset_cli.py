@@ -19,18 +19,38 @@ def _add(db: Database, n: int) -> None:
     insert_messages(
         db.engine,
         [
-            {"request_id": r["id"], "prompt": [{"role": "user", "content": f"question {i} "
-                                                "on a topic of its own " * (1 + i % 3)}],
-             "response": f"answer {i}"}
+            {
+                "request_id": r["id"],
+                "prompt": [
+                    {
+                        "role": "user",
+                        "content": f"question {i} on a topic of its own " * (1 + i % 3),
+                    }
+                ],
+                "response": f"answer {i}",
+            }
             for i, r in enumerate(rows)
         ],
-    )  # fmt: skip
+    )
 
 
 def test_build_list_show(database: Database, herd_env: dict[str, str]) -> None:
     _add(database, 20)
-    built = run_herd("dataset", "build", "cli-set", "--alias", "chat", "--split", "0.5,0.25,0.25",
-                     "--seed", "3", "--no-near-dedup", "--by", "olivia", env=herd_env)  # fmt: skip
+    built = run_herd(
+        "dataset",
+        "build",
+        "cli-set",
+        "--alias",
+        "chat",
+        "--split",
+        "0.5,0.25,0.25",
+        "--seed",
+        "3",
+        "--no-near-dedup",
+        "--by",
+        "olivia",
+        env=herd_env,
+    )
     assert built.returncode == 0, built.stderr
     assert "dataset 'cli-set' (sft): 20 rows" in built.stdout
     assert "exact_duplicate" in built.stdout
@@ -61,3 +81,24 @@ def test_bad_upload_and_empty_selection_write_nothing(
     assert empty.returncode == 2 and "matched no usable requests" in empty.stderr
     assert not (Path(herd_env["HERD_HOME"]) / "datasets" / "x").exists()
     assert "no datasets yet" in run_herd("dataset", "list", env=herd_env).stdout
+
+
+def test_build_from_a_csv_file(herd_env: dict[str, str], tmp_path: Path) -> None:
+    good = tmp_path / "pairs.csv"
+    good.write_text(
+        'prompt,response,session_id\n"Hi, what is 2+2?",4,a\n"And 3+3?",6,a\nName a fruit,Apple,\n'
+    )
+    run = run_herd(
+        "dataset", "build", "from-csv", "--from-file", str(good), "--split", "1,0,0", env=herd_env
+    )
+    assert run.returncode == 0, run.stderr
+    lines = (Path(herd_env["HERD_HOME"]) / "datasets" / "from-csv" / "train.jsonl").read_text()
+    rows = [json.loads(x) for x in lines.splitlines()]
+    assert sorted(
+        (r["messages"][0]["content"], r["messages"][1]["content"], r["session_id"], r["source"])
+        for r in rows
+    ) == [
+        ("And 3+3?", "6", "a", "upload"),
+        ("Hi, what is 2+2?", "4", "a", "upload"),
+        ("Name a fruit", "Apple", "line-4", "upload"),
+    ]

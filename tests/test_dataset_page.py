@@ -3,8 +3,11 @@ the cleaning report, list, download; viewers see the list only; errors are shown
 
 from __future__ import annotations
 
+import json
+import os
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import func, select
 
@@ -85,3 +88,31 @@ def test_viewers_see_datasets_but_no_build_form(dashboard_env: None, database: D
     app = run_page("retraining.py", Role.VIEWER)
     assert any(h.value == "Datasets" for h in app.header)
     assert not [b for b in app.button if b.key == BUILD]
+
+
+def test_build_from_an_uploaded_file(dashboard_env: None, database: Database) -> None:
+    app = run_page("retraining.py", Role.OPERATOR)
+    app.text_input(key="ds_name").input("uploaded")
+    app.radio(key="ds_source").set_value("Uploaded file")
+    app.file_uploader(key="ds_upload").upload("bad.jsonl", b'{"prompt": "ok"}\n{oops\n')
+    app.button(key=BUILD).click().run()
+    assert not app.exception, app.exception
+    assert any("line 2: not valid JSON" in e.value for e in app.error)
+    assert not (Path(os.environ["HERD_HOME"]) / "datasets" / "uploaded").exists()
+    good = b"\n".join(
+        json.dumps(
+            {
+                "prompt": f"question number {i} about {w}",
+                "response": f"answer {i}",
+                "session_id": f"c{i // 2}",
+            }
+        ).encode()
+        for i, w in enumerate(["rivers", "lakes", "seas", "hills", "woods", "plains"])
+    )
+    app.file_uploader(key="ds_upload").upload("good.jsonl", good)
+    app.button(key=BUILD).click().run()
+    assert not app.exception, app.exception
+    assert any("Built dataset 'uploaded': 6 rows." in s.value for s in app.success)
+    with database.engine.connect() as conn:
+        source = conn.execute(select(Dataset.source)).scalar_one()
+    assert source["type"] == "upload" and source["file"] == "good.jsonl"
