@@ -584,3 +584,19 @@ def test_near_duplicates_agree_with_datasketch() -> None:
             lsh.insert(str(i), m)
     assert ours.sum() > 400
     assert (ours == np.array(theirs)).mean() >= 0.98
+
+
+def test_build_from_demo_traffic(database: Database, tmp_path: Path) -> None:
+    """`herd demo-traffic` rows (synthetic, many sessions): the report's counts chain up."""
+    from app.analytics.demo_traffic import generate_demo_traffic
+
+    generate_demo_traffic(database.engine, 3000, days=2, seed=0.3, now=datetime.now(UTC))
+    selected = select_from_log(database.engine, LogSelection(include_synthetic=True))
+    assert select_from_log(database.engine, LogSelection()).rows == []  # synthetic: opt in
+    info = build_dataset(database.engine, tmp_path, BuildSpec("demo", "o", seed=5), selected)
+    rows_in = len(selected.rows) + selected.unusable
+    for step in info.steps:
+        assert step["rows_in"] == rows_in
+        rows_in = step["rows_out"]
+    assert rows_in == info.rows == sum(info.split_rows.values()) == len(_all_rows(info.path))
+    assert info.split_rows["train"] > info.split_rows["validation"] > 0
