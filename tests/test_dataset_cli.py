@@ -56,7 +56,14 @@ def test_build_list_show(database: Database, herd_env: dict[str, str]) -> None:
     assert "exact_duplicate" in built.stdout
     home = Path(herd_env["HERD_HOME"])
     files = sorted(p.name for p in (home / "datasets" / "cli-set").iterdir())
-    assert files == ["README.md", "card.json", "test.jsonl", "train.jsonl", "validation.jsonl"]
+    assert files == [
+        "README.md",
+        "card.json",
+        "eval",
+        "test.jsonl",
+        "train.jsonl",
+        "validation.jsonl",
+    ]
     listed = run_herd("dataset", "list", env=herd_env)
     assert listed.returncode == 0 and "cli-set" in listed.stdout and "olivia" in listed.stdout
     shown = run_herd("dataset", "show", "cli-set", "--json", env=herd_env)

@@ -243,6 +243,13 @@ def test_splits_are_seeded_and_keep_conversations_together(
         # Cut at whole conversations (1-4 turns): within 4 rows of the ratio.
         assert abs(info.split_rows["train"] - 0.8 * total) <= 4
         assert abs(info.split_rows["validation"] - 0.1 * total) <= 4
+    # The test split again, as the prompt set `herd eval --prompts` scores a student on.
+    held = _lines(infos[0].path / "eval" / "test.prompts.jsonl")
+    test_rows = _lines(infos[0].path / "test.jsonl")
+    assert infos[0].card["held_out_prompts"] == "eval/test.prompts.jsonl"
+    assert held == [
+        {"prompt": r["messages"][:-1], "reference": r["messages"][-1]["content"]} for r in test_rows
+    ]
     # The split does not depend on the order rows come in.
     shuffled = list(selected.rows)
     random.Random(3).shuffle(shuffled)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 
 def zip_folder(folder: Path) -> bytes:
-    """The files of folder (JSONL splits, README.md, card.json) in a zip under its name."""
+    """The files of folder (JSONL splits, README.md, card.json, eval/) in a zip under its name."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(folder.iterdir()):
+        for path in sorted(folder.rglob("*")):
             if path.is_file():
-                archive.write(path, f"{folder.name}/{path.name}")
+                archive.write(path, f"{folder.name}/{path.relative_to(folder).as_posix()}")
     return buffer.getvalue()

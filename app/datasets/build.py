@@ -116,6 +116,7 @@ def write_dataset(
                     out.write(json.dumps(row.record(), ensure_ascii=False) + "\n")
             if on_write is not None:
                 on_write(split, len(members))
+        held_out = _write_held_out(partial, splits)
         card: dict[str, Any] = {
             "name": spec.name,
             "kind": spec.kind.value,
@@ -129,6 +130,7 @@ def write_dataset(
             "split_rows": {split: len(members) for split, members in splits.items()},
             "synthetic_rows": sum(r.synthetic for r in rows),
             "files": files,
+            "held_out_prompts": held_out,
             **(extra or {}),
         }
         write_card(partial, card)
@@ -143,6 +145,23 @@ def write_dataset(
     info = DatasetStore(engine).get(spec.name)
     assert info is not None
     return info
+
+
+def _write_held_out(folder: Path, splits: dict[str, list[DatasetRow]]) -> str | None:
+    """The test split (else validation) as {prompt, reference} lines under eval/: the prompt
+    set format of `herd eval --prompts FILE`, to score a student against its teacher on
+    rows it was not trained on. None when no such row has an answer."""
+    for split in ("test", "validation"):
+        rows = [r for r in splits[split] if r.response is not None]
+        if rows:
+            (folder / "eval").mkdir()
+            name = f"eval/{split}.prompts.jsonl"
+            with (folder / name).open("w", encoding="utf-8") as out:
+                for row in rows:
+                    line = {"prompt": [dict(m) for m in row.prompt], "reference": row.response}
+                    out.write(json.dumps(line, ensure_ascii=False) + "\n")
+            return name
+    return None
 
 
 def build_dataset(

@@ -33,6 +33,12 @@ def render_readme(card: dict[str, Any]) -> str:
         f" (seed {card['seed']}, ratios {card['ratios']}; a conversation stays in one split)",
         f"- line format: {LINE_FORMAT}",
     ]
+    if card.get("held_out_prompts"):
+        lines.append(
+            f"- held-out prompts with their answers as references: `{card['held_out_prompts']}` "
+            "(the prompt-set format of `herd eval --prompts FILE`: score a student and its "
+            "teacher on rows the student was not trained on)"
+        )
     if card.get("teacher"):
         lines.append(f"- teacher: `{json.dumps(card['teacher'], ensure_ascii=False)}`")
     if card.get("augmentation"):
