@@ -22,8 +22,12 @@ from app import rollout_cli
 from app.accounts import AccountError, Role
 from app.admin import commands as admin_commands
 from app.admin.config_file import ConfigError
+from app.batches import cli as batch_cli
+from app.batches.files import FileError
+from app.batches.store import BatchError
 from app.compress.quantize import QuantizeRefused
 from app.config import Settings
+from app.datasets import cli as dataset_cli
 from app.db import migrate
 from app.db.database import Database
 from app.db.embedded import EmbeddedDatabaseError, EmbeddedPostgres, running_url, stop_server
@@ -560,6 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
     jobs_cli.add_commands(sub, models, command)
     eval_cli.add_command(sub, command)
     rollout_cli.add_commands(sub, command)
+    dataset_cli.add_commands(sub, command)
+    batch_cli.add_commands(sub, command)
 
     gateway = command(sub, "gateway", cmd_gateway, "run the OpenAI-compatible gateway alone")
     gateway.add_argument("--host", default=None, help="address (default HERD_GATEWAY_HOST)")
@@ -633,6 +639,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         EvalRefused,
         JobError,
         RolloutError,
+        BatchError,
+        FileError,
     ) as exc:
         warn(f"herd: {exc}")
         return 1

@@ -206,6 +206,32 @@ class Settings(BaseSettings):
             "killed): it is marked failed and its temporary files are removed."
         ),
     )
+    batch_file_max_bytes: int = Field(
+        default=200 * 1024 * 1024,
+        gt=0,
+        description="Largest file `POST /v1/files` accepts (a batch's JSONL), in bytes.",
+    )
+    batch_concurrency: int = Field(
+        default=4,
+        ge=1,
+        description="Lines of one batch the batch runner keeps in flight through the gateway.",
+    )
+    batch_max_attempts: int = Field(
+        default=5,
+        ge=1,
+        description=(
+            "Attempts per batch line when the gateway answers 5xx (a worker died mid-answer); "
+            "an unreachable gateway or 429 is waited out without counting."
+        ),
+    )
+    batch_watch_s: float = Field(
+        default=2.0,
+        gt=0,
+        description=(
+            "How often a gateway looks for unfinished batches whose runner is gone, and "
+            "starts a new runner (resuming where the batch was)."
+        ),
+    )
     node_timeout_s: float = Field(
         default=5.0,
         gt=0,

@@ -11,7 +11,7 @@ from app.analytics.monitoring import engagement_series, latency_series
 from app.analytics.recommend import Action, assess_versions, period_label
 from app.analytics.scope import Scope
 from app.analytics.versions import filter_options
-from app.ui import auth, charts, resources
+from app.ui import auth, charts, dataset_widgets, resources
 from app.ui.analytics_widgets import chart, period_picker
 from app.ui.rollout_widgets import execute_rollback_button
 
@@ -107,6 +107,15 @@ else:
             y_title="",
         )
         chart(fig, engagement, "decision_thumbs_up")
+
+st.header("Datasets")
+st.caption("Cleaned, split training sets under HERD_HOME/datasets (also `herd dataset ...`).")
+with resources.database_errors():
+    dataset_widgets.dataset_list(engine)
+    if can_act:
+        dataset_widgets.build_form(
+            engine, resources.settings(), operator.name, start, end, filter_options(engine).aliases
+        )
 
 st.header("Dataset export")
 if not can_act:

@@ -43,6 +43,8 @@ class Stub:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.served = 0
+        # Calls per X-Herd-Priority header value ("" without the header).
+        self.priorities: dict[str, int] = {}
         self.lock = threading.Lock()
 
     def words(self, body: dict[str, Any]) -> list[str]:
@@ -75,7 +77,8 @@ def make_handler(stub: Stub) -> type[BaseHTTPRequestHandler]:
             if self.path == "/health":
                 self._send_json(200, {"status": "ready"})
             elif self.path == "/stats":
-                self._send_json(200, {"served": stub.served, "name": stub.args.name})
+                self._send_json(200, {"served": stub.served, "name": stub.args.name,
+                                      "priorities": stub.priorities})  # fmt: skip
             else:
                 self._send_json(404, {"error": {"message": "not found"}})
 
@@ -141,6 +144,8 @@ def make_handler(stub: Stub) -> type[BaseHTTPRequestHandler]:
                 return
             with stub.lock:
                 stub.served += 1
+                priority = self.headers.get("X-Herd-Priority", "")
+                stub.priorities[priority] = stub.priorities.get(priority, 0) + 1
             if self._misbehave(bool(body.get("stream"))):
                 return
             words = stub.words(body)

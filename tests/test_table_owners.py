@@ -15,6 +15,10 @@ OWNERS = {
     "deployments": ("Deployment", "deployments.py"),
     "evaluations": ("Evaluation", "evaluation/store.py"),
     "evaluation_answers": ("EvaluationAnswer", "evaluation/answers.py"),
+    "datasets": ("Dataset", "datasets/store.py"),
+    "files": ("File", "batches/files.py"),
+    "batches": ("Batch", "batches/store.py"),
+    "batch_requests": ("BatchRequest", "batches/store.py"),
 }
 
 

@@ -84,18 +84,21 @@ class ExportResult:
     last_at: datetime | None = None
 
 
-REQUEST_FILTERS = """
+# Which logged requests a selection reads (ExportFilter.params); app/datasets shares it.
+SCOPE_FILTERS = """
       (CAST(:start AS timestamptz) IS NULL OR r.created_at >= :start)
   AND (CAST(:end AS timestamptz) IS NULL OR r.created_at < :end)
   AND (cardinality(CAST(:model_ids AS bigint[])) = 0 OR r.model_id = ANY(:model_ids))
   AND (cardinality(CAST(:aliases AS text[])) = 0 OR r.alias = ANY(:aliases))
   AND (CAST(:synthetic AS boolean) OR NOT r.synthetic)
-  AND coalesce(msg.response, '') <> ''
 """
+REQUEST_FILTERS = SCOPE_FILTERS + "  AND coalesce(msg.response, '') <> ''\n"
+# Each rated request's net rating (the sum of its +1/-1 votes).
+NET_RATINGS = "(SELECT request_id, sum(rating) AS net FROM feedback GROUP BY request_id)"
 
 SFT_SQL = f"""
     SELECT r.id, r.created_at, msg.prompt, msg.response
-    FROM (SELECT request_id, sum(rating) AS net FROM feedback GROUP BY request_id) f
+    FROM {NET_RATINGS} f
     JOIN requests r ON r.id = f.request_id
     JOIN messages msg ON msg.request_id = r.id
     WHERE f.net >= :min_rating AND {REQUEST_FILTERS}
@@ -108,7 +111,7 @@ PAIRS_SQL = f"""
     WITH rated AS (
       SELECT r.created_at, msg.prompt, msg.response, md5(msg.prompt::text) AS prompt_key,
              sign(f.net) AS side
-      FROM (SELECT request_id, sum(rating) AS net FROM feedback GROUP BY request_id) f
+      FROM {NET_RATINGS} f
       JOIN requests r ON r.id = f.request_id
       JOIN messages msg ON msg.request_id = r.id
       WHERE f.net <> 0 AND {REQUEST_FILTERS}
@@ -168,7 +171,7 @@ def _digest(record: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
-def _stream(engine: Engine, sql: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def stream_rows(engine: Engine, sql: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
     with engine.connect() as conn:
         result = conn.execution_options(stream_results=True, yield_per=2000).execute(
             text(sql), params
@@ -224,7 +227,7 @@ def export_dataset(
     partial = path.with_name(path.name + ".partial")
     done = 0
     with partial.open("w", encoding="utf-8") as out:
-        for row in _stream(engine, sql, params):
+        for row in stream_rows(engine, sql, params):
             done += 1
             record = make(row, f.redact)
             if record is None:

@@ -13,7 +13,16 @@ from typing import Any
 from sqlalchemy import Engine, text
 
 from app.analytics.queries import fetch_rows, ratio
-from app.analytics.scope import BIN_ORIGIN, HOUR, RAW_FILTERS, Scope, chart_bin, uses_rollups
+from app.analytics.scope import (
+    BATCH_FILTER,
+    BIN_ORIGIN,
+    HOUR,
+    RAW_FILTERS,
+    ROLLUP_REQUESTS,
+    Scope,
+    chart_bin,
+    uses_rollups,
+)
 from app.analytics.session_counts import SESSION_COUNTS
 from app.analytics.stats import wilson_interval
 
@@ -28,7 +37,7 @@ RAW_LATENCY_SQL = text(
              percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY ttft_ms) AS ttft,
              percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY total_ms) AS total
       FROM requests
-      WHERE created_at >= :start AND created_at < :end {RAW_FILTERS}
+      WHERE created_at >= :start AND created_at < :end {RAW_FILTERS} {BATCH_FILTER}
       GROUP BY 1, 2
     ) s LEFT JOIN models m ON m.id = s.model_id
     ORDER BY s.t, m.name
@@ -79,7 +88,7 @@ RAW_TRAFFIC_SQL = text(
              percentile_cont(0.95) WITHIN GROUP (ORDER BY queue_ms) AS queue_p95_ms,
              sum(completion_tokens) AS completion_tokens
       FROM requests
-      WHERE created_at >= :start AND created_at < :end {RAW_FILTERS}
+      WHERE created_at >= :start AND created_at < :end {RAW_FILTERS} {BATCH_FILTER}
       GROUP BY 1, 2
     ) s LEFT JOIN models m ON m.id = s.model_id
     ORDER BY s.t, m.name
@@ -90,7 +99,8 @@ ROLLUP_TRAFFIC_SQL = text(
     f"""
     WITH h AS (
       SELECT date_bin(CAST(:bin AS interval), hour, :origin) AS t, model_id,
-             sum(requests) AS requests, sum(errors) AS errors, sum(cache_hits) AS cache_hits,
+             {ROLLUP_REQUESTS} AS requests, sum(errors) AS errors,
+             sum(cache_hits) AS cache_hits,
              sum(tps_sum) / nullif(sum(tps_n), 0) AS tokens_per_second,
              sum(queue_sum_ms) / nullif(sum(queue_n), 0) AS queue_avg_ms,
              sum(completion_tokens) AS completion_tokens
@@ -117,7 +127,7 @@ ROLLUP_TRAFFIC_SQL = text(
              coalesce(model_id, 0) AS model_id, count(*) AS client_errors
       FROM requests
       WHERE created_at >= :start AND created_at < :end AND http_status BETWEEN 400 AND 499
-        AND herd_is_client_error(status, http_status) {RAW_FILTERS}
+        AND herd_is_client_error(status, http_status) {RAW_FILTERS} {BATCH_FILTER}
       GROUP BY 1, 2
     )
     SELECT h.t, nullif(h.model_id, 0) AS model_id, m.name AS model, h.requests, h.errors,
@@ -139,7 +149,7 @@ ENGAGEMENT_SQL = text(
     FROM (
       SELECT date_bin(CAST(:bin AS interval), hour, :origin) AS t,
              nullif(model_id, 0) AS model_id,
-             sum(requests) AS responses, sum(ratings) AS ratings,
+             {ROLLUP_REQUESTS} AS responses, sum(ratings) AS ratings,
              sum(thumbs_up) AS thumbs_up, sum(comments) AS comments
       FROM requests_hourly
       WHERE hour >= date_trunc('hour', CAST(:start AS timestamptz), 'UTC') AND hour < :end

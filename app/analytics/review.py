@@ -149,7 +149,7 @@ def tags(engine: Engine, request_id: uuid.UUID) -> list[str]:
         )
 
 
-def _clean_tag(tag: str) -> str:
+def clean_tag(tag: str) -> str:
     cleaned = " ".join(tag.strip().lower().split())
     if not 1 <= len(cleaned) <= 64:
         raise ReviewError("a tag has 1 to 64 characters")
@@ -158,7 +158,7 @@ def _clean_tag(tag: str) -> str:
 
 def add_tag(engine: Engine, request_id: uuid.UUID, tag: str, by: str | None) -> str:
     """Tag a conversation (idempotent); returns the tag as stored."""
-    cleaned = _clean_tag(tag)
+    cleaned = clean_tag(tag)
     with engine.begin() as conn:
         conn.execute(
             insert(FeedbackTag)
@@ -172,7 +172,7 @@ def remove_tag(engine: Engine, request_id: uuid.UUID, tag: str) -> None:
     with engine.begin() as conn:
         conn.execute(
             delete(FeedbackTag).where(
-                FeedbackTag.request_id == request_id, FeedbackTag.tag == _clean_tag(tag)
+                FeedbackTag.request_id == request_id, FeedbackTag.tag == clean_tag(tag)
             )
         )
 
@@ -197,3 +197,9 @@ def save_correction(engine: Engine, request_id: uuid.UUID, response: str, by: st
 def delete_correction(engine: Engine, request_id: uuid.UUID) -> None:
     with engine.begin() as conn:
         conn.execute(delete(FeedbackCorrection).where(FeedbackCorrection.request_id == request_id))
+
+
+def known_tags(engine: Engine) -> list[str]:
+    """Every tag operators have used, for pickers."""
+    with Session(engine) as session:
+        return list(session.scalars(select(FeedbackTag.tag).distinct().order_by(FeedbackTag.tag)))

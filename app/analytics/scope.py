@@ -20,6 +20,8 @@ class Scope:
     alias: str | None = None
     model_id: int | None = None
     worker_id: int | None = None
+    # Batch lines (requests.batch_id set) are left out unless asked for: they are no users.
+    include_batch: bool = False
 
     def __post_init__(self) -> None:
         if self.start.tzinfo is None or self.end.tzinfo is None:
@@ -42,6 +44,7 @@ class Scope:
             "alias": self.alias,
             "model_id": self.model_id,
             "worker_id": self.worker_id,
+            "include_batch": self.include_batch,
         }
 
 
@@ -78,3 +81,13 @@ RAW_FILTERS = """
   AND (CAST(:worker_id AS bigint) IS NULL OR worker_id = :worker_id)
 """
 ROLLUP_FILTERS = RAW_FILTERS
+
+# Raw rows of `requests`: batch lines only when the scope includes them.
+BATCH_FILTER = "AND (CAST(:include_batch AS boolean) OR batch_id IS NULL)"
+# The rollups count batch lines apart (`batch_requests`, revision 0016): the request count
+# of a rollup query, without them unless the scope includes them. Latency histograms and
+# error counts of the rollups include batch lines.
+ROLLUP_REQUESTS = (
+    "(sum(requests) - CASE WHEN CAST(:include_batch AS boolean) THEN 0 "
+    "ELSE sum(batch_requests) END)"
+)

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Engine, text
 
 from app.analytics.queries import fetch_one, ratio
-from app.analytics.scope import RAW_FILTERS, Scope, uses_rollups
+from app.analytics.scope import BATCH_FILTER, RAW_FILTERS, ROLLUP_REQUESTS, Scope, uses_rollups
 
 RAW_SUMMARY_SQL = text(
     f"""
@@ -28,14 +28,14 @@ RAW_SUMMARY_SQL = text(
       SELECT count(*) AS ratings, count(*) FILTER (WHERE f.rating = 1) AS thumbs_up
       FROM feedback f WHERE f.request_id = r.id
     ) v
-    WHERE r.created_at >= :start AND r.created_at < :end {RAW_FILTERS}
+    WHERE r.created_at >= :start AND r.created_at < :end {RAW_FILTERS} {BATCH_FILTER}
     """
 )
 
 ROLLUP_SUMMARY_SQL = text(
     f"""
     WITH h AS (
-      SELECT coalesce(sum(requests), 0) AS requests, coalesce(sum(errors), 0) AS errors,
+      SELECT coalesce({ROLLUP_REQUESTS}, 0) AS requests, coalesce(sum(errors), 0) AS errors,
              coalesce(sum(cache_hits), 0) AS cache_hits,
              sum(tps_sum) / nullif(sum(tps_n), 0) AS tokens_per_second,
              coalesce(sum(ratings), 0) AS ratings, coalesce(sum(thumbs_up), 0) AS thumbs_up
@@ -57,7 +57,8 @@ ROLLUP_SUMMARY_SQL = text(
            (SELECT count(*) FROM requests
             WHERE created_at >= :start AND created_at < :end
               AND http_status BETWEEN 400 AND 499
-              AND herd_is_client_error(status, http_status) {RAW_FILTERS}) AS client_errors,
+              AND herd_is_client_error(status, http_status) {RAW_FILTERS}
+              {BATCH_FILTER}) AS client_errors,
            (SELECT q[1] FROM l WHERE metric = 'ttft') AS ttft_p95_ms,
            (SELECT q[1] FROM l WHERE metric = 'total') AS total_p95_ms
     FROM h

@@ -11,14 +11,14 @@ from sqlalchemy import Engine, text
 
 from app.analytics.monitoring import SESSION_IDLE
 from app.analytics.queries import fetch_rows, ratio
-from app.analytics.scope import RAW_FILTERS, Scope
+from app.analytics.scope import RAW_FILTERS, ROLLUP_REQUESTS, Scope
 from app.analytics.session_counts import SESSION_COUNTS
 from app.analytics.stats import ProportionTest, two_proportion_test, wilson_interval
 
 VERSION_STATS_SQL = text(
     f"""
     WITH h AS (
-      SELECT alias, model_id, sum(requests) AS requests, sum(errors) AS errors,
+      SELECT alias, model_id, {ROLLUP_REQUESTS} AS requests, sum(errors) AS errors,
              sum(ratings) AS ratings, sum(thumbs_up) AS thumbs_up, sum(comments) AS comments,
              sum(tps_sum) / nullif(sum(tps_n), 0) AS tokens_per_second
       FROM requests_hourly

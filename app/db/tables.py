@@ -22,6 +22,7 @@ from sqlalchemy import (
     MetaData,
     SmallInteger,
     Text,
+    UniqueConstraint,
     Uuid,
     func,
     text,
@@ -263,6 +264,9 @@ class Request(Base):
     cache_similarity: Mapped[float | None] = mapped_column(REAL)
     # Written by `herd demo-traffic`, so that it can be told apart and deleted.
     synthetic: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # A line of a batch (revision 0016): set only for calls the batch runner sent with its
+    # own credential; engagement metrics leave these rows out.
+    batch_id: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         # Time-range queries: everything, per model, per alias.
@@ -270,6 +274,7 @@ class Request(Base):
         Index("ix_requests_model_id_created_at", "model_id", "created_at"),
         Index("ix_requests_alias_created_at", "alias", "created_at"),
         Index("ix_requests_session_id", "session_id"),
+        Index("ix_requests_batch_id", "batch_id", postgresql_where=text("batch_id IS NOT NULL")),
         # 4xx answers are few: tiles count them over any range through this (0013).
         Index(
             "ix_requests_client_errors",
@@ -568,6 +573,8 @@ class RequestsHourly(Base):
     ratings: Mapped[int] = _counter()
     thumbs_up: Mapped[int] = _counter()
     comments: Mapped[int] = _counter()
+    # How many of `requests` were batch lines (revision 0016, its own trigger).
+    batch_requests: Mapped[int] = _counter()
 
 
 class LatencyHourly(Base):
@@ -792,4 +799,138 @@ class Rollout(Base):
             "action IN ('canary', 'promote', 'rollback', 'auto_rollback')", name="action"
         ),
         Index("ix_rollouts_alias_created_at", "alias", "created_at"),
+    )
+
+
+class Dataset(Base):
+    """A training dataset built in Herd: where its files are, how it was made (revision 0017).
+
+    Written only by app.datasets.store.DatasetStore.
+    """
+
+    __tablename__ = "datasets"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(Text, unique=True)
+    kind: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+    source: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    steps: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
+    split_rows: Mapped[dict[str, int]] = mapped_column(
+        JSONB, server_default=text("'{}'::jsonb")
+    )
+    rows: Mapped[int] = mapped_column(BigInteger)
+    path: Mapped[str] = mapped_column(Text)
+    card: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+
+    __table_args__ = (
+        CheckConstraint("kind IN ('sft', 'distill', 'augment')", name="kind"),
+        CheckConstraint("rows >= 0", name="rows"),
+        Index("ix_datasets_created_at", "created_at"),
+    )
+
+
+class File(Base):
+    """An uploaded file (purpose `batch`: JSONL of requests), or a batch's output or error
+    file. Input bytes live under HERD_HOME/files; output and error files are written from
+    `batch_requests` when read. Written only by app.batches.files."""
+
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    purpose: Mapped[str] = mapped_column(Text)
+    filename: Mapped[str] = mapped_column(Text)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    lines: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    api_key_id: Mapped[int | None] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="SET NULL")
+    )
+    # The batch whose output (or errors) this file is; None for an upload.
+    batch_id: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+
+    __table_args__ = (
+        CheckConstraint(
+            "purpose IN ('batch', 'batch_output', 'batch_errors')", name="purpose"
+        ),
+        Index("ix_files_created_at", "created_at"),
+    )
+
+
+class Batch(Base):
+    """One batch of requests run by the batch runner (a `batch` job). Request counts are
+    counted from `batch_requests`, never kept twice. Written only by app.batches.store."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    endpoint: Mapped[str] = mapped_column(Text)
+    input_file_id: Mapped[str] = mapped_column(Text)
+    completion_window: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text, server_default=text("'validating'"))
+    output_file_id: Mapped[str | None] = mapped_column(Text)
+    error_file_id: Mapped[str | None] = mapped_column(Text)
+    # Batch-level errors in OpenAI's form ({"object": "list", "data": [...]}).
+    errors: Mapped[Any] = mapped_column(JSONB, nullable=True)
+    metadata_: Mapped[Any] = mapped_column("metadata", JSONB, nullable=True)
+    api_key_id: Mapped[int | None] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="SET NULL")
+    )
+    created_by: Mapped[str] = mapped_column(Text)
+    # The gateway the runner sends lines through, and the runner's credential there: only a
+    # caller holding it may mark calls as this batch's (never shown by the API or pages).
+    gateway_url: Mapped[str] = mapped_column(Text)
+    runner_token: Mapped[str] = mapped_column(Text)
+    job_id: Mapped[int | None] = mapped_column(BigInteger)
+    runner_starts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    created_at: Mapped[datetime] = _now()
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    in_progress_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finalizing_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    failed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancelling_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('validating', 'in_progress', 'finalizing', 'completed', 'failed', "
+            "'cancelling', 'cancelled', 'expired')",
+            name="status",
+        ),
+        Index("ix_batches_status", "status"),
+        Index("ix_batches_created_at", "created_at"),
+    )
+
+
+class BatchRequest(Base):
+    """One line of a batch: its request, and once done its answer or error, committed with
+    its state in one statement. Written only by app.batches.store."""
+
+    __tablename__ = "batch_requests"
+
+    batch_id: Mapped[str] = mapped_column(
+        ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True
+    )
+    line: Mapped[int] = mapped_column(Integer, primary_key=True)
+    custom_id: Mapped[str] = mapped_column(Text)
+    url: Mapped[str] = mapped_column(Text)
+    body: Mapped[Any] = mapped_column(JSONB)
+    # pending -> succeeded | failed | cancelled | expired
+    state: Mapped[str] = mapped_column(Text, server_default=text("'pending'"))
+    status_code: Mapped[int | None] = mapped_column(SmallInteger)
+    request_id: Mapped[str | None] = mapped_column(Text)
+    response: Mapped[Any] = mapped_column(JSONB, nullable=True)
+    error: Mapped[Any] = mapped_column(JSONB, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    updated_at: Mapped[datetime] = _now()
+
+    __table_args__ = (
+        CheckConstraint(
+            "state IN ('pending', 'succeeded', 'failed', 'cancelled', 'expired')", name="state"
+        ),
+        UniqueConstraint("batch_id", "custom_id", name="uq_batch_requests_custom_id"),
+        Index("ix_batch_requests_batch_id_state", "batch_id", "state"),
     )

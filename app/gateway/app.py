@@ -15,6 +15,7 @@ from app.config import Settings
 from app.db.database import Database
 from app.embeddings_api import EmbeddingRequest
 from app.gateway.body_limit import BodyLimit
+from app.gateway.routes_batches import batches_router
 from app.gateway.routes_feedback import feedback_router
 from app.gateway.routes_openai import openai_router
 from app.gateway.routes_operations import operations_router
@@ -51,13 +52,18 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
         lifespan=lifespan,
     )
 
-    app.add_middleware(BodyLimit, limit_bytes=settings.gateway_max_body_bytes)
+    # File uploads have their own, larger limit (HERD_BATCH_FILE_MAX_BYTES), counted as they
+    # stream to disk.
+    app.add_middleware(
+        BodyLimit, limit_bytes=settings.gateway_max_body_bytes, exempt_paths=("/v1/files",)
+    )
 
     install_error_handlers(app, "gateway")
 
     # The completion routes come first: they are the calls that must stay fast.
     app.include_router(openai_router())
     app.include_router(feedback_router())
+    app.include_router(batches_router())
     app.include_router(operations_router())
     # The admin API shares the listener but not the /v1 path: its routes come after the
     # OpenAI ones and never run on a completion call.

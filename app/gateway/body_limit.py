@@ -24,12 +24,16 @@ class BodyLimit:
     counted while the app reads it, and reading stops at the limit (FastAPI passes the
     HTTPException raised from receive() through to the app's handler)."""
 
-    def __init__(self, app: ASGIApp, limit_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, limit_bytes: int, exempt_paths: tuple[str, ...] = ()
+    ) -> None:
         self.app = app
         self.limit_bytes = limit_bytes
+        # Routes that enforce a limit of their own.
+        self.exempt_paths = exempt_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in self.exempt_paths:
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 
 from app.embeddings_api import EmbeddingInputError, decode_vector, parse_request
 from app.gateway.balancer import AllBusyError, NoLiveWorkerError, Pick
-from app.gateway.proxy import Proxy, UpstreamFailure, _hop_failure
+from app.gateway.proxy import Proxy, UpstreamFailure, _hop_failure, _hop_headers
 from app.gateway.request_log import RequestRecord
 from app.gateway.routing import AliasRoute
 from app.gateway.worker_client import WorkerHTTPError
@@ -39,7 +39,9 @@ class EmbeddingCalls:
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
 
-    async def handle(self, raw: bytes, *, api_key_id: int | None) -> Response:
+    async def handle(
+        self, raw: bytes, *, api_key_id: int | None, batch_id: str | None = None
+    ) -> Response:
         """The public endpoint: validate, route, forward, record."""
         started = time.perf_counter()
         try:
@@ -58,11 +60,12 @@ class EmbeddingCalls:
             api_key_id=api_key_id,
             user_id=body.user,
             log_text=False,
+            batch_id=batch_id,
         )
         model_name = ""
         try:
             route = proxy.admit(body.model, api_key_id)
-            pick, content = await self._fetch(route, raw, str(record.id))
+            pick, content = await self._fetch(route, raw, str(record.id), batch_id)
             record.worker_id = pick.worker.id
             record.deployment_id = pick.deployment.id
             record.model_id = pick.worker.model_id or pick.deployment.model_id
@@ -118,13 +121,14 @@ class EmbeddingCalls:
             raise proxy._no_worker(exc, route.alias) from None
 
     async def _fetch(
-        self, route: AliasRoute, payload: bytes, request_id: str | None
-    ) -> tuple[Pick, bytes]:
+        self, route: AliasRoute, payload: bytes, request_id: str | None,
+        batch_id: str | None = None,
+    ) -> tuple[Pick, bytes]:  # fmt: skip
         """The first worker's 200 answer, trying others on failure; _WorkerRefused for a
         4xx the caller should see."""
         proxy = self.proxy
         route, pick = await self._first_pick(route)
-        headers = b"X-Request-Id: " + request_id.encode() + b"\r\n" if request_id else b""
+        headers = _hop_headers(request_id, batch_id)
         failures: list[UpstreamFailure] = []
         tried: set[int] = set()
         for attempt in range(proxy.settings.gateway_max_attempts):

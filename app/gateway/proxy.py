@@ -101,6 +101,15 @@ def dumps(value: Any) -> bytes:
         return json.dumps(value, separators=(",", ":")).encode()
 
 
+def _hop_headers(request_id: str | None, batch_id: str | None) -> bytes:
+    """The headers of a call to a worker: its request id, and for a batch line the priority
+    class the worker's engine schedules it in (behind interactive calls)."""
+    headers = b"X-Request-Id: " + request_id.encode() + b"\r\n" if request_id else b""
+    if batch_id is not None:
+        headers += b"X-Herd-Priority: batch\r\n"
+    return headers
+
+
 def _hop_failure(exc: WorkerHTTPError) -> UpstreamFailure:
     what = {"timeout": "timed out", "connect": "unreachable"}.get(exc.kind, "broken answer")
     return UpstreamFailure(exc.kind, f"{what}: {exc}")
@@ -180,11 +189,14 @@ class Proxy:
         *,
         api_key_id: int | None,
         session_header: str | None,
+        batch_id: str | None = None,
     ) -> Response:
-        """Answer one completion call: admit it, try the caches, place it on a worker."""
+        """Answer one completion call: admit it, try the caches, place it on a worker.
+        A batch line (batch_id) has no session: it is no conversation."""
         started = time.perf_counter()
-        session = _session(body, session_header)
+        session = _session(body, session_header) if batch_id is None else None
         record = self._new_record(endpoint, body, api_key_id, session)
+        record.batch_id = batch_id
         try:
             route = self.admit(record.alias or "", api_key_id)
             record.log_text = route.settings.log_text
@@ -370,7 +382,7 @@ class Proxy:
             pick.worker.url,
             PATHS[call.endpoint],
             dumps(self._payload(call)),
-            headers=b"X-Request-Id: " + str(call.record.id).encode() + b"\r\n",
+            headers=_hop_headers(str(call.record.id), call.record.batch_id),
             timeout_s=self.settings.gateway_first_token_timeout_s,
             stream=stream,
         )

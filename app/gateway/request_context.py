@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from app.gateway.batch_marking import Caller
 from app.gateway.errors import unauthorized
 from app.gateway.keys import hash_key
 from app.gateway.runtime import GatewayRuntime
@@ -49,6 +50,15 @@ async def authenticate(request: Request) -> int | None:
             else "the API key is not valid (unknown, revoked or expired)"
         )
     return None
+
+
+async def authenticate_call(request: Request) -> Caller:
+    """The caller of a completion or embedding call: a batch line (its batch's marking and
+    runner token, counted against the batch owner's key) or a client with its key."""
+    batch = await runtime_of(request).batch_credentials.check(request)
+    if batch is not None:
+        return batch
+    return Caller(await authenticate(request))
 
 
 ApiKeyId = Annotated[int | None, Depends(authenticate)]

@@ -73,6 +73,8 @@ class RequestRecord:
     cache_hit: bool = False
     # A semantic-cache hit: the similarity of the cached question it answered from.
     cache_similarity: float | None = None
+    # The batch this call is a line of (sent by the batch runner with its credential).
+    batch_id: str | None = None
     # The prompt as sent (messages or prompt) and the answer text; None when not logged.
     prompt: Any = None
     response: str | None = None

@@ -13,7 +13,12 @@ from app.embeddings_api import EmbeddingRequest
 from app.gateway.errors import database_unavailable, unknown_model
 from app.gateway.model_info import describe_alias
 from app.gateway.replies import CHAT
-from app.gateway.request_context import SESSION_HEADER_OPENAPI, ApiKeyId, authenticate, runtime_of
+from app.gateway.request_context import (
+    SESSION_HEADER_OPENAPI,
+    ApiKeyId,
+    authenticate_call,
+    runtime_of,
+)
 from app.openai_api.bodies import body_openapi, read_body
 from app.openai_api.errors import ApiError
 from app.openai_api.schemas import MAX_CLIENT_NAME, ChatCompletionRequest, CompletionRequest
@@ -56,11 +61,13 @@ def openai_router() -> APIRouter:
     )
     async def chat_completions(request: Request) -> Response:
         body = await read_body(request, ChatCompletionRequest)
+        caller = await authenticate_call(request)
         return await runtime_of(request).proxy.complete(
             CHAT,
             body,
-            api_key_id=await authenticate(request),
+            api_key_id=caller.api_key_id,
             session_header=_session_header(request),
+            batch_id=caller.batch_id,
         )
 
     @router.post(
@@ -72,11 +79,13 @@ def openai_router() -> APIRouter:
     )
     async def completions(request: Request) -> Response:
         body = await read_body(request, CompletionRequest)
+        caller = await authenticate_call(request)
         return await runtime_of(request).proxy.complete(
             "completions",
             body,
-            api_key_id=await authenticate(request),
+            api_key_id=caller.api_key_id,
             session_header=_session_header(request),
+            batch_id=caller.batch_id,
         )
 
     @router.get("/v1/models", tags=["openai"], summary="The aliases served here")
@@ -118,9 +127,9 @@ def openai_router() -> APIRouter:
         responses={400: {"description": "Invalid input, naming `param`"}},
     )
     async def embeddings(request: Request) -> Response:
-        api_key_id = await authenticate(request)
+        caller = await authenticate_call(request)
         return await runtime_of(request).embeddings.handle(
-            await request.body(), api_key_id=api_key_id
+            await request.body(), api_key_id=caller.api_key_id, batch_id=caller.batch_id
         )
 
     return router

@@ -11,10 +11,12 @@ import logging
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.batches.launch import watch_batches
 from app.config import Settings
 from app.db.database import Database
 from app.db.engine import sqlalchemy_url
 from app.gateway.balancer import Balancer
+from app.gateway.batch_marking import BatchCredentials
 from app.gateway.cache import ResponseCache
 from app.gateway.cold_start import ColdStart
 from app.gateway.demand import Demand
@@ -84,6 +86,7 @@ class GatewayRuntime:
         self.embeddings = EmbeddingCalls(self.proxy)
         self.semantic = SemanticCache(VectorStore(self.engine), self.embeddings)
         self.proxy.semantic = self.semantic
+        self.batch_credentials = BatchCredentials(self.engine)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -101,6 +104,8 @@ class GatewayRuntime:
                 ),
                 name="herd-key-usage",
             ),
+            # Batches whose runner died get a new one (resuming where they were).
+            asyncio.create_task(watch_batches(self.engine, self.settings), name="herd-batches"),
         ]
         days = self.settings.text_retention_days
         if days is not None:

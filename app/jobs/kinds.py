@@ -14,12 +14,14 @@ if TYPE_CHECKING:
 class JobKind(enum.StrEnum):
     QUANTIZE = "quantize"
     EVALUATE = "evaluate"
+    BATCH = "batch"
 
 
 # Each module defines run(ctx: JobContext) -> dict (the job's result).
 _HANDLER_MODULES = {
     JobKind.QUANTIZE: "app.compress.quantize_job",
     JobKind.EVALUATE: "app.evaluation.evaluate_job",
+    JobKind.BATCH: "app.batches.runner",
 }
 
 Handler = Callable[["JobContext"], dict[str, Any]]

@@ -55,12 +55,18 @@ def scope_picker(options: FilterOptions, key: str, default: str = "Last day") ->
     model = cols[2].selectbox("Model version", list(models), key=f"{key}_model")
     workers = [ANY, *[str(w) for w in options.workers]]
     worker = cols[3].selectbox("Worker", workers, key=f"{key}_worker")
+    include_batch = st.checkbox(
+        "Include batch traffic",
+        key=f"{key}_batch",
+        help="Lines of batches (marked in the request log) are no users: left out by default.",
+    )
     return Scope(
         start=start,
         end=end,
         alias=None if alias == ANY else alias,
         model_id=models[model],
         worker_id=None if worker == ANY else int(worker),
+        include_batch=include_batch,
     )
 
 

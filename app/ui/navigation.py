@@ -43,6 +43,7 @@ def build_navigation() -> st.navigation:  # type: ignore[valid-type]
                 ),
                 st.Page(PAGES_DIR / "routing.py", title="Routing", icon=":material/alt_route:"),
                 st.Page(PAGES_DIR / "rollouts.py", title="Rollouts", icon=":material/swap_horiz:"),
+                st.Page(PAGES_DIR / "batches.py", title="Batches", icon=":material/dynamic_feed:"),
             ],
             "Analyze": [
                 st.Page(

@@ -1,7 +1,7 @@
 """evaluation_answers: greedy answers of evaluated models, beside the references
 
 Revision ID: 0018
-Revises: 0015
+Revises: 0017
 Create Date: 2026-12-02
 
 - `evaluation_answers`: one row per model per prompt of an evaluation's prompt set (the
@@ -16,7 +16,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = "0018"
-down_revision = "0015"
+down_revision = "0017"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,230 @@
+"""The `batch` job: send a batch's pending lines through the gateway, a few at a time, and
+commit each answer with the line's state; then write the output and error files.
+
+Everything it knows is in PostgreSQL: a runner started again (its process was killed, the
+job restarted) reads the lines still pending and goes on. Each call goes to the gateway like
+a client's (routing, balancing, the owner key's limits and the request log apply), carrying
+the batch's runner credential, so the gateway marks it as batch traffic.
+
+Faults: an unreachable gateway and 429/503 answers are waited out with backoff, without
+counting against the line; a 5xx (a worker died mid-answer) is retried up to
+HERD_BATCH_MAX_ATTEMPTS; PostgreSQL away: the runner holds the answers it has and retries
+the commit until the database is back. A line's answer committed is never asked again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.batches.files import FileStore
+from app.batches.store import BatchStore, PendingLine, RunnerInfo
+from app.config import Settings
+from app.jobs.runner import JobContext
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# The headers that mark a call as a batch line; the gateway accepts them only with the
+# batch's runner token.
+BATCH_HEADER = "X-Herd-Batch"
+TOKEN_HEADER = "X-Herd-Batch-Token"
+BACKOFF_MAX_S = 10.0
+# A line's call may take this long (generation included) before it counts as failed.
+CALL_TIMEOUT_S = 600.0
+POLL_S = 0.5
+
+
+def files_root(settings: Settings) -> Path:
+    """Where uploaded batch files live."""
+    return settings.home_dir / "files"
+
+
+@dataclass
+class _Retry:
+    """A line waiting to be sent again, not before `at` (monotonic seconds)."""
+
+    at: float
+    attempts: int
+
+
+class BatchRunner:
+    """Runs one batch to its end in this process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: BatchStore,
+        files: FileStore,
+        batch_id: str,
+        report: Callable[[int, int], None],
+        note: Callable[[str], None],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.files = files
+        self.batch_id = batch_id
+        self.report = report
+        self.note = note
+        self.in_flight: dict[int, asyncio.Task[None]] = {}
+        self.waiting: dict[int, _Retry] = {}
+
+    async def db(self, call: Callable[..., T], *args: Any) -> T:
+        """call(*args) on a thread, retried with backoff while PostgreSQL is away."""
+        delay = 0.5
+        while True:
+            try:
+                return await asyncio.to_thread(call, *args)
+            except SQLAlchemyError as exc:
+                self.note(f"database unavailable ({type(exc).__name__}); retrying in {delay:g} s")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX_S)
+
+    async def run(self) -> dict[str, Any]:
+        info: RunnerInfo = await self.db(self.store.runner_info, self.batch_id)
+        await self.db(self.store.start, self.batch_id)
+        limits = httpx.Limits(max_connections=self.settings.batch_concurrency + 2)
+        headers = {BATCH_HEADER: self.batch_id, TOKEN_HEADER: info.runner_token}
+        # HERD_GATEWAY_URL, when set, names the gateways' shared address (a Kubernetes
+        # service): better than the one replica the batch was created on, which may be gone.
+        base_url = self.settings.gateway_url or info.gateway_url
+        async with httpx.AsyncClient(
+            base_url=base_url.rstrip("/").removesuffix("/v1"), headers=headers, limits=limits,
+            timeout=httpx.Timeout(CALL_TIMEOUT_S, connect=5.0),
+        ) as client:  # fmt: skip
+            await self._loop(client, info)
+        view = await self.db(self.store.finalize, self.batch_id, self.files)
+        self.report(view.done, view.total)
+        self.note(f"batch {view.status}: {view.completed} completed, {view.failed} failed")
+        return {"batch_id": self.batch_id, "status": view.status,
+                "completed": view.completed, "failed": view.failed}  # fmt: skip
+
+    async def _loop(self, client: httpx.AsyncClient, info: RunnerInfo) -> None:
+        next_progress = 0.0
+        while True:
+            status = await self.db(self.store.status, self.batch_id)
+            stopping = status != "in_progress" or datetime.now(UTC) >= info.expires_at
+            if not stopping:
+                await self._fill(client)
+            idle = not self.in_flight and (stopping or not self.waiting)
+            if idle and (stopping or not await self._any_pending()):
+                break
+            if time.monotonic() >= next_progress:
+                done, total = await self.db(self.store.counts, self.batch_id)
+                self.report(done, total)
+                next_progress = time.monotonic() + 1.0
+            if self.in_flight:
+                await asyncio.wait(
+                    list(self.in_flight.values()), timeout=POLL_S,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )  # fmt: skip
+            else:
+                await asyncio.sleep(POLL_S / 5)
+        # Cancelled or expired: the lines in flight finish and are committed first.
+        if self.in_flight:
+            await asyncio.gather(*self.in_flight.values(), return_exceptions=True)
+
+    async def _any_pending(self) -> bool:
+        return bool(await self.db(self.store.pending, self.batch_id, set(), 1))
+
+    async def _fill(self, client: httpx.AsyncClient) -> None:
+        room = self.settings.batch_concurrency - len(self.in_flight)
+        if room <= 0:
+            return
+        now = time.monotonic()
+        not_yet = {line for line, retry in self.waiting.items() if retry.at > now}
+        lines = await self.db(
+            self.store.pending, self.batch_id, set(self.in_flight) | not_yet, room
+        )
+        for line in lines:
+            retry = self.waiting.pop(line.line, None)
+            attempts = max(line.attempts, retry.attempts if retry else 0)
+            task = asyncio.create_task(self._send(client, line, attempts))
+            self.in_flight[line.line] = task
+            task.add_done_callback(self._landed(line.line))
+
+    def _landed(self, line: int) -> Callable[[asyncio.Task[None]], None]:
+        def forget(task: asyncio.Task[None]) -> None:
+            self.in_flight.pop(line, None)
+            if not task.cancelled() and task.exception() is not None:
+                self.note(f"line {line}: {task.exception()!r}; it stays pending")
+
+        return forget
+
+    def _later(self, line: PendingLine, attempts: int, delay_s: float) -> None:
+        self.waiting[line.line] = _Retry(time.monotonic() + delay_s, attempts)
+
+    async def _send(self, client: httpx.AsyncClient, line: PendingLine, attempts: int) -> None:
+        backoff = min(BACKOFF_MAX_S, 0.5 * 2 ** min(attempts, 5))
+        try:
+            answer = await client.post(line.url, json=line.body)
+        except httpx.TransportError as exc:
+            # The gateway is restarting or unreachable: not the line's fault.
+            self.note(f"line {line.line}: gateway unreachable ({type(exc).__name__}); retrying")
+            self._later(line, attempts, min(BACKOFF_MAX_S, 1.0 + len(self.waiting) * 0.05))
+            return
+        status = answer.status_code
+        if status in (429, 503):
+            retry_after = _retry_after(answer.headers.get("retry-after"))
+            self._later(line, attempts, min(BACKOFF_MAX_S, retry_after or backoff))
+            return
+        attempts += 1
+        body = _json(answer)
+        request_id = answer.headers.get("x-request-id") or (
+            body.get("id") if isinstance(body, dict) and isinstance(body.get("id"), str) else None
+        )
+        if status >= 500 and attempts < self.settings.batch_max_attempts:
+            self.note(f"line {line.line}: HTTP {status} (attempt {attempts}); retrying")
+            await self.db(self.store.count_attempt, self.batch_id, line.line, attempts)
+            self._later(line, attempts, backoff)
+            return
+        await self.db(
+            _record, self.store, self.batch_id, line.line, status, attempts, request_id, body
+        )
+
+
+def _record(
+    store: BatchStore, batch_id: str, line: int, status: int, attempts: int,
+    request_id: str | None, body: Any,
+) -> bool:  # fmt: skip
+    return store.record(
+        batch_id, line, state="succeeded" if status == 200 else "failed", attempts=attempts,
+        status_code=status, request_id=request_id, response=body,
+    )  # fmt: skip
+
+
+def _json(answer: httpx.Response) -> Any:
+    try:
+        return answer.json()
+    except ValueError:
+        return {"error": {"message": answer.text[:2000], "type": "upstream_error"}}
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.1, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+def run(ctx: JobContext) -> dict[str, Any]:
+    """The `batch` job's handler: run the batch named in the job's params to its end."""
+    batch_id = str(ctx.params["batch_id"])
+    store = BatchStore(ctx.db.engine)
+    files = FileStore(ctx.db.engine, files_root(ctx.settings))
+
+    def report(done: int, total: int) -> None:
+        ctx.set_progress(done / total if total else 1.0)
+
+    runner = BatchRunner(ctx.settings, store, files, batch_id, report, ctx.log)
+    return asyncio.run(runner.run())

@@ -1,0 +1,380 @@
+"""`herd dataset ...`: parse in app/cli.py's parser, work in app/datasets."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from app.config import Settings
+from app.datasets.build import BuildSpec, build_dataset, check_name, datasets_root
+from app.datasets.cleaning import CleaningOptions, StepProgress
+from app.datasets.rows import DatasetError, DatasetKind
+from app.datasets.selection import (
+    LogSelection,
+    Rating,
+    Selected,
+    read_upload,
+    select_from_log,
+)
+from app.datasets.splits import SplitRatios
+from app.datasets.store import DatasetInfo, DatasetStore
+from app.datasets.teacher import GenerationSettings
+from app.db.database import Database
+from app.store.catalog import ModelStore
+
+
+def _print(message: str) -> None:
+    print(message, flush=True)
+
+
+def _warn(message: str) -> None:
+    print(f"herd dataset: {message}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def step_bars() -> Iterator[StepProgress]:
+    """A tqdm bar per long step (selection, near-duplicate hashing, batches)."""
+    bars: dict[str, tqdm[Any]] = {}
+
+    def update(step: str, done: int, total: int) -> None:
+        if total < 5000 and step not in bars:
+            return  # quick steps: a bar would only flash
+        bar = bars.get(step)
+        if bar is None:
+            bar = bars[step] = tqdm(total=total, desc=step, unit="row", leave=False)
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        yield update
+    finally:
+        for bar in bars.values():
+            bar.close()
+
+
+def cleaning_options(args: argparse.Namespace) -> CleaningOptions:
+    languages = tuple(x.strip() for x in (args.language or "").split(",") if x.strip())
+    return CleaningOptions(
+        drop_empty_answers=not args.keep_empty_answers,
+        drop_refusals=not args.keep_refusals,
+        min_prompt_chars=args.min_prompt_chars,
+        max_prompt_chars=args.max_prompt_chars,
+        min_answer_chars=args.min_answer_chars,
+        max_answer_chars=args.max_answer_chars,
+        languages=languages,
+        keep_unknown_language=not args.drop_unknown_language,
+        redact=not args.no_redact,
+        exact_dedup=not args.no_dedup,
+        near_dedup=not args.no_near_dedup,
+        near_dup_threshold=args.near_dup_threshold,
+    )
+
+
+def build_spec(args: argparse.Namespace, kind: DatasetKind) -> BuildSpec:
+    return BuildSpec(
+        name=args.name,
+        created_by=args.by or getpass.getuser(),
+        kind=kind,
+        cleaning=cleaning_options(args),
+        ratios=SplitRatios.parse(args.split),
+        seed=args.seed,
+    )
+
+
+def select(
+    db: Database, settings: Settings, args: argparse.Namespace, progress: StepProgress
+) -> Selected:
+    """The rows named by the source flags: --from-file, or the request-log filters."""
+    if args.from_file:
+        path = Path(args.from_file)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise DatasetError(f"cannot read {path}: {exc.strerror}") from exc
+        return read_upload(path.name, data)
+    models = {m.name: m.id for m in ModelStore(db.engine, settings.models_path).list()}
+    unknown = [name for name in args.model if name not in models]
+    if unknown:
+        raise DatasetError(f"no model named {', '.join(unknown)}")
+    selection = LogSelection(
+        start=args.since,
+        end=args.until,
+        aliases=tuple(args.source_aliases),
+        model_ids=tuple(models[name] for name in args.model),
+        rating=Rating(args.rating),
+        tags=tuple(args.tag),
+        include_synthetic=args.include_synthetic,
+        limit=args.limit,
+    )
+    return select_from_log(db.engine, selection, lambda d, t: progress("select", d, t))
+
+
+def print_report(info: DatasetInfo) -> None:
+    _print(f"{'STEP':18} {'IN':>9} {'REMOVED':>9} {'CHANGED':>9} {'OUT':>9}  WHAT")
+    for s in info.steps:
+        _print(
+            f"{s['step']:18} {s['rows_in']:>9} {s['removed']:>9} {s['changed']:>9} "
+            f"{s['rows_out']:>9}  {s['description']}"
+        )
+    splits = ", ".join(f"{k} {v}" for k, v in info.split_rows.items())
+    _print(f"dataset {info.name!r} ({info.kind}): {info.rows} rows ({splits}) in {info.path}")
+
+
+def cmd_build(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        spec = build_spec(args, DatasetKind.SFT)
+        with Database.open_current(settings) as db, step_bars() as progress:
+            root = datasets_root(settings.home_dir)
+            check_name(db.engine, root, spec.name)
+            selected = select(db, settings, args, progress)
+            info = build_dataset(db.engine, root, spec, selected, progress)
+    except DatasetError as exc:
+        _warn(str(exc))
+        return 2
+    print_report(info)
+    return 0
+
+
+def generation_settings(args: argparse.Namespace, alias: str) -> GenerationSettings:
+    return GenerationSettings(
+        alias=alias,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.gen_seed,
+        system_prompt=args.system_prompt,
+    )
+
+
+def _run_with_batch(settings: Settings, args: argparse.Namespace, kind: DatasetKind) -> int:
+    from app.batches.files import FileError
+    from app.batches.store import BatchError
+    from app.datasets.run import augment_dataset, distill_dataset
+
+    try:
+        spec = build_spec(args, kind)
+        alias = args.teacher if kind is DatasetKind.DISTILL else args.alias
+        generation = generation_settings(args, alias)
+        with Database.open_current(settings) as db, step_bars() as progress:
+            root = datasets_root(settings.home_dir)
+            check_name(db.engine, root, spec.name)
+            selected = select(db, settings, args, progress)
+            wait = {"timeout_s": args.timeout, "resume": args.batch}
+            if kind is DatasetKind.DISTILL:
+                info = distill_dataset(
+                    settings, db.engine, root, spec, selected, generation, progress, **wait
+                )
+            else:
+                info = augment_dataset(
+                    settings,
+                    db.engine,
+                    root,
+                    spec,
+                    selected,
+                    generation,
+                    args.n,
+                    progress,
+                    **wait,
+                )
+    except (DatasetError, BatchError, FileError) as exc:
+        _warn(str(exc))
+        return 2
+    except TimeoutError as exc:
+        _warn(f"{exc}; no dataset was written yet")
+        return 1
+    print_report(info)
+    return 0
+
+
+def cmd_distill(settings: Settings, args: argparse.Namespace) -> int:
+    return _run_with_batch(settings, args, DatasetKind.DISTILL)
+
+
+def cmd_augment(settings: Settings, args: argparse.Namespace) -> int:
+    return _run_with_batch(settings, args, DatasetKind.AUGMENT)
+
+
+def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
+    with Database.open_current(settings) as db:
+        infos = DatasetStore(db.engine).list()
+    if args.json:
+        _print(
+            json.dumps([{**i.__dict__, "path": str(i.path)} for i in infos], indent=2, default=str)
+        )
+        return 0
+    if not infos:
+        _print("no datasets yet; build one with `herd dataset build NAME ...`")
+        return 0
+    _print(
+        f"{'NAME':30} {'KIND':8} {'ROWS':>8} {'TRAIN':>8} {'VAL':>7} {'TEST':>7} {'CREATED':20} BY"
+    )
+    for i in infos:
+        s = i.split_rows
+        _print(
+            f"{i.name[:30]:30} {i.kind:8} {i.rows:>8} {s.get('train', 0):>8} "
+            f"{s.get('validation', 0):>7} {s.get('test', 0):>7} "
+            f"{i.created_at:%Y-%m-%d %H:%M:%S}  {i.created_by}"
+        )
+    return 0
+
+
+def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
+    with Database.open_current(settings) as db:
+        info = DatasetStore(db.engine).get(args.name)
+    if info is None:
+        _warn(f"no dataset named {args.name!r} (`herd dataset list`)")
+        return 1
+    if args.json:
+        _print(json.dumps(info.card, indent=2, ensure_ascii=False))
+        return 0
+    _print(f"source: {json.dumps(info.source, ensure_ascii=False)}")
+    for key in ("teacher", "augmentation"):
+        if info.card.get(key):
+            _print(f"{key}: {json.dumps(info.card[key], ensure_ascii=False)}")
+    _print(
+        f"seed {info.card.get('seed')}, ratios {info.card.get('ratios')}, "
+        f"created by {info.created_by} at {info.created_at:%Y-%m-%d %H:%M:%S}"
+    )
+    print_report(info)
+    return 0
+
+
+def add_source_flags(p: argparse.ArgumentParser, alias_flag: str = "--alias") -> None:
+    """Where the prompts come from: --from-file or request-log filters (the alias filter is
+    --source-alias for augment, whose --alias names the paraphrasing alias)."""
+    # The one parser of ISO times on the command line (what `herd export` takes too).
+    from app.cli import _utc_time
+
+    p.add_argument(
+        "--from-file", default=None, help="an uploaded .jsonl or .csv instead of the log"
+    )
+    p.add_argument(
+        alias_flag,
+        dest="source_aliases",
+        action="append",
+        default=[],
+        help="only this alias (repeatable)",
+    )
+    p.add_argument("--model", action="append", default=[], help="only this model (repeatable)")
+    p.add_argument("--since", type=_utc_time, default=None, help="requests from (ISO)")
+    p.add_argument("--until", type=_utc_time, default=None, help="requests before (ISO)")
+    p.add_argument(
+        "--rating",
+        choices=[r.value for r in Rating],
+        default=Rating.ANY.value,
+        help="by net rating: any (default), rated, up, down",
+    )
+    p.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        help="only requests with this Feedback-review tag (repeatable: any of them)",
+    )
+    p.add_argument("--include-synthetic", action="store_true", help="include demo-traffic rows")
+    p.add_argument("--limit", type=int, default=None, help="at most this many requests")
+
+
+def add_build_flags(p: argparse.ArgumentParser) -> None:
+    """Cleaning steps on/off, their limits, the splits, the seed, who builds it."""
+    p.add_argument("name", help="dataset name: its folder under HERD_HOME/datasets/")
+    p.add_argument("--no-dedup", action="store_true", help="keep exact duplicates")
+    p.add_argument("--no-near-dedup", action="store_true", help="keep near-duplicate prompts")
+    p.add_argument(
+        "--near-dup-threshold",
+        type=float,
+        default=0.8,
+        help="Jaccard similarity of word 3-grams that counts as near (default 0.8)",
+    )
+    p.add_argument("--no-redact", action="store_true", help="keep emails, phones, card numbers")
+    p.add_argument("--keep-empty-answers", action="store_true", help="keep empty answers")
+    p.add_argument("--keep-refusals", action="store_true", help="keep answers that decline")
+    p.add_argument("--min-prompt-chars", type=int, default=1)
+    p.add_argument("--max-prompt-chars", type=int, default=16_000)
+    p.add_argument("--min-answer-chars", type=int, default=1)
+    p.add_argument("--max-answer-chars", type=int, default=32_000)
+    p.add_argument(
+        "--language",
+        default=None,
+        help="keep prompts in these languages, e.g. en or en,de (default: all)",
+    )
+    p.add_argument(
+        "--drop-unknown-language",
+        action="store_true",
+        help="with --language: also drop prompts too short to tell",
+    )
+    p.add_argument("--split", default="0.8,0.1,0.1", help="train,validation,test ratios")
+    p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    p.add_argument("--by", default=None, help="who builds it (default: the OS user)")
+
+
+def add_generation_flags(p: argparse.ArgumentParser, temperature: float, max_tokens: int) -> None:
+    """The sampling settings of every batch line (recorded on the card)."""
+    p.add_argument(
+        "--max-tokens", type=int, default=max_tokens, help=f"per answer (default {max_tokens})"
+    )
+    p.add_argument(
+        "--temperature", type=float, default=temperature, help=f"default {temperature:g}"
+    )
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--gen-seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--system-prompt", default=None, help="replaces the default instructions")
+    p.add_argument(
+        "--batch",
+        default=None,
+        help="pick up the batch an earlier run of this command left running (its id)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds to wait for the batch (default: as long as it takes)",
+    )
+
+
+def add_commands(sub: Any, command: Any) -> None:
+    """Hook `herd dataset ...` into the `herd` parser."""
+    dataset = sub.add_parser("dataset", help="datasets for retraining").add_subparsers(
+        dest="dataset_command", required=True, metavar="COMMAND"
+    )
+    build = command(
+        dataset,
+        "build",
+        cmd_build,
+        "clean, split and write an SFT dataset from the request log or a file",
+    )
+    add_build_flags(build)
+    add_source_flags(build)
+    distill = command(
+        dataset,
+        "distill",
+        cmd_distill,
+        "a teacher alias answers the selected prompts (as a batch): an SFT dataset for a student",
+    )
+    add_build_flags(distill)
+    add_source_flags(distill)
+    distill.add_argument("--teacher", required=True, help="the alias whose answers to keep")
+    add_generation_flags(distill, temperature=0.0, max_tokens=512)
+    augment = command(
+        dataset,
+        "augment",
+        cmd_augment,
+        "the selected rows plus N paraphrases of each prompt by an alias (as a batch)",
+    )
+    add_build_flags(augment)
+    add_source_flags(augment, alias_flag="--source-alias")
+    augment.add_argument("--alias", dest="alias", required=True, help="the alias that paraphrases")
+    augment.add_argument("--n", type=int, default=3, help="paraphrases per prompt (default 3)")
+    add_generation_flags(augment, temperature=0.9, max_tokens=256)
+    listing = command(dataset, "list", cmd_list, "the datasets built so far")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    show = command(dataset, "show", cmd_show, "a dataset's source, steps with counts, splits")
+    show.add_argument("name")
+    show.add_argument("--json", action="store_true", help="print the card's facts as JSON")

@@ -1,0 +1,211 @@
+"""OpenAI's files and batches API on the gateway: /v1/files and /v1/batches.
+
+A file upload is streamed (multipart) to disk under HERD_HOME/files, refused past
+HERD_BATCH_FILE_MAX_BYTES and checked line by line before it is kept. A batch belongs to
+the API key that created it: other keys do not see it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Iterator
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from app.batches.files import FileError, FileStore
+from app.batches.jsonl import ENDPOINTS, read_lines
+from app.batches.launch import ensure_runner
+from app.batches.owner import Owner
+from app.batches.runner import files_root
+from app.batches.store import BatchError, BatchStore
+from app.gateway.errors import database_unavailable
+from app.gateway.request_context import authenticate, runtime_of
+from app.openai_api.errors import ApiError, bad_param
+
+# Room for the multipart framing and the purpose field around the file itself.
+MULTIPART_SLACK_BYTES = 64 * 1024
+MAX_LIST = 100
+
+
+def _api_error(exc: FileError | BatchError) -> ApiError:
+    return ApiError(exc.status, str(exc), code=exc.code)
+
+
+async def _owner(request: Request) -> Owner:
+    return Owner(api_key_id=await authenticate(request))
+
+
+async def _thread(call: Any, *args: Any, **kwargs: Any) -> Any:
+    """call on a worker thread; its FileError/BatchError as the API's answer."""
+    try:
+        return await asyncio.to_thread(call, *args, **kwargs)
+    except (FileError, BatchError) as exc:
+        raise _api_error(exc) from None
+    except SQLAlchemyError:
+        raise database_unavailable(1) from None
+
+
+def _own_url(request: Request) -> str:
+    """Where the batch runner reaches this gateway: the address this connection came in on
+    (a wildcard bind answers on loopback)."""
+    host, port = request.scope.get("server") or ("127.0.0.1", 8000)
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+async def _limited(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
+    seen = 0
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen > limit + MULTIPART_SLACK_BYTES:
+            raise ApiError(
+                413,
+                f"the file is larger than the limit of {limit} bytes (HERD_BATCH_FILE_MAX_BYTES)",
+                code="file_too_large",
+            )
+        yield chunk
+
+
+def batches_router() -> APIRouter:
+    router = APIRouter(tags=["batches"])
+
+    def stores(request: Request) -> tuple[FileStore, BatchStore]:
+        runtime = runtime_of(request)
+        return FileStore(runtime.engine, files_root(runtime.settings)), BatchStore(runtime.engine)
+
+    @router.post("/v1/files", summary="Upload a JSONL file of requests (purpose `batch`)")
+    async def upload(request: Request) -> JSONResponse:
+        owner = await _owner(request)
+        settings = runtime_of(request).settings
+        if "multipart/form-data" not in request.headers.get("content-type", ""):
+            raise ApiError(400, "upload the file as multipart/form-data (fields purpose, file)")
+        parser = MultiPartParser(
+            request.headers, _limited(request, settings.batch_file_max_bytes),
+            max_files=1, max_fields=8,
+        )  # fmt: skip
+        try:
+            form = await parser.parse()
+        except MultiPartException as exc:
+            raise ApiError(400, f"unreadable multipart body: {exc.message}") from None
+        try:
+            upload = form.get("file")
+            purpose = form.get("purpose")
+            if not isinstance(upload, UploadFile):
+                raise bad_param("file", "the multipart body has no `file` part")
+            if not isinstance(purpose, str):
+                raise bad_param("purpose", "the multipart body has no `purpose` field")
+            files, _ = stores(request)
+            view = await _thread(
+                files.save_upload, upload.file, filename=upload.filename or "batch.jsonl",
+                purpose=purpose, owner=owner, max_bytes=settings.batch_file_max_bytes,
+            )  # fmt: skip
+        finally:
+            await form.close()
+        return JSONResponse(view.openai())
+
+    @router.get("/v1/files/{file_id}", summary="A file's metadata")
+    async def get_file(request: Request, file_id: str) -> JSONResponse:
+        owner = await _owner(request)
+        files, _ = stores(request)
+        view = await _thread(files.get, file_id, owner)
+        return JSONResponse(view.openai())
+
+    @router.get("/v1/files/{file_id}/content", summary="A file's bytes (JSONL)")
+    async def file_content(request: Request, file_id: str) -> StreamingResponse:
+        owner = await _owner(request)
+        files, batches = stores(request)
+        view = await _thread(files.get, file_id, owner)
+        body: Iterator[bytes]
+        if view.batch_id is not None:
+            body = iter(await _thread(batches.rendered, view.batch_id, view.purpose))
+        else:
+            if not files.path_of(file_id).exists():
+                raise ApiError(404, f"the bytes of file {file_id!r} are not on this gateway's "
+                               "disk (HERD_HOME/files)", code="file_not_found")  # fmt: skip
+            body = files.chunks(file_id)
+        return StreamingResponse(body, media_type="application/jsonl")
+
+    @router.delete("/v1/files/{file_id}", summary="Delete a file")
+    async def delete_file(request: Request, file_id: str) -> JSONResponse:
+        owner = await _owner(request)
+        files, _ = stores(request)
+        await _thread(files.delete, file_id, owner)
+        return JSONResponse({"id": file_id, "object": "file", "deleted": True})
+
+    @router.post("/v1/batches", summary="Run the requests of an uploaded file as a batch")
+    async def create_batch(request: Request) -> JSONResponse:
+        owner = await _owner(request)
+        try:
+            body = await request.json()
+        except ValueError:
+            raise ApiError(400, "the request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "the request body must be a JSON object")
+        endpoint = body.get("endpoint")
+        if endpoint not in ENDPOINTS:
+            raise bad_param("endpoint", f"endpoint must be one of {', '.join(ENDPOINTS)}")
+        file_id = body.get("input_file_id")
+        if not isinstance(file_id, str):
+            raise bad_param("input_file_id", "input_file_id must name an uploaded file")
+        metadata = body.get("metadata")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise bad_param("metadata", "metadata must be an object of strings")
+        runtime = runtime_of(request)
+        files, batches = stores(request)
+        view = await _thread(files.get, file_id, owner)
+        if view.purpose != "batch":
+            raise bad_param("input_file_id", f"file {file_id} has purpose {view.purpose!r}, "
+                            "not 'batch'")  # fmt: skip
+        path = files.path_of(file_id)
+        if not path.exists():
+            raise bad_param("input_file_id", f"the bytes of file {file_id} are not on this "
+                            "gateway's disk (HERD_HOME/files)")  # fmt: skip
+        batch = await _thread(
+            lambda: batches.create(
+                endpoint=endpoint, input_file_id=file_id,
+                completion_window=str(body.get("completion_window", "24h")),
+                lines=read_lines(path), owner=owner,
+                created_by=f"key:{owner.api_key_id}" if owner.api_key_id else "anonymous",
+                gateway_url=_own_url(request), metadata=metadata,
+            )
+        )  # fmt: skip
+        await _thread(ensure_runner, runtime.engine, runtime.settings, batch.id, None, 0)
+        return JSONResponse((await _thread(batches.get, batch.id)).openai())
+
+    @router.get("/v1/batches/{batch_id}", summary="A batch: status and request counts")
+    async def get_batch(request: Request, batch_id: str) -> JSONResponse:
+        owner = await _owner(request)
+        _, batches = stores(request)
+        return JSONResponse((await _thread(batches.get, batch_id, owner)).openai())
+
+    @router.get("/v1/batches", summary="Batches, newest first")
+    async def list_batches(
+        request: Request,
+        after: str | None = None,
+        limit: int = Query(default=20, ge=1, le=MAX_LIST),
+    ) -> JSONResponse:
+        owner = await _owner(request)
+        _, batches = stores(request)
+        views, more = await _thread(batches.page, owner, after=after, limit=limit)
+        data = [v.openai() for v in views]
+        return JSONResponse({
+            "object": "list", "data": data, "has_more": more,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+        })  # fmt: skip
+
+    @router.post("/v1/batches/{batch_id}/cancel", summary="Cancel a batch")
+    async def cancel_batch(request: Request, batch_id: str) -> JSONResponse:
+        owner = await _owner(request)
+        _, batches = stores(request)
+        return JSONResponse((await _thread(batches.request_cancel, batch_id, owner)).openai())
+
+    return router

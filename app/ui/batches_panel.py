@@ -1,0 +1,82 @@
+"""The Batches page's live list: progress, throughput, ETA, errors, cancel and downloads.
+
+It reads `batches` and `batch_requests` on every refresh, so it shows the same state after
+a reload, in another browser, or for a batch submitted with the CLI or the API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import streamlit as st
+
+from app.batches.owner import OPERATOR
+from app.batches.progress import progress
+from app.batches.store import BatchError, BatchStore, BatchView
+from app.ui import resources
+
+REFRESH_S = 1.0
+
+
+def batch_store() -> BatchStore:
+    return BatchStore(resources.database().engine)
+
+
+def _progress_text(view: BatchView) -> str:
+    p = progress(view)
+    parts = [f"{p.done}/{p.total} lines", f"{view.completed} completed", f"{view.failed} failed"]
+    if view.cancelled:
+        parts.append(f"{view.cancelled} not sent")
+    if p.lines_per_s:
+        parts.append(f"{p.lines_per_s:.2f} lines/s")
+    if p.eta_s is not None and not view.finished:
+        parts.append(f"ETA {p.eta_s:.0f} s")
+    return " · ".join(parts)
+
+
+def _show(view: BatchView, store: BatchStore, can_change: bool) -> None:
+    with st.container(border=True):
+        st.markdown(f"**{view.id}** · {view.endpoint} · **{view.status}** · by {view.created_by}")
+        st.progress(progress(view).fraction, text=_progress_text(view))
+        if view.errors:
+            for error in view.errors.get("data", []):
+                st.error(f"{error.get('code')}: {error.get('message')}")
+        if (
+            can_change
+            and view.status in ("validating", "in_progress")
+            and st.button("Cancel", key=f"batch_cancel_{view.id}")
+        ):
+            try:
+                store.request_cancel(view.id, OPERATOR)
+            except BatchError as exc:
+                st.error(str(exc))
+        if view.finished:
+            cols = st.columns(2)
+            for col, purpose, label, count in (
+                (cols[0], "batch_output", "Download output", view.completed),
+                (cols[1], "batch_errors", "Download errors", view.failed + view.cancelled),
+            ):
+                # Rendered when clicked, not on every refresh of the list.
+                col.download_button(
+                    f"{label} ({count})", data=_file(store, view.id, purpose),
+                    file_name=f"{view.id}_{purpose.removeprefix('batch_')}.jsonl",
+                    mime="application/jsonl", key=f"batch_{purpose}_{view.id}",
+                    disabled=not count, on_click="ignore",
+                )  # fmt: skip
+
+
+def _file(store: BatchStore, batch_id: str, purpose: str) -> Callable[[], bytes]:
+    return lambda: b"".join(store.rendered(batch_id, purpose))
+
+
+@st.fragment(run_every=REFRESH_S)
+def batches_panel(can_change: bool, limit: int = 20) -> None:
+    """The newest batches; can_change shows the cancel buttons."""
+    with resources.database_errors():
+        store = batch_store()
+        views, _ = store.page(OPERATOR, limit=limit)
+    if not views:
+        st.caption("No batches yet.")
+        return
+    for view in views:
+        _show(view, store, can_change)

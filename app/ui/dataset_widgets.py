@@ -1,0 +1,215 @@
+"""The Retraining page's Datasets section: the datasets built so far with their cleaning
+reports and downloads, and a form that builds one (SFT, distilled or augmented)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import streamlit as st
+from sqlalchemy import Engine
+
+from app.analytics.review import known_tags
+from app.config import Settings
+from app.datasets.archive import zip_folder
+from app.datasets.build import BuildSpec, build_dataset, datasets_root
+from app.datasets.cleaning import CleaningOptions
+from app.datasets.rows import DatasetError, DatasetKind
+from app.datasets.selection import LogSelection, Rating, Selected, read_upload, select_from_log
+from app.datasets.splits import SplitRatios
+from app.datasets.store import DatasetInfo, DatasetStore
+from app.datasets.teacher import GenerationSettings
+from app.ui import charts
+from app.ui.charts import PLOTLY_CONFIG
+
+LOG, UPLOAD = "Request log (period above)", "Uploaded file"
+# How long the page waits for a distillation or augmentation batch; the CLI waits longer.
+PAGE_BATCH_WAIT_S = 900.0
+
+
+def cleaning_report(info: DatasetInfo, key: str) -> None:
+    """Rows removed (and rewritten) by each step: a chart and the table."""
+    steps = info.steps
+    fig = charts.bars(steps, "step", "removed", title="Rows removed per step", y_title="rows")
+    st.plotly_chart(fig, config=PLOTLY_CONFIG, key=f"{key}_steps_chart")
+    st.dataframe(
+        [
+            {k: s[k] for k in ("step", "rows_in", "removed", "changed", "rows_out", "description")}
+            for s in steps
+        ],
+        hide_index=True,
+        width="stretch",
+        key=f"{key}_steps",
+    )
+    splits = ", ".join(f"{k} {v}" for k, v in info.split_rows.items())
+    st.caption(f"{info.rows} rows ({splits}), seed {info.card.get('seed')}; files in `{info.path}`")
+
+
+def _downloads(info: DatasetInfo) -> None:
+    cols = list(st.columns(2))
+    if info.path.is_dir():
+        cols[0].download_button(
+            "Download dataset (zip)",
+            zip_folder(info.path),
+            file_name=f"{info.name}.zip",
+            mime="application/zip",
+            key=f"zip_{info.name}",
+        )
+        card = info.path / "README.md"
+        if card.exists():
+            cols[1].download_button(
+                "Download card",
+                card.read_bytes(),
+                file_name=f"{info.name}-README.md",
+                key=f"card_{info.name}",
+            )
+    else:
+        st.warning(f"The files are gone from {info.path}.")
+
+
+def dataset_list(engine: Engine) -> None:
+    infos = DatasetStore(engine).list()
+    if not infos:
+        st.caption("No datasets yet.")
+        return
+    st.dataframe(
+        [
+            {
+                "name": i.name,
+                "kind": i.kind,
+                "rows": i.rows,
+                **i.split_rows,
+                "source": i.source.get("type"),
+                "created": i.created_at,
+                "by": i.created_by,
+            }
+            for i in infos
+        ],
+        hide_index=True,
+        width="stretch",
+        key="datasets_table",
+    )
+    by_name = {i.name: i for i in infos}
+    chosen = by_name[st.selectbox("Dataset", list(by_name), key="dataset_pick")]
+    cleaning_report(chosen, "picked")
+    _downloads(chosen)
+
+
+def _selection(engine: Engine, start: datetime, end: datetime, form: dict[str, Any]) -> Selected:
+    if form["source"] == UPLOAD:
+        upload = form["upload"]
+        if upload is None:
+            raise DatasetError("choose a .jsonl or .csv file to upload")
+        return read_upload(upload.name, upload.getvalue())
+    selection = LogSelection(
+        start=start,
+        end=end,
+        aliases=tuple(form["aliases"]),
+        rating=Rating(form["rating"]),
+        tags=tuple(form["tags"]),
+        include_synthetic=form["synthetic"],
+    )
+    return select_from_log(engine, selection)
+
+
+def build_form(
+    engine: Engine,
+    settings: Settings,
+    operator: str,
+    start: datetime,
+    end: datetime,
+    aliases: list[str],
+) -> None:
+    """The build form; on submit, builds the dataset and shows its cleaning report."""
+    with st.form("dataset_build"):
+        cols = list(st.columns(3))
+        name = cols[0].text_input("Name", key="ds_name")
+        kind = cols[1].selectbox("Kind", [k.value for k in DatasetKind], key="ds_kind")
+        source = cols[2].radio("Prompts from", [LOG, UPLOAD], key="ds_source")
+        upload = st.file_uploader("JSONL or CSV file", type=["jsonl", "csv"], key="ds_upload")
+        cols = list(st.columns(4))
+        picked = cols[0].multiselect("Aliases (none: all)", aliases, key="ds_aliases")
+        rating = cols[1].selectbox("Rating", [r.value for r in Rating], key="ds_rating")
+        tags = cols[2].multiselect("Review tags (any of)", known_tags(engine), key="ds_tags")
+        synthetic = cols[3].checkbox("Include synthetic traffic", key="ds_synthetic")
+        cols = list(st.columns(5))
+        exact = cols[0].checkbox("Exact duplicates", value=True, key="ds_exact")
+        near = cols[1].checkbox("Near duplicates", value=True, key="ds_near")
+        redact = cols[2].checkbox("Redact PII", value=True, key="ds_redact")
+        refusals = cols[3].checkbox("Drop refusals", value=True, key="ds_refusals")
+        empty = cols[4].checkbox("Drop empty answers", value=True, key="ds_empty")
+        cols = list(st.columns(4))
+        languages = cols[0].text_input("Languages (e.g. en,de; empty: all)", key="ds_lang")
+        max_prompt = cols[1].number_input("Max prompt chars", 1, value=16_000, key="ds_maxp")
+        ratios = cols[2].text_input("Train,validation,test", "0.8,0.1,0.1", key="ds_split")
+        seed = cols[3].number_input("Seed", value=0, step=1, key="ds_seed")
+        st.caption(
+            "Distill: the alias below answers every prompt. Augment: it writes N "
+            "paraphrases of each. Both run as one batch through the gateway."
+        )
+        cols = list(st.columns(4))
+        alias = cols[0].selectbox("Teacher / paraphrasing alias", aliases or [""], key="ds_alias")
+        n = cols[1].number_input("Paraphrases per prompt", 1, 20, value=3, key="ds_n")
+        max_tokens = cols[2].number_input("Max tokens per answer", 1, value=256, key="ds_tokens")
+        temperature = cols[3].number_input("Temperature", 0.0, 2.0, value=0.0, key="ds_temp")
+        go = st.form_submit_button("Build dataset")
+    if not go:
+        return
+    form = {
+        "source": source,
+        "upload": upload,
+        "aliases": picked,
+        "rating": rating,
+        "tags": tags,
+        "synthetic": synthetic,
+    }
+    bar = st.progress(0.0, text="Selecting ...")
+
+    def progress(step: str, done: int, total: int) -> None:
+        bar.progress(min(done / total, 1.0) if total else 1.0, text=f"{step}: {done} / {total}")
+
+    try:
+        spec = BuildSpec(
+            name=name.strip(),
+            created_by=operator,
+            kind=DatasetKind(kind),
+            cleaning=CleaningOptions(
+                exact_dedup=exact,
+                near_dedup=near,
+                redact=redact,
+                drop_refusals=refusals,
+                drop_empty_answers=empty,
+                max_prompt_chars=int(max_prompt),
+                languages=tuple(x.strip() for x in languages.split(",") if x.strip()),
+            ),
+            ratios=SplitRatios.parse(ratios),
+            seed=int(seed),
+        )
+        root = datasets_root(settings.home_dir)
+        selected = _selection(engine, start, end, form)
+        if spec.kind is DatasetKind.SFT:
+            info = build_dataset(engine, root, spec, selected, progress)
+        else:
+            from app.datasets.run import augment_dataset, distill_dataset
+
+            generation = GenerationSettings(alias, int(max_tokens), float(temperature))
+            wait = PAGE_BATCH_WAIT_S
+            if spec.kind is DatasetKind.DISTILL:
+                info = distill_dataset(
+                    settings, engine, root, spec, selected, generation, progress, wait
+                )
+            else:
+                info = augment_dataset(
+                    settings, engine, root, spec, selected, generation, int(n), progress, wait
+                )
+    except ValueError as exc:  # DatasetError, and the Batch API's BatchError / FileError
+        bar.empty()
+        st.error(str(exc))
+        return
+    except TimeoutError as exc:
+        bar.empty()
+        st.warning(f"{exc}: it goes on (Batches, `herd batch status`); no dataset was written.")
+        return
+    bar.empty()
+    st.success(f"Built dataset {info.name!r}: {info.rows} rows.")
+    cleaning_report(info, "built")

@@ -1,0 +1,281 @@
+"""Batches under faults, on real parts: cancel mid-run; kill -9 of the runner, of a worker
+and of the gateway mid-run; PostgreSQL stopped 30 s mid-run. Each ends with every
+custom_id exactly once over the output and error files, and the counts exact."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from sqlalchemy import text
+
+from app.db.database import Database
+from tests.batch_harness import (
+    batch_gateway,
+    chat_line,
+    parse_jsonl,
+    start_demo_worker,
+    wait_batch,
+    write_jsonl,
+)
+from tests.conftest import free_port, stop_process
+from tests.gateway_harness import embedded_postgres, wait_for
+from tests.worker_process import WorkerLauncher
+
+REPO = Path(__file__).resolve().parents[1]
+OUTAGE_S = 30
+
+
+@pytest.fixture(autouse=True)
+def _two_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The runner processes take their settings from the environment they are started in.
+    monkeypatch.setenv("HERD_BATCH_CONCURRENCY", "2")
+
+
+def submit(
+    client: openai.OpenAI, tmp_path: Path, n: int, max_tokens: int = 4
+) -> tuple[Any, list[str]]:
+    ids = [f"req-{i}" for i in range(n)]
+    lines = [chat_line(cid, f"Write about {cid}", max_tokens=max_tokens) for cid in ids]
+    source = write_jsonl(tmp_path / f"in-{n}.jsonl", lines)
+    uploaded = client.files.create(file=source.open("rb"), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    return batch, ids
+
+
+def done_lines(database: Database, batch_id: str) -> int:
+    with database.engine.connect() as conn:
+        return int(
+            conn.execute(
+                text(
+                    "SELECT count(*) FROM batch_requests WHERE batch_id = :b AND state <> 'pending'"
+                ),
+                {"b": batch_id},
+            ).scalar_one()
+        )
+
+
+def runner_job(database: Database, batch_id: str) -> tuple[int, int | None]:
+    with database.engine.connect() as conn:
+        row = conn.execute(
+            text(
+                "SELECT j.id, j.pid FROM batches b JOIN jobs j ON j.id = b.job_id WHERE b.id = :b"
+            ),
+            {"b": batch_id},
+        ).one()
+    return int(row.id), row.pid
+
+
+def runner_log(database: Database, batch_id: str) -> str:
+    with database.engine.connect() as conn:
+        return str(
+            conn.execute(
+                text(
+                    "SELECT j.log_tail FROM batches b JOIN jobs j ON j.id = b.job_id "
+                    "WHERE b.id = :b"
+                ),
+                {"b": batch_id},
+            ).scalar_one()
+        )
+
+
+def exactly_once(client: openai.OpenAI, batch: Any, ids: list[str]) -> tuple[list[Any], list[Any]]:
+    """The output and error lines; asserts every custom_id is in exactly one of them once."""
+    output = (
+        parse_jsonl(client.files.content(batch.output_file_id).text) if batch.output_file_id else []
+    )
+    errors = (
+        parse_jsonl(client.files.content(batch.error_file_id).text) if batch.error_file_id else []
+    )
+    assert Counter(r["custom_id"] for r in output + errors) == Counter(ids)
+    counts = batch.request_counts
+    assert counts.total == len(ids)
+    assert counts.completed == len(output)
+    assert all(r["response"]["status_code"] == 200 for r in output)
+    return output, errors
+
+
+def test_cancel_mid_run_finishes_in_flight_and_writes_both_files(
+    tmp_path: Path,
+    db_url: str,
+    database: Database,
+    models_dir: Path,
+    worker_launcher: WorkerLauncher,
+) -> None:
+    start_demo_worker(worker_launcher, database, models_dir)
+    with batch_gateway(tmp_path, db_url) as gateway:
+        gateway.wait_workers(1)
+        client = openai.OpenAI(base_url=gateway.v1, api_key="none", max_retries=0)
+        batch, ids = submit(client, tmp_path, 16, max_tokens=8)
+        wait_for(lambda: done_lines(database, batch.id) >= 2, timeout_s=180, step_s=0.2)
+        cancelling = client.batches.cancel(batch.id)
+        assert cancelling.status == "cancelling" and cancelling.cancelling_at
+        final = wait_batch(client, batch.id, timeout_s=120)
+        assert final.status == "cancelled" and final.cancelled_at
+        output, errors = exactly_once(client, final, ids)
+        assert 2 <= len(output) < 16
+        not_sent = [e for e in errors if e["error"] and e["error"]["code"] == "batch_cancelled"]
+        assert len(not_sent) == 16 - len(output) - final.request_counts.failed
+        assert not_sent and all(e["response"] is None for e in not_sent)
+        # Cancelling again answers with the batch as it is.
+        assert client.batches.cancel(batch.id).status == "cancelled"
+
+
+def test_runner_killed_resumes_where_it_was(
+    tmp_path: Path,
+    db_url: str,
+    database: Database,
+    models_dir: Path,
+    worker_launcher: WorkerLauncher,
+) -> None:
+    start_demo_worker(worker_launcher, database, models_dir)
+    with batch_gateway(tmp_path, db_url) as gateway:
+        gateway.wait_workers(1)
+        client = openai.OpenAI(base_url=gateway.v1, api_key="none", max_retries=0)
+        batch, ids = submit(client, tmp_path, 10)
+        wait_for(lambda: done_lines(database, batch.id) >= 2, timeout_s=180, step_s=0.2)
+        first_job, pid = runner_job(database, batch.id)
+        assert pid is not None
+        before = done_lines(database, batch.id)
+        os.kill(pid, signal.SIGKILL)
+        # The gateway's watch finds the runner dead and starts another, which goes on.
+        wait_for(lambda: runner_job(database, batch.id)[0] != first_job, timeout_s=60)
+        final = wait_batch(client, batch.id, timeout_s=240)
+        assert final.status == "completed"
+        output, errors = exactly_once(client, final, ids)
+        assert len(output) == 10 and not errors
+        with database.engine.connect() as conn:
+            old = conn.execute(
+                text("SELECT state FROM jobs WHERE id = :j"), {"j": first_job}
+            ).scalar()
+            # Lines answered before the kill were not sent again by the new runner.
+            resent = conn.execute(
+                text("SELECT count(*) FROM batch_requests WHERE batch_id = :b AND attempts > 1"),
+                {"b": batch.id},
+            ).scalar_one()
+        assert old == "failed" and before >= 2 and resent <= 2
+
+
+def test_worker_killed_mid_run_lines_go_to_the_other(
+    tmp_path: Path,
+    db_url: str,
+    database: Database,
+    models_dir: Path,
+    worker_launcher: WorkerLauncher,
+) -> None:
+    first, args = start_demo_worker(worker_launcher, database, models_dir)
+    second = worker_launcher.start(*args)
+    second.wait_ready(timeout_s=180)
+    with batch_gateway(tmp_path, db_url) as gateway:
+        gateway.wait_workers(2)
+        client = openai.OpenAI(base_url=gateway.v1, api_key="none", max_retries=0)
+        batch, ids = submit(client, tmp_path, 12, max_tokens=6)
+        wait_for(lambda: done_lines(database, batch.id) >= 2, timeout_s=180, step_s=0.2)
+        first.process.send_signal(signal.SIGKILL)
+        final = wait_batch(client, batch.id, timeout_s=300)
+        assert final.status == "completed"
+        output, errors = exactly_once(client, final, ids)
+        assert len(output) == 12 and not errors
+
+
+@contextmanager
+def gateway_process(db_url: str, home: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    env = {
+        **os.environ,
+        "HERD_DATABASE_URL": db_url,
+        "HERD_HOME": str(home),
+        "HERD_GATEWAY_REFRESH_S": "0.2",
+        "HERD_BATCH_WATCH_S": "0.5",
+        "HERD_JOB_HEARTBEAT_S": "0.2",
+        "HERD_JOB_STALE_S": "5",
+        "HERD_GATEWAY_COLD_START_S": "0",
+    }
+    with (home / "gateway.log").open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "gateway", "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        wait_for(lambda: _healthy(port), timeout_s=60, step_s=0.2)
+        yield process
+    finally:
+        if process.poll() is None:
+            stop_process(process)
+
+
+def _healthy(port: int) -> bool:
+    try:
+        health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).json()
+        return int(health.get("live_workers", 0)) >= 1
+    except (httpx.TransportError, ValueError):
+        return False
+
+
+def test_gateway_killed_mid_run_runner_waits_and_resumes(
+    tmp_path: Path,
+    db_url: str,
+    database: Database,
+    models_dir: Path,
+    worker_launcher: WorkerLauncher,
+) -> None:
+    start_demo_worker(worker_launcher, database, models_dir)
+    port = free_port()
+    home = tmp_path / "gw-home"
+    home.mkdir()
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+    with gateway_process(db_url, home, port) as gateway:
+        batch, ids = submit(client, tmp_path, 10)
+        wait_for(lambda: done_lines(database, batch.id) >= 2, timeout_s=180, step_s=0.2)
+        gateway.send_signal(signal.SIGKILL)
+        gateway.wait(timeout=30)
+    time.sleep(3)  # the runner meets a closed port meanwhile
+    wait_for(lambda: "gateway unreachable" in runner_log(database, batch.id), timeout_s=30)
+    with gateway_process(db_url, home, port):
+        final = wait_batch(client, batch.id, timeout_s=300)
+        assert final.status == "completed"
+        output, errors = exactly_once(client, final, ids)
+        assert len(output) == 10 and not errors
+
+
+def test_postgres_stopped_30s_mid_run_nothing_lost_or_twice(
+    own_postgres: tuple[Path, str],
+    tmp_path: Path,
+    models_dir: Path,
+) -> None:
+    pgdata, url = own_postgres
+    database = Database(url)
+    launcher = WorkerLauncher(db_url=url, home=tmp_path / "herd-home", models_dir=models_dir)
+    try:
+        start_demo_worker(launcher, database, models_dir)
+        with batch_gateway(tmp_path, url) as gateway:
+            gateway.wait_workers(1)
+            client = openai.OpenAI(base_url=gateway.v1, api_key="none", max_retries=0)
+            batch, ids = submit(client, tmp_path, 12, max_tokens=6)
+            wait_for(lambda: done_lines(database, batch.id) >= 2, timeout_s=180, step_s=0.2)
+            embedded_postgres(pgdata, "stop")
+            time.sleep(OUTAGE_S)
+            embedded_postgres(pgdata, "start")
+            final = wait_batch(client, batch.id, timeout_s=300)
+            assert final.status == "completed"
+            output, errors = exactly_once(client, final, ids)
+            assert len(output) == 12 and not errors
+    finally:
+        launcher.kill_all()
+        database.close()
