@@ -2,13 +2,17 @@
 llama-server, and n=4 choices vs four sequential calls.
 
 One `herd worker` (registered, as in production; see engine_bench.herd_stand) and, when
-given, llama-server on the same GGUF, threads and slots, one at a time. Measured over HTTP,
-non-streamed, greedy:
+given, llama-server on the same GGUF, threads and slots. Both stay up for the whole run and
+are measured turn by turn (Herd, then llama-server, scenario by scenario, --rounds times), so
+a change in the shared machine's load hits both alike; ratios are taken within each round
+and their median is reported. Measured over HTTP, non-streamed, greedy:
 
 - constrained: tokens/s (all streams together) at 1 and 8 concurrent requests whose
   response_format is a json_schema that needs many tokens (an array of at least 40 objects),
-  cut at --max-tokens; the same for the same prompt without a schema ("free", ignore_eos);
-- n4: completion tokens/s of one request with n=4 vs four sequential n=1 requests.
+  cut at --max-tokens; the same for the same prompt without a schema ("free", ignore_eos).
+  Every constrained answer must start with "[" (the schema is applied, on both servers);
+- n4 (Herd only): completion tokens/s of one request with n=4 vs four sequential n=1
+  requests, sampled (temperature 0.8, seeded), unconstrained with ignore_eos.
 
 Example: python bench/structured_bench.py --llama-server /work/anchors/bin/llama-server
 """
@@ -19,7 +23,9 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +47,7 @@ SCHEMA = {
     },
 }
 MESSAGES = [{"role": "user", "content": "List the members of a large club as JSON."}]
+SCENARIOS = ("json_schema x1", "free x1", "json_schema x8", "free x8")
 
 
 def body(constrained: bool, max_tokens: int, **extra: Any) -> dict[str, Any]:
@@ -62,38 +69,85 @@ def body(constrained: bool, max_tokens: int, **extra: Any) -> dict[str, Any]:
 async def call(client: httpx.AsyncClient, url: str, request: dict[str, Any]) -> int:
     response = await client.post(f"{url}/v1/chat/completions", json=request)
     response.raise_for_status()
-    return int(response.json()["usage"]["completion_tokens"])
+    answer = response.json()
+    if "response_format" in request:
+        for choice in answer["choices"]:
+            text = choice["message"]["content"].lstrip()
+            if not text.startswith("["):
+                raise RuntimeError(f"{url} ignored the schema: {text[:60]!r}")
+    return int(answer["usage"]["completion_tokens"])
 
 
-async def tokens_per_second(url: str, requests: list[dict[str, Any]], sequential: bool) -> float:
-    async with httpx.AsyncClient(timeout=600) as client:
-        await call(client, url, requests[0])  # warm: grammar cache, pages
-        started = time.perf_counter()
-        if sequential:
-            tokens = 0
-            for request in requests:
-                tokens += await call(client, url, request)
-        else:
-            tokens = sum(await asyncio.gather(*(call(client, url, r) for r in requests)))
-        return tokens / (time.perf_counter() - started)
+async def tokens_per_second(
+    client: httpx.AsyncClient, url: str, requests: list[dict[str, Any]], sequential: bool
+) -> float:
+    started = time.perf_counter()
+    if sequential:
+        tokens = 0
+        for request in requests:
+            tokens += await call(client, url, request)
+    else:
+        tokens = sum(await asyncio.gather(*(call(client, url, r) for r in requests)))
+    return tokens / (time.perf_counter() - started)
 
 
-def measure(url: str, args: argparse.Namespace, herd: bool) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for streams in (1, 8):
-        for constrained in (True, False):
-            name = f"{'json_schema' if constrained else 'free'} x{streams} tok/s"
-            requests = [body(constrained, args.max_tokens) for _ in range(streams)]
-            out[name] = asyncio.run(tokens_per_second(url, requests, sequential=False))
-            print(f"  {name}: {out[name]:.1f}", flush=True)
-    if herd:
-        n4 = [body(False, args.max_tokens, n=4, seed=1, temperature=0.8)]
-        out["n=4 one call tok/s"] = asyncio.run(tokens_per_second(url, n4, sequential=False))
-        four = [body(False, args.max_tokens, seed=i, temperature=0.8) for i in range(4)]
-        out["n=1 four sequential tok/s"] = asyncio.run(
-            tokens_per_second(url, four, sequential=True)
-        )
-    return out
+def scenario_requests(name: str, max_tokens: int) -> list[dict[str, Any]]:
+    streams = int(name.rsplit("x", 1)[1])
+    return [body(name.startswith("json"), max_tokens) for _ in range(streams)]
+
+
+async def run_rounds(targets: dict[str, str], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every round: each scenario on every target in turn, then Herd's n=4 pair."""
+    rounds: list[dict[str, Any]] = []
+    async with httpx.AsyncClient(timeout=900) as client:
+        for url in targets.values():  # warm: grammar cache, pages, both scenario kinds
+            await call(client, url, body(True, 8))
+            await call(client, url, body(False, 8))
+        for i in range(args.rounds):
+            result: dict[str, Any] = {name: {} for name in targets}
+            for scenario in SCENARIOS:
+                for name, url in targets.items():
+                    requests = scenario_requests(scenario, args.max_tokens)
+                    value = await tokens_per_second(client, url, requests, sequential=False)
+                    result[name][scenario] = value
+                    print(f"  round {i} {name} {scenario}: {value:.1f} tok/s", flush=True)
+            herd = targets["herd"]
+            n4 = [body(False, args.max_tokens, n=4, seed=1, temperature=0.8)]
+            four = [body(False, args.max_tokens, seed=s, temperature=0.8) for s in range(4)]
+            result["herd"]["n=4 one call"] = await tokens_per_second(client, herd, n4, False)
+            result["herd"]["n=1 four sequential"] = await tokens_per_second(
+                client, herd, four, True
+            )
+            print(f"  round {i} herd n4: {json.dumps(result['herd'])}", flush=True)
+            rounds.append(result)
+    return rounds
+
+
+def ratios(rounds: list[dict[str, Any]]) -> dict[str, float]:
+    """Median over rounds of each within-round ratio."""
+    per_round: dict[str, list[float]] = {}
+
+    def put(name: str, value: float) -> None:
+        per_round.setdefault(name, []).append(value)
+
+    for r in rounds:
+        herd = r["herd"]
+        for streams in (1, 8):
+            put(
+                f"herd json_schema / herd free, {streams} streams",
+                herd[f"json_schema x{streams}"] / herd[f"free x{streams}"],
+            )
+        put("herd n=4 / four sequential n=1", herd["n=4 one call"] / herd["n=1 four sequential"])
+        anchor = r.get("llama-server")
+        if anchor:
+            for scenario in SCENARIOS:
+                put(f"herd / llama-server, {scenario}", herd[scenario] / anchor[scenario])
+            for streams in (1, 8):
+                put(
+                    f"llama-server json_schema / llama-server free, {streams} streams",
+                    anchor[f"json_schema x{streams}"] / anchor[f"free x{streams}"],
+                )
+    return {name: statistics.median(values) for name, values in per_round.items()}
 
 
 def main() -> int:
@@ -105,34 +159,32 @@ def main() -> int:
     p.add_argument("--parallel", type=int, default=8, help="slots of every server")
     p.add_argument("--n-ctx", type=int, default=1024, help="context tokens per slot")
     p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--llama-server", default=None, help="llama-server binary (the anchor)")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args()
     args.model = args.model or str(find_demo_model().path)
-    results: dict[str, dict[str, float]] = {}
-    with herd_stand(args, args.parallel) as urls:
-        results["herd"] = measure(urls["herd"], args, herd=True)
-        print(json.dumps(results["herd"]), flush=True)
-    if args.llama_server:
-        with anchor_server("llama-server", args, args.parallel) as url:
-            results["llama-server"] = measure(url, args, herd=False)
-            print(json.dumps(results["llama-server"]), flush=True)
-    herd = results["herd"]
+    with ExitStack() as stack:
+        targets = {"herd": stack.enter_context(herd_stand(args, args.parallel))["herd"]}
+        if args.llama_server:
+            targets["llama-server"] = stack.enter_context(
+                anchor_server("llama-server", args, args.parallel)
+            )
+        rounds = asyncio.run(run_rounds(targets, args))
     print(f"model {args.model}, threads {args.threads}, parallel {args.parallel}, "
-          f"max_tokens {args.max_tokens}")  # fmt: skip
-    for metric, value in herd.items():
-        row = f"{metric:28s} herd={value:8.1f}"
-        anchor = results.get("llama-server", {}).get(metric)
-        if anchor:
-            row += f"  llama-server={anchor:8.1f}  herd/llama-server={value / anchor:5.2f}x"
+          f"max_tokens {args.max_tokens}, rounds {args.rounds}")  # fmt: skip
+    for metric in rounds[0]["herd"]:
+        values = [r["herd"][metric] for r in rounds]
+        row = f"{metric:22s} herd median {statistics.median(values):7.1f} tok/s"
+        if metric in rounds[0].get("llama-server", {}):
+            anchor = statistics.median(r["llama-server"][metric] for r in rounds)
+            row += f"   llama-server median {anchor:7.1f} tok/s"
         print(row)
-    for streams in (1, 8):
-        ratio = herd[f"json_schema x{streams} tok/s"] / herd[f"free x{streams} tok/s"]
-        print(f"herd json_schema / herd free at {streams} streams: {ratio:5.2f}x")
-    ratio = herd["n=4 one call tok/s"] / herd["n=1 four sequential tok/s"]
-    print(f"herd n=4 / four sequential n=1: {ratio:5.2f}x")
+    summary = ratios(rounds)
+    for name, value in summary.items():
+        print(f"{name:55s} {value:5.2f}x (median of per-round ratios)")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        Path(args.json).write_text(json.dumps({"rounds": rounds, "ratios": summary}, indent=2))
     return 0
 
 

@@ -457,17 +457,27 @@ def test_forced_tool_calls_always_parse(served: Served, via: str, seed: int) -> 
     assert len(calls) == 1 and calls[0].function.name == "add"
     check_calls(calls, {"add"})
 
-    # Streamed: the calls come as delta.tool_calls, arguments whole.
+    # Streamed as OpenAI does: each call's first delta.tool_calls entry has its id, type and
+    # name (arguments ""), the later ones argument fragments only.
     streamed: dict[int, dict[str, str]] = {}
+    fragments: dict[int, int] = {}
     finish = None
     for chunk in api.chat.completions.create(**ask, tool_choice="required", stream=True):
         for c in chunk.choices:
             for delta in c.delta.tool_calls or []:
+                assert delta.function is not None
+                if delta.index not in streamed:
+                    assert delta.id and delta.type == "function" and delta.function.name
+                    assert delta.function.arguments == ""
+                else:
+                    assert delta.id is None and delta.function.name is None
+                    fragments[delta.index] = fragments.get(delta.index, 0) + 1
                 entry = streamed.setdefault(delta.index, {"name": "", "arguments": ""})
-                entry["name"] += (delta.function and delta.function.name) or ""
-                entry["arguments"] += (delta.function and delta.function.arguments) or ""
+                entry["name"] += delta.function.name or ""
+                entry["arguments"] += delta.function.arguments or ""
             finish = c.finish_reason or finish
     assert finish == "tool_calls" and streamed
+    assert max(fragments.values()) > 1, "arguments came whole, not as they were generated"
     for entry in streamed.values():
         schema = SCHEMA_OF[entry["name"]]["function"]["parameters"]  # type: ignore[index]
         jsonschema.validate(json.loads(entry["arguments"]), schema)

@@ -34,6 +34,7 @@ from app.worker.openai_format import (
 )
 from app.worker.state import WorkerState
 from app.worker.tool_calls import parse_tool_calls
+from app.worker.tool_stream import ToolCallStream
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -78,6 +79,7 @@ class CompletionService:
         fmt: ResponseFormat,
         tool_names: set[str] | None = None,
     ) -> Response:
+        """Run a request's choices; tool_names: the tools in play (their calls are parsed)."""
         if isinstance(build, ApiError):
             self.metrics.count_request(endpoint, "invalid")
             raise build
@@ -102,7 +104,7 @@ class CompletionService:
             raise from_engine_error(exc) from exc
         if stream:
             return StreamingResponse(
-                self._stream(endpoint, choices, fmt, tool_names),
+                self._stream(endpoint, choices, fmt, tool_names, _forces_tool_calls(build)),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
@@ -159,13 +161,18 @@ class CompletionService:
         choices: ChoiceSet,
         fmt: ResponseFormat,
         tool_names: set[str] | None,
+        forced_calls: bool = False,
     ) -> AsyncIterator[str]:
-        """Chunks as tokens come; with tools in play each choice's text is held until it
-        ends, then sent as content and tool_calls deltas (a call is only known whole)."""
+        """Chunks as tokens come. Calls the grammar forces stream as delta.tool_calls while
+        they generate (tool_stream.py); otherwise, with tools in play, each choice's text is
+        held until it ends, then sent as content and tool_calls deltas (a call the model
+        wrote freely is only known whole)."""
         outcome = "cancelled"  # unless the stream reaches its end: the client left
         n = len(choices.generations)
         ends: list[Finished] = []
-        held = [ChoiceText("", "") for _ in range(n)] if tool_names else None
+        forced = bool(tool_names) and forced_calls and isinstance(fmt, ChatFormat)
+        calls = [ToolCallStream() for _ in range(n)] if forced else None
+        held = [ChoiceText("", "") for _ in range(n)] if tool_names and not forced else None
         try:
             for index in range(n):
                 first = fmt.first_chunk(index)
@@ -173,7 +180,12 @@ class CompletionService:
                     yield sse(first)
             async for index, event in choices.events():
                 if isinstance(event, TextDelta):
-                    if held is not None:
+                    if calls is not None:
+                        entries = calls[index].feed(event.text)
+                        if entries:
+                            assert isinstance(fmt, ChatFormat)
+                            yield sse(fmt.tool_call_chunk(entries, index))
+                    elif held is not None:
                         held[index].parts.append(event.text)
                     elif event.tokens:
                         yield sse(fmt.chunk(event.text, event.tokens, index))
@@ -182,6 +194,8 @@ class CompletionService:
                     continue
                 ends.append(event)
                 reason: str = event.finish_reason
+                if calls is not None and reason == "stop" and calls[index].calls:
+                    reason = "tool_calls"
                 if held is not None and isinstance(fmt, ChatFormat):
                     result = held[index]
                     result.text, result.finish_reason = "".join(result.parts), reason
@@ -212,6 +226,13 @@ class CompletionService:
             # Runs also when the client disconnects and the response task is cancelled.
             choices.cancel()
             self.metrics.count_request(endpoint, outcome)
+
+
+def _forces_tool_calls(request: GenerationRequest) -> bool:
+    """Whether the grammar makes every choice's answer tool calls (tool_choice required or
+    a named function)."""
+    constraint = request.constraint
+    return constraint is not None and constraint.kind == "tool_call"
 
 
 def _find_tool_calls(result: ChoiceText, tool_names: set[str] | None) -> None:

@@ -46,8 +46,16 @@ class ChoiceSet:
         try:
             if len(requests) > 1:
                 await first.started()
-                for request in requests[1:]:
-                    generations.append(await engine.submit(request))
+                # All at once, so they are admitted in the same step: their copied prompts'
+                # last tokens decode together, and they keep in step to the end.
+                others = await asyncio.gather(
+                    *(engine.submit(request) for request in requests[1:]),
+                    return_exceptions=True,
+                )
+                failed = [o for o in others if isinstance(o, BaseException)]
+                generations.extend(o for o in others if not isinstance(o, BaseException))
+                if failed:
+                    raise failed[0]
         except BaseException:
             for generation in generations:
                 generation.cancel()

@@ -168,9 +168,13 @@ class ChatFormat(ResponseFormat):
         if result.content:
             chunks.append(self.chunk(result.content, index=index))
         calls = [{"index": i, **call} for i, call in enumerate(result.tool_calls or [])]
-        choice = {"index": index, "delta": {"tool_calls": calls}, "finish_reason": None}
-        chunks.append(self._envelope(self.chunk_object_name, choice))
+        chunks.append(self.tool_call_chunk(calls, index))
         return chunks
+
+    def tool_call_chunk(self, calls: list[dict[str, Any]], index: int = 0) -> dict[str, Any]:
+        """A chunk whose delta holds tool_calls entries (each with its own index)."""
+        choice = {"index": index, "delta": {"tool_calls": calls}, "finish_reason": None}
+        return self._envelope(self.chunk_object_name, choice)
 
 
 class TextFormat(ResponseFormat):

@@ -15,6 +15,11 @@ from typing import Any
 _BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 
 
+def new_call_id() -> str:
+    """An id for a tool call, in OpenAI's form."""
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
 def _call(value: Any, names: set[str]) -> dict[str, Any] | None:
     if not isinstance(value, dict) or value.get("name") not in names:
         return None
@@ -22,7 +27,7 @@ def _call(value: Any, names: set[str]) -> dict[str, Any] | None:
     if not isinstance(arguments, str):
         arguments = json.dumps(arguments, ensure_ascii=False)
     return {
-        "id": f"call_{uuid.uuid4().hex[:24]}",
+        "id": new_call_id(),
         "type": "function",
         "function": {"name": value["name"], "arguments": arguments},
     }
