@@ -13,7 +13,9 @@ import openai
 import pytest
 from sqlalchemy import text
 
+from app.batches.launch import MAX_RUNNER_STARTS, ensure_runner
 from app.batches.service import batch_results, create_batch, wait_batch
+from app.batches.store import BatchStore
 from app.config import Settings
 from app.db.database import Database
 from app.gateway.keys import ApiKeys, KeyPolicy
@@ -334,3 +336,33 @@ def test_batch_lines_reach_workers_marked_and_count_against_the_owner_key(
         assert [b["id"] for b in rest.get("data", [])] == [owner_batch.id], rest
         assert not rest["has_more"]
         wait_openai_batch(owner_client, second.id, timeout_s=60)
+
+
+def test_expired_batch_marks_unsent_lines_and_a_dying_runner_fails_the_batch(
+    tmp_path: Path, db_url: str, database: Database
+) -> None:
+    settings = Settings(
+        home=tmp_path / "herd-home",
+        database_url=db_url,
+        gateway_url="http://127.0.0.1:9",
+        job_heartbeat_s=0.2,
+    )
+    bodies = [{"messages": [{"role": "user", "content": "x"}]} for _ in range(3)]
+    expired = create_batch(settings, database.engine, alias=ALIAS, bodies=bodies, start=False)
+    with database.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE batches SET expires_at = now() - interval '1 second' WHERE id = :b"),
+            {"b": expired},
+        )
+    assert ensure_runner(database.engine, settings, expired, None, 0) is not None
+    view = wait_batch(database.engine, expired, timeout_s=120, poll_s=0.3)
+    assert view.status == "expired" and view.expired_at and (view.total, view.done) == (3, 3)
+    results = batch_results(database.engine, expired)
+    assert {r.error["code"] for r in results.values()} == {"batch_expired"}
+    assert len(BatchStore(database.engine).rendered(expired, "batch_errors")) == 3
+
+    doomed = create_batch(settings, database.engine, alias=ALIAS, bodies=bodies, start=False)
+    assert ensure_runner(database.engine, settings, doomed, None, MAX_RUNNER_STARTS) is None
+    failed = BatchStore(database.engine).get(doomed)
+    assert failed.status == "failed" and failed.failed_at
+    assert failed.errors["data"][0]["code"] == "runner_failed"
