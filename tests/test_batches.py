@@ -95,6 +95,13 @@ def test_openai_client_runs_a_batch_with_per_line_errors(
             client.batches.cancel(batch.id)
         listed = client.batches.list(limit=10)
         assert [b.id for b in listed.data] == [batch.id]
+        listed_files = {f.id: f.purpose for f in client.files.list()}
+        assert listed_files == {
+            uploaded.id: "batch",
+            batch.output_file_id: "batch_output",
+            batch.error_file_id: "batch_errors",
+        }
+        assert [f.id for f in client.files.list(purpose="batch")] == [uploaded.id]
         assert client.files.delete(uploaded.id).deleted
         with pytest.raises(openai.NotFoundError):
             client.files.retrieve(uploaded.id)
