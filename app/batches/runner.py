@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ BACKOFF_MAX_S = 10.0
 # A line's call may take this long (generation included) before it counts as failed.
 CALL_TIMEOUT_S = 600.0
 POLL_S = 0.5
+DATABASE_GIVE_UP_S = 600
 
 
 def files_root(settings: Settings) -> Path:
@@ -82,12 +84,19 @@ class BatchRunner:
         self.waiting: dict[int, _Retry] = {}
 
     async def db(self, call: Callable[..., T], *args: Any) -> T:
-        """call(*args) on a thread, retried with backoff while PostgreSQL is away."""
+        """call(*args) on a thread, retried with backoff while PostgreSQL is away; after
+        DATABASE_GIVE_UP_S without it the process ends (the batch is resumed by a new runner
+        once a gateway sees the database again), rather than linger after `herd up` ended."""
         delay = 0.5
+        since = time.monotonic()
         while True:
             try:
                 return await asyncio.to_thread(call, *args)
             except SQLAlchemyError as exc:
+                if time.monotonic() - since > DATABASE_GIVE_UP_S:
+                    log.error("batch %s: no database for %s s; stopping", self.batch_id,
+                              DATABASE_GIVE_UP_S)  # fmt: skip
+                    os._exit(1)
                 self.note(f"database unavailable ({type(exc).__name__}); retrying in {delay:g} s")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX_S)
