@@ -19,6 +19,8 @@ from app.batches.store import BatchStore
 from app.config import Settings
 from app.db.database import Database
 from app.gateway.keys import ApiKeys, KeyPolicy
+from app.store.catalog import ModelStore
+from app.store.demo import add_demo_model
 from tests.batch_harness import (
     ALIAS,
     batch_gateway,
@@ -31,7 +33,7 @@ from tests.batch_harness import (
     wait_batch as wait_openai_batch,
 )
 from tests.conftest import run_herd
-from tests.gateway_harness import served_alias
+from tests.gateway_harness import add_deployment, served_alias
 from tests.worker_process import WorkerLauncher
 
 
@@ -373,3 +375,48 @@ def test_expired_batch_marks_unsent_lines_and_a_dying_runner_fails_the_batch(
     failed = BatchStore(database.engine).get(doomed)
     assert failed.status == "failed" and failed.failed_at
     assert failed.errors["data"][0]["code"] == "runner_failed"
+
+
+def test_embeddings_batch_on_a_real_embedding_worker(
+    tmp_path: Path, db_url: str, database: Database, models_dir: Path,
+    worker_launcher: WorkerLauncher,
+) -> None:  # fmt: skip
+    model = add_demo_model(ModelStore(database.engine, models_dir))
+    deployment = add_deployment(database.engine, "embed", model.id)
+    with database.engine.begin() as conn:
+        conn.execute(text("UPDATE deployments SET embeddings = true WHERE id = :d"),
+                     {"d": deployment})  # fmt: skip
+    worker = worker_launcher.start(
+        "--model", model.name, "--port", "0", "--n-ctx", "512", "--alias", "embed",
+        "--deployment-id", str(deployment), "--embeddings",
+    )  # fmt: skip
+    worker.wait_ready(timeout_s=180)
+    lines = [
+        {
+            "custom_id": f"e{i}",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": "embed", "input": f"text number {i}"},
+        }
+        for i in range(3)
+    ]
+    source = write_jsonl(tmp_path / "embed.jsonl", lines)
+    with batch_gateway(tmp_path, db_url) as gateway:
+        gateway.wait_workers(1)
+        client = openai.OpenAI(base_url=gateway.v1, api_key="none", max_retries=0)
+        uploaded = client.files.create(file=source.open("rb"), purpose="batch")
+        batch = client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h"
+        )
+        batch = wait_openai_batch(client, batch.id)
+        assert batch.status == "completed" and batch.request_counts.completed == 3
+        rows = parse_jsonl(client.files.content(batch.output_file_id).text)
+        assert sorted(r["custom_id"] for r in rows) == ["e0", "e1", "e2"]
+        assert all(len(r["response"]["body"]["data"][0]["embedding"]) == 576 for r in rows)
+    with database.engine.connect() as conn:
+        logged = (
+            conn.execute(text("SELECT endpoint FROM requests WHERE batch_id = :b"), {"b": batch.id})
+            .scalars()
+            .all()
+        )
+    assert logged == ["embeddings"] * 3
