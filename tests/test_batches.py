@@ -4,7 +4,6 @@ demo model, the batch runner as a job process, real PostgreSQL."""
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from tests.batch_harness import (
     wait_batch as wait_openai_batch,
 )
 from tests.conftest import run_herd
-from tests.gateway_harness import add_deployment, served_alias
+from tests.gateway_harness import add_deployment, served_alias, wait_for
 from tests.worker_process import WorkerLauncher
 
 
@@ -288,7 +287,12 @@ def test_batch_lines_reach_workers_marked_and_count_against_the_owner_key(
         keys = ApiKeys(served.database.engine)
         owner = keys.create("owner").key
         scoped = keys.create("scoped", policy=KeyPolicy(scopes=("elsewhere",))).key
-        time.sleep(0.5)  # the gateway loads keys with its routing state
+        # The gateway loads keys with its routing state: wait until it takes both.
+        wait_for(lambda: all(
+            httpx.get(f"{served.url}/v1/models", headers={"Authorization": f"Bearer {k}"},
+                      timeout=5).status_code == 200
+            for k in (owner, scoped)
+        ))  # fmt: skip
         source = write_jsonl(
             tmp_path / "in.jsonl",
             [chat_line(f"s{i}", f"Hello {i}", model="stubby") for i in range(3)],
