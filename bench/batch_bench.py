@@ -8,7 +8,8 @@ gateway (openai client: upload, create, poll), side by side in one run.
 Ratio = batch tokens/s / direct tokens/s (completion tokens over wall time). "batch, end to
 end" times upload to completed as a client sees it (runner process start and the poll
 included); "batch, sending" times in_progress_at to completed_at (the runner's own work).
-The runner keeps `--parallel` lines in flight (HERD_BATCH_CONCURRENCY), as many as slots.
+The runner keeps `--concurrency` lines in flight (HERD_BATCH_CONCURRENCY; default as many as
+slots).
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ def herd(args: argparse.Namespace, stack: ExitStack) -> Iterator[tuple[str, str]
     env = {
         **os.environ, "PYTHONPATH": str(REPO), "HERD_DATABASE_URL": db_url,
         "HERD_HOME": str(folder / "herd-home"), "HERD_MODELS_DIR": str(folder / "models"),
-        "HERD_BATCH_CONCURRENCY": str(args.parallel), "HERD_GATEWAY_REFRESH_S": "0.2",
+        "HERD_BATCH_CONCURRENCY": str(args.concurrency or args.parallel),
+        "HERD_GATEWAY_REFRESH_S": "0.2",
     }  # fmt: skip
     worker_port, gateway_port = free_port(), free_port()
     argv = [sys.executable, "-m", "app.cli", "worker", "--model", model.name]
@@ -157,6 +159,8 @@ def main() -> int:
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--parallel", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--concurrency", type=int, default=0,
+                   help="batch lines in flight (default: --parallel)")  # fmt: skip
     p.add_argument("--n-ctx", type=int, default=2048)
     p.add_argument("--repeat", type=int, default=2)
     args = p.parse_args()
