@@ -6,11 +6,15 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+from streamlit.testing.v1 import AppTest
+
+from app.accounts import Accounts, Role
 from app.analytics.monitoring import engagement_series
 from app.analytics.scope import Scope
 from app.analytics.summary import summary
 from app.db.database import Database
 from tests.analytics_data import insert_feedback, insert_requests, request_row
+from tests.conftest import REPO_ROOT, submit_login
 
 
 def test_batch_rows_leave_engagement_out_unless_asked(database: Database) -> None:
@@ -37,3 +41,26 @@ def test_batch_rows_leave_engagement_out_unless_asked(database: Database) -> Non
             )
             == 8
         )
+
+
+def test_monitoring_counts_batch_lines_only_when_asked(
+    dashboard_env: None, database: Database
+) -> None:
+    at = datetime.now(UTC) - timedelta(minutes=10)
+    rows = [request_row(at, session_id=None, batch_id=None) for _ in range(2)]
+    rows += [request_row(at, session_id=None, batch_id="batch_x") for _ in range(3)]
+    insert_requests(database.engine, rows)
+    Accounts(database.engine).add("ana", "analyst password", Role.VIEWER)
+    app = AppTest.from_file(str(REPO_ROOT / "dashboard.py"), default_timeout=60)
+    app.run()
+    submit_login(app, "ana", "analyst password")
+    app.switch_page("pages/monitoring.py").run()
+    assert not app.exception, app.exception
+
+    def requests_tile() -> str:
+        return str(next(m.value for m in app.metric if m.label == "Requests"))
+
+    assert requests_tile() == "2"
+    app.checkbox(key="mon_batch").check().run()
+    assert not app.exception, app.exception
+    assert requests_tile() == "5"

@@ -4,7 +4,6 @@ demo model, the batch runner as a job process, real PostgreSQL."""
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -13,10 +12,14 @@ import openai
 import pytest
 from sqlalchemy import text
 
+from app.batches.launch import MAX_RUNNER_STARTS, ensure_runner
 from app.batches.service import batch_results, create_batch, wait_batch
+from app.batches.store import BatchStore
 from app.config import Settings
 from app.db.database import Database
 from app.gateway.keys import ApiKeys, KeyPolicy
+from app.store.catalog import ModelStore
+from app.store.demo import add_demo_model
 from tests.batch_harness import (
     ALIAS,
     batch_gateway,
@@ -29,7 +32,7 @@ from tests.batch_harness import (
     wait_batch as wait_openai_batch,
 )
 from tests.conftest import run_herd
-from tests.gateway_harness import served_alias
+from tests.gateway_harness import add_deployment, served_alias, wait_for
 from tests.worker_process import WorkerLauncher
 
 
@@ -93,6 +96,13 @@ def test_openai_client_runs_a_batch_with_per_line_errors(
             client.batches.cancel(batch.id)
         listed = client.batches.list(limit=10)
         assert [b.id for b in listed.data] == [batch.id]
+        listed_files = {f.id: f.purpose for f in client.files.list()}
+        assert listed_files == {
+            uploaded.id: "batch",
+            batch.output_file_id: "batch_output",
+            batch.error_file_id: "batch_errors",
+        }
+        assert [f.id for f in client.files.list(purpose="batch")] == [uploaded.id]
         assert client.files.delete(uploaded.id).deleted
         with pytest.raises(openai.NotFoundError):
             client.files.retrieve(uploaded.id)
@@ -277,7 +287,12 @@ def test_batch_lines_reach_workers_marked_and_count_against_the_owner_key(
         keys = ApiKeys(served.database.engine)
         owner = keys.create("owner").key
         scoped = keys.create("scoped", policy=KeyPolicy(scopes=("elsewhere",))).key
-        time.sleep(0.5)  # the gateway loads keys with its routing state
+        # The gateway loads keys with its routing state: wait until it takes both.
+        wait_for(lambda: all(
+            httpx.get(f"{served.url}/v1/models", headers={"Authorization": f"Bearer {k}"},
+                      timeout=5).status_code == 200
+            for k in (owner, scoped)
+        ))  # fmt: skip
         source = write_jsonl(
             tmp_path / "in.jsonl",
             [chat_line(f"s{i}", f"Hello {i}", model="stubby") for i in range(3)],
@@ -334,3 +349,78 @@ def test_batch_lines_reach_workers_marked_and_count_against_the_owner_key(
         assert [b["id"] for b in rest.get("data", [])] == [owner_batch.id], rest
         assert not rest["has_more"]
         wait_openai_batch(owner_client, second.id, timeout_s=60)
+
+
+def test_expired_batch_marks_unsent_lines_and_a_dying_runner_fails_the_batch(
+    tmp_path: Path, db_url: str, database: Database
+) -> None:
+    settings = Settings(
+        home=tmp_path / "herd-home",
+        database_url=db_url,
+        gateway_url="http://127.0.0.1:9",
+        job_heartbeat_s=0.2,
+    )
+    bodies = [{"messages": [{"role": "user", "content": "x"}]} for _ in range(3)]
+    expired = create_batch(settings, database.engine, alias=ALIAS, bodies=bodies, start=False)
+    with database.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE batches SET expires_at = now() - interval '1 second' WHERE id = :b"),
+            {"b": expired},
+        )
+    assert ensure_runner(database.engine, settings, expired, None, 0) is not None
+    view = wait_batch(database.engine, expired, timeout_s=120, poll_s=0.3)
+    assert view.status == "expired" and view.expired_at and (view.total, view.done) == (3, 3)
+    results = batch_results(database.engine, expired)
+    assert {r.error["code"] for r in results.values()} == {"batch_expired"}
+    assert len(BatchStore(database.engine).rendered(expired, "batch_errors")) == 3
+
+    doomed = create_batch(settings, database.engine, alias=ALIAS, bodies=bodies, start=False)
+    assert ensure_runner(database.engine, settings, doomed, None, MAX_RUNNER_STARTS) is None
+    failed = BatchStore(database.engine).get(doomed)
+    assert failed.status == "failed" and failed.failed_at
+    assert failed.errors["data"][0]["code"] == "runner_failed"
+
+
+def test_embeddings_batch_on_a_real_embedding_worker(
+    tmp_path: Path, db_url: str, database: Database, models_dir: Path,
+    worker_launcher: WorkerLauncher,
+) -> None:  # fmt: skip
+    model = add_demo_model(ModelStore(database.engine, models_dir))
+    deployment = add_deployment(database.engine, "embed", model.id)
+    with database.engine.begin() as conn:
+        conn.execute(text("UPDATE deployments SET embeddings = true WHERE id = :d"),
+                     {"d": deployment})  # fmt: skip
+    worker = worker_launcher.start(
+        "--model", model.name, "--port", "0", "--n-ctx", "512", "--alias", "embed",
+        "--deployment-id", str(deployment), "--embeddings",
+    )  # fmt: skip
+    worker.wait_ready(timeout_s=180)
+    lines = [
+        {
+            "custom_id": f"e{i}",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": "embed", "input": f"text number {i}"},
+        }
+        for i in range(3)
+    ]
+    source = write_jsonl(tmp_path / "embed.jsonl", lines)
+    with batch_gateway(tmp_path, db_url) as gateway:
+        gateway.wait_workers(1)
+        client = openai.OpenAI(base_url=gateway.v1, api_key="none", max_retries=0)
+        uploaded = client.files.create(file=source.open("rb"), purpose="batch")
+        batch = client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h"
+        )
+        batch = wait_openai_batch(client, batch.id)
+        assert batch.status == "completed" and batch.request_counts.completed == 3
+        rows = parse_jsonl(client.files.content(batch.output_file_id).text)
+        assert sorted(r["custom_id"] for r in rows) == ["e0", "e1", "e2"]
+        assert all(len(r["response"]["body"]["data"][0]["embedding"]) == 576 for r in rows)
+    with database.engine.connect() as conn:
+        logged = (
+            conn.execute(text("SELECT endpoint FROM requests WHERE batch_id = :b"), {"b": batch.id})
+            .scalars()
+            .all()
+        )
+    assert logged == ["embeddings"] * 3

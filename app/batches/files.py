@@ -148,6 +148,15 @@ class FileStore:
             raise FileError(f"no file {file_id!r}", status=404, code="file_not_found")
         return _view(row)
 
+    def recent(self, owner: Owner, purpose: str | None = None, limit: int = 100) -> list[FileView]:
+        """The caller's newest files first (of one purpose, if given)."""
+        query = select(File.__table__).where(owner.clause(File.api_key_id))
+        if purpose is not None:
+            query = query.where(File.purpose == purpose)
+        query = query.order_by(File.created_at.desc(), File.id).limit(limit)
+        with self.engine.connect() as conn:
+            return [_view(row) for row in conn.execute(query).mappings()]
+
     def chunks(self, file_id: str) -> Iterator[bytes]:
         """The bytes of an uploaded file."""
         with self.path_of(file_id).open("rb") as handle:

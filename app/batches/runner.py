@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ BACKOFF_MAX_S = 10.0
 # A line's call may take this long (generation included) before it counts as failed.
 CALL_TIMEOUT_S = 600.0
 POLL_S = 0.5
+DATABASE_GIVE_UP_S = 600
 
 
 def files_root(settings: Settings) -> Path:
@@ -56,6 +58,8 @@ class _Retry:
 
     at: float
     attempts: int
+    # Times the line waited for a gateway that did not answer (backoff grows with them).
+    waits: int = 0
 
 
 class BatchRunner:
@@ -80,12 +84,19 @@ class BatchRunner:
         self.waiting: dict[int, _Retry] = {}
 
     async def db(self, call: Callable[..., T], *args: Any) -> T:
-        """call(*args) on a thread, retried with backoff while PostgreSQL is away."""
+        """call(*args) on a thread, retried with backoff while PostgreSQL is away; after
+        DATABASE_GIVE_UP_S without it the process ends (the batch is resumed by a new runner
+        once a gateway sees the database again), rather than linger after `herd up` ended."""
         delay = 0.5
+        since = time.monotonic()
         while True:
             try:
                 return await asyncio.to_thread(call, *args)
             except SQLAlchemyError as exc:
+                if time.monotonic() - since > DATABASE_GIVE_UP_S:
+                    log.error("batch %s: no database for %s s; stopping", self.batch_id,
+                              DATABASE_GIVE_UP_S)  # fmt: skip
+                    os._exit(1)
                 self.note(f"database unavailable ({type(exc).__name__}); retrying in {delay:g} s")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX_S)
@@ -149,7 +160,8 @@ class BatchRunner:
         for line in lines:
             retry = self.waiting.pop(line.line, None)
             attempts = max(line.attempts, retry.attempts if retry else 0)
-            task = asyncio.create_task(self._send(client, line, attempts))
+            waits = retry.waits if retry else 0
+            task = asyncio.create_task(self._send(client, line, attempts, waits))
             self.in_flight[line.line] = task
             task.add_done_callback(self._landed(line.line))
 
@@ -157,21 +169,26 @@ class BatchRunner:
         def forget(task: asyncio.Task[None]) -> None:
             self.in_flight.pop(line, None)
             if not task.cancelled() and task.exception() is not None:
+                # Not a fault the runner knows: the line stays pending and is tried again
+                # later, not at once in a loop.
                 self.note(f"line {line}: {task.exception()!r}; it stays pending")
+                self.waiting[line] = _Retry(time.monotonic() + BACKOFF_MAX_S, 0)
 
         return forget
 
-    def _later(self, line: PendingLine, attempts: int, delay_s: float) -> None:
-        self.waiting[line.line] = _Retry(time.monotonic() + delay_s, attempts)
+    def _later(self, line: PendingLine, attempts: int, delay_s: float, waits: int = 0) -> None:
+        self.waiting[line.line] = _Retry(time.monotonic() + delay_s, attempts, waits)
 
-    async def _send(self, client: httpx.AsyncClient, line: PendingLine, attempts: int) -> None:
+    async def _send(
+        self, client: httpx.AsyncClient, line: PendingLine, attempts: int, waits: int
+    ) -> None:
         backoff = min(BACKOFF_MAX_S, 0.5 * 2 ** min(attempts, 5))
         try:
             answer = await client.post(line.url, json=line.body)
         except httpx.TransportError as exc:
-            # The gateway is restarting or unreachable: not the line's fault.
+            # The gateway is restarting or unreachable: not the line's fault, not counted.
             self.note(f"line {line.line}: gateway unreachable ({type(exc).__name__}); retrying")
-            self._later(line, attempts, min(BACKOFF_MAX_S, 1.0 + len(self.waiting) * 0.05))
+            self._later(line, attempts, min(5.0, 0.5 * 2 ** min(waits, 4)), waits + 1)
             return
         status = answer.status_code
         if status in (429, 503):

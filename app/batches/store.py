@@ -143,14 +143,15 @@ _COUNTS = (
     .subquery()
 )
 
-_COLUMNS = [c for c in Batch.__table__.c if c.name not in ("runner_token", "gateway_url")]
+# The runner's credential never leaves this module's runner-side methods.
+_COLUMNS = [
+    c for c in Batch.__table__.c if c.name not in ("runner_token", "gateway_url", "runner_starts")
+]
 
 
 def _view(row: RowMapping) -> BatchView:
-    values = {c.name: row[c.name] for c in _COLUMNS}
-    values["metadata"] = values.pop("metadata")
     return BatchView(
-        **{k: v for k, v in values.items() if k != "runner_starts"},
+        **{c.name: row[c.name] for c in _COLUMNS},
         total=row["total"] or 0,
         completed=row["completed"] or 0,
         failed=row["failed"] or 0,

@@ -111,6 +111,19 @@ def batches_router() -> APIRouter:
             await form.close()
         return JSONResponse(view.openai())
 
+    @router.get("/v1/files", summary="Files, newest first")
+    async def list_files(
+        request: Request,
+        purpose: str | None = None,
+        limit: int = Query(default=MAX_LIST, ge=1, le=10_000),
+    ) -> JSONResponse:
+        owner = await _owner(request)
+        files, _ = stores(request)
+        views = await _thread(files.recent, owner, purpose, limit)
+        return JSONResponse(
+            {"object": "list", "data": [v.openai() for v in views], "has_more": False}
+        )
+
     @router.get("/v1/files/{file_id}", summary="A file's metadata")
     async def get_file(request: Request, file_id: str) -> JSONResponse:
         owner = await _owner(request)

@@ -6,8 +6,6 @@ a reload, in another browser, or for a batch submitted with the CLI or the API.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import streamlit as st
 
 from app.batches.owner import OPERATOR
@@ -56,17 +54,18 @@ def _show(view: BatchView, store: BatchStore, can_change: bool) -> None:
                 (cols[0], "batch_output", "Download output", view.completed),
                 (cols[1], "batch_errors", "Download errors", view.failed + view.cancelled),
             ):
-                # Rendered when clicked, not on every refresh of the list.
                 col.download_button(
-                    f"{label} ({count})", data=_file(store, view.id, purpose),
+                    f"{label} ({count})", data=_file(view.id, purpose) if count else b"",
                     file_name=f"{view.id}_{purpose.removeprefix('batch_')}.jsonl",
                     mime="application/jsonl", key=f"batch_{purpose}_{view.id}",
-                    disabled=not count, on_click="ignore",
+                    disabled=not count,
                 )  # fmt: skip
 
 
-def _file(store: BatchStore, batch_id: str, purpose: str) -> Callable[[], bytes]:
-    return lambda: b"".join(store.rendered(batch_id, purpose))
+# A finished batch's files never change: rendered once, not on every refresh of the list.
+@st.cache_data(ttl=600, max_entries=40, show_spinner=False)
+def _file(batch_id: str, purpose: str) -> bytes:
+    return b"".join(batch_store().rendered(batch_id, purpose))
 
 
 @st.fragment(run_every=REFRESH_S)
