@@ -6,10 +6,13 @@ interactive requests, and finish under a stream of interactive traffic."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from app.engine.batched import BatchedEngine, BatchJob
@@ -20,6 +23,7 @@ from app.engine.loader import LoadOptions
 from app.engine.requests import ChatMessage, GenerationRequest, Priority, SamplingParams
 from app.engine.waiting import WaitingQueue
 from app.store.demo import find_demo_model
+from app.worker.priority import PRIORITY_HEADER
 
 N_CTX = 512
 # Long enough to be prefilled alone (not packed with short prompts): its chunk is a tile.
@@ -262,3 +266,52 @@ def test_live_traffic_is_not_refused_for_waiting_batch_work(single: BatchedEngin
         assert single.stats().slots_busy == 0 and single.stats().queue_length == 0
 
     asyncio.run(scenario())
+
+
+def test_worker_reads_the_priority_header(worker_launcher: Any) -> None:
+    worker = worker_launcher.start(
+        "--model", str(find_demo_model().path), "--alias", "smol", "--parallel", "1",
+        "--n-ctx", "1024", "--max-queue", "2",
+    )  # fmt: skip
+    url = worker.wait_ready()
+    chat = {"messages": [{"role": "user", "content": "Tell me a story."}], "temperature": 0}
+    for path, body in (
+        ("/v1/chat/completions", chat),
+        ("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 2}),
+    ):
+        refused = httpx.post(
+            f"{url}{path}", json=body, headers={PRIORITY_HEADER: "urgent"}, timeout=30
+        )
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert error["param"] == PRIORITY_HEADER and "urgent" in error["message"]
+        ok = httpx.post(
+            f"{url}{path}", json={**body, "max_tokens": 2}, headers={PRIORITY_HEADER: "BATCH"},
+            timeout=30,
+        )  # fmt: skip
+        assert ok.status_code == 200, ok.text
+    # A batch stream holds the only slot; a live request still gets it at once and finishes
+    # while the batch stream goes on, which then completes with every token it was asked for.
+    batch_body = {**chat, "max_tokens": 300, "ignore_eos": True, "stream": True,
+                  "stream_options": {"include_usage": True}}  # fmt: skip
+    with (
+        httpx.Client(timeout=120) as client,
+        client.stream(
+            "POST", f"{url}/v1/chat/completions", json=batch_body,
+            headers={PRIORITY_HEADER: "batch"},
+        ) as stream,
+    ):  # fmt: skip
+        lines = stream.iter_lines()
+        assert next(lines).startswith("data: ")
+        health = httpx.get(f"{url}/health", timeout=5).json()
+        assert health["slots_busy"] == 1 and health["batch_slots_busy"] == 1
+        live = httpx.post(f"{url}/v1/chat/completions", json={**chat, "max_tokens": 4}, timeout=60)
+        assert live.status_code == 200 and live.json()["usage"]["completion_tokens"] == 4
+        usage = None
+        for line in lines:
+            if line.startswith("data: {") and '"usage"' in line:
+                usage = json.loads(line[6:]).get("usage") or usage
+    assert usage is not None and usage["completion_tokens"] == 300
+    metrics = httpx.get(f"{url}/metrics", timeout=5).text
+    assert re.search(r"^herd_worker_preemptions_total [1-9]", metrics, re.M), metrics
+    assert httpx.get(f"{url}/health", timeout=5).json()["preemptions_total"] >= 1
