@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from app.engine.batched import BatchedEngine, BatchJob
+from app.engine.embedder import MAX_SEQS, load_embedding_engine
 from app.engine.errors import QueueFull
 from app.engine.events import Finished, TextDelta
 from app.engine.factory import load_batched_engine
@@ -315,3 +316,30 @@ def test_worker_reads_the_priority_header(worker_launcher: Any) -> None:
     metrics = httpx.get(f"{url}/metrics", timeout=5).text
     assert re.search(r"^herd_worker_preemptions_total [1-9]", metrics, re.M), metrics
     assert httpx.get(f"{url}/health", timeout=5).json()["preemptions_total"] >= 1
+
+
+def test_interactive_embeddings_go_ahead_of_a_large_batch_call(demo_path: Path) -> None:
+    engine = load_embedding_engine(LoadOptions(demo_path, n_ctx=1024), "model", max_queue=2)
+    texts = [f"Sentence {i} is about item {i % 9}." for i in range(4 * MAX_SEQS)]
+
+    async def scenario() -> list[str]:
+        done: list[str] = []
+
+        async def embed(name: str, inputs: list[list[int]], priority: Priority) -> None:
+            vectors = await engine.embed(inputs, priority)
+            assert vectors.shape[0] == len(inputs)
+            done.append(name)
+
+        tokens = [engine.tokenize(t) for t in texts]
+        big = asyncio.create_task(embed("batch", tokens, "batch"))
+        await asyncio.sleep(0)  # the batch call is queued (and its first decode started)
+        live = asyncio.create_task(embed("live", [tokens[0]], "interactive"))
+        await asyncio.gather(big, live)
+        return done
+
+    try:
+        order = asyncio.run(scenario())
+    finally:
+        engine.close()
+    # 256 batch inputs take four decodes; the live input joins the next decode that starts.
+    assert order == ["live", "batch"], order
