@@ -7,10 +7,10 @@ HTTP with streaming chat completions (temperature 0, ignore_eos). Not part of CI
         --llama-server /work/anchors/bin/llama-server --threads 2 --parallel 4
 
 For each server:
-- capacity: `parallel` concurrent interactive streams; aggregate tokens/s (the engine's best
-  at this slot count; median of --repeat runs).
-- batch alone: --batch-requests calls sent with `X-Herd-Priority: batch`, `parallel` in
-  flight at a time (as a batch runner keeps its slots full); aggregate tokens/s over capacity.
+- capacity: --batch-requests interactive calls, `parallel` in flight at a time (every slot
+  busy): aggregate tokens/s, the engine's best at this slot count (median of --repeat runs).
+- batch alone: the same calls sent with `X-Herd-Priority: batch` (as a batch runner keeps
+  its slots full); aggregate tokens/s over capacity.
 - mixed load: interactive chats arriving at random (Poisson, seeded, the same schedule in
   every run) at half of Herd's capacity, for --duration seconds; once alone, once with a
   batch load that keeps 2 x parallel batch calls in flight. Reported: interactive TTFT p50 /
@@ -95,8 +95,9 @@ async def stream_call(
 async def aggregate_tps(
     url: str, n_calls: int, in_flight: int, max_tokens: int, headers: dict[str, str] | None
 ) -> float:
-    """n_calls streams, in_flight at a time; generated tokens per wall-clock second."""
-    prompts = BATCH_PROMPTS if headers else QUESTIONS
+    """n_calls streams, in_flight at a time; generated tokens per wall-clock second. The same
+    prompts with or without the batch header: only the priority class differs."""
+    prompts = BATCH_PROMPTS
     queue = list(range(n_calls))
     calls: list[Call] = []
     async with httpx.AsyncClient(timeout=600) as client:
@@ -170,7 +171,10 @@ async def measure(url: str, args: argparse.Namespace, rate_per_s: float | None) 
     p = args.parallel
     await aggregate_tps(url, p, p, 4, None)  # warm-up
     capacity = statistics.median(
-        [await aggregate_tps(url, p, p, args.batch_tokens, None) for _ in range(args.repeat)]
+        [
+            await aggregate_tps(url, args.batch_requests, p, args.batch_tokens, None)
+            for _ in range(args.repeat)
+        ]
     )
     batch_alone = statistics.median(
         [
