@@ -250,6 +250,33 @@ def test_batch_finishes_under_a_stream_of_interactive_requests(pair: BatchedEngi
     asyncio.run(scenario())
 
 
+def test_a_preempted_batch_job_cancelled_while_waiting_ends_with_its_counts(
+    single: BatchedEngine,
+) -> None:
+    async def scenario() -> None:
+        log = Log()
+        batch = await single.submit(greedy("Tell me a long story.", "batch", max_tokens=200))
+        task = await log.streamed("batch", batch)
+        live = await single.submit(greedy("Count to ten.", max_tokens=40))
+        live_task = asyncio.create_task(log.drain("live", live))
+        # The live request took the only slot: the batch job waits, suspended.
+        for _ in range(1000):
+            if single.stats().batch_waiting == 1:
+                break
+            await asyncio.sleep(0.005)
+        else:
+            raise AssertionError("the batch job was never preempted")
+        batch.cancel()
+        (_text, cancelled), (_live_text, done) = await asyncio.gather(task, live_task)
+        assert cancelled.finish_reason == "cancelled"
+        assert 0 < cancelled.usage.completion_tokens < 200
+        assert done.finish_reason == "length" and done.usage.completion_tokens == 40
+        stats = single.stats()
+        assert stats.slots_busy == stats.queue_length == stats.batch_waiting == 0
+
+    asyncio.run(scenario())
+
+
 def test_live_traffic_is_not_refused_for_waiting_batch_work(single: BatchedEngine) -> None:
     async def scenario() -> None:
         jobs = [await single.submit(greedy(f"Say {i}.", "batch", max_tokens=60)) for i in range(9)]
