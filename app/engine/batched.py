@@ -29,7 +29,8 @@ the batch should use whatever capacity live traffic leaves. The rules, and why:
 - The victim is the youngest running batch job (latest submitted): the oldest batch work
   keeps its slot longest, so every batch job finishes once live load leaves spare slots.
 - Within a step's prompt-token budget interactive prompt chunks go first, and their first
-  tokens are sent before any batch prompt chunk is decoded.
+  tokens are sent before any batch work of the step (prompt chunks, and the next tokens of
+  batch streams while a live prompt is being prefilled) is decoded.
 """
 
 from __future__ import annotations
@@ -405,8 +406,8 @@ class BatchedEngine:
         return slot
 
     def _step_once(self, running: list[Running]) -> list[Running]:
-        """One step: decode every generating slot's next token together, then prompt chunks;
-        returns the jobs still running."""
+        """One step: decode every generating slot's next token together, then prompt chunks,
+        interactive work before batch work; returns the jobs still running."""
         now = time.perf_counter()
         still: list[Running] = []
         for r in running:
@@ -414,23 +415,42 @@ class BatchedEngine:
                 self._finish(r, "cancelled", now)
             else:
                 still.append(r)
-        generating = sorted((r for r in still if _generating(r)), key=_seq)
         live = set(map(id, still))
-        if generating:
-            decoded = self._decode_tokens(generating)
-            live -= {id(r) for r in generating} - set(map(id, decoded))  # failed: released
-            for r in decoded:
-                if not self._sample(r, r.row_or_fail()):
-                    live.discard(id(r))
-            # Running streams get their tokens now, not after this step's prompt chunks.
-            self._outbox.flush()
-        # Interactive prompts first: batch prompt chunks get what is left of the budget.
-        prefilling = sorted(
-            (r for r in still if id(r) in live and not _generating(r)), key=_batch_last
-        )
+        generating = sorted((r for r in still if _generating(r)), key=_seq)
+        prefilling = [r for r in still if not _generating(r)]
+        urgent = [r for r in prefilling if r.job.priority == "interactive"]
+        # While a live prompt waits for its first token, batch streams' next tokens are decoded
+        # after it in the same step: a decode costs more the more rows it holds, and the first
+        # token is what a person waits for; a batch stream loses nothing but that order.
+        deferring = bool(urgent)
+        self._decode_step([r for r in generating if not _deferred(r, deferring)], live)
+        budget = self._prefill_step(urgent, live, self._shape.n_batch)
+        # Interactive first tokens go out before any batch work of this step is decoded.
+        self._outbox.flush()
+        self._decode_step([r for r in generating if _deferred(r, deferring)], live)
+        batch = [r for r in prefilling if r.job.priority == "batch"]
+        self._prefill_step(batch, live, budget)
+        return [r for r in still if id(r) in live]
+
+    def _decode_step(self, generating: list[Running], live: set[int]) -> None:
+        """Decode and sample the next token of the generating jobs; drops from live the ids
+        of those that finished or failed."""
+        if not generating:
+            return
+        decoded = self._decode_tokens(generating)
+        live -= {id(r) for r in generating} - set(map(id, decoded))  # failed: released
+        for r in decoded:
+            if not self._sample(r, r.row_or_fail()):
+                live.discard(id(r))
+        # Running streams get their tokens now, not after this step's prompt chunks.
+        self._outbox.flush()
+
+    def _prefill_step(self, prefilling: list[Running], live: set[int], budget: int) -> int:
+        """Decode prompt chunks of the prefilling jobs (in order) while budget (prompt tokens)
+        lasts, sampling the first token of those whose prompt is done; returns what is left."""
+        prefilling = [r for r in prefilling if id(r) in live]
         packed = self._pack(prefilling)
-        budget = self._shape.n_batch
-        if len(packed) > 1:
+        if len(packed) > 1 and budget > 0:
             # Sampled before the next decode: that one overwrites llama.cpp's logits.
             budget -= self._prefill_packed(packed)
             for r in packed:
@@ -441,16 +461,13 @@ class BatchedEngine:
         for r in prefilling:
             if budget <= 0:
                 break
-            if r.job.priority == "batch":
-                # Interactive first tokens go out before any batch prompt chunk is decoded.
-                self._outbox.flush()
             used = self._prefill_chunk(r)
             budget -= used
             if used == 0 or (
                 r.row is not None and r.prefilled == len(r.tokens) and not self._sample(r, r.row)
             ):
                 live.discard(id(r))
-        return [r for r in still if id(r) in live]
+        return budget
 
     def _decode_tokens(self, generating: list[Running]) -> list[Running]:
         """Decode the next token of every generating job in one llama_decode; returns the
@@ -523,15 +540,12 @@ class BatchedEngine:
         as many as the batch holds."""
         packed: list[Running] = []
         room = self._shape.n_batch
-        # Chosen interactive first (the budget goes to them), decoded in slot order.
-        for r in sorted(
-            filter(self._packable, prefilling), key=lambda r: (_batch_last(r), _seq(r))
-        ):
+        for r in sorted(filter(self._packable, prefilling), key=_seq):
             size = self._chunk_end(r) - r.prefilled
             if size <= room:
                 packed.append(r)
                 room -= size
-        return sorted(packed, key=_seq)
+        return packed
 
     def _prefill_packed(self, jobs: list[Running]) -> int:
         """Decode the next (short) prompt chunk of every job in one llama_decode, as
@@ -670,9 +684,9 @@ def _seq(r: Running) -> int:
     return r.slot.seq_id
 
 
-def _batch_last(r: Running) -> bool:
-    """Sort key: interactive jobs before batch ones."""
-    return r.job.priority == "batch"
+def _deferred(r: Running, deferring: bool) -> bool:
+    """Whether r's next token waits for this step's interactive prompt chunks."""
+    return deferring and r.job.priority == "batch"
 
 
 def _generating(r: Running) -> bool:
