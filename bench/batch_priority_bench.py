@@ -12,10 +12,12 @@ For each server:
 - batch alone: the same calls sent with `X-Herd-Priority: batch` (as a batch runner keeps
   its slots full); aggregate tokens/s over capacity.
 - mixed load: interactive chats arriving at random (Poisson, seeded, the same schedule in
-  every run) at half of Herd's capacity, for --duration seconds; once alone, once with a
+  every run) at half of Herd's capacity, for --duration seconds; alone, and with a
   batch load that keeps 2 x parallel batch calls in flight. Reported: interactive TTFT p50 /
   p95 in both runs and their ratio, and the share of the spare capacity (capacity x duration
-  minus the interactive tokens) that the batch turned into tokens during the window.
+  minus the interactive tokens; capacity measured before and after, averaged) that the batch
+  turned into tokens during the window. Alone and loaded runs alternate for --rounds rounds
+  (each with its own seeded schedule); medians over the rounds are reported.
 llama-server has no priority classes: it ignores the header and serves its queue in order.
 The Herd worker is a real registered `herd worker` (engine_bench.herd_stand), called directly.
 """
@@ -167,42 +169,56 @@ async def mixed(
     }
 
 
-async def measure(url: str, args: argparse.Namespace, rate_per_s: float | None) -> dict[str, float]:
+async def capacity_tps(url: str, args: argparse.Namespace, headers: dict[str, str] | None) -> float:
+    """Median over --repeat runs of --batch-requests calls, `parallel` in flight."""
     p = args.parallel
-    await aggregate_tps(url, p, p, 4, None)  # warm-up
-    capacity = statistics.median(
-        [
-            await aggregate_tps(url, args.batch_requests, p, args.batch_tokens, None)
-            for _ in range(args.repeat)
-        ]
-    )
-    batch_alone = statistics.median(
-        [
-            await aggregate_tps(url, args.batch_requests, p, args.batch_tokens, BATCH_HEADERS)
-            for _ in range(args.repeat)
-        ]
-    )
+    runs = [
+        await aggregate_tps(url, args.batch_requests, p, args.batch_tokens, headers)
+        for _ in range(args.repeat)
+    ]
+    return statistics.median(runs)
+
+
+async def measure(url: str, args: argparse.Namespace, rate_per_s: float | None) -> dict[str, float]:
+    await aggregate_tps(url, args.parallel, args.parallel, 4, None)  # warm-up
+    capacity = await capacity_tps(url, args, None)
+    batch_alone = await capacity_tps(url, args, BATCH_HEADERS)
     # Half the capacity of the first server measured (Herd), the same load for every server.
     rate = rate_per_s or 0.5 * capacity / args.live_tokens
-    schedule = arrivals(rate, args.duration, args.seed)
-    quiet = await mixed(url, args, schedule, with_batch=False)
-    loaded = await mixed(url, args, schedule, with_batch=True)
-    spare = capacity * args.duration - loaded["live_tokens"]
+    # Alone and loaded runs alternate, so a change in the machine's load between rounds hits
+    # both sides of each ratio alike; medians over the rounds are reported.
+    rounds = []
+    for k in range(args.rounds):
+        schedule = arrivals(rate, args.duration, args.seed + k)
+        quiet = await mixed(url, args, schedule, with_batch=False)
+        loaded = await mixed(url, args, schedule, with_batch=True)
+        rounds.append((quiet, loaded))
+        print(json.dumps({"round": k, "alone": quiet, "with_batch": loaded}), flush=True)
+    capacity_after = await capacity_tps(url, args, None)
+    mean_capacity = (capacity + capacity_after) / 2
+
+    def median(values: list[float]) -> float:
+        return statistics.median(values)
+
+    spare_used = [
+        loaded["batch_tokens"] / (mean_capacity * args.duration - loaded["live_tokens"])
+        for _quiet, loaded in rounds
+    ]
     return {
         "capacity_tps": capacity,
+        "capacity_tps_after": capacity_after,
         "batch_alone_tps": batch_alone,
         "batch_alone_ratio": batch_alone / capacity,
         "live_rate_per_s": rate,
-        "live_calls": quiet["live_calls"],
-        "ttft_p50_ms_alone": quiet["ttft_p50_ms"],
-        "ttft_p95_ms_alone": quiet["ttft_p95_ms"],
-        "ttft_p50_ms_with_batch": loaded["ttft_p50_ms"],
-        "ttft_p95_ms_with_batch": loaded["ttft_p95_ms"],
-        "ttft_p95_ratio": loaded["ttft_p95_ms"] / quiet["ttft_p95_ms"],
-        "live_tokens_with_batch": loaded["live_tokens"],
-        "batch_tokens_in_window": loaded["batch_tokens"],
-        "spare_tokens": spare,
-        "spare_used": loaded["batch_tokens"] / spare if spare > 0 else float("nan"),
+        "live_calls_per_round": median([q["live_calls"] for q, _l in rounds]),
+        "ttft_p50_ms_alone": median([q["ttft_p50_ms"] for q, _l in rounds]),
+        "ttft_p95_ms_alone": median([q["ttft_p95_ms"] for q, _l in rounds]),
+        "ttft_p50_ms_with_batch": median([lo["ttft_p50_ms"] for _q, lo in rounds]),
+        "ttft_p95_ms_with_batch": median([lo["ttft_p95_ms"] for _q, lo in rounds]),
+        "ttft_p95_ratio": median([lo["ttft_p95_ms"] / q["ttft_p95_ms"] for q, lo in rounds]),
+        "live_tokens_with_batch": median([lo["live_tokens"] for _q, lo in rounds]),
+        "batch_tokens_in_window": median([lo["batch_tokens"] for _q, lo in rounds]),
+        "spare_used": median(spare_used),
     }
 
 
@@ -223,7 +239,8 @@ def main() -> int:
     p.add_argument("--live-tokens", type=int, default=32, help="tokens per interactive chat")
     p.add_argument("--batch-tokens", type=int, default=64, help="tokens per batch call")
     p.add_argument("--batch-requests", type=int, default=24, help="calls of the batch-alone run")
-    p.add_argument("--duration", type=float, default=40.0, help="seconds of each mixed run")
+    p.add_argument("--duration", type=float, default=20.0, help="seconds of each mixed run")
+    p.add_argument("--rounds", type=int, default=3, help="alone/with-batch pairs of runs")
     p.add_argument("--repeat", type=int, default=3, help="runs of capacity and batch alone")
     p.add_argument("--seed", type=int, default=7, help="of the interactive arrival schedule")
     p.add_argument("--llama-server", default=None, help="llama-server binary (the anchor)")
