@@ -14,7 +14,8 @@ collected per step (outbox.py) so the loop wakes once per step, not once per tok
 Priority classes (requests.Priority): live traffic must never wait for offline batch work, yet
 the batch should use whatever capacity live traffic leaves. The rules, and why:
 - The waiting queue has one lane per class (waiting.py); interactive requests start first, batch
-  ones only take slots that are free after every waiting interactive request has one.
+  ones only take slots that are free after every waiting interactive request has one, and
+  while live requests run they leave one slot free for the next live arrival (4+ slots).
 - When an interactive request waits and no slot is free, a running batch job is preempted
   between two steps: its slot goes to the interactive request at once, so that request's first
   token waits at most for the step in flight, never for a batch completion. Reserving slots
@@ -69,6 +70,8 @@ PIECE_BUFFER_BYTES = 256
 # split-KV attention kernel for a one-token piece, which rounds unlike the whole chunk.
 # llama.cpp pads the view to 256 cells, so 256 keeps every packed view under 512.
 PACK_MAX_POS = 256
+# Slots batch jobs leave free while interactive requests are running (see _admit).
+LIVE_HEADROOM_SLOTS = 1
 
 
 class BatchJob(JobChannel):
@@ -334,10 +337,15 @@ class BatchedEngine:
                 self._waiting.put_back(r.job)
             free += len(preempted)
         admitted: list[BatchJob] = []
-        while len(admitted) < free:
-            job = self._waiting.pop()
-            if job is None:
-                break
+        while len(admitted) < free and (job := self._waiting.pop("interactive")) is not None:
+            admitted.append(job)
+        # While live requests run, one slot stays free for the next one: taking a batch
+        # job's slot costs that job a re-prefill, and under steady live traffic preempting
+        # on every arrival would spend more on re-prefills than the extra slot yields.
+        # With under 4 slots one slot is too big a share of the capacity to hold back.
+        live = any(r.job.priority == "interactive" for r in running) or bool(admitted)
+        room = free - (LIVE_HEADROOM_SLOTS if live and self._shape.slots >= 4 else 0)
+        while len(admitted) < room and (job := self._waiting.pop("batch")) is not None:
             admitted.append(job)
         # Counted busy before they leave the lock, so submit() never sees them nowhere.
         self._busy = len(running) - len(preempted) + len(admitted)
@@ -429,8 +437,16 @@ class BatchedEngine:
         self._outbox.flush()
         self._decode_step([r for r in generating if _deferred(r, deferring)], live)
         batch = [r for r in prefilling if r.job.priority == "batch"]
-        self._prefill_step(batch, live, budget)
+        # With live work in the slots or the queue a step decodes at most one batch prompt
+        # chunk, unpacked: a live request arriving now waits for this step, so batch work
+        # in it stays within one chunk (a short one when a preempted job replays).
+        live_load = any(r.job.priority == "interactive" for r in still) or self._live_waiting()
+        self._prefill_step(batch, live, budget, single=live_load)
         return [r for r in still if id(r) in live]
+
+    def _live_waiting(self) -> bool:
+        with self._wake:
+            return self._waiting.count("interactive") > 0
 
     def _decode_step(self, generating: list[Running], live: set[int]) -> None:
         """Decode and sample the next token of the generating jobs; drops from live the ids
@@ -445,10 +461,16 @@ class BatchedEngine:
         # Running streams get their tokens now, not after this step's prompt chunks.
         self._outbox.flush()
 
-    def _prefill_step(self, prefilling: list[Running], live: set[int], budget: int) -> int:
+    def _prefill_step(
+        self, prefilling: list[Running], live: set[int], budget: int, single: bool = False
+    ) -> int:
         """Decode prompt chunks of the prefilling jobs (in order) while budget (prompt tokens)
-        lasts, sampling the first token of those whose prompt is done; returns what is left."""
+        lasts, or just the first job's next chunk when single, sampling the first token of
+        those whose prompt is done; returns what is left of the budget."""
         prefilling = [r for r in prefilling if id(r) in live]
+        if single:
+            prefilling = prefilling[:1]
+            budget = min(budget, 1)
         packed = self._pack(prefilling)
         if len(packed) > 1 and budget > 0:
             # Sampled before the next decode: that one overwrites llama.cpp's logits.

@@ -47,9 +47,10 @@ class WaitingQueue(Generic[J]):
         the oldest batch work finishes first and none waits behind work that came later."""
         self._lanes[job.priority].appendleft(job)
 
-    def pop(self) -> J | None:
-        """The next job to start (interactive first, then batch), or None when empty."""
-        for p in PRIORITIES:
+    def pop(self, priority: Priority | None = None) -> J | None:
+        """The next job to start (interactive first, then batch; or the next of priority),
+        or None when there is none."""
+        for p in PRIORITIES if priority is None else (priority,):
             if self._lanes[p]:
                 return self._lanes[p].popleft()
         return None
