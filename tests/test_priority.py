@@ -370,3 +370,44 @@ def test_interactive_embeddings_go_ahead_of_a_large_batch_call(demo_path: Path) 
         engine.close()
     # 256 batch inputs take four decodes; the live input joins the next decode that starts.
     assert order == ["live", "batch"], order
+
+
+def test_batch_leaves_one_of_four_slots_free_while_live_requests_run(demo_path: Path) -> None:
+    engine = load_batched_engine(LoadOptions(demo_path, n_ctx=N_CTX, parallel=4), max_queue=8)
+
+    async def until(check: Any) -> None:
+        for _ in range(2000):
+            if check(engine.stats()):
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError(f"never reached; stats {engine.stats()}")
+
+    async def scenario() -> None:
+        log = Log()
+        live = await engine.submit(greedy("Count to one hundred.", max_tokens=300))
+        live_task = await log.streamed("live", live)
+        batch = [
+            await engine.submit(greedy(f"Write about hill {i}.", "batch", max_tokens=300))
+            for i in range(4)
+        ]
+        tasks = [asyncio.create_task(log.drain(f"b{i}", j)) for i, j in enumerate(batch)]
+        # One live stream: two batch jobs run, one slot stays free for the next live request.
+        await until(lambda s: s.batch_busy == 2 and s.batch_waiting == 2)
+        assert engine.stats().slots_busy == 3
+        before = engine.stats().preemptions
+        second = await engine.submit(greedy("Say hi.", max_tokens=4))
+        _text, done = await log.drain("second", second)
+        assert done.usage.completion_tokens == 4
+        assert engine.stats().preemptions == before  # it found the free slot
+        # Without live work the batch takes every slot.
+        live.cancel()
+        await live_task
+        await until(lambda s: s.batch_busy == 4 and s.batch_waiting == 0)
+        for job in batch:
+            job.cancel()
+        await asyncio.gather(*tasks)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        engine.close()
