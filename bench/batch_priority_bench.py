@@ -11,13 +11,13 @@ For each server:
   busy): aggregate tokens/s, the engine's best at this slot count (median of --repeat runs).
 - batch alone: the same calls sent with `X-Herd-Priority: batch` (as a batch runner keeps
   its slots full); aggregate tokens/s over capacity.
-- mixed load: interactive chats arriving at random (Poisson, seeded, the same schedule in
-  every run) at half of Herd's capacity, for --duration seconds; alone, and with a
+- mixed load: interactive chats arriving at random (Poisson, seeded) at half of the server's
+  capacity (measured just before each round), for --duration seconds; alone, and with a
   batch load that keeps 2 x parallel batch calls in flight. Reported: interactive TTFT p50 /
   p95 in both runs and their ratio, and the share of the spare capacity (capacity x duration
-  minus the interactive tokens; capacity measured before and after, averaged) that the batch
-  turned into tokens during the window. Alone and loaded runs alternate for --rounds rounds
-  (each with its own seeded schedule); medians over the rounds are reported.
+  minus the interactive tokens) that the batch turned into tokens during the window. Alone
+  and loaded runs alternate for --rounds rounds (each with its own seeded schedule); medians
+  over the rounds are reported.
 llama-server has no priority classes: it ignores the header and serves its queue in order.
 The Herd worker is a real registered `herd worker` (engine_bench.herd_stand), called directly.
 """
@@ -179,29 +179,30 @@ async def capacity_tps(url: str, args: argparse.Namespace, headers: dict[str, st
     return statistics.median(runs)
 
 
-async def measure(url: str, args: argparse.Namespace, rate_per_s: float | None) -> dict[str, float]:
+async def measure(url: str, args: argparse.Namespace) -> dict[str, float]:
     await aggregate_tps(url, args.parallel, args.parallel, 4, None)  # warm-up
     capacity = await capacity_tps(url, args, None)
     batch_alone = await capacity_tps(url, args, BATCH_HEADERS)
-    # Half the capacity of the first server measured (Herd), the same load for every server.
-    rate = rate_per_s or 0.5 * capacity / args.live_tokens
     # Alone and loaded runs alternate, so a change in the machine's load between rounds hits
-    # both sides of each ratio alike; medians over the rounds are reported.
+    # both sides of each ratio alike; medians over the rounds are reported. Each round sets
+    # its live rate to half of this server's capacity measured just before it (the machine's
+    # speed drifts by several times within minutes here), and counts spare against it.
     rounds = []
     for k in range(args.rounds):
-        schedule = arrivals(rate, args.duration, args.seed + k)
+        quick = await aggregate_tps(url, 2 * args.parallel, args.parallel, args.batch_tokens, None)
+        schedule = arrivals(0.5 * quick / args.live_tokens, args.duration, args.seed + k)
         quiet = await mixed(url, args, schedule, with_batch=False)
         loaded = await mixed(url, args, schedule, with_batch=True)
+        loaded["capacity_tps"] = quick
         rounds.append((quiet, loaded))
         print(json.dumps({"round": k, "alone": quiet, "with_batch": loaded}), flush=True)
     capacity_after = await capacity_tps(url, args, None)
-    mean_capacity = (capacity + capacity_after) / 2
 
     def median(values: list[float]) -> float:
         return statistics.median(values)
 
     spare_used = [
-        loaded["batch_tokens"] / (mean_capacity * args.duration - loaded["live_tokens"])
+        loaded["batch_tokens"] / (loaded["capacity_tps"] * args.duration - loaded["live_tokens"])
         for _quiet, loaded in rounds
     ]
     return {
@@ -209,7 +210,9 @@ async def measure(url: str, args: argparse.Namespace, rate_per_s: float | None) 
         "capacity_tps_after": capacity_after,
         "batch_alone_tps": batch_alone,
         "batch_alone_ratio": batch_alone / capacity,
-        "live_rate_per_s": rate,
+        "live_rate_per_s": median(
+            [0.5 * lo["capacity_tps"] / args.live_tokens for _q, lo in rounds]
+        ),
         "live_calls_per_round": median([q["live_calls"] for q, _l in rounds]),
         "ttft_p50_ms_alone": median([q["ttft_p50_ms"] for q, _l in rounds]),
         "ttft_p95_ms_alone": median([q["ttft_p95_ms"] for q, _l in rounds]),
@@ -251,13 +254,12 @@ def main() -> int:
     with herd_stand(args, args.parallel) as urls:
         url = urls["herd"]
         before = preemptions(url)
-        results["herd"] = asyncio.run(measure(url, args, None))
+        results["herd"] = asyncio.run(measure(url, args))
         results["herd"]["preemptions"] = preemptions(url) - before
         print(json.dumps({"herd": results["herd"]}), flush=True)
     if args.llama_server:
         with anchor_server("llama-server", args, args.parallel) as url:
-            rate = results["herd"]["live_rate_per_s"]
-            results["llama-server"] = asyncio.run(measure(url, args, rate))
+            results["llama-server"] = asyncio.run(measure(url, args))
             print(json.dumps({"llama-server": results["llama-server"]}), flush=True)
     print(
         f"model {args.model}, threads {args.threads}, parallel {args.parallel}, n_ctx/slot "
