@@ -10,6 +10,28 @@ Threads: submit(), cancel() and stats() run on the event loop; everything that t
 llama.cpp runs on the scheduler thread. They share only the waiting queue (under a
 condition) and each job's cancel flag; events go back through loop.call_soon_threadsafe,
 collected per step (outbox.py) so the loop wakes once per step, not once per token.
+
+Priority classes (requests.Priority): live traffic must never wait for offline batch work, yet
+the batch should use whatever capacity live traffic leaves. The rules, and why:
+- The waiting queue has one lane per class (waiting.py); interactive requests start first, batch
+  ones only take slots that are free after every waiting interactive request has one, and
+  while live requests run they leave one slot free for the next live arrival (4+ slots).
+- When an interactive request waits and no slot is free, a running batch job is preempted
+  between two steps: its slot goes to the interactive request at once, so that request's first
+  token waits at most for the step in flight, never for a batch completion. Reserving slots
+  for live traffic instead would leave them idle whenever it is quiet.
+- The preempted job keeps its sampler chain (grammar state, penalty history, seeded RNG),
+  stop matcher and counters, and goes back to the head of the batch lane. When a slot frees
+  it resumes: the slot's KV is rebuilt to prompt + tokens generated so far (reusing any cached
+  prefix, like a new prompt), then it decodes its pending token as if nothing happened. The
+  client sees one stream with the usage of an unpreempted run. Recomputing the KV costs one
+  prefill, far cheaper per token than the decodes it replays; swapping KV out of the context
+  would cost memory and copies on every preemption instead.
+- The victim is the youngest running batch job (latest submitted): the oldest batch work
+  keeps its slot longest, so every batch job finishes once live load leaves spare slots.
+- Within a step's prompt-token budget interactive prompt chunks go first, and their first
+  tokens are sent before any batch work of the step (prompt chunks, and the next tokens of
+  batch streams while a live prompt is being prefilled) is decoded.
 """
 
 from __future__ import annotations
@@ -21,7 +43,6 @@ import logging
 import math
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,17 +50,18 @@ import llama_cpp
 
 from app.engine.batch_context import BatchContext
 from app.engine.errors import EngineClosed, GenerationFailed, PromptTooLong, QueueFull
-from app.engine.events import FinishReason, TextDelta, TokenLogprob
+from app.engine.events import Finished, FinishReason, TextDelta, TokenLogprob
 from app.engine.grammar import GrammarCache
 from app.engine.job import EWMA_WEIGHT, MAX_RETRY_AFTER_S, JobChannel
 from app.engine.loader import LoadedModel, PreparedPrompt
 from app.engine.logprobs import token_logprob
 from app.engine.outbox import Outbox
 from app.engine.protocol import EngineInfo, EngineStats
-from app.engine.requests import GenerationRequest, SamplingParams
+from app.engine.requests import GenerationRequest, Priority, SamplingParams
 from app.engine.sampler_chain import SamplerChain, check_sampling
 from app.engine.slots import ATTENTION_TILE_ROWS, Placement, Slot, place
 from app.engine.stop_strings import StopMatcher
+from app.engine.waiting import WaitingQueue
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +70,8 @@ PIECE_BUFFER_BYTES = 256
 # split-KV attention kernel for a one-token piece, which rounds unlike the whole chunk.
 # llama.cpp pads the view to 256 cells, so 256 keeps every packed view under 512.
 PACK_MAX_POS = 256
+# Slots batch jobs leave free while interactive requests are running (see _admit).
+LIVE_HEADROOM_SLOTS = 1
 
 
 class BatchJob(JobChannel):
@@ -61,11 +85,14 @@ class BatchJob(JobChannel):
         loop: asyncio.AbstractEventLoop,
         submitted_at: float,
         gbnf: str | None = None,
+        priority: Priority = "interactive",
     ) -> None:
-        super().__init__(prepared, sampling, loop, submitted_at)
+        super().__init__(prepared, sampling, loop, submitted_at, priority)
         self._engine = engine
         # The grammar the output must follow (checked by GrammarCache), or None.
         self.gbnf = gbnf
+        # While preempted and waiting to resume: its state in the scheduler; else None.
+        self.suspended: Running | None = None
 
     def cancel(self) -> None:
         if not self.cancel_requested.is_set():
@@ -86,6 +113,9 @@ class Running:
     # Prompt tokens whose KV is computed; prefill is done when it reaches len(prompt).
     prefilled: int
     stops: StopMatcher
+    # What the slot's KV must hold before the job samples: the prompt; after a preemption,
+    # the prompt and every token generated and decoded before it.
+    tokens: list[int]
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     # Sampled but not yet decoded: goes into the next batch.
     next_token: int | None = None
@@ -127,10 +157,13 @@ class BatchedEngine:
         self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
         self._pieces: dict[int, bytes] = {}
         self._piece_buffer = ctypes.create_string_buffer(PIECE_BUFFER_BYTES)
-        self._waiting: deque[BatchJob] = deque()
+        self._waiting: WaitingQueue[BatchJob] = WaitingQueue()
         self._wake = threading.Condition()
         self._closed = False
         self._busy = 0
+        # Of _busy, the slots held by batch jobs; and batch jobs preempted since start.
+        self._busy_batch = 0
+        self.preemptions = 0
         self._tokens_per_second: float | None = None
         self._job_seconds = 1.0
         # Written by the scheduler thread only; stats() reads them (ints: no torn reads).
@@ -149,6 +182,7 @@ class BatchedEngine:
     def stats(self) -> EngineStats:
         with self._wake:
             waiting = len(self._waiting)
+            batch_waiting = self._waiting.count("batch")
         return EngineStats(
             slots_total=self._shape.slots,
             slots_busy=self._busy,
@@ -157,6 +191,9 @@ class BatchedEngine:
             tokens_per_second=self._tokens_per_second,
             prompt_tokens=self._prompt_tokens,
             cached_prompt_tokens=self._cached_prompt_tokens,
+            batch_busy=self._busy_batch,
+            batch_waiting=batch_waiting,
+            preemptions=self.preemptions,
         )
 
     async def submit(self, request: GenerationRequest) -> BatchJob:
@@ -171,13 +208,21 @@ class BatchedEngine:
         max_tokens = request.sampling.max_tokens
         if max_tokens is not None and len(prepared.tokens) + max_tokens > n_ctx:
             raise PromptTooLong(len(prepared.tokens), n_ctx, max_tokens)
-        job = BatchJob(self, prepared, request.sampling, loop, submitted_at, gbnf)
+        priority = request.priority
+        job = BatchJob(self, prepared, request.sampling, loop, submitted_at, gbnf, priority)
         with self._wake:
             if self._closed:
                 raise EngineClosed("the worker is shutting down")
-            free = self._shape.slots - self._busy
-            if len(self._waiting) >= free + self._max_queue:
-                queued = max(0, len(self._waiting) - free)
+            if priority == "interactive":
+                # Slots held by batch jobs count as free (they are preempted), and waiting
+                # batch jobs take no queue places from live traffic.
+                free = self._shape.slots - (self._busy - self._busy_batch)
+                ahead = self._waiting.count("interactive")
+            else:
+                free = self._shape.slots - self._busy
+                ahead = len(self._waiting)
+            if ahead >= free + self._max_queue:
+                queued = max(0, ahead - free)
                 raise QueueFull(queued, self._retry_after_s(queued))
             self._waiting.append(job)
             self._wake.notify()
@@ -197,13 +242,30 @@ class BatchedEngine:
     def _withdraw(self, job: BatchJob) -> None:
         """A cancelled job still waiting leaves the queue now; a running one at the next step."""
         with self._wake:
-            try:
-                self._waiting.remove(job)
-            except ValueError:
+            if not self._waiting.remove(job):
                 self._wake.notify()
                 return
+            # Out of the queue the scheduler can no longer resume it: its state is ours.
+            suspended, job.suspended = job.suspended, None
+        job.push(self._withdrawn(job, suspended))
+
+    @staticmethod
+    def _withdrawn(job: BatchJob, suspended: Running | None) -> Finished:
+        """The Finished of a job cancelled while waiting (a preempted one keeps its counts)."""
         now = time.perf_counter()
-        job.push(job.finished("cancelled", 0, now, None, None, now))
+        if suspended is None:
+            return job.finished("cancelled", 0, now, None, None, now)
+        r = suspended
+        r.sampler.close()
+        return job.finished(
+            "cancelled",
+            r.completion_tokens,
+            r.started_at,
+            r.first_at,
+            r.last_at,
+            now,
+            cached_tokens=r.cached_tokens,
+        )
 
     def close(self) -> None:
         with self._wake:
@@ -224,7 +286,10 @@ class BatchedEngine:
                         self._wake.wait()
                     if self._closed:
                         break
-                    admitted = self._admit(running)
+                    admitted, preempted = self._admit(running)
+                if preempted:
+                    gone = set(map(id, preempted))
+                    running = [r for r in running if id(r) not in gone]
                 for job in admitted:
                     running.append(self._start(job))
                 running = self._step_once(running)
@@ -242,24 +307,68 @@ class BatchedEngine:
         now = time.perf_counter()
         with self._wake:
             self._closed = True
-            waiting, self._waiting = list(self._waiting), deque()
+            waiting = self._waiting.clear()
         for job in waiting:
-            self._outbox.add(job, job.finished("cancelled", 0, now, None, None, now))
+            suspended, job.suspended = job.suspended, None
+            self._outbox.add(job, self._withdrawn(job, suspended))
         for r in running:
             self._finish(r, "cancelled", now)
         self._busy = 0
+        self._busy_batch = 0
 
-    def _admit(self, running: list[Running]) -> list[BatchJob]:
-        """Take waiting jobs for the free slots (the lock is held)."""
-        admitted: list[BatchJob] = []
+    def _admit(self, running: list[Running]) -> tuple[list[BatchJob], list[Running]]:
+        """Take waiting jobs for the free slots, preempting batch jobs for interactive ones
+        that would otherwise wait (the lock is held); returns (admitted, preempted)."""
         free = self._shape.slots - len(running)
-        while self._waiting and len(admitted) < free:
-            admitted.append(self._waiting.popleft())
+        short = self._waiting.count("interactive") - free
+        preempted: list[Running] = []
+        if short > 0:
+            # Cancelled ones free their slot this step anyway.
+            victims = [
+                r
+                for r in running
+                if r.job.priority == "batch" and not r.job.cancel_requested.is_set()
+            ]
+            victims.sort(key=lambda r: r.job.submitted_at, reverse=True)
+            preempted = victims[:short]
+            # The oldest victim goes back last, so it ends up first in line.
+            for r in reversed(preempted):
+                self._suspend(r)
+                self._waiting.put_back(r.job)
+            free += len(preempted)
+        admitted: list[BatchJob] = []
+        while len(admitted) < free and (job := self._waiting.pop("interactive")) is not None:
+            admitted.append(job)
+        # While live requests run, one slot stays free for the next one: taking a batch
+        # job's slot costs that job a re-prefill, and under steady live traffic preempting
+        # on every arrival would spend more on re-prefills than the extra slot yields.
+        # With under 4 slots one slot is too big a share of the capacity to hold back.
+        live = any(r.job.priority == "interactive" for r in running) or bool(admitted)
+        room = free - (LIVE_HEADROOM_SLOTS if live and self._shape.slots >= 4 else 0)
+        while len(admitted) < room and (job := self._waiting.pop("batch")) is not None:
+            admitted.append(job)
         # Counted busy before they leave the lock, so submit() never sees them nowhere.
-        self._busy = len(running) + len(admitted)
-        return admitted
+        self._busy = len(running) - len(preempted) + len(admitted)
+        self._busy_batch = sum(r.job.priority == "batch" for r in running) - len(preempted)
+        self._busy_batch += sum(job.priority == "batch" for job in admitted)
+        return admitted, preempted
+
+    def _suspend(self, r: Running) -> None:
+        """Take r off its slot, keeping what it needs to resume (the lock is held).
+
+        The slot's KV stays as a prefix cache: if no one overwrites it, r resumes for free.
+        """
+        if r.prefilled == len(r.tokens):
+            # Generating: the pending token is decoded after the resumed KV, as it would be.
+            r.tokens = list(r.slot.kv_tokens)
+        r.slot.busy = False
+        r.row = None
+        r.job.suspended = r
+        self.preemptions += 1
 
     def _start(self, job: BatchJob) -> Running:
+        if job.suspended is not None:
+            return self._resume(job)
         prompt = job.prepared.tokens
         placement = place(prompt, self._slots, self._shape.n_batch)
         assert placement is not None, "admitted beyond the free slots"
@@ -279,7 +388,19 @@ class BatchedEngine:
             cached_tokens=placement.reused,
             prefilled=placement.reused,
             stops=StopMatcher(job.sampling.stop + job.prepared.stop),
+            tokens=prompt,
         )
+
+    def _resume(self, job: BatchJob) -> Running:
+        """Put a preempted job back in a slot; its KV is rebuilt from r.tokens by prefill."""
+        r, job.suspended = job.suspended, None
+        assert r is not None
+        placement = place(r.tokens, self._slots, self._shape.n_batch)
+        assert placement is not None, "admitted beyond the free slots"
+        r.slot = self._claim(placement)
+        r.prefilled = placement.reused
+        r.pack = True
+        return r
 
     def _claim(self, placement: Placement) -> Slot:
         slot, reused = placement.slot, placement.reused
@@ -293,8 +414,8 @@ class BatchedEngine:
         return slot
 
     def _step_once(self, running: list[Running]) -> list[Running]:
-        """One step: decode every generating slot's next token together, then prompt chunks;
-        returns the jobs still running."""
+        """One step: decode every generating slot's next token together, then prompt chunks,
+        interactive work before batch work; returns the jobs still running."""
         now = time.perf_counter()
         still: list[Running] = []
         for r in running:
@@ -302,20 +423,56 @@ class BatchedEngine:
                 self._finish(r, "cancelled", now)
             else:
                 still.append(r)
-        generating = sorted((r for r in still if r.next_token is not None), key=_seq)
         live = set(map(id, still))
-        if generating:
-            decoded = self._decode_tokens(generating)
-            live -= {id(r) for r in generating} - set(map(id, decoded))  # failed: released
-            for r in decoded:
-                if not self._sample(r, r.row_or_fail()):
-                    live.discard(id(r))
-            # Running streams get their tokens now, not after this step's prompt chunks.
-            self._outbox.flush()
-        prefilling = [r for r in still if id(r) in live and r.next_token is None]
+        generating = sorted((r for r in still if _generating(r)), key=_seq)
+        prefilling = [r for r in still if not _generating(r)]
+        urgent = [r for r in prefilling if r.job.priority == "interactive"]
+        # While a live prompt waits for its first token, batch streams' next tokens are decoded
+        # after it in the same step: a decode costs more the more rows it holds, and the first
+        # token is what a person waits for; a batch stream loses nothing but that order.
+        deferring = bool(urgent)
+        self._decode_step([r for r in generating if not _deferred(r, deferring)], live)
+        budget = self._prefill_step(urgent, live, self._shape.n_batch)
+        # Interactive first tokens go out before any batch work of this step is decoded.
+        self._outbox.flush()
+        self._decode_step([r for r in generating if _deferred(r, deferring)], live)
+        batch = [r for r in prefilling if r.job.priority == "batch"]
+        # With live work in the slots or the queue a step decodes at most one batch prompt
+        # chunk, unpacked: a live request arriving now waits for this step, so batch work
+        # in it stays within one chunk (a short one when a preempted job replays).
+        live_load = any(r.job.priority == "interactive" for r in still) or self._live_waiting()
+        self._prefill_step(batch, live, budget, single=live_load)
+        return [r for r in still if id(r) in live]
+
+    def _live_waiting(self) -> bool:
+        with self._wake:
+            return self._waiting.count("interactive") > 0
+
+    def _decode_step(self, generating: list[Running], live: set[int]) -> None:
+        """Decode and sample the next token of the generating jobs; drops from live the ids
+        of those that finished or failed."""
+        if not generating:
+            return
+        decoded = self._decode_tokens(generating)
+        live -= {id(r) for r in generating} - set(map(id, decoded))  # failed: released
+        for r in decoded:
+            if not self._sample(r, r.row_or_fail()):
+                live.discard(id(r))
+        # Running streams get their tokens now, not after this step's prompt chunks.
+        self._outbox.flush()
+
+    def _prefill_step(
+        self, prefilling: list[Running], live: set[int], budget: int, single: bool = False
+    ) -> int:
+        """Decode prompt chunks of the prefilling jobs (in order) while budget (prompt tokens)
+        lasts, or just the first job's next chunk when single, sampling the first token of
+        those whose prompt is done; returns what is left of the budget."""
+        prefilling = [r for r in prefilling if id(r) in live]
+        if single:
+            prefilling = prefilling[:1]
+            budget = min(budget, 1)
         packed = self._pack(prefilling)
-        budget = self._shape.n_batch
-        if len(packed) > 1:
+        if len(packed) > 1 and budget > 0:
             # Sampled before the next decode: that one overwrites llama.cpp's logits.
             budget -= self._prefill_packed(packed)
             for r in packed:
@@ -329,10 +486,10 @@ class BatchedEngine:
             used = self._prefill_chunk(r)
             budget -= used
             if used == 0 or (
-                r.prefilled == len(r.job.prepared.tokens) and not self._sample(r, r.row_or_fail())
+                r.row is not None and r.prefilled == len(r.tokens) and not self._sample(r, r.row)
             ):
                 live.discard(id(r))
-        return [r for r in still if id(r) in live]
+        return budget
 
     def _decode_tokens(self, generating: list[Running]) -> list[Running]:
         """Decode the next token of every generating job in one llama_decode; returns the
@@ -376,7 +533,18 @@ class BatchedEngine:
         CPU attention rounds differently for short and long chunks (see slots.py).
         """
         step = self._shape.n_batch
-        return min(len(r.job.prepared.tokens), (r.prefilled // step + 1) * step)
+        n_prompt = len(r.job.prepared.tokens)
+        if r.prefilled < n_prompt:
+            return min(n_prompt, (r.prefilled // step + 1) * step)
+        # Generated tokens replayed after a preemption were decoded one per step. Pieces of
+        # fewer than ATTENTION_TILE_ROWS rows within PACK_MAX_POS compute like one-token
+        # decodes (see _packable), so a greedy run resumes exactly; beyond, whole steps are
+        # faster and round only as llama.cpp's own cache reuse does.
+        if r.prefilled < PACK_MAX_POS:
+            end = min(r.prefilled + ATTENTION_TILE_ROWS - 1, PACK_MAX_POS)
+        else:
+            end = (r.prefilled // step + 1) * step
+        return min(len(r.tokens), end)
 
     def _packable(self, r: Running) -> bool:
         """Whether r's next chunk decodes the same packed with other prompts as alone.
@@ -409,12 +577,7 @@ class BatchedEngine:
         batch.clear()
         ends = [self._chunk_end(r) for r in jobs]
         rows = [
-            batch.add_run(
-                r.job.prepared.tokens[r.prefilled : end],
-                r.prefilled,
-                r.slot.seq_id,
-                end == len(r.job.prepared.tokens),
-            )
+            batch.add_run(r.tokens[r.prefilled : end], r.prefilled, r.slot.seq_id, _wants(r, end))
             for r, end in zip(jobs, ends, strict=True)
         ]
         if self._context.decode() != 0:
@@ -427,19 +590,19 @@ class BatchedEngine:
             return 0
         self.packed_decodes += 1
         for r, end, row in zip(jobs, ends, rows, strict=True):
-            r.slot.kv_tokens.extend(r.job.prepared.tokens[r.prefilled : end])
+            wants = _wants(r, end)
+            r.slot.kv_tokens.extend(r.tokens[r.prefilled : end])
             r.prefilled = end
-            r.row = row if end == len(r.job.prepared.tokens) else None
+            r.row = row if wants else None
         return batch.n_tokens
 
     def _prefill_chunk(self, r: Running) -> int:
         """Decode r's next prompt chunk alone; returns its size, 0 if r failed."""
-        prompt = r.job.prepared.tokens
         end = self._chunk_end(r)
-        chunk = prompt[r.prefilled : end]
+        chunk = r.tokens[r.prefilled : end]
         batch = self._context.batch
         batch.clear()
-        last = end == len(prompt)
+        last = _wants(r, end)
         row = batch.add_run(chunk, r.prefilled, r.slot.seq_id, last)
         rc = self._context.decode()
         if rc != 0:
@@ -535,7 +698,25 @@ class BatchedEngine:
         r.slot.busy = False
         # Only this thread writes _busy; stats() on the event loop reads it.
         self._busy -= 1
+        if r.job.priority == "batch":
+            self._busy_batch -= 1
 
 
 def _seq(r: Running) -> int:
     return r.slot.seq_id
+
+
+def _deferred(r: Running, deferring: bool) -> bool:
+    """Whether r's next token waits for this step's interactive prompt chunks."""
+    return deferring and r.job.priority == "batch"
+
+
+def _generating(r: Running) -> bool:
+    """Whether r's KV is complete and its next token waits to be decoded."""
+    return r.next_token is not None and r.prefilled == len(r.tokens)
+
+
+def _wants(r: Running, end: int) -> bool:
+    """Whether the prompt chunk of r ending at end needs logits: it is the last one and r
+    has no token sampled yet (a resumed job has its next token already)."""
+    return end == len(r.tokens) and r.next_token is None

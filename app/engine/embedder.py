@@ -31,7 +31,7 @@ from app.engine.job import EWMA_WEIGHT, MAX_RETRY_AFTER_S
 from app.engine.loader import LoadedModel, LoadOptions, load_model
 from app.engine.pooling import Pooling
 from app.engine.protocol import EngineInfo, EngineStats, Generation
-from app.engine.requests import GenerationRequest
+from app.engine.requests import PRIORITIES, GenerationRequest, Priority
 from app.engine.token_batch import TokenBatch
 
 logger = logging.getLogger(__name__)
@@ -106,9 +106,13 @@ class EmbeddingEngine:
         self._max_queue = max_queue
         self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(model.llama._model.vocab))
         self._batch = TokenBatch(embedding.max_input_tokens)
-        # (job, input index) in arrival order; a job enters whole and leaves input by input.
-        self._waiting: deque[tuple[EmbedJob, int]] = deque()
-        self._jobs_waiting = 0
+        # (job, input index) in arrival order, one lane per priority class; a job enters whole
+        # and leaves input by input. Interactive inputs are taken first: a live call waits at
+        # most for the decode in flight, not behind the inputs of a large batch call.
+        self._lanes: dict[Priority, deque[tuple[EmbedJob, int]]] = {p: deque() for p in PRIORITIES}
+        # Calls with inputs still waiting, by class: batch calls take no queue places from
+        # interactive ones.
+        self._jobs_waiting: dict[Priority, int] = dict.fromkeys(PRIORITIES, 0)
         self._busy = False
         self._closed = False
         self._cond = threading.Condition()
@@ -127,7 +131,7 @@ class EmbeddingEngine:
 
     def stats(self) -> EngineStats:
         with self._cond:
-            waiting = self._jobs_waiting
+            waiting = sum(self._jobs_waiting.values())
         return EngineStats(
             slots_total=1,
             slots_busy=1 if self._busy else 0,
@@ -170,7 +174,7 @@ class EmbeddingEngine:
                     f"(0..{self._n_vocab - 1})"
                 )
 
-    async def embed(self, inputs: list[list[int]]) -> Vectors:
+    async def embed(self, inputs: list[list[int]], priority: Priority = "interactive") -> Vectors:
         """One normalised vector per input (rows in input order); raises BadRequest,
         QueueFull, EngineClosed or GenerationFailed."""
         self.check(inputs)
@@ -179,22 +183,26 @@ class EmbeddingEngine:
         with self._cond:
             if self._closed:
                 raise EngineClosed("the worker is shutting down")
-            if self._busy and self._jobs_waiting >= self._max_queue:
-                raise QueueFull(self._jobs_waiting, self._retry_after_s())
-            self._waiting.extend((job, i) for i in range(len(inputs)))
-            self._jobs_waiting += 1
+            ahead = self._jobs_waiting["interactive"]
+            if priority == "batch":
+                ahead += self._jobs_waiting["batch"]
+            if self._busy and ahead >= self._max_queue:
+                raise QueueFull(ahead, self._retry_after_s())
+            self._lanes[priority].extend((job, i) for i in range(len(inputs)))
+            self._jobs_waiting[priority] += 1
             self._cond.notify()
         return await job.future
 
     def _retry_after_s(self) -> int:
         rate = self._inputs_per_second or 1.0
-        return max(1, min(MAX_RETRY_AFTER_S, round(len(self._waiting) / rate) + 1))
+        waiting = sum(len(lane) for lane in self._lanes.values())
+        return max(1, min(MAX_RETRY_AFTER_S, round(waiting / rate) + 1))
 
     # -- the embedding thread -----------------------------------------------------------------
     def _take(self) -> list[tuple[EmbedJob, int]] | None:
         """The next batch: inputs in arrival order while they fit; None once closed."""
         with self._cond:
-            while not self._waiting and not self._closed:
+            while not any(self._lanes.values()) and not self._closed:
                 self._busy = False
                 self._cond.wait()
             if self._closed:
@@ -202,18 +210,19 @@ class EmbeddingEngine:
             self._busy = True
             taken: list[tuple[EmbedJob, int]] = []
             tokens = 0
-            while self._waiting and len(taken) < self.embedding.max_seqs:
-                job, i = self._waiting[0]
-                n = len(job.inputs[i])
-                if taken and tokens + n > self.embedding.max_input_tokens:
-                    break
-                self._waiting.popleft()
-                if i == 0:
-                    self._jobs_waiting -= 1
-                if job.failed:
-                    continue
-                taken.append((job, i))
-                tokens += n
+            for priority, lane in self._lanes.items():  # interactive first (PRIORITIES' order)
+                while lane and len(taken) < self.embedding.max_seqs:
+                    job, i = lane[0]
+                    n = len(job.inputs[i])
+                    if taken and tokens + n > self.embedding.max_input_tokens:
+                        return taken
+                    lane.popleft()
+                    if i == 0:
+                        self._jobs_waiting[priority] -= 1
+                    if job.failed:
+                        continue
+                    taken.append((job, i))
+                    tokens += n
             return taken
 
     def _run(self) -> None:
@@ -276,7 +285,9 @@ class EmbeddingEngine:
     def close(self) -> None:
         with self._cond:
             self._closed = True
-            waiting, self._waiting = list(self._waiting), deque()
+            waiting = [item for lane in self._lanes.values() for item in lane]
+            for lane in self._lanes.values():
+                lane.clear()
             self._cond.notify_all()
         for job, _ in waiting:
             job.deliver(job.fail, EngineClosed("the worker is shutting down"))

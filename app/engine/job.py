@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from app.engine.events import Finished, FinishReason, GenerationEvent, Timings, Usage
 from app.engine.loader import PreparedPrompt
-from app.engine.requests import SamplingParams
+from app.engine.requests import Priority, SamplingParams
 
 # Weight of the newest generation in the moving averages of speed and duration.
 EWMA_WEIGHT = 0.3
@@ -32,8 +32,10 @@ class JobChannel:
         sampling: SamplingParams,
         loop: asyncio.AbstractEventLoop,
         submitted_at: float,
+        priority: Priority = "interactive",
     ) -> None:
         self.prepared = prepared
+        self.priority: Priority = priority
         self.sampling = sampling
         self.loop = loop
         self.submitted_at = submitted_at

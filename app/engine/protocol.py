@@ -45,6 +45,11 @@ class EngineStats:
     # reused KV prefix instead of being decoded (prefix reuse).
     prompt_tokens: int = 0
     cached_prompt_tokens: int = 0
+    # Of slots_busy and queue_length, how many are batch requests (the rest are interactive);
+    # and how often a batch request gave its slot to an interactive one, since start.
+    batch_busy: int = 0
+    batch_waiting: int = 0
+    preemptions: int = 0
 
     @property
     def prefix_hit_rate(self) -> float | None:

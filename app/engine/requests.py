@@ -6,6 +6,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Role = Literal["system", "user", "assistant", "tool", "developer"]
+# Who waits for the answer: a person (interactive, the default) or an offline batch, which runs
+# in slots live traffic does not need and yields them when it does (see batched.py).
+Priority = Literal["interactive", "batch"]
+PRIORITIES: tuple[Priority, ...] = ("interactive", "batch")
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,7 @@ class GenerationRequest:
     constraint: OutputConstraint | None = None
     # The tools the chat template presents to the model: a JSON list of OpenAI tool objects.
     tools: str | None = None
+    priority: Priority = "interactive"
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):

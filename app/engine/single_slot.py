@@ -1,7 +1,8 @@
 """One generation at a time on one llama_cpp.Llama, run in a thread off the event loop.
 
-Requests beyond the running one wait in a bounded FIFO queue; a full queue refuses at once
-(QueueFull) rather than letting latency grow without bound. Scheduling state is touched only
+Requests beyond the running one wait in a bounded queue, interactive ones before batch ones
+(no preemption here: a batch generation already running finishes first); a full queue refuses
+at once (QueueFull) rather than letting latency grow without bound. Scheduling state is touched only
 on the event loop's thread; the generation thread only reads its job and pushes events back.
 """
 
@@ -13,7 +14,6 @@ import functools
 import logging
 import math
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -28,9 +28,10 @@ from app.engine.grammar import GrammarCache
 from app.engine.job import EWMA_WEIGHT, MAX_RETRY_AFTER_S, JobChannel
 from app.engine.loader import LoadedModel, LoadOptions, PreparedPrompt, load_model
 from app.engine.protocol import EngineInfo, EngineStats
-from app.engine.requests import GenerationRequest, SamplingParams
+from app.engine.requests import GenerationRequest, Priority, SamplingParams
 from app.engine.sampler_chain import check_sampling
 from app.engine.stop_strings import StopMatcher
+from app.engine.waiting import WaitingQueue
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +46,9 @@ class SlotJob(JobChannel):
         sampling: SamplingParams,
         loop: asyncio.AbstractEventLoop,
         submitted_at: float,
+        priority: Priority = "interactive",
     ) -> None:
-        super().__init__(prepared, sampling, loop, submitted_at)
+        super().__init__(prepared, sampling, loop, submitted_at, priority)
         self._engine = engine
         self.started_at: float | None = None
         # The grammar the output must follow (checked by GrammarCache), or None.
@@ -65,7 +67,7 @@ class SingleSlotEngine:
             raise ValueError("max_queue must be >= 0")
         self._model = model
         self._max_queue = max_queue
-        self._waiting: deque[SlotJob] = deque()
+        self._waiting: WaitingQueue[SlotJob] = WaitingQueue()
         self._running: SlotJob | None = None
         self._closed = False
         # One thread: llama_cpp.Llama is not safe to use from two threads at once.
@@ -102,7 +104,7 @@ class SingleSlotEngine:
             raise EngineClosed("the worker is shutting down")
         if self._running is not None and len(self._waiting) >= self._max_queue:
             raise QueueFull(len(self._waiting), self._retry_after_s())
-        job = SlotJob(self, prepared, request.sampling, loop, submitted_at)
+        job = SlotJob(self, prepared, request.sampling, loop, submitted_at, request.priority)
         job.gbnf = gbnf
         self._waiting.append(job)
         self._dispatch()
@@ -127,16 +129,14 @@ class SingleSlotEngine:
         return max(1, min(MAX_RETRY_AFTER_S, math.ceil(expected)))
 
     def _leave_queue(self, job: SlotJob) -> None:
-        if job in self._waiting:
-            self._waiting.remove(job)
+        if self._waiting.remove(job):
             now = time.perf_counter()
             job.put(job.finished("cancelled", 0, now, None, None, now))
 
     def _dispatch(self) -> None:
         if self._running is not None or self._closed:
             return
-        while self._waiting:
-            job = self._waiting.popleft()
+        while (job := self._waiting.pop()) is not None:
             if job.cancel_requested.is_set():
                 continue
             self._running = job
@@ -169,7 +169,7 @@ class SingleSlotEngine:
 
     def close(self) -> None:
         self._closed = True
-        waiting, self._waiting = list(self._waiting), deque()
+        waiting = self._waiting.clear()
         now = time.perf_counter()
         for job in waiting:
             job.cancel_requested.set()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -32,6 +33,7 @@ from app.worker.openai_format import (
     TextFormat,
     sse,
 )
+from app.worker.priority import request_priority
 from app.worker.state import WorkerState
 from app.worker.tool_calls import parse_tool_calls
 from app.worker.tool_stream import ToolCallStream
@@ -288,7 +290,9 @@ def create_app(
         # A client calling the worker directly may leave the model out: it serves one.
         body = await read_model(request, ChatCompletionRequest, {"model": state.alias})
         try:
-            build: GenerationRequest | ApiError = chat_request(body)
+            build: GenerationRequest | ApiError = replace(
+                chat_request(body), priority=request_priority(request.headers)
+            )
         except ApiError as exc:
             build = exc
         fmt = ChatFormat(state.alias)
@@ -302,7 +306,9 @@ def create_app(
     async def completions(request: Request) -> Response:
         body = await read_model(request, CompletionRequest, {"model": state.alias})
         try:
-            build: GenerationRequest | ApiError = text_request(body)
+            build: GenerationRequest | ApiError = replace(
+                text_request(body), priority=request_priority(request.headers)
+            )
         except ApiError as exc:
             build = exc
         fmt = TextFormat(state.alias)

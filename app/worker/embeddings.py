@@ -20,6 +20,7 @@ from app.engine.embedder import EmbeddingEngine
 from app.engine.errors import BadRequest, EngineError
 from app.openai_api.errors import ApiError
 from app.worker.errors import from_engine_error
+from app.worker.priority import request_priority
 
 if TYPE_CHECKING:
     from app.worker.app import CompletionService
@@ -35,6 +36,11 @@ async def embed_route(request: Request, service: CompletionService) -> Response:
     """Answer one embeddings call; every refusal is a 400 naming its field."""
     metrics = service.metrics
     started = time.perf_counter()
+    try:
+        priority = request_priority(request.headers)
+    except ApiError:
+        metrics.count_request(ENDPOINT, "invalid")
+        raise
     try:
         data = json.loads(await request.body())
     except (ValueError, UnicodeDecodeError) as exc:
@@ -68,7 +74,7 @@ async def embed_route(request: Request, service: CompletionService) -> Response:
             tokens = await asyncio.to_thread(lambda: [engine.tokenize(t) for t in texts])
         else:
             tokens = [list(t) for t in inputs if isinstance(t, list)]
-        vectors = await engine.embed(tokens)
+        vectors = await engine.embed(tokens, priority)
     except BadRequest as exc:
         metrics.count_request(ENDPOINT, "invalid")
         return _refused(EmbeddingInputError(str(exc), "input"))

@@ -86,6 +86,17 @@ class WorkerMetrics:
         lines.append(f"herd_worker_slots_busy {stats.slots_busy if stats else 0}")
         family("herd_worker_queue_length", "gauge", "Requests waiting for a slot.")
         lines.append(f"herd_worker_queue_length {stats.queue_length if stats else 0}")
+        # Of the two above, what batch requests (X-Herd-Priority: batch) hold; the rest is live.
+        family("herd_worker_batch_slots_busy", "gauge", "Slots generating batch requests now.")
+        lines.append(f"herd_worker_batch_slots_busy {stats.batch_busy if stats else 0}")
+        family("herd_worker_batch_queue_length", "gauge", "Batch requests waiting for a slot.")
+        lines.append(f"herd_worker_batch_queue_length {stats.batch_waiting if stats else 0}")
+        family(
+            "herd_worker_preemptions_total",
+            "counter",
+            "Batch requests that gave their slot to an interactive one (and resumed later).",
+        )
+        lines.append(f"herd_worker_preemptions_total {stats.preemptions if stats else 0}")
         # Counted when a generation starts (cancelled ones too), unlike the per-finished
         # herd_worker_prompt_tokens_total: their ratio is the prefix cache's hit rate.
         family(

@@ -81,5 +81,8 @@ class WorkerState:
                 prompt_tokens_total=stats.prompt_tokens,
                 cached_prompt_tokens_total=stats.cached_prompt_tokens,
                 prefix_hit_rate=stats.prefix_hit_rate,
+                batch_slots_busy=stats.batch_busy,
+                batch_queue_length=stats.batch_waiting,
+                preemptions_total=stats.preemptions,
             )
         return body

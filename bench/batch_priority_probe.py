@@ -1,0 +1,131 @@
+"""In-process probe of the batched engine under a mixed load: live chats alone, then with a
+batch load (8 batch calls in flight), no HTTP. Prints capacity (16 calls of 64 tokens, 4 in
+flight), then per run: live and batch tokens in the window, live TTFT p50/p95, preemptions,
+and scheduler steps (count, mean and max duration). Example:
+
+    flock /tmp/herd-bench.lock env PYTHONPATH=. python bench/batch_priority_probe.py 15
+
+Used to tell the engine's own behaviour from the HTTP stack's and the client's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+import time
+from typing import Any
+
+from app.engine.events import TextDelta
+from app.engine.factory import load_batched_engine
+from app.engine.loader import LoadOptions
+from app.engine.requests import ChatMessage, GenerationRequest, Priority, SamplingParams
+from app.store.demo import find_demo_model
+
+SLOTS = 4
+LIVE_TOKENS = 32
+BATCH_TOKENS = 64
+
+
+def request(text: str, priority: Priority, max_tokens: int) -> GenerationRequest:
+    sampling = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+    return GenerationRequest(
+        messages=(ChatMessage("user", text),), sampling=sampling, priority=priority
+    )
+
+
+async def main(duration_s: float) -> None:
+    path = find_demo_model().path
+    engine = load_batched_engine(
+        LoadOptions(path, n_ctx=1024, parallel=SLOTS, threads=2), max_queue=64
+    )
+    steps: dict[str, float] = {"n": 0, "s": 0.0, "max": 0.0}
+    step_once = engine._step_once
+
+    def timed(running: Any) -> Any:
+        started = time.perf_counter()
+        out = step_once(running)
+        took = time.perf_counter() - started
+        steps.update(n=steps["n"] + 1, s=steps["s"] + took, max=max(steps["max"], took))
+        return out
+
+    engine._step_once = timed  # type: ignore[method-assign]
+
+    async def call(text: str, priority: Priority, n: int, times: list[float], t0: float) -> None:
+        """One call; the bench-clock time of each token goes into times."""
+        job = await engine.submit(request(text, priority, n))
+        async for event in job.events():
+            if isinstance(event, TextDelta) and event.text:
+                times.append(time.perf_counter() - t0)
+
+    async def capacity() -> float:
+        t0, queue = time.perf_counter(), list(range(16))
+        times: list[float] = []
+
+        async def runner() -> None:
+            while queue:
+                queue.pop()
+                await call("Write about the sea.", "interactive", BATCH_TOKENS, times, t0)
+
+        await asyncio.gather(*(runner() for _ in range(SLOTS)))
+        return len(times) / (time.perf_counter() - t0)
+
+    async def mixed(with_batch: bool, rate: float) -> None:
+        steps.update(n=0, s=0.0, max=0.0)
+        before = engine.preemptions
+        t0 = time.perf_counter()
+        batch_times: list[float] = []
+        live_times: list[float] = []
+        ttfts: list[float] = []
+
+        async def batch_runner(k: int) -> None:
+            while time.perf_counter() - t0 < duration_s:
+                await call(f"Write about topic {k}.", "batch", BATCH_TOKENS, batch_times, t0)
+
+        async def live_call(at: float) -> None:
+            await asyncio.sleep(max(0.0, at - (time.perf_counter() - t0)))
+            sent = time.perf_counter()
+            job = await engine.submit(request("Tell me a story.", "interactive", LIVE_TOKENS))
+            first = True
+            async for event in job.events():
+                if isinstance(event, TextDelta) and event.text:
+                    if first:
+                        ttfts.append(time.perf_counter() - sent)
+                        first = False
+                    live_times.append(time.perf_counter() - t0)
+
+        runners = [asyncio.create_task(batch_runner(k)) for k in range(8)] if with_batch else []
+        rng, at, lives = random.Random(7), 0.0, []
+        while (at := at + rng.expovariate(rate)) < duration_s:
+            lives.append(live_call(at))
+        await asyncio.gather(*lives)
+        for task in runners:
+            task.cancel()
+        await asyncio.gather(*runners, return_exceptions=True)
+        ttfts.sort()
+        live = len([t for t in live_times if t < duration_s])
+        batch = len([t for t in batch_times if t < duration_s])
+        p50 = ttfts[len(ttfts) // 2] * 1000
+        p95 = ttfts[int(0.95 * (len(ttfts) - 1))] * 1000
+        mean = steps["s"] / max(1, steps["n"]) * 1000
+        print(
+            f"with_batch={with_batch} live_tokens={live} batch_tokens={batch} "
+            f"ttft_p50_ms={p50:.0f} ttft_p95_ms={p95:.0f} "
+            f"preemptions={engine.preemptions - before} steps={steps['n']:.0f} "
+            f"step_mean_ms={mean:.1f} step_max_ms={steps['max'] * 1000:.1f}",
+            flush=True,
+        )
+
+    try:
+        cap = await capacity()
+        print(f"capacity_tps={cap:.1f}", flush=True)
+        rate = 0.5 * cap / LIVE_TOKENS
+        await mixed(False, rate)
+        await mixed(True, rate)
+        print(f"capacity_tps_after={await capacity():.1f}", flush=True)
+    finally:
+        engine.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(float(sys.argv[1]) if len(sys.argv) > 1 else 15.0))
