@@ -38,6 +38,7 @@ from app.gateway.worker_client import (
     WorkerTimeoutError,
 )
 from app.openai_api.errors import ApiError
+from app.openai_api.headers import PRIORITY_HEADER
 
 if TYPE_CHECKING:
     from app.gateway.semantic_cache import Lookup, SemanticCache
@@ -106,7 +107,7 @@ def _hop_headers(request_id: str | None, batch_id: str | None) -> bytes:
     class the worker's engine schedules it in (behind interactive calls)."""
     headers = b"X-Request-Id: " + request_id.encode() + b"\r\n" if request_id else b""
     if batch_id is not None:
-        headers += b"X-Herd-Priority: batch\r\n"
+        headers += PRIORITY_HEADER.encode() + b": batch\r\n"
     return headers
 
 

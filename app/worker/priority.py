@@ -11,8 +11,9 @@ from collections.abc import Mapping
 
 from app.engine.requests import PRIORITIES, Priority
 from app.openai_api.errors import ApiError
+from app.openai_api.headers import PRIORITY_HEADER
 
-PRIORITY_HEADER = "X-Herd-Priority"
+__all__ = ["PRIORITY_HEADER", "request_priority"]
 
 
 def request_priority(headers: Mapping[str, str]) -> Priority:
