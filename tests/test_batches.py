@@ -177,6 +177,16 @@ def test_bad_files_are_refused_with_line_numbers(tmp_path: Path, db_url: str) ->
             )  # type: ignore[arg-type]
         with pytest.raises(openai.NotFoundError):
             client.batches.retrieve("batch_nope")
+        # Ids and filters PostgreSQL would refuse (a NUL byte) name nothing: 404 or an empty
+        # list, never the 503 of a database error (schemathesis found `after=%00`).
+        base, auth = gateway.v1.rstrip("/"), {"Authorization": "Bearer none"}
+        for path in ("/batches?after=%00", "/batches/batch_%00", "/files/file-%00",
+                     "/files/file-%00/content"):  # fmt: skip
+            answer = httpx.get(base + path, headers=auth, timeout=10)
+            assert answer.status_code == 404, (path, answer.text)
+            assert answer.json()["error"]["code"] in ("batch_not_found", "file_not_found")
+        listed = httpx.get(base + "/files?purpose=%00", headers=auth, timeout=10)
+        assert listed.status_code == 200 and listed.json()["data"] == [], listed.text
         # Nothing of the refused files stays behind: only the good upload is on disk.
         files = sorted(p.name for p in (tmp_path / "herd-home" / "files").iterdir())
         assert files == [f"{uploaded.id}.jsonl"]

@@ -3,6 +3,7 @@ that writes either."""
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from app.db.tables import File
 
 CHUNK_BYTES = 1 << 20
 PURPOSES = ("batch",)
+_FILE_ID = re.compile(r"file-[0-9a-f]{24}")
 
 
 class FileError(ValueError):
@@ -55,6 +57,12 @@ class FileView:
 
 def new_file_id() -> str:
     return "file-" + secrets.token_hex(12)
+
+
+def is_file_id(value: str) -> bool:
+    """Whether value has the shape new_file_id() gives: anything else names no file, and is
+    answered without a query (a NUL byte, say, would make PostgreSQL refuse the statement)."""
+    return _FILE_ID.fullmatch(value) is not None
 
 
 def _view(row: RowMapping) -> FileView:
@@ -136,6 +144,8 @@ class FileStore:
         return self.get(file_id, owner)
 
     def get(self, file_id: str, owner: Owner) -> FileView:
+        if not is_file_id(file_id):
+            raise FileError(f"no file {file_id[:64]!r}", status=404, code="file_not_found")
         with self.engine.connect() as conn:
             row = (
                 conn.execute(
@@ -151,6 +161,8 @@ class FileStore:
     def recent(self, owner: Owner, purpose: str | None = None, limit: int = 100) -> list[FileView]:
         """The caller's newest files first (of one purpose, if given)."""
         query = select(File.__table__).where(owner.clause(File.api_key_id))
+        if purpose is not None and purpose not in PURPOSES:
+            return []  # no file was ever stored with it (and it may hold a NUL byte)
         if purpose is not None:
             query = query.where(File.purpose == purpose)
         query = query.order_by(File.created_at.desc(), File.id).limit(limit)

@@ -10,6 +10,7 @@ Request counts are counted from the lines, never kept twice.
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -173,6 +174,16 @@ def new_batch_id() -> str:
     return "batch_" + secrets.token_hex(12)
 
 
+_BATCH_ID = re.compile(r"batch_[0-9a-f]{24}")
+
+
+def _known_shape(batch_id: str, what: str = "") -> None:
+    """A value not shaped like new_batch_id()'s names no batch: 404 without a query (a NUL
+    byte, say, would make PostgreSQL refuse the statement)."""
+    if _BATCH_ID.fullmatch(batch_id) is None:
+        raise BatchError(f"no batch {batch_id[:64]!r}{what}", status=404, code="batch_not_found")
+
+
 class BatchStore:
     """Create, read, cancel batches; what the runner reads and commits."""
 
@@ -228,6 +239,7 @@ class BatchStore:
         return self.get(batch_id)
 
     def get(self, batch_id: str, owner: Owner | None = None) -> BatchView:
+        _known_shape(batch_id)
         query = _select().where(Batch.id == batch_id)
         if owner is not None:
             query = query.where(owner.clause(Batch.api_key_id))
@@ -243,6 +255,8 @@ class BatchStore:
         """The newest batches first, those older than `after` when given; and whether
         there are more."""
         query = _select().where(owner.clause(Batch.api_key_id))
+        if after is not None:
+            _known_shape(after, " (after)")
         with self.engine.connect() as conn:
             if after is not None:
                 anchor = conn.execute(
@@ -262,6 +276,7 @@ class BatchStore:
     def request_cancel(self, batch_id: str, owner: Owner) -> BatchView:
         """validating / in_progress -> cancelling: the runner stops sending, lets the lines
         in flight finish, marks the rest cancelled and writes the files."""
+        _known_shape(batch_id)
         with self.engine.begin() as conn:
             row = conn.execute(
                 select(Batch.status)
