@@ -75,4 +75,6 @@ def build_navigation() -> st.navigation:  # type: ignore[valid-type]
             if st.button("Log out", key="logout"):
                 auth.log_out()
                 st.rerun()
-    return st.navigation(pages)
+    # Every page stays listed: Streamlit otherwise folds all but the first ten behind
+    # "View more", which hid the Admin pages once the Batches page was added.
+    return st.navigation(pages, expanded=True)
