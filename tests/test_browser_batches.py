@@ -4,22 +4,19 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 from sqlalchemy import text
 
 from app.accounts import Accounts, Role
 from app.db.database import Database
 from tests.batch_harness import ALIAS, batch_gateway, chat_line, start_demo_worker, write_jsonl
-from tests.conftest import free_port, stop_process
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, SHOTS, STEP_MS, shot
+from tests.browser_harness import chromium_page, start_dashboard
+from tests.conftest import stop_process
+from tests.test_browser import CHROMIUM, shot
 from tests.worker_process import WorkerLauncher
 
 pytestmark = [
@@ -30,32 +27,8 @@ pytestmark = [
 
 @pytest.fixture
 def page() -> Iterator[Page]:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = chromium.new_context(viewport={"width": 1400, "height": 1000})
-        context.set_default_timeout(STEP_MS)
-        yield context.new_page()
-        context.close()
-        chromium.close()
-
-
-def start_dashboard(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "dashboard", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        assert process.poll() is None and time.monotonic() < deadline, "no dashboard"
-        time.sleep(0.5)
+    with chromium_page() as page:
+        yield page
 
 
 def test_operator_submits_a_batch_on_the_page_and_sees_it_complete(

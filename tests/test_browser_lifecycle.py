@@ -5,16 +5,12 @@ checked in the database after each step."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from app.accounts import Accounts, Role
 from app.config import Settings
@@ -27,8 +23,9 @@ from app.rollouts import Rollouts
 from app.store.catalog import ModelStore
 from app.store.demo import DEMO_FILE, add_demo_model
 from tests.analytics_data import insert_feedback, insert_messages, insert_requests, request_row
-from tests.conftest import free_port, stop_process
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, SHOTS, STEP_MS, shot
+from tests.browser_harness import chromium_page, start_dashboard
+from tests.conftest import stop_process
+from tests.test_browser import CHROMIUM, shot
 from tests.test_evaluation import SHORT_TEXT
 
 pytestmark = [
@@ -43,14 +40,8 @@ JOB_MS = 300_000
 
 @pytest.fixture
 def page() -> Iterator[Page]:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = chromium.new_context(viewport={"width": 1400, "height": 1000})
-        context.set_default_timeout(STEP_MS)
-        yield context.new_page()
-        context.close()
-        chromium.close()
+    with chromium_page() as page:
+        yield page
 
 
 @pytest.fixture
@@ -68,21 +59,7 @@ def dashboard(herd_env: dict[str, str], database: Database, models_dir: Path) ->
         "response": "The sky is blue."}])  # fmt: skip
     insert_feedback(database.engine, [{"request_id": liked["id"], "rating": 1,
                                        "created_at": now, "updated_at": now}])  # fmt: skip
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "dashboard", "--port", str(port)],
-        env=herd_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert process.poll() is None and time.monotonic() < deadline, "no dashboard"
-        time.sleep(0.5)
+    process, url = start_dashboard(herd_env)
     yield url
     stop_process(process)
 

@@ -3,15 +3,11 @@ page of a real `herd dashboard`, checked in the database after each click."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from app.accounts import Accounts, Role
 from app.config import Settings
@@ -19,8 +15,9 @@ from app.db.database import Database
 from app.deployments import Deployments, ServingSettings
 from app.rollouts import Rollouts
 from app.store.catalog import ModelStore
-from tests.conftest import free_port, stop_process
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, SHOTS, STEP_MS, shot
+from tests.browser_harness import chromium_page, start_dashboard
+from tests.conftest import stop_process
+from tests.test_browser import CHROMIUM, shot
 
 pytestmark = [
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed"),
@@ -30,14 +27,8 @@ pytestmark = [
 
 @pytest.fixture
 def page() -> Iterator[Page]:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = chromium.new_context(viewport={"width": 1400, "height": 1000})
-        context.set_default_timeout(STEP_MS)
-        yield context.new_page()
-        context.close()
-        chromium.close()
+    with chromium_page() as page:
+        yield page
 
 
 @pytest.fixture
@@ -50,21 +41,7 @@ def dashboard(
     store.add(tiny_gguf("v2.gguf"))
     Deployments(database.engine).create("smol", ServingSettings("v1.gguf", n_ctx=256), replicas=0)
     Accounts(database.engine).add("olga", "operator password", Role.OPERATOR)
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "dashboard", "--port", str(port)],
-        env=herd_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert process.poll() is None and time.monotonic() < deadline, "no dashboard"
-        time.sleep(0.5)
+    process, url = start_dashboard(herd_env)
     yield url
     stop_process(process)
 

@@ -1,0 +1,50 @@
+"""What the Chromium tests of single pages share: a fresh page, and a real `herd dashboard`
+process started on a free port and waited for until it answers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+from playwright.sync_api import Page, sync_playwright
+
+from tests.conftest import free_port
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, SHOTS, STEP_MS
+
+DASHBOARD_START_S = 120
+
+
+@contextmanager
+def chromium_page() -> Iterator[Page]:
+    """A page of its own headless Chromium, with the browser tests' viewport and step timeout."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = chromium.new_context(viewport={"width": 1400, "height": 1000})
+        context.set_default_timeout(STEP_MS)
+        yield context.new_page()
+        context.close()
+        chromium.close()
+
+
+def start_dashboard(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    """`herd dashboard` with env, once its health check answers: the process and its URL."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "dashboard", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + DASHBOARD_START_S
+    while True:
+        try:
+            if httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        assert process.poll() is None and time.monotonic() < deadline, "no dashboard"
+        time.sleep(0.5)
