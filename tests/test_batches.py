@@ -334,15 +334,22 @@ def test_batch_lines_reach_workers_marked_and_count_against_the_owner_key(
         )
         stats = httpx.get(f"{served.stub.url}/stats", timeout=5).json()
         assert stats["priorities"] == {"batch": 3, "": 1}
-        with served.database.engine.connect() as conn:
-            rows = conn.execute(
-                text(
-                    "SELECT batch_id, api_key_id FROM requests WHERE alias = 'stubby' "
-                    "ORDER BY created_at"
-                )
-            ).all()
-        by_batch = Counter((r.batch_id, r.api_key_id) for r in rows)
         owner_id = keys.active("owner").id  # type: ignore[union-attr]
+
+        def logged() -> Counter[tuple[str | None, int | None]]:
+            with served.database.engine.connect() as conn:
+                rows = conn.execute(
+                    text(
+                        "SELECT batch_id, api_key_id FROM requests WHERE alias = 'stubby' "
+                        "AND api_key_id = :owner"
+                    ),
+                    {"owner": owner_id},
+                ).all()
+            return Counter((r.batch_id, r.api_key_id) for r in rows)
+
+        # The gateway writes its request log in the background: wait for the live call's row.
+        wait_for(lambda: sum(logged().values()) >= 4)
+        by_batch = logged()
         assert by_batch[(owner_batch.id, owner_id)] == 3 and by_batch[(None, owner_id)] == 1
         # Pages of the list: newest first, `after` the last id seen.
         httpx_headers = {"Authorization": f"Bearer {owner}"}
