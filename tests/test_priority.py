@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.engine.batched import BatchedEngine, BatchJob
+from app.engine.batched import LIVE_BATCH_CHUNK, BatchedEngine, BatchJob
 from app.engine.embedder import MAX_SEQS, load_embedding_engine
 from app.engine.errors import QueueFull
 from app.engine.events import Finished, TextDelta
@@ -170,6 +170,38 @@ def test_interactive_request_preempts_batch_and_batch_resumes_exactly(
             assert same_usage(got, want)
         after = pair.stats()
         assert after.slots_busy == 0 and after.batch_busy == 0 and after.batch_waiting == 0
+
+    asyncio.run(scenario())
+
+
+def test_batch_prompts_go_in_short_exact_chunks_while_live_work_runs(
+    pair: BatchedEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prompt = "Describe a mountain village in detail: its people, its houses and its llamas."
+    chunks: list[int] = []
+    prefill_chunk = pair._prefill_chunk
+
+    def recorded(r: Any, at_most: int | None = None) -> int:
+        used = prefill_chunk(r, at_most)
+        if r.job.priority == "batch":
+            chunks.append(used)
+        return used
+
+    async def scenario() -> None:
+        expected = await run(pair, greedy(prompt, "batch", max_tokens=24))
+        # Two other prompts at once overwrite both slots' caches: the prompt starts cold again.
+        await asyncio.gather(*(run(pair, greedy(f"Name {n} rivers.", max_tokens=2)) for n in "23"))
+        monkeypatch.setattr(pair, "_prefill_chunk", recorded)
+        log = Log()
+        live = await pair.submit(greedy("Count to fifty.", max_tokens=400))
+        holder = await log.streamed("live", live)
+        got = await log.drain("batch", await pair.submit(greedy(prompt, "batch", max_tokens=24)))
+        live.cancel()
+        await holder
+        # Under live load the batch prompt went in pieces of at most LIVE_BATCH_CHUNK tokens,
+        # and its greedy answer is the one it gives alone.
+        assert len(chunks) >= 2 and max(chunks) <= LIVE_BATCH_CHUNK
+        assert got[0] == expected[0] and same_usage(got[1], expected[1])
 
     asyncio.run(scenario())
 

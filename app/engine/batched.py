@@ -72,6 +72,10 @@ PIECE_BUFFER_BYTES = 256
 PACK_MAX_POS = 256
 # Slots batch jobs leave free while interactive requests are running (see _admit).
 LIVE_HEADROOM_SLOTS = 1
+# Prompt tokens of batch work one step decodes while live work runs or waits: a live request
+# arriving mid-step waits for that chunk, and on a CPU a prompt chunk costs about a decode
+# row per token. Only where the cut cannot change the numbers (see _chunk_end).
+LIVE_BATCH_CHUNK = 16
 
 
 class BatchJob(JobChannel):
@@ -439,7 +443,7 @@ class BatchedEngine:
         batch = [r for r in prefilling if r.job.priority == "batch"]
         # With live work in the slots or the queue a step decodes at most one batch prompt
         # chunk, unpacked: a live request arriving now waits for this step, so batch work
-        # in it stays within one chunk (a short one when a preempted job replays).
+        # in it stays within one short chunk (LIVE_BATCH_CHUNK tokens where cutting is exact).
         live_load = any(r.job.priority == "interactive" for r in still) or self._live_waiting()
         self._prefill_step(batch, live, budget, single=live_load)
         return [r for r in still if id(r) in live]
@@ -465,12 +469,14 @@ class BatchedEngine:
         self, prefilling: list[Running], live: set[int], budget: int, single: bool = False
     ) -> int:
         """Decode prompt chunks of the prefilling jobs (in order) while budget (prompt tokens)
-        lasts, or just the first job's next chunk when single, sampling the first token of
+        lasts, or just the first job's next short chunk when single, sampling the first token of
         those whose prompt is done; returns what is left of the budget."""
         prefilling = [r for r in prefilling if id(r) in live]
+        at_most = None
         if single:
             prefilling = prefilling[:1]
             budget = min(budget, 1)
+            at_most = LIVE_BATCH_CHUNK
         packed = self._pack(prefilling)
         if len(packed) > 1 and budget > 0:
             # Sampled before the next decode: that one overwrites llama.cpp's logits.
@@ -483,7 +489,7 @@ class BatchedEngine:
         for r in prefilling:
             if budget <= 0:
                 break
-            used = self._prefill_chunk(r)
+            used = self._prefill_chunk(r, at_most)
             budget -= used
             if used == 0 or (
                 r.row is not None and r.prefilled == len(r.tokens) and not self._sample(r, r.row)
@@ -525,8 +531,8 @@ class BatchedEngine:
                 self._fail(r, f"llama_decode returned {rc}")
         return survivors
 
-    def _chunk_end(self, r: Running) -> int:
-        """Where r's next prompt chunk ends.
+    def _chunk_end(self, r: Running, at_most: int | None = None) -> int:
+        """Where r's next prompt chunk ends; at most at_most tokens on where that is exact.
 
         Chunks end at multiples of the step size, counted from the prompt's start, so a
         prompt resumed after a reused prefix is cut where a cold run cuts it: llama.cpp's
@@ -535,16 +541,20 @@ class BatchedEngine:
         step = self._shape.n_batch
         n_prompt = len(r.job.prepared.tokens)
         if r.prefilled < n_prompt:
-            return min(n_prompt, (r.prefilled // step + 1) * step)
+            end = min(n_prompt, (r.prefilled // step + 1) * step)
         # Generated tokens replayed after a preemption were decoded one per step. Pieces of
         # fewer than ATTENTION_TILE_ROWS rows within PACK_MAX_POS compute like one-token
         # decodes (see _packable), so a greedy run resumes exactly; beyond, whole steps are
         # faster and round only as llama.cpp's own cache reuse does.
-        if r.prefilled < PACK_MAX_POS:
+        elif r.prefilled < PACK_MAX_POS:
             end = min(r.prefilled + ATTENTION_TILE_ROWS - 1, PACK_MAX_POS)
         else:
             end = (r.prefilled // step + 1) * step
-        return min(len(r.tokens), end)
+        end = min(len(r.tokens), end)
+        # A chunk that computes like one-token decodes may be cut anywhere, for the same reason.
+        if at_most is not None and end - r.prefilled < ATTENTION_TILE_ROWS and end <= PACK_MAX_POS:
+            end = min(end, r.prefilled + at_most)
+        return end
 
     def _packable(self, r: Running) -> bool:
         """Whether r's next chunk decodes the same packed with other prompts as alone.
@@ -596,9 +606,10 @@ class BatchedEngine:
             r.row = row if wants else None
         return batch.n_tokens
 
-    def _prefill_chunk(self, r: Running) -> int:
-        """Decode r's next prompt chunk alone; returns its size, 0 if r failed."""
-        end = self._chunk_end(r)
+    def _prefill_chunk(self, r: Running, at_most: int | None = None) -> int:
+        """Decode r's next prompt chunk alone (see _chunk_end for at_most); returns its size,
+        0 if r failed."""
+        end = self._chunk_end(r, at_most)
         chunk = r.tokens[r.prefilled : end]
         batch = self._context.batch
         batch.clear()
