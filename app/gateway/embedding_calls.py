@@ -110,14 +110,14 @@ class EmbeddingCalls:
         except (ValueError, KeyError, IndexError, TypeError):
             raise ApiError(502, f"{alias!r} answered with no embedding") from None
 
-    async def _first_pick(self, route: AliasRoute) -> tuple[AliasRoute, Pick]:
+    async def _first_pick(self, route: AliasRoute, batch: bool) -> tuple[AliasRoute, Pick]:
         proxy = self.proxy
         try:
-            return route, proxy.balancer.pick(route, None)
+            return route, proxy.balancer.pick(route, None, batch=batch)
         except (NoLiveWorkerError, AllBusyError) as exc:
             cold = proxy.cold_start
             if isinstance(exc, NoLiveWorkerError) and cold is not None and cold.applies(route):
-                return await cold.wait(route, None)
+                return await cold.wait(route, None, batch=batch)
             raise proxy._no_worker(exc, route.alias) from None
 
     async def _fetch(
@@ -127,18 +127,18 @@ class EmbeddingCalls:
         """The first worker's 200 answer, trying others on failure; _WorkerRefused for a
         4xx the caller should see."""
         proxy = self.proxy
-        route, pick = await self._first_pick(route)
+        route, pick = await self._first_pick(route, batch_id is not None)
         headers = _hop_headers(request_id, batch_id)
         failures: list[UpstreamFailure] = []
         tried: set[int] = set()
         for attempt in range(proxy.settings.gateway_max_attempts):
             if attempt:
                 try:
-                    pick = proxy.balancer.pick(route, None, frozenset(tried))
+                    pick = proxy.balancer.pick(route, None, frozenset(tried), batch=pick.batch)
                 except (NoLiveWorkerError, AllBusyError):
                     break
             tried.add(pick.worker.id)
-            proxy.balancer.acquire(pick.worker)
+            proxy.balancer.acquire(pick)
             try:
                 response = await proxy.client.post(
                     pick.worker.url,
@@ -163,7 +163,7 @@ class EmbeddingCalls:
                 failures.append(f)
                 continue
             finally:
-                proxy.balancer.release(pick.worker)
+                proxy.balancer.release(pick)
             return pick, content
         retry = proxy.settings.gateway_retry_after_s
         if failures and all(f.kind == "refused" for f in failures):

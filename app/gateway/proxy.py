@@ -274,9 +274,9 @@ class Proxy:
     async def _place(self, call: Call, cacheable: bool) -> Pick | Response:
         """A worker for the call; without one, a cached answer of any version of the alias,
         or (scale from zero) a wait until a worker is ready."""
-        route, session = call.route, call.session
+        route, session, batch = call.route, call.session, call.record.batch_id is not None
         try:
-            return self.balancer.pick(route, session)
+            return self.balancer.pick(route, session, batch=batch)
         except (NoLiveWorkerError, AllBusyError) as exc:
             if cacheable:
                 for d in route.deployments:
@@ -292,7 +292,7 @@ class Proxy:
             ):
                 raise self._no_worker(exc, route.alias) from None
             # A deployment without a live worker yet: hold the call until one is ready.
-            call.route, pick = await self.cold_start.wait(route, session)
+            call.route, pick = await self.cold_start.wait(route, session, batch=batch)
             return pick
 
     def _cached(self, call: Call, pick: Pick) -> Response | None:
@@ -397,7 +397,9 @@ class Proxy:
             for attempt in range(self.settings.gateway_max_attempts):
                 if attempt:
                     try:
-                        pick = self.balancer.pick(call.route, call.session, frozenset(tried))
+                        pick = self.balancer.pick(
+                            call.route, call.session, frozenset(tried), batch=first.batch
+                        )
                     except (NoLiveWorkerError, AllBusyError):
                         return
                 tried.add(pick.worker.id)
@@ -464,7 +466,7 @@ class Proxy:
     async def _unary(self, call: Call, first: Pick) -> Response:
         failures: list[UpstreamFailure] = []
         async for pick in self._attempts(call, first):
-            self.balancer.acquire(pick.worker)
+            self.balancer.acquire(pick)
             try:
                 response = await self._send(call, pick, stream=False)
                 content = response.content
@@ -487,7 +489,7 @@ class Proxy:
                 failures.append(f)
                 continue
             finally:
-                self.balancer.release(pick.worker)
+                self.balancer.release(pick)
 
             self._served_by(call, pick)
             data["id"] = str(call.record.id)
@@ -507,7 +509,7 @@ class Proxy:
     async def _stream(self, call: Call, first: Pick) -> Response:
         failures: list[UpstreamFailure] = []
         async for pick in self._attempts(call, first):
-            self.balancer.acquire(pick.worker)
+            self.balancer.acquire(pick)
             response: WorkerResponse | None = None
             read_s = self.settings.gateway_first_token_timeout_s
             try:
@@ -516,7 +518,7 @@ class Proxy:
                     content = await response.read(read_s)
                     failure = self._status_failure(response, content)
                     if failure is None:
-                        self.balancer.release(pick.worker)
+                        self.balancer.release(pick)
                         response.close()
                         return self._client_error(call, pick, response, content)
                     raise failure
@@ -547,7 +549,7 @@ class Proxy:
                     failure = _hop_failure(exc)
                 self._failed(pick, failure)
                 failures.append(failure)
-                self.balancer.release(pick.worker)
+                self.balancer.release(pick)
                 if response is not None:
                     response.close()
                 continue
@@ -635,7 +637,7 @@ class Proxy:
                 # The client went away: closing the upstream response cancels the generation.
                 self._finish_stream(call, state, status="cancelled", error="client disconnected")
             response.close()
-            self.balancer.release(pick.worker)
+            self.balancer.release(pick)
 
     def _finish_stream(
         self, call: Call, state: StreamState, status: str = "ok", error: str | None = None
