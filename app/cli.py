@@ -25,6 +25,7 @@ from app.admin.config_file import ConfigError
 from app.batches import cli as batch_cli
 from app.batches.files import FileError
 from app.batches.store import BatchError
+from app.cli_output import echo, warn
 from app.compress.quantize import QuantizeRefused
 from app.config import Settings
 from app.datasets import cli as dataset_cli
@@ -51,14 +52,6 @@ from app.launcher import (
 from app.rollouts import RolloutError
 from app.store.catalog import ModelStore, ModelStoreError, ProgressCallback, describe_model
 from app.store.estimate import format_bytes
-
-
-def echo(message: str) -> None:
-    print(message, flush=True)
-
-
-def warn(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @contextmanager

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from app.admin.audit import Via
+from app.cli_output import echo
 from app.config import Settings
 from app.db.database import Database
 from app.rollouts import Rollouts
@@ -24,10 +25,10 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         elif args.rollout_command == "rollback":
             done = rollouts.rollback(args.alias, by, note=args.note, decision_id=args.decision)
         else:
-            print(json.dumps(rollouts.history(args.alias), indent=2, default=str), flush=True)
+            echo(json.dumps(rollouts.history(args.alias), indent=2, default=str))
             return 0
         after = {d["model"]: (d["weight"], d["state"]) for d in rollouts.snapshot(args.alias)}
-    print(f"{args.rollout_command} #{done} on {args.alias}: {after}", flush=True)
+    echo(f"{args.rollout_command} #{done} on {args.alias}: {after}")
     return 0
 
 

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import text
 
 from app.db.database import Database
+from app.openai_api.headers import PRIORITY_HEADER
 from app.store.catalog import ModelStore
 from app.store.demo import add_demo_model
 from tests.gateway_harness import add_deployment, wait_for
@@ -109,6 +110,16 @@ def test_worker_embeddings_with_the_openai_client(
     for body, param in cases:
         error = _error(httpx.post(url, json=body))
         assert error["param"] == param, (body, error)
+    # The priority class as on chat: a value that names none is refused, naming the header.
+    for value in ("urgent", "batch,interactive"):
+        refused = httpx.post(url, json={"model": EMBED_ALIAS, "input": "x"},
+                             headers={PRIORITY_HEADER: value})  # fmt: skip
+        error = _error(refused)
+        assert error["param"] == PRIORITY_HEADER and repr(value) in str(error["message"])
+        assert error["code"] == "invalid_value", error
+    as_batch = httpx.post(url, json={"model": EMBED_ALIAS, "input": "x"},
+                          headers={PRIORITY_HEADER: "BATCH"})  # fmt: skip
+    assert as_batch.status_code == 200 and len(as_batch.json()["data"]) == 1, as_batch.text
     # A lone surrogate is valid JSON but no text.
     surrogate = b'{"model": "smol-embed", "input": "a\\ud800b"}'
     error = _error(httpx.post(url, content=surrogate, headers={"Content-Type": "application/json"}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from datetime import UTC, datetime
@@ -101,7 +102,11 @@ def test_evaluating_a_model_that_does_not_fit_is_refused_with_the_estimate(
     binary.write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(EvalRefused, match="not UTF-8"):
         check_eval(store, EvalRequest((demo.name,), text_path=str(binary)))
-    check_eval(store, request)  # this machine has room for 135M parameters
+    # This machine has room for 135M parameters; the check hands the job what it read.
+    inputs = check_eval(store, request)
+    assert inputs.text_sha256 == hashlib.sha256(request.text.read_bytes()).hexdigest()
+    assert inputs.text == request.text.read_text(encoding="utf-8")
+    assert (inputs.prompts.name, inputs.prompts.references) == ("feedback", [])
     with pytest.raises(EvalRefused, match="GPU layers -2"):
         check_eval(store, EvalRequest((demo.name,), n_gpu_layers=-2))
     if not gpu_offload_supported():
@@ -212,7 +217,11 @@ def test_bad_prompt_sets_are_refused_with_line_numbers(
     # Asked for by name, the feedback set must hold something; by default it may be empty.
     with pytest.raises(EvalRefused, match="the feedback prompt set is empty"):
         check_eval(store, EvalRequest((demo.name,), prompts="feedback"))
-    check_eval(store, EvalRequest((demo.name,)))
+    assert check_eval(store, EvalRequest((demo.name,))).prompts.name == "feedback"
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"prompt": "fine", "reference": "ok"}\n' * 3, encoding="utf-8")
+    loaded = check_eval(store, EvalRequest((demo.name,), prompts=str(good))).prompts
+    assert loaded.name == "good.jsonl" and [r.answer for r in loaded.references] == ["ok"] * 3
     with pytest.raises(EvalRefused, match="16 answer tokens do not fit a context of 16"):
         check_eval(store, EvalRequest((demo.name,), n_ctx=16, answer_tokens=16))
     # The CLI says the same and starts no job.

@@ -15,13 +15,15 @@ from typing import Any
 import httpx
 import pytest
 
-from app.engine.batched import LIVE_BATCH_CHUNK, BatchedEngine, BatchJob
+from app.engine.batched import LIVE_BATCH_CHUNK, BatchedEngine
 from app.engine.embedder import MAX_SEQS, load_embedding_engine
 from app.engine.errors import QueueFull
 from app.engine.events import Finished, TextDelta
-from app.engine.factory import load_batched_engine
+from app.engine.factory import load_batched_engine, make_engine
+from app.engine.job import JobChannel
 from app.engine.loader import LoadOptions
 from app.engine.requests import ChatMessage, GenerationRequest, Priority, SamplingParams
+from app.engine.single_slot import SingleSlotEngine
 from app.engine.waiting import WaitingQueue
 from app.store.demo import find_demo_model
 from app.worker.priority import PRIORITY_HEADER
@@ -71,7 +73,7 @@ class Log:
     def index(self, name: str, what: str) -> int:
         return self.events.index((name, what))
 
-    async def drain(self, name: str, job: BatchJob) -> tuple[str, Finished]:
+    async def drain(self, name: str, job: JobChannel) -> tuple[str, Finished]:
         texts: list[str] = []
         started = self.streaming.setdefault(name, asyncio.Event())
         async for event in job.events():
@@ -86,7 +88,7 @@ class Log:
                 return "".join(texts), event
         raise AssertionError("no Finished event")
 
-    async def streamed(self, name: str, job: BatchJob) -> asyncio.Task[tuple[str, Finished]]:
+    async def streamed(self, name: str, job: JobChannel) -> asyncio.Task[tuple[str, Finished]]:
         """Drain job in a task, returned once its first token is out (it holds a slot)."""
         task = asyncio.create_task(self.drain(name, job))
         await asyncio.sleep(0)
@@ -326,6 +328,42 @@ def test_live_traffic_is_not_refused_for_waiting_batch_work(single: BatchedEngin
         assert single.stats().slots_busy == 0 and single.stats().queue_length == 0
 
     asyncio.run(scenario())
+
+
+def test_single_slot_engine_starts_interactive_before_queued_batch(demo_path: Path) -> None:
+    """The fallback engine (chosen where batching cannot serve a model) cannot preempt, but
+    its queue lets a live request start before batch requests that came earlier."""
+    engine = make_engine(LoadOptions(demo_path, n_ctx=N_CTX), max_queue=4, batched=False)
+    assert isinstance(engine, SingleSlotEngine)
+
+    async def scenario() -> None:
+        log = Log()
+        running = await engine.submit(greedy("Tell me a story.", "batch", max_tokens=200))
+        held = await log.streamed("running", running)
+        queued = [await engine.submit(greedy(f"Count to {i}.", "batch", 4)) for i in range(2)]
+        live = await engine.submit(greedy("Say hi.", max_tokens=4))
+        stats = engine.stats()
+        assert (stats.slots_busy, stats.batch_busy) == (1, 1), stats
+        assert (stats.queue_length, stats.batch_waiting) == (3, 2), stats
+        results = await asyncio.gather(
+            held, *(log.drain(f"batch{i}", j) for i, j in enumerate(queued)),
+            log.drain("live", live),
+        )  # fmt: skip
+        # Not preempted: the running batch request finished every token it was asked for.
+        assert results[0][1].finish_reason == "length"
+        assert results[0][1].usage.completion_tokens == 200
+        assert [f.usage.completion_tokens for _t, f in results[1:]] == [4, 4, 4]
+        firsts = [name for name, what in log.events if what == "first"]
+        assert firsts == ["running", "live", "batch0", "batch1"], log.events
+        starts = [job.started_at or 0.0 for job in (running, live, *queued)]
+        assert 0.0 not in starts and starts == sorted(starts), starts
+        after = engine.stats()
+        assert (after.slots_busy, after.batch_busy, after.queue_length) == (0, 0, 0)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        engine.close()
 
 
 def test_worker_reads_the_priority_header(worker_launcher: Any) -> None:

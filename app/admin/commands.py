@@ -17,15 +17,12 @@ from app.admin.apply import Applier, export_config
 from app.admin.audit import Actor, Via
 from app.admin.changes import Admin
 from app.admin.config_file import parse_config
+from app.cli_output import echo
 from app.config import Settings
 from app.db.database import Database
 from app.gateway.keys import KeyPolicy
 
 Command = Callable[[Any, str, Callable[[Settings, argparse.Namespace], int], str], Any]
-
-
-def _echo(message: str) -> None:
-    print(message, flush=True)
 
 
 @contextmanager
@@ -47,19 +44,19 @@ def cmd_apply(settings: Settings, args: argparse.Namespace) -> int:
         applier = Applier(admin)
         plan = applier.plan(loaded, prune=args.prune)
         for label in plan.kept:
-            _echo(f"  {label}: not in the file, kept (--prune removes it)")
+            echo(f"  {label}: not in the file, kept (--prune removes it)")
         if not plan.steps:
-            _echo("no changes")
+            echo("no changes")
             return 0
         for line in plan.diff():
-            _echo(line)
+            echo(line)
         if args.dry_run:
-            _echo(f"dry run: {len(plan.steps)} change(s) not applied")
+            echo(f"dry run: {len(plan.steps)} change(s) not applied")
             return 0
         applier.apply(plan, cli_actor(args, Via.APPLY))
-    _echo(f"applied {len(plan.steps)} change(s)")
+    echo(f"applied {len(plan.steps)} change(s)")
     for key in plan.created_keys:
-        _echo(f"new key {key.name!r} (shown once): {key.key}")
+        echo(f"new key {key.name!r} (shown once): {key.key}")
     return 0
 
 
@@ -68,7 +65,7 @@ def cmd_export_config(settings: Settings, args: argparse.Namespace) -> int:
         text = export_config(admin)
     if args.output and args.output != "-":
         Path(args.output).write_text(text, encoding="utf-8")
-        _echo(f"wrote {args.output}")
+        echo(f"wrote {args.output}")
     else:
         sys.stdout.write(text)
     return 0
@@ -77,10 +74,10 @@ def cmd_export_config(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_users_list(settings: Settings, args: argparse.Namespace) -> int:
     with open_admin(settings) as admin:
         users = admin.accounts().list()
-    _echo(f"{'NAME':24} {'ROLE':9} {'STATE':9} LAST LOGIN")
+    echo(f"{'NAME':24} {'ROLE':9} {'STATE':9} LAST LOGIN")
     for u in users:
         last = u.last_login_at.strftime("%Y-%m-%d %H:%M:%S") if u.last_login_at else "-"
-        _echo(
+        echo(
             f"{u.name[:24]:24} {u.role.value:9} {'disabled' if u.disabled else 'enabled':9} {last}"
         )
     return 0
@@ -89,21 +86,21 @@ def cmd_users_list(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_users_disable(settings: Settings, args: argparse.Namespace) -> int:
     with open_admin(settings) as admin:
         admin.set_disabled(cli_actor(args), args.name, not args.enable)
-    _echo(f"{'enabled' if args.enable else 'disabled'} {args.name!r}")
+    echo(f"{'enabled' if args.enable else 'disabled'} {args.name!r}")
     return 0
 
 
 def cmd_users_role(settings: Settings, args: argparse.Namespace) -> int:
     with open_admin(settings) as admin:
         admin.set_role(cli_actor(args), args.name, Role(args.role))
-    _echo(f"{args.name!r} is now {args.role}")
+    echo(f"{args.name!r} is now {args.role}")
     return 0
 
 
 def cmd_users_remove(settings: Settings, args: argparse.Namespace) -> int:
     with open_admin(settings) as admin:
         admin.remove_user(cli_actor(args), args.name)
-    _echo(f"removed {args.name!r}")
+    echo(f"removed {args.name!r}")
     return 0
 
 
@@ -111,7 +108,7 @@ def cmd_keys_set(settings: Settings, args: argparse.Namespace) -> int:
     """Replace an active key's scopes, expiry and limits (flags not given: none)."""
     with open_admin(settings) as admin:
         view = admin.set_key_policy(cli_actor(args), args.name_or_id, key_policy(args))
-    _echo(f"key {view.id} {view.name!r}: {snapshots.policy_json(view.policy)}")
+    echo(f"key {view.id} {view.name!r}: {snapshots.policy_json(view.policy)}")
     return 0
 
 

@@ -17,12 +17,9 @@ from app.batches.owner import OPERATOR
 from app.batches.progress import describe
 from app.batches.service import cancel_batch, create_batch_from_file, get_batch, wait_batch
 from app.batches.store import BatchError, BatchStore, BatchView
+from app.cli_output import echo
 from app.config import Settings
 from app.db.database import Database
-
-
-def _print(message: str) -> None:
-    print(message, flush=True)
 
 
 def follow_batch(db: Database, batch_id: str) -> BatchView:
@@ -52,15 +49,15 @@ def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
             settings, db.engine, io.BytesIO(data), filename=path.name, endpoint=args.endpoint,
             created_by=args.by or getpass.getuser(),
         )  # fmt: skip
-        _print(f"submitted {batch_id}")
+        echo(f"submitted {batch_id}")
         if args.no_wait:
             return 0
         try:
             view = follow_batch(db, batch_id)
         except KeyboardInterrupt:
-            _print(f"stopped following; the batch goes on (`herd batch status {batch_id}`)")
+            echo(f"stopped following; the batch goes on (`herd batch status {batch_id}`)")
             return 130
-        _print(describe(view))
+        echo(describe(view))
         return 0 if view.status == "completed" else 1
 
 
@@ -68,16 +65,16 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     with Database.open_current(settings) as db:
         view = get_batch(db.engine, args.batch_id)
     if args.json:
-        _print(json.dumps(view.openai(), indent=2))
+        echo(json.dumps(view.openai(), indent=2))
     else:
-        _print(describe(view))
+        echo(describe(view))
     return 0
 
 
 def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
     with Database.open_current(settings) as db:
         view = cancel_batch(db.engine, args.batch_id)
-    _print(f"{view.id}: {view.status}")
+    echo(f"{view.id}: {view.status}")
     return 0
 
 
@@ -95,7 +92,7 @@ def cmd_download(settings: Settings, args: argparse.Namespace) -> int:
             lines = store.rendered(view.id, purpose)
             target = out / f"{view.id}_{suffix}.jsonl"
             target.write_bytes(b"".join(lines))
-            _print(f"{target} ({len(lines)} lines)")
+            echo(f"{target} ({len(lines)} lines)")
     return 0
 
 
@@ -103,7 +100,7 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
     with Database.open_current(settings) as db:
         views, _ = BatchStore(db.engine).page(OPERATOR, limit=args.limit)
     for view in views:
-        _print(f"{view.created_at:%Y-%m-%d %H:%M} {view.endpoint:22} {describe(view)}")
+        echo(f"{view.created_at:%Y-%m-%d %H:%M} {view.endpoint:22} {describe(view)}")
     return 0
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from app.cli_output import echo, warn
 from app.config import Settings
 from app.datasets.build import BuildSpec, build_dataset, check_name, datasets_root
 from app.datasets.cleaning import CleaningOptions, StepProgress
@@ -31,12 +31,8 @@ from app.db.database import Database
 from app.store.catalog import ModelStore
 
 
-def _print(message: str) -> None:
-    print(message, flush=True)
-
-
 def _warn(message: str) -> None:
-    print(f"herd dataset: {message}", file=sys.stderr, flush=True)
+    warn(f"herd dataset: {message}")
 
 
 @contextmanager
@@ -118,14 +114,14 @@ def select(
 
 
 def print_report(info: DatasetInfo) -> None:
-    _print(f"{'STEP':18} {'IN':>9} {'REMOVED':>9} {'CHANGED':>9} {'OUT':>9}  WHAT")
+    echo(f"{'STEP':18} {'IN':>9} {'REMOVED':>9} {'CHANGED':>9} {'OUT':>9}  WHAT")
     for s in info.steps:
-        _print(
+        echo(
             f"{s['step']:18} {s['rows_in']:>9} {s['removed']:>9} {s['changed']:>9} "
             f"{s['rows_out']:>9}  {s['description']}"
         )
     splits = ", ".join(f"{k} {v}" for k, v in info.split_rows.items())
-    _print(f"dataset {info.name!r} ({info.kind}): {info.rows} rows ({splits}) in {info.path}")
+    echo(f"dataset {info.name!r} ({info.kind}): {info.rows} rows ({splits}) in {info.path}")
 
 
 def cmd_build(settings: Settings, args: argparse.Namespace) -> int:
@@ -206,19 +202,19 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
     with Database.open_current(settings) as db:
         infos = DatasetStore(db.engine).list()
     if args.json:
-        _print(
+        echo(
             json.dumps([{**i.__dict__, "path": str(i.path)} for i in infos], indent=2, default=str)
         )
         return 0
     if not infos:
-        _print("no datasets yet; build one with `herd dataset build NAME ...`")
+        echo("no datasets yet; build one with `herd dataset build NAME ...`")
         return 0
-    _print(
+    echo(
         f"{'NAME':30} {'KIND':8} {'ROWS':>8} {'TRAIN':>8} {'VAL':>7} {'TEST':>7} {'CREATED':20} BY"
     )
     for i in infos:
         s = i.split_rows
-        _print(
+        echo(
             f"{i.name[:30]:30} {i.kind:8} {i.rows:>8} {s.get('train', 0):>8} "
             f"{s.get('validation', 0):>7} {s.get('test', 0):>7} "
             f"{i.created_at:%Y-%m-%d %H:%M:%S}  {i.created_by}"
@@ -233,13 +229,13 @@ def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
         _warn(f"no dataset named {args.name!r} (`herd dataset list`)")
         return 1
     if args.json:
-        _print(json.dumps(info.card, indent=2, ensure_ascii=False))
+        echo(json.dumps(info.card, indent=2, ensure_ascii=False))
         return 0
-    _print(f"source: {json.dumps(info.source, ensure_ascii=False)}")
+    echo(f"source: {json.dumps(info.source, ensure_ascii=False)}")
     for key in ("teacher", "augmentation"):
         if info.card.get(key):
-            _print(f"{key}: {json.dumps(info.card[key], ensure_ascii=False)}")
-    _print(
+            echo(f"{key}: {json.dumps(info.card[key], ensure_ascii=False)}")
+    echo(
         f"seed {info.card.get('seed')}, ratios {info.card.get('ratios')}, "
         f"created by {info.created_by} at {info.created_at:%Y-%m-%d %H:%M:%S}"
     )

@@ -82,14 +82,17 @@ class SingleSlotEngine:
         return self._model.info
 
     def stats(self) -> EngineStats:
+        running = self._running
         return EngineStats(
             slots_total=1,
-            slots_busy=0 if self._running is None else 1,
+            slots_busy=0 if running is None else 1,
             queue_length=len(self._waiting),
             max_queue=self._max_queue,
             tokens_per_second=self._tokens_per_second,
             # llama-cpp-python's own prefix reuse is not reported: nothing counts as cached.
             prompt_tokens=self._prompt_tokens,
+            batch_busy=int(running is not None and running.priority == "batch"),
+            batch_waiting=self._waiting.count("batch"),
         )
 
     async def submit(self, request: GenerationRequest) -> SlotJob:

@@ -7,6 +7,7 @@ import getpass
 from pathlib import Path
 from typing import Any
 
+from app.cli_output import echo
 from app.config import Settings
 from app.db.database import Database
 from app.evaluation.answers import AnswerStore, SideBySide, prompt_text
@@ -77,17 +78,17 @@ def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
         jobs = JobStore(db.engine)
         store = ModelStore(db.engine, settings.models_path)
         job_id = start_eval(settings, store, jobs, request, args.by or getpass.getuser())
-        print(f"started job {job_id}", flush=True)
+        echo(f"started job {job_id}")
         if args.no_wait:
             return 0
         status = follow_with_bars(settings, jobs, [job_id])
         rows = [r for r in EvaluationStore(db.engine).latest() if r["model"] in args.models]
         for line in results_lines(rows):
-            print(line, flush=True)
+            echo(line)
         prompt_set = FEEDBACK if request.prompts is None else Path(request.prompts).name
         entries = AnswerStore(db.engine).side_by_side(prompt_set, list(args.models))
         for line in answers_lines(entries, list(args.models)):
-            print(line, flush=True)
+            echo(line)
         return status
 
 

@@ -21,14 +21,7 @@ from app.engine.errors import ModelLoadError
 from app.engine.measure import Measured, MeasureError
 from app.evaluation.answers import AnswerStore, GeneratedAnswer
 from app.evaluation.metrics import Metric
-from app.evaluation.plan import (
-    EvalRefused,
-    EvalRequest,
-    check_eval,
-    memory_estimate,
-    prompt_set,
-    read_text,
-)
+from app.evaluation.plan import EvalRefused, EvalRequest, check_eval, memory_estimate
 from app.evaluation.references import Reference
 from app.evaluation.store import EvaluationStore
 from app.host_memory import gpu_bytes_of
@@ -106,9 +99,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
     request = EvalRequest.from_params(ctx.params)
     store = ModelStore(ctx.db.engine, ctx.settings.models_path)
     try:
-        check_eval(store, request)
-        text, text_sha = read_text(request.text)
-        prompts = prompt_set(ctx.db.engine, request)
+        inputs = check_eval(store, request)
     except EvalRefused as exc:
         raise JobFailed(str(exc)) from exc
     settings = {
@@ -116,13 +107,14 @@ def run(ctx: JobContext) -> dict[str, Any]:
         "threads": request.thread_count,
         "n_gpu_layers": request.n_gpu_layers,
         "text": request.text.name,
-        "text_sha256": text_sha,
+        "text_sha256": inputs.text_sha256,
         "pp": request.n_prompt,
         "tg": request.n_gen,
         "repeats": request.repeats,
     }
     evaluations = EvaluationStore(ctx.db.engine)
     answers = AnswerStore(ctx.db.engine)
+    prompts = inputs.prompts
     references = prompts.references
     to_answer = references[: answer_count(request, ctx.settings.eval_answer_prompts)]
     max_tokens = answer_tokens(request, ctx.settings.eval_answer_tokens)
@@ -149,7 +141,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
             ) as measured:
                 if gpu:
                     memory.sample_vram()  # loaded: the weights are on the GPU now
-                tokens = measured.tokenize(text)
+                tokens = measured.tokenize(inputs.text)
                 started = time.monotonic()
                 speed = measured.speed(
                     min(request.n_prompt, request.n_ctx),

@@ -92,6 +92,16 @@ class EvalRequest:
         return self.threads or os.cpu_count() or 1
 
 
+@dataclass(frozen=True)
+class EvalInputs:
+    """What an evaluation reads, loaded once when it is checked: the job measures exactly
+    what was checked (the feedback set may grow in between)."""
+
+    text: str
+    text_sha256: str
+    prompts: PromptSet
+
+
 def read_text(path: Path) -> tuple[str, str]:
     """(text, sha256) of an evaluation text; EvalRefused if it cannot be used."""
     try:
@@ -123,8 +133,8 @@ def memory_estimate(layout: dict[str, Any], n_ctx: int, n_gpu_layers: int = 0) -
 
 def check_eval(
     store: ModelStore, request: EvalRequest, available_bytes: int | None = None
-) -> None:
-    """Refuse a request that cannot run, before any job starts."""
+) -> EvalInputs:
+    """Refuse a request that cannot run, before any job starts; what it reads, loaded."""
     if not request.models:
         raise EvalRefused("choose at least one model")
     if request.n_ctx < 16:
@@ -145,8 +155,8 @@ def check_eval(
         raise EvalRefused(
             f"{request.answer_tokens} answer tokens do not fit a context of {request.n_ctx}"
         )
-    read_text(request.text)
-    prompt_set(store.engine, request)
+    text, text_sha256 = read_text(request.text)
+    prompts = prompt_set(store.engine, request)
     free = available_bytes if available_bytes is not None else psutil.virtual_memory().available
     for name in request.models:
         model = store.get(name)
@@ -169,6 +179,7 @@ def check_eval(
                 f"{needed} bytes ({format_bytes(needed)}), {free} bytes "
                 f"({format_bytes(free)}) are available"
             )
+    return EvalInputs(text, text_sha256, prompts)
 
 
 def start_eval(

@@ -1,6 +1,12 @@
 """Picking a worker: traffic weights between deployments, least outstanding requests within
 one, session affinity, cool-down of failing workers, and a bounded queue per worker.
 
+Batch lines are counted apart: a worker's engine preempts batch jobs for interactive calls
+(app/engine/batched.py), so for an interactive call the slots this gateway filled with batch
+lines count as free, while a batch line sees every call in flight. This mirrors the engine's
+own admission, so live traffic neither avoids workers that merely run batch work nor queues
+behind it.
+
 All state is this gateway replica's own and lives on the event loop thread: no locks.
 """
 
@@ -25,6 +31,8 @@ class AllBusyError(LookupError):
 class Pick:
     deployment: DeploymentTarget
     worker: WorkerTarget
+    # A batch line (X-Herd-Priority: batch on the worker): counted apart, see the module.
+    batch: bool = False
 
 
 class Balancer:
@@ -35,6 +43,8 @@ class Balancer:
         self.cooldown_s = cooldown_s
         self.affinity_size = affinity_size
         self.outstanding: defaultdict[int, int] = defaultdict(int)
+        # Of outstanding, the batch lines per worker (only workers that have some).
+        self.outstanding_batch: dict[int, int] = {}
         self._cool_until: dict[int, float] = {}
         # (alias, session) -> worker id; least recently used sessions are forgotten first.
         self._affinity: OrderedDict[tuple[str, str], int] = OrderedDict()
@@ -55,18 +65,34 @@ class Balancer:
             return False
         return True
 
-    def _overloaded(self, worker: WorkerTarget) -> bool:
-        # An affine session moves on once its worker would queue more than it runs.
-        return self.outstanding[worker.id] >= 2 * worker.slots_total
+    def held(self, worker: WorkerTarget, *, batch: bool) -> int:
+        """The calls in flight on worker that a call of this class waits behind: every one
+        for a batch line; for an interactive call only the interactive ones, since the
+        worker's engine preempts batch jobs for it."""
+        busy = self.outstanding.get(worker.id, 0)
+        return busy if batch else busy - self.outstanding_batch.get(worker.id, 0)
 
-    def _load(self, worker: WorkerTarget) -> float:
-        return self.outstanding[worker.id] / worker.slots_total
+    def _overloaded(self, worker: WorkerTarget, batch: bool) -> bool:
+        # An affine session moves on once its worker would queue more than it runs.
+        return self.held(worker, batch=batch) >= 2 * worker.slots_total
+
+    def _load(self, worker: WorkerTarget, batch: bool) -> tuple[float, float]:
+        # Among workers equally free for the call, the one with less batch work wins: taking
+        # a batch job's slot costs that job a re-prefill.
+        slots = worker.slots_total
+        return self.held(worker, batch=batch) / slots, self.outstanding.get(worker.id, 0) / slots
 
     # -- choosing --------------------------------------------------------------------------
     def pick(
-        self, route: AliasRoute, session: str | None, exclude: frozenset[int] = frozenset()
+        self,
+        route: AliasRoute,
+        session: str | None,
+        exclude: frozenset[int] = frozenset(),
+        *,
+        batch: bool = False,
     ) -> Pick:
-        """The worker for the next attempt; exclude holds workers this request already tried."""
+        """The worker for the next attempt of a call (a batch line when batch); exclude holds
+        workers this call already tried."""
         now = time.monotonic()
         live: dict[int | None, list[WorkerTarget]] = {}
         deployments: dict[int | None, DeploymentTarget] = {}
@@ -79,7 +105,7 @@ class Balancer:
         if not live:
             raise NoLiveWorkerError(route.alias)
         free = {
-            did: [w for w in ws if self.outstanding[w.id] < self.capacity(w)]
+            did: [w for w in ws if self.held(w, batch=batch) < self.capacity(w)]
             for did, ws in live.items()
         }
         if not any(free.values()):
@@ -91,24 +117,24 @@ class Balancer:
             if wid is not None:
                 for did, ws in free.items():
                     for w in ws:
-                        if w.id == wid and not self._overloaded(w):
+                        if w.id == wid and not self._overloaded(w, batch):
                             self._affinity.move_to_end(key)
-                            return Pick(deployments[did], w)
+                            return Pick(deployments[did], w, batch)
 
         did = self._next_deployment(route.alias, {d: deployments[d] for d in live})
         candidates = free[did]
         if not candidates:
             # The weighted choice is full: spill to the least loaded worker anywhere.
             candidates = [w for ws in free.values() for w in ws]
-        least = min(self._load(w) for w in candidates)
-        tied = [w for w in candidates if self._load(w) == least]
+        least = min(self._load(w, batch) for w in candidates)
+        tied = [w for w in candidates if self._load(w, batch) == least]
         # Ties rotate, so idle workers share new sessions instead of the first taking all.
         self._turn += 1
         worker = tied[self._turn % len(tied)]
         owner = next(d for d in deployments.values() if worker in live[d.id])
         if session is not None:
             self._remember(route.alias, session, worker.id)
-        return Pick(owner, worker)
+        return Pick(owner, worker, batch)
 
     def _next_deployment(
         self, alias: str, choices: dict[int | None, DeploymentTarget]
@@ -139,15 +165,19 @@ class Balancer:
             self._remember(alias, session, worker_id)
 
     # -- bookkeeping ------------------------------------------------------------------------
-    def acquire(self, worker: WorkerTarget) -> None:
-        self.outstanding[worker.id] += 1
+    def acquire(self, pick: Pick) -> None:
+        """The picked call is now in flight on its worker."""
+        wid = pick.worker.id
+        self.outstanding[wid] += 1
+        if pick.batch:
+            self.outstanding_batch[wid] = self.outstanding_batch.get(wid, 0) + 1
 
-    def release(self, worker: WorkerTarget) -> None:
-        left = self.outstanding[worker.id] - 1
-        if left <= 0:
-            del self.outstanding[worker.id]
-        else:
-            self.outstanding[worker.id] = left
+    def release(self, pick: Pick) -> None:
+        """The picked call ended (answered, failed or cancelled)."""
+        wid = pick.worker.id
+        _decrement(self.outstanding, wid)
+        if pick.batch:
+            _decrement(self.outstanding_batch, wid)
 
     def failed(self, worker: WorkerTarget) -> None:
         """Take the worker out for a cool-down: it refused a connection or broke down."""
@@ -156,3 +186,12 @@ class Balancer:
 
     def total_outstanding(self) -> int:
         return sum(self.outstanding.values())
+
+
+def _decrement(counts: dict[int, int], key: int) -> None:
+    """One less for key; keys at zero leave, so the counts hold only busy workers."""
+    left = counts.get(key, 0) - 1
+    if left <= 0:
+        counts.pop(key, None)
+    else:
+        counts[key] = left

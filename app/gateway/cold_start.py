@@ -39,8 +39,11 @@ class ColdStart:
             d.id is not None and d.state != "failed" for d in route.deployments
         )
 
-    async def wait(self, route: AliasRoute, session: str | None) -> tuple[AliasRoute, Pick]:
-        """The fresh route and a pick on it once a worker is ready; ApiError otherwise."""
+    async def wait(
+        self, route: AliasRoute, session: str | None, *, batch: bool = False
+    ) -> tuple[AliasRoute, Pick]:
+        """The fresh route and a pick on it (for a batch line when batch) once a worker is
+        ready; ApiError otherwise."""
         limit_s = self.settings.gateway_cold_start_s
         deadline = time.monotonic() + limit_s
         with self.demand.holding(route.alias):
@@ -48,7 +51,7 @@ class ColdStart:
                 await asyncio.sleep(POLL_S)
                 route = self.routing.snapshot.routes.get(route.alias, route)
                 try:
-                    return route, self.balancer.pick(route, session)
+                    return route, self.balancer.pick(route, session, batch=batch)
                 except NoLiveWorkerError:
                     continue
                 except AllBusyError:

@@ -19,11 +19,10 @@ import orjson
 from fastapi.responses import JSONResponse, Response
 
 from app.embeddings_api import EmbeddingInputError, decode_vector, parse_request
-from app.gateway.balancer import AllBusyError, NoLiveWorkerError, Pick
-from app.gateway.proxy import Proxy, UpstreamFailure, _hop_failure, _hop_headers
+from app.gateway.balancer import Pick
+from app.gateway.proxy import Proxy, _hop_headers
 from app.gateway.request_log import RequestRecord
 from app.gateway.routing import AliasRoute
-from app.gateway.worker_client import WorkerHTTPError
 from app.openai_api.errors import ApiError
 from app.openai_errors import error_body
 
@@ -110,16 +109,6 @@ class EmbeddingCalls:
         except (ValueError, KeyError, IndexError, TypeError):
             raise ApiError(502, f"{alias!r} answered with no embedding") from None
 
-    async def _first_pick(self, route: AliasRoute) -> tuple[AliasRoute, Pick]:
-        proxy = self.proxy
-        try:
-            return route, proxy.balancer.pick(route, None)
-        except (NoLiveWorkerError, AllBusyError) as exc:
-            cold = proxy.cold_start
-            if isinstance(exc, NoLiveWorkerError) and cold is not None and cold.applies(route):
-                return await cold.wait(route, None)
-            raise proxy._no_worker(exc, route.alias) from None
-
     async def _fetch(
         self, route: AliasRoute, payload: bytes, request_id: str | None,
         batch_id: str | None = None,
@@ -127,56 +116,12 @@ class EmbeddingCalls:
         """The first worker's 200 answer, trying others on failure; _WorkerRefused for a
         4xx the caller should see."""
         proxy = self.proxy
-        route, pick = await self._first_pick(route)
+        route, pick = await proxy.first_pick(route, None, batch_id is not None)
         headers = _hop_headers(request_id, batch_id)
-        failures: list[UpstreamFailure] = []
-        tried: set[int] = set()
-        for attempt in range(proxy.settings.gateway_max_attempts):
-            if attempt:
-                try:
-                    pick = proxy.balancer.pick(route, None, frozenset(tried))
-                except (NoLiveWorkerError, AllBusyError):
-                    break
-            tried.add(pick.worker.id)
-            proxy.balancer.acquire(pick.worker)
-            try:
-                response = await proxy.client.post(
-                    pick.worker.url,
-                    PATH,
-                    payload,
-                    headers=headers,
-                    timeout_s=proxy.settings.gateway_first_token_timeout_s,
-                    stream=False,
-                )
-                content = response.content
-                if response.status != 200:
-                    failure = proxy._status_failure(response, content)
-                    if failure is None:
-                        raise _WorkerRefused(pick, response.status, content)
-                    raise failure
-            except WorkerHTTPError as exc:
-                proxy._failed(pick, f := _hop_failure(exc))
-                failures.append(f)
-                continue
-            except UpstreamFailure as f:
-                proxy._failed(pick, f)
-                failures.append(f)
-                continue
-            finally:
-                proxy.balancer.release(pick.worker)
-            return pick, content
-        retry = proxy.settings.gateway_retry_after_s
-        if failures and all(f.kind == "refused" for f in failures):
-            raise proxy._no_worker(AllBusyError(), route.alias)
-        if not failures:
-            raise proxy._no_worker(NoLiveWorkerError(), route.alias)
-        raise ApiError(
-            502,
-            f"no worker for {route.alias!r} could answer ({len(failures)} tried): {failures[-1]}",
-            type="upstream_error",
-            code="upstream_failed",
-            retry_after_s=retry,
-        )
+        answer = await proxy.send_unary(route, pick, PATH, payload, headers, bytes)
+        if answer.value is None:
+            raise _WorkerRefused(answer.pick, answer.response.status, answer.content)
+        return answer.pick, answer.value
 
 
 class _WorkerRefused(Exception):

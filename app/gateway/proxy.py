@@ -11,10 +11,10 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import orjson
 from fastapi.responses import Response, StreamingResponse
@@ -63,6 +63,19 @@ class _Done:
 
 
 DONE = _Done()
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class WorkerAnswer(Generic[T]):
+    """A worker's whole answer to a non-streamed call: a 200 (value: what the caller's parse
+    made of it), or a 4xx that is the client's to see (value None)."""
+
+    pick: Pick
+    response: WorkerResponse
+    content: bytes
+    value: T | None
 
 
 @dataclass
@@ -114,6 +127,19 @@ def _hop_headers(request_id: str | None, batch_id: str | None) -> bytes:
 def _hop_failure(exc: WorkerHTTPError) -> UpstreamFailure:
     what = {"timeout": "timed out", "connect": "unreachable"}.get(exc.kind, "broken answer")
     return UpstreamFailure(exc.kind, f"{what}: {exc}")
+
+
+def _completion(content: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A worker's non-streamed completion and its first choice; UpstreamFailure if the 200
+    answer is not one."""
+    try:
+        data = orjson.loads(content)
+        choice = data["choices"][0]
+        if isinstance(data, dict) and isinstance(choice, dict):
+            return data, choice
+    except (ValueError, KeyError, IndexError, TypeError):
+        pass
+    raise UpstreamFailure("broken", "an answer that is not a completion")
 
 
 def _session(body: dict[str, Any], header: str | None) -> str | None:
@@ -274,9 +300,9 @@ class Proxy:
     async def _place(self, call: Call, cacheable: bool) -> Pick | Response:
         """A worker for the call; without one, a cached answer of any version of the alias,
         or (scale from zero) a wait until a worker is ready."""
-        route, session = call.route, call.session
+        route, session, batch = call.route, call.session, call.record.batch_id is not None
         try:
-            return self.balancer.pick(route, session)
+            return self.balancer.pick(route, session, batch=batch)
         except (NoLiveWorkerError, AllBusyError) as exc:
             if cacheable:
                 for d in route.deployments:
@@ -285,15 +311,28 @@ class Proxy:
                     if hit is not None:
                         call.model_name = d.model_name
                         return self._from_cache(call, hit, d.id, d.model_id)
-            if not (
-                isinstance(exc, NoLiveWorkerError)
-                and self.cold_start is not None
-                and self.cold_start.applies(route)
-            ):
-                raise self._no_worker(exc, route.alias) from None
-            # A deployment without a live worker yet: hold the call until one is ready.
-            call.route, pick = await self.cold_start.wait(route, session)
+            call.route, pick = await self.wait_or_refuse(exc, route, session, batch)
             return pick
+
+    async def first_pick(
+        self, route: AliasRoute, session: str | None, batch: bool
+    ) -> tuple[AliasRoute, Pick]:
+        """The route (fresh, after a cold-start wait) and the worker for a call's first
+        attempt; raises the ApiError that refuses the call when there is none."""
+        try:
+            return route, self.balancer.pick(route, session, batch=batch)
+        except (NoLiveWorkerError, AllBusyError) as exc:
+            return await self.wait_or_refuse(exc, route, session, batch)
+
+    async def wait_or_refuse(
+        self, exc: Exception, route: AliasRoute, session: str | None, batch: bool
+    ) -> tuple[AliasRoute, Pick]:
+        """After the balancer found no worker (exc): for a deployment without a live worker
+        yet, hold the call until one is ready (scale from zero); else its ApiError."""
+        cold = self.cold_start
+        if isinstance(exc, NoLiveWorkerError) and cold is not None and cold.applies(route):
+            return await cold.wait(route, session, batch=batch)
+        raise self._no_worker(exc, route.alias) from None
 
     def _cached(self, call: Call, pick: Pick) -> Response | None:
         """The cached answer of the picked worker's model version, if there is one."""
@@ -388,7 +427,7 @@ class Proxy:
             stream=stream,
         )
 
-    def _attempts(self, call: Call, first: Pick) -> AsyncIterator[Pick]:
+    def _attempts(self, route: AliasRoute, session: str | None, first: Pick) -> AsyncIterator[Pick]:
         """The first pick, then other workers, up to HERD_GATEWAY_MAX_ATTEMPTS in all."""
 
         async def attempts() -> AsyncIterator[Pick]:
@@ -397,7 +436,9 @@ class Proxy:
             for attempt in range(self.settings.gateway_max_attempts):
                 if attempt:
                     try:
-                        pick = self.balancer.pick(call.route, call.session, frozenset(tried))
+                        pick = self.balancer.pick(
+                            route, session, frozenset(tried), batch=first.batch
+                        )
                     except (NoLiveWorkerError, AllBusyError):
                         return
                 tried.add(pick.worker.id)
@@ -405,24 +446,69 @@ class Proxy:
 
         return attempts()
 
+    async def send_unary(
+        self,
+        route: AliasRoute,
+        first: Pick,
+        path: str,
+        payload: bytes,
+        headers: bytes,
+        parse: Callable[[bytes], T],
+        session: str | None = None,
+    ) -> WorkerAnswer[T]:
+        """Send a non-streamed call to first, then to other workers while they fail; the
+        first 200 answer that parse takes (parse raises UpstreamFailure for a broken one),
+        or the first 4xx that is the client's to see. Raises the ApiError of giving up."""
+        failures: list[UpstreamFailure] = []
+        async for pick in self._attempts(route, session, first):
+            self.balancer.acquire(pick)
+            try:
+                response = await self.client.post(
+                    pick.worker.url,
+                    path,
+                    payload,
+                    headers=headers,
+                    timeout_s=self.settings.gateway_first_token_timeout_s,
+                    stream=False,
+                )
+                content = response.content
+                if response.status != 200:
+                    failure = self._status_failure(response, content)
+                    if failure is None:
+                        return WorkerAnswer(pick, response, content, None)
+                    raise failure
+                value = parse(content)
+            except WorkerHTTPError as exc:
+                self._failed(pick, f := _hop_failure(exc))
+                failures.append(f)
+                continue
+            except UpstreamFailure as f:
+                self._failed(pick, f)
+                failures.append(f)
+                continue
+            finally:
+                self.balancer.release(pick)
+            return WorkerAnswer(pick, response, content, value)
+        raise self._give_up(route.alias, failures)
+
     def _failed(self, pick: Pick, failure: UpstreamFailure) -> None:
         self.metrics.count_upstream_error(pick.worker.id, failure.kind)
         if failure.cool_down:
             self.balancer.failed(pick.worker)
         logger.warning("worker %d (%s): %s", pick.worker.id, pick.worker.url, failure)
 
-    def _give_up(self, call: Call, failures: list[UpstreamFailure]) -> ApiError:
+    def _give_up(self, alias: str, failures: list[UpstreamFailure]) -> ApiError:
         retry = self.settings.gateway_retry_after_s
         if not failures:
-            return no_live_worker(call.route.alias, retry)
+            return no_live_worker(alias, retry)
         if all(f.kind == "refused" for f in failures):
-            return all_busy(call.route.alias, retry)
+            return all_busy(alias, retry)
         return ApiError(
             502,
-            f"no worker for {call.route.alias!r} could answer ({len(failures)} tried): "
-            f"{failures[-1]}",
+            f"no worker for {alias!r} could answer ({len(failures)} tried): {failures[-1]}",
             type="upstream_error",
             code="upstream_failed",
+            retry_after_s=retry,
         )
 
     @staticmethod
@@ -462,52 +548,36 @@ class Proxy:
 
     # -- non-streamed --------------------------------------------------------------------------
     async def _unary(self, call: Call, first: Pick) -> Response:
-        failures: list[UpstreamFailure] = []
-        async for pick in self._attempts(call, first):
-            self.balancer.acquire(pick.worker)
-            try:
-                response = await self._send(call, pick, stream=False)
-                content = response.content
-                if response.status != 200:
-                    failure = self._status_failure(response, content)
-                    if failure is None:
-                        return self._client_error(call, pick, response, content)
-                    raise failure
-                try:
-                    data = orjson.loads(content)
-                    choice = data["choices"][0]
-                except (ValueError, KeyError, IndexError, TypeError):
-                    raise UpstreamFailure("broken", "an answer that is not a completion") from None
-            except WorkerHTTPError as exc:
-                self._failed(pick, f := _hop_failure(exc))
-                failures.append(f)
-                continue
-            except UpstreamFailure as f:
-                self._failed(pick, f)
-                failures.append(f)
-                continue
-            finally:
-                self.balancer.release(pick.worker)
-
-            self._served_by(call, pick)
-            data["id"] = str(call.record.id)
-            record = call.record
-            text = (choice.get("message") or {}).get("content") or choice.get("text") or ""
-            record.response = text
-            self._account(record, data.get("usage"), data.get("timings"))
-            timings = data.get("timings") or {}
-            if isinstance(timings.get("ttft_ms"), int | float):
-                record.ttft_ms = float(timings["ttft_ms"])
-            self.finish(record, call=call)
-            self._store(call, text, choice.get("finish_reason"), data.get("usage"))
-            return _json(data)
-        raise self._give_up(call, failures)
+        answer = await self.send_unary(
+            call.route,
+            first,
+            PATHS[call.endpoint],
+            dumps(self._payload(call)),
+            _hop_headers(str(call.record.id), call.record.batch_id),
+            _completion,
+            session=call.session,
+        )
+        if answer.value is None:
+            return self._client_error(call, answer.pick, answer.response, answer.content)
+        data, choice = answer.value
+        self._served_by(call, answer.pick)
+        data["id"] = str(call.record.id)
+        record = call.record
+        text = (choice.get("message") or {}).get("content") or choice.get("text") or ""
+        record.response = text
+        self._account(record, data.get("usage"), data.get("timings"))
+        timings = data.get("timings") or {}
+        if isinstance(timings.get("ttft_ms"), int | float):
+            record.ttft_ms = float(timings["ttft_ms"])
+        self.finish(record, call=call)
+        self._store(call, text, choice.get("finish_reason"), data.get("usage"))
+        return _json(data)
 
     # -- streamed --------------------------------------------------------------------------------
     async def _stream(self, call: Call, first: Pick) -> Response:
         failures: list[UpstreamFailure] = []
-        async for pick in self._attempts(call, first):
-            self.balancer.acquire(pick.worker)
+        async for pick in self._attempts(call.route, call.session, first):
+            self.balancer.acquire(pick)
             response: WorkerResponse | None = None
             read_s = self.settings.gateway_first_token_timeout_s
             try:
@@ -516,7 +586,7 @@ class Proxy:
                     content = await response.read(read_s)
                     failure = self._status_failure(response, content)
                     if failure is None:
-                        self.balancer.release(pick.worker)
+                        self.balancer.release(pick)
                         response.close()
                         return self._client_error(call, pick, response, content)
                     raise failure
@@ -547,7 +617,7 @@ class Proxy:
                     failure = _hop_failure(exc)
                 self._failed(pick, failure)
                 failures.append(failure)
-                self.balancer.release(pick.worker)
+                self.balancer.release(pick)
                 if response is not None:
                     response.close()
                 continue
@@ -557,7 +627,7 @@ class Proxy:
             call.record.ttft_ms = (first_token_at - call.started) * 1000
             relay = self._relay(call, pick, response, lines, head, done, state)
             return StreamingResponse(relay, media_type="text/event-stream", headers=SSE_HEADERS)
-        raise self._give_up(call, failures)
+        raise self._give_up(call.route.alias, failures)
 
     def _chunk(self, call: Call, event: dict[str, Any], state: StreamState) -> bytes | None:
         """Re-label a worker's chunk with the response id; note its text, usage, timings."""
@@ -635,7 +705,7 @@ class Proxy:
                 # The client went away: closing the upstream response cancels the generation.
                 self._finish_stream(call, state, status="cancelled", error="client disconnected")
             response.close()
-            self.balancer.release(pick.worker)
+            self.balancer.release(pick)
 
     def _finish_stream(
         self, call: Call, state: StreamState, status: str = "ok", error: str | None = None

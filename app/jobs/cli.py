@@ -10,6 +10,7 @@ from typing import Any
 from tqdm import tqdm
 
 from app.admin.audit import Actor, Via
+from app.cli_output import echo
 from app.compress.quantize import QuantizeRequest, parse_layers, start_quantize
 from app.config import Settings
 from app.db.database import Database
@@ -17,10 +18,6 @@ from app.jobs.follow import follow, restart
 from app.jobs.runner import run_job
 from app.jobs.store import JobStore, JobView
 from app.store.catalog import ModelStore
-
-
-def _print(message: str) -> None:
-    print(message, flush=True)
 
 
 def follow_with_bars(settings: Settings, store: JobStore, ids: list[int]) -> int:
@@ -40,17 +37,17 @@ def follow_with_bars(settings: Settings, store: JobStore, ids: list[int]) -> int
     except KeyboardInterrupt:
         for bar in bars.values():
             bar.close()
-        _print("stopped following; the jobs go on (`herd jobs list`, `herd jobs cancel ID`)")
+        echo("stopped following; the jobs go on (`herd jobs list`, `herd jobs cancel ID`)")
         return 130
     for bar in bars.values():
         bar.close()
     failed = 0
     for view in final:
         if view.state == "succeeded":
-            _print(f"job {view.id} succeeded: {json.dumps(view.result)}")
+            echo(f"job {view.id} succeeded: {json.dumps(view.result)}")
         else:
             failed += 1
-            _print(f"job {view.id} {view.state}: {view.error}")
+            echo(f"job {view.id} {view.state}: {view.error}")
     return 1 if failed else 0
 
 
@@ -66,7 +63,7 @@ def cmd_models_quantize(settings: Settings, args: argparse.Namespace) -> int:
             settings, ModelStore(db.engine, settings.models_path), store, requests,
             Actor.local(args.by, Via.CLI),
         )  # fmt: skip
-        _print("started " + ", ".join(f"job {i}" for i in ids))
+        echo("started " + ", ".join(f"job {i}" for i in ids))
         if args.no_wait:
             return 0
         return follow_with_bars(settings, store, ids)
@@ -74,7 +71,7 @@ def cmd_models_quantize(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_jobs_run(settings: Settings, args: argparse.Namespace) -> int:
     job = run_job(settings, args.job_id)
-    _print(f"job {job.id} {job.state}" + (f": {job.error}" if job.error else ""))
+    echo(f"job {job.id} {job.state}" + (f": {job.error}" if job.error else ""))
     return 0 if job.state == "succeeded" else 1
 
 
@@ -84,11 +81,11 @@ def cmd_jobs_list(settings: Settings, args: argparse.Namespace) -> int:
         store.reap_stale(settings.job_stale_s)
         jobs = store.recent(args.kind, args.limit)
     if args.json:
-        _print(json.dumps([job.__dict__ for job in jobs], indent=2, default=str))
+        echo(json.dumps([job.__dict__ for job in jobs], indent=2, default=str))
         return 0
     for job in jobs:
         what = job.params.get("target") or ""
-        _print(f"{job.id:>6} {job.kind:10} {job.state:10} {job.progress * 100:5.1f}% "
+        echo(f"{job.id:>6} {job.kind:10} {job.state:10} {job.progress * 100:5.1f}% "
                f"{job.started_by:12} {what} {job.error or ''}")  # fmt: skip
     return 0
 
@@ -96,7 +93,7 @@ def cmd_jobs_list(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_jobs_cancel(settings: Settings, args: argparse.Namespace) -> int:
     with Database.open_current(settings) as db:
         job = JobStore(db.engine).request_cancel(args.job_id)
-    _print(f"job {job.id}: " + ("cancelled" if job.finished else "cancel requested"))
+    echo(f"job {job.id}: " + ("cancelled" if job.finished else "cancel requested"))
     return 0
 
 
@@ -104,7 +101,7 @@ def cmd_jobs_restart(settings: Settings, args: argparse.Namespace) -> int:
     with Database.open_current(settings) as db:
         store = JobStore(db.engine)
         new_id = restart(settings, store, args.job_id, args.by or getpass.getuser())
-        _print(f"started job {new_id} (again of job {args.job_id})")
+        echo(f"started job {new_id} (again of job {args.job_id})")
         if args.no_wait:
             return 0
         return follow_with_bars(settings, store, [new_id])
