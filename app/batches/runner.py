@@ -154,8 +154,8 @@ class BatchRunner:
             base_url=base_url.rstrip("/").removesuffix("/v1"), headers=headers, limits=limits,
             timeout=httpx.Timeout(CALL_TIMEOUT_S, connect=5.0),
         ) as client:  # fmt: skip
-            await self._loop(client, info)
-        if self.gateway_gone:
+            gave_up = await self._loop(client, info)
+        if gave_up:
             raise JobFailed(
                 f"no gateway at {base_url} accepted a connection for "
                 f"{self.settings.batch_give_up_s:g} s; the batch stays in progress and a new "
@@ -167,13 +167,14 @@ class BatchRunner:
         return {"batch_id": self.batch_id, "status": view.status,
                 "completed": view.completed, "failed": view.failed}  # fmt: skip
 
-    async def _loop(self, client: httpx.AsyncClient, info: RunnerInfo) -> None:
+    async def _loop(self, client: httpx.AsyncClient, info: RunnerInfo) -> bool:
+        """Send lines until none is pending or the batch is cancelled or expired; True when
+        it stopped because the gateway is gone (a cancel or expiry is finalized without one)."""
         next_progress = 0.0
         while True:
             status = await self.db(self.store.status, self.batch_id)
-            stopping = (
-                status != "in_progress" or datetime.now(UTC) >= info.expires_at or self.gateway_gone
-            )
+            ended = status != "in_progress" or datetime.now(UTC) >= info.expires_at
+            stopping = ended or self.gateway_gone
             if not stopping:
                 await self._fill(client)
             idle = not self.in_flight and (stopping or not self.waiting)
@@ -193,6 +194,7 @@ class BatchRunner:
         # Cancelled or expired: the lines in flight finish and are committed first.
         if self.in_flight:
             await asyncio.gather(*self.in_flight.values(), return_exceptions=True)
+        return self.gateway_gone and not ended and await self._any_pending()
 
     def _idle_s(self) -> float:
         """Nothing in flight: how long to sleep, until the next waiting line is due."""
