@@ -4,8 +4,8 @@ so the page or command that starts it returns at once and the work outlives it.
 The job selects the prompts (the request log, or a file saved when the job started),
 cleans them, sends them as one batch and writes the dataset (app.datasets.run); its
 progress (mostly the batch's) and log tail are in the `jobs` row, which pages and the CLI
-read. The batch itself is resumable like any other: a job that failed while its batch ran
-on names the batch in its log, and `--batch ID` picks it up.
+read. The batch is resumable like any other: a job that failed while its batch ran on names
+the batch in its log, and `--batch ID` picks it up. Cancelling the job cancels its batch.
 """
 
 from __future__ import annotations
@@ -195,6 +195,7 @@ def _selected(ctx: JobContext, request: DatasetJobRequest, progress: StepProgres
 def run(ctx: JobContext) -> dict[str, Any]:
     """The `dataset` job's handler: build the distilled or augmented dataset."""
     from app.batches.files import FileError
+    from app.batches.service import cancel_batch
     from app.batches.store import BatchError
     from app.datasets.run import augment_dataset, distill_dataset
     from app.jobs.runner import JobFailed
@@ -204,18 +205,25 @@ def run(ctx: JobContext) -> dict[str, Any]:
     engine = ctx.db.engine
     root = datasets_root(ctx.settings.home_dir)
     progress = _progress(ctx)
+
+    def batch_started(batch_id: str) -> None:
+        ctx.log(f"batch {batch_id} for alias {request.generation.alias!r}")
+        # Cancelling the job stops its batch too: it would keep the fleet busy for nothing.
+        # (A batch that ended meanwhile refuses: the hook's error is only logged.)
+        ctx.on_cancel(lambda: cancel_batch(engine, batch_id))
+
     try:
         selected = _selected(ctx, request, progress)
         ctx.check_cancel()
         if spec.kind is DatasetKind.DISTILL:
             info = distill_dataset(
                 ctx.settings, engine, root, spec, selected, request.generation, progress,
-                resume=request.resume, on_batch=ctx.log,
+                resume=request.resume, on_batch=batch_started,
             )  # fmt: skip
         else:
             info = augment_dataset(
                 ctx.settings, engine, root, spec, selected, request.generation, request.n,
-                progress, resume=request.resume, on_batch=ctx.log,
+                progress, resume=request.resume, on_batch=batch_started,
             )  # fmt: skip
     except (DatasetError, BatchError, FileError) as exc:
         raise JobFailed(str(exc)) from exc

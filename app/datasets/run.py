@@ -71,8 +71,8 @@ def run_batch(
     on_batch: Callable[[str], None] | None = None,
 ) -> tuple[str, dict[str, BatchResult]]:
     """Run the bodies as one batch for alias (or pick up batch `resume`, made for the same
-    dataset earlier) and wait; (batch id, results by custom id). on_batch hears which batch
-    it is, so a wait cut short can name the batch to resume."""
+    dataset earlier) and wait; (batch id, results by custom id). on_batch hears the batch's
+    id before the wait (to name it in a log, or cancel it with the job)."""
     if resume is not None:
         batch_id = _resumable(engine, resume, spec, len(bodies))
     else:
@@ -86,7 +86,7 @@ def run_batch(
             metadata={"dataset": spec.name, "kind": spec.kind.value},
         )
     if on_batch is not None:
-        on_batch(f"batch {batch_id}: {len(bodies)} lines for alias {alias!r}")
+        on_batch(batch_id)
 
     def seen(view: Any) -> None:
         if progress is not None:
