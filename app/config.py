@@ -228,6 +228,15 @@ class Settings(BaseSettings):
             "an unreachable gateway or 429 is waited out without counting."
         ),
     )
+    batch_give_up_s: float = Field(
+        default=600.0,
+        gt=0,
+        description=(
+            "A batch runner that has had no database, or no gateway accepting connections, "
+            "for this long ends; the batch stays resumable (its progress is in PostgreSQL) "
+            "and a gateway's watch starts a new runner once both are back."
+        ),
+    )
     batch_watch_s: float = Field(
         default=2.0,
         gt=0,

@@ -116,6 +116,7 @@ with resources.database_errors():
         dataset_widgets.build_form(
             engine, resources.settings(), operator.name, start, end, filter_options(engine).aliases
         )
+dataset_widgets.dataset_jobs(operator.name if can_act else None)
 
 st.header("Dataset export")
 if not can_act:

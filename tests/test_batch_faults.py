@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import openai
+import psutil
 import pytest
 from sqlalchemy import text
 
@@ -35,6 +36,7 @@ from tests.worker_process import WorkerLauncher
 
 REPO = Path(__file__).resolve().parents[1]
 OUTAGE_S = 30
+GIVE_UP_S = 10
 
 
 @pytest.fixture(autouse=True)
@@ -276,6 +278,93 @@ def test_postgres_stopped_30s_mid_run_nothing_lost_or_twice(
             assert final.status == "completed"
             output, errors = exactly_once(client, final, ids)
             assert len(output) == 12 and not errors
+    finally:
+        launcher.kill_all()
+        database.close()
+
+
+def _ended(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _waits_quietly_then_ends(pid: int, what: str) -> float:
+    """Assert the runner pid does not spin while it waits out a fault (under a fifth of a
+    core, heartbeats every 0.2 s included), and ends by itself within GIVE_UP_S and some
+    slack; the CPU seconds it used over 5 s."""
+    runner = psutil.Process(pid)
+    time.sleep(1)  # the lines in flight when the fault began land first
+    before = sum(runner.cpu_times()[:2])
+    time.sleep(5)
+    used_s = sum(runner.cpu_times()[:2]) - before
+    print(f"{what}: the waiting runner used {used_s:.2f} CPU s in 5 s")
+    assert used_s < 1.0, f"{what}: the waiting runner used {used_s:.2f} CPU s in 5 s"
+    wait_for(lambda: _ended(pid), timeout_s=GIVE_UP_S + 40, step_s=0.5)
+    return used_s
+
+
+# A worker start, three runners and two give-ups: more than the default 300 s when busy.
+@pytest.mark.timeout(900)
+def test_runner_without_gateway_or_database_ends_and_the_batch_resumes(
+    own_postgres: tuple[Path, str],
+    tmp_path: Path,
+    models_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The gateway process, and the runners it starts, read the give-up time from here.
+    monkeypatch.setenv("HERD_BATCH_GIVE_UP_S", str(GIVE_UP_S))
+    pgdata, url = own_postgres
+    database = Database(url)
+    launcher = WorkerLauncher(db_url=url, home=tmp_path / "herd-home", models_dir=models_dir)
+    port = free_port()
+    home = tmp_path / "gw-home"
+    home.mkdir()
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+    try:
+        start_demo_worker(launcher, database, models_dir)
+        # 1. The gateway is gone for good (killed, nothing restarts it): the runner ends,
+        # its job failed saying why, and the batch stays in progress.
+        with gateway_process(url, home, port) as gateway:
+            batch, ids = submit(client, tmp_path, 60, max_tokens=16)
+            wait_for(lambda: done_lines(database, batch.id) >= 2, timeout_s=180, step_s=0.2)
+            first_job, pid = runner_job(database, batch.id)
+            assert pid is not None
+            gateway.send_signal(signal.SIGKILL)
+            gateway.wait(timeout=30)
+        _waits_quietly_then_ends(pid, "no gateway")
+        with database.engine.connect() as conn:
+            job = conn.execute(
+                text("SELECT state, error FROM jobs WHERE id = :j"), {"j": first_job}
+            ).one()
+            status = conn.execute(
+                text("SELECT status FROM batches WHERE id = :b"), {"b": batch.id}
+            ).scalar_one()
+        assert job.state == "failed" and "accepted a connection" in job.error, job
+        assert status == "in_progress"
+        left = 60 - done_lines(database, batch.id)
+        assert left > 0
+
+        # 2. A gateway again: its watch starts a new runner, which goes on. Then PostgreSQL
+        # stops for good: that runner ends too, though the gateway still answers.
+        with gateway_process(url, home, port):
+            wait_for(lambda: runner_job(database, batch.id)[0] != first_job, timeout_s=60)
+            wait_for(lambda: 60 - done_lines(database, batch.id) < left, timeout_s=120)
+            second_job, pid = runner_job(database, batch.id)
+            assert pid is not None
+            embedded_postgres(pgdata, "stop")
+            _waits_quietly_then_ends(pid, "no database")
+            log = (home / "logs" / "jobs" / f"{second_job}.log").read_text()
+            assert f"no database for {GIVE_UP_S:g} s" in log
+
+            # 3. The database back: the stale runner job is reaped, a third runner
+            # finishes the batch; every line exactly once.
+            embedded_postgres(pgdata, "start")
+            final = wait_batch(client, batch.id, timeout_s=300)
+            assert final.status == "completed"
+            output, errors = exactly_once(client, final, ids)
+            assert len(output) == 60 and not errors
     finally:
         launcher.kill_all()
         database.close()

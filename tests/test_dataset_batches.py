@@ -22,8 +22,10 @@ from app.datasets.run import BatchStillRunning, distill_dataset
 from app.datasets.selection import LogSelection, select_from_log
 from app.datasets.teacher import GenerationSettings, clean_paraphrase
 from app.db.database import Database
+from app.jobs.store import JobStore
 from tests.batch_harness import ALIAS, batch_gateway, start_demo_worker
 from tests.conftest import run_herd, run_page
+from tests.gateway_harness import wait_for
 from tests.test_datasets import Log
 from tests.worker_process import WorkerLauncher
 
@@ -170,10 +172,20 @@ def test_distill_and_augment_through_batches(
         app.selectbox(key="ds_kind").select("distill")
         app.selectbox(key="ds_alias").select(ALIAS)
         app.number_input(key="ds_tokens").set_value(4)
-        app.button(key="FormSubmitter:dataset_build-Build dataset").click().run(timeout=300)
+        app.button(key="FormSubmitter:dataset_build-Build dataset").click().run(timeout=60)
         assert not app.exception, app.exception
         assert not app.error, [e.value for e in app.error]
-        assert any("Built dataset 'from-page'" in x.value for x in app.success)
+        # The page started a `dataset` job and returned; the job builds the dataset.
+        [started] = [x.value for x in app.success if x.value.startswith("Started job")]
+        job_id = int(started.split()[2].rstrip(":"))
+        jobs = JobStore(database.engine)
+        wait_for(lambda: jobs.get(job_id).finished, timeout_s=300, step_s=0.5)
+        job = jobs.get(job_id)
+        assert job.state == "succeeded", (job.error, job.log_tail)
+        assert job.result["dataset"] == "from-page" and job.progress == 1.0
+        again = run_page("retraining.py", Role.OPERATOR)
+        label = f"Job {job_id} · dataset from-page · succeeded"
+        assert any(label in m.value for m in again.markdown)
         page_card = json.loads(run_herd("dataset", "show", "from-page", "--json", env=env).stdout)
         assert page_card["kind"] == "distill" and page_card["teacher"]["max_tokens"] == 4
     aug = shown["augmentation"]

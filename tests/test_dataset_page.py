@@ -3,19 +3,26 @@ the cleaning report, list, download; viewers see the list only; errors are shown
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import func, select
+import pytest
+from sqlalchemy import func, select, text
 
 from app.accounts import Role
+from app.batches.service import cancel_batch, get_batch
+from app.batches.store import BatchError
 from app.db.database import Database
 from app.db.tables import Dataset
+from app.jobs.store import JobStore
 from tests.analytics_data import insert_feedback, insert_messages, insert_requests, request_row
 from tests.conftest import run_page
+from tests.gateway_harness import wait_for
 
 BUILD = "FormSubmitter:dataset_build-Build dataset"
 
@@ -116,3 +123,55 @@ def test_build_from_an_uploaded_file(dashboard_env: None, database: Database) ->
     with database.engine.connect() as conn:
         source = conn.execute(select(Dataset.source)).scalar_one()
     assert source["type"] == "upload" and source["file"] == "good.jsonl"
+
+
+def test_a_distillation_started_on_the_page_is_a_background_job(
+    dashboard_env: None, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _log(database)
+    # No gateway listens here (dashboard_env): the job's batch cannot move, so the page must
+    # not wait for it. The batch's runner reads these from the environment it inherits.
+    monkeypatch.setenv("HERD_JOB_HEARTBEAT_S", "0.2")
+    monkeypatch.setenv("HERD_BATCH_GIVE_UP_S", "60")
+    app = run_page("retraining.py", Role.OPERATOR)
+    app.text_input(key="ds_name").input("distilled")
+    app.selectbox(key="ds_kind").select("distill")
+    app.selectbox(key="ds_alias").select("chat")
+    app.number_input(key="ds_tokens").set_value(4)
+    began = time.monotonic()
+    app.button(key=BUILD).click().run()
+    took_s = time.monotonic() - began
+    assert not app.exception, app.exception
+    assert not app.error, [e.value for e in app.error]
+    [started] = [s.value for s in app.success if s.value.startswith("Started job")]
+    job_id = int(started.split()[2].rstrip(":"))
+    assert "distill dataset 'distilled'" in started and took_s < 30
+    jobs = JobStore(database.engine)
+    try:
+        # The job selected and cleaned the prompts and made its batch; it waits for it.
+        wait_for(lambda: "batch batch_" in (jobs.get(job_id).log_tail or ""), timeout_s=60)
+        assert jobs.get(job_id).state == "running"
+        # Another session (a reload) sees the job with its progress bar.
+        again = run_page("retraining.py", Role.OPERATOR)
+        label = f"Job {job_id} · dataset distilled · running · by olivia"
+        assert any(label in m.value for m in again.markdown), [m.value for m in again.markdown]
+        assert again.get("progress"), "no progress bar for the running job"
+        with database.engine.connect() as conn:
+            [batch_id] = conn.execute(text("SELECT id FROM batches")).scalars().all()
+            lines = conn.execute(text("SELECT count(*) FROM batch_requests")).scalar_one()
+        assert lines == 4  # the five logged prompts, one exact duplicate removed
+        # The job's Cancel button ends the job, and its batch with it.
+        again.button(key=f"job_cancel_{job_id}").click().run()
+        assert not again.exception, again.exception
+        wait_for(lambda: jobs.get(job_id).finished, timeout_s=60, step_s=0.2)
+        assert jobs.get(job_id).state == "cancelled"
+        wait_for(lambda: get_batch(database.engine, batch_id).status == "cancelled", timeout_s=60)
+    finally:
+        with database.engine.connect() as conn:
+            batch_ids = conn.execute(text("SELECT id FROM batches")).scalars().all()
+        for batch in batch_ids:
+            with contextlib.suppress(BatchError):  # one already cancelled refuses
+                cancel_batch(database.engine, batch)
+    wait_for(lambda: all(j.finished for j in jobs.recent("batch")), timeout_s=60, step_s=0.2)
+    final = run_page("retraining.py", Role.OPERATOR)
+    assert any(f"Job {job_id} · dataset distilled · cancelled" in m.value for m in final.markdown)

@@ -10,6 +10,10 @@ Faults: an unreachable gateway and 429/503 answers are waited out with backoff, 
 counting against the line; a 5xx (a worker died mid-answer) is retried up to
 HERD_BATCH_MAX_ATTEMPTS; PostgreSQL away: the runner holds the answers it has and retries
 the commit until the database is back. A line's answer committed is never asked again.
+
+A runner does not outlive its parts: after HERD_BATCH_GIVE_UP_S without a database (calls
+failing or hanging), or without a gateway that accepts a connection, it ends, and the
+batch stays resumable: a gateway's watch starts a new runner once both are back.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.batches.files import FileStore
 from app.batches.store import BatchStore, PendingLine, RunnerInfo
 from app.config import Settings
-from app.jobs.runner import JobContext
+from app.jobs.runner import JobContext, JobFailed
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +48,13 @@ BACKOFF_MAX_S = 10.0
 # A line's call may take this long (generation included) before it counts as failed.
 CALL_TIMEOUT_S = 600.0
 POLL_S = 0.5
-DATABASE_GIVE_UP_S = 600
+# With nothing in flight the loop sleeps until the next retry is due, at most this long:
+# a runner waiting out a fault polls PostgreSQL about once a second, not ten times.
+IDLE_MAX_S = 1.0
+# How often the give-up clock is read.
+WATCH_S = 1.0
+# Exit status of a runner that ended because its database was gone (nothing can be recorded).
+NO_DATABASE_EXIT = 4
 
 
 def files_root(settings: Settings) -> Path:
@@ -82,26 +92,57 @@ class BatchRunner:
         self.note = note
         self.in_flight: dict[int, asyncio.Task[None]] = {}
         self.waiting: dict[int, _Retry] = {}
+        # The give-up clocks (monotonic s): one for the whole runner, not one per call, so
+        # retries of different calls, or a call that never returns, cannot keep it alive.
+        self.db_ok_at = self.gateway_ok_at = time.monotonic()
+        self.db_waiting = 0  # db() calls not through yet (failing, or hanging in a connect)
+        self.gateway_refused = False  # the latest connection to the gateway failed
+        self.gateway_gone = False
 
     async def db(self, call: Callable[..., T], *args: Any) -> T:
-        """call(*args) on a thread, retried with backoff while PostgreSQL is away; after
-        DATABASE_GIVE_UP_S without it the process ends (the batch is resumed by a new runner
-        once a gateway sees the database again), rather than linger after `herd up` ended."""
+        """call(*args) on a thread, retried with backoff while PostgreSQL is away (the
+        watchdog ends the process once it has been away HERD_BATCH_GIVE_UP_S)."""
         delay = 0.5
-        since = time.monotonic()
+        self.db_waiting += 1
+        try:
+            while True:
+                try:
+                    result = await asyncio.to_thread(call, *args)
+                except SQLAlchemyError as exc:
+                    self.note(f"database unavailable ({type(exc).__name__}); "
+                              f"retrying in {delay:g} s")  # fmt: skip
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, BACKOFF_MAX_S)
+                    continue
+                self.db_ok_at = time.monotonic()
+                return result
+        finally:
+            self.db_waiting -= 1
+
+    async def _watchdog(self) -> None:
+        """End a runner whose database or gateway has been gone HERD_BATCH_GIVE_UP_S, rather
+        than linger after `herd up` or a test ended (and keep an embedded PostgreSQL up)."""
+        give_up_s = self.settings.batch_give_up_s
         while True:
-            try:
-                return await asyncio.to_thread(call, *args)
-            except SQLAlchemyError as exc:
-                if time.monotonic() - since > DATABASE_GIVE_UP_S:
-                    log.error("batch %s: no database for %s s; stopping", self.batch_id,
-                              DATABASE_GIVE_UP_S)  # fmt: skip
-                    os._exit(1)
-                self.note(f"database unavailable ({type(exc).__name__}); retrying in {delay:g} s")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, BACKOFF_MAX_S)
+            await asyncio.sleep(min(WATCH_S, give_up_s / 4))
+            now = time.monotonic()
+            if self.db_waiting and now - self.db_ok_at > give_up_s:
+                # Nothing can be recorded: the job row goes stale, a gateway's watch reaps
+                # it and starts a new runner when the database is back.
+                log.error("batch %s: no database for %g s; the runner ends (the batch resumes "
+                          "with a new runner)", self.batch_id, give_up_s)  # fmt: skip
+                os._exit(NO_DATABASE_EXIT)
+            if self.gateway_refused and now - self.gateway_ok_at > give_up_s:
+                self.gateway_gone = True  # the loop stops sending; run() ends the job
 
     async def run(self) -> dict[str, Any]:
+        watchdog = asyncio.create_task(self._watchdog())
+        try:
+            return await self._run()
+        finally:
+            watchdog.cancel()
+
+    async def _run(self) -> dict[str, Any]:
         info: RunnerInfo = await self.db(self.store.runner_info, self.batch_id)
         await self.db(self.store.start, self.batch_id)
         limits = httpx.Limits(max_connections=self.settings.batch_concurrency + 2)
@@ -113,18 +154,27 @@ class BatchRunner:
             base_url=base_url.rstrip("/").removesuffix("/v1"), headers=headers, limits=limits,
             timeout=httpx.Timeout(CALL_TIMEOUT_S, connect=5.0),
         ) as client:  # fmt: skip
-            await self._loop(client, info)
+            gave_up = await self._loop(client, info)
+        if gave_up:
+            raise JobFailed(
+                f"no gateway at {base_url} accepted a connection for "
+                f"{self.settings.batch_give_up_s:g} s; the batch stays in progress and a new "
+                "runner resumes it once a gateway runs again"
+            )
         view = await self.db(self.store.finalize, self.batch_id, self.files)
         self.report(view.done, view.total)
         self.note(f"batch {view.status}: {view.completed} completed, {view.failed} failed")
         return {"batch_id": self.batch_id, "status": view.status,
                 "completed": view.completed, "failed": view.failed}  # fmt: skip
 
-    async def _loop(self, client: httpx.AsyncClient, info: RunnerInfo) -> None:
+    async def _loop(self, client: httpx.AsyncClient, info: RunnerInfo) -> bool:
+        """Send lines until none is pending or the batch is cancelled or expired; True when
+        it stopped because the gateway is gone (a cancel or expiry is finalized without one)."""
         next_progress = 0.0
         while True:
             status = await self.db(self.store.status, self.batch_id)
-            stopping = status != "in_progress" or datetime.now(UTC) >= info.expires_at
+            ended = status != "in_progress" or datetime.now(UTC) >= info.expires_at
+            stopping = ended or self.gateway_gone
             if not stopping:
                 await self._fill(client)
             idle = not self.in_flight and (stopping or not self.waiting)
@@ -140,10 +190,18 @@ class BatchRunner:
                     return_when=asyncio.FIRST_COMPLETED,
                 )  # fmt: skip
             else:
-                await asyncio.sleep(POLL_S / 5)
+                await asyncio.sleep(self._idle_s())
         # Cancelled or expired: the lines in flight finish and are committed first.
         if self.in_flight:
             await asyncio.gather(*self.in_flight.values(), return_exceptions=True)
+        return self.gateway_gone and not ended and await self._any_pending()
+
+    def _idle_s(self) -> float:
+        """Nothing in flight: how long to sleep, until the next waiting line is due."""
+        if not self.waiting:
+            return POLL_S / 5
+        due_s = min(retry.at for retry in self.waiting.values()) - time.monotonic()
+        return min(max(due_s, POLL_S / 5), IDLE_MAX_S)
 
     async def _any_pending(self) -> bool:
         return bool(await self.db(self.store.pending, self.batch_id, set(), 1))
@@ -185,11 +243,18 @@ class BatchRunner:
         backoff = min(BACKOFF_MAX_S, 0.5 * 2 ** min(attempts, 5))
         try:
             answer = await client.post(line.url, json=line.body)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            # Nobody listens at the gateway's address: the give-up clock runs.
+            self.gateway_refused = True
+            self.note(f"line {line.line}: gateway unreachable ({type(exc).__name__}); retrying")
+            self._later(line, attempts, min(5.0, 0.5 * 2 ** min(waits, 4)), waits + 1)
+            return
         except httpx.TransportError as exc:
             # The gateway is restarting or unreachable: not the line's fault, not counted.
             self.note(f"line {line.line}: gateway unreachable ({type(exc).__name__}); retrying")
             self._later(line, attempts, min(5.0, 0.5 * 2 ** min(waits, 4)), waits + 1)
             return
+        self.gateway_ok_at, self.gateway_refused = time.monotonic(), False
         status = answer.status_code
         if status in (429, 503):
             retry_after = _retry_after(answer.headers.get("retry-after"))

@@ -85,22 +85,34 @@ def build_spec(args: argparse.Namespace, kind: DatasetKind) -> BuildSpec:
     )
 
 
+def read_file(args: argparse.Namespace) -> Selected:
+    """The rows of --from-file (DatasetError naming every bad line)."""
+    path = Path(args.from_file)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"cannot read {path}: {exc.strerror}") from exc
+    return read_upload(path.name, data)
+
+
 def select(
     db: Database, settings: Settings, args: argparse.Namespace, progress: StepProgress
 ) -> Selected:
     """The rows named by the source flags: --from-file, or the request-log filters."""
     if args.from_file:
-        path = Path(args.from_file)
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise DatasetError(f"cannot read {path}: {exc.strerror}") from exc
-        return read_upload(path.name, data)
+        return read_file(args)
+    return select_from_log(
+        db.engine, log_selection(db, settings, args), lambda d, t: progress("select", d, t)
+    )
+
+
+def log_selection(db: Database, settings: Settings, args: argparse.Namespace) -> LogSelection:
+    """The request-log filters of the flags (model names checked against the store)."""
     models = {m.name: m.id for m in ModelStore(db.engine, settings.models_path).list()}
     unknown = [name for name in args.model if name not in models]
     if unknown:
         raise DatasetError(f"no model named {', '.join(unknown)}")
-    selection = LogSelection(
+    return LogSelection(
         start=args.since,
         end=args.until,
         aliases=tuple(args.source_aliases),
@@ -110,7 +122,6 @@ def select(
         include_synthetic=args.include_synthetic,
         limit=args.limit,
     )
-    return select_from_log(db.engine, selection, lambda d, t: progress("select", d, t))
 
 
 def print_report(info: DatasetInfo) -> None:
@@ -150,52 +161,49 @@ def generation_settings(args: argparse.Namespace, alias: str) -> GenerationSetti
     )
 
 
-def _run_with_batch(settings: Settings, args: argparse.Namespace, kind: DatasetKind) -> int:
-    from app.batches.files import FileError
-    from app.batches.store import BatchError
-    from app.datasets.run import augment_dataset, distill_dataset
+def _run_as_job(settings: Settings, args: argparse.Namespace, kind: DatasetKind) -> int:
+    """Start the distillation or augmentation as a `dataset` job, then follow it with a
+    progress bar (unless --no-wait) and print the dataset's report."""
+    from app.datasets.job import DatasetJobRequest, start_dataset_job
+    from app.jobs.cli import follow_with_bars
+    from app.jobs.store import JobStore
 
     try:
         spec = build_spec(args, kind)
         alias = args.teacher if kind is DatasetKind.DISTILL else args.alias
-        generation = generation_settings(args, alias)
-        with Database.open_current(settings) as db, step_bars() as progress:
-            root = datasets_root(settings.home_dir)
-            check_name(db.engine, root, spec.name)
-            selected = select(db, settings, args, progress)
-            wait = {"timeout_s": args.timeout, "resume": args.batch}
-            if kind is DatasetKind.DISTILL:
-                info = distill_dataset(
-                    settings, db.engine, root, spec, selected, generation, progress, **wait
-                )
+        with Database.open_current(settings) as db:
+            if args.from_file:
+                read_file(args)  # every bad line is reported now, not by the job
+                source: dict[str, Any] = {"upload": Path(args.from_file).resolve()}
             else:
-                info = augment_dataset(
-                    settings,
-                    db.engine,
-                    root,
-                    spec,
-                    selected,
-                    generation,
-                    args.n,
-                    progress,
-                    **wait,
-                )
-    except (DatasetError, BatchError, FileError) as exc:
+                source = {"selection": log_selection(db, settings, args)}
+            request = DatasetJobRequest(
+                spec,
+                generation_settings(args, alias),
+                n=getattr(args, "n", 3),
+                resume=args.batch,
+                **source,
+            )
+            job_id = start_dataset_job(settings, db.engine, request)
+            echo(f"started job {job_id} ({kind.value} dataset {spec.name!r})")
+            if args.no_wait:
+                return 0
+            code = follow_with_bars(settings, JobStore(db.engine), [job_id], args.timeout)
+            info = DatasetStore(db.engine).get(spec.name) if code == 0 else None
+    except DatasetError as exc:
         _warn(str(exc))
         return 2
-    except TimeoutError as exc:
-        _warn(f"{exc}; no dataset was written yet")
-        return 1
-    print_report(info)
-    return 0
+    if info is not None:
+        print_report(info)
+    return code
 
 
 def cmd_distill(settings: Settings, args: argparse.Namespace) -> int:
-    return _run_with_batch(settings, args, DatasetKind.DISTILL)
+    return _run_as_job(settings, args, DatasetKind.DISTILL)
 
 
 def cmd_augment(settings: Settings, args: argparse.Namespace) -> int:
-    return _run_with_batch(settings, args, DatasetKind.AUGMENT)
+    return _run_as_job(settings, args, DatasetKind.AUGMENT)
 
 
 def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
@@ -331,8 +339,9 @@ def add_generation_flags(p: argparse.ArgumentParser, temperature: float, max_tok
         "--timeout",
         type=float,
         default=None,
-        help="seconds to wait for the batch (default: as long as it takes)",
+        help="seconds to follow the job (default: until it ends); it goes on after",
     )
+    p.add_argument("--no-wait", action="store_true", help="start the job and return")
 
 
 def add_commands(sub: Any, command: Any) -> None:

@@ -2,12 +2,13 @@
 through the Batch API (app.batches.service), turn the results into rows, write the dataset.
 
 The batch runs like any other (lower priority than live traffic, progress in PostgreSQL,
-resumable); this process waits for it. Only a completed batch makes a dataset.
+resumable); this process (the `dataset` job's, app.datasets.job) waits for it. Only a
+completed batch makes a dataset.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -67,9 +68,11 @@ def run_batch(
     progress: StepProgress | None = None,
     timeout_s: float | None = None,
     resume: str | None = None,
+    on_batch: Callable[[str], None] | None = None,
 ) -> tuple[str, dict[str, BatchResult]]:
     """Run the bodies as one batch for alias (or pick up batch `resume`, made for the same
-    dataset earlier) and wait; (batch id, results by custom id)."""
+    dataset earlier) and wait; (batch id, results by custom id). on_batch hears the batch's
+    id before the wait (to name it in a log, or cancel it with the job)."""
     if resume is not None:
         batch_id = _resumable(engine, resume, spec, len(bodies))
     else:
@@ -82,6 +85,8 @@ def run_batch(
             created_by=spec.created_by,
             metadata={"dataset": spec.name, "kind": spec.kind.value},
         )
+    if on_batch is not None:
+        on_batch(batch_id)
 
     def seen(view: Any) -> None:
         if progress is not None:
@@ -109,6 +114,7 @@ def distill_dataset(
     progress: StepProgress | None = None,
     timeout_s: float | None = None,
     resume: str | None = None,
+    on_batch: Callable[[str], None] | None = None,
 ) -> DatasetInfo:
     """An SFT dataset of the teacher alias's answers to the selection's cleaned prompts."""
     spec = replace(spec, kind=DatasetKind.DISTILL)
@@ -120,7 +126,7 @@ def distill_dataset(
     rows, steps = clean_selected(prompts, spec, answers=False, progress=progress)
     ids, bodies = distill_requests(rows, teacher)
     batch_id, results = run_batch(
-        settings, engine, teacher.alias, ids, bodies, spec, progress, timeout_s, resume
+        settings, engine, teacher.alias, ids, bodies, spec, progress, timeout_s, resume, on_batch
     )
     answered, failed = distilled_rows(rows, results)
     cleaned = clean(answered, spec.cleaning, answers=True, prompts=False, progress=progress)
@@ -144,6 +150,7 @@ def augment_dataset(
     progress: StepProgress | None = None,
     timeout_s: float | None = None,
     resume: str | None = None,
+    on_batch: Callable[[str], None] | None = None,
 ) -> DatasetInfo:
     """The selection's cleaned rows plus n paraphrases of each prompt by an alias (marked
     synthetic, deduplicated against the originals, in their original's conversation)."""
@@ -153,7 +160,16 @@ def augment_dataset(
     rows, steps = clean_selected(selected, spec, answers=answers, progress=progress)
     ids, bodies = paraphrase_requests(rows, n, paraphraser)
     batch_id, results = run_batch(
-        settings, engine, paraphraser.alias, ids, bodies, spec, progress, timeout_s, resume
+        settings,
+        engine,
+        paraphraser.alias,
+        ids,
+        bodies,
+        spec,
+        progress,
+        timeout_s,
+        resume,
+        on_batch,
     )
     out, added = paraphrased_rows(rows, results, n, spec.cleaning.near_dup_threshold)
     augmentation = {

@@ -25,6 +25,16 @@ def sqlalchemy_url(url: str) -> str:
     return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
 
 
+# libpq waits forever for a server that does not answer a connect (a host gone from the
+# network); a process must see that as an error it can retry or give up on.
+CONNECT_TIMEOUT_S = 10
+
+
 def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     """An engine for url; pre-ping so a restarted server does not surface as a stale socket."""
-    return create_engine(sqlalchemy_url(url), pool_pre_ping=True, pool_size=pool_size)
+    full = sqlalchemy_url(url)
+    # A connect_timeout in the URL is the operator's choice and wins.
+    connect_args = (
+        {} if "connect_timeout" in make_url(full).query else {"connect_timeout": CONNECT_TIMEOUT_S}
+    )
+    return create_engine(full, pool_pre_ping=True, pool_size=pool_size, connect_args=connect_args)

@@ -20,7 +20,9 @@ from app.jobs.store import JobStore, JobView
 from app.store.catalog import ModelStore
 
 
-def follow_with_bars(settings: Settings, store: JobStore, ids: list[int]) -> int:
+def follow_with_bars(
+    settings: Settings, store: JobStore, ids: list[int], timeout_s: float | None = None
+) -> int:
     bars: dict[int, tqdm[Any]] = {}
     for position, job_id in enumerate(ids):
         job = store.get(job_id)
@@ -33,12 +35,13 @@ def follow_with_bars(settings: Settings, store: JobStore, ids: list[int]) -> int
         bar.update(round(view.progress * 100, 1) - bar.n)
 
     try:
-        final = follow(settings, store, ids, update)
-    except KeyboardInterrupt:
+        final = follow(settings, store, ids, update, timeout_s=timeout_s)
+    except (KeyboardInterrupt, TimeoutError) as exc:
         for bar in bars.values():
             bar.close()
-        echo("stopped following; the jobs go on (`herd jobs list`, `herd jobs cancel ID`)")
-        return 130
+        why = f"{exc}: " if isinstance(exc, TimeoutError) else ""
+        echo(f"{why}stopped following; the jobs go on (`herd jobs list`, `herd jobs cancel ID`)")
+        return 1 if isinstance(exc, TimeoutError) else 130
     for bar in bars.values():
         bar.close()
     failed = 0

@@ -16,8 +16,11 @@ def follow(
     job_ids: list[int],
     on_update: Callable[[JobView], None],
     poll_s: float = 0.5,
+    timeout_s: float | None = None,
 ) -> list[JobView]:
-    """Poll the jobs, calling on_update with each row, until all have ended; the final rows."""
+    """Poll the jobs, calling on_update with each row, until all have ended; the final rows.
+    TimeoutError after timeout_s (the jobs go on)."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
         store.reap_stale(settings.job_stale_s)
         views = [store.get(job_id) for job_id in job_ids]
@@ -25,6 +28,8 @@ def follow(
             on_update(view)
         if all(view.finished for view in views):
             return views
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"still running after {timeout_s:g} s")
         time.sleep(poll_s)
 
 

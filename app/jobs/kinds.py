@@ -15,6 +15,7 @@ class JobKind(enum.StrEnum):
     QUANTIZE = "quantize"
     EVALUATE = "evaluate"
     BATCH = "batch"
+    DATASET = "dataset"  # distillation or augmentation
 
 
 # Each module defines run(ctx: JobContext) -> dict (the job's result).
@@ -22,6 +23,7 @@ _HANDLER_MODULES = {
     JobKind.QUANTIZE: "app.compress.quantize_job",
     JobKind.EVALUATE: "app.evaluation.evaluate_job",
     JobKind.BATCH: "app.batches.runner",
+    JobKind.DATASET: "app.datasets.job",
 }
 
 Handler = Callable[["JobContext"], dict[str, Any]]

@@ -7,7 +7,7 @@ import os
 import threading
 import traceback
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ class JobContext:
         # Held while output is put in place, and by a cancel: one of the two wins.
         self._commit_lock = threading.Lock()
         self._committed = False
+        self._on_cancel: list[Callable[[], object]] = []
 
     @property
     def params(self) -> dict[str, Any]:
@@ -67,6 +68,18 @@ class JobContext:
     def add_scratch(self, path: Path) -> None:
         """Register a temporary file: removed when the job ends or is found dead."""
         self.store.add_scratch(self.job.id, path)
+
+    def on_cancel(self, stop: Callable[[], object]) -> None:
+        """Call stop() if the job is cancelled, before its process ends: to stop work the
+        job started elsewhere (a batch on the fleet), which would otherwise go on."""
+        self._on_cancel.append(stop)
+
+    def run_cancel_hooks(self) -> None:
+        for stop in self._on_cancel:
+            try:
+                stop()
+            except Exception as exc:  # the cancel itself must still be recorded
+                self.log(f"on cancel: {type(exc).__name__}: {exc}")
 
     def check_cancel(self) -> None:
         """Raise JobCancelled if a cancel was requested (for handlers that can stop between
@@ -90,6 +103,7 @@ class JobContext:
         with self._commit_lock:
             if self._committed:
                 return False
+            self.run_cancel_hooks()
             self.store.finish(
                 self.job.id,
                 JobState.CANCELLED,
@@ -126,6 +140,7 @@ def run_job(settings: Settings, job_id: int) -> JobView:
         try:
             result = handler(ctx)
         except JobCancelled:
+            ctx.run_cancel_hooks()
             store.finish(job_id, JobState.CANCELLED, error="cancelled by an operator",
                          log_tail=ctx.log_text())  # fmt: skip
         except JobFailed as exc:

@@ -1,5 +1,6 @@
 """The Retraining page's Datasets section: the datasets built so far with their cleaning
-reports and downloads, and a form that builds one (SFT, distilled or augmented)."""
+reports and downloads, a form that builds one (SFT here and now; distilled or augmented as
+a background `dataset` job), and those jobs with their progress."""
 
 from __future__ import annotations
 
@@ -14,17 +15,18 @@ from app.config import Settings
 from app.datasets.archive import zip_folder
 from app.datasets.build import BuildSpec, build_dataset, datasets_root
 from app.datasets.cleaning import CleaningOptions
+from app.datasets.job import DatasetJobRequest, save_upload, start_dataset_job
 from app.datasets.rows import DatasetError, DatasetKind
 from app.datasets.selection import LogSelection, Rating, Selected, read_upload, select_from_log
 from app.datasets.splits import SplitRatios
 from app.datasets.store import DatasetInfo, DatasetStore
 from app.datasets.teacher import GenerationSettings
+from app.jobs.kinds import JobKind
 from app.ui import charts
 from app.ui.charts import PLOTLY_CONFIG
+from app.ui.jobs_panel import jobs_panel
 
 LOG, UPLOAD = "Request log (period above)", "Uploaded file"
-# How long the page waits for a distillation or augmentation batch; the CLI waits longer.
-PAGE_BATCH_WAIT_S = 900.0
 
 
 def cleaning_report(info: DatasetInfo, key: str) -> None:
@@ -95,13 +97,15 @@ def dataset_list(engine: Engine) -> None:
     _downloads(chosen)
 
 
-def _selection(engine: Engine, start: datetime, end: datetime, form: dict[str, Any]) -> Selected:
-    if form["source"] == UPLOAD:
-        upload = form["upload"]
-        if upload is None:
-            raise DatasetError("choose a .jsonl or .csv file to upload")
-        return read_upload(upload.name, upload.getvalue())
-    selection = LogSelection(
+def _upload(form: dict[str, Any]) -> Any:
+    upload = form["upload"]
+    if upload is None:
+        raise DatasetError("choose a .jsonl or .csv file to upload")
+    return upload
+
+
+def _log_selection(start: datetime, end: datetime, form: dict[str, Any]) -> LogSelection:
+    return LogSelection(
         start=start,
         end=end,
         aliases=tuple(form["aliases"]),
@@ -109,7 +113,44 @@ def _selection(engine: Engine, start: datetime, end: datetime, form: dict[str, A
         tags=tuple(form["tags"]),
         include_synthetic=form["synthetic"],
     )
-    return select_from_log(engine, selection)
+
+
+def _selection(engine: Engine, start: datetime, end: datetime, form: dict[str, Any]) -> Selected:
+    if form["source"] == UPLOAD:
+        upload = _upload(form)
+        return read_upload(upload.name, upload.getvalue())
+    return select_from_log(engine, _log_selection(start, end, form))
+
+
+def _start_job(
+    engine: Engine,
+    settings: Settings,
+    spec: BuildSpec,
+    generation: GenerationSettings,
+    n: int,
+    start: datetime,
+    end: datetime,
+    form: dict[str, Any],
+) -> int:
+    """Queue the distillation or augmentation as a background job; its id."""
+    if form["source"] == UPLOAD:
+        upload = _upload(form)
+        # The job runs in its own process: it reads the file from HERD_HOME, then drops it.
+        path = save_upload(settings, upload.name, upload.getvalue())
+        request = DatasetJobRequest(spec, generation, n, upload=path, upload_name=upload.name)
+        try:
+            return start_dataset_job(settings, engine, request, upload_is_scratch=True)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+    request = DatasetJobRequest(spec, generation, n, selection=_log_selection(start, end, form))
+    return start_dataset_job(settings, engine, request)
+
+
+def dataset_jobs(operator: str | None) -> None:
+    """Distillation and augmentation jobs, live: progress, log, cancel, start again."""
+    st.subheader("Dataset jobs")
+    jobs_panel(JobKind.DATASET.value, operator, limit=5)
 
 
 def build_form(
@@ -120,7 +161,8 @@ def build_form(
     end: datetime,
     aliases: list[str],
 ) -> None:
-    """The build form; on submit, builds the dataset and shows its cleaning report."""
+    """The build form; on submit, builds an SFT dataset and shows its cleaning report, or
+    starts a distillation / augmentation job and returns at once."""
     with st.form("dataset_build"):
         cols = list(st.columns(3))
         name = cols[0].text_input("Name", key="ds_name")
@@ -185,31 +227,22 @@ def build_form(
             ratios=SplitRatios.parse(ratios),
             seed=int(seed),
         )
-        root = datasets_root(settings.home_dir)
-        selected = _selection(engine, start, end, form)
         if spec.kind is DatasetKind.SFT:
-            info = build_dataset(engine, root, spec, selected, progress)
+            root = datasets_root(settings.home_dir)
+            info = build_dataset(engine, root, spec, _selection(engine, start, end, form), progress)
         else:
-            from app.datasets.run import augment_dataset, distill_dataset
-
             generation = GenerationSettings(alias, int(max_tokens), float(temperature))
-            wait = PAGE_BATCH_WAIT_S
-            if spec.kind is DatasetKind.DISTILL:
-                info = distill_dataset(
-                    settings, engine, root, spec, selected, generation, progress, wait
-                )
-            else:
-                info = augment_dataset(
-                    settings, engine, root, spec, selected, generation, int(n), progress, wait
-                )
+            job_id = _start_job(engine, settings, spec, generation, int(n), start, end, form)
     except ValueError as exc:  # DatasetError, and the Batch API's BatchError / FileError
         bar.empty()
         st.error(str(exc))
         return
-    except TimeoutError as exc:
-        bar.empty()
-        st.warning(f"{exc}: it goes on (Batches, `herd batch status`); no dataset was written.")
-        return
     bar.empty()
+    if spec.kind is not DatasetKind.SFT:
+        st.success(
+            f"Started job {job_id}: the {spec.kind.value} dataset {spec.name!r} is built in the "
+            "background (its batch runs through the gateway); follow it under Dataset jobs."
+        )
+        return
     st.success(f"Built dataset {info.name!r}: {info.rows} rows.")
     cleaning_report(info, "built")
