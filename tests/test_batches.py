@@ -297,12 +297,14 @@ def test_batch_lines_reach_workers_marked_and_count_against_the_owner_key(
         keys = ApiKeys(served.database.engine)
         owner = keys.create("owner").key
         scoped = keys.create("scoped", policy=KeyPolicy(scopes=("elsewhere",))).key
-        # The gateway loads keys with its routing state: wait until it takes both.
-        wait_for(lambda: all(
-            httpx.get(f"{served.url}/v1/models", headers={"Authorization": f"Bearer {k}"},
-                      timeout=5).status_code == 200
-            for k in (owner, scoped)
-        ))  # fmt: skip
+
+        # The gateway loads keys with its routing state: wait until it knows them. Until then
+        # no key exists for it, so any token passes as anonymous: wait for a bogus one to fail.
+        def status(key: str) -> int:
+            headers = {"Authorization": f"Bearer {key}"}
+            return httpx.get(f"{served.url}/v1/models", headers=headers, timeout=5).status_code
+
+        wait_for(lambda: status("not-a-key") == 401 and status(owner) == status(scoped) == 200)
         source = write_jsonl(
             tmp_path / "in.jsonl",
             [chat_line(f"s{i}", f"Hello {i}", model="stubby") for i in range(3)],
