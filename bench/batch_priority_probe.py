@@ -5,17 +5,22 @@ and scheduler steps (count, mean and max duration). Example:
 
     flock /tmp/herd-bench.lock env PYTHONPATH=. python bench/batch_priority_probe.py 15
 
+Optional, to compare scheduling choices in one process: --rounds N (capacity, alone, with
+batch, N times), --chunk K (batch prompt tokens per step under live load, the engine's
+LIVE_BATCH_CHUNK), --headroom S (slots left free for live arrivals, LIVE_HEADROOM_SLOTS).
+
 Used to tell the engine's own behaviour from the HTTP stack's and the client's.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import random
-import sys
 import time
 from typing import Any
 
+from app.engine import batched
 from app.engine.events import TextDelta
 from app.engine.factory import load_batched_engine
 from app.engine.loader import LoadOptions
@@ -34,7 +39,7 @@ def request(text: str, priority: Priority, max_tokens: int) -> GenerationRequest
     )
 
 
-async def main(duration_s: float) -> None:
+async def main(duration_s: float, rounds: int) -> None:
     path = find_demo_model().path
     engine = load_batched_engine(
         LoadOptions(path, n_ctx=1024, parallel=SLOTS, threads=2), max_queue=64
@@ -54,9 +59,12 @@ async def main(duration_s: float) -> None:
     async def call(text: str, priority: Priority, n: int, times: list[float], t0: float) -> None:
         """One call; the bench-clock time of each token goes into times."""
         job = await engine.submit(request(text, priority, n))
-        async for event in job.events():
-            if isinstance(event, TextDelta) and event.text:
-                times.append(time.perf_counter() - t0)
+        try:
+            async for event in job.events():
+                if isinstance(event, TextDelta) and event.text:
+                    times.append(time.perf_counter() - t0)
+        finally:
+            job.cancel()  # a window's end: no batch work spills into the next window
 
     async def capacity() -> float:
         t0, queue = time.perf_counter(), list(range(16))
@@ -117,15 +125,25 @@ async def main(duration_s: float) -> None:
         )
 
     try:
-        cap = await capacity()
-        print(f"capacity_tps={cap:.1f}", flush=True)
-        rate = 0.5 * cap / LIVE_TOKENS
-        await mixed(False, rate)
-        await mixed(True, rate)
+        for _ in range(rounds):
+            cap = await capacity()
+            print(f"capacity_tps={cap:.1f}", flush=True)
+            rate = 0.5 * cap / LIVE_TOKENS
+            await mixed(False, rate)
+            await mixed(True, rate)
         print(f"capacity_tps_after={await capacity():.1f}", flush=True)
     finally:
         engine.close()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(float(sys.argv[1]) if len(sys.argv) > 1 else 15.0))
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("duration", type=float, nargs="?", default=15.0, help="seconds per window")
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--chunk", type=int, default=batched.LIVE_BATCH_CHUNK)
+    p.add_argument("--headroom", type=int, default=batched.LIVE_HEADROOM_SLOTS)
+    args = p.parse_args()
+    # Module constants, read by the engine at each step: set before it is loaded.
+    batched.LIVE_BATCH_CHUNK = args.chunk
+    batched.LIVE_HEADROOM_SLOTS = args.headroom
+    asyncio.run(main(args.duration, args.rounds))
