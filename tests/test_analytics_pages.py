@@ -74,7 +74,8 @@ def test_pages_render_on_a_full_database(dashboard_env: None, full: Database) ->
     assert ab and len(ab[0]["data"]) == 2 and ab[0]["data"][0]["error_y"]["array"]
 
     _open(app, "retraining.py")
-    assert len(app.subheader) == 4  # one per model version
+    # One subheader per model version, then the Datasets section's "Dataset jobs".
+    assert [s.value for s in app.subheader][4:] == ["Dataset jobs"]
     assert any("rollback" in e.value for e in app.error)  # the planted regression
     # Record the decision the page recommends for the first version.
     app.button(key="FormSubmitter:decide_0-Record decision").click().run()
