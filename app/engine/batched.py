@@ -29,9 +29,8 @@ the batch should use whatever capacity live traffic leaves. The rules, and why:
   would cost memory and copies on every preemption instead.
 - The victim is the youngest running batch job (latest submitted): the oldest batch work
   keeps its slot longest, so every batch job finishes once live load leaves spare slots.
-- Within a step's prompt-token budget interactive prompt chunks go first, and their first
-  tokens are sent before any batch work of the step (prompt chunks, and the next tokens of
-  batch streams while a live prompt is being prefilled) is decoded.
+- Each step decodes interactive prompt chunks first and sends their first tokens, then the
+  next token of every running stream (live and batch) in one decode, then batch prompt work.
 """
 
 from __future__ import annotations
@@ -418,8 +417,8 @@ class BatchedEngine:
         return slot
 
     def _step_once(self, running: list[Running]) -> list[Running]:
-        """One step: decode every generating slot's next token together, then prompt chunks,
-        interactive work before batch work; returns the jobs still running."""
+        """One step: interactive prompt chunks, then every generating slot's next token in one
+        decode, then batch prompt chunks; returns the jobs still running."""
         now = time.perf_counter()
         still: list[Running] = []
         for r in running:
@@ -431,15 +430,13 @@ class BatchedEngine:
         generating = sorted((r for r in still if _generating(r)), key=_seq)
         prefilling = [r for r in still if not _generating(r)]
         urgent = [r for r in prefilling if r.job.priority == "interactive"]
-        # While a live prompt waits for its first token, batch streams' next tokens are decoded
-        # after it in the same step: a decode costs more the more rows it holds, and the first
-        # token is what a person waits for; a batch stream loses nothing but that order.
-        deferring = bool(urgent)
-        self._decode_step([r for r in generating if not _deferred(r, deferring)], live)
+        # Live prompts first, then every stream's next token in one decode: a person waits
+        # for the first token, while a running stream's next token only waits one prompt
+        # chunk longer. One decode for all streams pays for the model's weights once; the
+        # former order (live streams, live prompts, batch streams) paid twice.
         budget = self._prefill_step(urgent, live, self._shape.n_batch)
-        # Interactive first tokens go out before any batch work of this step is decoded.
-        self._outbox.flush()
-        self._decode_step([r for r in generating if _deferred(r, deferring)], live)
+        self._outbox.flush()  # first tokens out before any other work of the step
+        self._decode_step([r for r in generating if id(r) in live], live)
         batch = [r for r in prefilling if r.job.priority == "batch"]
         # With live work in the slots or the queue a step decodes at most one batch prompt
         # chunk, unpacked: a live request arriving now waits for this step, so batch work
@@ -462,7 +459,7 @@ class BatchedEngine:
         for r in decoded:
             if not self._sample(r, r.row_or_fail()):
                 live.discard(id(r))
-        # Running streams get their tokens now, not after this step's prompt chunks.
+        # Running streams get their tokens now, before the batch prompt chunks of this step.
         self._outbox.flush()
 
     def _prefill_step(
@@ -715,11 +712,6 @@ class BatchedEngine:
 
 def _seq(r: Running) -> int:
     return r.slot.seq_id
-
-
-def _deferred(r: Running, deferring: bool) -> bool:
-    """Whether r's next token waits for this step's interactive prompt chunks."""
-    return deferring and r.job.priority == "batch"
 
 
 def _generating(r: Running) -> bool:
