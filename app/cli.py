@@ -8,8 +8,8 @@ import getpass
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from app.admin.config_file import ConfigError
 from app.batches import cli as batch_cli
 from app.batches.files import FileError
 from app.batches.store import BatchError
-from app.cli_output import echo, warn
+from app.cli_output import echo, progress_bars, warn
 from app.compress.quantize import QuantizeRefused
 from app.config import Settings
 from app.datasets import cli as dataset_cli
@@ -54,26 +54,9 @@ from app.store.catalog import ModelStore, ModelStoreError, ProgressCallback, des
 from app.store.estimate import format_bytes
 
 
-@contextmanager
-def hash_progress() -> Iterator[ProgressCallback]:
+def hash_progress() -> AbstractContextManager[ProgressCallback]:
     """A tqdm bar per file being hashed (shown for files big enough to wait on)."""
-    bars: dict[str, tqdm[Any]] = {}
-
-    def update(name: str, done: int, total: int) -> None:
-        if total < 64 * 1024 * 1024:
-            return
-        bar = bars.get(name)
-        if bar is None:
-            bar = bars[name] = tqdm(
-                total=total, unit="B", unit_scale=True, desc=f"sha256 {name}", leave=False
-            )
-        bar.update(done - bar.n)
-
-    try:
-        yield update
-    finally:
-        for bar in bars.values():
-            bar.close()
+    return progress_bars(64 * 1024 * 1024, "B", label="sha256 {}", unit_scale=True)
 
 
 def _print_scan(store: ModelStore, report: Any) -> None:

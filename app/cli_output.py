@@ -7,6 +7,11 @@ can use it without importing app/cli.py back.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from tqdm import tqdm
 
 
 def echo(message: str) -> None:
@@ -17,3 +22,30 @@ def echo(message: str) -> None:
 def warn(message: str) -> None:
     """A problem on stderr, flushed at once."""
     print(message, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def progress_bars(
+    min_total: int, unit: str, label: str = "{}", unit_scale: bool = False
+) -> Iterator[Callable[[str, int, int], None]]:
+    """Progress updates (name, done, total) shown as one tqdm bar per name; work whose total
+    is under min_total gets no bar (it would only flash). label formats the name."""
+    bars: dict[str, tqdm[Any]] = {}
+
+    def update(name: str, done: int, total: int) -> None:
+        bar = bars.get(name)
+        if bar is None:
+            if total < min_total:
+                return
+            bar = bars[name] = tqdm(
+                total=total, unit=unit, unit_scale=unit_scale, desc=label.format(name),
+                leave=False,
+            )  # fmt: skip
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        yield update
+    finally:
+        for bar in bars.values():
+            bar.close()

@@ -5,14 +5,11 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
-from app.cli_output import echo, warn
+from app.cli_output import echo, progress_bars, warn
 from app.config import Settings
 from app.datasets.build import BuildSpec, build_dataset, check_name, datasets_root
 from app.datasets.cleaning import CleaningOptions, StepProgress
@@ -35,25 +32,9 @@ def _warn(message: str) -> None:
     warn(f"herd dataset: {message}")
 
 
-@contextmanager
-def step_bars() -> Iterator[StepProgress]:
+def step_bars() -> AbstractContextManager[StepProgress]:
     """A tqdm bar per long step (selection, near-duplicate hashing, batches)."""
-    bars: dict[str, tqdm[Any]] = {}
-
-    def update(step: str, done: int, total: int) -> None:
-        if total < 5000 and step not in bars:
-            return  # quick steps: a bar would only flash
-        bar = bars.get(step)
-        if bar is None:
-            bar = bars[step] = tqdm(total=total, desc=step, unit="row", leave=False)
-        bar.total = total
-        bar.update(done - bar.n)
-
-    try:
-        yield update
-    finally:
-        for bar in bars.values():
-            bar.close()
+    return progress_bars(5000, "row")
 
 
 def cleaning_options(args: argparse.Namespace) -> CleaningOptions:

@@ -258,17 +258,8 @@ class BatchedEngine:
         now = time.perf_counter()
         if suspended is None:
             return job.finished("cancelled", 0, now, None, None, now)
-        r = suspended
-        r.sampler.close()
-        return job.finished(
-            "cancelled",
-            r.completion_tokens,
-            r.started_at,
-            r.first_at,
-            r.last_at,
-            now,
-            cached_tokens=r.cached_tokens,
-        )
+        suspended.sampler.close()
+        return _finished(suspended, "cancelled", now)
 
     def close(self) -> None:
         with self._wake:
@@ -671,15 +662,7 @@ class BatchedEngine:
             if tail or r.logprobs:
                 self._outbox.add(r.job, TextDelta(tail, tuple(r.logprobs)))
                 r.logprobs.clear()
-        finished = r.job.finished(
-            reason,
-            r.completion_tokens,
-            r.started_at,
-            r.first_at,
-            r.last_at,
-            now,
-            cached_tokens=r.cached_tokens,
-        )
+        finished = _finished(r, reason, now)
         # The slot is free before the caller hears of the end, so stats() never lags.
         self._release(r)
         self._outbox.add(r.job, finished)
@@ -708,6 +691,19 @@ class BatchedEngine:
         self._busy -= 1
         if r.job.priority == "batch":
             self._busy_batch -= 1
+
+
+def _finished(r: Running, reason: FinishReason, now: float) -> Finished:
+    """The Finished event of r, with its counts and timings so far."""
+    return r.job.finished(
+        reason,
+        r.completion_tokens,
+        r.started_at,
+        r.first_at,
+        r.last_at,
+        now,
+        cached_tokens=r.cached_tokens,
+    )
 
 
 def _seq(r: Running) -> int:

@@ -126,8 +126,9 @@ class Balancer:
         if not candidates:
             # The weighted choice is full: spill to the least loaded worker anywhere.
             candidates = [w for ws in free.values() for w in ws]
-        least = min(self._load(w, batch) for w in candidates)
-        tied = [w for w in candidates if self._load(w, batch) == least]
+        loads = {w.id: self._load(w, batch) for w in candidates}
+        least = min(loads.values())
+        tied = [w for w in candidates if loads[w.id] == least]
         # Ties rotate, so idle workers share new sessions instead of the first taking all.
         self._turn += 1
         worker = tied[self._turn % len(tied)]
