@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import openai
+
 from app.db.database import Database
 from app.store.catalog import ModelStore
 from app.store.demo import add_demo_model
@@ -69,6 +71,11 @@ def start_demo_worker(
     worker = launcher.start(*args)
     worker.wait_ready(timeout_s=180)
     return worker, args
+
+
+def openai_client(base_url: str) -> openai.OpenAI:
+    """The official client on base_url (".../v1"), no key, no retries: a test sees each answer."""
+    return openai.OpenAI(base_url=base_url, api_key="none", max_retries=0)
 
 
 @contextmanager

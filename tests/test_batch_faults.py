@@ -25,6 +25,7 @@ from app.db.database import Database
 from tests.batch_harness import (
     batch_gateway,
     chat_line,
+    openai_client,
     parse_jsonl,
     start_demo_worker,
     wait_batch,
@@ -120,7 +121,7 @@ def test_cancel_mid_run_finishes_in_flight_and_writes_both_files(
     start_demo_worker(worker_launcher, database, models_dir)
     with batch_gateway(tmp_path, db_url) as gateway:
         gateway.wait_workers(1)
-        client = openai.OpenAI(base_url=gateway.v1, api_key="none", max_retries=0)
+        client = openai_client(gateway.v1)
         batch, ids = submit(client, tmp_path, 16, max_tokens=8)
         wait_for(lambda: done_lines(database, batch.id) >= 2, timeout_s=180, step_s=0.2)
         cancelling = client.batches.cancel(batch.id)
@@ -146,7 +147,7 @@ def test_runner_killed_resumes_where_it_was(
     start_demo_worker(worker_launcher, database, models_dir)
     with batch_gateway(tmp_path, db_url) as gateway:
         gateway.wait_workers(1)
-        client = openai.OpenAI(base_url=gateway.v1, api_key="none", max_retries=0)
+        client = openai_client(gateway.v1)
         batch, ids = submit(client, tmp_path, 10)
         wait_for(lambda: done_lines(database, batch.id) >= 2, timeout_s=180, step_s=0.2)
         first_job, pid = runner_job(database, batch.id)
@@ -183,7 +184,7 @@ def test_worker_killed_mid_run_lines_go_to_the_other(
     second.wait_ready(timeout_s=180)
     with batch_gateway(tmp_path, db_url) as gateway:
         gateway.wait_workers(2)
-        client = openai.OpenAI(base_url=gateway.v1, api_key="none", max_retries=0)
+        client = openai_client(gateway.v1)
         batch, ids = submit(client, tmp_path, 12, max_tokens=6)
         wait_for(lambda: done_lines(database, batch.id) >= 2, timeout_s=180, step_s=0.2)
         first.process.send_signal(signal.SIGKILL)
@@ -241,7 +242,7 @@ def test_gateway_killed_mid_run_runner_waits_and_resumes(
     port = free_port()
     home = tmp_path / "gw-home"
     home.mkdir()
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+    client = openai_client(f"http://127.0.0.1:{port}/v1")
     with gateway_process(db_url, home, port) as gateway:
         batch, ids = submit(client, tmp_path, 10)
         wait_for(lambda: done_lines(database, batch.id) >= 2, timeout_s=180, step_s=0.2)
@@ -268,7 +269,7 @@ def test_postgres_stopped_30s_mid_run_nothing_lost_or_twice(
         start_demo_worker(launcher, database, models_dir)
         with batch_gateway(tmp_path, url) as gateway:
             gateway.wait_workers(1)
-            client = openai.OpenAI(base_url=gateway.v1, api_key="none", max_retries=0)
+            client = openai_client(gateway.v1)
             batch, ids = submit(client, tmp_path, 12, max_tokens=6)
             wait_for(lambda: done_lines(database, batch.id) >= 2, timeout_s=180, step_s=0.2)
             embedded_postgres(pgdata, "stop")
@@ -321,7 +322,7 @@ def test_runner_without_gateway_or_database_ends_and_the_batch_resumes(
     port = free_port()
     home = tmp_path / "gw-home"
     home.mkdir()
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+    client = openai_client(f"http://127.0.0.1:{port}/v1")
     try:
         start_demo_worker(launcher, database, models_dir)
         # 1. The gateway is gone for good (killed, nothing restarts it): the runner ends,

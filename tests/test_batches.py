@@ -24,6 +24,7 @@ from tests.batch_harness import (
     ALIAS,
     batch_gateway,
     chat_line,
+    openai_client,
     parse_jsonl,
     start_demo_worker,
     write_jsonl,
@@ -50,7 +51,7 @@ def test_openai_client_runs_a_batch_with_per_line_errors(
     source = write_jsonl(tmp_path / "in.jsonl", lines)
     with batch_gateway(tmp_path, db_url) as gateway:
         gateway.wait_workers(1)
-        client = openai.OpenAI(base_url=gateway.v1, api_key="none", max_retries=0)
+        client = openai_client(gateway.v1)
         uploaded = client.files.create(file=source.open("rb"), purpose="batch")
         assert uploaded.bytes == source.stat().st_size and uploaded.purpose == "batch"
         assert client.files.retrieve(uploaded.id).filename == "in.jsonl"
@@ -134,7 +135,7 @@ def test_bad_files_are_refused_with_line_numbers(tmp_path: Path, db_url: str) ->
         ],
     )
     with batch_gateway(tmp_path, db_url, batch_file_max_bytes=4000) as gateway:
-        client = openai.OpenAI(base_url=gateway.v1, api_key="none", max_retries=0)
+        client = openai_client(gateway.v1)
         with pytest.raises(openai.BadRequestError) as refused:
             client.files.create(file=bad.open("rb"), purpose="batch")
         message = refused.value.message
@@ -195,7 +196,7 @@ def test_bad_files_are_refused_with_line_numbers(tmp_path: Path, db_url: str) ->
 def test_batch_marking_needs_the_runner_credential(tmp_path: Path, db_url: str) -> None:
     source = write_jsonl(tmp_path / "in.jsonl", [chat_line("one", model="nobody-serves-this")])
     with batch_gateway(tmp_path, db_url) as gateway:
-        client = openai.OpenAI(base_url=gateway.v1, api_key="none", max_retries=0)
+        client = openai_client(gateway.v1)
         uploaded = client.files.create(file=source.open("rb"), purpose="batch")
         batch = client.batches.create(
             input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
@@ -426,7 +427,7 @@ def test_embeddings_batch_on_a_real_embedding_worker(
     source = write_jsonl(tmp_path / "embed.jsonl", lines)
     with batch_gateway(tmp_path, db_url) as gateway:
         gateway.wait_workers(1)
-        client = openai.OpenAI(base_url=gateway.v1, api_key="none", max_retries=0)
+        client = openai_client(gateway.v1)
         uploaded = client.files.create(file=source.open("rb"), purpose="batch")
         batch = client.batches.create(
             input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h"
