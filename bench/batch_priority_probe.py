@@ -7,7 +7,11 @@ and scheduler steps (count, mean and max duration). Example:
 
 Optional, to compare scheduling choices in one process: --rounds N (capacity, alone, with
 batch, N times), --chunk K (batch prompt tokens per step under live load, the engine's
-LIVE_BATCH_CHUNK), --headroom S (slots left free for live arrivals, LIVE_HEADROOM_SLOTS).
+LIVE_BATCH_CHUNK), --idle-chunk K (the same with no live work, IDLE_BATCH_CHUNK), --headroom S
+(slots left free for live arrivals, LIVE_HEADROOM_SLOTS), --rate-from live|batch (half the
+capacity in live calls/s measured with the live calls, or half the 64-token calls' tokens/s).
+Ends with the live TTFT p95 over all rounds' calls pooled, and the share of the spare
+capacity (half the 64-token calls' capacity) the batch used.
 
 Used to tell the engine's own behaviour from the HTTP stack's and the client's.
 """
@@ -39,7 +43,7 @@ def request(text: str, priority: Priority, max_tokens: int) -> GenerationRequest
     )
 
 
-async def main(duration_s: float, rounds: int) -> None:
+async def main(duration_s: float, rounds: int, rate_from: str) -> None:
     path = find_demo_model().path
     engine = load_batched_engine(
         LoadOptions(path, n_ctx=1024, parallel=SLOTS, threads=2), max_queue=64
@@ -66,19 +70,24 @@ async def main(duration_s: float, rounds: int) -> None:
         finally:
             job.cancel()  # a window's end: no batch work spills into the next window
 
-    async def capacity() -> float:
+    async def capacity(text: str, n_tokens: int) -> tuple[float, float]:
+        """16 calls, SLOTS in flight: (tokens/s, calls/s)."""
         t0, queue = time.perf_counter(), list(range(16))
         times: list[float] = []
 
         async def runner() -> None:
             while queue:
                 queue.pop()
-                await call("Write about the sea.", "interactive", BATCH_TOKENS, times, t0)
+                await call(text, "interactive", n_tokens, times, t0)
 
         await asyncio.gather(*(runner() for _ in range(SLOTS)))
-        return len(times) / (time.perf_counter() - t0)
+        wall = time.perf_counter() - t0
+        return len(times) / wall, 16 / wall
 
-    async def mixed(with_batch: bool, rate: float) -> None:
+    pooled: dict[bool, list[float]] = {False: [], True: []}
+    spare: list[float] = []
+
+    async def mixed(with_batch: bool, rate: float, batch_cap: float) -> None:
         steps.update(n=0, s=0.0, max=0.0)
         before = engine.preemptions
         t0 = time.perf_counter()
@@ -110,12 +119,16 @@ async def main(duration_s: float, rounds: int) -> None:
         for task in runners:
             task.cancel()
         await asyncio.gather(*runners, return_exceptions=True)
+        pooled[with_batch].extend(ttfts)
         ttfts.sort()
         live = len([t for t in live_times if t < duration_s])
         batch = len([t for t in batch_times if t < duration_s])
         p50 = ttfts[len(ttfts) // 2] * 1000
         p95 = ttfts[int(0.95 * (len(ttfts) - 1))] * 1000
         mean = steps["s"] / max(1, steps["n"]) * 1000
+        if with_batch:
+            # Live traffic at half the worker's capacity leaves half of it to the batch.
+            spare.append(batch / (0.5 * batch_cap * duration_s))
         print(
             f"with_batch={with_batch} live_tokens={live} batch_tokens={batch} "
             f"ttft_p50_ms={p50:.0f} ttft_p95_ms={p95:.0f} "
@@ -126,12 +139,31 @@ async def main(duration_s: float, rounds: int) -> None:
 
     try:
         for _ in range(rounds):
-            cap = await capacity()
-            print(f"capacity_tps={cap:.1f}", flush=True)
-            rate = 0.5 * cap / LIVE_TOKENS
-            await mixed(False, rate)
-            await mixed(True, rate)
-        print(f"capacity_tps_after={await capacity():.1f}", flush=True)
+            cap, _ = await capacity("Write about the sea.", BATCH_TOKENS)
+            live_cap_tps, live_cap = await capacity("Tell me a story.", LIVE_TOKENS)
+            # Half the capacity for the live calls themselves (their prompts included), or,
+            # as before, half the 64-token calls' tokens/s in 32-token calls.
+            rate = 0.5 * (live_cap if rate_from == "live" else cap / LIVE_TOKENS)
+            print(
+                f"capacity_tps={cap:.1f} live_capacity_calls_s={live_cap:.2f} "
+                f"({live_cap_tps:.1f} tok/s) live_rate={rate:.2f}/s",
+                flush=True,
+            )
+            await mixed(False, rate, cap)
+            await mixed(True, rate, cap)
+        cap, _ = await capacity("Write about the sea.", BATCH_TOKENS)
+        print(f"capacity_tps_after={cap:.1f}", flush=True)
+        alone, loaded = sorted(pooled[False]), sorted(pooled[True])
+
+        def p95(xs: list[float]) -> float:
+            return xs[int(0.95 * (len(xs) - 1))] * 1000
+
+        print(
+            f"pooled: live TTFT p95 alone {p95(alone):.0f} ms ({len(alone)} calls), with batch "
+            f"{p95(loaded):.0f} ms ({len(loaded)}): {p95(loaded) / p95(alone):.2f}x; "
+            f"batch used {sum(spare) / len(spare):.0%} of the spare capacity (mean of rounds)",
+            flush=True,
+        )
     finally:
         engine.close()
 
@@ -142,8 +174,11 @@ if __name__ == "__main__":
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--chunk", type=int, default=batched.LIVE_BATCH_CHUNK)
     p.add_argument("--headroom", type=int, default=batched.LIVE_HEADROOM_SLOTS)
+    p.add_argument("--idle-chunk", type=int, default=batched.IDLE_BATCH_CHUNK)
+    p.add_argument("--rate-from", choices=["live", "batch"], default="live")
     args = p.parse_args()
     # Module constants, read by the engine at each step: set before it is loaded.
     batched.LIVE_BATCH_CHUNK = args.chunk
     batched.LIVE_HEADROOM_SLOTS = args.headroom
-    asyncio.run(main(args.duration, args.rounds))
+    batched.IDLE_BATCH_CHUNK = args.idle_chunk
+    asyncio.run(main(args.duration, args.rounds, args.rate_from))

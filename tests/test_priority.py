@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.engine.batched import LIVE_BATCH_CHUNK, BatchedEngine
+from app.engine.batched import IDLE_BATCH_CHUNK, LIVE_BATCH_CHUNK, BatchedEngine
 from app.engine.embedder import MAX_SEQS, load_embedding_engine
 from app.engine.errors import QueueFull
 from app.engine.events import Finished, TextDelta
@@ -204,6 +204,54 @@ def test_batch_prompts_go_in_short_exact_chunks_while_live_work_runs(
         # and its greedy answer is the one it gives alone.
         assert len(chunks) >= 2 and max(chunks) <= LIVE_BATCH_CHUNK
         assert got[0] == expected[0] and same_usage(got[1], expected[1])
+
+    asyncio.run(scenario())
+
+
+def test_batch_prompt_work_stays_short_with_no_live_work_and_changes_no_answer(
+    pair: BatchedEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prompts = [
+        "Describe a mountain village in detail: its people, its houses and its llamas.",
+        "Explain how a river carves a valley over thousands of years, step by step.",
+    ]
+    per_step: list[int] = []
+    step_once, prefill_chunk, prefill_packed = (
+        pair._step_once,
+        pair._prefill_chunk,
+        pair._prefill_packed,
+    )
+
+    def step(running: Any) -> Any:
+        per_step.append(0)
+        return step_once(running)
+
+    def chunk(r: Any, *cut: Any) -> int:
+        used = prefill_chunk(r, *cut)
+        if r.job.priority == "batch":
+            per_step[-1] += used
+        return used
+
+    def packed(jobs: Any, *cut: Any) -> int:
+        used = prefill_packed(jobs, *cut)
+        if jobs[0].job.priority == "batch":
+            per_step[-1] += used
+        return used
+
+    async def scenario() -> None:
+        # Interactive prompts are prefilled in whole chunks: the reference answers.
+        expected = [await run(pair, greedy(p, max_tokens=12)) for p in prompts]
+        await asyncio.gather(*(run(pair, greedy(f"Name {n} rivers.", max_tokens=2)) for n in "23"))
+        monkeypatch.setattr(pair, "_step_once", step)
+        monkeypatch.setattr(pair, "_prefill_chunk", chunk)
+        monkeypatch.setattr(pair, "_prefill_packed", packed)
+        got = await asyncio.gather(*(run(pair, greedy(p, "batch", max_tokens=12)) for p in prompts))
+        # Both prompts went in (cold caches) over several steps, none decoding more than
+        # IDLE_BATCH_CHUNK batch prompt tokens; the answers are the interactive ones.
+        assert sum(per_step) > 2 * IDLE_BATCH_CHUNK
+        assert max(per_step) <= IDLE_BATCH_CHUNK
+        for (got_text, got_done), (want_text, want_done) in zip(got, expected, strict=True):
+            assert got_text == want_text and same_usage(got_done, want_done)
 
     asyncio.run(scenario())
 

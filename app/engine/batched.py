@@ -30,7 +30,9 @@ the batch should use whatever capacity live traffic leaves. The rules, and why:
 - The victim is the youngest running batch job (latest submitted): the oldest batch work
   keeps its slot longest, so every batch job finishes once live load leaves spare slots.
 - Each step decodes interactive prompt chunks first and sends their first tokens, then the
-  next token of every running stream (live and batch) in one decode, then batch prompt work.
+  next token of every running stream (live and batch) in one decode, then batch prompt work:
+  a short chunk (LIVE_BATCH_CHUNK or IDLE_BATCH_CHUNK tokens, where cutting is exact), since a
+  live request that arrives mid-step waits for the whole step.
 """
 
 from __future__ import annotations
@@ -73,8 +75,12 @@ PACK_MAX_POS = 256
 LIVE_HEADROOM_SLOTS = 1
 # Prompt tokens of batch work one step decodes while live work runs or waits: a live request
 # arriving mid-step waits for that chunk, and on a CPU a prompt chunk costs about a decode
-# row per token. Only where the cut cannot change the numbers (see _chunk_end).
-LIVE_BATCH_CHUNK = 16
+# row per token (8 tokens: 25 ms here, a decode of 4 rows 17 ms; bench/RESULTS.md). Only
+# where the cut cannot change the numbers (see _chunk_end).
+LIVE_BATCH_CHUNK = 8
+# The same with no live work in sight: a live request may arrive mid-step all the same, so
+# batch prompt work stays short; a little longer, as nobody waits yet (16 tokens: 42 ms).
+IDLE_BATCH_CHUNK = 16
 
 
 class BatchJob(JobChannel):
@@ -433,7 +439,10 @@ class BatchedEngine:
         # chunk, unpacked: a live request arriving now waits for this step, so batch work
         # in it stays within one short chunk (LIVE_BATCH_CHUNK tokens where cutting is exact).
         live_load = any(r.job.priority == "interactive" for r in still) or self._live_waiting()
-        self._prefill_step(batch, live, budget, single=live_load)
+        if live_load:
+            self._prefill_step(batch, live, budget, single=True, at_most=LIVE_BATCH_CHUNK)
+        else:
+            self._prefill_step(batch, live, min(budget, IDLE_BATCH_CHUNK), at_most=IDLE_BATCH_CHUNK)
         return [r for r in still if id(r) in live]
 
     def _live_waiting(self) -> bool:
@@ -454,21 +463,25 @@ class BatchedEngine:
         self._outbox.flush()
 
     def _prefill_step(
-        self, prefilling: list[Running], live: set[int], budget: int, single: bool = False
+        self,
+        prefilling: list[Running],
+        live: set[int],
+        budget: int,
+        single: bool = False,
+        at_most: int | None = None,
     ) -> int:
         """Decode prompt chunks of the prefilling jobs (in order) while budget (prompt tokens)
-        lasts, or just the first job's next short chunk when single, sampling the first token of
-        those whose prompt is done; returns what is left of the budget."""
+        lasts, or just the first job's next chunk when single, sampling the first token of
+        those whose prompt is done; chunks are cut at at_most tokens where that is exact (see
+        _chunk_end); returns what is left of the budget."""
         prefilling = [r for r in prefilling if id(r) in live]
-        at_most = None
         if single:
             prefilling = prefilling[:1]
             budget = min(budget, 1)
-            at_most = LIVE_BATCH_CHUNK
-        packed = self._pack(prefilling)
+        packed = self._pack(prefilling, budget, at_most)
         if len(packed) > 1 and budget > 0:
             # Sampled before the next decode: that one overwrites llama.cpp's logits.
-            budget -= self._prefill_packed(packed)
+            budget -= self._prefill_packed(packed, at_most)
             for r in packed:
                 if r.row is not None and not self._sample(r, r.row):
                     live.discard(id(r))
@@ -477,7 +490,7 @@ class BatchedEngine:
         for r in prefilling:
             if budget <= 0:
                 break
-            used = self._prefill_chunk(r, at_most)
+            used = self._prefill_chunk(r, at_most and min(at_most, budget))
             budget -= used
             if used == 0 or (
                 r.row is not None and r.prefilled == len(r.tokens) and not self._sample(r, r.row)
@@ -555,25 +568,27 @@ class BatchedEngine:
         end = self._chunk_end(r)
         return r.pack and end - r.prefilled < ATTENTION_TILE_ROWS and end <= PACK_MAX_POS
 
-    def _pack(self, prefilling: list[Running]) -> list[Running]:
-        """The prompts whose next chunks go into one decode: packable ones, in slot order,
-        as many as the batch holds."""
+    def _pack(
+        self, prefilling: list[Running], room: int, at_most: int | None = None
+    ) -> list[Running]:
+        """The prompts whose next chunks (see _chunk_end for at_most) go into one decode:
+        packable ones, in slot order, as many as room (tokens) holds."""
         packed: list[Running] = []
-        room = self._shape.n_batch
+        room = min(room, self._shape.n_batch)
         for r in sorted(filter(self._packable, prefilling), key=_seq):
-            size = self._chunk_end(r) - r.prefilled
+            size = self._chunk_end(r, at_most) - r.prefilled
             if size <= room:
                 packed.append(r)
                 room -= size
         return packed
 
-    def _prefill_packed(self, jobs: list[Running]) -> int:
+    def _prefill_packed(self, jobs: list[Running], at_most: int | None = None) -> int:
         """Decode the next (short) prompt chunk of every job in one llama_decode, as
         llama-server does with new prompts; returns the tokens decoded (0 on a failure: the
         jobs then retry one by one)."""
         batch = self._context.batch
         batch.clear()
-        ends = [self._chunk_end(r) for r in jobs]
+        ends = [self._chunk_end(r, at_most) for r in jobs]
         rows = [
             batch.add_run(r.tokens[r.prefilled : end], r.prefilled, r.slot.seq_id, _wants(r, end))
             for r, end in zip(jobs, ends, strict=True)
