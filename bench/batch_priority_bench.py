@@ -48,6 +48,10 @@ BATCH_PROMPTS = [
     "Write a letter to a neighbour about a lost cat.",
 ]
 BATCH_HEADERS = {"X-Herd-Priority": "batch"}
+# A new connection per call, for both servers: llama-server closes idle keep-alive
+# connections, and a call sent on one as it closed failed with "Server disconnected without
+# sending a response" (it ended two runs).
+FRESH_CONNECTIONS = httpx.Limits(max_connections=None, max_keepalive_connections=0)
 
 
 @dataclass
@@ -107,7 +111,7 @@ async def aggregate_tps(
     prompts with or without the batch header: only the priority class differs."""
     queue = list(range(n_calls))
     calls: list[Call] = []
-    async with httpx.AsyncClient(timeout=600) as client:
+    async with httpx.AsyncClient(timeout=600, limits=FRESH_CONNECTIONS) as client:
         t0 = time.perf_counter()
 
         async def runner() -> None:
@@ -140,7 +144,7 @@ async def mixed(
     duration = args.duration
     live: list[Call] = []
     batch: list[Call] = []
-    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=None)) as client:
+    async with httpx.AsyncClient(timeout=600, limits=FRESH_CONNECTIONS) as client:
         t0 = time.perf_counter()
 
         async def one_live(i: int, at: float) -> None:

@@ -8,7 +8,8 @@ and scheduler steps (count, mean and max duration). Example:
 Optional, to compare scheduling choices in one process: --rounds N (capacity, alone, with
 batch, N times), --chunk K (batch prompt tokens per step under live load, the engine's
 LIVE_BATCH_CHUNK), --idle-chunk K (the same with no live work, IDLE_BATCH_CHUNK), --headroom S
-(slots left free for live arrivals, LIVE_HEADROOM_SLOTS), --rate-from live|batch (half the
+(slots left free for live arrivals, LIVE_HEADROOM_SLOTS), --quiet S (for how long after live
+work they stay free, LIVE_QUIET_S), --rate-from live|batch (half the
 capacity in live calls/s measured with the live calls, or half the 64-token calls' tokens/s).
 Ends with the live TTFT p95 over all rounds' calls pooled, and the share of the spare
 capacity (half the 64-token calls' capacity) the batch used.
@@ -175,10 +176,12 @@ if __name__ == "__main__":
     p.add_argument("--chunk", type=int, default=batched.LIVE_BATCH_CHUNK)
     p.add_argument("--headroom", type=int, default=batched.LIVE_HEADROOM_SLOTS)
     p.add_argument("--idle-chunk", type=int, default=batched.IDLE_BATCH_CHUNK)
+    p.add_argument("--quiet", type=float, default=batched.LIVE_QUIET_S)
     p.add_argument("--rate-from", choices=["live", "batch"], default="live")
     args = p.parse_args()
     # Module constants, read by the engine at each step: set before it is loaded.
     batched.LIVE_BATCH_CHUNK = args.chunk
     batched.LIVE_HEADROOM_SLOTS = args.headroom
     batched.IDLE_BATCH_CHUNK = args.idle_chunk
+    batched.LIVE_QUIET_S = args.quiet
     asyncio.run(main(args.duration, args.rounds, args.rate_from))

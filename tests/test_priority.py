@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.engine.batched import IDLE_BATCH_CHUNK, LIVE_BATCH_CHUNK, BatchedEngine
+from app.engine.batched import IDLE_BATCH_CHUNK, LIVE_BATCH_CHUNK, LIVE_QUIET_S, BatchedEngine
 from app.engine.embedder import MAX_SEQS, load_embedding_engine
 from app.engine.errors import QueueFull
 from app.engine.events import Finished, TextDelta
@@ -490,7 +491,9 @@ def test_interactive_embeddings_go_ahead_of_a_large_batch_call(demo_path: Path) 
     assert order == ["live", "batch"], order
 
 
-def test_batch_leaves_one_of_four_slots_free_while_live_requests_run(demo_path: Path) -> None:
+def test_batch_leaves_one_of_four_slots_free_while_live_requests_run_and_just_after(
+    demo_path: Path,
+) -> None:
     engine = load_batched_engine(LoadOptions(demo_path, n_ctx=N_CTX, parallel=4), max_queue=8)
 
     async def until(check: Any) -> None:
@@ -517,10 +520,15 @@ def test_batch_leaves_one_of_four_slots_free_while_live_requests_run(demo_path: 
         _text, done = await log.drain("second", second)
         assert done.usage.completion_tokens == 4
         assert engine.stats().preemptions == before  # it found the free slot
-        # Without live work the batch takes every slot.
+        # Without live work the batch takes every slot, once none has run for LIVE_QUIET_S
+        # (the next live call would preempt it otherwise).
         live.cancel()
         await live_task
+        ended = time.perf_counter()
+        await until(lambda s: s.batch_busy >= 3)
+        assert engine.stats().batch_busy == 3
         await until(lambda s: s.batch_busy == 4 and s.batch_waiting == 0)
+        assert time.perf_counter() - ended > 0.5 * LIVE_QUIET_S
         for job in batch:
             job.cancel()
         await asyncio.gather(*tasks)

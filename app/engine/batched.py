@@ -15,7 +15,8 @@ Priority classes (requests.Priority): live traffic must never wait for offline b
 the batch should use whatever capacity live traffic leaves. The rules, and why:
 - The waiting queue has one lane per class (waiting.py); interactive requests start first, batch
   ones only take slots that are free after every waiting interactive request has one, and
-  while live requests run they leave one slot free for the next live arrival (4+ slots).
+  while live requests run, and for LIVE_QUIET_S after, they leave one slot free for the next
+  live arrival (4+ slots).
 - When an interactive request waits and no slot is free, a running batch job is preempted
   between two steps: its slot goes to the interactive request at once, so that request's first
   token waits at most for the step in flight, never for a batch completion. Reserving slots
@@ -71,8 +72,11 @@ PIECE_BUFFER_BYTES = 256
 # split-KV attention kernel for a one-token piece, which rounds unlike the whole chunk.
 # llama.cpp pads the view to 256 cells, so 256 keeps every packed view under 512.
 PACK_MAX_POS = 256
-# Slots batch jobs leave free while interactive requests are running (see _admit).
+# Slots batch jobs leave free while interactive requests run or ran within LIVE_QUIET_S
+# seconds (see _admit): between two live calls a batch job taking that slot would be
+# preempted by the next one, and each preemption costs the job a re-prefill.
 LIVE_HEADROOM_SLOTS = 1
+LIVE_QUIET_S = 1.0
 # Prompt tokens of batch work one step decodes while live work runs or waits: a live request
 # arriving mid-step waits for that chunk, and on a CPU a prompt chunk costs about a decode
 # row per token (8 tokens: 25 ms here, a decode of 4 rows 17 ms; bench/RESULTS.md). Only
@@ -173,6 +177,8 @@ class BatchedEngine:
         # Of _busy, the slots held by batch jobs; and batch jobs preempted since start.
         self._busy_batch = 0
         self.preemptions = 0
+        # When live work was last running or admitted (scheduler thread only).
+        self._live_at = -math.inf
         self._tokens_per_second: float | None = None
         self._job_seconds = 1.0
         # Written by the scheduler thread only; stats() reads them (ints: no torn reads).
@@ -343,7 +349,10 @@ class BatchedEngine:
         # job's slot costs that job a re-prefill, and under steady live traffic preempting
         # on every arrival would spend more on re-prefills than the extra slot yields.
         # With under 4 slots one slot is too big a share of the capacity to hold back.
-        live = any(r.job.priority == "interactive" for r in running) or bool(admitted)
+        now = time.perf_counter()
+        if any(r.job.priority == "interactive" for r in running) or admitted:
+            self._live_at = now
+        live = now - self._live_at <= LIVE_QUIET_S
         room = free - (LIVE_HEADROOM_SLOTS if live and self._shape.slots >= 4 else 0)
         while len(admitted) < room and (job := self._waiting.pop("batch")) is not None:
             admitted.append(job)
