@@ -204,6 +204,7 @@ def test_batch_prompts_go_in_short_exact_chunks_while_live_work_runs(
         # Under live load the batch prompt went in pieces of at most LIVE_BATCH_CHUNK tokens,
         # and its greedy answer is the one it gives alone.
         assert len(chunks) >= 2 and max(chunks) <= LIVE_BATCH_CHUNK
+        assert max(chunks) == LIVE_BATCH_CHUNK  # cut at the chunk size, not finer
         assert got[0] == expected[0] and same_usage(got[1], expected[1])
 
     asyncio.run(scenario())

@@ -486,7 +486,7 @@ class BatchedEngine:
         prefilling = [r for r in prefilling if id(r) in live]
         if single:
             prefilling = prefilling[:1]
-            budget = min(budget, 1)
+            budget = min(budget, at_most or 1)
         packed = self._pack(prefilling, budget, at_most)
         if len(packed) > 1 and budget > 0:
             # Sampled before the next decode: that one overwrites llama.cpp's logits.
