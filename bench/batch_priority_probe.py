@@ -37,6 +37,12 @@ LIVE_TOKENS = 32
 BATCH_TOKENS = 64
 
 
+def p95_ms(seconds: list[float]) -> float:
+    """The 95th percentile of seconds, in ms (nearest rank below)."""
+    xs = sorted(seconds)
+    return xs[int(0.95 * (len(xs) - 1))] * 1000
+
+
 def request(text: str, priority: Priority, max_tokens: int) -> GenerationRequest:
     sampling = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
     return GenerationRequest(
@@ -125,7 +131,7 @@ async def main(duration_s: float, rounds: int, rate_from: str) -> None:
         live = len([t for t in live_times if t < duration_s])
         batch = len([t for t in batch_times if t < duration_s])
         p50 = ttfts[len(ttfts) // 2] * 1000
-        p95 = ttfts[int(0.95 * (len(ttfts) - 1))] * 1000
+        p95 = p95_ms(ttfts)
         mean = steps["s"] / max(1, steps["n"]) * 1000
         if with_batch:
             # Live traffic at half the worker's capacity leaves half of it to the batch.
@@ -154,14 +160,10 @@ async def main(duration_s: float, rounds: int, rate_from: str) -> None:
             await mixed(True, rate, cap)
         cap, _ = await capacity("Write about the sea.", BATCH_TOKENS)
         print(f"capacity_tps_after={cap:.1f}", flush=True)
-        alone, loaded = sorted(pooled[False]), sorted(pooled[True])
-
-        def p95(xs: list[float]) -> float:
-            return xs[int(0.95 * (len(xs) - 1))] * 1000
-
+        alone, loaded = p95_ms(pooled[False]), p95_ms(pooled[True])
         print(
-            f"pooled: live TTFT p95 alone {p95(alone):.0f} ms ({len(alone)} calls), with batch "
-            f"{p95(loaded):.0f} ms ({len(loaded)}): {p95(loaded) / p95(alone):.2f}x; "
+            f"pooled: live TTFT p95 alone {alone:.0f} ms ({len(pooled[False])} calls), with "
+            f"batch {loaded:.0f} ms ({len(pooled[True])}): {loaded / alone:.2f}x; "
             f"batch used {sum(spare) / len(spare):.0%} of the spare capacity (mean of rounds)",
             flush=True,
         )

@@ -449,9 +449,9 @@ class BatchedEngine:
         # in it stays within one short chunk (LIVE_BATCH_CHUNK tokens where cutting is exact).
         live_load = any(r.job.priority == "interactive" for r in still) or self._live_waiting()
         if live_load:
-            self._prefill_step(batch, live, budget, single=True, at_most=LIVE_BATCH_CHUNK)
+            self._prefill_step(batch[:1], live, min(budget, LIVE_BATCH_CHUNK), cut=True)
         else:
-            self._prefill_step(batch, live, min(budget, IDLE_BATCH_CHUNK), at_most=IDLE_BATCH_CHUNK)
+            self._prefill_step(batch, live, min(budget, IDLE_BATCH_CHUNK), cut=True)
         return [r for r in still if id(r) in live]
 
     def _live_waiting(self) -> bool:
@@ -476,21 +476,17 @@ class BatchedEngine:
         prefilling: list[Running],
         live: set[int],
         budget: int,
-        single: bool = False,
-        at_most: int | None = None,
+        cut: bool = False,
     ) -> int:
         """Decode prompt chunks of the prefilling jobs (in order) while budget (prompt tokens)
-        lasts, or just the first job's next chunk when single, sampling the first token of
-        those whose prompt is done; chunks are cut at at_most tokens where that is exact (see
-        _chunk_end); returns what is left of the budget."""
+        lasts, sampling the first token of those whose prompt is done; when cut, chunks are cut
+        to what is left of the budget where that is exact (see _chunk_end), else a chunk that
+        starts within the budget is decoded whole; returns what is left of the budget."""
         prefilling = [r for r in prefilling if id(r) in live]
-        if single:
-            prefilling = prefilling[:1]
-            budget = min(budget, at_most or 1)
-        packed = self._pack(prefilling, budget, at_most)
+        packed = self._pack(prefilling, budget, budget if cut else None)
         if len(packed) > 1 and budget > 0:
             # Sampled before the next decode: that one overwrites llama.cpp's logits.
-            budget -= self._prefill_packed(packed, at_most)
+            budget -= self._prefill_packed(packed, budget if cut else None)
             for r in packed:
                 if r.row is not None and not self._sample(r, r.row):
                     live.discard(id(r))
@@ -499,7 +495,7 @@ class BatchedEngine:
         for r in prefilling:
             if budget <= 0:
                 break
-            used = self._prefill_chunk(r, at_most and min(at_most, budget))
+            used = self._prefill_chunk(r, budget if cut else None)
             budget -= used
             if used == 0 or (
                 r.row is not None and r.prefilled == len(r.tokens) and not self._sample(r, r.row)
