@@ -40,6 +40,9 @@ if not st.toggle(
     latency, traffic = charts.known_models(latency), charts.known_models(traffic)
     engagement = charts.known_models(engagement)
 
+# The bins each series was queried in: a bin without traffic is a gap, not a line.
+grid, engagement_grid = charts.series_grid(scope), charts.engagement_grid(scope)
+
 if not options.models:
     st.info("No traffic recorded yet. For a demo, run `herd demo-traffic --requests 100000`.")
 
@@ -48,18 +51,22 @@ latency_tab, traffic_tab, engagement_tab, ab_tab = st.tabs(
 )
 with latency_tab:
     pct = {"p50": "ttft_p50_ms", "p95": "ttft_p95_ms", "p99": "ttft_p99_ms"}
-    chart(charts.lines(latency, pct, title="Time to first token", y_title="ms"), latency, "ttft")
+    fig = charts.lines(latency, pct, title="Time to first token", y_title="ms", grid=grid)
+    chart(fig, latency, "ttft")
     pct = {"p50": "total_p50_ms", "p95": "total_p95_ms", "p99": "total_p99_ms"}
-    chart(charts.lines(latency, pct, title="Total latency", y_title="ms"), latency, "latency")
+    fig = charts.lines(latency, pct, title="Total latency", y_title="ms", grid=grid)
+    chart(fig, latency, "latency")
 with traffic_tab:
-    chart(
-        charts.lines(traffic, {"": "requests_per_minute"}, title="Requests", y_title="per min"),
-        traffic,
-        "traffic",
-    )
+    fig = charts.lines(
+        traffic, {"": "requests_per_minute"}, title="Requests", y_title="per min", grid=grid,
+        empty_bin=0,
+    )  # fmt: skip
+    chart(fig, traffic, "traffic")
     left, right = st.columns(2)
     with left:
-        fig = charts.lines(traffic, {"": "tokens_per_second"}, title="Tokens/s", y_title="tok/s")
+        fig = charts.lines(
+            traffic, {"": "tokens_per_second"}, title="Tokens/s", y_title="tok/s", grid=grid
+        )
         chart(fig, traffic, "tokens_per_second")
         fig = charts.lines(
             traffic,
@@ -67,14 +74,17 @@ with traffic_tab:
             title="Errors: server (5xx) and client (4xx)",
             y_title="",
             percent=True,
+            grid=grid,
         )
         chart(fig, traffic, "errors")
     with right:
         queue = {"avg": "queue_avg_ms", "p95": "queue_p95_ms"}
-        chart(charts.lines(traffic, queue, title="Queue wait", y_title="ms"), traffic, "queue")
+        fig = charts.lines(traffic, queue, title="Queue wait", y_title="ms", grid=grid)
+        chart(fig, traffic, "queue")
         fig = charts.lines(
-            traffic, {"": "cache_hit_rate"}, title="Cache hit rate", y_title="", percent=True
-        )
+            traffic, {"": "cache_hit_rate"}, title="Cache hit rate", y_title="", percent=True,
+            grid=grid,
+        )  # fmt: skip
         chart(fig, traffic, "cache")
     if semantic:
         st.subheader("Semantic cache", help=(
@@ -91,26 +101,36 @@ with engagement_tab:
         "thumbs_up_high",
         title="Thumbs-up ratio (95% Wilson band)",
         y_title="",
+        grid=engagement_grid,
     )
     chart(fig, engagement, "thumbs_up")
     left, right = st.columns(2)
     with left:
         fig = charts.lines(
-            engagement, {"": "feedback_rate"}, title="Feedback rate", y_title="", percent=True
-        )
+            engagement, {"": "feedback_rate"}, title="Feedback rate", y_title="", percent=True,
+            grid=engagement_grid,
+        )  # fmt: skip
         chart(fig, engagement, "feedback_rate")
-        fig = charts.lines(sessions, {"": "sessions"}, title="Sessions", y_title="sessions")
+        fig = charts.lines(
+            sessions, {"": "sessions"}, title="Sessions", y_title="sessions",
+            grid=engagement_grid, empty_bin=0,
+        )  # fmt: skip
         chart(fig, sessions, "sessions")
         fig = charts.lines(
-            sessions, {"": "regenerate_rate"}, title="Regenerate rate", y_title="", percent=True
-        )
+            sessions, {"": "regenerate_rate"}, title="Regenerate rate", y_title="", percent=True,
+            grid=engagement_grid,
+        )  # fmt: skip
         chart(fig, sessions, "regenerates")
     with right:
-        fig = charts.lines(engagement, {"": "comments"}, title="Comments", y_title="comments")
+        fig = charts.lines(
+            engagement, {"": "comments"}, title="Comments", y_title="comments",
+            grid=engagement_grid, empty_bin=0,
+        )  # fmt: skip
         chart(fig, engagement, "comments")
         fig = charts.lines(
-            sessions, {"": "turns_per_session"}, title="Turns per session", y_title="turns"
-        )
+            sessions, {"": "turns_per_session"}, title="Turns per session", y_title="turns",
+            grid=engagement_grid,
+        )  # fmt: skip
         chart(fig, sessions, "turns")
         fig = charts.lines(
             sessions,
@@ -118,6 +138,7 @@ with engagement_tab:
             title="Sessions abandoned after one turn",
             y_title="",
             percent=True,
+            grid=engagement_grid,
         )
         chart(fig, sessions, "one_turn")
 with ab_tab:

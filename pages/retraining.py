@@ -11,12 +11,13 @@ from app.analytics.monitoring import engagement_series, latency_series
 from app.analytics.recommend import Action, assess_versions, period_label
 from app.analytics.scope import Scope
 from app.analytics.versions import filter_options
-from app.ui import auth, charts, dataset_widgets, resources
+from app.ui import admin_actions, auth, charts, dataset_widgets, resources
 from app.ui.analytics_widgets import chart, period_picker
 from app.ui.rollout_widgets import execute_rollback_button
 
 operator = auth.require_role(Role.VIEWER)
 can_act = operator.role.allows(Role.OPERATOR)
+actor = admin_actions.page_actor(operator, "retraining")
 st.title("Retraining")
 st.caption("Each version's period is compared with the period of equal length before it.")
 
@@ -95,7 +96,10 @@ else:
         engagement = engagement_series(engine, basis)
     left, right = st.columns(2)
     with left:
-        fig = charts.lines(latency, {"p95": "total_p95_ms"}, title="p95 latency", y_title="ms")
+        fig = charts.lines(
+            latency, {"p95": "total_p95_ms"}, title="p95 latency", y_title="ms",
+            grid=charts.series_grid(basis),
+        )  # fmt: skip
         chart(fig, latency, "decision_latency")
     with right:
         fig = charts.band(
@@ -105,6 +109,7 @@ else:
             "thumbs_up_high",
             title="Thumbs-up ratio",
             y_title="",
+            grid=charts.engagement_grid(basis),
         )
         chart(fig, engagement, "decision_thumbs_up")
 
@@ -114,9 +119,9 @@ with resources.database_errors():
     dataset_widgets.dataset_list(engine)
     if can_act:
         dataset_widgets.build_form(
-            engine, resources.settings(), operator.name, start, end, filter_options(engine).aliases
+            engine, resources.settings(), actor, start, end, filter_options(engine).aliases
         )
-dataset_widgets.dataset_jobs(operator.name if can_act else None)
+dataset_widgets.dataset_jobs(actor if can_act else None)
 
 st.header("Dataset export")
 if not can_act:

@@ -234,15 +234,16 @@ def live_traffic() -> None:
     with resources.database_errors():
         per_minute = traffic_per_minute(engine, minutes, picked)
         totals = traffic_totals(engine, minutes, picked)
+    grid = charts.last_minutes(minutes)
     fig = charts.lines(
         per_minute, {"": "requests"}, title="Requests per minute", y_title="requests",
-        group="target",
+        group="target", grid=grid, empty_bin=0,
     )  # fmt: skip
     chart(fig, per_minute, "routing_requests")
     if any(r["errors"] for r in per_minute):
         fig = charts.lines(
             per_minute, {"": "errors"}, title="Errors per minute", y_title="errors",
-            group="target",
+            group="target", grid=grid, empty_bin=0,
         )  # fmt: skip
         chart(fig, per_minute, "routing_errors")
     if totals:

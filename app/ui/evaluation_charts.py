@@ -8,6 +8,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from app.evaluation.pareto import pareto_front
+from app.ui.charts import LEGEND_BELOW, no_data
 
 
 def pareto_scatter(
@@ -22,8 +23,10 @@ def pareto_scatter(
 ) -> Any:
     """Each model a point (x, y); the Pareto-optimal ones joined by a line and marked."""
     points = [r for r in rows if r.get(x) is not None and r.get(y) is not None]
-    front = set(pareto_front([(r[x], r[y]) for r in points], maximize_x=maximize_x))
     fig = go.Figure()
+    if not points:
+        return no_data(fig, title)
+    front = set(pareto_front([(r[x], r[y]) for r in points], maximize_x=maximize_x))
     fig.add_trace(
         go.Scatter(
             x=[r[x] for r in points],
@@ -54,5 +57,7 @@ def pareto_scatter(
             hoverinfo="skip",
         )
     )
-    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, height=420)
+    fig.update_layout(
+        title=title, xaxis_title=x_title, yaxis_title=y_title, height=420, legend=LEGEND_BELOW
+    )
     return fig
