@@ -395,6 +395,7 @@ def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
             aliases=tuple(args.alias),
             min_rating=args.min_rating,
             include_synthetic=args.include_synthetic,
+            include_cut=args.include_cut,
             redact=not args.no_redact,
         )
         with tqdm(unit="row", desc=f"export {args.kind}") as bar:
@@ -412,7 +413,8 @@ def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
                 return 2
     echo(
         f"wrote {result.records} records to {result.path} ({result.duplicates} duplicates "
-        f"removed); card: {result.card_path}"
+        f"removed; left out as no real user turn: {result.excluded.summary()}); "
+        f"card: {result.card_path}"
     )
     return 0
 
@@ -512,6 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument(
         "--include-synthetic", action="store_true", help="include demo-traffic rows"
+    )
+    export.add_argument(
+        "--include-cut", action="store_true", help="keep answers that stopped at max_tokens"
     )
     export.add_argument("--no-redact", action="store_true", help="keep emails, phones, cards")
 

@@ -151,6 +151,8 @@ def make_handler(stub: Stub) -> type[BaseHTTPRequestHandler]:
             words = stub.words(body)
             delay = stub.args.token_delay_ms / 1000
             n = len(words)
+            # Fewer words than the stub says when max_tokens stopped it: cut, as llama.cpp says.
+            finish = "length" if n < stub.args.tokens else "stop"
             usage = {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": 7 + n}
             timings = {"queue_ms": 1.5, "ttft_ms": delay * 1000 + 2, "tokens_per_second": 123.0}
             rid = f"stub-{uuid.uuid4().hex}"
@@ -163,7 +165,7 @@ def make_handler(stub: Stub) -> type[BaseHTTPRequestHandler]:
                     if chat
                     else {"index": 0, "text": text}
                 )
-                choice["finish_reason"] = "stop"
+                choice["finish_reason"] = finish
                 answer = {"id": rid, "object": obj, "created": int(time.time()),
                           "model": stub.args.alias, "choices": [choice], "usage": usage,
                           "timings": timings}  # fmt: skip
@@ -189,7 +191,7 @@ def make_handler(stub: Stub) -> type[BaseHTTPRequestHandler]:
                 else:
                     event({"text": word, "finish_reason": None})
             final = {"delta": {}} if chat else {"text": ""}
-            event({**final, "finish_reason": "stop"}, usage=usage, timings=timings)
+            event({**final, "finish_reason": finish}, usage=usage, timings=timings)
             self._chunk(b"data: [DONE]\n\n")
             self._chunk(b"")
 

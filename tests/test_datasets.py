@@ -493,6 +493,7 @@ class Line:
 
     ok: bool
     text: str | None
+    finish_reason: str | None = "stop"
 
 
 def test_distillation_bodies_and_rows() -> None:
@@ -513,14 +514,17 @@ def test_distillation_bodies_and_rows() -> None:
         "top_p": 1.0,
         "seed": 0,
     }
-    out, step = distilled_rows(
-        rows, {"r0": Line(True, "T1"), "r1": Line(True, "T2"), "r2": Line(False, None)}
+    out, steps = distilled_rows(
+        rows, {"r0": Line(True, "T1"), "r1": Line(True, "T2"), "r2": Line(False, None)}, teacher
     )
     assert [(r.id, r.response, r.source) for r in out] == [
         ("a", "T1", "distill"),
         ("b", "T2", "distill"),
     ]
-    assert (step.step, step.rows_in, step.removed) == ("teacher_failed", 3, 1)
+    assert [(s.step, s.rows_in, s.removed) for s in steps] == [
+        ("teacher_failed", 3, 1),
+        ("teacher_cut", 2, 0),
+    ]
     with pytest.raises(DatasetError, match="alias"):
         GenerationSettings("")
 
@@ -544,9 +548,10 @@ def test_augmentation_bodies_and_rows() -> None:
         "r1-p1": Line(True, "   "),
         "r1-p2": Line(True, "How fast does light travel?"),
     }
-    out, steps = paraphrased_rows(rows, results, 3)
+    out, steps = paraphrased_rows(rows, results, 3, GenerationSettings("para"))
     assert [(s.step, s.rows_in, s.removed) for s in steps] == [
         ("paraphrase_failed", 6, 2),
+        ("paraphrase_cut", 4, 0),
         ("paraphrase_exact_duplicate", 4, 1),
         ("paraphrase_near_duplicate", 3, 1),
     ]
@@ -601,7 +606,10 @@ def test_build_from_demo_traffic(database: Database, tmp_path: Path) -> None:
     selected = select_from_log(database.engine, LogSelection(include_synthetic=True))
     assert select_from_log(database.engine, LogSelection()).rows == []  # synthetic: opt in
     info = build_dataset(database.engine, tmp_path, BuildSpec("demo", "o", seed=5), selected)
-    rows_in = len(selected.rows) + selected.unusable
+    # From every matched row, less those that are no real user turn, to the rows written.
+    assert selected.excluded is not None
+    assert selected.excluded.eligible == len(selected.rows) + selected.unusable
+    rows_in = selected.excluded.matched
     for step in info.steps:
         assert step["rows_in"] == rows_in
         rows_in = step["rows_out"]

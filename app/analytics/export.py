@@ -5,7 +5,8 @@ positively rated responses. Preference lines are {"prompt", "chosen", "rejected"
 in TRL's conversational preference format, from (a) responses to the identical prompt that
 users rated differently and (b) thumbs-down answers an operator corrected. Text is
 redacted, exact duplicates are dropped, and a Markdown card beside the file records counts,
-filters and the date range.
+filters and the date range. Only real user turns are read (app/analytics/eligible.py);
+the card counts the rows left out per reason.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 from sqlalchemy import Engine, TextClause, text
 
+from app.analytics.eligible import ELIGIBLE, Breakdown, Eligibility, breakdown
 from app.analytics.redact import redact_messages, redact_text
 
 ExportProgress = Callable[[int, int], None]
@@ -49,16 +51,19 @@ class ExportFilter:
     # SFT: the least net rating (sum of +1/-1 votes) a response needs.
     min_rating: int = 1
     include_synthetic: bool = False
+    # Answers that stopped at max_tokens (finish_reason 'length'): left out unless asked.
+    include_cut: bool = False
     redact: bool = True
 
     def params(self) -> dict[str, Any]:
+        eligibility = Eligibility(self.include_synthetic, self.include_cut)
         return {
             "start": self.start,
             "end": self.end,
             "model_ids": list(self.model_ids),
             "aliases": list(self.aliases),
             "min_rating": self.min_rating,
-            "synthetic": self.include_synthetic,
+            **eligibility.params(),
         }
 
     def describe(self) -> dict[str, Any]:
@@ -82,26 +87,42 @@ class ExportResult:
     sources: Counter[str] = field(default_factory=Counter)
     first_at: datetime | None = None
     last_at: datetime | None = None
+    # The rated rows the export matched, and those left out as no real user turn.
+    excluded: Breakdown = field(default_factory=Breakdown)
 
 
-# Which logged requests a selection reads (ExportFilter.params); app/datasets shares it.
+# Which logged requests a selection reads (ExportFilter.params), before the eligibility
+# predicate (ELIGIBLE) is applied; app/datasets shares it.
 SCOPE_FILTERS = """
       (CAST(:start AS timestamptz) IS NULL OR r.created_at >= :start)
   AND (CAST(:end AS timestamptz) IS NULL OR r.created_at < :end)
   AND (cardinality(CAST(:model_ids AS bigint[])) = 0 OR r.model_id = ANY(:model_ids))
   AND (cardinality(CAST(:aliases AS text[])) = 0 OR r.alias = ANY(:aliases))
-  AND (CAST(:synthetic AS boolean) OR NOT r.synthetic)
 """
-REQUEST_FILTERS = SCOPE_FILTERS + "  AND coalesce(msg.response, '') <> ''\n"
+ANSWERED = SCOPE_FILTERS + "  AND coalesce(msg.response, '') <> ''\n"
+REQUEST_FILTERS = ANSWERED + f"  AND {ELIGIBLE}\n"
 # Each rated request's net rating (the sum of its +1/-1 votes).
 NET_RATINGS = "(SELECT request_id, sum(rating) AS net FROM feedback GROUP BY request_id)"
 
-SFT_SQL = f"""
-    SELECT r.id, r.created_at, msg.prompt, msg.response
+# The rows each kind reads, eligible or not (what the card's breakdown counts).
+SFT_MATCHED = f"""
     FROM {NET_RATINGS} f
     JOIN requests r ON r.id = f.request_id
     JOIN messages msg ON msg.request_id = r.id
-    WHERE f.net >= :min_rating AND {REQUEST_FILTERS}
+    WHERE f.net >= :min_rating AND {ANSWERED}
+"""
+PREFERENCE_MATCHED = f"""
+    FROM requests r
+    JOIN messages msg ON msg.request_id = r.id
+    LEFT JOIN {NET_RATINGS} f ON f.request_id = r.id
+    WHERE {ANSWERED}
+      AND (f.net <> 0 OR EXISTS (SELECT 1 FROM feedback_corrections c WHERE c.request_id = r.id)
+           AND EXISTS (SELECT 1 FROM feedback v WHERE v.request_id = r.id AND v.rating = -1))
+"""
+
+SFT_SQL = f"""
+    SELECT r.id, r.created_at, msg.prompt, msg.response
+    {SFT_MATCHED} AND {ELIGIBLE}
 """
 
 # Same prompt (identical messages), opposite net ratings: pair the k-th distinct liked
@@ -221,7 +242,8 @@ def export_dataset(
     with engine.connect() as conn:
         total = int(conn.execute(_count(sql), params).scalar_one())
     path.parent.mkdir(parents=True, exist_ok=True)
-    result = ExportResult(kind, path, card_path(path))
+    matched = SFT_MATCHED if kind is DatasetKind.SFT else PREFERENCE_MATCHED
+    result = ExportResult(kind, path, card_path(path), excluded=breakdown(engine, matched, params))
     seen: set[str] = set()
     # Written under a temporary name, renamed when complete: no half dataset on failure.
     partial = path.with_name(path.name + ".partial")
@@ -265,6 +287,8 @@ def write_card(result: ExportResult, filters: ExportFilter) -> None:
         "records": result.records,
         "duplicates_removed": result.duplicates,
         "skipped_unusable": result.skipped,
+        # Rated rows that are no real user turn (batch, synthetic, cancelled, error, cut).
+        "excluded": {k: v for k, v in result.excluded.excluded.items() if v},
         "by_source": dict(result.sources),
         "date_range": [
             result.first_at.isoformat() if result.first_at else None,
@@ -286,6 +310,7 @@ def write_card(result: ExportResult, filters: ExportFilter) -> None:
         f"- records: {result.records} ({result.duplicates} duplicates removed, "
         f"{result.skipped} unusable rows skipped)",
         f"- date range of the source requests: {first or '-'} to {last or '-'}",
+        f"- left out as no real user turn: {result.excluded.summary()}",
         f"- filters: {json.dumps(facts['filters'])}",
         f"- redaction: {facts['redaction']}",
         f"- line format: {layout}",

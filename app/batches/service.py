@@ -63,6 +63,16 @@ class BatchResult:
         text = choice.get("text")
         return text if isinstance(text, str) else None
 
+    @property
+    def finish_reason(self) -> str | None:
+        """Why the answer stopped (stop, length: cut at max_tokens, ...); None if unknown."""
+        if not self.ok or not isinstance(self.body, dict):
+            return None
+        choices = self.body.get("choices") or []
+        choice = choices[0] if choices else None
+        reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+        return reason if isinstance(reason, str) else None
+
 
 def batch_jsonl(
     alias: str,

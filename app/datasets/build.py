@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from app.analytics.eligible import RULE_OF
 from app.datasets.card import write_card
 from app.datasets.cleaning import CleaningOptions, StepProgress, StepReport, clean
 from app.datasets.rows import DatasetError, DatasetKind, DatasetRow
@@ -57,15 +58,30 @@ def check_name(engine: Engine, root: Path, name: str) -> None:
         raise DatasetError(f"a dataset named {name!r} exists already")
 
 
-def selection_step(selected: Selected) -> StepReport:
-    """The selection as the card's first step: what it matched, what was unusable."""
-    total = len(selected.rows) + selected.unusable
-    return StepReport(
-        "unusable_prompt",
-        "prompt is not chat messages (e.g. token arrays)",
-        total,
-        selected.unusable,
+def selection_steps(selected: Selected) -> list[StepReport]:
+    """The selection as the card's first steps: the logged rows it matched that are no real
+    user turn, one step per reason in force (app/analytics/eligible.py); those past its
+    limit; then the prompts that are not chat messages."""
+    steps = []
+    read = len(selected.rows) + selected.unusable
+    excluded = selected.excluded
+    if excluded is not None:
+        rows_in = excluded.matched
+        for reason, removed in excluded.excluded.items():
+            step = StepReport(f"excluded_{reason}", RULE_OF[reason].description, rows_in, removed)
+            steps.append(step)
+            rows_in -= removed
+        if rows_in > read:
+            steps.append(StepReport("limit", "past the selection's limit", rows_in, rows_in - read))
+    steps.append(
+        StepReport(
+            "unusable_prompt",
+            "prompt is not chat messages (e.g. token arrays)",
+            read,
+            selected.unusable,
+        )
     )
+    return steps
 
 
 def clean_selected(
@@ -76,7 +92,7 @@ def clean_selected(
         what = "request" if selected.source.get("type") == "request_log" else "record"
         raise DatasetError(f"the selection matched no usable {what}s; nothing was written")
     result = clean(selected.rows, spec.cleaning, answers=answers, progress=progress)
-    steps = [selection_step(selected), *result.steps]
+    steps = [*selection_steps(selected), *result.steps]
     if not result.rows:
         raise DatasetError(
             "cleaning removed every row; nothing was written: "
@@ -91,11 +107,12 @@ def write_dataset(
     spec: BuildSpec,
     rows: list[DatasetRow],
     steps: list[StepReport],
-    source: dict[str, Any],
+    selected: Selected,
     extra: dict[str, Any] | None = None,
     on_write: Callable[[str, int], None] | None = None,
 ) -> DatasetInfo:
-    """Split rows, write the JSONL files and the card, record the dataset; all or nothing."""
+    """Split rows, write the JSONL files and the card, record the dataset; all or nothing.
+    selected is where the rows came from (its source and exclusions go on the card)."""
     check_name(engine, root, spec.name)
     if not rows:
         raise DatasetError("no rows to write; nothing was written")
@@ -122,13 +139,15 @@ def write_dataset(
             "kind": spec.kind.value,
             "created_by": spec.created_by,
             "created_at": datetime.now(UTC).isoformat(),
-            "source": source,
+            "source": selected.source,
             "steps": [s.as_dict() for s in steps],
             "cleaning": spec.cleaning.describe(),
             "seed": spec.seed,
             "ratios": asdict(spec.ratios),
             "split_rows": {split: len(members) for split, members in splits.items()},
             "synthetic_rows": sum(r.synthetic for r in rows),
+            # Logged rows left out as no real user turn, per reason (request log only).
+            **({} if selected.excluded is None else {"excluded": selected.excluded.excluded}),
             "files": files,
             "held_out_prompts": held_out,
             **(extra or {}),
@@ -174,4 +193,4 @@ def build_dataset(
     """An SFT dataset of the selection's own answers: clean, split, write."""
     check_name(engine, root, spec.name)
     rows, steps = clean_selected(selected, spec, answers=True, progress=progress)
-    return write_dataset(engine, root, spec, rows, steps, selected.source)
+    return write_dataset(engine, root, spec, rows, steps, selected)

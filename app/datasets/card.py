@@ -33,6 +33,12 @@ def render_readme(card: dict[str, Any]) -> str:
         f" (seed {card['seed']}, ratios {card['ratios']}; a conversation stays in one split)",
         f"- line format: {LINE_FORMAT}",
     ]
+    if card.get("excluded") is not None:
+        left_out = ", ".join(f"{n} {reason}" for reason, n in card["excluded"].items() if n)
+        lines.append(
+            f"- logged rows left out as no real user turn: {left_out or 'none'} (reasons "
+            f"applied: {', '.join(card['excluded'])}; the `excluded_*` steps below)"
+        )
     if card.get("held_out_prompts"):
         lines.append(
             f"- held-out prompts with their answers as references: `{card['held_out_prompts']}` "

@@ -101,6 +101,7 @@ def log_selection(db: Database, settings: Settings, args: argparse.Namespace) ->
         rating=Rating(args.rating),
         tags=tuple(args.tag),
         include_synthetic=args.include_synthetic,
+        include_cut=args.include_cut,
         limit=args.limit,
     )
 
@@ -139,6 +140,7 @@ def generation_settings(args: argparse.Namespace, alias: str) -> GenerationSetti
         top_p=args.top_p,
         seed=args.gen_seed,
         system_prompt=args.system_prompt,
+        keep_cut=args.include_cut,
     )
 
 
@@ -264,6 +266,12 @@ def add_source_flags(p: argparse.ArgumentParser, alias_flag: str = "--alias") ->
         help="only requests with this Feedback-review tag (repeatable: any of them)",
     )
     p.add_argument("--include-synthetic", action="store_true", help="include demo-traffic rows")
+    p.add_argument(
+        "--include-cut",
+        action="store_true",
+        help="keep answers that stopped at max_tokens (logged ones, and for distill/augment "
+        "the batch's)",
+    )
     p.add_argument("--limit", type=int, default=None, help="at most this many requests")
 
 

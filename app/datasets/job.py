@@ -99,6 +99,7 @@ class DatasetJobRequest:
                 rating=Rating(s["rating"]),
                 tags=tuple(s["tags"]),
                 include_synthetic=bool(s["include_synthetic"]),
+                include_cut=bool(s.get("include_cut", False)),
                 limit=s["limit"],
             )
         upload = params.get("upload")

@@ -120,22 +120,20 @@ def distill_dataset(
     spec = replace(spec, kind=DatasetKind.DISTILL)
     check_name(engine, root, spec.name)
     # The logged answers are not the dataset's: prompts alone are cleaned and deduplicated.
-    prompts = Selected(
-        [r.with_response(None) for r in selected.rows], selected.source, selected.unusable
-    )
+    prompts = replace(selected, rows=[r.with_response(None) for r in selected.rows])
     rows, steps = clean_selected(prompts, spec, answers=False, progress=progress)
     ids, bodies = distill_requests(rows, teacher)
     batch_id, results = run_batch(
         settings, engine, teacher.alias, ids, bodies, spec, progress, timeout_s, resume, on_batch
     )
-    answered, failed = distilled_rows(rows, results)
+    answered, dropped = distilled_rows(rows, results, teacher)
     cleaned = clean(answered, spec.cleaning, answers=True, prompts=False, progress=progress)
-    steps = [*steps, failed, *cleaned.steps]
+    steps = [*steps, *dropped, *cleaned.steps]
     if not cleaned.rows:
         raise DatasetError(f"no usable teacher answer in batch {batch_id}; nothing was written")
     teacher_card = {**teacher.describe(), "batch_id": batch_id, "endpoint": "/v1/chat/completions"}
     return write_dataset(
-        engine, root, spec, cleaned.rows, steps, selected.source, {"teacher": teacher_card}
+        engine, root, spec, cleaned.rows, steps, selected, {"teacher": teacher_card}
     )
 
 
@@ -171,7 +169,7 @@ def augment_dataset(
         resume,
         on_batch,
     )
-    out, added = paraphrased_rows(rows, results, n, spec.cleaning.near_dup_threshold)
+    out, added = paraphrased_rows(rows, results, n, paraphraser, spec.cleaning.near_dup_threshold)
     augmentation = {
         **paraphraser.describe(),
         "n": n,
@@ -180,5 +178,5 @@ def augment_dataset(
         "paraphrases_kept": len(out) - len(rows),
     }
     return write_dataset(
-        engine, root, spec, out, [*steps, *added], selected.source, {"augmentation": augmentation}
+        engine, root, spec, out, [*steps, *added], selected, {"augmentation": augmentation}
     )

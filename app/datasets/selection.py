@@ -1,4 +1,5 @@
-"""Where a dataset's prompts come from: the request log (filters) or an uploaded file."""
+"""Where a dataset's prompts come from: the request log (filters; real user turns only, as
+app/analytics/eligible.py defines them) or an uploaded file."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
+from app.analytics.eligible import ELIGIBLE, Breakdown, breakdown
 from app.analytics.export import (
     NET_RATINGS,
     SCOPE_FILTERS,
@@ -49,16 +51,19 @@ class LogSelection:
     rating: Rating = Rating.ANY
     tags: tuple[str, ...] = ()  # from Feedback review: a request with any of them
     include_synthetic: bool = False
+    # Answers that stopped at max_tokens (finish_reason 'length'): left out unless asked.
+    include_cut: bool = False
     limit: int | None = None
 
     def params(self) -> dict[str, Any]:
-        # The time/model/alias/synthetic part is the one `herd export` binds.
+        # The time/model/alias/eligibility part is the one `herd export` binds.
         scope = ExportFilter(
             start=self.start,
             end=self.end,
             model_ids=self.model_ids,
             aliases=self.aliases,
             include_synthetic=self.include_synthetic,
+            include_cut=self.include_cut,
         )
         try:
             tags = sorted({clean_tag(t) for t in self.tags})
@@ -80,9 +85,8 @@ class LogSelection:
         return {"type": "request_log", **out}
 
 
-# Every matching request with its text, oldest first (the order cleaning keeps the first of).
-SELECT_SQL = f"""
-    SELECT r.id, r.created_at, r.session_id, msg.prompt, msg.response
+# The requests with text a selection's filters match, real user turns or not.
+MATCHED_SQL = f"""
     FROM requests r
     JOIN messages msg ON msg.request_id = r.id
     LEFT JOIN {NET_RATINGS} f ON f.request_id = r.id
@@ -92,6 +96,12 @@ SELECT_SQL = f"""
            OR (:rating = 'up' AND f.net > 0) OR (:rating = 'down' AND f.net < 0))
       AND (cardinality(CAST(:tags AS text[])) = 0 OR EXISTS (
            SELECT 1 FROM feedback_tags t WHERE t.request_id = r.id AND t.tag = ANY(:tags)))
+"""
+# Those that are real user turns, oldest first (the order cleaning keeps the first of).
+SELECT_SQL = f"""
+    SELECT r.id, r.created_at, r.session_id, msg.prompt, msg.response
+    {MATCHED_SQL}
+      AND {ELIGIBLE}
     ORDER BY r.created_at, r.id
     LIMIT :limit
 """
@@ -104,6 +114,9 @@ class Selected:
     rows: list[DatasetRow]
     source: dict[str, Any]
     unusable: int = 0  # prompts that are not chat messages (e.g. raw completions of tokens)
+    # Request log: the matched rows, and those left out as no real user turn, per reason
+    # (None for an upload).
+    excluded: Breakdown | None = None
 
 
 def select_from_log(
@@ -111,11 +124,11 @@ def select_from_log(
 ) -> Selected:
     """The logged requests matching selection, as rows (the logged answer kept)."""
     params = selection.params()
-    with engine.connect() as conn:
-        total = int(
-            conn.execute(text(f"SELECT count(*) FROM ({SELECT_SQL}) q"), params).scalar_one()
-        )
-    out = Selected([], selection.describe())
+    excluded = breakdown(engine, MATCHED_SQL, params)
+    total = (
+        excluded.eligible if selection.limit is None else min(excluded.eligible, selection.limit)
+    )
+    out = Selected([], selection.describe(), excluded=excluded)
     for done, row in enumerate(stream_rows(engine, SELECT_SQL, params), start=1):
         messages = prompt_messages(row["prompt"])
         if messages is None:

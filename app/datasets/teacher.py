@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from app.analytics.eligible import CUT
 from app.datasets.cleaning import StepReport
 from app.datasets.near_dup import near_duplicates
 from app.datasets.rows import DatasetError, DatasetRow
@@ -25,6 +26,9 @@ class LineResult(Protocol):
     @property
     def text(self) -> str | None: ...
 
+    @property
+    def finish_reason(self) -> str | None: ...
+
 
 @dataclass(frozen=True)
 class GenerationSettings:
@@ -36,6 +40,9 @@ class GenerationSettings:
     top_p: float = 1.0
     seed: int = 0
     system_prompt: str | None = None
+    # Keep answers that stopped at max_tokens (finish_reason 'length'); by default they are
+    # dropped and counted, as cut answers in the request log are.
+    keep_cut: bool = False
 
     def __post_init__(self) -> None:
         if not self.alias:
@@ -56,6 +63,10 @@ class GenerationSettings:
 
     def describe(self) -> dict[str, Any]:
         return asdict(self)
+
+    def cut(self, result: LineResult) -> bool:
+        """Whether result is an answer to drop as cut at max_tokens."""
+        return not self.keep_cut and result.finish_reason == CUT
 
 
 # --- distillation ----------------------------------------------------------------------
@@ -80,22 +91,36 @@ def distill_requests(
 
 
 def distilled_rows(
-    rows: list[DatasetRow], results: Mapping[str, LineResult]
-) -> tuple[list[DatasetRow], StepReport]:
-    """Each row with the teacher's answer in place of its own; rows whose line failed are
-    dropped and counted."""
-    out = []
+    rows: list[DatasetRow], results: Mapping[str, LineResult], teacher: GenerationSettings
+) -> tuple[list[DatasetRow], list[StepReport]]:
+    """Each row with the teacher's answer in place of its own; rows whose line failed, and
+    (unless teacher.keep_cut) those whose answer stopped at max_tokens, are dropped and
+    counted."""
+    answered, out = [], []
     for index, row in enumerate(rows):
         result = results.get(f"r{index}")
         if result is not None and result.ok and result.text is not None:
-            out.append(replace(row, response=result.text, source="distill"))
-    report = StepReport(
-        "teacher_failed",
-        "the teacher's batch line failed or was cancelled",
-        len(rows),
-        len(rows) - len(out),
-    )
-    return out, report
+            answered.append(row)
+            if not teacher.cut(result):
+                out.append(replace(row, response=result.text, source="distill"))
+    steps = [
+        StepReport(
+            "teacher_failed",
+            "the teacher's batch line failed or was cancelled",
+            len(rows),
+            len(rows) - len(answered),
+        )
+    ]
+    if not teacher.keep_cut:
+        steps.append(
+            StepReport(
+                "teacher_cut",
+                f"the teacher's answer stopped at max_tokens ({teacher.max_tokens})",
+                len(answered),
+                len(answered) - len(out),
+            )
+        )
+    return out, steps
 
 
 # --- augmentation ----------------------------------------------------------------------
@@ -148,20 +173,25 @@ def paraphrased_rows(
     rows: list[DatasetRow],
     results: Mapping[str, LineResult],
     n: int,
+    settings: GenerationSettings,
     threshold: float = 0.8,
 ) -> tuple[list[DatasetRow], list[StepReport]]:
     """The originals followed by their paraphrases, marked synthetic, each in its
     original's conversation (so a split never separates them) with the original's answer.
-    Failed or empty lines are counted; paraphrases equal or near (MinHash, threshold) to an
-    original or to an earlier paraphrase are dropped and counted."""
+    Failed or empty lines are counted, and (unless settings.keep_cut) paraphrases that
+    stopped at max_tokens; paraphrases equal or near (MinHash, threshold) to an original or
+    to an earlier paraphrase are dropped and counted."""
     made: list[DatasetRow] = []
-    failed = 0
+    failed = cut = 0
     for index, row in enumerate(rows):
         for k in range(n):
             result = results.get(f"r{index}-p{k}")
             text = clean_paraphrase(result.text or "") if result is not None and result.ok else ""
             if not text:
                 failed += 1
+                continue
+            if result is not None and settings.cut(result):
+                cut += 1
                 continue
             made.append(
                 replace(
@@ -178,6 +208,15 @@ def paraphrased_rows(
             "paraphrase_failed", "the line failed, or its answer was empty", len(rows) * n, failed
         )
     ]
+    if not settings.keep_cut:
+        steps.append(
+            StepReport(
+                "paraphrase_cut",
+                f"the paraphrase stopped at max_tokens ({settings.max_tokens})",
+                len(rows) * n - failed,
+                cut,
+            )
+        )
     originals = {r.last_user_text().strip().lower() for r in rows}
     exact: set[str] = set(originals)
     unique = []

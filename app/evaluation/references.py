@@ -1,5 +1,7 @@
 """Operators' own reference answers, from the feedback Herd stores: answers users rated
-thumbs-up (net rating above 0) and answers operators corrected in Feedback review."""
+thumbs-up (net rating above 0) and answers operators corrected in Feedback review, of real
+user turns only (app/analytics/eligible.py: no batch line, demo traffic, cancelled, failed
+or cut answer)."""
 
 from __future__ import annotations
 
@@ -9,22 +11,23 @@ from dataclasses import dataclass
 
 from sqlalchemy import text
 
+from app.analytics.eligible import ELIGIBLE, Eligibility
 from app.analytics.export import prompt_messages
 from app.db.bind import Bind, connect
 
-_REFERENCES = text("""
+_REFERENCES = text(f"""
     SELECT source, prompt, answer FROM (
       SELECT 'thumbs_up' AS source, msg.prompt, msg.response AS answer, r.created_at
       FROM (SELECT request_id, sum(rating) AS net FROM feedback GROUP BY request_id) f
       JOIN requests r ON r.id = f.request_id
       JOIN messages msg ON msg.request_id = r.id
-      WHERE f.net > 0 AND NOT r.synthetic AND coalesce(msg.response, '') <> ''
+      WHERE f.net > 0 AND {ELIGIBLE} AND coalesce(msg.response, '') <> ''
       UNION ALL
       SELECT 'correction', msg.prompt, c.response, c.updated_at
       FROM feedback_corrections c
       JOIN requests r ON r.id = c.request_id
       JOIN messages msg ON msg.request_id = r.id
-      WHERE NOT r.synthetic AND c.response <> ''
+      WHERE {ELIGIBLE} AND c.response <> ''
     ) refs
     ORDER BY created_at DESC
     LIMIT :limit
@@ -43,7 +46,7 @@ class Reference:
 def reference_set(bind: Bind, limit: int = 200) -> list[Reference]:
     """The newest references, at most limit; prompts that are not chat messages are skipped."""
     with connect(bind) as conn:
-        rows = conn.execute(_REFERENCES, {"limit": limit}).all()
+        rows = conn.execute(_REFERENCES, {"limit": limit, **Eligibility().params()}).all()
     out = []
     for source, prompt, answer in rows:
         messages = prompt_messages(prompt)

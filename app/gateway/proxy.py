@@ -364,6 +364,7 @@ class Proxy:
         record.prompt_tokens = usage.get("prompt_tokens")
         record.completion_tokens = usage.get("completion_tokens")
         record.response = hit.text
+        record.finish_reason = hit.finish_reason
         if call.body.get("stream"):
             chunks = cached_chunks(call.endpoint, rid, hit, call.include_usage)
             record.ttft_ms = (time.perf_counter() - call.started) * 1000
@@ -565,12 +566,14 @@ class Proxy:
         record = call.record
         text = (choice.get("message") or {}).get("content") or choice.get("text") or ""
         record.response = text
+        reason = choice.get("finish_reason")
+        record.finish_reason = reason if isinstance(reason, str) else None
         self._account(record, data.get("usage"), data.get("timings"))
         timings = data.get("timings") or {}
         if isinstance(timings.get("ttft_ms"), int | float):
             record.ttft_ms = float(timings["ttft_ms"])
         self.finish(record, call=call)
-        self._store(call, text, choice.get("finish_reason"), data.get("usage"))
+        self._store(call, text, record.finish_reason, data.get("usage"))
         return _json(data)
 
     # -- streamed --------------------------------------------------------------------------------
@@ -712,6 +715,8 @@ class Proxy:
     ) -> None:
         record = call.record
         record.response = "".join(state.text)
+        reason = state.finish_reason  # the last choice chunk's, seen by _chunk
+        record.finish_reason = reason if isinstance(reason, str) else None
         self._account(record, state.usage, state.timings)
         http_status = {"ok": 200, "cancelled": 499}.get(status, 502)
         self.finish(record, call=call, status=status, http_status=http_status, error=error)

@@ -112,6 +112,7 @@ def _log_selection(start: datetime, end: datetime, form: dict[str, Any]) -> LogS
         rating=Rating(form["rating"]),
         tags=tuple(form["tags"]),
         include_synthetic=form["synthetic"],
+        include_cut=form["cut"],
     )
 
 
@@ -174,6 +175,12 @@ def build_form(
         rating = cols[1].selectbox("Rating", [r.value for r in Rating], key="ds_rating")
         tags = cols[2].multiselect("Review tags (any of)", known_tags(engine), key="ds_tags")
         synthetic = cols[3].checkbox("Include synthetic traffic", key="ds_synthetic")
+        cut = cols[3].checkbox(
+            "Include answers cut at max tokens",
+            key="ds_cut",
+            help="Answers that stopped at max_tokens end mid-sentence and are left out by "
+            "default (logged ones, and the teacher's or paraphraser's for distill / augment).",
+        )
         cols = list(st.columns(5))
         exact = cols[0].checkbox("Exact duplicates", value=True, key="ds_exact")
         near = cols[1].checkbox("Near duplicates", value=True, key="ds_near")
@@ -204,6 +211,7 @@ def build_form(
         "rating": rating,
         "tags": tags,
         "synthetic": synthetic,
+        "cut": cut,
     }
     bar = st.progress(0.0, text="Selecting ...")
 
@@ -231,7 +239,9 @@ def build_form(
             root = datasets_root(settings.home_dir)
             info = build_dataset(engine, root, spec, _selection(engine, start, end, form), progress)
         else:
-            generation = GenerationSettings(alias, int(max_tokens), float(temperature))
+            generation = GenerationSettings(
+                alias, int(max_tokens), float(temperature), keep_cut=cut
+            )
             job_id = _start_job(engine, settings, spec, generation, int(n), start, end, form)
     except ValueError as exc:  # DatasetError, and the Batch API's BatchError / FileError
         bar.empty()
