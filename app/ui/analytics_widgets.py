@@ -84,7 +84,7 @@ def _format(value: float | None, unit: str) -> str:
         return f"{_significant(value / 1000)} s"
     if unit == "rate":
         return f"{value:.1%}"
-    if unit == "per_s":
+    if unit in ("per_s", "per_min"):
         return f"{value:,.1f}" if abs(value) < 10_000 else _compact(value)
     return f"{value:,.0f}" if abs(value) < 100_000 else _compact(value)
 
@@ -139,7 +139,7 @@ def _exact(value: float | None, unit: str) -> str:
         return f"{value:,.0f} ms"
     if unit == "rate":
         return f"{value:.2%}"
-    return f"{value:,.1f}" if unit == "per_s" else f"{value:,.0f}"
+    return f"{value:,.1f}" if unit in ("per_s", "per_min") else f"{value:,.0f}"
 
 
 def chart(fig: Any, rows: Sequence[dict[str, Any]], key: str) -> None:
