@@ -5,8 +5,8 @@ import streamlit as st
 from app.accounts import Role
 from app.deployments import traffic_shares
 from app.ui import auth, resources
-from app.ui.changes import run_change, show_confirmation
-from app.ui.rollout_widgets import FLASH, REFUSED, rollouts, start_canary
+from app.ui.changes import confirmed, run_change, show_confirmation
+from app.ui.rollout_widgets import FLASH, REFUSED, candidate_name, rollouts, start_canary
 
 operator = auth.require_role(Role.VIEWER)
 can_act = operator.role.allows(Role.OPERATOR)
@@ -60,15 +60,30 @@ if can_act:
                 start_canary(manager, alias, str(model), float(percent), operator.name,
                              note=note, page="rollouts")  # fmt: skip
     else:
+        candidate = candidate_name(snapshot, action)
         cols = st.columns(2)
-        if action.action == "canary" and cols[0].button("Promote", key="promote"):
-            run_change(FLASH, f"promote on {alias}",
-                       lambda: manager.promote(alias, operator.name),
-                       refused=REFUSED, done="the canary has all the traffic")  # fmt: skip
-        if cols[1].button("Roll back", key="rollback"):
-            run_change(FLASH, f"roll back {alias}",
-                       lambda: manager.rollback(alias, operator.name),
-                       refused=REFUSED, done="the previous version is back")  # fmt: skip
+        with cols[0]:
+            if action.action == "canary" and confirmed(
+                "promote",
+                "Promote",
+                f"Give {candidate} all of `{alias}`'s traffic? The current version stays "
+                "deployed at weight 0 for the grace period.",
+                confirm="Yes, promote",
+            ):
+                run_change(FLASH, f"promote on {alias}",
+                           lambda: manager.promote(alias, operator.name),
+                           refused=REFUSED, done="the canary has all the traffic")  # fmt: skip
+        with cols[1]:
+            if confirmed(
+                "rollback",
+                "Roll back",
+                f"Undo the {action.action} of {candidate} on `{alias}` and give the version "
+                "before it all the traffic again?",
+                confirm="Yes, roll back",
+            ):
+                run_change(FLASH, f"roll back {alias}",
+                           lambda: manager.rollback(alias, operator.name),
+                           refused=REFUSED, done="the previous version is back")  # fmt: skip
 
 st.subheader("History")
 with resources.database_errors():

@@ -69,11 +69,13 @@ def test_operator_canaries_promotes_and_rolls_back_in_the_browser(
     assert weights() == {"v1.gguf": (100, "active"), "v2.gguf": (25, "active")}
 
     page.get_by_role("button", name="Promote").click()
+    page.get_by_role("button", name="Yes, promote").click()
     expect(page.get_by_text("the canary has all the traffic")).to_be_visible()
     shot(page, "rollouts-2-promoted")
     assert weights() == {"v1.gguf": (0, "active"), "v2.gguf": (100, "active")}
 
     page.get_by_role("button", name="Roll back").click()
+    page.get_by_role("button", name="Yes, roll back").click()
     expect(page.get_by_text("the previous version is back")).to_be_visible()
     shot(page, "rollouts-3-rolled-back")
     assert weights() == {"v1.gguf": (100, "active"), "v2.gguf": (0, "stopped")}

@@ -44,9 +44,20 @@ def test_canary_promote_rollback_from_the_page(served: Rollouts) -> None:
     shares = {row["model"]: row["share"] for _, row in app.dataframe[0].value.iterrows()}
     assert shares == {"v1.gguf": "80%", "v2.gguf": "20%"}
 
+    # Promote and roll back each ask first; Cancel leaves everything as it was.
     app.button(key="promote").click().run()
+    assert not app.success
+    assert "Give v2.gguf all of `smol`'s traffic?" in app.warning[0].value
+    app.button(key="promote_cancel").click().run()
+    assert not app.warning
+    assert [h["action"] for h in served.history("smol")] == ["canary"]
+    app.button(key="promote").click().run()
+    app.button(key="promote_confirm").click().run()
     assert "all the traffic" in app.success[0].value
     app.button(key="rollback").click().run()
+    assert "Undo the promote of v2.gguf on `smol`" in app.warning[0].value
+    assert [h["action"] for h in served.history("smol")] == ["promote", "canary"]
+    app.button(key="rollback_confirm").click().run()
     assert "previous version is back" in app.success[0].value
     weights = {d["model"]: (d["weight"], d["state"]) for d in served.snapshot("smol")}
     assert weights == {"v1.gguf": (100, "active"), "v2.gguf": (0, "stopped")}
@@ -73,7 +84,22 @@ def test_a_recorded_rollback_decision_is_executed_from_the_retraining_page(
     app = run_page("retraining.py", Role.OPERATOR)
     app.button(key=f"execute_rollback_{decision}").click().run()
     assert not app.exception, app.exception
+    assert any("Undo the promote" in w.value for w in app.warning)
+    assert [h["action"] for h in served.history("smol")] == ["promote", "canary"]
+    app.button(key=f"execute_rollback_{decision}_confirm").click().run()
+    assert not app.exception, app.exception
     [rollback] = [h for h in served.history("smol") if h["action"] == "rollback"]
     assert (rollback["decision_id"], rollback["decided_by"]) == (decision, "olivia")
     weights = {d["model"]: d["weight"] for d in served.snapshot("smol")}
     assert weights == {"v1.gguf": 100, "v2.gguf": 0}
+
+
+def test_the_canary_confirmation_keeps_the_model_name_as_written(
+    served: Rollouts, models_dir: Path, database: Database, tiny_gguf: Callable[..., Path]
+) -> None:
+    ModelStore(database.engine, models_dir).add(tiny_gguf("SmolLM2-Canary.Q8_0.gguf"))
+    app = run_page("rollouts.py", Role.OPERATOR)
+    app.selectbox(key="canary_model").select("SmolLM2-Canary.Q8_0.gguf")
+    app.button(key="FormSubmitter:canary-Start canary").click().run()
+    assert not app.exception, app.exception
+    assert app.success[0].value == "Canary SmolLM2-Canary.Q8_0.gguf on smol: 20% of the traffic."

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import streamlit as st
 
+from app.db.tables import Rollout
 from app.deployments import DeploymentError
 from app.rollouts import RolloutError, Rollouts
 from app.ui import resources
-from app.ui.changes import run_change, show_confirmation
+from app.ui.changes import confirmed, run_change, show_confirmation
 
 FLASH = "rollout_flash"
 REFUSED = (RolloutError, DeploymentError)
@@ -15,6 +18,14 @@ REFUSED = (RolloutError, DeploymentError)
 
 def rollouts() -> Rollouts:
     return Rollouts(resources.database().engine, resources.settings())
+
+
+def candidate_name(snapshot: list[dict[str, Any]], action: Rollout) -> str:
+    """The model an open canary or promotion put on its alias, by name as stored."""
+    for deployment in snapshot:
+        if deployment["deployment_id"] == action.candidate_deployment_id:
+            return str(deployment["model"])
+    return "the canary"
 
 
 def start_canary(
@@ -49,7 +60,13 @@ def execute_rollback_button(alias: str, decision_id: int, operator: str) -> None
     if action is None:
         st.caption(f"`{alias}` has no open canary or promotion to roll back.")
         return
-    if st.button(f"Execute this rollback on `{alias}`", key=f"execute_rollback_{decision_id}"):
+    if confirmed(
+        f"execute_rollback_{decision_id}",
+        f"Execute this rollback on `{alias}`",
+        f"Undo the {action.action} #{action.id} on `{alias}` and give the version before it "
+        "all the traffic again?",
+        confirm="Yes, roll back",
+    ):
         run_change(
             FLASH,
             f"roll back {alias}",
