@@ -30,12 +30,12 @@ with resources.database_errors():
 if not assessments:
     st.info("No model version has traffic in this period.")
 
-STYLE = {Action.ROLLBACK: st.error, Action.RETRAIN: st.warning, Action.KEEP: st.success}
+STYLE = {Action.ROLLBACK: st.error, Action.RETRAIN: st.warning, Action.KEEP: st.success,
+         None: st.info}  # fmt: skip
 for i, a in enumerate(assessments):
     rec = a.recommendation
     st.subheader(a.version.label)
-    verdict = rec.action.value + (f" to {rec.rollback_to}" if rec.rollback_to else "")
-    STYLE[rec.action](f"Recommendation: **{verdict}**")
+    STYLE[rec.action](f"Recommendation: **{rec.verdict}**")
     st.markdown("\n".join(f"- {reason}" for reason in rec.reasons))
     with st.expander("Signals and evidence"):
         st.dataframe(
@@ -51,8 +51,9 @@ for i, a in enumerate(assessments):
         with st.form(f"decide_{i}"):
             options = [x.value for x in Action]
             decision = st.selectbox(
-                "Decision", options, index=options.index(rec.action.value), key=f"dec_{i}"
-            )
+                "Decision", options, index=options.index((rec.action or Action.KEEP).value),
+                key=f"dec_{i}",
+            )  # fmt: skip
             note = st.text_input("Note", key=f"note_{i}")
             if st.form_submit_button("Record decision"):
                 record_decision(

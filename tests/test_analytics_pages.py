@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
@@ -12,6 +12,7 @@ from streamlit.testing.v1 import AppTest
 from app.accounts import Accounts, Role
 from app.analytics.demo_traffic import generate_demo_traffic
 from app.db.database import Database
+from tests.analytics_data import add_model, insert_requests, request_row
 from tests.conftest import REPO_ROOT, submit_login
 
 PAGES = ("monitoring.py", "retraining.py", "feedback_review.py")
@@ -144,3 +145,21 @@ def test_monitoring_compares_semantic_cache_hits_with_fresh_answers(
     assert abs(row["hit rate"] - 2 / 6) < 1e-9
     assert (row["thumbs-up cached"], row["thumbs-up fresh"]) == (1.0, 0.5)
     assert abs(row["mean similarity of hits"] - 0.95) < 1e-6
+
+
+def test_a_version_with_too_little_traffic_is_not_enough_data(
+    dashboard_env: None, database: Database
+) -> None:
+    model_id = add_model(database.engine, "few.gguf")
+    now = datetime.now(UTC)
+    insert_requests(
+        database.engine,
+        [request_row(now - timedelta(hours=h), model_id=model_id) for h in range(1, 6)],
+    )
+    app = _logged_in(database, Role.OPERATOR)
+    _open(app, "retraining.py")
+    assert "few.gguf" in app.subheader[0].value
+    # Every signal lacks data: the page says so, not a green "keep".
+    assert any("Recommendation: **not enough data**" in i.value for i in app.info)
+    assert not [s.value for s in app.success if "Recommendation" in s.value]
+    assert "no signal could be computed" in [m.value for m in app.markdown][0]

@@ -83,3 +83,16 @@ def test_purge_removes_synthetic_rows_and_their_rollups(demo: Database) -> None:
     with demo.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM request_sessions")).scalar_one() == 0
         assert conn.execute(text("SELECT count(*) FROM models")).scalar_one() == 0
+
+
+def test_no_computable_signal_is_not_enough_data_not_keep() -> None:
+    few = Signal(SignalKind.LOW_SATISFACTION, False, "only 3 ratings (< 30)", judged=False)
+    idle = Signal(SignalKind.LATENCY_REGRESSION, False, "not enough requests", judged=False)
+    unsure = recommend([few, idle], rollback_to="old.gguf")
+    assert unsure.action is None and unsure.verdict == "not enough data"
+    assert unsure.reasons == ["no signal could be computed", "only 3 ratings (< 30)",
+                              "not enough requests"]  # fmt: skip
+    # One signal with data is enough to judge.
+    calm = Signal(SignalKind.LATENCY_REGRESSION, False, "p95 x1.0")
+    assert recommend([few, calm], rollback_to=None).verdict == "keep"
+    assert recommend([], rollback_to=None).verdict == "not enough data"

@@ -1,4 +1,5 @@
-"""From signals to a recommendation with its reasons: retrain, roll back, or keep."""
+"""From signals to a recommendation with its reasons: retrain, roll back, keep, or "not
+enough data" when no signal could be computed."""
 
 from __future__ import annotations
 
@@ -28,12 +29,24 @@ class Action(StrEnum):
     KEEP = "keep"
 
 
+NOT_ENOUGH_DATA = "not enough data"
+
+
 @dataclass(frozen=True)
 class Recommendation:
-    action: Action
+    """What to do with a version and why; action None: no signal could be computed."""
+
+    action: Action | None
     reasons: list[str]
     # The version that served the alias before this one, when rolling back is possible.
     rollback_to: str | None = None
+
+    @property
+    def verdict(self) -> str:
+        """The recommendation in words: "rollback to X", "retrain", "keep" or NOT_ENOUGH_DATA."""
+        if self.action is None:
+            return NOT_ENOUGH_DATA
+        return self.action.value + (f" to {self.rollback_to}" if self.rollback_to else "")
 
 
 @dataclass(frozen=True)
@@ -80,7 +93,11 @@ def earlier_version(engine: Engine, version: VersionStats) -> str | None:
 
 
 def recommend(signals: list[Signal], rollback_to: str | None) -> Recommendation:
-    """The action the fired signals point to, with every reason spelled out."""
+    """The action the fired signals point to, with every reason spelled out; no action when
+    none of the signals had the data to be computed."""
+    if not any(s.judged for s in signals):
+        reasons = [s.summary for s in signals] or ["no traffic to judge"]
+        return Recommendation(None, ["no signal could be computed", *reasons])
     fired = {s.kind: s for s in signals if s.fired}
     regression = [
         fired[k]
@@ -120,8 +137,7 @@ def recommend(signals: list[Signal], rollback_to: str | None) -> Recommendation:
             "rated fine: keep it and check the deployment (GPU offload, replicas, load)"
         )
         return Recommendation(Action.KEEP, reasons)
-    reasons = [s.summary for s in signals] or ["no traffic to judge"]
-    return Recommendation(Action.KEEP, ["no signal fired", *reasons])
+    return Recommendation(Action.KEEP, ["no signal fired", *[s.summary for s in signals]])
 
 
 def assess_versions(

@@ -50,12 +50,14 @@ class Thresholds:
 
 @dataclass(frozen=True)
 class Signal:
-    """One check on one version: whether it fired, a sentence saying why, and the numbers."""
+    """One check on one version: whether it fired, a sentence saying why, and the numbers;
+    judged is False when there was too little data to check it (it then never fires)."""
 
     kind: SignalKind
     fired: bool
     summary: str
     evidence: dict[str, Any] = field(default_factory=dict)
+    judged: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "kind": self.kind.value}
@@ -169,7 +171,9 @@ def _low_satisfaction(v: VersionStats, t: Thresholds) -> Signal:
         "threshold": t.min_thumbs_up,
     }
     if v.ratings < t.min_ratings:
-        return Signal(kind, False, f"only {v.ratings} ratings (< {t.min_ratings})", evidence)
+        return Signal(
+            kind, False, f"only {v.ratings} ratings (< {t.min_ratings})", evidence, judged=False
+        )
     ratio_ = v.thumbs_up_ratio or 0.0
     text_ = (
         f"thumbs-up {_pct(ratio_)} (95% CI {_pct(low)}-{_pct(high)}) on {v.ratings} ratings, "
@@ -183,7 +187,8 @@ def _satisfaction_drop(v: VersionStats, prev: VersionStats | None, t: Thresholds
     kind = SignalKind.SATISFACTION_DROP
     if prev is None or prev.ratings < t.min_ratings or v.ratings < t.min_ratings:
         n = 0 if prev is None else prev.ratings
-        return Signal(kind, False, f"not enough ratings to compare ({n} before, {v.ratings} now)")
+        summary = f"not enough ratings to compare ({n} before, {v.ratings} now)"
+        return Signal(kind, False, summary, judged=False)
     test = two_proportion_test(prev.thumbs_up, prev.ratings, v.thumbs_up, v.ratings)
     assert test is not None
     fired = test.p_value < t.alpha and -test.difference >= t.min_drop
@@ -206,7 +211,8 @@ def _satisfaction_drop(v: VersionStats, prev: VersionStats | None, t: Thresholds
 def _latency_regression(v: VersionStats, prev: VersionStats | None, t: Thresholds) -> Signal:
     kind = SignalKind.LATENCY_REGRESSION
     if prev is None or prev.requests < t.min_requests or v.requests < t.min_requests:
-        return Signal(kind, False, "not enough requests in both periods to compare latency")
+        summary = "not enough requests in both periods to compare latency"
+        return Signal(kind, False, summary, judged=False)
     total = ratio(v.total_p95_ms, prev.total_p95_ms)
     ttft = ratio(v.ttft_p95_ms, prev.ttft_p95_ms)
     worst = max((x for x in (total, ttft) if x is not None), default=None)
@@ -220,7 +226,7 @@ def _latency_regression(v: VersionStats, prev: VersionStats | None, t: Threshold
         "threshold": t.latency_ratio,
     }
     if worst is None:
-        return Signal(kind, False, "no latency recorded", evidence)
+        return Signal(kind, False, "no latency recorded", evidence, judged=False)
     text_ = (
         f"p95 latency {prev.total_p95_ms or 0:.0f} -> {v.total_p95_ms or 0:.0f} ms "
         f"(x{total or 0:.2f}), p95 TTFT x{ttft or 0:.2f} against the previous period"
@@ -232,7 +238,8 @@ def _complaints(c: ComplaintCluster | None, t: Thresholds) -> Signal:
     kind = SignalKind.COMPLAINTS
     if c is None or c.comments < t.min_complaints:
         n = 0 if c is None else c.comments
-        return Signal(kind, False, f"{n} thumbs-down comments (< {t.min_complaints})")
+        summary = f"{n} thumbs-down comments (< {t.min_complaints})"
+        return Signal(kind, False, summary, judged=False)
     terms = ", ".join(f"'{term}' ({n})" for term, n in c.terms[:5])
     fired = c.top_share >= t.complaint_term_share
     text_ = f"{c.comments} thumbs-down comments; most frequent terms: {terms}"
@@ -244,7 +251,8 @@ def _one_turn(v: VersionStats, prev: VersionStats | None, t: Thresholds) -> Sign
     kind = SignalKind.ONE_TURN_ABANDONMENT
     share = v.one_turn_share
     if v.sessions_ended < t.min_sessions or share is None:
-        return Signal(kind, False, f"only {v.sessions_ended} finished sessions")
+        summary = f"only {v.sessions_ended} finished sessions (< {t.min_sessions})"
+        return Signal(kind, False, summary, judged=False)
     before = prev.one_turn_share if prev else None
     test = (
         two_proportion_test(
