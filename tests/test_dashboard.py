@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+from sqlalchemy.engine import make_url
 from streamlit.testing.v1 import AppTest
 
 from app.accounts import Accounts, Role
 from app.db.database import Database
 from app.store.catalog import ModelStore
-from tests.conftest import REPO_ROOT, log_in_as, submit_login
+from tests.conftest import REPO_ROOT, log_in_as, run_page, submit_login
 
 ENTRY = str(REPO_ROOT / "dashboard.py")
 
@@ -116,3 +118,21 @@ def test_viewer_cannot_change_the_store(dashboard_env: None, database: Database)
     _open(app, "models.py")
     assert app.title[0].value == "Models"
     assert not [b for b in app.button if b.label == "Rescan the store"]
+
+
+def test_overview_names_the_embedded_database_embedded(
+    dashboard_env: None, database: Database, monkeypatch: pytest.MonkeyPatch, db_url: str
+) -> None:
+    # `herd up` hands its dashboard the embedded server's URL in HERD_DATABASE_URL; the
+    # server is found by its folder under HERD_HOME (here: the test session's own server).
+    socket_dir = make_url(db_url).query.get("host")
+    if not isinstance(socket_dir, str) or not (Path(socket_dir) / "postmaster.pid").exists():
+        pytest.skip("the tests run on an external PostgreSQL (HERD_TEST_DATABASE_URL)")
+    monkeypatch.setenv("HERD_HOME", str(Path(socket_dir).parent))
+    app = run_page("overview.py", Role.VIEWER)
+    assert app.markdown[-1].value.startswith("embedded PostgreSQL, server version")
+
+    # The same URL with another HERD_HOME is a server Herd does not run.
+    monkeypatch.setenv("HERD_HOME", str(Path(socket_dir).parent / "elsewhere"))
+    app = run_page("overview.py", Role.VIEWER)
+    assert app.markdown[-1].value.startswith("external PostgreSQL (HERD_DATABASE_URL)")

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import ModuleType
 
 import psutil
+from sqlalchemy.engine import make_url
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,21 @@ def running_url(pgdata: Path) -> str | None:
     if info is None or not info.is_running() or info.status != "ready":
         return None
     return str(info.get_uri())
+
+
+def serves(url: str, pgdata: Path) -> bool:
+    """Is url a database on the embedded server of pgdata (the URL `herd up` hands its
+    children), rather than a PostgreSQL of the operator's own?"""
+    running = running_url(pgdata)
+    if running is None:
+        return False
+    ours, theirs = make_url(running), make_url(url)
+    # The server is its socket folder (or host) and port; the database name may differ.
+    return (theirs.host, theirs.port, theirs.query.get("host")) == (
+        ours.host,
+        ours.port,
+        ours.query.get("host"),
+    )
 
 
 class EmbeddedPostgres:
