@@ -17,6 +17,7 @@ from app.analytics.review import (
 from app.analytics.versions import filter_options
 from app.ui import auth, resources
 from app.ui.charts import csv_bytes
+from app.ui.tables import readable
 
 operator = auth.require_role(Role.VIEWER)
 can_edit = operator.role.allows(Role.OPERATOR)
@@ -52,7 +53,7 @@ if not rows:
     st.info("No rated conversations match these filters.")
     st.stop()
 
-st.dataframe(rows, hide_index=True, width="stretch")
+st.dataframe(readable(rows), hide_index=True, width="stretch")
 st.download_button("CSV", csv_bytes(rows), file_name="feedback.csv", mime="text/csv")
 
 

@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 from app.accounts import Accounts, Role
 from app.analytics.demo_traffic import generate_demo_traffic
 from app.db.database import Database
-from tests.analytics_data import add_model, insert_requests, request_row
+from tests.analytics_data import add_model, insert_feedback, insert_requests, request_row
 from tests.conftest import REPO_ROOT, submit_login
 
 PAGES = ("monitoring.py", "retraining.py", "feedback_review.py")
@@ -162,4 +162,16 @@ def test_a_version_with_too_little_traffic_is_not_enough_data(
     # Every signal lacks data: the page says so, not a green "keep".
     assert any("Recommendation: **not enough data**" in i.value for i in app.info)
     assert not [s.value for s in app.success if "Recommendation" in s.value]
-    assert "no signal could be computed" in [m.value for m in app.markdown][0]
+    assert "no signal could be computed" in app.markdown[0].value
+
+
+def test_feedback_review_lists_request_ids_as_text(
+    dashboard_env: None, database: Database
+) -> None:
+    row = request_row(datetime.now(UTC) - timedelta(minutes=5))
+    insert_requests(database.engine, [row])
+    insert_feedback(database.engine, [{"request_id": row["id"], "rating": -1, "comment": "no"}])
+    app = _logged_in(database, Role.OPERATOR)
+    _open(app, "feedback_review.py")
+    assert list(app.dataframe[0].value["request_id"]) == [str(row["id"])]
+    assert str(row["id"]) in app.caption[0].value  # the exchange below names the same id

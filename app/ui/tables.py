@@ -1,0 +1,25 @@
+"""Rows for st.dataframe as a person reads them: ids as their text, bytes as hex.
+
+Arrow has no column type for a UUID, so st.dataframe shows one as a dump of its bytes
+(`{"0":208,"1":150,...}`); a table of the dashboard passes its rows through `readable`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+
+def readable_value(value: Any) -> Any:
+    """value as a table cell: a UUID as its canonical text, bytes as hex, the rest as is."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    return value
+
+
+def readable(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """rows with every cell made readable (see readable_value)."""
+    return [{key: readable_value(value) for key, value in row.items()} for row in rows]
