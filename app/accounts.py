@@ -15,6 +15,8 @@ from sqlalchemy import delete, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.control import audit
+from app.control.audit import Actor
 from app.db.bind import Bind, begin, connect
 from app.db.tables import LoginAttempt, Operator
 
@@ -203,13 +205,19 @@ class Accounts:
         if not others:
             raise AccountError(f"cannot {verb} {name!r}: it is the last enabled admin")
 
-    def ensure_admin(self) -> str | None:
-        """On first run (no operators) create `admin` with a random password and return it."""
+    def ensure_admin(self, actor: Actor) -> str | None:
+        """On first run (no operators) create `admin` with a random password and return it;
+        its "user.create" audit row (by actor: `herd up`) in the same transaction."""
         if self.count():
             return None
         password = secrets.token_urlsafe(12)
         try:
-            self.add("admin", password, Role.ADMIN)
+            with begin(self.engine) as conn:
+                accounts = Accounts(conn)
+                accounts.add("admin", password, Role.ADMIN)
+                view = accounts.get("admin")
+                after = {"name": view.name, "role": view.role.value, "disabled": view.disabled}
+                audit.record(conn, actor, "user.create", "user", view.name, None, after)
         except AccountError:
             return None  # another herd process created it first
         return password

@@ -26,8 +26,10 @@ from app.batches import cli as batch_cli
 from app.batches.files import FileError
 from app.batches.store import BatchError
 from app.cli_output import echo, progress_bars, warn
+from app.compress import cli as compress_cli
 from app.compress.quantize import QuantizeRefused
 from app.config import Settings
+from app.control.audit import cli_actor
 from app.datasets import cli as dataset_cli
 from app.db import migrate
 from app.db.database import Database
@@ -152,7 +154,7 @@ def cmd_db_stop(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_models_scan(settings: Settings, args: argparse.Namespace) -> int:
     with admin_commands.open_admin(settings) as admin, hash_progress() as progress:
-        report = admin.scan_models(admin_commands.cli_actor(args), progress)
+        report = admin.scan_models(cli_actor(args), progress)
         _print_scan(admin.models(), report)
     return 0
 
@@ -189,7 +191,7 @@ def cmd_models_add(settings: Settings, args: argparse.Namespace) -> int:
         raise ModelStoreError("give a PATH to a .gguf file, or --demo")
     with admin_commands.open_admin(settings) as admin, hash_progress() as progress:
         name = admin.add_model(
-            admin_commands.cli_actor(args),
+            cli_actor(args),
             Path(args.path) if args.path else None,
             args.name,
             demo=args.demo,
@@ -218,7 +220,7 @@ def _read_password(args: argparse.Namespace) -> tuple[str, bool]:
 def cmd_users_add(settings: Settings, args: argparse.Namespace) -> int:
     password, generated = _read_password(args)
     with admin_commands.open_admin(settings) as admin:
-        admin.add_user(admin_commands.cli_actor(args), args.name, password, Role(args.role))
+        admin.add_user(cli_actor(args), args.name, password, Role(args.role))
     echo(f"created {args.role} {args.name!r}")
     if generated:
         echo(f"password: {password}  (shown once)")
@@ -290,7 +292,7 @@ def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:
     with admin_commands.open_admin(settings) as admin:
         try:
-            actor = admin_commands.cli_actor(args)
+            actor = cli_actor(args)
             created = admin.create_key(actor, args.name, admin_commands.key_policy(args))
         except ApiKeyError as exc:
             warn(f"herd: {exc}")
@@ -326,7 +328,7 @@ def cmd_keys_list(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
     with admin_commands.open_admin(settings) as admin:
         try:
-            ids = admin.revoke_key(admin_commands.cli_actor(args), args.name_or_id)
+            ids = admin.revoke_key(cli_actor(args), args.name_or_id)
         except ApiKeyError as exc:
             warn(f"herd: {exc}")
             return 1
@@ -430,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
         parent: Any, name: str, func: Callable[[Settings, argparse.Namespace], int], help: str
     ) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help)
-        p.set_defaults(func=func)
+        # origin: the command as typed ("herd dataset build"), for the audit log's rows.
+        p.set_defaults(func=func, origin=p.prog)
         return p
 
     up = command(
@@ -542,7 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("path", nargs="?", help="a .gguf file")
     add.add_argument("--name", help="file name in the store (default: the file's own)")
     add.add_argument("--demo", action="store_true", help="add the SmolLM2-135M demo model")
-    jobs_cli.add_commands(sub, models, command)
+    compress_cli.add_command(models, command)
+    jobs_cli.add_commands(sub, command)
     eval_cli.add_command(sub, command)
     rollout_cli.add_commands(sub, command)
     dataset_cli.add_commands(sub, command)

@@ -16,6 +16,7 @@ import httpx
 
 from app.accounts import Accounts
 from app.config import Settings
+from app.control.audit import Actor, Via
 from app.db import migrate
 from app.db.database import Database
 from app.deployments import Deployments, ServingSettings
@@ -77,7 +78,8 @@ def prepare(
     store = ModelStore(database.engine, settings.models_path)
     demo_name = add_demo_model(store, progress).name if demo else None
     report = store.scan(progress)
-    password = Accounts(database.engine).ensure_admin()
+    # Typed by whoever runs `herd up` on this machine: recorded as that command.
+    password = Accounts(database.engine).ensure_admin(Actor.local(None, Via.CLI, "herd up"))
     return Preparation(scan=report, admin_password=password, demo_model=demo_name)
 
 

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 from typing import Any
 
-from app.admin.audit import Via
 from app.cli_output import echo
 from app.config import Settings
+from app.control.audit import cli_actor
 from app.db.database import Database
 from app.rollouts import Rollouts
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
-    by = args.by or getpass.getuser()
+    actor = cli_actor(args)
+    by = actor.who
     with Database.open_current(settings) as db:
-        rollouts = Rollouts(db.engine, settings, Via.CLI)
+        rollouts = Rollouts(db.engine, settings, actor.via, actor.origin, actor.source)
         if args.rollout_command == "canary":
             done = rollouts.canary(args.alias, args.model, args.percent, by, note=args.note)
         elif args.rollout_command == "promote":

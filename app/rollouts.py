@@ -25,9 +25,9 @@ from typing import Any
 from sqlalchemy import Engine, select, text, update
 from sqlalchemy.orm import Session
 
-from app.admin import audit
-from app.admin.audit import Actor, Via
 from app.config import Settings
+from app.control import audit
+from app.control.audit import Actor, Via
 from app.db.tables import Deployment, Model, Rollout
 from app.deployments import Deployments, ServingSettings
 from app.engine.serving import serving_values_from
@@ -73,12 +73,22 @@ def _snapshot(session: Session, alias: str) -> list[dict[str, Any]]:
 class Rollouts:
     """Canary, promote, rollback and guard the deployments of aliases."""
 
-    def __init__(self, engine: Engine, settings: Settings, via: Via = Via.PAGE) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        via: Via = Via.PAGE,
+        origin: str | None = None,
+        source: str | None = None,
+    ) -> None:
         self.engine = engine
         self.settings = settings
         self.deployments = Deployments(engine)
-        # How the actions come in, for their audit_log rows.
+        # How the actions come in, for their audit_log rows: the way, the page or command
+        # ("evaluation", "herd rollout canary", "canary guard") and the client or host.
         self.via = via
+        self.origin = origin
+        self.source = source
 
     # ---- reading ---------------------------------------------------------------------------
 
@@ -130,7 +140,7 @@ class Rollouts:
         # Every change is in the audit log too, in the same transaction as the record.
         audit.record(
             session.connection(),
-            Actor(who=values["decided_by"], via=self.via, source="rollouts"),
+            Actor(values["decided_by"], self.via, source=self.source, origin=self.origin),
             f"rollout.{values['action']}",
             "alias",
             values["alias"],

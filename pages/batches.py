@@ -8,9 +8,11 @@ from app.accounts import Role
 from app.batches.jsonl import ENDPOINTS, with_alias
 from app.batches.service import create_batch_from_file
 from app.ui import auth, resources
+from app.ui.admin_actions import page_actor
 from app.ui.batches_panel import batches_panel
 
 operator = auth.require_role(Role.VIEWER)
+actor = page_actor(operator, "batches")
 st.title("Batches")
 st.caption(
     "Offline work on the same fleet, as OpenAI's Batch API runs it: one request per JSONL "
@@ -42,10 +44,11 @@ if can_change:
                     batch_id = create_batch_from_file(
                         resources.settings(), resources.database().engine, io.BytesIO(data),
                         filename=upload.name, endpoint=endpoint, created_by=operator.name,
+                        actor=actor,
                     )  # fmt: skip
                 st.success(f"Submitted {batch_id}.")
             except ValueError as exc:
                 st.error(f"Cannot submit: {exc}")
 
 st.subheader("Batches")
-batches_panel(can_change)
+batches_panel(actor if can_change else None)

@@ -11,6 +11,7 @@ from app.evaluation.store import EvaluationStore
 from app.jobs.kinds import JobKind
 from app.store.estimate import format_bytes
 from app.ui import auth, resources
+from app.ui.admin_actions import page_actor
 from app.ui.changes import show_confirmation
 from app.ui.charts import PLOTLY_CONFIG
 from app.ui.evaluation_answers import answers_side_by_side
@@ -77,11 +78,13 @@ if can_change and models:
         try:
             with resources.database_errors():
                 job_id = start_eval(settings, store, job_store(), request,
-                                    operator.name)  # fmt: skip
+                                    page_actor(operator, "evaluation"))  # fmt: skip
             st.success(f"Started job {job_id}.")
         except EvalRefused as exc:
             st.error(f"Cannot evaluate: {exc}")
-jobs_panel(JobKind.EVALUATE.value, operator.name if can_change else None, limit=5)
+jobs_panel(
+    JobKind.EVALUATE.value, page_actor(operator, "evaluation") if can_change else None, limit=5
+)
 
 st.subheader("Results")
 if not results:
@@ -152,7 +155,7 @@ if can_change and results:
         "traffic. The rollout record cites the latest evaluation of the canary and of the "
         "current models; promote or roll it back on the Rollouts page."
     )
-    manager = rollouts()
+    manager = rollouts("evaluation")
     with resources.database_errors():
         aliases = sorted({d.alias for d in manager.deployments.all()})
     if not aliases:

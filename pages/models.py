@@ -153,4 +153,4 @@ if can_change and valid:
             st.error(f"Cannot quantize: {exc}")
 elif can_change:
     st.caption("Add a model to the store to quantize it.")
-jobs_panel(JobKind.QUANTIZE.value, operator.name if can_change else None)
+jobs_panel(JobKind.QUANTIZE.value, actor if can_change else None)

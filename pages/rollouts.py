@@ -18,7 +18,7 @@ st.caption(
     "than the current version (error rate, p95 latency) is rolled back automatically."
 )
 show_confirmation(FLASH)
-manager = rollouts()
+manager = rollouts("rollouts")
 with resources.database_errors():
     aliases = sorted({d.alias for d in manager.deployments.all()})
     models = [m.name for m in resources.model_store().list() if m.status == "valid"]

@@ -7,6 +7,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.accounts import AccountError, Accounts, Role
+from app.control.audit import Actor, Via
 from app.db.database import Database
 from app.db.tables import Operator
 
@@ -38,11 +39,12 @@ def test_refusals(database: Database) -> None:
 
 def test_first_run_admin_once(database: Database) -> None:
     accounts = Accounts(database.engine)
-    password = accounts.ensure_admin()
+    up = Actor("ops", Via.CLI, "host-a", "herd up")
+    password = accounts.ensure_admin(up)
     assert password is not None
     assert accounts.verify("admin", password) is not None
     assert accounts.verify("admin", password).role is Role.ADMIN  # type: ignore[union-attr]
-    assert accounts.ensure_admin() is None
+    assert accounts.ensure_admin(up) is None
 
 
 def test_roles_order() -> None:

@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import func, select
 
 from app.accounts import AccountError, Role
-from app.admin.audit import Actor, Via, read_audit
 from app.admin.changes import Admin
 from app.config import Settings
+from app.control.audit import Actor, Via, read_audit
 from app.db.database import Database
 from app.db.tables import AuditLog
 from app.deployments import ServingSettings, UnknownModelError

@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.admin.audit import Actor, Via, read_audit
 from app.admin.changes import Admin
 from app.config import Settings
+from app.control.audit import Actor, Via, read_audit
 from app.db.database import Database
 from app.gateway.keys import KeyPolicy
 from tests.gateway_harness import GatewayThread, gateway_settings
@@ -100,8 +100,13 @@ def test_admin_api_changes_are_the_audited_changes(
         "deployment.create", "deployment.scale", "routing.weights", "alias.settings",
         "key.create", "user.create", "user.disable", "deployment.delete", "model.delete",
     ]  # fmt: skip
+    # The route each change came in by is its origin (the address stays the source).
+    assert rows[-1].origin == "POST /admin/v1/deployments"
+    assert rows[-2].origin == "POST /admin/v1/deployments/{deployment_id}/scale"
     audit = api.get("/audit", params={"action": "user."}).json()
     assert [r["action"] for r in audit] == ["user.disable", "user.create"]
+    by_route = api.get("/audit", params={"via": "api", "origin": "PATCH /admin/v1/users/{name}"})
+    assert [r["action"] for r in by_route.json()] == ["user.disable"]
 
 
 def test_openapi_describes_the_admin_routes(gateway: GatewayThread) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from app.accounts import Accounts, Role
-from app.admin.audit import read_audit
+from app.control.audit import read_audit
 from app.db.database import Database
 from app.gateway.keys import ApiKeys
 from tests.conftest import run_herd

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from app.admin.apply import Applier, export_config
-from app.admin.audit import Actor, Via, read_audit
 from app.admin.changes import Admin
 from app.admin.config_file import ConfigError, parse_config
 from app.config import Settings
+from app.control.audit import Actor, Via, read_audit
 from app.db.database import Database
 from tests.conftest import run_herd
 

@@ -12,8 +12,8 @@ from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
 from app.accounts import Role
-from app.admin.audit import read_audit
 from app.config import Settings
+from app.control.audit import read_audit
 from app.db.database import Database
 from app.deployments import Deployments, ServingSettings
 from app.store.catalog import ModelStore

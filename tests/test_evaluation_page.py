@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from app.accounts import Role
-from app.admin.audit import read_audit
 from app.config import Settings
+from app.control.audit import read_audit
 from app.db.database import Database
 from app.deployments import Deployments, ServingSettings
 from app.evaluation.answers import AnswerStore, GeneratedAnswer
@@ -109,6 +109,7 @@ def test_an_operator_starts_a_canary_from_the_evaluation_page(
     assert cited == {"a.gguf": 20.0, "b.gguf": 19.0}
     [audited] = read_audit(database.engine, action="rollout.")
     assert (audited.action, audited.actor, audited.via) == ("rollout.canary", "olivia", "page")
+    assert audited.origin == "evaluation"  # the page it was started on, not "rollouts"
     # A second canary on the same alias is refused plainly while this one is open.
     app.selectbox(key="eval_canary_model").select("c.gguf")
     app.button(key="FormSubmitter:eval_canary-Start canary").click().run()

@@ -16,11 +16,11 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from app.admin.audit import Actor, Via
 from app.admin.changes import Admin
 from app.analytics.key_usage import key_usage
 from app.analytics.scope import Scope
 from app.config import Settings
+from app.control.audit import Actor, Via
 from app.db.database import Database
 from app.gateway.key_limits import KeyLimits, KeyRule
 from app.gateway.keys import KeyPolicy

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from app.accounts import Role
-from app.admin.audit import read_audit
+from app.control.audit import read_audit
 from app.db.database import Database
 from app.jobs.store import JobStore
 from app.store.catalog import ModelStore

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from app.admin.audit import Actor, Via
 from app.compress.quantize import QuantizeRefused, QuantizeRequest, start_quantize, target_name
 from app.config import Settings
+from app.control.audit import Actor, Via
 from app.db.database import Database
 from app.db.tables import Job, Model
 from app.jobs.follow import restart
@@ -237,7 +237,7 @@ def test_kill_9_of_the_job_process_fails_the_job_and_it_can_start_again(
     target = target_name(demo.name, "Q5_K_M", ())
     assert demo_store.get(target) is None and model_count(database) == 1
 
-    again = restart(settings, jobs, job_id, "eve")
+    again = restart(settings, jobs, job_id, EVE)
     job = wait_job(jobs, again, finished)
     assert job.state == "succeeded", job
     assert job.params["restart_of"] == job_id
@@ -278,7 +278,7 @@ def test_a_disk_that_fills_mid_write_fails_the_job_cleanly_and_it_can_run_again(
         assert partials(root) == [] and model_count(database) == 1
 
         filler.unlink()
-        again = restart(own, jobs, job_id, "eve")
+        again = restart(own, jobs, job_id, EVE)
         assert wait_job(jobs, again, finished).state == "succeeded"
         assert store.get(target_name(demo.name, "Q5_K_M", ())) is not None
         assert partials(root) == []

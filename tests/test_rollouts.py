@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from app.admin.audit import read_audit
 from app.config import Settings
+from app.control.audit import read_audit
 from app.db.database import Database
 from app.deployments import Deployments, ServingSettings, traffic_shares
 from app.evaluation.metrics import Metric

@@ -9,8 +9,8 @@ from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
 from app.accounts import Role
-from app.admin.audit import read_audit
 from app.config import Settings
+from app.control.audit import read_audit
 from app.db.database import Database
 from app.deployments import DeploymentError, Deployments
 from app.gateway.aliases import AliasSettings, AliasStore

@@ -7,7 +7,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app.accounts import Accounts, Role
-from app.admin.audit import read_audit
+from app.control.audit import read_audit
 from app.db.database import Database
 from tests.conftest import REPO_ROOT, log_in_as
 

@@ -14,7 +14,6 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from sqlalchemy import Engine, select
 
 from app.accounts import AccountError
-from app.admin.audit import Actor, Via, read_audit
 from app.admin.changes import Admin
 from app.admin.snapshots import alias_json, deployment_json, key_json, operator_json
 from app.admin.specs import (
@@ -30,6 +29,7 @@ from app.admin.specs import (
     WeightsSpec,
 )
 from app.config import Settings
+from app.control.audit import Actor, Via, read_audit
 from app.db.tables import ApiKey
 from app.deployments import DeploymentError, UnknownDeploymentError
 from app.gateway.aliases import AliasSettingError
@@ -44,9 +44,11 @@ def _unauthorized(message: str) -> HTTPException:
     return HTTPException(401, message, headers={"WWW-Authenticate": "Bearer"})
 
 
-def check_admin_key(engine: Engine, authorization: str | None, source: str | None) -> Actor:
-    """The actor for an admin call: 401 without a valid key (unknown, revoked, expired),
-    403 for a valid key without the admin scope."""
+def check_admin_key(
+    engine: Engine, authorization: str | None, source: str | None, origin: str | None = None
+) -> Actor:
+    """The actor for an admin call (origin: its route): 401 without a valid key (unknown,
+    revoked, expired), 403 for a valid key without the admin scope."""
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthorized("the admin API needs `Authorization: Bearer <admin key>`")
@@ -65,7 +67,7 @@ def check_admin_key(engine: Engine, authorization: str | None, source: str | Non
         raise _unauthorized("the API key has expired")
     if not row.admin:
         raise HTTPException(403, f"key {row.name!r} has no admin scope")
-    return Actor(who=f"key:{row.name}", via=Via.API, source=source)
+    return Actor(who=f"key:{row.name}", via=Via.API, source=source, origin=origin)
 
 
 def engine_of(request: Request) -> Engine:
@@ -79,9 +81,17 @@ def admin_of(request: Request) -> Admin:
     return Admin(engine_of(request), settings)
 
 
+def route_of(request: Request) -> str:
+    """The call's route as the audit log names it: "PUT /admin/v1/aliases/{alias}"."""
+    route = request.scope.get("route")
+    path = getattr(route, "path", None) or request.url.path
+    return f"{request.method} {path}"
+
+
 def actor_of(request: Request) -> Actor:
     source = request.client.host if request.client else None
-    return check_admin_key(engine_of(request), request.headers.get("authorization"), source)
+    authorization = request.headers.get("authorization")
+    return check_admin_key(engine_of(request), authorization, source, route_of(request))
 
 
 Who = Annotated[Actor, Depends(actor_of)]
@@ -245,13 +255,18 @@ def admin_router() -> APIRouter:
         request: Request,
         actor: str | None = None,
         action: Annotated[str | None, Query(description="Prefix, e.g. deployment.")] = None,
+        via: Annotated[Via | None, Query(description="page, cli, api, apply or system")] = None,
+        origin: Annotated[
+            str | None, Query(description='Page, command or route, e.g. "herd deploy"')
+        ] = None,
         since: datetime | None = None,
         until: datetime | None = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
     ) -> list[dict[str, Any]]:
         rows = read_audit(
-            engine_of(request), actor=actor, action=action, since=since, until=until, limit=limit
-        )
+            engine_of(request), actor=actor, action=action, via=via, origin=origin,
+            since=since, until=until, limit=limit,
+        )  # fmt: skip
         return [{**asdict(r), "at": r.at.isoformat()} for r in rows]
 
     return router

@@ -10,11 +10,11 @@ from typing import Any
 
 import yaml
 
-from app.admin.audit import Actor
 from app.admin.changes import Admin, Change
 from app.admin.config_file import ConfigError, LoadedConfig
 from app.admin.snapshots import alias_json, policy_json
 from app.admin.specs import AliasSpec, DeploymentSpec, KeySpec
+from app.control.audit import Actor
 from app.deployments import DeploymentError, DeploymentView, ServingSettings
 from app.engine.serving import SERVING_FIELDS
 from app.gateway.aliases import AliasSettingError

@@ -13,10 +13,10 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from app.accounts import Accounts, OperatorView, Role
-from app.admin.audit import Actor, record
 from app.admin.snapshots import alias_json, deployment_json, key_json, operator_json
 from app.admin.specs import DeploymentSpec
 from app.config import Settings
+from app.control.audit import Actor, record
 from app.deployments import Deployments, DeploymentView, ServingSettings
 from app.gateway.aliases import AliasSettings, AliasStore
 from app.gateway.keys import ApiKeyError, ApiKeys, ApiKeyView, CreatedKey, KeyPolicy

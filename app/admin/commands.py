@@ -14,11 +14,11 @@ from typing import Any
 from app.accounts import Role
 from app.admin import snapshots
 from app.admin.apply import Applier, export_config
-from app.admin.audit import Actor, Via
 from app.admin.changes import Admin
 from app.admin.config_file import parse_config
 from app.cli_output import echo
 from app.config import Settings
+from app.control.audit import Via, cli_actor
 from app.db.database import Database
 from app.gateway.keys import KeyPolicy
 
@@ -30,10 +30,6 @@ def open_admin(settings: Settings) -> Iterator[Admin]:
     """The database, brought up to date, behind an Admin."""
     with Database.open_current(settings) as db:
         yield Admin(db.engine, settings)
-
-
-def cli_actor(args: argparse.Namespace, via: Via = Via.CLI) -> Actor:
-    return Actor.local(getattr(args, "actor", None), via)
 
 
 def cmd_apply(settings: Settings, args: argparse.Namespace) -> int:

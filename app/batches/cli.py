@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import io
 import json
 from pathlib import Path
@@ -19,6 +18,7 @@ from app.batches.service import cancel_batch, create_batch_from_file, get_batch,
 from app.batches.store import BatchError, BatchStore, BatchView
 from app.cli_output import echo
 from app.config import Settings
+from app.control.audit import cli_actor
 from app.db.database import Database
 
 
@@ -44,10 +44,11 @@ def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
     data = path.read_bytes()
     if args.alias:
         data = with_alias(data, args.alias)
+    actor = cli_actor(args)
     with Database.open_current(settings) as db:
         batch_id = create_batch_from_file(
             settings, db.engine, io.BytesIO(data), filename=path.name, endpoint=args.endpoint,
-            created_by=args.by or getpass.getuser(),
+            created_by=actor.who, actor=actor,
         )  # fmt: skip
         echo(f"submitted {batch_id}")
         if args.no_wait:
@@ -73,7 +74,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
     with Database.open_current(settings) as db:
-        view = cancel_batch(db.engine, args.batch_id)
+        view = cancel_batch(db.engine, args.batch_id, cli_actor(args))
     echo(f"{view.id}: {view.status}")
     return 0
 
@@ -120,6 +121,7 @@ def add_commands(sub: Any, command: Any) -> None:
     status.add_argument("--json", action="store_true", help="print OpenAI's batch object")
     cancel = command(batch, "cancel", cmd_cancel, "cancel a batch (lines in flight finish)")
     cancel.add_argument("batch_id")
+    cancel.add_argument("--by", default=None, help="who cancels it (default: the OS user)")
     download = command(batch, "download", cmd_download, "write a batch's output and error files")
     download.add_argument("batch_id")
     download.add_argument("-o", "--output", default=".", help="folder (default: here)")

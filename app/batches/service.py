@@ -29,6 +29,7 @@ from app.batches.owner import OPERATOR, Owner
 from app.batches.runner import files_root
 from app.batches.store import BatchError, BatchStore, BatchView
 from app.config import Settings
+from app.control.audit import Actor
 from app.db.tables import BatchRequest
 
 
@@ -105,15 +106,17 @@ def create_batch(
     metadata: dict[str, Any] | None = None,
     owner: Owner = OPERATOR,
     start: bool = True,
+    actor: Actor | None = None,
 ) -> str:
     """Store the bodies as a batch input file, create the batch and (start) its runner; the
-    batch id. Raises BatchError or FileError (ValueErrors) naming what is wrong."""
+    batch id. Raises BatchError or FileError (ValueErrors) naming what is wrong. actor: who
+    asked for it, for the audit log (None for a batch of Herd's own jobs)."""
     if endpoint not in ENDPOINTS:
         raise BatchError(f"endpoint must be one of {', '.join(ENDPOINTS)}")
     data = batch_jsonl(alias, bodies, endpoint, custom_ids)
     return create_batch_from_file(
         settings, engine, io.BytesIO(data), filename=f"{alias}.jsonl", endpoint=endpoint,
-        created_by=created_by, metadata=metadata, owner=owner, start=start,
+        created_by=created_by, metadata=metadata, owner=owner, start=start, actor=actor,
     )  # fmt: skip
 
 
@@ -128,8 +131,10 @@ def create_batch_from_file(
     metadata: dict[str, Any] | None = None,
     owner: Owner = OPERATOR,
     start: bool = True,
+    actor: Actor | None = None,
 ) -> str:
-    """Upload a JSONL file (checked line by line) and run it as a batch; the batch id."""
+    """Upload a JSONL file (checked line by line) and run it as a batch; the batch id. actor:
+    who asked for it, for the audit log (None for a batch of Herd's own jobs)."""
     files = FileStore(engine, files_root(settings))
     uploaded = files.save_upload(
         source, filename=filename, purpose="batch",
@@ -139,6 +144,7 @@ def create_batch_from_file(
         endpoint=endpoint, input_file_id=uploaded.id, completion_window="24h",
         lines=read_lines(files.path_of(uploaded.id)), owner=Owner(owner.api_key_id),
         created_by=created_by, gateway_url=settings.gateway_base_url, metadata=metadata,
+        actor=actor,
     )  # fmt: skip
     if start:
         ensure_runner(engine, settings, batch.id, None, 0)
@@ -149,9 +155,10 @@ def get_batch(engine: Engine, batch_id: str) -> BatchView:
     return BatchStore(engine).get(batch_id)
 
 
-def cancel_batch(engine: Engine, batch_id: str) -> BatchView:
-    """Ask the batch to stop: lines in flight finish, the rest are cancelled."""
-    return BatchStore(engine).request_cancel(batch_id, OPERATOR)
+def cancel_batch(engine: Engine, batch_id: str, actor: Actor | None = None) -> BatchView:
+    """Ask the batch to stop: lines in flight finish, the rest are cancelled (an audit row
+    when an actor asked)."""
+    return BatchStore(engine).request_cancel(batch_id, OPERATOR, actor)
 
 
 def wait_batch(

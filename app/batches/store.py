@@ -23,6 +23,8 @@ from app.batches.files import FileStore
 from app.batches.jsonl import BatchLine
 from app.batches.output import file_lines, rendered_size
 from app.batches.owner import Owner
+from app.control import audit
+from app.control.audit import Actor
 from app.db.tables import Batch, BatchRequest
 
 COMPLETION_WINDOWS = {"24h": timedelta(hours=24)}
@@ -202,10 +204,13 @@ class BatchStore:
         created_by: str,
         gateway_url: str,
         metadata: dict[str, Any] | None = None,
+        actor: Actor | None = None,
     ) -> BatchView:
         """A new `validating` batch with every line `pending`, in one transaction. A line
         whose url is not the batch's endpoint is failed at once (its error in the error
-        file), as OpenAI's batches require one endpoint."""
+        file), as OpenAI's batches require one endpoint. A batch someone asked for (actor
+        given) is a "batch.create" audit row in the same transaction; one Herd makes for a
+        job of its own (a distillation) is not: the job's start is."""
         window = COMPLETION_WINDOWS.get(completion_window)
         if window is None:
             raise BatchError(
@@ -236,6 +241,10 @@ class BatchStore:
                     chunk = []
             if chunk:
                 conn.execute(insert(BatchRequest), chunk)
+            if actor is not None:
+                after = {"endpoint": endpoint, "input_file_id": input_file_id,
+                         "metadata": metadata}  # fmt: skip
+                audit.record(conn, actor, "batch.create", "batch", batch_id, None, after)
         return self.get(batch_id)
 
     def get(self, batch_id: str, owner: Owner | None = None) -> BatchView:
@@ -273,9 +282,12 @@ class BatchStore:
         views = [_view(r) for r in rows]
         return views[:limit], len(views) > limit
 
-    def request_cancel(self, batch_id: str, owner: Owner) -> BatchView:
+    def request_cancel(
+        self, batch_id: str, owner: Owner, actor: Actor | None = None
+    ) -> BatchView:
         """validating / in_progress -> cancelling: the runner stops sending, lets the lines
-        in flight finish, marks the rest cancelled and writes the files."""
+        in flight finish, marks the rest cancelled and writes the files. With an actor, the
+        change is a "batch.cancel" audit row (none when the batch was cancelling already)."""
         _known_shape(batch_id)
         with self.engine.begin() as conn:
             row = conn.execute(
@@ -291,6 +303,9 @@ class BatchStore:
                     .where(Batch.id == batch_id)
                     .values(status="cancelling", cancelling_at=func.now())
                 )
+                if actor is not None:
+                    before, after = {"status": row.status}, {"status": "cancelling"}
+                    audit.record(conn, actor, "batch.cancel", "batch", batch_id, before, after)
             elif row.status not in ("cancelling", "cancelled"):
                 raise BatchError(
                     f"batch {batch_id} is {row.status}; only a validating or in_progress "

@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.admin import audit
-from app.admin.audit import Actor
 from app.config import Settings
+from app.control.audit import Actor
 from app.jobs.kinds import JobKind
 from app.jobs.spawn import spawn_job
 from app.jobs.store import JobStore
@@ -246,9 +245,7 @@ def start_quantize(
     ids = []
     for plan in plans:
         params = {**plan.request.params(), "target": plan.target_name}
-        job_id = jobs.create(JobKind.QUANTIZE, params, actor.who)
-        with jobs.engine.begin() as conn:
-            audit.record(conn, actor, "model.quantize", "job", job_id, None, params)
+        job_id = jobs.start(JobKind.QUANTIZE, params, actor, "model.quantize")
         spawn_job(settings, job_id)
         ids.append(job_id)
     return ids

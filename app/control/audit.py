@@ -1,7 +1,16 @@
-"""The audit log: who changed what, how, from where, with the target before and after."""
+"""The audit log: who changed what, how (`via`), through which page or command (`origin`),
+from where (`source`), with the target before and after.
+
+One vocabulary for every row: `via` says the way in (page, cli, api, apply, or system for
+Herd's own actions), `origin` the page ("models", "evaluation"), the command ("herd deploy",
+"herd dataset build") or the API route ("POST /v1/batches") the change came from, `source`
+the client's address or the host name. It sits at the bottom of the imports (app/db alone),
+so jobs, batches and datasets record their changes here without importing upwards.
+"""
 
 from __future__ import annotations
 
+import argparse
 import socket
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,21 +35,30 @@ class Via(StrEnum):
 
 @dataclass(frozen=True)
 class Actor:
-    """Who makes a change: an operator name (or "key:<name>" for the admin API), the way it
-    came in, and from where (client address, host name or page)."""
+    """Who makes a change: an operator name (or "key:<name>" for an API key), the way it
+    came in, from where (client address or host name), and the page, command or API route
+    it came from."""
 
     who: str
     via: Via
     source: str | None = None
+    origin: str | None = None
 
     @classmethod
-    def local(cls, who: str | None, via: Via = Via.CLI) -> Actor:
+    def local(cls, who: str | None, via: Via = Via.CLI, origin: str | None = None) -> Actor:
         """A change typed on this machine (CLI, apply): the user name is what the shell
         says unless given, the source is the host name."""
         import getpass
 
         name = who or getpass.getuser()
-        return cls(who=name, via=via, source=socket.gethostname())
+        return cls(who=name, via=via, source=socket.gethostname(), origin=origin)
+
+
+def cli_actor(args: argparse.Namespace, via: Via = Via.CLI) -> Actor:
+    """The actor of a `herd` command: --as / --by or the OS user, this host, and the
+    command itself ("herd eval"; app/cli.py puts it in args.origin)."""
+    who = getattr(args, "actor", None) or getattr(args, "by", None)
+    return Actor.local(who, via, getattr(args, "origin", None))
 
 
 def record(
@@ -57,6 +75,7 @@ def record(
         insert(AuditLog).values(
             actor=actor.who,
             via=actor.via.value,
+            origin=actor.origin,
             source=actor.source,
             action=action,
             target_kind=target_kind,
@@ -73,6 +92,7 @@ class AuditEntry:
     at: datetime
     actor: str
     via: str
+    origin: str | None
     source: str | None
     action: str
     target_kind: str
@@ -86,15 +106,21 @@ def read_audit(
     *,
     actor: str | None = None,
     action: str | None = None,
+    via: str | None = None,
+    origin: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
     limit: int = 500,
 ) -> list[AuditEntry]:
     """Audit rows, newest first, filtered by actor, action (prefix: "deployment." matches
-    every deployment change) and period."""
+    every deployment change), via, origin and period."""
     query = select(AuditLog).order_by(AuditLog.at.desc(), AuditLog.id.desc()).limit(limit)
     if actor:
         query = query.where(AuditLog.actor == actor)
+    if via:
+        query = query.where(AuditLog.via == via)
+    if origin:
+        query = query.where(AuditLog.origin == origin)
     if action:
         query = query.where(AuditLog.action.startswith(action, autoescape=True))
     if since is not None:
@@ -112,3 +138,10 @@ def audit_actors(engine: Engine) -> list[str]:
         return list(
             conn.execute(select(AuditLog.actor).distinct().order_by(AuditLog.actor)).scalars()
         )
+
+
+def audit_origins(engine: Engine) -> list[str]:
+    """Every page, command and route that appears in the audit log (for a filter)."""
+    query = select(AuditLog.origin).where(AuditLog.origin.is_not(None)).distinct()
+    with engine.connect() as conn:
+        return [o for o in conn.execute(query.order_by(AuditLog.origin)).scalars() if o]

@@ -20,6 +20,8 @@ from typing import Any
 from sqlalchemy import Engine
 
 from app.analytics.eligible import RULE_OF
+from app.control import audit
+from app.control.audit import Actor
 from app.datasets.card import write_card
 from app.datasets.cleaning import CleaningOptions, StepProgress, StepReport, clean
 from app.datasets.rows import DatasetError, DatasetKind, DatasetRow
@@ -110,9 +112,11 @@ def write_dataset(
     selected: Selected,
     extra: dict[str, Any] | None = None,
     on_write: Callable[[str, int], None] | None = None,
+    actor: Actor | None = None,
 ) -> DatasetInfo:
     """Split rows, write the JSONL files and the card, record the dataset; all or nothing.
-    selected is where the rows came from (its source and exclusions go on the card)."""
+    selected is where the rows came from (its source and exclusions go on the card). With
+    an actor, the dataset's "dataset.build" audit row is written in the same transaction."""
     check_name(engine, root, spec.name)
     if not rows:
         raise DatasetError("no rows to write; nothing was written")
@@ -155,6 +159,9 @@ def write_dataset(
         write_card(partial, card)
         with engine.begin() as conn:
             DatasetStore(engine).record(conn, card, final)
+            if actor is not None:
+                after = {k: card[k] for k in ("kind", "source", "split_rows")}
+                audit.record(conn, actor, "dataset.build", "dataset", spec.name, None, after)
             os.rename(partial, final)
             renamed = True
     except BaseException:
@@ -189,8 +196,10 @@ def build_dataset(
     spec: BuildSpec,
     selected: Selected,
     progress: StepProgress | None = None,
+    actor: Actor | None = None,
 ) -> DatasetInfo:
-    """An SFT dataset of the selection's own answers: clean, split, write."""
+    """An SFT dataset of the selection's own answers: clean, split, write (audited as
+    "dataset.build" when an actor is given)."""
     check_name(engine, root, spec.name)
     rows, steps = clean_selected(selected, spec, answers=True, progress=progress)
-    return write_dataset(engine, root, spec, rows, steps, selected)
+    return write_dataset(engine, root, spec, rows, steps, selected, actor=actor)

@@ -11,6 +11,7 @@ from typing import Any
 
 from app.cli_output import echo, progress_bars, warn
 from app.config import Settings
+from app.control.audit import cli_actor
 from app.datasets.build import BuildSpec, build_dataset, check_name, datasets_root
 from app.datasets.cleaning import CleaningOptions, StepProgress
 from app.datasets.rows import DatasetError, DatasetKind
@@ -124,7 +125,7 @@ def cmd_build(settings: Settings, args: argparse.Namespace) -> int:
             root = datasets_root(settings.home_dir)
             check_name(db.engine, root, spec.name)
             selected = select(db, settings, args, progress)
-            info = build_dataset(db.engine, root, spec, selected, progress)
+            info = build_dataset(db.engine, root, spec, selected, progress, cli_actor(args))
     except DatasetError as exc:
         _warn(str(exc))
         return 2
@@ -167,7 +168,7 @@ def _run_as_job(settings: Settings, args: argparse.Namespace, kind: DatasetKind)
                 resume=args.batch,
                 **source,
             )
-            job_id = start_dataset_job(settings, db.engine, request)
+            job_id = start_dataset_job(settings, db.engine, request, cli_actor(args))
             echo(f"started job {job_id} ({kind.value} dataset {spec.name!r})")
             if args.no_wait:
                 return 0

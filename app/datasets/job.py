@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine
 
 from app.config import Settings
+from app.control.audit import Actor
 from app.datasets.build import BuildSpec, check_name, datasets_root
 from app.datasets.cleaning import CleaningOptions, StepProgress
 from app.datasets.rows import DatasetError, DatasetKind
@@ -143,11 +144,13 @@ def start_dataset_job(
     settings: Settings,
     engine: Engine,
     request: DatasetJobRequest,
+    actor: Actor,
     *,
     upload_is_scratch: bool = False,
 ) -> int:
-    """Check the request, queue its job and start the job's process; the job id. With
-    upload_is_scratch the upload file is removed when the job ends."""
+    """Check the request, queue its job (a "dataset.distill" or "dataset.augment" audit row)
+    and start the job's process; the job id. With upload_is_scratch the upload file is
+    removed when the job ends."""
     if request.spec.kind not in (DatasetKind.DISTILL, DatasetKind.AUGMENT):
         raise DatasetError("a dataset job distills or augments (build an SFT dataset directly)")
     if (request.selection is None) == (request.upload is None):
@@ -156,7 +159,8 @@ def start_dataset_job(
         raise DatasetError("paraphrases per prompt: 1 to 20")
     check_name(engine, datasets_root(settings.home_dir), request.spec.name)
     jobs = JobStore(engine)
-    job_id = jobs.create(JobKind.DATASET, request.params(), request.spec.created_by)
+    action = f"dataset.{request.spec.kind.value}"
+    job_id = jobs.start(JobKind.DATASET, request.params(), actor, action)
     if upload_is_scratch and request.upload is not None:
         jobs.add_scratch(job_id, request.upload)
     spawn_job(settings, job_id)

@@ -401,7 +401,10 @@ class AuditLog(Base):
     # The operator account, or "key:<name>" for the admin API.
     actor: Mapped[str] = mapped_column(Text)
     via: Mapped[str] = mapped_column(Text)
-    # Where the change came from: client address (API), host name (CLI, apply), page name.
+    # The page ("models"), command ("herd deploy") or API route ("POST /v1/batches") the
+    # change came from (0020; NULL on older rows that did not say).
+    origin: Mapped[str | None] = mapped_column(Text)
+    # Where the change came from: the client's address (page, API) or host name (CLI, apply).
     source: Mapped[str | None] = mapped_column(Text)
     action: Mapped[str] = mapped_column(Text)
     target_kind: Mapped[str] = mapped_column(Text)

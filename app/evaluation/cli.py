@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 from pathlib import Path
 from typing import Any
 
 from app.cli_output import echo
 from app.config import Settings
+from app.control.audit import cli_actor
 from app.db.database import Database
 from app.evaluation.answers import AnswerStore, SideBySide, prompt_text
 from app.evaluation.metrics import Metric
@@ -77,7 +77,7 @@ def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
     with Database.open_current(settings) as db:
         jobs = JobStore(db.engine)
         store = ModelStore(db.engine, settings.models_path)
-        job_id = start_eval(settings, store, jobs, request, args.by or getpass.getuser())
+        job_id = start_eval(settings, store, jobs, request, cli_actor(args))
         echo(f"started job {job_id}")
         if args.no_wait:
             return 0

@@ -12,6 +12,7 @@ from typing import Any
 import psutil
 
 from app.config import Settings
+from app.control.audit import Actor
 from app.db.bind import Bind
 from app.engine.loader import gpu_offload_supported
 from app.evaluation.prompt_sets import PromptSet, PromptSetError, load_prompt_set
@@ -183,10 +184,11 @@ def check_eval(
 
 
 def start_eval(
-    settings: Settings, store: ModelStore, jobs: JobStore, request: EvalRequest, started_by: str
+    settings: Settings, store: ModelStore, jobs: JobStore, request: EvalRequest, actor: Actor
 ) -> int:
-    """Check the request, then start the evaluation job; its id."""
+    """Check the request, then start the evaluation job (an "evaluation.start" audit row);
+    its id."""
     check_eval(store, request)
-    job_id = jobs.create(JobKind.EVALUATE, request.params(), started_by)
+    job_id = jobs.start(JobKind.EVALUATE, request.params(), actor, "evaluation.start")
     spawn_job(settings, job_id)
     return job_id

@@ -23,6 +23,7 @@ from app.batches.launch import ensure_runner
 from app.batches.owner import Owner
 from app.batches.runner import files_root
 from app.batches.store import BatchError, BatchStore
+from app.control.audit import Actor, Via
 from app.gateway.errors import database_unavailable
 from app.gateway.request_context import authenticate, runtime_of
 from app.openai_api.errors import ApiError, bad_param
@@ -38,6 +39,14 @@ def _api_error(exc: FileError | BatchError) -> ApiError:
 
 async def _owner(request: Request) -> Owner:
     return Owner(api_key_id=await authenticate(request))
+
+
+def _actor(request: Request, owner: Owner, route: str) -> Actor:
+    """Who changes a batch through the API, for the audit log: the key, the route, the
+    client's address."""
+    who = f"key:{owner.api_key_id}" if owner.api_key_id else "anonymous"
+    source = request.client.host if request.client else None
+    return Actor(who=who, via=Via.API, source=source, origin=route)
 
 
 async def _thread(call: Any, *args: Any, **kwargs: Any) -> Any:
@@ -181,13 +190,13 @@ def batches_router() -> APIRouter:
         if not path.exists():
             raise bad_param("input_file_id", f"the bytes of file {file_id} are not on this "
                             "gateway's disk (HERD_HOME/files)")  # fmt: skip
+        actor = _actor(request, owner, "POST /v1/batches")
         batch = await _thread(
             lambda: batches.create(
                 endpoint=endpoint, input_file_id=file_id,
                 completion_window=str(body.get("completion_window", "24h")),
-                lines=read_lines(path), owner=owner,
-                created_by=f"key:{owner.api_key_id}" if owner.api_key_id else "anonymous",
-                gateway_url=_own_url(request), metadata=metadata,
+                lines=read_lines(path), owner=owner, created_by=actor.who,
+                gateway_url=_own_url(request), metadata=metadata, actor=actor,
             )
         )  # fmt: skip
         await _thread(ensure_runner, runtime.engine, runtime.settings, batch.id, None, 0)
@@ -219,6 +228,8 @@ def batches_router() -> APIRouter:
     async def cancel_batch(request: Request, batch_id: str) -> JSONResponse:
         owner = await _owner(request)
         _, batches = stores(request)
-        return JSONResponse((await _thread(batches.request_cancel, batch_id, owner)).openai())
+        actor = _actor(request, owner, "POST /v1/batches/{batch_id}/cancel")
+        view = await _thread(batches.request_cancel, batch_id, owner, actor)
+        return JSONResponse(view.openai())
 
     return router

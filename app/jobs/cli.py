@@ -1,23 +1,21 @@
-"""`herd jobs ...` and `herd models quantize`: parse in app/cli.py, work here."""
+"""`herd jobs ...`, and the progress bars every job-starting command follows its jobs with:
+parse in app/cli.py, work here."""
 
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 from typing import Any
 
 from tqdm import tqdm
 
-from app.admin.audit import Actor, Via
 from app.cli_output import echo
-from app.compress.quantize import QuantizeRequest, parse_layers, start_quantize
 from app.config import Settings
+from app.control.audit import cli_actor
 from app.db.database import Database
 from app.jobs.follow import follow, restart
 from app.jobs.runner import run_job
 from app.jobs.store import JobStore, JobView
-from app.store.catalog import ModelStore
 
 
 def follow_with_bars(
@@ -54,24 +52,6 @@ def follow_with_bars(
     return 1 if failed else 0
 
 
-def cmd_models_quantize(settings: Settings, args: argparse.Namespace) -> int:
-    layers = parse_layers(args.prune_layers or "")
-    requests = [
-        QuantizeRequest(args.source, ftype, layers, args.allow_requantize, args.threads or 0)
-        for ftype in args.type
-    ]
-    with Database.open_current(settings) as db:
-        store = JobStore(db.engine)
-        ids = start_quantize(
-            settings, ModelStore(db.engine, settings.models_path), store, requests,
-            Actor.local(args.by, Via.CLI),
-        )  # fmt: skip
-        echo("started " + ", ".join(f"job {i}" for i in ids))
-        if args.no_wait:
-            return 0
-        return follow_with_bars(settings, store, ids)
-
-
 def cmd_jobs_run(settings: Settings, args: argparse.Namespace) -> int:
     job = run_job(settings, args.job_id)
     echo(f"job {job.id} {job.state}" + (f": {job.error}" if job.error else ""))
@@ -95,7 +75,7 @@ def cmd_jobs_list(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_jobs_cancel(settings: Settings, args: argparse.Namespace) -> int:
     with Database.open_current(settings) as db:
-        job = JobStore(db.engine).request_cancel(args.job_id)
+        job = JobStore(db.engine).request_cancel(args.job_id, cli_actor(args))
     echo(f"job {job.id}: " + ("cancelled" if job.finished else "cancel requested"))
     return 0
 
@@ -103,33 +83,15 @@ def cmd_jobs_cancel(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_jobs_restart(settings: Settings, args: argparse.Namespace) -> int:
     with Database.open_current(settings) as db:
         store = JobStore(db.engine)
-        new_id = restart(settings, store, args.job_id, args.by or getpass.getuser())
+        new_id = restart(settings, store, args.job_id, cli_actor(args))
         echo(f"started job {new_id} (again of job {args.job_id})")
         if args.no_wait:
             return 0
         return follow_with_bars(settings, store, [new_id])
 
 
-def add_commands(sub: Any, models: Any, command: Any) -> None:
+def add_commands(sub: Any, command: Any) -> None:
     """Hook the job commands into the `herd` parser."""
-    quantize = command(
-        models,
-        "quantize",
-        cmd_models_quantize,
-        "write quantized (and layer-pruned) variants of a model, as jobs",
-    )
-    quantize.add_argument("source", help="the model's name in the store")
-    quantize.add_argument(
-        "--type", action="append", required=True, help="file type, e.g. Q4_K_M (repeatable)"
-    )
-    quantize.add_argument("--prune-layers", default=None, help="layers to drop, e.g. 3,7")
-    quantize.add_argument(
-        "--allow-requantize", action="store_true", help="allow an already quantized source"
-    )
-    quantize.add_argument("--threads", type=int, default=None, help="threads (default: all)")
-    quantize.add_argument("--by", default=None, help="who starts it (default: the OS user)")
-    quantize.add_argument("--no-wait", action="store_true", help="start and return")
-
     jobs = sub.add_parser("jobs", help="background jobs").add_subparsers(
         dest="jobs_command", required=True, metavar="COMMAND"
     )
@@ -141,6 +103,7 @@ def add_commands(sub: Any, models: Any, command: Any) -> None:
     listing.add_argument("--json", action="store_true", help="print JSON")
     cancel = command(jobs, "cancel", cmd_jobs_cancel, "cancel a queued or running job")
     cancel.add_argument("job_id", type=int)
+    cancel.add_argument("--by", default=None, help="who cancels it (default: the OS user)")
     again = command(jobs, "restart", cmd_jobs_restart, "start a failed or cancelled job again")
     again.add_argument("job_id", type=int)
     again.add_argument("--by", default=None, help="who starts it (default: the OS user)")

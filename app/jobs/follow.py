@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 
 from app.config import Settings
+from app.control.audit import Actor
 from app.jobs.spawn import spawn_job
 from app.jobs.store import JobError, JobStore, JobView
 
@@ -33,11 +34,12 @@ def follow(
         time.sleep(poll_s)
 
 
-def restart(settings: Settings, store: JobStore, job_id: int, started_by: str) -> int:
-    """Start a failed or cancelled job again, as a new job with the same parameters."""
+def restart(settings: Settings, store: JobStore, job_id: int, actor: Actor) -> int:
+    """Start a failed or cancelled job again, as a new job with the same parameters (a
+    "job.restart" audit row)."""
     old = store.get(job_id)
     if old.state not in ("failed", "cancelled"):
         raise JobError(f"job {job_id} is {old.state}; only failed or cancelled jobs start again")
-    new_id = store.create(old.kind, {**old.params, "restart_of": job_id}, started_by)
+    new_id = store.start(old.kind, {**old.params, "restart_of": job_id}, actor, "job.restart")
     spawn_job(settings, new_id)
     return new_id

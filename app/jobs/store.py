@@ -20,6 +20,8 @@ import psutil
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
+from app.control import audit
+from app.control.audit import Actor
 from app.db.tables import Job
 
 LOG_TAIL_CHARS = 4000
@@ -126,10 +128,22 @@ class JobStore:
         self.host = host or socket.gethostname()
 
     def create(self, kind: str, params: dict[str, Any], started_by: str) -> int:
+        """A queued job that Herd starts by itself (a batch's runner); an operator's job is
+        started with `start`, which audits it."""
         with Session(self.engine) as session, session.begin():
             job = Job(kind=kind, params=params, started_by=started_by)
             session.add(job)
             session.flush()
+            return job.id
+
+    def start(self, kind: str, params: dict[str, Any], actor: Actor, action: str) -> int:
+        """A queued job an operator asked for, recorded in the audit log as `action` (e.g.
+        "evaluation.start") in the job's own transaction; its id."""
+        with Session(self.engine) as session, session.begin():
+            job = Job(kind=kind, params=params, started_by=actor.who)
+            session.add(job)
+            session.flush()
+            audit.record(session.connection(), actor, action, "job", job.id, None, params)
             return job.id
 
     def get(self, job_id: int) -> JobView:
@@ -146,6 +160,14 @@ class JobStore:
             query = query.where(Job.kind == kind)
         with Session(self.engine) as session:
             return [JobView.of(job) for job in session.scalars(query)]
+
+    def unfinished(self, kind: str) -> frozenset[int]:
+        """The ids of the jobs of this kind that are queued or running."""
+        query = select(Job.id).where(
+            Job.kind == kind, Job.state.in_([JobState.QUEUED, JobState.RUNNING])
+        )
+        with self.engine.connect() as conn:
+            return frozenset(conn.execute(query).scalars())
 
     def claim(self, job_id: int, pid: int | None = None) -> JobView:
         """queued -> running for this process; refuses a job that is not queued."""
@@ -212,14 +234,16 @@ class JobStore:
                 job.log_tail = tail(log_tail)
             return True
 
-    def request_cancel(self, job_id: int) -> JobView:
-        """Cancel a job: a queued one at once, a running one when its process sees the flag."""
+    def request_cancel(self, job_id: int, actor: Actor | None = None) -> JobView:
+        """Cancel a job: a queued one at once, a running one when its process sees the flag.
+        An operator's cancel (actor given) is an audit_log row; Herd's own is not."""
         with Session(self.engine) as session, session.begin():
             job = session.get(Job, job_id, with_for_update=True)
             if job is None:
                 raise JobError(f"no job {job_id}")
             if job.state in FINISHED:
                 raise JobError(f"job {job_id} already {job.state}")
+            before = {"kind": job.kind, "state": job.state}
             job.cancel_requested_at = func.now()
             if job.state == JobState.QUEUED:
                 job.state = JobState.CANCELLED
@@ -227,6 +251,10 @@ class JobStore:
                 job.error = "cancelled before it started"
             session.flush()
             session.refresh(job)
+            if actor is not None:
+                after = {"kind": job.kind, "state": job.state, "cancel_requested": True}
+                conn = session.connection()
+                audit.record(conn, actor, "job.cancel", "job", job.id, before, after)
             return JobView.of(job)
 
     def reap_stale(self, stale_s: float) -> list[int]:

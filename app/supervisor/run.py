@@ -19,8 +19,8 @@ import psycopg
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.admin.audit import Via
 from app.config import Settings
+from app.control.audit import Via
 from app.db.database import Database
 from app.launcher import child_environment
 from app.rollouts import Rollouts
@@ -123,7 +123,7 @@ def run_supervisor(
     supervisor = Supervisor(settings, records, child_environment(settings, database))
     status = SupervisorStatus(node=settings.node_name, poll_s=settings.supervisor_poll_s)
     listener = Listener(database.url, settings.node_name)
-    rollouts = Rollouts(database.engine, settings, Via.SYSTEM)
+    rollouts = Rollouts(database.engine, settings, Via.SYSTEM, "canary guard", settings.node_name)
     listener.open(wait_s=LOCK_WAIT_S)
 
     def request_stop(signum: int, frame: FrameType | None) -> None:

@@ -3,9 +3,11 @@ logged-in operator."""
 
 from __future__ import annotations
 
+import streamlit as st
+
 from app.accounts import LoggedIn
-from app.admin.audit import Actor, Via
 from app.admin.changes import Admin
+from app.control.audit import Actor, Via
 from app.ui import resources
 
 
@@ -13,6 +15,14 @@ def admin() -> Admin:
     return Admin(resources.database().engine, resources.settings())
 
 
+def client_address() -> str | None:
+    """The browser's address as Streamlit sees it; None for localhost (Streamlit does not
+    say) and outside a browser session."""
+    address = st.context.ip_address
+    return address if isinstance(address, str) else None
+
+
 def page_actor(operator: LoggedIn, page: str) -> Actor:
-    """The actor for changes on a page: the operator, and the page as where it came from."""
-    return Actor(who=operator.name, via=Via.PAGE, source=f"page:{page}")
+    """The actor for changes on a page: the operator, the page ("models") as the origin,
+    the browser's address as the source."""
+    return Actor(who=operator.name, via=Via.PAGE, source=client_address(), origin=page)

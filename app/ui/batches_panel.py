@@ -11,6 +11,7 @@ import streamlit as st
 from app.batches.owner import OPERATOR
 from app.batches.progress import progress
 from app.batches.store import BatchError, BatchStore, BatchView
+from app.control.audit import Actor
 from app.ui import resources
 
 REFRESH_S = 1.0
@@ -32,7 +33,7 @@ def _progress_text(view: BatchView) -> str:
     return " · ".join(parts)
 
 
-def _show(view: BatchView, store: BatchStore, can_change: bool) -> None:
+def _show(view: BatchView, store: BatchStore, actor: Actor | None) -> None:
     with st.container(border=True):
         st.markdown(f"**{view.id}** · {view.endpoint} · **{view.status}** · by {view.created_by}")
         st.progress(progress(view).fraction, text=_progress_text(view))
@@ -40,12 +41,12 @@ def _show(view: BatchView, store: BatchStore, can_change: bool) -> None:
             for error in view.errors.get("data", []):
                 st.error(f"{error.get('code')}: {error.get('message')}")
         if (
-            can_change
+            actor is not None
             and view.status in ("validating", "in_progress")
             and st.button("Cancel", key=f"batch_cancel_{view.id}")
         ):
             try:
-                store.request_cancel(view.id, OPERATOR)
+                store.request_cancel(view.id, OPERATOR, actor)
             except BatchError as exc:
                 st.error(str(exc))
         if view.finished:
@@ -69,8 +70,8 @@ def _file(batch_id: str, purpose: str) -> bytes:
 
 
 @st.fragment(run_every=REFRESH_S)
-def batches_panel(can_change: bool, limit: int = 20) -> None:
-    """The newest batches; can_change shows the cancel buttons."""
+def batches_panel(actor: Actor | None, limit: int = 20) -> None:
+    """The newest batches; with an actor (the operator on this page), cancel buttons."""
     with resources.database_errors():
         store = batch_store()
         views, _ = store.page(OPERATOR, limit=limit)
@@ -78,4 +79,4 @@ def batches_panel(can_change: bool, limit: int = 20) -> None:
         st.caption("No batches yet.")
         return
     for view in views:
-        _show(view, store, can_change)
+        _show(view, store, actor)

@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 
 from app.analytics.review import known_tags
 from app.config import Settings
+from app.control.audit import Actor
 from app.datasets.archive import zip_folder
 from app.datasets.build import BuildSpec, build_dataset, datasets_root
 from app.datasets.cleaning import CleaningOptions
@@ -126,6 +127,7 @@ def _selection(engine: Engine, start: datetime, end: datetime, form: dict[str, A
 def _start_job(
     engine: Engine,
     settings: Settings,
+    actor: Actor,
     spec: BuildSpec,
     generation: GenerationSettings,
     n: int,
@@ -140,24 +142,25 @@ def _start_job(
         path = save_upload(settings, upload.name, upload.getvalue())
         request = DatasetJobRequest(spec, generation, n, upload=path, upload_name=upload.name)
         try:
-            return start_dataset_job(settings, engine, request, upload_is_scratch=True)
+            return start_dataset_job(settings, engine, request, actor, upload_is_scratch=True)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
     request = DatasetJobRequest(spec, generation, n, selection=_log_selection(start, end, form))
-    return start_dataset_job(settings, engine, request)
+    return start_dataset_job(settings, engine, request, actor)
 
 
-def dataset_jobs(operator: str | None) -> None:
-    """Distillation and augmentation jobs, live: progress, log, cancel, start again."""
+def dataset_jobs(actor: Actor | None) -> None:
+    """Distillation and augmentation jobs, live: progress, log, cancel, start again (actor
+    None: without the buttons)."""
     st.subheader("Dataset jobs")
-    jobs_panel(JobKind.DATASET.value, operator, limit=5)
+    jobs_panel(JobKind.DATASET.value, actor, limit=5)
 
 
 def build_form(
     engine: Engine,
     settings: Settings,
-    operator: str,
+    actor: Actor,
     start: datetime,
     end: datetime,
     aliases: list[str],
@@ -221,7 +224,7 @@ def build_form(
     try:
         spec = BuildSpec(
             name=name.strip(),
-            created_by=operator,
+            created_by=actor.who,
             kind=DatasetKind(kind),
             cleaning=CleaningOptions(
                 exact_dedup=exact,
@@ -237,12 +240,15 @@ def build_form(
         )
         if spec.kind is DatasetKind.SFT:
             root = datasets_root(settings.home_dir)
-            info = build_dataset(engine, root, spec, _selection(engine, start, end, form), progress)
+            selected = _selection(engine, start, end, form)
+            info = build_dataset(engine, root, spec, selected, progress, actor)
         else:
             generation = GenerationSettings(
                 alias, int(max_tokens), float(temperature), keep_cut=cut
             )
-            job_id = _start_job(engine, settings, spec, generation, int(n), start, end, form)
+            job_id = _start_job(
+                engine, settings, actor, spec, generation, int(n), start, end, form
+            )
     except ValueError as exc:  # DatasetError, and the Batch API's BatchError / FileError
         bar.empty()
         st.error(str(exc))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app.control.audit import Actor
 from app.jobs.follow import restart
 from app.jobs.store import JobError, JobStore, JobView
 from app.ui import resources
@@ -24,7 +25,7 @@ def _label(job: JobView) -> str:
     return f"Job {job.id} · {job.kind} {target} · {job.state} · by {job.started_by}"
 
 
-def _show(job: JobView, store: JobStore, operator: str | None) -> None:
+def _show(job: JobView, store: JobStore, actor: Actor | None) -> None:
     with st.container(border=True):
         st.markdown(f"**{_label(job)}**")
         if job.state in ("queued", "running"):
@@ -37,7 +38,7 @@ def _show(job: JobView, store: JobStore, operator: str | None) -> None:
         if job.log_tail:
             with st.expander("Log"):
                 st.code(job.log_tail, language=None)
-        if operator is None:
+        if actor is None:
             return
         if (
             not job.finished
@@ -45,22 +46,23 @@ def _show(job: JobView, store: JobStore, operator: str | None) -> None:
             and st.button("Cancel", key=f"job_cancel_{job.id}")
         ):
             try:
-                store.request_cancel(job.id)
+                store.request_cancel(job.id, actor)
             except JobError as exc:
                 st.error(str(exc))
         if job.state in ("failed", "cancelled") and st.button(
             "Start again", key=f"job_restart_{job.id}"
         ):
             try:
-                new_id = restart(resources.settings(), store, job.id, operator)
+                new_id = restart(resources.settings(), store, job.id, actor)
                 st.info(f"Started job {new_id}.")
             except JobError as exc:
                 st.error(str(exc))
 
 
 @st.fragment(run_every=REFRESH_S)
-def jobs_panel(kind: str, operator: str | None, limit: int = 10) -> None:
-    """The newest jobs of one kind; operator None shows them without buttons."""
+def jobs_panel(kind: str, actor: Actor | None, limit: int = 10) -> None:
+    """The newest jobs of one kind; actor (the operator on this page) None shows them
+    without buttons."""
     with resources.database_errors():
         store = job_store()
         store.reap_stale(resources.settings().job_stale_s)
@@ -69,4 +71,4 @@ def jobs_panel(kind: str, operator: str | None, limit: int = 10) -> None:
         st.caption("No jobs yet.")
         return
     for job in jobs:
-        _show(job, store, operator)
+        _show(job, store, actor)

@@ -6,18 +6,23 @@ from typing import Any
 
 import streamlit as st
 
+from app.control.audit import Via
 from app.db.tables import Rollout
 from app.deployments import DeploymentError
 from app.rollouts import RolloutError, Rollouts
 from app.ui import resources
+from app.ui.admin_actions import client_address
 from app.ui.changes import confirmed, run_change, show_confirmation
 
 FLASH = "rollout_flash"
 REFUSED = (RolloutError, DeploymentError)
 
 
-def rollouts() -> Rollouts:
-    return Rollouts(resources.database().engine, resources.settings())
+def rollouts(page: str) -> Rollouts:
+    """Rollout actions as made on this page ("rollouts", "evaluation"): their audit rows
+    say so."""
+    engine, settings = resources.database().engine, resources.settings()
+    return Rollouts(engine, settings, Via.PAGE, origin=page, source=client_address())
 
 
 def candidate_name(snapshot: list[dict[str, Any]], action: Rollout) -> str:
@@ -51,10 +56,12 @@ def start_canary(
     )
 
 
-def execute_rollback_button(alias: str, decision_id: int, operator: str) -> None:
+def execute_rollback_button(
+    alias: str, decision_id: int, operator: str, page: str = "retraining"
+) -> None:
     """Offer to execute a recorded 'rollback' decision on its alias, when one is open."""
     show_confirmation(FLASH)
-    manager = rollouts()
+    manager = rollouts(page)
     with resources.database_errors():
         action = manager.open_action(alias)
     if action is None:
