@@ -1,22 +1,22 @@
 """Evaluation: measure models (as a job) and compare size, speed and perplexity."""
 
+from functools import partial
+
 import streamlit as st
 
 from app.accounts import Role
 from app.evaluation.answers import AnswerStore
-from app.evaluation.metrics import Metric
 from app.evaluation.plan import EvalRefused, EvalRequest, start_eval
 from app.evaluation.prompt_sets import FEEDBACK
 from app.evaluation.store import EvaluationStore
 from app.jobs.kinds import JobKind
-from app.store.estimate import format_bytes
 from app.ui import auth, resources
 from app.ui.admin_actions import page_actor
 from app.ui.changes import show_confirmation
-from app.ui.charts import PLOTLY_CONFIG
 from app.ui.evaluation_answers import answers_side_by_side
-from app.ui.evaluation_charts import pareto_scatter
+from app.ui.evaluation_results import evaluation_results
 from app.ui.jobs_panel import job_store, jobs_panel
+from app.ui.live import follow_jobs
 from app.ui.rollout_widgets import FLASH, rollouts, start_canary
 
 # Prompts shown side by side: the newest answered, enough to read, few enough to load fast.
@@ -36,7 +36,8 @@ store = resources.model_store()
 with resources.database_errors():
     answer_store = AnswerStore(resources.database().engine)
     models = [m for m in store.list() if m.status == "valid"]
-    results = EvaluationStore(resources.database().engine).latest()
+    evaluations = EvaluationStore(resources.database().engine)
+    results = evaluations.latest()
     prompt_sets = answer_store.prompt_sets()
 
 can_change = operator.role.allows(Role.OPERATOR)
@@ -87,51 +88,7 @@ jobs_panel(
 )
 
 st.subheader("Results")
-if not results:
-    st.info("No evaluations yet.")
-else:
-    table = []
-    for row in results:
-        table.append(
-            {
-                "model": row["model"],
-                "type": row["file_type"],
-                "size": format_bytes(row.get(Metric.SIZE.value)),
-                "perplexity": row.get(Metric.PERPLEXITY.value),
-                "prefill tokens/s": row.get(Metric.PREFILL.value),
-                "decode tokens/s": row.get(Metric.DECODE.value),
-                "peak RSS": format_bytes(row.get(Metric.RSS_PEAK.value)),
-                "estimate": format_bytes(row.get(Metric.RSS_ESTIMATE.value)),
-                "estimate error %": row.get(Metric.RSS_ERROR.value),
-                "peak VRAM": format_bytes(row.get(Metric.VRAM_PEAK.value)),
-                "VRAM estimate": format_bytes(row.get(Metric.VRAM_ESTIMATE.value)),
-                "GPU layers": (row["settings"] or {}).get("n_gpu_layers"),
-                "reference log-lik/token": row.get(Metric.REFERENCE_LOGLIK.value),
-                "context": (row["settings"] or {}).get("n_ctx"),
-                "threads": (row["settings"] or {}).get("threads"),
-                "evaluated": row["evaluated_at"],
-            }
-        )
-    st.dataframe(table, hide_index=True, width="stretch")
-    contexts = {(r["settings"] or {}).get("n_ctx") for r in results}
-    if len(contexts) > 1:
-        st.warning(f"Models were measured at different contexts {sorted(contexts)}; "
-                   "compare perplexity only at the same one.")  # fmt: skip
-    left, right = st.columns(2)
-    left.plotly_chart(
-        pareto_scatter(results, Metric.SIZE.value, Metric.PERPLEXITY.value,
-                       title="Size vs perplexity", x_title="file size (bytes)",
-                       y_title="perplexity"),
-        config=PLOTLY_CONFIG, key="chart_size_ppl",
-    )  # fmt: skip
-    right.plotly_chart(
-        pareto_scatter(results, Metric.DECODE.value, Metric.PERPLEXITY.value,
-                       title="Decode speed vs perplexity", x_title="decode tokens/s",
-                       y_title="perplexity", maximize_x=True),
-        config=PLOTLY_CONFIG, key="chart_speed_ppl",
-    )  # fmt: skip
-    st.caption("Stars and the dashed line: the Pareto front (no other model is both smaller "
-               "or faster and lower in perplexity).")  # fmt: skip
+follow_jobs(JobKind.EVALUATE.value, partial(evaluation_results, evaluations))
 
 st.subheader("Answers side by side")
 st.caption(

@@ -1,6 +1,7 @@
 """Models: the GGUF store with metadata, validity and memory estimates; add and rescan;
 quantize into new variants (as jobs) and the lineage tree."""
 
+from functools import partial
 from pathlib import Path
 
 import streamlit as st
@@ -14,11 +15,12 @@ from app.compress.quantize import (
     start_quantize,
 )
 from app.jobs.kinds import JobKind
-from app.store.catalog import ModelStoreError, describe_model
-from app.store.estimate import format_bytes
+from app.store.catalog import ModelStoreError
 from app.store.lineage import lineage_tree
 from app.ui import admin_actions, auth, resources
 from app.ui.jobs_panel import job_store, jobs_panel
+from app.ui.live import follow_jobs
+from app.ui.models_table import models_table
 
 operator = auth.require_role(Role.VIEWER)
 st.title("Models")
@@ -38,33 +40,9 @@ n_ctx = right.number_input("Context (tokens) for the estimate", min_value=256, v
 
 with resources.database_errors():
     models = store.list()
-
-if not models:
-    st.info("The store is empty. Add a GGUF below, or run `herd models add --demo`.")
-else:
-    rows = []
-    for model in models:
-        info = describe_model(model, int(n_gpu_layers), int(n_ctx))
-        estimate = info["estimate"] or {}
-        rows.append(
-            {
-                "name": info["name"],
-                "status": info["status"],
-                "quantization": info["file_type"],
-                "parameters (M)": round(info["parameter_count"] / 1e6, 1)
-                if info["parameter_count"]
-                else None,
-                "size": format_bytes(info["size_bytes"]),
-                "VRAM estimate": format_bytes(estimate.get("vram_bytes")),
-                "RAM estimate": format_bytes(estimate.get("ram_bytes")),
-                "context": info["context_length"],
-                "layers": info["block_count"],
-                "architecture": info["architecture"],
-                "chat template": info["has_chat_template"],
-                "error": info["error"],
-            }
-        )
-    st.dataframe(rows, hide_index=True, width="stretch")
+# Filled at the end of the page, so a model added, rescanned or deleted below is in it; it
+# refreshes itself while a quantize job runs, and once more when the job ends.
+table = st.container()
 
 if operator.role.allows(Role.OPERATOR):
     st.subheader("Add or rescan")
@@ -154,3 +132,7 @@ if can_change and valid:
 elif can_change:
     st.caption("Add a model to the store to quantize it.")
 jobs_panel(JobKind.QUANTIZE.value, actor if can_change else None)
+with table:
+    follow_jobs(
+        JobKind.QUANTIZE.value, partial(models_table, store, int(n_gpu_layers), int(n_ctx))
+    )

@@ -1,6 +1,7 @@
 """Retraining: signals and a recommendation per model version, decisions, dataset export."""
 
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import streamlit as st
 
@@ -11,8 +12,10 @@ from app.analytics.monitoring import engagement_series, latency_series
 from app.analytics.recommend import Action, assess_versions, period_label
 from app.analytics.scope import Scope
 from app.analytics.versions import filter_options
+from app.jobs.kinds import JobKind
 from app.ui import admin_actions, auth, charts, dataset_widgets, resources
 from app.ui.analytics_widgets import chart, period_picker
+from app.ui.live import follow_jobs
 from app.ui.rollout_widgets import execute_rollback_button
 
 operator = auth.require_role(Role.VIEWER)
@@ -116,12 +119,16 @@ else:
 
 st.header("Datasets")
 st.caption("Cleaned, split training sets under HERD_HOME/datasets (also `herd dataset ...`).")
+# Filled after the build form, so a dataset built below is listed; it refreshes itself
+# while a distill or augment job runs, and once more when the job ends.
+listing = st.container()
 with resources.database_errors():
-    dataset_widgets.dataset_list(engine)
     if can_act:
         dataset_widgets.build_form(
             engine, resources.settings(), actor, start, end, filter_options(engine).aliases
         )
+with listing:
+    follow_jobs(JobKind.DATASET.value, partial(dataset_widgets.dataset_list, engine))
 dataset_widgets.dataset_jobs(actor if can_act else None)
 
 st.header("Dataset export")

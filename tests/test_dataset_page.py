@@ -63,6 +63,9 @@ def test_build_a_dataset_on_the_page(dashboard_env: None, database: Database) ->
     assert not app.exception, app.exception
     assert not app.error, [e.value for e in app.error]
     assert any("Built dataset 'from-page': 4 rows." in s.value for s in app.success)
+    # The list above the form has it at once, picked, with its report.
+    assert "No datasets yet." not in [c.value for c in app.caption]
+    assert list(app.dataframe[0].value["name"]) == ["from-page"]
     [report] = [d.value for d in app.dataframe if "step" in d.value.columns]
     removed = dict(zip(report["step"], report["removed"], strict=True))
     assert removed["near_duplicate"] == 1  # the same question, a different answer
@@ -72,7 +75,7 @@ def test_build_a_dataset_on_the_page(dashboard_env: None, database: Database) ->
         row = conn.execute(select(Dataset.name, Dataset.rows, Dataset.created_by)).one()
     assert tuple(row) == ("from-page", 4, "olivia")
 
-    # Listed on the next run, with its report and downloads.
+    # Still listed on the next run, with its report and downloads.
     app.run()
     assert list(app.dataframe[0].value["name"]) == ["from-page"]
     labels = [b.proto.label for b in app.get("download_button")]

@@ -1,7 +1,9 @@
 """The Batches page's live list: progress, throughput, ETA, errors, cancel and downloads.
 
 It reads `batches` and `batch_requests` on every refresh, so it shows the same state after
-a reload, in another browser, or for a batch submitted with the CLI or the API.
+a reload, in another browser, or for a batch submitted with the CLI or the API. It refreshes
+every second while a batch's runner job is queued or running, and every IDLE_S otherwise,
+to notice batches submitted elsewhere (app/ui/live.py).
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ from app.batches.owner import OPERATOR
 from app.batches.progress import progress
 from app.batches.store import BatchError, BatchStore, BatchView
 from app.control.audit import Actor
+from app.jobs.kinds import JobKind
 from app.ui import resources
+from app.ui.live import follows_jobs
 
-REFRESH_S = 1.0
+# With no batch running, the list looks for new ones this often.
+IDLE_S = 5.0
 
 
 def batch_store() -> BatchStore:
@@ -69,7 +74,7 @@ def _file(batch_id: str, purpose: str) -> bytes:
     return b"".join(batch_store().rendered(batch_id, purpose))
 
 
-@st.fragment(run_every=REFRESH_S)
+@follows_jobs(JobKind.BATCH.value, idle_s=IDLE_S)
 def batches_panel(actor: Actor | None, limit: int = 20) -> None:
     """The newest batches; with an actor (the operator on this page), cancel buttons."""
     with resources.database_errors():

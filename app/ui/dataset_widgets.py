@@ -28,6 +28,8 @@ from app.ui.charts import PLOTLY_CONFIG
 from app.ui.jobs_panel import jobs_panel
 
 LOG, UPLOAD = "Request log (period above)", "Uploaded file"
+# The list's choice of the dataset whose report and downloads are shown.
+PICK_KEY = "dataset_pick"
 
 
 def cleaning_report(info: DatasetInfo, key: str) -> None:
@@ -93,7 +95,7 @@ def dataset_list(engine: Engine) -> None:
         key="datasets_table",
     )
     by_name = {i.name: i for i in infos}
-    chosen = by_name[st.selectbox("Dataset", list(by_name), key="dataset_pick")]
+    chosen = by_name[st.selectbox("Dataset", list(by_name), key=PICK_KEY)]
     cleaning_report(chosen, "picked")
     _downloads(chosen)
 
@@ -165,8 +167,9 @@ def build_form(
     end: datetime,
     aliases: list[str],
 ) -> None:
-    """The build form; on submit, builds an SFT dataset and shows its cleaning report, or
-    starts a distillation / augmentation job and returns at once."""
+    """The build form; on submit, builds an SFT dataset and picks it in the list (which the
+    page renders after the form, with its cleaning report), or starts a distillation /
+    augmentation job and returns at once."""
     with st.form("dataset_build"):
         cols = list(st.columns(3))
         name = cols[0].text_input("Name", key="ds_name")
@@ -260,5 +263,8 @@ def build_form(
             "background (its batch runs through the gateway); follow it under Dataset jobs."
         )
         return
-    st.success(f"Built dataset {info.name!r}: {info.rows} rows.")
-    cleaning_report(info, "built")
+    st.success(
+        f"Built dataset {info.name!r}: {info.rows} rows. It is picked in the list above, with "
+        "its cleaning report and downloads."
+    )
+    st.session_state[PICK_KEY] = info.name

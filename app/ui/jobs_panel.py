@@ -1,7 +1,9 @@
 """A live list of background jobs: progress bars, log tails, cancel and start-again buttons.
 
 It reads the `jobs` table on every refresh, so it shows the same state after a page reload,
-in another browser, or for a job started from the CLI.
+in another browser, or for a job started from the CLI. It refreshes every second while a
+job of its kind is queued or running, and every IDLE_S otherwise, to notice jobs started
+elsewhere (app/ui/live.py).
 """
 
 from __future__ import annotations
@@ -12,8 +14,12 @@ from app.control.audit import Actor
 from app.jobs.follow import restart
 from app.jobs.store import JobError, JobStore, JobView
 from app.ui import resources
+from app.ui.job_results import describe_result, job_target
+from app.ui.live import follows_jobs
+from app.ui.tables import readable
 
-REFRESH_S = 1.0
+# With no job of its kind queued or running, the list looks for new ones this often.
+IDLE_S = 5.0
 
 
 def job_store() -> JobStore:
@@ -21,8 +27,7 @@ def job_store() -> JobStore:
 
 
 def _label(job: JobView) -> str:
-    target = job.params.get("target") or job.params.get("models") or ""
-    return f"Job {job.id} · {job.kind} {target} · {job.state} · by {job.started_by}"
+    return f"Job {job.id} · {job.kind} {job_target(job.params)} · {job.state} · by {job.started_by}"
 
 
 def _show(job: JobView, store: JobStore, actor: Actor | None) -> None:
@@ -32,7 +37,10 @@ def _show(job: JobView, store: JobStore, actor: Actor | None) -> None:
             text = "cancelling ..." if job.cancel_requested else f"{job.progress * 100:.0f}%"
             st.progress(job.progress, text=text)
         elif job.state == "succeeded":
-            st.success(f"Succeeded: {job.result}")
+            result = describe_result(job.kind, job.result)
+            st.success(f"Succeeded: {result.sentence}")
+            if result.table:
+                st.dataframe(readable(result.table), hide_index=True, key=f"job_result_{job.id}")
         else:
             st.error(f"{job.state.capitalize()}: {job.error}")
         if job.log_tail:
@@ -59,7 +67,7 @@ def _show(job: JobView, store: JobStore, actor: Actor | None) -> None:
                 st.error(str(exc))
 
 
-@st.fragment(run_every=REFRESH_S)
+@follows_jobs(idle_s=IDLE_S)
 def jobs_panel(kind: str, actor: Actor | None, limit: int = 10) -> None:
     """The newest jobs of one kind; actor (the operator on this page) None shows them
     without buttons."""
