@@ -22,6 +22,7 @@ from app import rollout_cli
 from app.accounts import AccountError, Role
 from app.admin import commands as admin_commands
 from app.admin.config_file import ConfigError
+from app.analytics import cli as analytics_cli
 from app.batches import cli as batch_cli
 from app.batches.files import FileError
 from app.batches.store import BatchError
@@ -551,6 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     rollout_cli.add_commands(sub, command)
     dataset_cli.add_commands(sub, command)
     batch_cli.add_commands(sub, command)
+    analytics_cli.add_commands(sub, command)
 
     gateway = command(sub, "gateway", cmd_gateway, "run the OpenAI-compatible gateway alone")
     gateway.add_argument("--host", default=None, help="address (default HERD_GATEWAY_HOST)")

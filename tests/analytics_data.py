@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import Engine, insert, text
 
+from app.analytics.catalog import range_totals, values
+from app.analytics.scope import Scope
 from app.db.tables import Feedback, Message, Model, Request
 
 
@@ -39,6 +42,9 @@ def request_row(created_at: datetime, **values: Any) -> dict[str, Any]:
         "status": "ok",
         "http_status": 200,
         "cache_hit": False,
+        # Every row names every column: one INSERT of many rows takes the first row's keys.
+        "batch_id": None,
+        "synthetic": False,
     }
     row.update(values)
     return row
@@ -70,3 +76,8 @@ def rollup_totals(engine: Engine) -> dict[str, int]:
             )
         ).one()
     return {"requests": int(row.requests), "ratings": int(row.ratings), "up": int(row.thumbs_up)}
+
+
+def summary(engine: Engine, scope: Scope) -> SimpleNamespace:
+    """Every catalog metric of scope as attributes (`.requests`, `.total_p95_ms` ...)."""
+    return SimpleNamespace(**values(range_totals(engine, scope)))

@@ -13,9 +13,14 @@ from sqlalchemy import Engine, text
 
 from app.analytics.monitoring import latency_series, session_series, traffic_series
 from app.analytics.scope import Scope
-from app.analytics.summary import summary
 from app.db.database import Database
-from tests.analytics_data import add_model, insert_feedback, insert_requests, request_row
+from tests.analytics_data import (
+    add_model,
+    insert_feedback,
+    insert_requests,
+    request_row,
+    summary,
+)
 
 BASE = datetime(2026, 1, 5, tzinfo=UTC)
 HOURS = 30
@@ -208,7 +213,9 @@ def test_traffic_series_from_rollups_matches_python(loaded: Any) -> None:
     assert {k: v["errors"] for k, v in got.items()} == {k: errors[k] for k in expected}
 
 
-def test_raw_latency_percentiles_are_exact(loaded: Any) -> None:
+def test_raw_latency_percentiles_within_a_bin_of_nearest_rank(loaded: Any) -> None:
+    # Minute buckets read raw rows put into the rollups' histogram bins (as the tiles do),
+    # so a percentile is within one 9 %-wide bin of the nearest-rank value.
     engine, rows, models = loaded
     start = BASE + timedelta(hours=5)
     scope = Scope(start=start, end=start + timedelta(hours=2), worker_id=1)
@@ -221,8 +228,9 @@ def test_raw_latency_percentiles_are_exact(loaded: Any) -> None:
     got = {(r["t"], r["model"]): r for r in series}
     assert set(got) == set(groups)
     for key, values in groups.items():
-        assert got[key]["total_p95_ms"] == pytest.approx(np.percentile(values, 95))
-        assert got[key]["total_p50_ms"] == pytest.approx(np.percentile(values, 50))
+        for q in (50, 95):
+            exact = np.percentile(values, q, method="inverted_cdf")
+            assert got[key][f"total_p{q}_ms"] == pytest.approx(exact, rel=0.095)
 
 
 def test_rollup_percentiles_within_a_histogram_bin(loaded: Any) -> None:

@@ -11,11 +11,14 @@ from app.analytics.demo_traffic import REGRESSED_MODEL, generate_demo_traffic, p
 from app.analytics.recommend import Action, assess_versions, recommend
 from app.analytics.scope import Scope
 from app.analytics.signals import Signal, SignalKind
+from app.analytics.traffic import parse_classes
 from app.analytics.versions import compare_versions
 from app.db.database import Database
 from tests.analytics_data import rollup_totals
 
 NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)
+# Demo traffic is synthetic: counted only when asked for.
+DEMO = parse_classes(["synthetic"])
 
 
 @pytest.fixture
@@ -29,7 +32,7 @@ def demo(database: Database) -> Database:
 
 def test_planted_regression_is_flagged_with_reasons(demo: Database) -> None:
     # The regression covers the last quarter (3 days) of the 12: compare it with the 3 before.
-    scope = Scope(start=NOW - timedelta(days=3), end=NOW)
+    scope = Scope(start=NOW - timedelta(days=3), end=NOW, classes=DEMO)
     assessments = {a.version.model: a for a in assess_versions(demo.engine, scope)}
     assert len(assessments) == 4
     v2 = assessments[REGRESSED_MODEL]
@@ -54,7 +57,7 @@ def test_planted_regression_is_flagged_with_reasons(demo: Database) -> None:
 
 
 def test_ab_comparison_marks_the_canary_worse(demo: Database) -> None:
-    scope = Scope(start=NOW - timedelta(days=3), end=NOW, alias="assistant")
+    scope = Scope(start=NOW - timedelta(days=3), end=NOW, alias="assistant", classes=DEMO)
     (comparison,) = compare_versions(demo.engine, scope, "assistant")
     assert comparison.candidate.model == REGRESSED_MODEL
     assert comparison.thumbs_up is not None

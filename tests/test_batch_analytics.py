@@ -11,10 +11,12 @@ from streamlit.testing.v1 import AppTest
 from app.accounts import Accounts, Role
 from app.analytics.monitoring import engagement_series
 from app.analytics.scope import Scope
-from app.analytics.summary import summary
+from app.analytics.traffic import TrafficClass, parse_classes
 from app.db.database import Database
-from tests.analytics_data import insert_feedback, insert_requests, request_row
+from tests.analytics_data import insert_feedback, insert_requests, request_row, summary
 from tests.conftest import REPO_ROOT, submit_login
+
+WITH_BATCH = parse_classes(["batch"])
 
 
 def test_batch_rows_leave_engagement_out_unless_asked(database: Database) -> None:
@@ -30,14 +32,14 @@ def test_batch_rows_leave_engagement_out_unless_asked(database: Database) -> Non
     for scope in (raw, long):
         plain = summary(engine, scope)
         assert plain.requests == 3 and plain.feedback_rate == 1 / 3
-        both = summary(engine, replace(scope, include_batch=True))
+        both = summary(engine, replace(scope, classes=WITH_BATCH))
         assert both.requests == 8 and both.feedback_rate == 1 / 8
         series = engagement_series(engine, scope)
         assert sum(int(r["responses"]) for r in series) == 3
         assert (
             sum(
                 int(r["responses"])
-                for r in engagement_series(engine, replace(scope, include_batch=True))
+                for r in engagement_series(engine, replace(scope, classes=WITH_BATCH))
             )
             == 8
         )
@@ -61,6 +63,6 @@ def test_monitoring_counts_batch_lines_only_when_asked(
         return str(next(m.value for m in app.metric if m.label == "Requests"))
 
     assert requests_tile() == "2"
-    app.checkbox(key="mon_batch").check().run()
+    app.multiselect(key="mon_classes").select(TrafficClass.BATCH).run()
     assert not app.exception, app.exception
     assert requests_tile() == "5"

@@ -28,6 +28,10 @@ from app.admin.specs import (
     UserCreateSpec,
     WeightsSpec,
 )
+from app.analytics.catalog import UnknownMetric
+from app.analytics.metrics_report import metrics_query, metrics_report
+from app.analytics.scope import UnknownRange
+from app.analytics.traffic import UnknownTrafficClass
 from app.config import Settings
 from app.control.audit import Actor, Via, read_audit
 from app.db.tables import ApiKey
@@ -247,6 +251,24 @@ def admin_router() -> APIRouter:
     def delete_user(name: str, who: Who, admin: Ops) -> dict[str, str]:
         refused(lambda: admin.remove_user(who, name))
         return {"deleted": name}
+
+    # -- metrics
+    @router.get("/metrics", summary="Monitoring's tile numbers for a range (metric catalog)")
+    def metrics(
+        who: Who,
+        request: Request,
+        range: Annotated[str, Query(description="1h, 6h, 24h, 3d, 7d or 30d")] = "24h",
+        alias: str | None = None,
+        include: Annotated[
+            list[str] | None, Query(description="Also count: batch, synthetic")
+        ] = None,
+        metric: Annotated[list[str] | None, Query(description="Default: the tiles")] = None,
+    ) -> dict[str, Any]:
+        try:
+            query = metrics_query(range, alias, include or [], metric or [])
+        except (UnknownRange, UnknownMetric, UnknownTrafficClass) as exc:
+            raise HTTPException(400, str(exc)) from None
+        return metrics_report(engine_of(request), query)
 
     # -- audit
     @router.get("/audit", summary="The audit log, newest first")

@@ -1,8 +1,9 @@
 """The Monitoring page's series: latency, traffic, engagement and sessions over time.
 
-Ranges charted in whole hours read the rollups kept by triggers (revision 0005), so a week
-over tens of millions of requests costs a few thousand rollup rows; shorter ranges read the
-raw rows with exact percentile_cont, which the created_at index keeps cheap.
+Every number comes from the metric catalog (app/analytics/catalog.py), binned: ranges
+charted in whole hours read the rollups (a week over tens of millions of requests costs a
+few thousand rollup rows) and the raw rows of their partial end hours; shorter ranges read
+raw rows put into the same latency histogram bins, so a chart and its tile agree.
 """
 
 from __future__ import annotations
@@ -12,153 +13,40 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
+from app.analytics.catalog import totals, values
 from app.analytics.queries import fetch_rows, ratio
-from app.analytics.scope import (
-    BATCH_FILTER,
-    BIN_ORIGIN,
-    HOUR,
-    RAW_FILTERS,
-    ROLLUP_REQUESTS,
-    Scope,
-    chart_bin,
-    uses_rollups,
-)
+from app.analytics.scope import BIN_ORIGIN, HOUR, Scope, chart_bin
 from app.analytics.session_counts import SESSION_COUNTS
 from app.analytics.stats import wilson_interval
 
-QUANTILES = (0.5, 0.95, 0.99)
+MODEL_NAMES_SQL = text("SELECT id, name FROM models WHERE id = ANY(CAST(:ids AS bigint[]))")
 
-RAW_LATENCY_SQL = text(
-    f"""
-    SELECT s.*, m.name AS model
-    FROM (
-      SELECT date_bin(CAST(:bin AS interval), created_at, :origin) AS t, model_id,
-             count(*) AS requests,
-             percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY ttft_ms) AS ttft,
-             percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY total_ms) AS total
-      FROM requests
-      WHERE created_at >= :start AND created_at < :end {RAW_FILTERS} {BATCH_FILTER}
-      GROUP BY 1, 2
-    ) s LEFT JOIN models m ON m.id = s.model_id
-    ORDER BY s.t, m.name
-    """
-)
 
-ROLLUP_LATENCY_SQL = text(
-    f"""
-    WITH b AS (
-      SELECT date_bin(CAST(:bin AS interval), hour, :origin) AS t, model_id, metric, bin,
-             sum(n)::bigint AS n
-      FROM latency_hourly
-      WHERE hour >= date_trunc('hour', CAST(:start AS timestamptz), 'UTC') AND hour < :end
-        AND metric IN ('ttft', 'total') {RAW_FILTERS}
-      GROUP BY 1, 2, 3, 4
-    ), q AS (
-      SELECT t, model_id, metric, sum(n) AS n,
-             herd_hist_quantiles(array_agg(bin ORDER BY bin), array_agg(n ORDER BY bin),
-                                 ARRAY[0.5, 0.95, 0.99]) AS q
-      FROM b GROUP BY 1, 2, 3
-    )
-    SELECT q.t, nullif(q.model_id, 0) AS model_id, m.name AS model,
-           max(q.n) FILTER (WHERE q.metric = 'total') AS requests,
-           ARRAY[max(q.q[1]) FILTER (WHERE q.metric = 'ttft'),
-                 max(q.q[2]) FILTER (WHERE q.metric = 'ttft'),
-                 max(q.q[3]) FILTER (WHERE q.metric = 'ttft')] AS ttft,
-           ARRAY[max(q.q[1]) FILTER (WHERE q.metric = 'total'),
-                 max(q.q[2]) FILTER (WHERE q.metric = 'total'),
-                 max(q.q[3]) FILTER (WHERE q.metric = 'total')] AS total
-    FROM q LEFT JOIN models m ON m.id = q.model_id
-    GROUP BY 1, 2, 3
-    ORDER BY 1, 3
-    """
-)
+def _model_names(engine: Engine, ids: set[int]) -> dict[int, str]:
+    if not ids:
+        return {}
+    rows = fetch_rows(engine, MODEL_NAMES_SQL, {"ids": sorted(ids)})
+    return {int(r["id"]): str(r["name"]) for r in rows}
 
-RAW_TRAFFIC_SQL = text(
-    f"""
-    SELECT s.*, m.name AS model
-    FROM (
-      SELECT date_bin(CAST(:bin AS interval), created_at, :origin) AS t, model_id,
-             count(*) AS requests,
-             count(*) FILTER (WHERE herd_is_error(status, http_status)) AS errors,
-             count(*) FILTER (WHERE herd_is_client_error(status, http_status))
-               AS client_errors,
-             count(*) FILTER (WHERE cache_hit) AS cache_hits,
-             avg(tokens_per_second) AS tokens_per_second,
-             avg(queue_ms) AS queue_avg_ms,
-             percentile_cont(0.95) WITHIN GROUP (ORDER BY queue_ms) AS queue_p95_ms,
-             sum(completion_tokens) AS completion_tokens
-      FROM requests
-      WHERE created_at >= :start AND created_at < :end {RAW_FILTERS} {BATCH_FILTER}
-      GROUP BY 1, 2
-    ) s LEFT JOIN models m ON m.id = s.model_id
-    ORDER BY s.t, m.name
-    """
-)
 
-ROLLUP_TRAFFIC_SQL = text(
-    f"""
-    WITH h AS (
-      SELECT date_bin(CAST(:bin AS interval), hour, :origin) AS t, model_id,
-             {ROLLUP_REQUESTS} AS requests, sum(errors) AS errors,
-             sum(cache_hits) AS cache_hits,
-             sum(tps_sum) / nullif(sum(tps_n), 0) AS tokens_per_second,
-             sum(queue_sum_ms) / nullif(sum(queue_n), 0) AS queue_avg_ms,
-             sum(completion_tokens) AS completion_tokens
-      FROM requests_hourly
-      WHERE hour >= date_trunc('hour', CAST(:start AS timestamptz), 'UTC') AND hour < :end
-        {RAW_FILTERS}
-      GROUP BY 1, 2
-    ), q AS (
-      SELECT t, model_id,
-             (herd_hist_quantiles(array_agg(bin ORDER BY bin), array_agg(n ORDER BY bin),
-                                  ARRAY[0.95]))[1] AS queue_p95_ms
-      FROM (
-        SELECT date_bin(CAST(:bin AS interval), hour, :origin) AS t, model_id, bin,
-               sum(n)::bigint AS n
-        FROM latency_hourly
-        WHERE hour >= date_trunc('hour', CAST(:start AS timestamptz), 'UTC') AND hour < :end
-          AND metric = 'queue' {RAW_FILTERS}
-        GROUP BY 1, 2, 3
-      ) b
-      GROUP BY 1, 2
-    ), c AS (
-      -- 4xx answers are not in the rollups; the partial index finds the few there are.
-      SELECT date_bin(CAST(:bin AS interval), created_at, :origin) AS t,
-             coalesce(model_id, 0) AS model_id, count(*) AS client_errors
-      FROM requests
-      WHERE created_at >= :start AND created_at < :end AND http_status BETWEEN 400 AND 499
-        AND herd_is_client_error(status, http_status) {RAW_FILTERS} {BATCH_FILTER}
-      GROUP BY 1, 2
-    )
-    SELECT h.t, nullif(h.model_id, 0) AS model_id, m.name AS model, h.requests, h.errors,
-           coalesce(c.client_errors, 0) AS client_errors,
-           h.cache_hits, h.tokens_per_second, h.queue_avg_ms, q.queue_p95_ms,
-           h.completion_tokens
-    FROM h
-    LEFT JOIN q ON q.t = h.t AND q.model_id = h.model_id
-    LEFT JOIN c ON c.t = h.t AND c.model_id = h.model_id
-    LEFT JOIN models m ON m.id = h.model_id
-    WHERE h.requests > 0
-    ORDER BY 1, 3
-    """
-)
+def catalog_series(engine: Engine, scope: Scope, bin_size: timedelta) -> list[dict[str, Any]]:
+    """Every catalog metric and measure per time bin and model: the rows every chart of
+    the page draws, computed as the tiles are (one definition of each number)."""
+    found = totals(engine, scope, bin_size=bin_size, by=("model_id",))
+    names = _model_names(engine, {t.model_id for t in found if t.model_id is not None})
+    rows = []
+    for item in found:
+        row: dict[str, Any] = {
+            "t": item.t,
+            "model_id": item.model_id,
+            "model": None if item.model_id is None else names.get(item.model_id),
+            **item.counts,
+            **values(item),
+        }
+        rows.append(row)
+    rows.sort(key=lambda r: (r["t"], r["model"] or ""))
+    return rows
 
-ENGAGEMENT_SQL = text(
-    f"""
-    SELECT s.*, m.name AS model
-    FROM (
-      SELECT date_bin(CAST(:bin AS interval), hour, :origin) AS t,
-             nullif(model_id, 0) AS model_id,
-             {ROLLUP_REQUESTS} AS responses, sum(ratings) AS ratings,
-             sum(thumbs_up) AS thumbs_up, sum(comments) AS comments
-      FROM requests_hourly
-      WHERE hour >= date_trunc('hour', CAST(:start AS timestamptz), 'UTC') AND hour < :end
-        {RAW_FILTERS}
-      GROUP BY 1, 2
-    ) s LEFT JOIN models m ON m.id = s.model_id
-    ORDER BY s.t, m.name
-    """
-)
 
 # Sessions count where they started; "abandoned after one turn" needs the session to be
 # over, i.e. quiet for :idle (a chat still going is not abandoned yet).
@@ -190,44 +78,25 @@ def engagement_bin(span: timedelta) -> timedelta:
     return HOUR if span <= timedelta(days=2) else timedelta(days=1)
 
 
-def latency_series(engine: Engine, scope: Scope) -> list[dict[str, Any]]:
-    """TTFT and total latency p50/p95/p99 (ms) per time bucket and model."""
-    bin_size = chart_bin(scope.span)
-    sql = ROLLUP_LATENCY_SQL if uses_rollups(scope.span) else RAW_LATENCY_SQL
-    rows = fetch_rows(engine, sql, _params(scope, bin_size))
-    for row in rows:
-        for metric in ("ttft", "total"):
-            values = row.pop(metric) or [None] * len(QUANTILES)
-            for q, value in zip(QUANTILES, values, strict=True):
-                row[f"{metric}_p{round(q * 100)}_ms"] = value
-    return rows
+def chart_series(engine: Engine, scope: Scope) -> list[dict[str, Any]]:
+    """Per chart bin and model: latency percentiles, requests per minute, server and client
+    error rates, cache-hit rate, tokens/s and queue wait (bins with calls only)."""
+    return [r for r in catalog_series(engine, scope, chart_bin(scope.span)) if r["requests"]]
 
 
-def traffic_series(engine: Engine, scope: Scope) -> list[dict[str, Any]]:
-    """Requests per minute, server and client error rates, cache-hit rate, tokens/s and
-    queue wait per bucket."""
-    bin_size = chart_bin(scope.span)
-    sql = ROLLUP_TRAFFIC_SQL if uses_rollups(scope.span) else RAW_TRAFFIC_SQL
-    rows = fetch_rows(engine, sql, _params(scope, bin_size))
-    minutes = bin_size.total_seconds() / 60
-    for row in rows:
-        row["requests_per_minute"] = row["requests"] / minutes
-        row["error_rate"] = ratio(row["errors"], row["requests"])
-        row["client_error_rate"] = ratio(row["client_errors"], row["requests"])
-        row["cache_hit_rate"] = ratio(row["cache_hits"], row["requests"])
-    return rows
+# The latency and the traffic charts draw the same rows.
+latency_series = traffic_series = chart_series
 
 
 def engagement_series(engine: Engine, scope: Scope) -> list[dict[str, Any]]:
     """Feedback rate and thumbs-up ratio with its 95 % Wilson band, and comments."""
-    rows = fetch_rows(engine, ENGAGEMENT_SQL, _params(scope, engagement_bin(scope.span)))
+    rows = catalog_series(engine, scope, engagement_bin(scope.span))
     for row in rows:
+        row["responses"] = row["requests"]
         low, high = wilson_interval(int(row["thumbs_up"]), int(row["ratings"]))
-        row["feedback_rate"] = ratio(row["ratings"], row["responses"])
-        row["thumbs_up_ratio"] = ratio(row["thumbs_up"], row["ratings"])
         row["thumbs_up_low"] = low if row["ratings"] else None
         row["thumbs_up_high"] = high if row["ratings"] else None
-    return [row for row in rows if row["responses"] or row["ratings"]]
+    return rows
 
 
 def session_series(engine: Engine, scope: Scope) -> list[dict[str, Any]]:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from app.analytics.traffic import DEFAULT_CLASSES, TrafficClass
+
 # date_bin's origin: any fixed instant aligned to whole hours and days (UTC).
 BIN_ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -20,8 +22,8 @@ class Scope:
     alias: str | None = None
     model_id: int | None = None
     worker_id: int | None = None
-    # Batch lines (requests.batch_id set) are left out unless asked for: they are no users.
-    include_batch: bool = False
+    # The traffic classes counted: live users only unless asked for more.
+    classes: tuple[TrafficClass, ...] = DEFAULT_CLASSES
 
     def __post_init__(self) -> None:
         if self.start.tzinfo is None or self.end.tzinfo is None:
@@ -44,8 +46,39 @@ class Scope:
             "alias": self.alias,
             "model_id": self.model_id,
             "worker_id": self.worker_id,
-            "include_batch": self.include_batch,
+            "classes": [c.value for c in self.classes],
         }
+
+
+@dataclass(frozen=True)
+class RangePreset:
+    """A range ending now that the page, `herd metrics` and the admin API all offer."""
+
+    key: str  # as typed: --range 24h, ?range=24h
+    label: str  # as shown on the page
+    span: timedelta
+
+
+RANGE_PRESETS: tuple[RangePreset, ...] = (
+    RangePreset("1h", "Last hour", timedelta(hours=1)),
+    RangePreset("6h", "Last 6 hours", timedelta(hours=6)),
+    RangePreset("24h", "Last day", timedelta(days=1)),
+    RangePreset("3d", "Last 3 days", timedelta(days=3)),
+    RangePreset("7d", "Last week", timedelta(days=7)),
+    RangePreset("30d", "Last 30 days", timedelta(days=30)),
+)
+
+
+class UnknownRange(ValueError):
+    """A range name that is none of RANGE_PRESETS."""
+
+
+def range_preset(key: str) -> RangePreset:
+    for preset in RANGE_PRESETS:
+        if preset.key == key:
+            return preset
+    known = ", ".join(p.key for p in RANGE_PRESETS)
+    raise UnknownRange(f"unknown range {key!r} (known: {known})")
 
 
 def last(span: timedelta, now: datetime | None = None, **filters: Any) -> Scope:
@@ -73,21 +106,26 @@ def uses_rollups(span: timedelta) -> bool:
     return chart_bin(span) >= HOUR
 
 
-# The optional filters every query shares; NULL parameters disable them. The raw form
-# filters `requests` (nullable columns), the rollup form the rollups ('' / 0 for NULL).
+# The optional filters every query shares; NULL parameters disable them. Both `requests`
+# and the rollups have these columns (the rollups store '' / 0 for NULL, which no filter
+# value matches), and both keep the traffic class (revision 0019).
 RAW_FILTERS = """
   AND (CAST(:alias AS text) IS NULL OR alias = :alias)
   AND (CAST(:model_id AS bigint) IS NULL OR model_id = :model_id)
   AND (CAST(:worker_id AS bigint) IS NULL OR worker_id = :worker_id)
+  AND traffic_class = ANY(CAST(:classes AS text[]))
 """
-ROLLUP_FILTERS = RAW_FILTERS
 
-# Raw rows of `requests`: batch lines only when the scope includes them.
-BATCH_FILTER = "AND (CAST(:include_batch AS boolean) OR batch_id IS NULL)"
-# The rollups count batch lines apart (`batch_requests`, revision 0016): the request count
-# of a rollup query, without them unless the scope includes them. Latency histograms and
-# error counts of the rollups include batch lines.
-ROLLUP_REQUESTS = (
-    "(sum(requests) - CASE WHEN CAST(:include_batch AS boolean) THEN 0 "
-    "ELSE sum(batch_requests) END)"
+# The first and last whole hour of [start, end): start rounded up, end rounded down (UTC).
+# Whole hours read the rollups, the partial hours at either end the raw rows, so counts are
+# those of the exact range.
+FIRST_HOUR = (
+    "date_trunc('hour', CAST(:start AS timestamptz) - interval '1 microsecond', 'UTC')"
+    " + interval '1 hour'"
+)
+END_HOUR = "date_trunc('hour', CAST(:end AS timestamptz), 'UTC')"
+WHOLE_HOURS = f"hour >= {FIRST_HOUR} AND hour < {END_HOUR}"
+EDGE_ROWS = (
+    f"created_at >= :start AND created_at < :end "
+    f"AND (created_at < {FIRST_HOUR} OR created_at >= {END_HOUR})"
 )

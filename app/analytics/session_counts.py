@@ -7,12 +7,9 @@ Whole hours come from `sessions_hourly`; the partial hours at either end of the 
 
 from __future__ import annotations
 
-# The first and last whole hour of [start, end): start rounded up, end rounded down (UTC).
-_FIRST_HOUR = (
-    "date_trunc('hour', CAST(:start AS timestamptz) - interval '1 microsecond', 'UTC')"
-    " + interval '1 hour'"
-)
-_END_HOUR = "date_trunc('hour', CAST(:end AS timestamptz), 'UTC')"
+from app.analytics.scope import END_HOUR as _END_HOUR
+from app.analytics.scope import FIRST_HOUR as _FIRST_HOUR
+
 _FILTERS = """
         AND (CAST(:alias AS text) IS NULL OR alias = :alias)
         AND (CAST(:model_id AS bigint) IS NULL OR model_id = :model_id)

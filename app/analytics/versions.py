@@ -4,63 +4,35 @@ side comparison of the versions sharing an alias (an A/B or canary split)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, text
 
+from app.analytics.catalog import METRICS, totals
 from app.analytics.monitoring import SESSION_IDLE
 from app.analytics.queries import fetch_rows, ratio
-from app.analytics.scope import RAW_FILTERS, ROLLUP_REQUESTS, Scope
+from app.analytics.scope import Scope
 from app.analytics.session_counts import SESSION_COUNTS
 from app.analytics.stats import ProportionTest, two_proportion_test, wilson_interval
 
-VERSION_STATS_SQL = text(
+# Sessions per version (not in the metric rollups: a session spans hours and requests).
+VERSION_SESSIONS_SQL = text(
     f"""
-    WITH h AS (
-      SELECT alias, model_id, {ROLLUP_REQUESTS} AS requests, sum(errors) AS errors,
-             sum(ratings) AS ratings, sum(thumbs_up) AS thumbs_up, sum(comments) AS comments,
-             sum(tps_sum) / nullif(sum(tps_n), 0) AS tokens_per_second
-      FROM requests_hourly
-      WHERE hour >= date_trunc('hour', CAST(:start AS timestamptz), 'UTC') AND hour < :end
-        {RAW_FILTERS}
-      GROUP BY 1, 2
-    ), l AS (
-      SELECT alias, model_id, metric,
-             herd_hist_quantiles(array_agg(bin ORDER BY bin), array_agg(n ORDER BY bin),
-                                 ARRAY[0.5, 0.95]) AS q
-      FROM (
-        SELECT alias, model_id, metric, bin, sum(n)::bigint AS n FROM latency_hourly
-        WHERE hour >= date_trunc('hour', CAST(:start AS timestamptz), 'UTC') AND hour < :end
-          AND metric IN ('ttft', 'total') {RAW_FILTERS}
-        GROUP BY 1, 2, 3, 4
-      ) b GROUP BY 1, 2, 3
-    ), s AS (
-      SELECT alias, model_id, sum(ended) AS sessions_ended, sum(one_turn) AS one_turn_sessions,
-             sum(turns) AS turns, sum(regenerates) AS regenerates
-      FROM ({SESSION_COUNTS}) c
-      GROUP BY 1, 2
-    ), f AS (
-      SELECT alias, model_id, min(hour) AS first_hour
-      FROM requests_hourly WHERE requests > 0 GROUP BY 1, 2
-    )
-    SELECT h.alias, nullif(h.model_id, 0) AS model_id, m.name AS model, h.requests, h.errors,
-           h.ratings, h.thumbs_up, h.comments, coalesce(s.regenerates, 0) AS regenerates,
-           coalesce(s.turns, 0) AS turns, h.tokens_per_second,
-           ttft.q[1] AS ttft_p50_ms, ttft.q[2] AS ttft_p95_ms,
-           total.q[1] AS total_p50_ms, total.q[2] AS total_p95_ms,
-           coalesce(s.sessions_ended, 0) AS sessions_ended,
-           coalesce(s.one_turn_sessions, 0) AS one_turn_sessions,
-           f.first_hour
-    FROM h
-    LEFT JOIN models m ON m.id = h.model_id
-    LEFT JOIN l ttft ON (ttft.alias, ttft.model_id, ttft.metric) = (h.alias, h.model_id, 'ttft')
-    LEFT JOIN l total ON (total.alias, total.model_id, total.metric)
-                       = (h.alias, h.model_id, 'total')
-    LEFT JOIN s ON (s.alias, s.model_id) = (h.alias, h.model_id)
-    LEFT JOIN f ON (f.alias, f.model_id) = (h.alias, h.model_id)
-    WHERE h.requests > 0 OR h.ratings > 0
-    ORDER BY h.alias, f.first_hour, m.name
+    SELECT alias, model_id, sum(ended) AS sessions_ended, sum(one_turn) AS one_turn_sessions,
+           sum(turns) AS turns, sum(regenerates) AS regenerates
+    FROM ({SESSION_COUNTS}) c
+    GROUP BY 1, 2
+    """
+)
+
+# When each version first served its alias (any class), and its name.
+VERSION_FIRST_SQL = text(
+    """
+    SELECT f.alias, f.model_id, f.first_hour, m.name AS model
+    FROM (SELECT alias, model_id, min(hour) AS first_hour
+          FROM requests_hourly WHERE requests > 0 GROUP BY 1, 2) f
+    LEFT JOIN models m ON m.id = f.model_id
     """
 )
 
@@ -137,37 +109,43 @@ class VersionStats:
 
 
 def version_stats(engine: Engine, scope: Scope) -> list[VersionStats]:
-    """Every (alias, model) with traffic in scope, oldest version of each alias first."""
-    rows = fetch_rows(engine, VERSION_STATS_SQL, {**scope.params(), "idle": SESSION_IDLE})
+    """Every (alias, model) with traffic in scope, oldest version of each alias first; the
+    numbers are the metric catalog's."""
+    found = totals(engine, scope, by=("alias", "model_id"))
+    params = {**scope.params(), "idle": SESSION_IDLE}
+    sessions = {
+        (r["alias"], r["model_id"]): r for r in fetch_rows(engine, VERSION_SESSIONS_SQL, params)
+    }
+    first = {(r["alias"], r["model_id"]): r for r in fetch_rows(engine, VERSION_FIRST_SQL, {})}
     out = []
-    for row in rows:
+    for item in found:
+        key = (item.alias or "", item.model_id or 0)
+        s, f = sessions.get(key, {}), first.get(key, {})
         out.append(
             VersionStats(
-                alias=row["alias"],
-                model_id=row["model_id"],
-                model=row["model"],
-                requests=int(row["requests"]),
-                errors=int(row["errors"]),
-                ratings=int(row["ratings"]),
-                thumbs_up=int(row["thumbs_up"]),
-                comments=int(row["comments"]),
-                regenerates=int(row["regenerates"]),
-                turns=int(row["turns"]),
-                tokens_per_second=_f(row["tokens_per_second"]),
-                ttft_p50_ms=_f(row["ttft_p50_ms"]),
-                ttft_p95_ms=_f(row["ttft_p95_ms"]),
-                total_p50_ms=_f(row["total_p50_ms"]),
-                total_p95_ms=_f(row["total_p95_ms"]),
-                sessions_ended=int(row["sessions_ended"]),
-                one_turn_sessions=int(row["one_turn_sessions"]),
-                first_hour=row["first_hour"],
+                alias=item.alias or "",
+                model_id=item.model_id,
+                model=f.get("model"),
+                requests=int(item.count("requests")),
+                errors=int(item.count("errors")),
+                ratings=int(item.count("ratings")),
+                thumbs_up=int(item.count("thumbs_up")),
+                comments=int(item.count("comments")),
+                regenerates=int(s.get("regenerates") or 0),
+                turns=int(s.get("turns") or 0),
+                tokens_per_second=METRICS["tokens_per_second"].value(item),
+                ttft_p50_ms=item.quantile("ttft", 0.5),
+                ttft_p95_ms=item.quantile("ttft", 0.95),
+                total_p50_ms=item.quantile("total", 0.5),
+                total_p95_ms=item.quantile("total", 0.95),
+                sessions_ended=int(s.get("sessions_ended") or 0),
+                one_turn_sessions=int(s.get("one_turn_sessions") or 0),
+                first_hour=f.get("first_hour"),
             )
         )
+    out.sort(key=lambda v: (v.alias, v.first_hour or datetime.max.replace(tzinfo=UTC),
+                            v.model or ""))  # fmt: skip
     return out
-
-
-def _f(value: Any) -> float | None:
-    return None if value is None else float(value)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Computed,
     DateTime,
     Double,
     ForeignKey,
@@ -267,6 +268,19 @@ class Request(Base):
     # A line of a batch (revision 0016): set only for calls the batch runner sent with its
     # own credential; engagement metrics leave these rows out.
     batch_id: Mapped[str | None] = mapped_column(Text)
+    # live | batch | synthetic (revision 0019), derived from the two columns above so that
+    # no writer can set it apart from them; app/analytics/traffic.py names the values.
+    traffic_class: Mapped[str] = mapped_column(
+        Text,
+        Computed(
+            "CASE WHEN batch_id IS NOT NULL THEN 'batch' WHEN synthetic THEN 'synthetic' "
+            "ELSE 'live' END",
+            persisted=True,
+        ),
+    )
+    # Why the answer stopped: stop | length (cut at max_tokens) | tool_calls ...; NULL when
+    # unknown (an error, a call logged before revision 0019).
+    finish_reason: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         # Time-range queries: everything, per model, per alias.
@@ -275,6 +289,13 @@ class Request(Base):
         Index("ix_requests_alias_created_at", "alias", "created_at"),
         Index("ix_requests_session_id", "session_id"),
         Index("ix_requests_batch_id", "batch_id", postgresql_where=text("batch_id IS NOT NULL")),
+        # Ranges of the classes other than live, which are few (0019).
+        Index(
+            "ix_requests_traffic_class_created_at",
+            "traffic_class",
+            "created_at",
+            postgresql_where=text("traffic_class <> 'live'"),
+        ),
         # 4xx answers are few: tiles count them over any range through this (0013).
         Index(
             "ix_requests_client_errors",
@@ -547,8 +568,14 @@ def _sum() -> Any:
     return mapped_column(Double, server_default=text("0"))
 
 
+def _traffic_class() -> Any:
+    # Part of the rollups' key since revision 0019: a class filter is exact at any range.
+    return mapped_column(Text, primary_key=True, server_default=text("'live'"))
+
+
 class RequestsHourly(Base):
-    """Rollup: counts and sums per hour, alias, model and worker; kept by triggers on write.
+    """Rollup: counts and sums per hour, alias, model, worker and traffic class; kept by
+    triggers on write.
 
     NULL dimensions are stored as '' / 0 so they can be part of the key.
     """
@@ -559,8 +586,10 @@ class RequestsHourly(Base):
     alias: Mapped[str] = mapped_column(Text, primary_key=True)
     model_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     worker_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    traffic_class: Mapped[str] = _traffic_class()
     requests: Mapped[int] = _counter()
     errors: Mapped[int] = _counter()
+    client_errors: Mapped[int] = _counter()
     cache_hits: Mapped[int] = _counter()
     prompt_tokens: Mapped[int] = _counter()
     completion_tokens: Mapped[int] = _counter()
@@ -576,8 +605,6 @@ class RequestsHourly(Base):
     ratings: Mapped[int] = _counter()
     thumbs_up: Mapped[int] = _counter()
     comments: Mapped[int] = _counter()
-    # How many of `requests` were batch lines (revision 0016, its own trigger).
-    batch_requests: Mapped[int] = _counter()
 
 
 class LatencyHourly(Base):
@@ -589,6 +616,7 @@ class LatencyHourly(Base):
     alias: Mapped[str] = mapped_column(Text, primary_key=True)
     model_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     worker_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    traffic_class: Mapped[str] = _traffic_class()
     metric: Mapped[str] = mapped_column(Text, primary_key=True)
     bin: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     n: Mapped[int] = mapped_column(BigInteger)

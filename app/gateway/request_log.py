@@ -75,6 +75,8 @@ class RequestRecord:
     cache_similarity: float | None = None
     # The batch this call is a line of (sent by the batch runner with its credential).
     batch_id: str | None = None
+    # Why the answer stopped (stop, length, tool_calls ...), as the worker said.
+    finish_reason: str | None = None
     # The prompt as sent (messages or prompt) and the answer text; None when not logged.
     prompt: Any = None
     response: str | None = None
@@ -132,7 +134,9 @@ def redact_entry(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def _request_params(row: dict[str, Any]) -> dict[str, Any]:
-    row = without_nul(row)
+    # Every field, so rows spooled by an older gateway (lacking newer fields) go in one
+    # executemany with the others.
+    row = without_nul({name: row.get(name) for name in _ROW_FIELDS})
     return {
         **row,
         "id": uuid.UUID(row["id"]),

@@ -8,19 +8,13 @@ from typing import Any
 
 import streamlit as st
 
-from app.analytics.scope import Scope
+from app.analytics.scope import RANGE_PRESETS, Scope
 from app.analytics.summary import Tile
+from app.analytics.traffic import DEFAULT_CLASSES, TrafficClass, parse_classes
 from app.analytics.versions import FilterOptions
 from app.ui.charts import PLOTLY_CONFIG, csv_bytes, has_data
 
-RANGES = {
-    "Last hour": timedelta(hours=1),
-    "Last 6 hours": timedelta(hours=6),
-    "Last day": timedelta(days=1),
-    "Last 3 days": timedelta(days=3),
-    "Last week": timedelta(days=7),
-    "Last 30 days": timedelta(days=30),
-}
+RANGES = {p.label: p.span for p in RANGE_PRESETS}
 ANY = "(any)"
 
 
@@ -55,10 +49,14 @@ def scope_picker(options: FilterOptions, key: str, default: str = "Last day") ->
     model = cols[2].selectbox("Model version", list(models), key=f"{key}_model")
     workers = [ANY, *[str(w) for w in options.workers]]
     worker = cols[3].selectbox("Worker", workers, key=f"{key}_worker")
-    include_batch = st.checkbox(
-        "Include batch traffic",
-        key=f"{key}_batch",
-        help="Lines of batches (marked in the request log) are no users: left out by default.",
+    others = [c for c in TrafficClass if c not in DEFAULT_CLASSES]
+    extra = st.multiselect(
+        "Also count",
+        others,
+        format_func=lambda c: f"{c.value} traffic",
+        key=f"{key}_classes",
+        help="Every number counts live traffic (end users and API clients). Batch lines "
+        "and synthetic demo traffic are no users: add them here to see them too.",
     )
     return Scope(
         start=start,
@@ -66,7 +64,7 @@ def scope_picker(options: FilterOptions, key: str, default: str = "Last day") ->
         alias=None if alias == ANY else alias,
         model_id=models[model],
         worker_id=None if worker == ANY else int(worker),
-        include_batch=include_batch,
+        classes=parse_classes([*DEFAULT_CLASSES, *extra]),
     )
 
 
