@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from sqlalchemy import Engine, func, insert, select
 
+from app.analytics.eligible import REASONS
 from app.datasets.build import BuildSpec, build_dataset, datasets_root
 from app.datasets.card import read_card
 from app.datasets.cleaning import CleaningOptions, is_refusal
@@ -116,6 +117,8 @@ def test_every_cleaning_step_with_exact_counts(
     info = build_dataset(database.engine, root, spec, selected)
     counts = {s["step"]: (s["rows_in"], s["removed"], s["changed"]) for s in info.steps}
     assert counts == {
+        # No batch line, demo traffic, cancelled, failed or cut answer among them.
+        **{f"excluded_{reason}": (11, 0, 0) for reason in REASONS},
         "unusable_prompt": (11, 1, 0),
         "empty_answer": (10, 1, 0),
         "refusal": (9, 1, 0),
@@ -165,6 +168,7 @@ def test_steps_can_be_turned_off(log: Log, database: Database, tmp_path: Path) -
     )
     assert info.rows == 3
     assert {s["step"] for s in info.steps} == {
+        *(f"excluded_{reason}" for reason in REASONS),
         "unusable_prompt",
         "refusal",
         "prompt_length",
@@ -527,6 +531,44 @@ def test_distillation_bodies_and_rows() -> None:
     ]
     with pytest.raises(DatasetError, match="alias"):
         GenerationSettings("")
+
+
+def test_answers_cut_at_max_tokens_are_dropped_and_counted() -> None:
+    """`herd dataset distill --max-tokens 32` must not keep answers that end mid-sentence,
+    nor augment paraphrases that do; --include-cut keeps both."""
+    rows = [
+        DatasetRow("a", "s1", ({"role": "user", "content": "What is the capital of France?"},)),
+        DatasetRow("b", "s2", ({"role": "user", "content": "Explain the theory of relativity."},)),
+    ]
+    results = {
+        "r0": Line(True, "Paris.", "stop"),
+        "r1": Line(True, "Relativity is a theory that", "length"),
+    }
+    teacher = GenerationSettings("big", max_tokens=32)
+    out, steps = distilled_rows(rows, results, teacher)
+    assert [(r.id, r.response) for r in out] == [("a", "Paris.")]
+    assert [(s.step, s.rows_in, s.removed) for s in steps] == [
+        ("teacher_failed", 2, 0),
+        ("teacher_cut", 2, 1),
+    ]
+    assert "max_tokens (32)" in steps[1].description
+    kept, steps = distilled_rows(rows, results, GenerationSettings("big", keep_cut=True))
+    assert len(kept) == 2 and [s.step for s in steps] == ["teacher_failed"]
+
+    para = {
+        "r0-p0": Line(True, "Which city is the capital of France?"),
+        "r0-p1": Line(True, "Which city is France's", "length"),
+        "r1-p0": Line(True, "Could you explain relativity theory to me?"),
+        "r1-p1": Line(False, None),
+    }
+    out, steps = paraphrased_rows(rows, para, 2, GenerationSettings("para"))
+    assert [r.id for r in out] == ["a", "b", "a-p0", "b-p0"]
+    assert [(s.step, s.rows_in, s.removed) for s in steps][:2] == [
+        ("paraphrase_failed", 4, 1),
+        ("paraphrase_cut", 3, 1),
+    ]
+    out, steps = paraphrased_rows(rows, para, 2, GenerationSettings("para", keep_cut=True))
+    assert "a-p1" in [r.id for r in out] and "paraphrase_cut" not in [s.step for s in steps]
 
 
 def test_augmentation_bodies_and_rows() -> None:

@@ -130,7 +130,16 @@ def distill_dataset(
     cleaned = clean(answered, spec.cleaning, answers=True, prompts=False, progress=progress)
     steps = [*steps, *dropped, *cleaned.steps]
     if not cleaned.rows:
-        raise DatasetError(f"no usable teacher answer in batch {batch_id}; nothing was written")
+        cut = sum(s.removed for s in dropped if s.step == "teacher_cut")
+        hint = (
+            f" ({cut} stopped at max_tokens {teacher.max_tokens}: raise it, or keep them with "
+            "--include-cut)"
+            if cut
+            else ""
+        )
+        raise DatasetError(
+            f"no usable teacher answer in batch {batch_id}{hint}; nothing was written"
+        )
     teacher_card = {**teacher.describe(), "batch_id": batch_id, "endpoint": "/v1/chat/completions"}
     return write_dataset(
         engine, root, spec, cleaned.rows, steps, selected, {"teacher": teacher_card}
