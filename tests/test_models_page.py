@@ -47,6 +47,7 @@ def test_operator_starts_a_quantize_job_and_sees_it_end_with_lineage(
     assert made is not None and made.created_by == "olivia"
     [started] = read_audit(database.engine, action="model.quantize")
     assert (started.actor, started.via, started.target_id) == ("olivia", "page", str(job.id))
+    assert started.origin == "models"
     assert started.after["target"] == "tiny.Q8_0.gguf"
 
     # A fresh load shows the job from the table, and the tree.
