@@ -45,4 +45,9 @@ def test_keys_and_users_from_the_cli_are_audited(
         "key.create", "key.update", "user.create", "user.role", "user.disable",
     ]  # fmt: skip
     assert {r.via for r in rows} == {"cli"} and all(r.source for r in rows)
+    # The command each change was typed as is its origin.
+    assert [r.origin for r in reversed(rows)] == [
+        "herd keys create", "herd keys set", "herd users add", "herd users role",
+        "herd users disable",
+    ]  # fmt: skip
     assert rows[-1].after["scopes"] == ["chat", "docs"]
