@@ -15,7 +15,7 @@ from app.analytics.summary import tiles
 from app.analytics.versions import compare_versions, filter_options
 from app.ui import auth, charts, resources
 from app.ui.ab_chart import ab_figure
-from app.ui.analytics_widgets import chart, scope_picker, tile_row
+from app.ui.analytics_widgets import chart, scope_picker, tile_row, uncounted_note
 
 auth.require_role(Role.VIEWER)
 st.title("Monitoring")
@@ -25,6 +25,7 @@ with resources.database_errors():
     options = filter_options(engine)
     scope = scope_picker(options, "mon")
     tile_row(tiles(engine, scope))
+    uncounted_note(engine, scope)
     latency = latency_series(engine, scope)
     traffic = traffic_series(engine, scope)
     engagement = engagement_series(engine, scope)
@@ -33,9 +34,11 @@ with resources.database_errors():
 
 if not st.toggle(
     "Show calls that reached no model",
+    value=True,
     key="mon_unknown",
     help="Calls for an unknown alias or refused before routing have no model; their "
-    "series are labelled 'unknown'.",
+    "series are labelled 'unknown'. The tiles count them, so the charts do too unless "
+    "this is off.",
 ):
     latency, traffic = charts.known_models(latency), charts.known_models(traffic)
     engagement = charts.known_models(engagement)

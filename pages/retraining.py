@@ -14,7 +14,7 @@ from app.analytics.scope import Scope
 from app.analytics.versions import filter_options
 from app.jobs.kinds import JobKind
 from app.ui import admin_actions, auth, charts, dataset_widgets, resources
-from app.ui.analytics_widgets import chart, period_picker
+from app.ui.analytics_widgets import chart, class_picker, period_picker, uncounted_note
 from app.ui.live import follow_jobs
 from app.ui.rollout_widgets import execute_rollback_button
 
@@ -25,10 +25,11 @@ st.title("Retraining")
 st.caption("Each version's period is compared with the period of equal length before it.")
 
 start, end = period_picker("rt", default="Last 3 days")
-scope = Scope(start=start, end=end)
+scope = Scope(start=start, end=end, classes=class_picker("rt"))
 with resources.database_errors():
     engine = resources.database().engine
     assessments = assess_versions(engine, scope)
+    uncounted_note(engine, scope)
 
 if not assessments:
     st.info("No model version has traffic in this period.")

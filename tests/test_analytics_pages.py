@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from app.accounts import Accounts, Role
 from app.analytics.demo_traffic import generate_demo_traffic
+from app.analytics.traffic import TrafficClass
 from app.db.database import Database
 from tests.analytics_data import add_model, insert_feedback, insert_requests, request_row
 from tests.conftest import REPO_ROOT, submit_login
@@ -64,6 +65,10 @@ def full(database: Database) -> Database:
 def test_pages_render_on_a_full_database(dashboard_env: None, full: Database) -> None:
     app = _logged_in(full, Role.OPERATOR)
     _open(app, "monitoring.py")
+    # Demo traffic is synthetic: not counted until asked for, and the page says so.
+    assert app.metric[0].value == "0"
+    assert any("synthetic calls" in c.value for c in app.caption)
+    app.multiselect(key="mon_classes").select(TrafficClass.SYNTHETIC).run()
     assert int(app.metric[0].value.replace(",", "")) > 0
     app.selectbox(key="mon_range").select("Last week").run()
     assert not app.exception, app.exception
@@ -75,6 +80,7 @@ def test_pages_render_on_a_full_database(dashboard_env: None, full: Database) ->
     assert ab and len(ab[0]["data"]) == 2 and ab[0]["data"][0]["error_y"]["array"]
 
     _open(app, "retraining.py")
+    app.multiselect(key="rt_classes").select(TrafficClass.SYNTHETIC).run()
     # One subheader per model version, then the Datasets section's "Dataset jobs".
     assert [s.value for s in app.subheader][4:] == ["Dataset jobs"]
     assert any("rollback" in e.value for e in app.error)  # the planted regression

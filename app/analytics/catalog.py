@@ -12,7 +12,7 @@ range and for every choice of traffic classes.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -28,6 +28,7 @@ from app.analytics.scope import (
     WHOLE_HOURS,
     Scope,
 )
+from app.analytics.traffic import TrafficClass
 
 
 class Unit(StrEnum):
@@ -78,7 +79,11 @@ HISTOGRAMS = {"ttft": "ttft_ms", "total": "total_ms", "queue": "queue_ms"}
 QUANTILES = (0.5, 0.95, 0.99)
 
 # Dimensions a query can be grouped by, as stored in the rollups ('' / 0 for NULL).
-GROUPS = {"alias": "coalesce(alias, '')", "model_id": "coalesce(model_id, 0)"}
+GROUPS = {
+    "alias": "coalesce(alias, '')",
+    "model_id": "coalesce(model_id, 0)",
+    "traffic_class": "traffic_class",
+}
 
 
 @dataclass
@@ -89,6 +94,7 @@ class Totals:
     t: datetime | None = None
     alias: str | None = None
     model_id: int | None = None
+    traffic_class: str | None = None
     counts: dict[str, float] = field(default_factory=dict)
     quantiles: dict[str, list[float | None]] = field(default_factory=dict)
 
@@ -386,6 +392,7 @@ def totals(
                 t=row["t"],
                 alias=(row.get("alias") or None) if "alias" in by else scope.alias,
                 model_id=(row.get("model_id") or None) if "model_id" in by else scope.model_id,
+                traffic_class=row.get("traffic_class"),
             )
         return found[key]
 
@@ -408,3 +415,13 @@ def range_totals(engine: Engine, scope: Scope) -> Totals:
 def values(totals_: Totals, metrics: Sequence[Metric] = CATALOG) -> dict[str, float | None]:
     """Each metric's value for these totals, by name."""
     return {m.name: m.value(totals_) for m in metrics}
+
+
+def requests_by_class(engine: Engine, scope: Scope) -> dict[TrafficClass, int]:
+    """How many calls of each traffic class scope's range and filters hold, whichever
+    classes scope counts (for "n batch calls not counted" notes)."""
+    every = replace(scope, classes=tuple(TrafficClass))
+    found = totals(engine, every, by=("traffic_class",))
+    return {
+        TrafficClass(t.traffic_class): int(t.count("requests")) for t in found if t.traffic_class
+    }

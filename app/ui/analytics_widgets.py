@@ -7,7 +7,9 @@ from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import streamlit as st
+from sqlalchemy import Engine
 
+from app.analytics.catalog import requests_by_class
 from app.analytics.scope import RANGE_PRESETS, Scope
 from app.analytics.summary import Tile
 from app.analytics.traffic import DEFAULT_CLASSES, TrafficClass, parse_classes
@@ -49,6 +51,22 @@ def scope_picker(options: FilterOptions, key: str, default: str = "Last day") ->
     model = cols[2].selectbox("Model version", list(models), key=f"{key}_model")
     workers = [ANY, *[str(w) for w in options.workers]]
     worker = cols[3].selectbox("Worker", workers, key=f"{key}_worker")
+    return Scope(
+        start=start,
+        end=end,
+        alias=None if alias == ANY else alias,
+        model_id=models[model],
+        worker_id=None if worker == ANY else int(worker),
+        classes=class_picker(key),
+    )
+
+
+# Tiles per row: each tile keeps about a quarter of the page, so its value fits at 1280 px.
+TILES_PER_ROW = 4
+
+
+def class_picker(key: str) -> tuple[TrafficClass, ...]:
+    """The traffic classes counted: live always, batch and synthetic when picked."""
     others = [c for c in TrafficClass if c not in DEFAULT_CLASSES]
     extra = st.multiselect(
         "Also count",
@@ -58,18 +76,17 @@ def scope_picker(options: FilterOptions, key: str, default: str = "Last day") ->
         help="Every number counts live traffic (end users and API clients). Batch lines "
         "and synthetic demo traffic are no users: add them here to see them too.",
     )
-    return Scope(
-        start=start,
-        end=end,
-        alias=None if alias == ANY else alias,
-        model_id=models[model],
-        worker_id=None if worker == ANY else int(worker),
-        classes=parse_classes([*DEFAULT_CLASSES, *extra]),
-    )
+    return parse_classes([*DEFAULT_CLASSES, *extra])
 
 
-# Tiles per row: each tile keeps about a quarter of the page, so its value fits at 1280 px.
-TILES_PER_ROW = 4
+def uncounted_note(engine: Engine, scope: Scope) -> None:
+    """A note naming the calls in range that the chosen classes leave out."""
+    left_out = {
+        c: n for c, n in requests_by_class(engine, scope).items() if c not in scope.classes and n
+    }
+    if left_out:
+        calls = ", ".join(f"{n:,} {c.value}" for c, n in left_out.items())
+        st.caption(f"Not counted: {calls} calls in this period (add them with 'Also count').")
 
 
 def _format(value: float | None, unit: str) -> str:
