@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from app.analytics.scope import Scope
+from app.analytics.units import format_value
 from app.ui import charts
-from app.ui.analytics_widgets import TILES_PER_ROW, _format
+from app.ui.analytics_widgets import TILES_PER_ROW
 from app.ui.evaluation_charts import pareto_scatter
 from app.ui.time_grid import TimeGrid
 
@@ -181,7 +182,7 @@ def test_legends_sit_under_the_plot() -> None:
     ],
 )
 def test_tile_values_are_short(value: float | None, unit: str, shown: str) -> None:
-    assert _format(value, unit) == shown
+    assert format_value(value, unit) == shown
     assert len(shown) <= 7  # fits a tile a quarter of the page wide at 1280 px
 
 

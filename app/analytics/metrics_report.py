@@ -14,6 +14,7 @@ from app.analytics.catalog import TILES, Metric, metric
 from app.analytics.scope import RangePreset, last, range_preset
 from app.analytics.summary import Tile, tiles
 from app.analytics.traffic import TrafficClass, parse_classes
+from app.analytics.units import format_value
 
 
 @dataclass(frozen=True)
@@ -59,19 +60,6 @@ def metrics_report(
         "classes": [c.value for c in query.classes],
         "metrics": {t.name: t.as_dict() for t in shown},
     }
-
-
-def format_value(value: float | None, unit: str) -> str:
-    """A metric value as a person reads it: '-' for no data, ms and % where they apply."""
-    if value is None:
-        return "-"
-    if unit == "ms":
-        return f"{value:,.0f} ms"
-    if unit == "rate":
-        return f"{value:.1%}"
-    if unit in ("per_s", "per_min"):
-        return f"{value:,.1f}"
-    return f"{value:,.0f}"
 
 
 def report_lines(report: dict[str, Any]) -> list[str]:

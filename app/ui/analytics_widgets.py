@@ -13,6 +13,7 @@ from app.analytics.catalog import requests_by_class
 from app.analytics.scope import RANGE_PRESETS, Scope
 from app.analytics.summary import Tile
 from app.analytics.traffic import DEFAULT_CLASSES, TrafficClass, parse_classes
+from app.analytics.units import format_exact, format_value
 from app.analytics.versions import FilterOptions
 from app.ui.charts import PLOTLY_CONFIG, csv_bytes, has_data
 
@@ -89,36 +90,6 @@ def uncounted_note(engine: Engine, scope: Scope) -> None:
         st.caption(f"Not counted: {calls} calls in this period (add them with 'Also count').")
 
 
-def _format(value: float | None, unit: str) -> str:
-    """A tile's value, short enough for its tile: 870 ms, 3.17 s, 1.25M requests."""
-    if value is None:
-        return "-"
-    if unit == "ms":
-        if abs(value) < 1000:
-            return f"{value:,.0f} ms"
-        return f"{_significant(value / 1000)} s"
-    if unit == "rate":
-        return f"{value:.1%}"
-    if unit in ("per_s", "per_min"):
-        return f"{value:,.1f}" if abs(value) < 10_000 else _compact(value)
-    return f"{value:,.0f}" if abs(value) < 100_000 else _compact(value)
-
-
-def _significant(value: float) -> str:
-    """value with three significant digits (at least the units): 3.17, 12.1, 1,234."""
-    size = abs(value)
-    decimals = 2 if size < 10 else 1 if size < 100 else 0
-    return f"{value:,.{decimals}f}"
-
-
-def _compact(value: float) -> str:
-    """A large count in thousands, millions or billions: 123k, 1.25M, 3.40B."""
-    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= scale:
-            return f"{_significant(value / scale)}{suffix}"
-    return f"{value:,.0f}"
-
-
 def tile_row(tiles: Sequence[Tile]) -> None:
     """Metric tiles with the change against the previous period, TILES_PER_ROW a row."""
     for first in range(0, len(tiles), TILES_PER_ROW):
@@ -131,30 +102,19 @@ def _tile(column: Any, tile: Tile) -> None:
     change = tile.change
     delta = None
     if change is not None:
-        delta = f"{change:+.1%}" if tile.unit == "rate" else _format(change, tile.unit)
+        delta = f"{change:+.1%}" if tile.unit == "rate" else format_value(change, tile.unit)
         if change > 0 and not delta.startswith("+"):
             delta = "+" + delta
-    shown = _format(tile.value, tile.unit)
-    exact = _exact(tile.value, tile.unit)
+    shown = format_value(tile.value, tile.unit)
+    exact = format_exact(tile.value, tile.unit)
     column.metric(
         tile.label,
         shown,
         delta=delta,
         delta_color="normal" if tile.higher_is_better else "inverse",
         help=f"{tile.help}{'' if exact == shown else f' ({exact})'}. "
-        f"Previous period: {_format(tile.previous, tile.unit)}",
+        f"Previous period: {format_value(tile.previous, tile.unit)}",
     )
-
-
-def _exact(value: float | None, unit: str) -> str:
-    """A tile's value in full, for its help when the tile shows it rounded."""
-    if value is None:
-        return "-"
-    if unit == "ms":
-        return f"{value:,.0f} ms"
-    if unit == "rate":
-        return f"{value:.2%}"
-    return f"{value:,.1f}" if unit in ("per_s", "per_min") else f"{value:,.0f}"
 
 
 def chart(fig: Any, rows: Sequence[dict[str, Any]], key: str) -> None:
