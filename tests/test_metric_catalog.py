@@ -14,8 +14,10 @@ import math
 import subprocess
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -25,8 +27,10 @@ from app.analytics.catalog import CATALOG, TILES, Metric, Unit
 from app.analytics.metrics_report import metrics_query, metrics_report
 from app.analytics.scope import RANGE_PRESETS
 from app.db.database import Database
+from app.gateway.keys import ApiKeys, KeyPolicy
 from tests.analytics_data import add_model, insert_feedback, insert_requests, request_row
 from tests.conftest import run_herd
+from tests.gateway_harness import GatewayThread, gateway_settings
 
 # Not on an hour: every range has partial hours at both ends.
 NOW = datetime(2026, 3, 20, 10, 37, 12, 500_000, tzinfo=UTC)
@@ -252,3 +256,44 @@ def test_herd_metrics_cli(database: Database, herd_env: dict[str, str]) -> None:
     ]
     bad_metric = _herd("metrics", "--metric", "p97", env=herd_env)
     assert bad_metric.returncode == 2 and "'p97'" in bad_metric.stderr
+
+
+def test_admin_api_metrics(tmp_path: Path, db_url: str, database: Database) -> None:
+    now = datetime.now(UTC)
+    rows = [request_row(now - timedelta(minutes=m), total_ms=900.0) for m in (2, 3)]
+    rows.append(request_row(now - timedelta(minutes=4), synthetic=True, total_ms=50_000.0))
+    insert_requests(database.engine, rows)
+    boss = ApiKeys(database.engine).create("boss", policy=KeyPolicy(admin=True)).key
+    gateway = GatewayThread(gateway_settings(tmp_path, db_url), db_url)
+    try:
+        api = httpx.Client(
+            base_url=f"{gateway.url}/admin/v1",
+            headers={"Authorization": f"Bearer {boss}"},
+            timeout=30,
+        )
+        plain = api.get("/metrics", params={"range": "1h"}).json()
+        assert plain["classes"] == ["live"]
+        assert plain["metrics"]["requests"]["value"] == 2
+        assert latency_bin(plain["metrics"]["total_p95_ms"]["value"]) - latency_bin(900) in (0, 1)
+        both = api.get("/metrics", params={"range": "1h", "include": "synthetic"}).json()
+        assert both["metrics"]["requests"]["value"] == 3
+        # The same numbers as the CLI's report of the same query.
+        assert (
+            plain["metrics"]
+            == metrics_report(
+                database.engine, metrics_query("1h"), now=datetime.fromisoformat(plain["end"])
+            )["metrics"]
+        )
+        picked = api.get("/metrics", params=[("metric", "errors"), ("metric", "ratings")])
+        assert set(picked.json()["metrics"]) == {"errors", "ratings"}
+        for params, named in (
+            ({"range": "2w"}, "'2w'"),
+            ({"metric": "p97"}, "'p97'"),
+            ({"include": "canary"}, "'canary'"),
+        ):
+            refused = api.get("/metrics", params=params)
+            assert refused.status_code == 400, params
+            assert named in refused.json()["error"]["message"]
+        assert httpx.get(f"{gateway.url}/admin/v1/metrics", timeout=10).status_code == 401
+    finally:
+        gateway.stop()
