@@ -321,3 +321,17 @@ def test_concurrent_schema_upgrades_take_turns(empty_db_url: str, tmp_path: Path
         assert migrate.current_revision(database.engine) == migrate.head_revision()
     finally:
         database.close()
+
+
+def test_grafana_counts_live_traffic_unless_asked() -> None:
+    # As the dashboard's tiles: every gateway call series is filtered by the traffic class
+    # variable (live by default), and "server errors" are the catalog's outcome.
+    dashboard = json.loads(DASHBOARD_JSON.read_text())
+    variable = next(v for v in dashboard["templating"]["list"] if v["name"] == "traffic_class")
+    assert variable["current"]["value"] == ["live"]
+    for expr in dashboard_expressions():
+        for selector in re.findall(r"herd_gateway_(?:requests_total|ttft_seconds_bucket|"
+                                   r"request_duration_seconds_bucket|tokens_per_second_bucket)"
+                                   r"\{([^}]*)\}", expr):  # fmt: skip
+            assert 'traffic_class=~"$traffic_class"' in selector, expr
+        assert "status!~" not in expr, expr

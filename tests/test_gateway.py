@@ -445,8 +445,15 @@ def test_metrics_health_and_openapi(
         assert missing.status_code == 404
 
     metrics = httpx.get(f"{gateway.url}/metrics").text
-    assert 'herd_gateway_requests_total{alias="m",model="m.gguf",status="ok"} 2' in metrics
-    assert 'herd_gateway_requests_total{alias="unknown",model="",status="rejected"} 2' in metrics
+    assert (
+        'herd_gateway_requests_total{alias="m",model="m.gguf",outcome="ok",status="ok",'
+        'traffic_class="live"} 2' in metrics
+    )
+    # A 404 is the client's mistake, as the dashboard's "Client errors" counts it.
+    assert (
+        'herd_gateway_requests_total{alias="unknown",model="",outcome="client_error",'
+        'status="rejected",traffic_class="live"} 2' in metrics
+    )
     assert "nope" not in metrics and "xxxx" not in metrics
     # Client strings have length limits.
     for field in ("model", "user"):
@@ -460,7 +467,10 @@ def test_metrics_health_and_openapi(
     )
     assert too_long.status_code == 400 and "X-Session-Id" in too_long.json()["error"]["message"]
     assert 'herd_gateway_cache_hits_total{alias="m"} 1' in metrics
-    assert 'herd_gateway_ttft_seconds_count{alias="m",model="m.gguf"} 2' in metrics
+    assert (
+        'herd_gateway_ttft_seconds_count{alias="m",model="m.gguf",traffic_class="live"} 2'
+        in metrics
+    )
     assert "herd_gateway_outstanding_requests 0" in metrics
     for line in metrics.splitlines():
         assert line.startswith("#") or len(line.rsplit(" ", 1)) == 2

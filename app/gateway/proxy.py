@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import orjson
 from fastapi.responses import Response, StreamingResponse
 
+from app.analytics.traffic import TrafficClass
 from app.config import Settings
 from app.gateway.balancer import AllBusyError, Balancer, NoLiveWorkerError, Pick
 from app.gateway.cache import CachedAnswer, ResponseCache, cache_key, is_cacheable
@@ -763,6 +764,8 @@ class Proxy:
             alias,
             model,
             status,
+            http_status,
+            TrafficClass.BATCH if record.batch_id is not None else TrafficClass.LIVE,
             record.ttft_ms,
             record.total_ms,
             record.tokens_per_second,
