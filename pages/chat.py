@@ -18,6 +18,8 @@ with top[1]:
 chat.history(client, session)
 if chat.take_pending() and alias is not None:
     chat.answer(client, session, alias)
+# Before the answer streams: a question can be asked meanwhile (it waits its turn).
+chat.prompt_input(session, enabled=alias is not None)
+chat.pending_answer(session)
 if alias is not None:
     chat.regenerate_button(session)
-chat.prompt_input(session, enabled=alias is not None)

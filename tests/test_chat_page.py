@@ -15,7 +15,10 @@ from streamlit.testing.v1 import AppTest
 from app.db.database import Database
 from app.gateway.aliases import AliasSettings, AliasStore
 from app.gateway.keys import ApiKeys
+from app.ui import chat_answers
 from app.ui.chat import QUERY_PARAM
+from app.ui.chat_client import ChatClient
+from app.ui.conversations import ChatSession
 from tests.conftest import REPO_ROOT, free_port
 from tests.gateway_harness import (
     GatewayThread,
@@ -229,3 +232,55 @@ def test_rate_limited_answer_is_explained(
     assert [m.name for m in app.chat_message] == ["user", "assistant"]
     assert app.chat_message[0].markdown[0].value == "anyone there?"
     assert app.button(key="chat_regenerate").label == "Retry"
+
+
+@pytest.fixture
+def slow_gateway(tmp_path: Path, db_url: str, database: Database) -> Iterator[GatewayThread]:
+    """A gateway whose one stub worker streams 20 pieces 0.1 s apart (about 2 s)."""
+    stubs = Stubs(db_url)
+    model_id = add_model(database.engine, "assistant-v1.gguf")
+    deployment_id = add_deployment(database.engine, "assistant", model_id)
+    gw = GatewayThread(gateway_settings(tmp_path, db_url), db_url)
+    try:
+        stubs.start("assistant", "slow", deployment_id=deployment_id, model_id=model_id,
+                    tokens=20, token_delay_ms=100)  # fmt: skip
+        gw.wait_workers(1)
+        yield gw
+    finally:
+        gw.stop()
+        stubs.stop_all()
+
+
+def test_a_question_asked_while_an_answer_streams_waits_its_turn(
+    slow_gateway: GatewayThread, database: Database
+) -> None:
+    client = ChatClient(slow_gateway.url)
+    session = ChatSession.new()
+    assert chat_answers.ask(session, "first")
+    chat_answers.answer(client, session, "assistant")
+    first = session.pending
+    assert first is not None and not first.done.is_set()
+    assert not chat_answers.ask(session, "second")  # queued behind the streaming answer
+    assert not chat_answers.ask(session, "third")
+    chat_answers.answer(client, session, "assistant")  # one answer at a time
+    wait_for(lambda: session.pending is None and len(session.messages) == 6, 30)
+    full = "slow says:" + "".join(f" w{i}" for i in range(19))
+    assert [(m.role, m.content) for m in session.messages] == [
+        ("user", "first"), ("assistant", full), ("user", "second"), ("assistant", full),
+        ("user", "third"), ("assistant", full),
+    ]  # fmt: skip
+    # Each answer saw the whole conversation before it; none was cut off.
+    requests = _request_rows(database, 3)
+    assert [r["status"] for r in requests] == ["ok", "ok", "ok"]
+    prompts = [rows(database, "SELECT prompt FROM messages WHERE request_id = :i", i=r["id"])
+               [0]["prompt"] for r in requests]  # fmt: skip
+    assert [len(p) for p in prompts] == [1, 3, 5]
+
+    # Starting over while an answer streams leaves that answer out of the new conversation.
+    assert chat_answers.ask(session, "fourth")
+    chat_answers.answer(client, session, "assistant")
+    streaming = session.pending
+    session.start_over()
+    assert streaming is not None and streaming.done.wait(30)
+    assert session.messages == [] and session.pending is None
+    client.close()

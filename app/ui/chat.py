@@ -1,14 +1,16 @@
 """The Chat page's parts: its session, the model picker, messages with feedback, streaming.
 
 The page talks to the gateway over HTTP like any API client (app/ui/chat_client.py), so
-votes land in `feedback` through POST /v1/feedback, the same path API clients use.
+votes land in `feedback` through POST /v1/feedback, the same path API clients use. Answers
+stream in threads of their own (app/ui/chat_answers.py): the page shows them as they come,
+and a question asked meanwhile waits its turn, so no answer the user saw is ever dropped.
 """
 
 from __future__ import annotations
 
 import streamlit as st
 
-from app.ui import resources
+from app.ui import chat_answers, resources
 from app.ui.chat_client import ChatClient, ChatError, ChatModel, client_options
 from app.ui.conversations import ChatMessage, ChatSession, ConversationStore
 
@@ -17,6 +19,9 @@ PENDING_KEY = "chat_pending"
 PROMPT_KEY = "chat_prompt"
 # The URL query parameter holding this browser session's token (see app/ui/conversations).
 QUERY_PARAM = "chat"
+# How often the page shows more of an answer that streams in, and what follows its text.
+STREAM_REFRESH_S = 0.1
+CURSOR = " ▌"
 # st.feedback("thumbs") returns 0 for thumbs down and 1 for thumbs up.
 THUMBS_TO_RATING = {0: -1, 1: 1}
 RATING_TO_THUMBS = {-1: 0, 1: 1}
@@ -74,15 +79,18 @@ def pick_alias(session: ChatSession, models: list[ChatModel]) -> str | None:
 
 
 def _ask(session: ChatSession) -> None:
-    """chat_input's callback: runs before the script, so the new question renders in order."""
+    """chat_input's callback: runs before the script, so the new question renders in order
+    (or, while an answer streams, below it, waiting)."""
     text = st.session_state.get(PROMPT_KEY)
-    if isinstance(text, str) and text.strip():
-        session.messages.append(ChatMessage(role="user", content=text.strip()))
+    if isinstance(text, str) and text.strip() and chat_answers.ask(session, text.strip()):
         st.session_state[PENDING_KEY] = True
 
 
 def _regenerate(session: ChatSession) -> None:
-    session.drop_last_answer()
+    with session.lock:
+        if session.pending is not None:  # a click left from before an answer started
+            return
+        session.drop_last_answer()
     st.session_state[PENDING_KEY] = True
 
 
@@ -148,7 +156,9 @@ def feedback_controls(chat: ChatClient, session: ChatSession, message: ChatMessa
 
 
 def history(chat: ChatClient, session: ChatSession) -> None:
-    for message in session.messages:
+    with session.lock:
+        messages = list(session.messages)
+    for message in messages:
         with st.chat_message(message.role):
             st.markdown(message.content)
             if message.role == "assistant":
@@ -156,25 +166,32 @@ def history(chat: ChatClient, session: ChatSession) -> None:
 
 
 def answer(chat: ChatClient, session: ChatSession, alias: str) -> None:
-    """Stream the answer to the conversation so far, then rerun to show it with its buttons."""
-    stream = chat.chat(
-        alias,
-        session.prompt_messages(),
-        user=session.user_id,
-        session_id=session.conversation_id,
-    )
+    """Start answering the conversation so far (pending_answer shows it)."""
+    chat_answers.answer(chat, session, alias)
+
+
+def pending_answer(session: ChatSession) -> None:
+    """The answer streaming now, and the questions waiting for it, shown as it comes in;
+    once it is in the conversation the page runs again to show it with its buttons. A
+    failed answer shows why, and the page goes on (Retry is below)."""
+    with session.lock:
+        pending, waiting = session.pending, list(session.queued)
+    if pending is None:
+        return
     with st.chat_message("assistant"):
-        try:
-            st.write_stream(stream)
-        except ChatError as exc:
-            st.error(str(exc), icon=":material/error:")
-            return
-    session.messages.append(
-        ChatMessage(
-            role="assistant", content=stream.text, response_id=stream.response_id, model=alias
-        )
-    )
-    st.rerun()
+        shown, failed = st.empty(), st.empty()
+    for question in waiting:
+        with st.chat_message("user"):
+            st.markdown(question)
+            st.caption("Asked while the answer above was coming: it is answered next.")
+    while True:
+        shown.markdown(pending.text + CURSOR)
+        if pending.done.wait(STREAM_REFRESH_S):
+            break
+    if pending.error is None:
+        st.rerun()
+    shown.markdown(pending.text)  # what came before the failure stays in view
+    failed.error(pending.error, icon=":material/error:")
 
 
 def regenerate_button(session: ChatSession) -> None:

@@ -32,14 +32,32 @@ class ChatMessage:
 
 
 @dataclass
+class PendingAnswer:
+    """An answer streaming in now (app/ui/chat_answers.py); done is set once it is in the
+    conversation, or failed with error."""
+
+    alias: str
+    text: str = ""
+    error: str | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
 class ChatSession:
-    """One browser session: who it is to the gateway, and its current conversation."""
+    """One browser session: who it is to the gateway, and its current conversation.
+
+    pending is the answer streaming now; questions asked meanwhile wait in queued and are
+    asked in turn. lock guards messages, pending and queued, which the answer's own thread
+    changes when it ends."""
 
     token: str
     user_id: str
     conversation_id: str
     alias: str | None = None
     messages: list[ChatMessage] = field(default_factory=list)
+    pending: PendingAnswer | None = None
+    queued: list[str] = field(default_factory=list)
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     @classmethod
     def new(cls) -> ChatSession:
@@ -50,9 +68,13 @@ class ChatSession:
         )
 
     def start_over(self) -> None:
-        """A new conversation: empty, and a new session id for the gateway and analytics."""
-        self.messages = []
-        self.conversation_id = uuid.uuid4().hex
+        """A new conversation: empty, and a new session id for the gateway and analytics (an
+        answer still streaming for the old one is left out of it)."""
+        with self.lock:
+            self.messages = []
+            self.pending = None
+            self.queued = []
+            self.conversation_id = uuid.uuid4().hex
 
     def prompt_messages(self) -> list[dict[str, str]]:
         """The conversation as the chat completions API wants it."""
