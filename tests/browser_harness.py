@@ -48,3 +48,12 @@ def start_dashboard(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
             pass
         assert process.poll() is None and time.monotonic() < deadline, "no dashboard"
         time.sleep(0.5)
+
+
+def log_in_at(page: Page, url: str, name: str, password: str) -> None:
+    """Open the dashboard at url and log in as name."""
+    page.goto(url)
+    page.get_by_role("textbox", name="Operator name").fill(name)
+    # Streamlit's password input has a "Show password" button too: name the textbox.
+    page.get_by_role("textbox", name="Password").fill(password)
+    page.get_by_role("button", name="Log in").click()

@@ -15,7 +15,7 @@ from playwright.sync_api import Page, expect
 from app.accounts import Accounts, Role
 from app.db.database import Database
 from tests.analytics_data import add_model, insert_requests, request_row
-from tests.browser_harness import chromium_page, start_dashboard
+from tests.browser_harness import chromium_page, log_in_at, start_dashboard
 from tests.conftest import stop_process
 from tests.test_browser import CHROMIUM, shot
 
@@ -71,10 +71,7 @@ def test_tiles_fit_at_1280_px_and_charts_keep_their_bounds(
     Accounts(database.engine).add("vera", "viewer password", Role.VIEWER)
     dashboard, url = start_dashboard(herd_env)
     try:
-        page.goto(url)
-        page.get_by_role("textbox", name="Operator name").fill("vera")
-        page.get_by_role("textbox", name="Password").fill("viewer password")
-        page.get_by_role("button", name="Log in").click()
+        log_in_at(page, url, "vera", "viewer password")
         page.get_by_role("link", name="Monitoring").click()
         tiles = page.get_by_test_id("stMetric")
         expect(tiles.filter(has_text="p95 latency")).to_contain_text(re.compile(r"\d s"))

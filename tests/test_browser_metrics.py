@@ -19,7 +19,7 @@ from app.analytics.catalog import TILES
 from app.analytics.units import format_value
 from app.db.database import Database
 from tests.analytics_data import add_model, insert_feedback, insert_requests, request_row
-from tests.browser_harness import chromium_page, start_dashboard
+from tests.browser_harness import chromium_page, log_in_at, start_dashboard
 from tests.conftest import run_herd, stop_process
 from tests.test_browser import CHROMIUM, shot
 
@@ -87,10 +87,7 @@ def test_monitoring_tiles_equal_herd_metrics_for_two_ranges(
     Accounts(database.engine).add("vera", "viewer password", Role.VIEWER)
     dashboard, url = start_dashboard(herd_env)
     try:
-        page.goto(url)
-        page.get_by_role("textbox", name="Operator name").fill("vera")
-        page.get_by_role("textbox", name="Password").fill("viewer password")
-        page.get_by_role("button", name="Log in").click()
+        log_in_at(page, url, "vera", "viewer password")
         page.get_by_role("link", name="Monitoring").click()
         tiles = page.get_by_test_id("stMetric")
         expect(tiles.filter(has_text="Requests")).to_contain_text("13")
