@@ -112,7 +112,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
                 )
             echo("herd is up; press Ctrl-C to stop.")
 
-        return serve(settings, db, services, echo, on_ready=ready)
+        return serve(settings, db, services, echo, on_ready=ready, keep_database=True)
 
 
 def cmd_dashboard(settings: Settings, args: argparse.Namespace) -> int:

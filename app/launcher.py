@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,14 +21,21 @@ from app.config import Settings
 from app.control.audit import Actor, Via
 from app.db import migrate
 from app.db.database import Database
+from app.db.embedded import EmbeddedPostgres
+from app.db.process_restarts import ProcessRestarts, describe_exit
 from app.deployments import Deployments, ServingSettings
+from app.restarts import RestartBook, Restarter, RestartPolicy, Watched
 from app.store.catalog import ModelStore, ProgressCallback, ScanReport
 from app.store.demo import add_demo_model
+
+logger = logging.getLogger(__name__)
 
 DASHBOARD_ENTRY = Path(__file__).resolve().parents[1] / "dashboard.py"
 # Long enough for the supervisor to stop its workers gracefully (their grace plus its own).
 STOP_TIMEOUT_S = 20.0
 START_TIMEOUT_S = 60.0
+# How often `herd up` looks for a child (or the embedded server) that has exited.
+WATCH_INTERVAL_S = 0.2
 # `herd up --demo` serves the demo model under this alias (the README's curl calls it).
 DEMO_ALIAS = "demo"
 # Loading the demo model takes seconds; a busy 2-core machine may need a minute or more.
@@ -185,6 +194,19 @@ class ProcessGroup:
         self.running: list[Running] = []
 
     def start(self, service: Service) -> Running:
+        running = Running(service, self._spawn(service))
+        self.running.append(running)
+        return running
+
+    def restart(self, running: Running, note: str) -> None:
+        """Start running's service again in its place (it has exited); note goes to its log
+        first, so the log shows where one run ends and the next begins."""
+        running.service.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with running.service.log_file.open("a") as log:
+            log.write(f"--- herd up: {note}\n")
+        running.process = self._spawn(running.service)
+
+    def _spawn(self, service: Service) -> subprocess.Popen[bytes]:
         service.log_file.parent.mkdir(parents=True, exist_ok=True)
         with service.log_file.open("ab") as log:
             # Own session: a terminal's Ctrl-C reaches herd only, which then stops children
@@ -197,13 +219,7 @@ class ProcessGroup:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        running = Running(service, process)
-        self.running.append(running)
-        return running
-
-    def exited(self) -> Running | None:
-        """A child that has exited, if any."""
-        return next((r for r in self.running if r.process.poll() is not None), None)
+        return process
 
     def stop_all(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         for running in reversed(self.running):
@@ -227,33 +243,114 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
     raise _Stop()
 
 
+class ChildWatch:
+    """A child of the ProcessGroup, as the Restarter sees it."""
+
+    def __init__(self, group: ProcessGroup, running: Running) -> None:
+        self.group = group
+        self.child = running
+        self.name = running.service.name
+        self.log_file = running.service.log_file
+
+    def running(self) -> bool:
+        return self.child.process.poll() is None
+
+    def exit_code(self) -> int | None:
+        return self.child.process.returncode
+
+    def start_again(self, exit_code: int | None) -> None:
+        self.group.restart(self.child, f"{self.name} {describe_exit(exit_code)}; starting it again")
+
+
+class EmbeddedWatch:
+    """The embedded PostgreSQL, as the Restarter sees it: it is not herd up's child (pg_ctl
+    starts it detached), so it is seen through its pid file; herd up's handle restarts it."""
+
+    name = "postgres"
+
+    def __init__(self, embedded: EmbeddedPostgres, url: str, echo: Echo) -> None:
+        self.embedded = embedded
+        self.url = url
+        self.echo = echo
+        self.log_file = embedded.pgdata / "log"
+
+    def running(self) -> bool:
+        return self.embedded.alive()
+
+    def exit_code(self) -> int | None:
+        return None  # not our child: its status is its parent's to read
+
+    def start_again(self, exit_code: int | None) -> None:
+        url = self.embedded.restart()
+        if url != self.url:
+            self.echo(
+                f"the embedded PostgreSQL came back at {url}, not {self.url}; restart herd up "
+                "so that every process uses it"
+            )
+
+
 def serve(
     settings: Settings,
     database: Database,
     services: list[Service],
     echo: Echo,
     on_ready: Callable[[], None] | None = None,
+    *,
+    keep_database: bool = False,
+    policy: RestartPolicy | None = None,
 ) -> int:
-    """Run services until Ctrl-C or SIGTERM (exit 0) or until one dies (exit 1)."""
+    """Run services until Ctrl-C or SIGTERM (exit 0). One that exits once all are up is
+    started again (app/restarts.py), and so is the embedded PostgreSQL with keep_database;
+    restarts are counted in the database. One that fails to come up at first is an error
+    (exit 1): a port in use or a bad setting would only fail again."""
     group = ProcessGroup(child_environment(settings, database))
+    book: RestartBook | None = None
+    watcher: _Watcher | None = None
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     try:
+        watched: list[Watched] = []
         for service in services:
-            wait_healthy(group.start(service))
+            running = group.start(service)
+            wait_healthy(running)
+            watched.append(ChildWatch(group, running))
+        if keep_database and database.embedded is not None:
+            watched.append(EmbeddedWatch(database.embedded, database.url, echo))
+        book = RestartBook(ProcessRestarts(database.engine), settings.node_name)
+        watcher = _Watcher(Restarter(watched, echo, book, policy))
         if on_ready is not None:
-            on_ready()
+            on_ready()  # may wait minutes (the demo model loading): the watcher runs already
         while True:
-            dead = group.exited()
-            if dead is not None:
-                echo(
-                    f"{dead.service.name} exited with code {dead.process.returncode}; "
-                    f"stopping. Its log: {dead.service.log_file}"
-                )
-                return 1
-            time.sleep(0.5)
+            time.sleep(1.0)
     except (KeyboardInterrupt, _Stop):
         echo("stopping herd ...")
         return 0
     finally:
+        if watcher is not None:
+            watcher.stop()
         group.stop_all()
+        if book is not None:
+            book.close()
         signal.signal(signal.SIGTERM, previous)
+
+
+class _Watcher:
+    """Runs a Restarter's ticks in a thread, so the main thread stays free for on_ready and
+    for Ctrl-C / SIGTERM (which Python delivers to the main thread only)."""
+
+    def __init__(self, restarter: Restarter) -> None:
+        self.restarter = restarter
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="herd-up-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(WATCH_INTERVAL_S):
+            try:
+                self.restarter.tick()
+            except Exception:
+                logger.exception("watching herd's processes")
+
+    def stop(self) -> None:
+        """Stop watching, after the tick under way (a restart may take seconds)."""
+        self._stop.set()
+        self._thread.join(STOP_TIMEOUT_S)

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from app.accounts import Role
-from app.analytics.overview import fleet_summary
+from app.analytics.overview import fleet_summary, process_restarts, restart_table
 from app.ui import auth, resources
 
 auth.require_role(Role.VIEWER)
@@ -12,6 +12,7 @@ st.title("Overview")
 with resources.database_errors():
     db = resources.database()
     summary = fleet_summary(db.engine, resources.settings().worker_live_s)
+    restarts = process_restarts(db.engine)
 
 cols = st.columns(4)
 cols[0].metric("Models", summary.models_valid, help="Valid GGUF files in the model store")
@@ -28,6 +29,19 @@ if summary.models_invalid or summary.models_missing:
         f"{summary.models_invalid} invalid and {summary.models_missing} missing model file(s): "
         "see the Models page."
     )
+
+st.subheader("Restarts")
+if restarts:
+    st.dataframe(restart_table(restarts), hide_index=True)
+else:
+    st.caption("herd up has restarted nothing: every process it runs has stayed up.")
+for row in restarts:
+    if row.failing_since is not None:
+        st.warning(
+            f"{row.process} on {row.host} keeps crashing (since "
+            f"{row.failing_since:%Y-%m-%d %H:%M:%S %Z}); herd up keeps trying. "
+            f"Its log: {row.log_path}"
+        )
 
 st.subheader("Database")
 where = "embedded PostgreSQL" if db.is_embedded else "external PostgreSQL (HERD_DATABASE_URL)"

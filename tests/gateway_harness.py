@@ -149,9 +149,11 @@ class Load:
         clients: int = 2,
         restarts: bool = False,
         alias: str = "m",
+        max_tokens: int | None = None,
     ) -> None:
         self.url = url
         self.alias = alias
+        self.max_tokens = max_tokens
         self.ledger = ledger
         self.restarts = restarts
         self.errors: list[BaseException] = []
@@ -163,8 +165,11 @@ class Load:
             thread.start()
 
     def _call(self, i: int) -> None:
-        body = {"model": self.alias, "messages": [{"role": "user", "content": f"call {i}"}],
-                "stream": i % 2 == 1}  # fmt: skip
+        body: dict[str, Any] = {"model": self.alias,
+                                "messages": [{"role": "user", "content": f"call {i}"}],
+                                "stream": i % 2 == 1}  # fmt: skip
+        if self.max_tokens is not None:
+            body["max_tokens"] = self.max_tokens
         try:
             response = httpx.post(f"{self.url}/v1/chat/completions", json=body, timeout=30)
         except httpx.ConnectError:

@@ -19,6 +19,7 @@ OWNERS = {
     "files": ("File", "batches/files.py"),
     "batches": ("Batch", "batches/store.py"),
     "batch_requests": ("BatchRequest", "batches/store.py"),
+    "process_restarts": ("ProcessRestart", "db/process_restarts.py"),
 }
 
 

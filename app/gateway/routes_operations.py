@@ -41,8 +41,11 @@ def operations_router() -> APIRouter:
     @router.get("/metrics", tags=["operations"], summary="Prometheus metrics")
     async def metrics(request: Request) -> PlainTextResponse:
         runtime = runtime_of(request)
+        await runtime.process_restarts.read()
+        text = runtime.metrics.render(runtime.gauges())
+        text += "\n".join(runtime.process_restarts.lines()) + "\n"
         return PlainTextResponse(
-            runtime.metrics.render(runtime.gauges()),
+            text,
             media_type="text/plain; version=0.0.4; charset=utf-8",
         )
 

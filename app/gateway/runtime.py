@@ -23,6 +23,7 @@ from app.gateway.demand import Demand
 from app.gateway.embedding_calls import EmbeddingCalls
 from app.gateway.feedback import FeedbackStore
 from app.gateway.metrics import GatewayMetrics
+from app.gateway.process_metrics import ProcessRestartMetrics
 from app.gateway.proxy import Proxy
 from app.gateway.request_log import RequestLog
 from app.gateway.routing import RoutingState
@@ -62,6 +63,7 @@ class GatewayRuntime:
         )
         self.cache = ResponseCache(settings.cache_max_entries)
         self.metrics = GatewayMetrics()
+        self.process_restarts = ProcessRestartMetrics(self.engine)
         self.feedback = FeedbackStore(self.engine)
         self.log = RequestLog(
             self.engine,
