@@ -7,6 +7,7 @@ from app.deployments import traffic_shares
 from app.ui import auth, resources
 from app.ui.changes import confirmed, run_change, show_confirmation
 from app.ui.rollout_widgets import FLASH, REFUSED, candidate_name, rollouts, start_canary
+from app.ui.tables import plain
 
 operator = auth.require_role(Role.VIEWER)
 can_act = operator.role.allows(Role.OPERATOR)
@@ -99,9 +100,11 @@ else:
                 "action": h["action"],
                 "by": h["decided_by"],
                 "candidate model": h["candidate_model_id"],
-                "weights before": {d["model"]: d["weight"] for d in h["before"]},
-                "weights after": {d["model"]: d["weight"] for d in h["after"]},
-                "evaluation cited": {e["model"]: e.get("perplexity") for e in h["evaluation"]},
+                "weights before": plain({d["model"]: d["weight"] for d in h["before"]}),
+                "weights after": plain({d["model"]: d["weight"] for d in h["after"]}),
+                "perplexity cited": plain(
+                    {e["model"]: e.get("perplexity") for e in h["evaluation"]}
+                ),
                 "decision": h["decision_id"],
                 "note": h["note"],
             }

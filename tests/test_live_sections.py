@@ -21,6 +21,7 @@ from app.evaluation.metrics import Metric
 from app.evaluation.store import EvaluationStore
 from app.jobs.store import JobState, JobStore
 from app.store.catalog import ModelStore
+from app.ui.job_results import ResultText, describe_result, job_target
 from app.ui.jobs_panel import IDLE_S
 from app.ui.live import REFRESH_S
 from tests.conftest import run_page
@@ -181,3 +182,21 @@ def _upload_rows() -> bytes:
         ).encode()
         for i, w in enumerate(["rivers", "lakes", "seas", "hills", "woods", "plains"])
     )
+
+
+def test_job_results_read_as_sentences_for_every_kind_and_shape() -> None:
+    batch = {"batch_id": "batch_1", "status": "completed", "completed": 1200, "failed": 3}
+    assert describe_result("batch", batch).sentence == (
+        "batch batch_1 completed: 1,200 completed, 3 failed."
+    )
+    quantized = {"model": "m.Q4_K_M.gguf", "size_bytes": 2 * 1024**3, "seconds": 95.25,
+                 "source_bytes": 8 * 1024**3, "sha256": "ab" * 32}  # fmt: skip
+    assert describe_result("quantize", quantized).sentence == (
+        "made m.Q4_K_M.gguf, 2.0 GiB (25% of the source's 8.0 GiB) in 95.2 s; "
+        "sha256 abababababab…."
+    )
+    # A result of a shape no reader knows (an older job) is still words, not a repr.
+    odd = describe_result("quantize", {"models": ["a", "b"], "took_s": 1.5, "extra": {"k": 2}})
+    assert odd == ResultText("models: a, b; took s: 1.5; extra: k 2.")
+    assert describe_result("evaluate", None).sentence == "done."
+    assert job_target({"models": ["a.gguf", "b.gguf"]}) == "a.gguf, b.gguf"

@@ -63,6 +63,10 @@ def test_canary_promote_rollback_from_the_page(served: Rollouts) -> None:
     assert weights == {"v1.gguf": (100, "active"), "v2.gguf": (0, "stopped")}
     history = app.dataframe[-1].value
     assert list(history["action"]) == ["rollback", "promote", "canary"]
+    # Weights read as words, not dict reprs.
+    assert list(history["weights after"]) == [
+        "v1.gguf 100, v2.gguf 0", "v1.gguf 0, v2.gguf 100", "v1.gguf 100, v2.gguf 25"
+    ]  # fmt: skip
     assert set(history["by"]) == {"olivia"}
 
     viewer = run_page("rollouts.py", Role.VIEWER)

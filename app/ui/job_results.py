@@ -14,6 +14,7 @@ from typing import Any
 from app.evaluation.metrics import UNITS, Metric
 from app.jobs.kinds import JobKind
 from app.store.estimate import format_bytes
+from app.ui.tables import plain
 
 
 @dataclass(frozen=True)
@@ -22,20 +23,6 @@ class ResultText:
 
     sentence: str
     table: list[dict[str, Any]] = field(default_factory=list)
-
-
-def plain(value: Any) -> str:
-    """value in words: lists joined with commas, mappings as "key value" pairs, numbers
-    without float noise."""
-    if isinstance(value, Mapping):
-        return ", ".join(f"{key} {plain(item)}" for key, item in value.items())
-    if isinstance(value, list | tuple | set | frozenset):
-        return ", ".join(plain(item) for item in value)
-    if isinstance(value, float):
-        return f"{value:,.4g}"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}"
-    return str(value)
 
 
 def job_target(params: Mapping[str, Any]) -> str:

@@ -1,4 +1,5 @@
-"""Rows for st.dataframe as a person reads them: ids as their text, bytes as hex.
+"""Values as a person reads them: in tables (ids as their text, bytes as hex) and in
+sentences (lists and mappings as words, never a repr).
 
 Arrow has no column type for a UUID, so st.dataframe shows one as a dump of its bytes
 (`{"0":208,"1":150,...}`); a table of the dashboard passes its rows through `readable`.
@@ -23,3 +24,17 @@ def readable_value(value: Any) -> Any:
 def readable(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """rows with every cell made readable (see readable_value)."""
     return [{key: readable_value(value) for key, value in row.items()} for row in rows]
+
+
+def plain(value: Any) -> str:
+    """value in words: lists joined with commas, mappings as "key value" pairs, numbers
+    without float noise."""
+    if isinstance(value, Mapping):
+        return ", ".join(f"{key} {plain(item)}" for key, item in value.items())
+    if isinstance(value, list | tuple | set | frozenset):
+        return ", ".join(plain(item) for item in value)
+    if isinstance(value, float):
+        return f"{value:,.4g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
