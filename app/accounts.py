@@ -15,10 +15,12 @@ from sqlalchemy import delete, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.bounds import Bound
 from app.control import audit
 from app.control.audit import Actor
 from app.db.bind import Bind, begin, connect
 from app.db.tables import LoginAttempt, Operator
+from app.openai_api.text import bad_text_at
 
 
 class Role(StrEnum):
@@ -79,6 +81,25 @@ def _view(row: Operator) -> OperatorView:
 
 
 MIN_PASSWORD_LENGTH = 8
+NAME_LENGTH = Bound(1, 64)
+PASSWORD_LENGTH = Bound(MIN_PASSWORD_LENGTH, 1024)
+
+
+def _check_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AccountError(f"passwords need at least {MIN_PASSWORD_LENGTH} characters")
+    problem = PASSWORD_LENGTH.length_problem("a password", password) or bad_text_at(
+        password, "the password"
+    )
+    if problem is not None:
+        raise AccountError(problem)
+
+
+def _storable(name: str) -> bool:
+    """Whether name could be an account's (a NUL or a lone surrogate never is, and would
+    make PostgreSQL refuse the query)."""
+    return bad_text_at(name) is None
+
 
 FAILED_LOGIN_SQL = text("""
     INSERT INTO login_attempts AS a (operator_name, failures, locked_until, last_failure_at)
@@ -111,10 +132,11 @@ class Accounts:
     def add(self, name: str, password: str, role: Role = Role.OPERATOR) -> None:
         """Create an operator; refuses a taken name or a short password."""
         name = name.strip()
-        if not name or len(name) > 64 or not name.isprintable():
-            raise AccountError("operator names are 1-64 printable characters")
-        if len(password) < MIN_PASSWORD_LENGTH:
-            raise AccountError(f"passwords need at least {MIN_PASSWORD_LENGTH} characters")
+        if NAME_LENGTH.length_problem("name", name) or not name.isprintable():
+            raise AccountError(
+                f"operator names are {NAME_LENGTH.low}-{NAME_LENGTH.high} printable characters"
+            )
+        _check_password(password)
         row = Operator(name=name, password_hash=self._hasher.hash(password), role=Role(role).value)
         try:
             with Session(self.engine) as session, session.begin():
@@ -129,6 +151,8 @@ class Accounts:
             return [_view(r) for r in rows]
 
     def get(self, name: str) -> OperatorView:
+        if not _storable(name):
+            raise AccountError(f"no operator called {name!r}")
         with Session(self.engine) as session:
             row = session.scalar(select(Operator).where(Operator.name == name))
             if row is None:
@@ -175,8 +199,7 @@ class Accounts:
 
     def set_password(self, name: str, password: str) -> OperatorView:
         """Give an account a new password (an admin's reset, or the owner's change)."""
-        if len(password) < MIN_PASSWORD_LENGTH:
-            raise AccountError(f"passwords need at least {MIN_PASSWORD_LENGTH} characters")
+        _check_password(password)
         with Session(self.engine) as session, session.begin():
             row = self._locked(session, name)
             row.password_hash = self._hasher.hash(password)
@@ -185,6 +208,8 @@ class Accounts:
 
     @staticmethod
     def _locked(session: Session, name: str) -> Operator:
+        if not _storable(name):
+            raise AccountError(f"no operator called {name!r}")
         row = session.scalar(select(Operator).where(Operator.name == name).with_for_update())
         if row is None:
             raise AccountError(f"no operator called {name!r}")
@@ -228,6 +253,10 @@ class Accounts:
         Raises LoginLockedError, without checking the password, while the name is locked
         after max_failures failures in a row."""
         name = name.strip()
+        if not (_storable(name) and _storable(password)):
+            # No account has such a name or password; nothing to count it against.
+            self._hasher.hash("not a password")
+            return None
         self._check_lock(name)
         with Session(self.engine) as session, session.begin():
             row = session.scalar(select(Operator).where(Operator.name == name))

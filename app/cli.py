@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from tqdm import tqdm
 
 from app import rollout_cli
@@ -34,7 +34,13 @@ from app.control.audit import cli_actor
 from app.datasets import cli as dataset_cli
 from app.db import migrate
 from app.db.database import Database
-from app.db.embedded import EmbeddedDatabaseError, EmbeddedPostgres, running_url, stop_server
+from app.db.embedded import (
+    EmbeddedDatabaseError,
+    EmbeddedPostgres,
+    other_holders,
+    running_url,
+    stop_server,
+)
 from app.db.engine import DatabaseUrlError
 from app.deployments import DeploymentError, Deployments
 from app.engine.serving import add_serving_flags, serving_values_from
@@ -146,6 +152,13 @@ def cmd_db_url(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_db_stop(settings: Settings, args: argparse.Namespace) -> int:
     if settings.database_url:
         warn("HERD_DATABASE_URL is set: Herd does not manage that server")
+        return 1
+    holders = [] if args.force else other_holders(settings.pgdata_dir)
+    if holders:
+        warn(
+            f"herd: the embedded PostgreSQL is in use by {', '.join(holders)}; stop them "
+            "first (Ctrl-C on herd up), or stop it anyway with `herd db stop --force`"
+        )
         return 1
     echo(
         "stopped" if stop_server(settings.pgdata_dir) else "the embedded PostgreSQL is not running"
@@ -530,7 +543,10 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade = command(db, "upgrade", cmd_db_upgrade, "bring the schema up to date (Alembic)")
     upgrade.add_argument("revision", nargs="?", default="head", help="target (default head)")
     command(db, "url", cmd_db_url, "print a URL that psql and SQLAlchemy accept")
-    command(db, "stop", cmd_db_stop, "stop the embedded PostgreSQL")
+    db_stop = command(db, "stop", cmd_db_stop, "stop the embedded PostgreSQL")
+    db_stop.add_argument(
+        "--force", action="store_true", help="stop it even while herd processes use it"
+    )
 
     models = sub.add_parser("models", help="the GGUF model store").add_subparsers(
         dest="models_command", required=True, metavar="COMMAND"
@@ -633,6 +649,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except OperationalError as exc:
         warn(f"herd: cannot reach the database: {exc.orig or exc}")
+        return 1
+    except (DataError, IntegrityError) as exc:
+        # A value a check should have caught first: one line, not a traceback.
+        reason = str(exc.orig or exc).splitlines()[0]
+        warn(f"herd: the database refused the change: {reason}; nothing was changed")
         return 1
 
 

@@ -16,12 +16,22 @@ from typing import Any
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
 
-from app.config import DEFAULT_WORKER_LIVE_S, parse_labels
+from app.bounds import Bound
+from app.config import DEFAULT_WORKER_LIVE_S, LABEL_PATTERN, parse_labels
 from app.db.bind import Bind, begin, connect
 from app.db.tables import Deployment, Model
 from app.engine.serving import ServingParams, serving_values_from
 
 ALIAS_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}")
+# What operators send, bounded where it is defined (the admin API and herd.yaml derive
+# their fields from these; app/bounds.py).
+ALIAS_LENGTH = Bound(1, 128)
+MODEL_NAME_LENGTH = Bound(1, 255)
+REPLICAS = Bound(0, 1000)
+TRAFFIC_WEIGHT = Bound(0, 1_000_000, "a share of the alias's calls, relative to the others")
+NODE_LENGTH = Bound(0, 253)
+NODE_LABELS = Bound(0, 64)
+LABEL_LENGTH = Bound(1, 63)
 
 # state stays 'active' below the limit; at the limit the supervisor gives up.
 FAILURE_SQL = text(
@@ -157,6 +167,31 @@ def _check(condition: bool, message: str) -> None:
         raise InvalidSettingError(message)
 
 
+def _check_bound(bound: Bound, name: str, value: int) -> None:
+    problem = bound.problem(name, value)
+    _check(problem is None, problem or "")
+
+
+def _check_placement(node: str | None, labels: Mapping[str, str] | None) -> None:
+    """A node name and labels as the supervisor matches them (app/config.py's labels)."""
+    problem = NODE_LENGTH.length_problem("node", node)
+    _check(problem is None, problem or "")
+    labels = labels or {}
+    _check(
+        len(labels) <= NODE_LABELS.high,
+        f"a deployment names at most {NODE_LABELS.high} node labels, not {len(labels)}",
+    )
+    for key, value in labels.items():
+        _check(
+            all(
+                isinstance(x, str) and len(x) <= LABEL_LENGTH.high and LABEL_PATTERN.match(x)
+                for x in ((key, value) if value else (key,))
+            ),
+            f"node label {str(key)[:80]!r}={str(value)[:80]!r} is not key=value: up to "
+            f"{LABEL_LENGTH.high} letters, digits and . _ / -",
+        )
+
+
 def _validate_serving(
     model: Model | None, serving: ServingSettings, allow_ctx_overflow: bool
 ) -> Model:
@@ -185,8 +220,8 @@ def _validate_alias(alias: str) -> str:
     alias = alias.strip()
     if not ALIAS_PATTERN.fullmatch(alias):
         raise InvalidSettingError(
-            f"alias {alias!r} is not usable: 1-128 characters, letters, digits and . _ : / @ -, "
-            "starting with a letter or digit"
+            f"alias {alias[:140]!r} is not usable: 1-128 characters, letters, digits and "
+            ". _ : / @ -, starting with a letter or digit"
         )
     return alias
 
@@ -285,8 +320,9 @@ class Deployments:
         """Ask for `replicas` workers serving serving.model under alias, on `node` or on
         nodes carrying every one of `node_labels` (default: any node)."""
         alias = _validate_alias(alias)
-        _check(replicas >= 0, f"replicas must be 0 or more, not {replicas}")
-        _check(traffic_weight >= 0, f"a weight is 0 or more, not {traffic_weight}")
+        _check_bound(REPLICAS, "replicas", replicas)
+        _check_bound(TRAFFIC_WEIGHT, "traffic_weight", traffic_weight)
+        _check_placement(node, node_labels)
         with Session(self.engine) as session, session.begin():
             model = session.scalar(select(Model).where(Model.name == serving.model))
             model = _validate_serving(model, serving, allow_ctx_overflow)
@@ -308,7 +344,7 @@ class Deployments:
 
     def scale(self, deployment_id: int, replicas: int) -> DeploymentView:
         """Change the number of replicas; the supervisor starts or stops the difference."""
-        _check(replicas >= 0, f"replicas must be 0 or more, not {replicas}")
+        _check_bound(REPLICAS, "replicas", replicas)
         self._update(deployment_id, replicas=replicas)
         return self.get(deployment_id)
 
@@ -353,10 +389,7 @@ class Deployments:
         would get traffic: that would turn every call to the alias into an error.
         """
         for deployment_id, weight in weights.items():
-            _check(
-                weight >= 0,
-                f"deployment {deployment_id}: a weight is 0 or more, not {weight}",
-            )
+            _check_bound(TRAFFIC_WEIGHT, f"deployment {deployment_id}: weight", weight)
         with Session(self.engine) as session, session.begin():
             rows = session.execute(
                 select(Deployment.id, Deployment.traffic_weight, Deployment.state)
@@ -393,6 +426,7 @@ class Deployments:
         """Where a deployment may run: a node name and/or labels every node must carry.
 
         Placements that no longer match are moved by the next placement step."""
+        _check_placement(node, labels)
         self._update(
             deployment_id,
             node=(node or "").strip() or None,
@@ -529,9 +563,7 @@ class Deployments:
                     model_name=model_name,
                     model_path=model_path,
                     replicas=d.replicas,
-                    serving=ServingSettings(
-                        model=model_name, **serving_values_from(d)
-                    ),
+                    serving=ServingSettings(model=model_name, **serving_values_from(d)),
                     state=d.state,
                     error=d.error,
                     generation=d.generation,

@@ -72,9 +72,9 @@ def test_create_and_view(deployments: Deployments) -> None:
     ("change", "error", "words"),
     [
         ({"model": "nope.gguf"}, UnknownModelError, "no model called 'nope.gguf'"),
-        ({"n_ctx": -5}, InvalidSettingError, "n_ctx must be a positive"),
+        ({"n_ctx": -5}, InvalidSettingError, "n_ctx must be 0 or more"),
         ({"n_gpu_layers": -2}, InvalidSettingError, "n_gpu_layers must be -1"),
-        ({"parallel": -1}, InvalidSettingError, "at least 1 slot"),
+        ({"parallel": -1}, InvalidSettingError, "parallel must be 0 or more"),
         ({"threads": 0}, InvalidSettingError, "threads must be 1 or more"),
         ({"main_gpu": -1}, InvalidSettingError, "main_gpu"),
         ({"tensor_split": (0.0, 0.0)}, InvalidSettingError, "tensor_split"),

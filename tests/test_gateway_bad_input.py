@@ -157,17 +157,22 @@ def test_bad_text_is_a_400_naming_the_param_and_not_a_worker_failure(
     assert post(target, "/v1/chat/completions", json=chat_body()).status_code == 200
 
 
-def test_nul_in_a_feedback_comment_is_stored_not_dropped(target: ServedAlias) -> None:
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("comment", "x\0y"), ("comment", "x\ud800y"), ("user", "u\0"), ("response_id", "\0")],
+)
+def test_text_the_database_cannot_store_in_feedback_is_a_400_naming_it(
+    target: ServedAlias, field: str, value: str
+) -> None:
     answer = post(target, "/v1/chat/completions", json=chat_body("a b"))
     assert answer.status_code == 200, answer.text
-    response_id = answer.json()["id"]
-    vote = post(
-        target, "/v1/feedback", json={"response_id": response_id, "rating": -1, "comment": "x\0y"}
-    )
-    assert vote.status_code == 200, vote.text
+    vote = {"response_id": answer.json()["id"], "rating": -1, field: value}
+    headers = {"Content-Type": "application/json"}
+    error = error_of(post(target, "/v1/feedback", content=json.dumps(vote), headers=headers), 400)
+    assert error["param"] == field, error
+    assert "NUL" in error["message"] or "surrogate" in error["message"]
     with target.database.engine.connect() as conn:
-        comment = conn.execute(text("SELECT comment FROM feedback")).scalar_one()
-    assert comment == "x\ufffdy"
+        assert conn.execute(text("SELECT count(*) FROM feedback")).scalar_one() == 0
 
 
 def test_unknown_paths_and_methods_answer_in_the_openai_shape(target: ServedAlias) -> None:

@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from sqlalchemy import Engine, select
 
 from app.accounts import AccountError
 from app.admin.changes import Admin
 from app.admin.snapshots import alias_json, deployment_json, key_json, operator_json
 from app.admin.specs import (
+    DEPLOYMENT_ID,
     AliasSpec,
     DeploymentSpec,
     KeyPolicySpec,
@@ -38,10 +40,17 @@ from app.db.tables import ApiKey
 from app.deployments import DeploymentError, UnknownDeploymentError
 from app.gateway.aliases import AliasSettingError
 from app.gateway.keys import ApiKeyError, hash_key
+from app.openai_api.text import Text
 from app.store.catalog import ModelStoreError, describe_model
 
 PREFIX = "/admin/v1"
 REFUSALS = (DeploymentError, ApiKeyError, AccountError, ModelStoreError, AliasSettingError)
+
+# Path and query parameters, bounded and storable like the bodies (app/admin/specs.py): a
+# NUL or an id past bigint is a 400 naming it, never a query PostgreSQL refuses.
+DeploymentIdPath = Annotated[int, PathParam(ge=DEPLOYMENT_ID.low, le=DEPLOYMENT_ID.high)]
+NamePath = Annotated[Text, PathParam(min_length=1, max_length=4096)]
+QueryText = Annotated[Text | None, Query(max_length=4096)]
 
 
 def _unauthorized(message: str) -> HTTPException:
@@ -142,7 +151,7 @@ def admin_router() -> APIRouter:
         return {"valid": report.valid, "invalid": report.invalid, "missing": report.missing}
 
     @router.delete("/models/{name:path}", summary="Delete a model no deployment uses")
-    def delete_model(name: str, who: Who, admin: Ops) -> dict[str, str]:
+    def delete_model(name: NamePath, who: Who, admin: Ops) -> dict[str, str]:
         refused(lambda: admin.delete_model(who, name))
         return {"deleted": name}
 
@@ -163,11 +172,15 @@ def admin_router() -> APIRouter:
         return dict(refused(run))
 
     @router.post("/deployments/{deployment_id}/scale", summary="Set the number of replicas")
-    def scale(deployment_id: int, body: ScaleSpec, who: Who, admin: Ops) -> dict[str, Any]:
+    def scale(
+        deployment_id: DeploymentIdPath, body: ScaleSpec, who: Who, admin: Ops
+    ) -> dict[str, Any]:
         return deployment_json(refused(lambda: admin.scale(who, deployment_id, body.replicas)))
 
     @router.post("/deployments/{deployment_id}/roll", summary="Roll to a new model or settings")
-    def roll(deployment_id: int, body: RollSpec, who: Who, admin: Ops) -> dict[str, Any]:
+    def roll(
+        deployment_id: DeploymentIdPath, body: RollSpec, who: Who, admin: Ops
+    ) -> dict[str, Any]:
         view = refused(
             lambda: admin.roll(
                 who, deployment_id, body.serving(), allow_ctx_overflow=body.allow_ctx_overflow
@@ -176,15 +189,15 @@ def admin_router() -> APIRouter:
         return deployment_json(view)
 
     @router.post("/deployments/{deployment_id}/stop", summary="Stop every replica")
-    def stop(deployment_id: int, who: Who, admin: Ops) -> dict[str, Any]:
+    def stop(deployment_id: DeploymentIdPath, who: Who, admin: Ops) -> dict[str, Any]:
         return deployment_json(refused(lambda: admin.stop(who, deployment_id)))
 
     @router.post("/deployments/{deployment_id}/start", summary="Start a stopped deployment")
-    def start(deployment_id: int, who: Who, admin: Ops) -> dict[str, Any]:
+    def start(deployment_id: DeploymentIdPath, who: Who, admin: Ops) -> dict[str, Any]:
         return deployment_json(refused(lambda: admin.start(who, deployment_id)))
 
     @router.delete("/deployments/{deployment_id}", summary="Delete a deployment")
-    def delete_deployment(deployment_id: int, who: Who, admin: Ops) -> dict[str, int]:
+    def delete_deployment(deployment_id: DeploymentIdPath, who: Who, admin: Ops) -> dict[str, int]:
         refused(lambda: admin.delete_deployment(who, deployment_id))
         return {"deleted": deployment_id}
 
@@ -194,12 +207,12 @@ def admin_router() -> APIRouter:
         return {a: alias_json(v) for a, v in admin.alias_settings().items()}
 
     @router.put("/aliases/{alias}/weights", summary="Traffic weights of an alias's deployments")
-    def set_weights(alias: str, body: WeightsSpec, who: Who, admin: Ops) -> dict[str, Any]:
+    def set_weights(alias: NamePath, body: WeightsSpec, who: Who, admin: Ops) -> dict[str, Any]:
         refused(lambda: admin.set_traffic_weights(who, alias, body.weights))
         return {str(d.id): d.traffic_weight for d in admin.deployments().all() if d.alias == alias}
 
     @router.put("/aliases/{alias}/settings", summary="Cache, text logging and rate limit")
-    def set_alias(alias: str, body: AliasSpec, who: Who, admin: Ops) -> dict[str, Any]:
+    def set_alias(alias: NamePath, body: AliasSpec, who: Who, admin: Ops) -> dict[str, Any]:
         refused(lambda: admin.set_alias_settings(who, alias, body.settings()))
         return alias_json(body.settings())
 
@@ -216,11 +229,11 @@ def admin_router() -> APIRouter:
         return {**asdict(created)}
 
     @router.put("/keys/{name_or_id}", summary="Change an active key's scopes, expiry and limits")
-    def set_key(name_or_id: str, body: KeyPolicySpec, who: Who, admin: Ops) -> dict[str, Any]:
+    def set_key(name_or_id: NamePath, body: KeyPolicySpec, who: Who, admin: Ops) -> dict[str, Any]:
         return key_json(refused(lambda: admin.set_key_policy(who, name_or_id, body.policy())))
 
     @router.delete("/keys/{name_or_id}", summary="Revoke a key by name or id")
-    def revoke_key(name_or_id: str, who: Who, admin: Ops) -> dict[str, list[int]]:
+    def revoke_key(name_or_id: NamePath, who: Who, admin: Ops) -> dict[str, list[int]]:
         return {"revoked": refused(lambda: admin.revoke_key(who, name_or_id))}
 
     # -- users
@@ -234,7 +247,7 @@ def admin_router() -> APIRouter:
         return operator_json(view)
 
     @router.patch("/users/{name}", summary="Change role, disable/enable, reset password")
-    def change_user(name: str, body: UserChangeSpec, who: Who, admin: Ops) -> dict[str, Any]:
+    def change_user(name: NamePath, body: UserChangeSpec, who: Who, admin: Ops) -> dict[str, Any]:
         def run() -> Any:
             view = admin.accounts().get(name)
             if body.role is not None:
@@ -248,7 +261,7 @@ def admin_router() -> APIRouter:
         return operator_json(refused(run))
 
     @router.delete("/users/{name}", summary="Delete a dashboard account")
-    def delete_user(name: str, who: Who, admin: Ops) -> dict[str, str]:
+    def delete_user(name: NamePath, who: Who, admin: Ops) -> dict[str, str]:
         refused(lambda: admin.remove_user(who, name))
         return {"deleted": name}
 
@@ -257,12 +270,14 @@ def admin_router() -> APIRouter:
     def metrics(
         who: Who,
         request: Request,
-        range: Annotated[str, Query(description="1h, 6h, 24h, 3d, 7d or 30d")] = "24h",
-        alias: str | None = None,
+        range: Annotated[
+            Text, Query(max_length=64, description="1h, 6h, 24h, 3d, 7d or 30d")
+        ] = "24h",
+        alias: QueryText = None,
         include: Annotated[
-            list[str] | None, Query(description="Also count: batch, synthetic")
+            list[Text] | None, Query(description="Also count: batch, synthetic")
         ] = None,
-        metric: Annotated[list[str] | None, Query(description="Default: the tiles")] = None,
+        metric: Annotated[list[Text] | None, Query(description="Default: the tiles")] = None,
     ) -> dict[str, Any]:
         try:
             query = metrics_query(range, alias, include or [], metric or [])
@@ -275,11 +290,14 @@ def admin_router() -> APIRouter:
     def audit(
         who: Who,
         request: Request,
-        actor: str | None = None,
-        action: Annotated[str | None, Query(description="Prefix, e.g. deployment.")] = None,
+        actor: QueryText = None,
+        action: Annotated[
+            Text | None, Query(max_length=4096, description="Prefix, e.g. deployment.")
+        ] = None,
         via: Annotated[Via | None, Query(description="page, cli, api, apply or system")] = None,
         origin: Annotated[
-            str | None, Query(description='Page, command or route, e.g. "herd deploy"')
+            Text | None,
+            Query(max_length=4096, description='Page, command or route, e.g. "herd deploy"'),
         ] = None,
         since: datetime | None = None,
         until: datetime | None = None,

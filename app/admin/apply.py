@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from app.admin.changes import Admin, Change
 from app.admin.config_file import ConfigError, LoadedConfig
@@ -275,17 +276,34 @@ class Applier:
     def _revoke(self, key_id: int) -> Callable[[Change], object]:
         return lambda change: self.admin.revoke_key_in(change, str(key_id))
 
-    def apply(self, plan: Plan, actor: Actor) -> None:
-        """Run every step in one transaction: all of them, or (on any refusal) none."""
+    def apply(self, plan: Plan, actor: Actor, *, dry_run: bool = False) -> None:
+        """Run every step in one transaction: all of them, or (on any refusal) none. A dry
+        run makes the same changes with the same checks, then rolls them back."""
         plan.created_keys.clear()
-        with self.admin.transaction(actor) as change:
-            for step in plan.steps:
-                try:
-                    step.run(change)
-                except REFUSALS as exc:
-                    where = f"{step.where}: " if step.where else ""
-                    plan.created_keys.clear()
-                    raise ConfigError(f"{where}{exc} (nothing was applied)") from None
+        try:
+            with self.admin.transaction(actor, rollback=dry_run) as change:
+                for step in plan.steps:
+                    self._run(step, change)
+        finally:
+            if dry_run:
+                plan.created_keys.clear()  # rolled back: no key exists
+
+    @staticmethod
+    def _run(step: Step, change: Change) -> None:
+        where = f"{step.where}: " if step.where else ""
+        try:
+            step.run(change)
+        except REFUSALS as exc:
+            raise ConfigError(f"{where}{exc} (nothing was applied)") from None
+        except DBAPIError as exc:
+            if isinstance(exc, OperationalError):
+                raise
+            # A value the checks above let through and PostgreSQL refused: one line, no
+            # traceback.
+            reason = str(exc.orig or exc).splitlines()[0]
+            raise ConfigError(
+                f"{where}the database refused this change: {reason} (nothing was applied)"
+            ) from None
 
 
 def export_config(admin: Admin) -> str:

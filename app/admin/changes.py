@@ -43,10 +43,19 @@ class Admin:
         self.settings = settings
 
     @contextmanager
-    def transaction(self, actor: Actor) -> Iterator[Change]:
-        """One transaction for several changes (herd apply): all of them, or none."""
-        with self.engine.begin() as conn:
-            yield Change(conn, actor)
+    def transaction(self, actor: Actor, *, rollback: bool = False) -> Iterator[Change]:
+        """One transaction for several changes (herd apply): all of them, or none. With
+        rollback, every change is made and checked, then undone (herd apply --dry-run)."""
+        if not rollback:
+            with self.engine.begin() as conn:
+                yield Change(conn, actor)
+            return
+        with self.engine.connect() as conn:
+            trial = conn.begin()
+            try:
+                yield Change(conn, actor)
+            finally:
+                trial.rollback()
 
     # ---- models ----------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from app.accounts import Role
 from app.admin import snapshots
 from app.admin.apply import Applier, export_config
 from app.admin.changes import Admin
-from app.admin.config_file import parse_config
+from app.admin.config_file import ConfigError, parse_config
 from app.cli_output import echo
 from app.config import Settings
 from app.control.audit import Via, cli_actor
@@ -34,8 +34,11 @@ def open_admin(settings: Settings) -> Iterator[Admin]:
 
 def cmd_apply(settings: Settings, args: argparse.Namespace) -> int:
     path = Path(args.file)
-    text = sys.stdin.read() if args.file == "-" else path.read_text(encoding="utf-8")
-    loaded = parse_config(text, "stdin" if args.file == "-" else path.name)
+    try:
+        data = sys.stdin.buffer.read() if args.file == "-" else path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+    loaded = parse_config(data, "stdin" if args.file == "-" else path.name)
     with open_admin(settings) as admin:
         applier = Applier(admin)
         plan = applier.plan(loaded, prune=args.prune)
@@ -46,10 +49,11 @@ def cmd_apply(settings: Settings, args: argparse.Namespace) -> int:
             return 0
         for line in plan.diff():
             echo(line)
+        # A dry run makes every change, with every check, in a transaction it rolls back.
+        applier.apply(plan, cli_actor(args, Via.APPLY), dry_run=args.dry_run)
         if args.dry_run:
-            echo(f"dry run: {len(plan.steps)} change(s) not applied")
+            echo(f"dry run: {len(plan.steps)} change(s) checked, not applied")
             return 0
-        applier.apply(plan, cli_actor(args, Via.APPLY))
     echo(f"applied {len(plan.steps)} change(s)")
     for key in plan.created_keys:
         echo(f"new key {key.name!r} (shown once): {key.key}")
@@ -150,7 +154,11 @@ def add_admin_commands(sub: Any, users: Any, command: Command) -> None:
     apply = command(sub, "apply", cmd_apply, "bring deployments, aliases and keys to herd.yaml")
     apply.add_argument("-f", "--file", required=True, help="herd.yaml ('-': standard input)")
     apply.add_argument("--prune", action="store_true", help="remove what the file does not name")
-    apply.add_argument("--dry-run", action="store_true", help="show the diff, change nothing")
+    apply.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="show the diff and run every check of a real apply, then change nothing",
+    )
     add_actor_flag(apply)
     export = command(sub, "export-config", cmd_export_config, "write the state as herd.yaml")
     export.add_argument("-o", "--output", default=None, help="file (default: standard output)")

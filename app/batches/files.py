@@ -16,6 +16,7 @@ from sqlalchemy import Connection, Engine, RowMapping, delete, insert, select
 from app.batches.jsonl import validate
 from app.batches.owner import Owner
 from app.db.tables import File
+from app.openai_api.text import bad_text_at
 
 CHUNK_BYTES = 1 << 20
 PURPOSES = ("batch",)
@@ -103,6 +104,9 @@ class FileStore:
                 f"purpose {purpose!r} is not supported; Herd takes files with purpose 'batch'",
                 code="invalid_purpose",
             )
+        bad = bad_text_at(filename, "filename")
+        if bad is not None:
+            raise FileError(bad, code="invalid_filename")
         self.root.mkdir(parents=True, exist_ok=True)
         file_id = new_file_id()
         partial = self.root / f".{file_id}.partial"

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.openai_api.text import bad_text_at
+
 # The endpoints a batch line may call, as OpenAI names them.
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 MAX_CUSTOM_ID = 512
@@ -60,8 +62,15 @@ def _check(number: int, text: str) -> tuple[BatchLine | None, str | None]:
         value = json.loads(text)
     except ValueError as exc:
         return None, f"not valid JSON ({exc})"
+    except RecursionError:
+        return None, "not valid JSON (nested too deep)"
     if not isinstance(value, dict):
         return None, "not a JSON object"
+    # A NUL or a lone surrogate (JSON may escape both) is text PostgreSQL cannot store:
+    # refused here, naming the line and the field, not when the batch is created or run.
+    bad = bad_text_at(value)
+    if bad is not None:
+        return None, bad
     custom_id = value.get("custom_id")
     if not isinstance(custom_id, str) or not custom_id.strip():
         return None, "custom_id must be a non-empty string"

@@ -25,6 +25,7 @@ from app.analytics.export import (
 )
 from app.analytics.review import ReviewError, clean_tag
 from app.datasets.rows import DatasetError, DatasetRow
+from app.openai_api.text import bad_text_at
 
 SelectProgress = Callable[[int, int], None]
 # Most errors an upload reports at once: enough to fix a file in one go, not a flood.
@@ -191,6 +192,8 @@ def _jsonl_records(body: str) -> list[tuple[int, Any]]:
             records.append((number, json.loads(line)))
         except json.JSONDecodeError as exc:
             errors.append(f"line {number}: not valid JSON ({exc.msg})")
+        except RecursionError:
+            errors.append(f"line {number}: not valid JSON (nested too deep)")
     _raise_errors(errors)
     return records
 
@@ -234,6 +237,12 @@ def read_upload(name: str, data: bytes) -> Selected:
         raise DatasetError(f"{name}: upload a .jsonl or .csv file")
     rows, errors = [], []
     for number, obj in records:
+        # Text PostgreSQL cannot store (a NUL, a lone surrogate) is refused with its line,
+        # not met when the dataset's rows or card are written.
+        bad = bad_text_at(obj)
+        if bad is not None:
+            errors.append(f"line {number}: {bad}")
+            continue
         try:
             rows.append(_row_from_object(obj, number))
         except ValueError as exc:

@@ -129,7 +129,8 @@ class EmbeddedPostgres:
             alive = [pid for pid in handles._get() if pid == os.getpid() or psutil.pid_exists(pid)]
             handles.put(alive)
         server.cleanup()  # type: ignore[attr-defined]
-        log.info("released embedded PostgreSQL handle (pid %s)", os.getpid())
+        # Every CLI command releases one: not news at INFO.
+        log.debug("released embedded PostgreSQL handle (pid %s)", os.getpid())
 
 
 def _is_postmaster(pid: int) -> bool:
@@ -156,3 +157,34 @@ def stop_server(pgdata: Path) -> bool:
         )
         server.global_process_id_list.put([])
     return True
+
+
+def other_holders(pgdata: Path) -> list[str]:
+    """The live processes other than this one holding a handle on the embedded server of
+    pgdata (`herd up`, `herd gateway`, ...), each as "pid N (command)": stopping the server
+    would pull the database from under them."""
+    pgserver = _pgserver()
+    if running_url(pgdata) is None:
+        return []
+    server = pgserver.get_server(pgdata, cleanup_mode=None, start=False)
+    with pgserver.PostgresServer._lock:
+        pids = server.global_process_id_list._get()
+    out = []
+    for pid in sorted(set(pids) - {os.getpid()}):
+        try:
+            process = psutil.Process(pid)
+            if process.status() == psutil.STATUS_ZOMBIE:
+                continue
+            out.append(f"pid {pid} ({_command(process.cmdline())})")
+        except psutil.Error:
+            continue  # gone since it registered (killed with -9)
+    return out
+
+
+def _command(argv: list[str]) -> str:
+    """`herd up` for [python, -m, app.cli, up, --demo], else the program's name."""
+    for i, arg in enumerate(argv):
+        if arg in ("app.cli", "herd") or arg.endswith("/herd"):
+            rest = [a for a in argv[i + 1 : i + 3] if not a.startswith("-")]
+            return " ".join(["herd", *rest[:2]])
+    return Path(argv[0]).name if argv else "?"

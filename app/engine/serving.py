@@ -14,9 +14,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from app.bounds import Bound
 from app.engine.pooling import POOLING_CHOICES, Pooling, parse_pooling
 
 DEFAULT_N_CTX = 4096
+# Past any model's trained context (2^24 tokens) and past llama.cpp's sequence limit (256).
+N_CTX = Bound(0, 1 << 24, "tokens per slot; 0: the model's trained context")
+PARALLEL = Bound(0, 256, "slots; 0: chosen from free memory")
+N_GPU_LAYERS = Bound(-1, 100_000, "layers; -1: all of them")
+THREADS = Bound(1, 1024, "or unset for llama.cpp's default")
+MAIN_GPU = Bound(0, 255, "a GPU index")
+# GPUs a tensor split shares a model between.
+TENSOR_SPLIT_GPUS = Bound(1, 128)
 
 
 def parse_tensor_split(text: str) -> tuple[float, ...]:
@@ -40,9 +49,14 @@ def _param(
     *,
     parse: Callable[[str], Any] | None = None,
     show: Callable[[Any], str] = str,
+    bound: Bound | None = None,
 ) -> Any:
-    """A serving parameter: its default, and how its `herd worker` flag reads and writes it."""
-    return field(default=default, metadata={"help": help_text, "parse": parse, "show": show})
+    """A serving parameter: its default, how its `herd worker` flag reads and writes it, and
+    the range of its value (a number's; None for the others)."""
+    return field(
+        default=default,
+        metadata={"help": help_text, "parse": parse, "show": show, "bound": bound},
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,19 +64,25 @@ class ServingParams:
     """llama.cpp's settings for one replica. 0 for n_ctx and parallel means "choose": the
     model's trained context, and as many slots (up to 4) as the host's memory holds."""
 
-    n_gpu_layers: int = _param(0, "layers to offload to the GPU; -1: all (default 0)")
+    n_gpu_layers: int = _param(
+        0, "layers to offload to the GPU; -1: all (default 0)", bound=N_GPU_LAYERS
+    )
     n_ctx: int = _param(
         DEFAULT_N_CTX,
         f"context window in tokens, per slot (default {DEFAULT_N_CTX}; 0: the model's "
         "trained context; above it: capped to it)",
+        bound=N_CTX,
     )
     parallel: int = _param(
         0,
         "generation slots batched together (default 0: 4, or fewer if their KV cache "
         "would not fit in free memory)",
+        bound=PARALLEL,
     )
-    threads: int | None = _param(None, "CPU threads (default: llama.cpp's choice)", parse=int)
-    main_gpu: int = _param(0, "GPU for the model (default 0)")
+    threads: int | None = _param(
+        None, "CPU threads (default: llama.cpp's choice)", parse=int, bound=THREADS
+    )
+    main_gpu: int = _param(0, "GPU for the model (default 0)", bound=MAIN_GPU)
     tensor_split: tuple[float, ...] | None = _param(
         None,
         "share of the model per GPU, e.g. 3,1",
@@ -81,25 +101,11 @@ class ServingParams:
     def serving_problems(self) -> list[str]:
         """What is wrong with these values, each as a sentence; empty when they are fine."""
         problems = []
-        if self.n_gpu_layers < -1:
-            problems.append(
-                f"n_gpu_layers must be -1 (all layers) or 0 and up, not {self.n_gpu_layers}"
-            )
-        if self.n_ctx < 0:
-            problems.append(
-                f"n_ctx must be a positive number of tokens (or 0: the trained context), "
-                f"not {self.n_ctx}"
-            )
-        if self.parallel < 0:
-            problems.append(
-                f"parallel needs at least 1 slot (or 0: chosen from memory), not {self.parallel}"
-            )
-        if self.threads is not None and self.threads < 1:
-            problems.append(
-                f"threads must be 1 or more (or unset for llama.cpp's default), not {self.threads}"
-            )
-        if self.main_gpu < 0:
-            problems.append(f"main_gpu is a GPU index, 0 or more, not {self.main_gpu}")
+        for f in fields(ServingParams):
+            bound = f.metadata["bound"]
+            problem = bound.problem(f.name, getattr(self, f.name)) if bound else None
+            if problem is not None:
+                problems.append(problem)
         if self.tensor_split is not None and not (
             all(math.isfinite(x) and x >= 0 for x in self.tensor_split)
             and sum(self.tensor_split) > 0
@@ -107,6 +113,8 @@ class ServingParams:
             problems.append(
                 "tensor_split needs non-negative proportions, one per GPU, not all zero"
             )
+        if self.tensor_split is not None and len(self.tensor_split) > TENSOR_SPLIT_GPUS.high:
+            problems.append(f"tensor_split names at most {TENSOR_SPLIT_GPUS.high} GPUs")
         if self.pooling not in POOLING_CHOICES:
             choices = ", ".join(POOLING_CHOICES)
             problems.append(f"pooling is one of {choices}, not {self.pooling!r}")

@@ -10,6 +10,7 @@ from pathlib import Path
 from app.analytics.export import prompt_messages
 from app.db.bind import Bind
 from app.evaluation.references import Reference, digest, reference_set
+from app.openai_api.text import bad_text_at
 
 FEEDBACK = "feedback"
 MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -54,9 +55,20 @@ def read_prompt_file(path: Path) -> list[Reference]:
         if not line.strip():
             continue
         try:
-            out.append(_reference(json.loads(line)))
+            entry = json.loads(line)
         except json.JSONDecodeError as exc:
             errors.append(f"line {number}: not JSON ({exc.msg} at column {exc.colno})")
+            continue
+        except RecursionError:
+            errors.append(f"line {number}: not JSON (nested too deep)")
+            continue
+        # A NUL or a lone surrogate would fail the evaluation when its answers are stored.
+        bad = bad_text_at(entry)
+        if bad is not None:
+            errors.append(f"line {number}: {bad}")
+            continue
+        try:
+            out.append(_reference(entry))
         except PromptSetError as exc:
             errors.append(f"line {number}: {exc}")
     if errors:

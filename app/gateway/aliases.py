@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 
+from app.bounds import PG_INTEGER_MAX, Bound
 from app.config import Settings
 from app.db.bind import Bind, begin, connect
 from app.db.tables import Alias
@@ -15,6 +16,9 @@ from app.gateway.vector_store import ensure_pgvector
 
 # Cosine similarity of two normalised question embeddings; 0.95 reuses close paraphrases.
 DEFAULT_SEMANTIC_THRESHOLD = 0.95
+# How long a cached answer is served (up to a year), and calls per minute per gateway.
+CACHE_TTL_S = Bound(0.001, 366 * 86_400, "seconds")
+RATE_LIMIT_RPM = Bound(1, PG_INTEGER_MAX, "requests per minute, or none")
 
 
 class AliasSettingError(ValueError):
@@ -41,10 +45,11 @@ class AliasSettings:
         return cls(cache_enabled=settings.cache_enabled, cache_ttl_s=settings.cache_ttl_s)
 
     def __post_init__(self) -> None:
-        if self.cache_ttl_s <= 0:
-            raise AliasSettingError("cache TTL must be above 0 seconds")
-        if self.rate_limit_rpm is not None and self.rate_limit_rpm < 1:
-            raise AliasSettingError("a rate limit is at least 1 request per minute (or none)")
+        problem = CACHE_TTL_S.problem("cache_ttl_s", self.cache_ttl_s) or RATE_LIMIT_RPM.problem(
+            "rate_limit_rpm", self.rate_limit_rpm
+        )
+        if problem is not None or self.cache_ttl_s != self.cache_ttl_s:  # NaN
+            raise AliasSettingError(problem or "cache_ttl_s must be a number of seconds")
         if not 0 < self.semantic_cache_threshold <= 1:
             raise AliasSettingError("the semantic cache threshold is a similarity in (0, 1]")
         if self.semantic_cache_alias is not None and not self.semantic_cache_alias.strip():

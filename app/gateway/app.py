@@ -7,7 +7,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 
 import app as herd
 from app.admin.api import admin_router
@@ -15,14 +17,15 @@ from app.config import Settings
 from app.db.database import Database
 from app.embeddings_api import EmbeddingRequest
 from app.gateway.body_limit import BodyLimit
+from app.gateway.errors import database_error
 from app.gateway.routes_batches import batches_router
 from app.gateway.routes_feedback import feedback_router
 from app.gateway.routes_openai import openai_router
 from app.gateway.routes_operations import operations_router
 from app.gateway.runtime import GatewayRuntime, database_url
-from app.gateway.schemas import ErrorResponse
+from app.gateway.schemas import BatchCreateRequest, ErrorResponse
 from app.openai_api.bodies import openapi_components
-from app.openai_api.errors import install_error_handlers
+from app.openai_api.errors import ApiError, install_error_handlers
 from app.openai_api.schemas import ChatCompletionRequest, CompletionRequest
 
 
@@ -60,6 +63,22 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
 
     install_error_handlers(app, "gateway")
 
+    async def database_failed(request: Request, exc: Exception) -> JSONResponse:
+        # A database error no route turned into an answer (the admin API's, say), by its
+        # real cause: never a 503 "unreachable" for a value PostgreSQL refused.
+        return database_error(exc, settings.gateway_retry_after_s).response()
+
+    async def unencodable(request: Request, exc: Exception) -> JSONResponse:
+        # A lone surrogate that got past the checks at the door, met where it is encoded.
+        assert isinstance(exc, UnicodeEncodeError)
+        return ApiError(
+            400, f"the request holds text that is not valid Unicode ({exc.reason})",
+            code="invalid_text",
+        ).response()  # fmt: skip
+
+    app.add_exception_handler(SQLAlchemyError, database_failed)
+    app.add_exception_handler(UnicodeEncodeError, unencodable)
+
     # The completion routes come first: they are the calls that must stay fast.
     app.include_router(openai_router())
     app.include_router(feedback_router())
@@ -80,7 +99,11 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(
                 openapi_components(
-                    ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ErrorResponse
+                    ChatCompletionRequest,
+                    CompletionRequest,
+                    EmbeddingRequest,
+                    BatchCreateRequest,
+                    ErrorResponse,
                 )
             )
         return schema

@@ -15,12 +15,20 @@ from typing import Any
 
 from sqlalchemy import RowMapping, func, insert, select, update
 
+from app.bounds import JSON_SAFE_MAX, PG_INTEGER_MAX, Bound
 from app.db.bind import Bind, begin, connect
 from app.db.tables import ApiKey
+from app.openai_api.text import bad_text_at
 
 KEY_PREFIX = "herd-"
 # Enough of the key to tell keys apart in a list, far too little to guess the rest.
 SHOWN_CHARS = 12
+# What operators send about a key, bounded where it is defined (app/bounds.py).
+KEY_NAME_LENGTH = Bound(1, 128)
+SCOPES = Bound(0, 1000)
+RATE_LIMIT_RPM = Bound(1, PG_INTEGER_MAX, "or no limit")
+RATE_LIMIT_TPM = Bound(1, PG_INTEGER_MAX, "or no limit")
+DAILY_TOKEN_QUOTA = Bound(1, JSON_SAFE_MAX, "or no limit")
 
 
 class ApiKeyError(ValueError):
@@ -45,15 +53,21 @@ class KeyPolicy:
     daily_token_quota: int | None = None
 
     def __post_init__(self) -> None:
-        for label, value in (
-            ("requests per minute", self.rate_limit_rpm),
-            ("tokens per minute", self.rate_limit_tpm),
-            ("daily token quota", self.daily_token_quota),
+        for bound, label, value in (
+            (RATE_LIMIT_RPM, "requests per minute", self.rate_limit_rpm),
+            (RATE_LIMIT_TPM, "tokens per minute", self.rate_limit_tpm),
+            (DAILY_TOKEN_QUOTA, "daily token quota", self.daily_token_quota),
         ):
-            if value is not None and value < 1:
-                raise ApiKeyError(f"a key's {label} is at least 1 (or no limit), not {value}")
+            problem = bound.problem(f"a key's {label}", value)
+            if problem is not None:
+                raise ApiKeyError(problem)
         if self.scopes is not None and not all(a.strip() for a in self.scopes):
             raise ApiKeyError("a key's scopes are alias names, none empty")
+        if self.scopes is not None and len(self.scopes) > SCOPES.high:
+            raise ApiKeyError(f"a key names at most {SCOPES.high} aliases in its scopes")
+        bad = bad_text_at(list(self.scopes or ()), "scopes")
+        if bad is not None:
+            raise ApiKeyError(bad)
 
     def columns(self) -> dict[str, Any]:
         return {
@@ -116,6 +130,9 @@ class ApiKeys:
         name = name.strip()
         if not name:
             raise ApiKeyError("a key needs a name")
+        problem = KEY_NAME_LENGTH.length_problem("a key's name", name) or bad_text_at(name, "name")
+        if problem is not None:
+            raise ApiKeyError(problem)
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         prefix = key[:SHOWN_CHARS]
         with begin(self.engine) as conn:

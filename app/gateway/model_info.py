@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Engine, text
 
 from app.gateway.routing import AliasRoute
+from app.openai_api.text import bad_text_at
 
 MODEL_SQL = text(
     """
@@ -55,6 +56,8 @@ def describe_alias(engine: Engine, alias: str, route: AliasRoute | None) -> dict
 
     Top-level fields come from the version with the largest traffic weight; `versions`
     lists every deployment of the alias (canaries, A/B arms)."""
+    if bad_text_at(alias) is not None:
+        return None  # no alias holds a NUL or a lone surrogate (PostgreSQL would refuse it)
     with engine.connect() as conn:
         rows = conn.execute(MODEL_SQL, {"alias": alias}).mappings().all()
     live = {d.id: len(d.workers) for d in route.deployments} if route is not None else {}

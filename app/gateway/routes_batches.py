@@ -24,13 +24,33 @@ from app.batches.owner import Owner
 from app.batches.runner import files_root
 from app.batches.store import BatchError, BatchStore
 from app.control.audit import Actor, Via
-from app.gateway.errors import database_unavailable
+from app.gateway.errors import database_error
 from app.gateway.request_context import authenticate, runtime_of
+from app.gateway.schemas import BatchCreateRequest
+from app.openai_api.bodies import body_openapi, read_model
 from app.openai_api.errors import ApiError, bad_param
 
 # Room for the multipart framing and the purpose field around the file itself.
 MULTIPART_SLACK_BYTES = 64 * 1024
 MAX_LIST = 100
+# The upload's multipart body, described for clients and the fuzz test (read by hand below).
+UPLOAD_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["purpose", "file"],
+                    "properties": {
+                        "purpose": {"type": "string", "enum": ["batch"]},
+                        "file": {"type": "string", "format": "binary"},
+                    },
+                }
+            }
+        },
+    }
+}
 
 
 def _api_error(exc: FileError | BatchError) -> ApiError:
@@ -55,8 +75,8 @@ async def _thread(call: Any, *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(call, *args, **kwargs)
     except (FileError, BatchError) as exc:
         raise _api_error(exc) from None
-    except SQLAlchemyError:
-        raise database_unavailable(1) from None
+    except SQLAlchemyError as exc:
+        raise database_error(exc, 1) from None
 
 
 def _own_url(request: Request) -> str:
@@ -90,7 +110,11 @@ def batches_router() -> APIRouter:
         runtime = runtime_of(request)
         return FileStore(runtime.engine, files_root(runtime.settings)), BatchStore(runtime.engine)
 
-    @router.post("/v1/files", summary="Upload a JSONL file of requests (purpose `batch`)")
+    @router.post(
+        "/v1/files",
+        summary="Upload a JSONL file of requests (purpose `batch`)",
+        openapi_extra=UPLOAD_OPENAPI,
+    )
     async def upload(request: Request) -> JSONResponse:
         owner = await _owner(request)
         settings = runtime_of(request).settings
@@ -162,24 +186,18 @@ def batches_router() -> APIRouter:
         await _thread(files.delete, file_id, owner)
         return JSONResponse({"id": file_id, "object": "file", "deleted": True})
 
-    @router.post("/v1/batches", summary="Run the requests of an uploaded file as a batch")
+    @router.post(
+        "/v1/batches",
+        summary="Run the requests of an uploaded file as a batch",
+        openapi_extra=body_openapi(BatchCreateRequest),
+    )
     async def create_batch(request: Request) -> JSONResponse:
         owner = await _owner(request)
-        try:
-            body = await request.json()
-        except ValueError:
-            raise ApiError(400, "the request body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise ApiError(400, "the request body must be a JSON object")
-        endpoint = body.get("endpoint")
+        # Unknown fields, wrong types and text PostgreSQL cannot store: 400 naming the field.
+        body = await read_model(request, BatchCreateRequest)
+        endpoint, file_id, metadata = body.endpoint, body.input_file_id, body.metadata
         if endpoint not in ENDPOINTS:
             raise bad_param("endpoint", f"endpoint must be one of {', '.join(ENDPOINTS)}")
-        file_id = body.get("input_file_id")
-        if not isinstance(file_id, str):
-            raise bad_param("input_file_id", "input_file_id must name an uploaded file")
-        metadata = body.get("metadata")
-        if metadata is not None and not isinstance(metadata, dict):
-            raise bad_param("metadata", "metadata must be an object of strings")
         runtime = runtime_of(request)
         files, batches = stores(request)
         view = await _thread(files.get, file_id, owner)
@@ -194,7 +212,7 @@ def batches_router() -> APIRouter:
         batch = await _thread(
             lambda: batches.create(
                 endpoint=endpoint, input_file_id=file_id,
-                completion_window=str(body.get("completion_window", "24h")),
+                completion_window=body.completion_window,
                 lines=read_lines(path), owner=owner, created_by=actor.who,
                 gateway_url=_own_url(request), metadata=metadata, actor=actor,
             )

@@ -8,7 +8,7 @@ import uuid
 from fastapi import APIRouter, Request
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.gateway.errors import database_unavailable
+from app.gateway.errors import database_error, database_unavailable
 from app.gateway.feedback import UnknownResponseError
 from app.gateway.request_context import ApiKeyId, runtime_of
 from app.gateway.routes_openai import INVALID_BODY_OPENAPI
@@ -62,8 +62,8 @@ def feedback_router() -> APIRouter:
             raise ApiError(
                 404, f"no response with id {body.response_id!r}", code="not_found"
             ) from None
-        except SQLAlchemyError:
-            raise database_unavailable(runtime.settings.gateway_retry_after_s) from None
+        except SQLAlchemyError as exc:
+            raise database_error(exc, runtime.settings.gateway_retry_after_s) from None
         return FeedbackResponse(
             id=row.id,
             response_id=str(row.request_id),

@@ -50,5 +50,35 @@ def check_json_text(value: Any) -> Any:
     return value
 
 
+def bad_text_at(value: Any, path: str = "") -> str | None:
+    """Where the first string (or object key) inside a JSON value that PostgreSQL cannot
+    store is, and why: "body.messages.[0].content: contains a NUL character at offset 3; ...";
+    None when every string is fine. Walks without recursion (any depth json.loads allows)."""
+    stack: list[tuple[str, Any]] = [(path, value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, str):
+            try:
+                check_text(item)
+            except ValueError as exc:
+                return f"{where}: {exc}" if where else str(exc)
+        elif isinstance(item, dict):
+            children = []
+            for key, child in item.items():
+                inner = f"{where}.{key}" if where else str(key)
+                if isinstance(key, str):
+                    try:
+                        check_text(key)
+                    except ValueError as exc:
+                        return f"{where or '(top)'}: a key {exc}"
+                children.append((inner, child))
+            stack.extend(reversed(children))
+        elif isinstance(item, list):
+            stack.extend(
+                reversed([(f"{where}.[{i}]" if where else f"[{i}]", c) for i, c in enumerate(item)])
+            )
+    return None
+
+
 Text = Annotated[str, AfterValidator(check_text)]
 JsonObject = Annotated[dict[str, Any], AfterValidator(check_json_text)]
