@@ -37,6 +37,12 @@ def progress(view: BatchView, now: datetime | None = None) -> Progress:
     return Progress(view.done, view.total, elapsed, rate, eta)
 
 
+def resends(view: BatchView) -> str:
+    """The calls beyond one per line, in words ("2 resends"): lines sent to the fleet again
+    (a 5xx retried, an answer lost with its runner or gateway)."""
+    return f"{view.resends} resend" + ("" if view.resends == 1 else "s")
+
+
 def describe(view: BatchView) -> str:
     """One line for the CLI: status, counts, throughput, ETA."""
     p = progress(view)
@@ -44,6 +50,7 @@ def describe(view: BatchView) -> str:
         f"{view.id} {view.status}",
         f"{p.done}/{p.total} done ({view.completed} completed, {view.failed} failed"
         + (f", {view.cancelled} not sent" if view.cancelled else "")
+        + (f", {resends(view)}" if view.resends else "")
         + ")",
     ]
     if p.lines_per_s:

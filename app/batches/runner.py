@@ -11,6 +11,13 @@ counting against the line; a 5xx (a worker died mid-answer) is retried up to
 HERD_BATCH_MAX_ATTEMPTS; PostgreSQL away: the runner holds the answers it has and retries
 the commit until the database is back. A line's answer committed is never asked again.
 
+A line reaches the fleet once: each call carries the line's number, and the line is marked
+sent just before it. A line still marked when a runner picks it up (its runner died, or the
+connection broke, before the answer came) is sent again with its number: the gateway that
+has the earlier call in flight or answered gives that answer (app/gateway/batch_lines.py),
+and one that has not sends it to the fleet again, which is counted in `attempts` when the
+request log holds the earlier call (it reached the fleet).
+
 A runner does not outlive its parts: after HERD_BATCH_GIVE_UP_S without a database (calls
 failing or hanging), or without a gateway that accepts a connection, it ends, and the
 batch stays resumable: a gateway's watch starts a new runner once both are back.
@@ -32,9 +39,10 @@ import httpx
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.batches.files import FileStore
-from app.batches.store import BatchStore, PendingLine, RunnerInfo
+from app.batches.store import BatchStore, LineAnswer, PendingLine, RunnerInfo, line_answer
 from app.config import Settings
 from app.jobs.runner import JobContext, JobFailed
+from app.openai_api.headers import BATCH_LINE_HEADER, BATCH_REPLAYED_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +223,10 @@ class BatchRunner:
         lines = await self.db(
             self.store.pending, self.batch_id, set(self.in_flight) | not_yet, room
         )
+        if lines:
+            # Marked before they go: a runner that dies with them in flight leaves them
+            # marked, and the next one asks for their answers before sending them again.
+            await self.db(self.store.mark_sent, self.batch_id, [line.line for line in lines])
         for line in lines:
             retry = self.waiting.pop(line.line, None)
             attempts = max(line.attempts, retry.attempts if retry else 0)
@@ -242,54 +254,67 @@ class BatchRunner:
     ) -> None:
         backoff = min(BACKOFF_MAX_S, 0.5 * 2 ** min(attempts, 5))
         try:
-            answer = await client.post(line.url, json=line.body)
+            answer = await client.post(
+                line.url, json=line.body, headers={BATCH_LINE_HEADER: str(line.line)}
+            )
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             # Nobody listens at the gateway's address: the give-up clock runs.
             self.gateway_refused = True
             self.note(f"line {line.line}: gateway unreachable ({type(exc).__name__}); retrying")
+            await self._not_sent(line)
             self._later(line, attempts, min(5.0, 0.5 * 2 ** min(waits, 4)), waits + 1)
             return
         except httpx.TransportError as exc:
-            # The gateway is restarting or unreachable: not the line's fault, not counted.
+            # The gateway is restarting or unreachable: not the line's fault, not counted
+            # now. The call may have reached the fleet: the line stays marked sent, and its
+            # next call asks for this one's answer.
             self.note(f"line {line.line}: gateway unreachable ({type(exc).__name__}); retrying")
             self._later(line, attempts, min(5.0, 0.5 * 2 ** min(waits, 4)), waits + 1)
             return
         self.gateway_ok_at, self.gateway_refused = time.monotonic(), False
         status = answer.status_code
         if status in (429, 503):
+            await self._not_sent(line)
             retry_after = _retry_after(answer.headers.get("retry-after"))
             self._later(line, attempts, min(BACKOFF_MAX_S, retry_after or backoff))
             return
         attempts += 1
-        body = _json(answer)
-        request_id = answer.headers.get("x-request-id") or (
-            body.get("id") if isinstance(body, dict) and isinstance(body.get("id"), str) else None
-        )
+        result = line_answer(status, answer.content, answer.headers.get("x-request-id"))
+        if line.sent and BATCH_REPLAYED_HEADER.lower() not in answer.headers:
+            attempts = await self._count_lost(line, attempts, result)
         if status >= 500 and attempts < self.settings.batch_max_attempts:
             self.note(f"line {line.line}: HTTP {status} (attempt {attempts}); retrying")
             await self.db(self.store.count_attempt, self.batch_id, line.line, attempts)
             self._later(line, attempts, backoff)
             return
-        await self.db(
-            _record, self.store, self.batch_id, line.line, status, attempts, request_id, body
+        await self.db(_record, self.store, self.batch_id, line.line, attempts, result)
+
+    async def _not_sent(self, line: PendingLine) -> None:
+        """This call of the line reached no worker: unmark the line, unless an earlier
+        call's outcome is still unknown."""
+        if not line.sent:
+            await self.db(self.store.clear_sent, self.batch_id, line.line)
+
+    async def _count_lost(self, line: PendingLine, attempts: int, result: LineAnswer) -> int:
+        """A line sent before, whose answer came back to no runner, went to the fleet again
+        (the gateway had no answer to give): attempts, with the earlier calls the request
+        log holds counted."""
+        earlier = await self.db(
+            self.store.earlier_calls, self.batch_id, line.line, result.request_id
         )
+        if earlier + 1 > attempts:
+            self.note(f"line {line.line}: sent again, its earlier call's answer lost "
+                      f"({earlier} earlier calls logged)")  # fmt: skip
+        return max(attempts, earlier + 1)
 
 
 def _record(
-    store: BatchStore, batch_id: str, line: int, status: int, attempts: int,
-    request_id: str | None, body: Any,
-) -> bool:  # fmt: skip
+    store: BatchStore, batch_id: str, line: int, attempts: int, result: LineAnswer
+) -> bool:
     return store.record(
-        batch_id, line, state="succeeded" if status == 200 else "failed", attempts=attempts,
-        status_code=status, request_id=request_id, response=body,
+        batch_id, line, state=result.state, attempts=attempts, status_code=result.status_code,
+        request_id=result.request_id, response=result.body,
     )  # fmt: skip
-
-
-def _json(answer: httpx.Response) -> Any:
-    try:
-        return answer.json()
-    except ValueError:
-        return {"error": {"message": answer.text[:2000], "type": "upstream_error"}}
 
 
 def _retry_after(value: str | None) -> float | None:

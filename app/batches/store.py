@@ -6,18 +6,39 @@ state in one statement that only applies to a line still pending (so a line is a
 once, whatever runs twice), and finalizes it: `finalizing`, then `completed`, `cancelled`
 (after a cancel: `cancelling`) or `expired`, with the output and error files recorded.
 Request counts are counted from the lines, never kept twice.
+
+A line reaches the fleet once: the runner marks it sent just before each call and clears the
+mark once it knows the call's outcome, and the gateway that answers a line commits the
+answer too (commit_answers), so a line answered while its runner died is done. A runner
+that finds a line still marked sends it again with its number; the gateway answers with the
+answer it has, if any, and otherwise the earlier call, if the request log holds it, is
+counted in `attempts` (earlier_calls).
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, RowMapping, func, insert, select, tuple_, update
+import orjson
+from sqlalchemy import (
+    Connection,
+    Engine,
+    RowMapping,
+    bindparam,
+    func,
+    insert,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 
 from app.batches.files import FileStore
 from app.batches.jsonl import BatchLine
@@ -25,7 +46,7 @@ from app.batches.output import file_lines, rendered_size
 from app.batches.owner import Owner
 from app.control import audit
 from app.control.audit import Actor
-from app.db.tables import Batch, BatchRequest
+from app.db.tables import Batch, BatchRequest, Request
 
 COMPLETION_WINDOWS = {"24h": timedelta(hours=24)}
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
@@ -75,6 +96,9 @@ class BatchView:
     completed: int
     failed: int
     cancelled: int
+    # Calls beyond one per line: lines sent again (a 5xx retried, an answer lost with its
+    # runner or its gateway).
+    resends: int = 0
 
     @property
     def finished(self) -> bool:
@@ -122,6 +146,40 @@ class PendingLine:
     url: str
     body: dict[str, Any]
     attempts: int
+    # Marked sent: a call of it went out and its outcome never came back to a runner.
+    sent: bool = False
+
+
+# Answers that end a line whatever its attempts: 200, or a 4xx other than 429 (the client's
+# own error, which a retry would only repeat). 429 and 5xx are for the runner to retry.
+def settles(status_code: int) -> bool:
+    return status_code < 500 and status_code != 429
+
+
+@dataclass(frozen=True)
+class LineAnswer:
+    """The gateway's answer to one call of a line, as the line keeps it."""
+
+    status_code: int
+    request_id: str | None
+    body: Any
+
+    @property
+    def state(self) -> str:
+        return "succeeded" if self.status_code == 200 else "failed"
+
+
+def line_answer(status_code: int, content: bytes, request_id: str | None = None) -> LineAnswer:
+    """An answer from its status and bytes: the body as JSON (an error body holding the text
+    when it is none); the request id given, or the body's `id`."""
+    try:
+        body = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        text = content.decode(errors="replace")[:2000]
+        body = {"error": {"message": text, "type": "upstream_error"}}
+    if request_id is None and isinstance(body, dict) and isinstance(body.get("id"), str):
+        request_id = body["id"]
+    return LineAnswer(status_code, request_id, body)
 
 
 @dataclass(frozen=True)
@@ -141,6 +199,7 @@ _COUNTS = (
         func.count().filter(BatchRequest.state == "succeeded").label("completed"),
         func.count().filter(BatchRequest.state == "failed").label("failed"),
         func.count().filter(BatchRequest.state.in_(("cancelled", "expired"))).label("cancelled"),
+        func.sum(func.greatest(BatchRequest.attempts - 1, 0)).label("resends"),
     )
     .group_by(BatchRequest.batch_id)
     .subquery()
@@ -159,6 +218,7 @@ def _view(row: RowMapping) -> BatchView:
         completed=row["completed"] or 0,
         failed=row["failed"] or 0,
         cancelled=row["cancelled"] or 0,
+        resends=row["resends"] or 0,
     )
 
 
@@ -169,6 +229,7 @@ def _select() -> Any:
         _COUNTS.c.completed,
         _COUNTS.c.failed,
         _COUNTS.c.cancelled,
+        _COUNTS.c.resends,
     ).outerjoin(_COUNTS, _COUNTS.c.batch_id == Batch.id)
 
 
@@ -362,6 +423,7 @@ class BatchStore:
                 BatchRequest.url,
                 BatchRequest.body,
                 BatchRequest.attempts,
+                BatchRequest.sent_at.is_not(None).label("sent"),
             )
             .where(BatchRequest.batch_id == batch_id, BatchRequest.state == "pending")
             .order_by(BatchRequest.line)
@@ -385,15 +447,13 @@ class BatchStore:
         error: Any = None,
     ) -> bool:
         """Commit a line's answer or error with its new state, if it is still pending;
-        False when it was not (answered already by another runner)."""
+        False when it was not (the gateway that answered it committed it first: then only
+        the attempts are raised to these, which may count a call the gateway did not see)."""
+        this_line = (BatchRequest.batch_id == batch_id, BatchRequest.line == line)
         with self.engine.begin() as conn:
             row = conn.execute(
                 update(BatchRequest)
-                .where(
-                    BatchRequest.batch_id == batch_id,
-                    BatchRequest.line == line,
-                    BatchRequest.state == "pending",
-                )
+                .where(*this_line, BatchRequest.state == "pending")
                 .values(
                     state=state,
                     attempts=attempts,
@@ -401,14 +461,69 @@ class BatchStore:
                     request_id=request_id,
                     response=response,
                     error=error,
+                    sent_at=None,
                     updated_at=func.now(),
                 )
                 .returning(BatchRequest.line)
             ).first()
+            if row is None:
+                conn.execute(
+                    update(BatchRequest)
+                    .where(*this_line, BatchRequest.attempts < attempts)
+                    .values(attempts=attempts)
+                )
         return row is not None
 
-    def count_attempt(self, batch_id: str, line: int, attempts: int) -> None:
-        """Remember a failed attempt of a pending line, so a resumed runner counts on."""
+    def commit_answers(self, answers: list[tuple[str, int, LineAnswer]]) -> None:
+        """The gateway's side: commit (batch id, line, answer) for lines still pending, the
+        call counted as one more attempt. Whichever of gateway and runner commits first
+        wins; a line answered while its runner died is done without it."""
+        if not answers:
+            return
+        statement = (
+            update(BatchRequest)
+            .where(
+                BatchRequest.batch_id == bindparam("b_batch_id"),
+                BatchRequest.line == bindparam("b_line"),
+                BatchRequest.state == "pending",
+            )
+            .values(
+                state=bindparam("b_state"),
+                attempts=BatchRequest.attempts + 1,
+                status_code=bindparam("b_status_code"),
+                request_id=bindparam("b_request_id"),
+                response=bindparam("b_response", type_=JSONB),
+                sent_at=None,
+                updated_at=func.now(),
+            )
+        )
+        rows = [
+            {"b_batch_id": batch_id, "b_line": line, "b_state": answer.state,
+             "b_status_code": answer.status_code, "b_request_id": answer.request_id,
+             "b_response": answer.body}
+            for batch_id, line, answer in answers
+        ]  # fmt: skip
+        with self.engine.begin() as conn:
+            conn.execute(statement, rows)
+
+    def mark_sent(self, batch_id: str, lines: list[int]) -> None:
+        """Mark pending lines as sent, just before their calls go out."""
+        if not lines:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(BatchRequest)
+                .where(
+                    BatchRequest.batch_id == batch_id,
+                    BatchRequest.line.in_(lines),
+                    BatchRequest.state == "pending",
+                )
+                .values(sent_at=func.now())
+            )
+
+    def clear_sent(self, batch_id: str, line: int) -> None:
+        """The call of a pending line did not reach the fleet (the gateway refused it, or no
+        connection was made): the line is not marked sent any more."""
         with self.engine.begin() as conn:
             conn.execute(
                 update(BatchRequest)
@@ -417,7 +532,34 @@ class BatchStore:
                     BatchRequest.line == line,
                     BatchRequest.state == "pending",
                 )
-                .values(attempts=attempts, updated_at=func.now())
+                .values(sent_at=None)
+            )
+
+    def earlier_calls(self, batch_id: str, line: int, request_id: str | None) -> int:
+        """Calls of the line the request log holds, other than request_id, that the gateway
+        answered (not refused with 429/503): the calls of it made so far."""
+        query = select(func.count()).where(
+            Request.batch_id == batch_id,
+            Request.batch_line == line,
+            func.coalesce(Request.http_status, 0).not_in((429, 503)),
+        )
+        with contextlib.suppress(ValueError):  # an id not the gateway's: nothing to leave out
+            query = query.where(Request.id != uuid.UUID(str(request_id)))
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def count_attempt(self, batch_id: str, line: int, attempts: int) -> None:
+        """Remember a failed attempt of a pending line, so a resumed runner counts on (its
+        outcome known, the line is not marked sent any more)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(BatchRequest)
+                .where(
+                    BatchRequest.batch_id == batch_id,
+                    BatchRequest.line == line,
+                    BatchRequest.state == "pending",
+                )
+                .values(attempts=attempts, sent_at=None, updated_at=func.now())
             )
 
     def counts(self, batch_id: str) -> tuple[int, int]:

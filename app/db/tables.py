@@ -268,6 +268,9 @@ class Request(Base):
     # A line of a batch (revision 0016): set only for calls the batch runner sent with its
     # own credential; engagement metrics leave these rows out.
     batch_id: Mapped[str | None] = mapped_column(Text)
+    # The batch line's number (revision 0022): with batch_id, the key a runner that resumes
+    # the batch finds the line's earlier calls by.
+    batch_line: Mapped[int | None] = mapped_column(Integer)
     # live | batch | synthetic (revision 0019), derived from the two columns above so that
     # no writer can set it apart from them; app/analytics/traffic.py names the values.
     traffic_class: Mapped[str] = mapped_column(
@@ -955,7 +958,13 @@ class BatchRequest(Base):
     request_id: Mapped[str | None] = mapped_column(Text)
     response: Mapped[Any] = mapped_column(JSONB, nullable=True)
     error: Mapped[Any] = mapped_column(JSONB, nullable=True)
+    # Calls of the line that reached the fleet, a call whose answer was lost with its runner
+    # included (revision 0022): above 1 when the line was sent again.
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    # Set by the runner just before it sends the line, cleared once that call's outcome is
+    # known (revision 0022): a pending line with it set was sent by a runner that died, or
+    # lost its connection, before the answer came.
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = _now()
 
     __table_args__ = (

@@ -1,7 +1,8 @@
 """Which calls are batch lines: those carrying a batch's id and its runner token, which only
 the batch runner holds. A client that sends the batch header without the token is refused,
 so nobody can mark calls as batch traffic to leave engagement metrics or borrow another
-key's budget. A batch line counts against the key that created the batch."""
+key's budget. A batch line counts against the key that created the batch, and carries its
+line number (X-Herd-Batch-Line), the key app/gateway/batch_lines.py answers it once by."""
 
 from __future__ import annotations
 
@@ -16,9 +17,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.batches.store import BatchStore
 from app.openai_api.errors import ApiError
+from app.openai_api.headers import BATCH_LINE_HEADER
 
 BATCH_HEADER = "x-herd-batch"
 TOKEN_HEADER = "x-herd-batch-token"
+LINE_HEADER = BATCH_LINE_HEADER.lower()
+# A batch holds at most this many lines (an int column; a file has far fewer).
+MAX_LINE = 2**31 - 1
 # How long a checked credential is trusted before it is read again (a finished batch's
 # token stops working within this time).
 FRESH_S = 5.0
@@ -30,6 +35,8 @@ class Caller:
 
     api_key_id: int | None
     batch_id: str | None = None
+    # The batch line's number, when the runner sent it (runners before 0022 did not).
+    batch_line: int | None = None
 
 
 class BatchCredentials:
@@ -57,7 +64,7 @@ class BatchCredentials:
                 type="permission_error",
                 code="batch_marking_refused",
             )
-        return Caller(api_key_id=known[1], batch_id=batch_id)
+        return Caller(api_key_id=known[1], batch_id=batch_id, batch_line=_line(request))
 
     async def _credential(self, batch_id: str) -> tuple[str, int | None] | None:
         now = time.monotonic()
@@ -77,3 +84,15 @@ class BatchCredentials:
             self._known.clear()
         self._known[batch_id] = (now, value)
         return value
+
+
+def _line(request: Request) -> int | None:
+    value = request.headers.get(LINE_HEADER)
+    if value is None:
+        return None
+    if not (value.isascii() and value.isdigit() and 1 <= int(value) <= MAX_LINE):
+        raise ApiError(
+            400, f"the {BATCH_LINE_HEADER} header must be a line number from 1 to {MAX_LINE}",
+            code="invalid_value", param=BATCH_LINE_HEADER,
+        )  # fmt: skip
+    return int(value)

@@ -39,7 +39,12 @@ class EmbeddingCalls:
         self.proxy = proxy
 
     async def handle(
-        self, raw: bytes, *, api_key_id: int | None, batch_id: str | None = None
+        self,
+        raw: bytes,
+        *,
+        api_key_id: int | None,
+        batch_id: str | None = None,
+        batch_line: int | None = None,
     ) -> Response:
         """The public endpoint: validate, route, forward, record."""
         started = time.perf_counter()
@@ -60,6 +65,7 @@ class EmbeddingCalls:
             user_id=body.user,
             log_text=False,
             batch_id=batch_id,
+            batch_line=batch_line,
         )
         model_name = ""
         try:

@@ -218,13 +218,14 @@ class Proxy:
         api_key_id: int | None,
         session_header: str | None,
         batch_id: str | None = None,
+        batch_line: int | None = None,
     ) -> Response:
         """Answer one completion call: admit it, try the caches, place it on a worker.
-        A batch line (batch_id) has no session: it is no conversation."""
+        A batch line (batch_id, and its number) has no session: it is no conversation."""
         started = time.perf_counter()
         session = _session(body, session_header) if batch_id is None else None
         record = self._new_record(endpoint, body, api_key_id, session)
-        record.batch_id = batch_id
+        record.batch_id, record.batch_line = batch_id, batch_line
         try:
             route = self.admit(record.alias or "", api_key_id)
             record.log_text = route.settings.log_text

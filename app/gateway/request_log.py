@@ -75,6 +75,8 @@ class RequestRecord:
     cache_similarity: float | None = None
     # The batch this call is a line of (sent by the batch runner with its credential).
     batch_id: str | None = None
+    # Its line's number in the batch (the runner sends it; app/gateway/batch_lines.py).
+    batch_line: int | None = None
     # Why the answer stopped (stop, length, tool_calls ...), as the worker said.
     finish_reason: str | None = None
     # The prompt as sent (messages or prompt) and the answer text; None when not logged.

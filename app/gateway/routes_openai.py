@@ -10,6 +10,7 @@ from fastapi.responses import Response
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.embeddings_api import EmbeddingRequest
+from app.gateway.batch_marking import Caller
 from app.gateway.errors import database_unavailable, unknown_model
 from app.gateway.model_info import describe_alias
 from app.gateway.replies import CHAT
@@ -44,6 +45,12 @@ def _session_header(request: Request) -> str | None:
     return value
 
 
+def _once_by(caller: Caller, body: dict[str, Any]) -> int | None:
+    """The batch line number a call is answered once by (app/gateway/batch_lines.py); None
+    for a stream, which no batch line is (the batch file refuses it) and none replays."""
+    return None if body.get("stream") else caller.batch_line
+
+
 def openai_router() -> APIRouter:
     """/v1/chat/completions, /v1/completions, /v1/models[/{id}] and /v1/embeddings."""
     router = APIRouter()
@@ -62,12 +69,18 @@ def openai_router() -> APIRouter:
     async def chat_completions(request: Request) -> Response:
         body = await read_body(request, ChatCompletionRequest)
         caller = await authenticate_call(request)
-        return await runtime_of(request).proxy.complete(
-            CHAT,
-            body,
-            api_key_id=caller.api_key_id,
-            session_header=_session_header(request),
-            batch_id=caller.batch_id,
+        runtime, session = runtime_of(request), _session_header(request)
+        return await runtime.batch_lines.once(
+            caller.batch_id,
+            _once_by(caller, body),
+            lambda: runtime.proxy.complete(
+                CHAT,
+                body,
+                api_key_id=caller.api_key_id,
+                session_header=session,
+                batch_id=caller.batch_id,
+                batch_line=caller.batch_line,
+            ),
         )
 
     @router.post(
@@ -80,12 +93,18 @@ def openai_router() -> APIRouter:
     async def completions(request: Request) -> Response:
         body = await read_body(request, CompletionRequest)
         caller = await authenticate_call(request)
-        return await runtime_of(request).proxy.complete(
-            "completions",
-            body,
-            api_key_id=caller.api_key_id,
-            session_header=_session_header(request),
-            batch_id=caller.batch_id,
+        runtime, session = runtime_of(request), _session_header(request)
+        return await runtime.batch_lines.once(
+            caller.batch_id,
+            _once_by(caller, body),
+            lambda: runtime.proxy.complete(
+                "completions",
+                body,
+                api_key_id=caller.api_key_id,
+                session_header=session,
+                batch_id=caller.batch_id,
+                batch_line=caller.batch_line,
+            ),
         )
 
     @router.get("/v1/models", tags=["openai"], summary="The aliases served here")
@@ -128,8 +147,16 @@ def openai_router() -> APIRouter:
     )
     async def embeddings(request: Request) -> Response:
         caller = await authenticate_call(request)
-        return await runtime_of(request).embeddings.handle(
-            await request.body(), api_key_id=caller.api_key_id, batch_id=caller.batch_id
+        runtime, raw = runtime_of(request), await request.body()
+        return await runtime.batch_lines.once(
+            caller.batch_id,
+            caller.batch_line,
+            lambda: runtime.embeddings.handle(
+                raw,
+                api_key_id=caller.api_key_id,
+                batch_id=caller.batch_id,
+                batch_line=caller.batch_line,
+            ),
         )
 
     return router

@@ -12,10 +12,12 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.batches.launch import watch_batches
+from app.batches.store import BatchStore
 from app.config import Settings
 from app.db.database import Database
 from app.db.engine import sqlalchemy_url
 from app.gateway.balancer import Balancer
+from app.gateway.batch_lines import BatchLines
 from app.gateway.batch_marking import BatchCredentials
 from app.gateway.cache import ResponseCache
 from app.gateway.cold_start import ColdStart
@@ -89,6 +91,10 @@ class GatewayRuntime:
         self.semantic = SemanticCache(VectorStore(self.engine), self.embeddings)
         self.proxy.semantic = self.semantic
         self.batch_credentials = BatchCredentials(self.engine)
+        # Each batch line to the fleet once: joined in flight, answered again, committed.
+        self.batch_lines = BatchLines(
+            BatchStore(self.engine), commit_s=settings.log_flush_ms / 1000
+        )
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -97,6 +103,7 @@ class GatewayRuntime:
         self._tasks = [
             asyncio.create_task(self.routing.run(), name="herd-routing-refresh"),
             asyncio.create_task(self.log.run(), name="herd-request-log"),
+            asyncio.create_task(self.batch_lines.run(), name="herd-batch-lines"),
             asyncio.create_task(self.demand.run(), name="herd-demand"),
             asyncio.create_task(
                 self.proxy.key_limits.run(
@@ -126,6 +133,7 @@ class GatewayRuntime:
         # Hand this replica's last key usage counts to the others.
         await asyncio.to_thread(self.proxy.key_limits.sync, self.engine, set())
         await self.log.close()
+        await self.batch_lines.commit()
         await self.client.close()
         self.engine.dispose()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app.batches.owner import OPERATOR
-from app.batches.progress import progress
+from app.batches.progress import progress, resends
 from app.batches.store import BatchError, BatchStore, BatchView
 from app.control.audit import Actor
 from app.jobs.kinds import JobKind
@@ -31,6 +31,8 @@ def _progress_text(view: BatchView) -> str:
     parts = [f"{p.done}/{p.total} lines", f"{view.completed} completed", f"{view.failed} failed"]
     if view.cancelled:
         parts.append(f"{view.cancelled} not sent")
+    if view.resends:
+        parts.append(resends(view))
     if p.lines_per_s:
         parts.append(f"{p.lines_per_s:.2f} lines/s")
     if p.eta_s is not None and not view.finished:
