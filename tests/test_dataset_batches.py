@@ -78,7 +78,8 @@ def test_distill_and_augment_through_batches(
             home=tmp_path / "herd-home", database_url=db_url, gateway_url=gateway.url
         )
         root = datasets_root(settings.home_dir)
-        teacher = GenerationSettings(ALIAS, max_tokens=8, temperature=0.0)
+        # 8 tokens cut most answers: kept here (a cut answer is dropped by default, below).
+        teacher = GenerationSettings(ALIAS, max_tokens=8, temperature=0.0, keep_cut=True)
         seen: list[tuple[str, int, int]] = []
         spec = BuildSpec("distilled", "olivia", cleaning=CleaningOptions(near_dedup=False))
         selected = select_from_log(database.engine, LogSelection(rating="down"))
@@ -117,11 +118,13 @@ def test_distill_and_augment_through_batches(
         assert steps["exact_duplicate"] == (5, 1, 0)
         assert steps["pii_redaction"] == (5, 0, 1)
         assert steps["pii_redaction_answers"][:2] == (4, 0)
-        assert steps["teacher_failed"] == (4, 0, 0)
+        assert steps["teacher_failed"] == (4, 0, 0) and "teacher_cut" not in steps
         card = info.card["teacher"]
         assert (card["alias"], card["max_tokens"], card["temperature"]) == (ALIAS, 8, 0.0)
+        assert card["keep_cut"] is True
         results = batch_results(database.engine, card["batch_id"])
         assert len(results) == 4 and all(r.ok for r in results.values())
+        assert {r.finish_reason for r in results.values()} <= {"stop", "length"}
         rows = _lines(info.path)
         assert all(r["source"] == "distill" for r in rows)
         # Each answer is the teacher's line for that prompt, never the logged answer.
@@ -166,12 +169,20 @@ def test_distill_and_augment_through_batches(
         assert run.returncode == 0, run.stderr
         shown = json.loads(run_herd("dataset", "show", "augmented", "--json", env=env).stdout)
 
+        # `herd dataset distill --max-tokens 1`: every answer stops at max_tokens and ends
+        # mid-sentence; none is kept, and the job says why.
+        argv = ["dataset", "distill", "all-cut", "--teacher", ALIAS, "--rating", "down"]
+        run = run_herd(*argv, "--max-tokens", "1", "--timeout", "240", env=env, timeout_s=300)
+        assert run.returncode == 1, (run.stdout, run.stderr)
+        assert "stopped at max_tokens 1" in run.stdout and "--include-cut" in run.stdout
+
         # Distillation from the Retraining page (operator), through the same gateway.
         app = run_page("retraining.py", Role.OPERATOR)
         app.text_input(key="ds_name").input("from-page")
         app.selectbox(key="ds_kind").select("distill")
         app.selectbox(key="ds_alias").select(ALIAS)
         app.number_input(key="ds_tokens").set_value(4)
+        app.checkbox(key="ds_cut").check()  # 4 tokens cut most answers: keep them
         app.button(key="FormSubmitter:dataset_build-Build dataset").click().run(timeout=60)
         assert not app.exception, app.exception
         assert not app.error, [e.value for e in app.error]
@@ -188,6 +199,7 @@ def test_distill_and_augment_through_batches(
         assert any(label in m.value for m in again.markdown)
         page_card = json.loads(run_herd("dataset", "show", "from-page", "--json", env=env).stdout)
         assert page_card["kind"] == "distill" and page_card["teacher"]["max_tokens"] == 4
+        assert page_card["teacher"]["keep_cut"] is True
     aug = shown["augmentation"]
     assert (aug["alias"], aug["n"], aug["temperature"]) == (ALIAS, 2, 0.9)
     steps = {s["step"]: s for s in shown["steps"]}

@@ -8,12 +8,14 @@ from __future__ import annotations
 import itertools
 import json
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
 
+from app.accounts import Role
 from app.analytics.eligible import ELIGIBLE, EXCLUDED_BY, REASONS, Eligibility, breakdown
 from app.analytics.export import DatasetKind, ExportFilter, export_dataset, read_card
 from app.analytics.review import save_correction
@@ -22,10 +24,11 @@ from app.datasets.build import BuildSpec, build_dataset
 from app.datasets.cleaning import CleaningOptions
 from app.datasets.selection import LogSelection, select_from_log
 from app.datasets.splits import SplitRatios
+from app.datasets.store import DatasetStore
 from app.db.database import Database
 from app.evaluation.references import reference_set
-from tests.conftest import run_herd
-from tests.test_datasets import Log
+from tests.conftest import run_herd, run_page
+from tests.test_datasets import T0, Log
 
 # Each kind of logged row, with the reason it is left out (None: a real user turn).
 KINDS: dict[str, tuple[dict[str, Any], str | None]] = {
@@ -170,6 +173,38 @@ def test_export_and_references_use_the_same_predicate(database: Database, tmp_pa
 
     references = reference_set(database.engine)
     assert {r.answer for r in references} == {f"answer of {k}." for k in real} | {"Paris."}
+
+
+def test_the_page_form_takes_include_cut(dashboard_env: None, database: Database) -> None:
+    now = datetime.now(UTC)
+    log = Log(database.engine)
+    log.minute = -30  # within the page's default period
+    ids = _log_kinds(log)
+    with database.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE requests SET created_at = :now + (created_at - :t0)"),
+            {"now": now, "t0": T0},
+        )
+    app = run_page("retraining.py", Role.OPERATOR)
+    app.text_input(key="ds_name").input("page-cut")
+    app.text_input(key="ds_split").input("1,0,0")
+    app.checkbox(key="ds_near").uncheck()
+    app.checkbox(key="ds_cut").check()
+    app.button(key="FormSubmitter:dataset_build-Build dataset").click().run()
+    assert not app.exception, app.exception
+    assert not app.error, [e.value for e in app.error]
+    assert any("Built dataset 'page-cut': 4 rows." in s.value for s in app.success)
+    [report] = [d.value for d in app.dataframe if "step" in d.value.columns]
+    removed = dict(zip(report["step"], report["removed"], strict=True))
+    assert removed["excluded_batch"] == 2 and removed["excluded_cancelled"] == 1
+    assert "excluded_cut" not in removed
+    info = DatasetStore(database.engine).get("page-cut")
+    assert info is not None and info.source["include_cut"] is True
+    assert str(ids["cut"]) in {json.loads(x)["id"] for x in _train_lines(info.path)}
+
+
+def _train_lines(path: Path) -> list[str]:
+    return (path / "train.jsonl").read_text().splitlines()
 
 
 @pytest.mark.parametrize("include_cut", [False, True])
