@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import socket
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -57,6 +58,14 @@ class Settings(BaseSettings):
     )
     dashboard_port: int = Field(default=8501, ge=1, le=65535, description="Dashboard port.")
     log_level: str = Field(default="INFO", description="Python logging level for herd processes.")
+    cpu_extra_buffers: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description=(
+            "llama.cpp's extra CPU buffer types (repacked weights, AMX): auto leaves them off "
+            "on a CPU that reports AMX under a hypervisor, where llama.cpp's AMX matmul has "
+            "crashed workers (app/engine/cpu_buffers.py); on or off decide it outright."
+        ),
+    )
     worker_heartbeat_s: float = Field(
         default=1.0,
         gt=0,

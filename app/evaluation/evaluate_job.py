@@ -17,6 +17,7 @@ from typing import Any
 
 import psutil
 
+from app.engine.cpu_buffers import ExtraBuffers
 from app.engine.errors import ModelLoadError
 from app.engine.measure import Measured, MeasureError
 from app.evaluation.answers import AnswerStore, GeneratedAnswer
@@ -137,7 +138,11 @@ def run(ctx: JobContext) -> dict[str, Any]:
         vram_baseline = (gpu_bytes_of(os.getpid()) or 0) if gpu else 0
         try:
             with PeakMemory(gpu) as memory, Measured(
-                Path(model.path), request.n_ctx, request.thread_count, request.n_gpu_layers
+                Path(model.path),
+                request.n_ctx,
+                request.thread_count,
+                request.n_gpu_layers,
+                ExtraBuffers(ctx.settings.cpu_extra_buffers),
             ) as measured:
                 if gpu:
                     memory.sample_vram()  # loaded: the weights are on the GPU now

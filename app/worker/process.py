@@ -25,6 +25,7 @@ from app.config import Settings
 from app.db import migrate
 from app.db.database import Database
 from app.deployments import Deployments
+from app.engine.cpu_buffers import ExtraBuffers
 from app.engine.embedder import load_embedding_engine
 from app.engine.errors import ModelLoadError
 from app.engine.factory import make_engine
@@ -108,8 +109,10 @@ class ModelLoader:
         state: WorkerState,
         reporter: Reporter,
         server: uvicorn.Server,
+        extra_buffers: ExtraBuffers = ExtraBuffers.AUTO,
     ) -> None:
         self.source = source
+        self.extra_buffers = extra_buffers
         self.options = options
         self.state = state
         self.reporter = reporter
@@ -138,7 +141,9 @@ class ModelLoader:
             free_bytes_for(options.n_gpu_layers, options.main_gpu),
         )
         load = LoadOptions(
-            self.source.path, **(options.serving_values() | {"n_ctx": n_ctx, "parallel": slots})
+            self.source.path,
+            **(options.serving_values() | {"n_ctx": n_ctx, "parallel": slots}),
+            extra_buffers=self.extra_buffers,
         )
         try:
             engine: Engine
@@ -239,7 +244,9 @@ def _run(settings: Settings, options: WorkerOptions, database: Database) -> int:
     )
     server = WorkerServer(config, state)
     heartbeat = Heartbeat(reporter, settings.worker_heartbeat_s)
-    loader = ModelLoader(source, options, state, reporter, server)
+    loader = ModelLoader(
+        source, options, state, reporter, server, ExtraBuffers(settings.cpu_extra_buffers)
+    )
     heartbeat.start()
     loader.thread.start()
     try:
