@@ -113,7 +113,9 @@ def test_openai_client_runs_a_batch_with_per_line_errors(
         rows = conn.execute(
             text("SELECT status, session_id FROM requests WHERE batch_id = :b"), {"b": batch.id}
         ).all()
-        hourly = conn.execute(text("SELECT sum(batch_requests) FROM requests_hourly")).scalar()
+        hourly = conn.execute(
+            text("SELECT sum(requests) FROM requests_hourly WHERE traffic_class = 'batch'")
+        ).scalar()
     assert Counter(r.status for r in rows) == Counter({"ok": 4, "rejected": 1})
     assert all(r.session_id is None for r in rows)
     assert hourly == 5
