@@ -253,6 +253,11 @@ class BatchRunner:
         self, client: httpx.AsyncClient, line: PendingLine, attempts: int, waits: int
     ) -> None:
         backoff = min(BACKOFF_MAX_S, 0.5 * 2 ** min(attempts, 5))
+        # A line marked sent: an earlier call's answer never came back. Its calls so far are
+        # counted before this one goes out (it may reach the log at any time after).
+        logged = 0
+        if line.sent:
+            logged = await self.db(self.store.logged_calls, self.batch_id, line.line)
         try:
             answer = await client.post(
                 line.url, json=line.body, headers={BATCH_LINE_HEADER: str(line.line)}
@@ -281,7 +286,12 @@ class BatchRunner:
         attempts += 1
         result = line_answer(status, answer.content, answer.headers.get("x-request-id"))
         if line.sent and BATCH_REPLAYED_HEADER.lower() not in answer.headers:
-            attempts = await self._count_lost(line, attempts, result)
+            # The gateway had no answer to give: the line went to the fleet again. The
+            # earlier calls the request log holds reached the fleet too.
+            if logged + 1 > attempts:
+                self.note(f"line {line.line}: sent again, the answer of its earlier call "
+                          f"lost ({logged} earlier calls logged)")  # fmt: skip
+            attempts = max(attempts, logged + 1)
         if status >= 500 and attempts < self.settings.batch_max_attempts:
             self.note(f"line {line.line}: HTTP {status} (attempt {attempts}); retrying")
             await self.db(self.store.count_attempt, self.batch_id, line.line, attempts)
@@ -294,18 +304,6 @@ class BatchRunner:
         call's outcome is still unknown."""
         if not line.sent:
             await self.db(self.store.clear_sent, self.batch_id, line.line)
-
-    async def _count_lost(self, line: PendingLine, attempts: int, result: LineAnswer) -> int:
-        """A line sent before, whose answer came back to no runner, went to the fleet again
-        (the gateway had no answer to give): attempts, with the earlier calls the request
-        log holds counted."""
-        earlier = await self.db(
-            self.store.earlier_calls, self.batch_id, line.line, result.request_id
-        )
-        if earlier + 1 > attempts:
-            self.note(f"line {line.line}: sent again, its earlier call's answer lost "
-                      f"({earlier} earlier calls logged)")  # fmt: skip
-        return max(attempts, earlier + 1)
 
 
 def _record(

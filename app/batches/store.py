@@ -11,16 +11,14 @@ A line reaches the fleet once: the runner marks it sent just before each call an
 mark once it knows the call's outcome, and the gateway that answers a line commits the
 answer too (commit_answers), so a line answered while its runner died is done. A runner
 that finds a line still marked sends it again with its number; the gateway answers with the
-answer it has, if any, and otherwise the earlier call, if the request log holds it, is
-counted in `attempts` (earlier_calls).
+answer it has, if any, and otherwise the earlier calls the request log holds are counted in
+`attempts` (logged_calls).
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
 import secrets
-import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -535,16 +533,14 @@ class BatchStore:
                 .values(sent_at=None)
             )
 
-    def earlier_calls(self, batch_id: str, line: int, request_id: str | None) -> int:
-        """Calls of the line the request log holds, other than request_id, that the gateway
-        answered (not refused with 429/503): the calls of it made so far."""
+    def logged_calls(self, batch_id: str, line: int) -> int:
+        """Calls of the line the request log holds that were answered, not refused with
+        429/503 (those reached no worker): as the runner counts attempts."""
         query = select(func.count()).where(
             Request.batch_id == batch_id,
             Request.batch_line == line,
             func.coalesce(Request.http_status, 0).not_in((429, 503)),
         )
-        with contextlib.suppress(ValueError):  # an id not the gateway's: nothing to leave out
-            query = query.where(Request.id != uuid.UUID(str(request_id)))
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
 
