@@ -233,15 +233,20 @@ class ModelStore:
         progress: ProgressCallback | None = None,
     ) -> Model:
         """Validate source and copy it into the store under name (default: its file name)."""
-        source = source.expanduser()
-        if not source.is_file():
-            raise ModelStoreError(f"no such file: {source}")
         try:
+            source = source.expanduser()
+            if not source.is_file():
+                raise ModelStoreError(f"no such file: {str(source)[:300]}")
             read_gguf(source)
+            target = self.destination(name or source.name)
+            taken = target.exists() or target.is_symlink()
         except InvalidGGUF as exc:
             raise ModelStoreError(f"{source} is not a valid GGUF: {exc}") from exc
-        target = self.destination(name or source.name)
-        if target.exists() or target.is_symlink():
+        except (OSError, RuntimeError) as exc:
+            # A name too long, a folder not readable, "~nobody": a path the caller got wrong.
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise ModelStoreError(f"cannot use {str(source)[:300]!r}: {reason}") from None
+        if taken:
             raise ModelStoreError(
                 f"{self.name_of(target)} already exists in the model store; "
                 "choose another name with --name"
