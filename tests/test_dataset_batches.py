@@ -26,7 +26,7 @@ from app.jobs.store import JobStore
 from tests.batch_harness import ALIAS, batch_gateway, start_demo_worker
 from tests.conftest import run_herd, run_page
 from tests.gateway_harness import wait_for
-from tests.test_datasets import Log
+from tests.test_datasets import T0, Log
 from tests.worker_process import WorkerLauncher
 
 PROMPTS = [
@@ -169,15 +169,11 @@ def test_distill_and_augment_through_batches(
         assert run.returncode == 0, run.stderr
         shown = json.loads(run_herd("dataset", "show", "augmented", "--json", env=env).stdout)
 
-        # `herd dataset distill --max-tokens 1`: every answer stops at max_tokens and ends
-        # mid-sentence; none is kept, and the job says why.
-        argv = ["dataset", "distill", "all-cut", "--teacher", ALIAS, "--rating", "down"]
-        run = run_herd(*argv, "--max-tokens", "1", "--timeout", "240", env=env, timeout_s=300)
-        assert run.returncode == 1, (run.stdout, run.stderr)
-        assert "stopped at max_tokens 1" in run.stdout and "--include-cut" in run.stdout
-
         # Distillation from the Retraining page (operator), through the same gateway.
         app = run_page("retraining.py", Role.OPERATOR)
+        # The page's period holds the logged traffic (dated T0).
+        app.selectbox(key="rt_range").select("Custom").run()
+        app.date_input(key="rt_dates").set_value((T0.date(), T0.date())).run()
         app.text_input(key="ds_name").input("from-page")
         app.selectbox(key="ds_kind").select("distill")
         app.selectbox(key="ds_alias").select(ALIAS)
@@ -200,6 +196,14 @@ def test_distill_and_augment_through_batches(
         page_card = json.loads(run_herd("dataset", "show", "from-page", "--json", env=env).stdout)
         assert page_card["kind"] == "distill" and page_card["teacher"]["max_tokens"] == 4
         assert page_card["teacher"]["keep_cut"] is True
+
+        # (After the page: its job list would show this failed job as an error.)
+        # `herd dataset distill --max-tokens 1`: every answer stops at max_tokens and ends
+        # mid-sentence; none is kept, and the job says why.
+        argv = ["dataset", "distill", "all-cut", "--teacher", ALIAS, "--rating", "down"]
+        run = run_herd(*argv, "--max-tokens", "1", "--timeout", "240", env=env, timeout_s=300)
+        assert run.returncode == 1, (run.stdout, run.stderr)
+        assert "stopped at max_tokens 1" in run.stdout and "--include-cut" in run.stdout
     aug = shown["augmentation"]
     assert (aug["alias"], aug["n"], aug["temperature"]) == (ALIAS, 2, 0.9)
     steps = {s["step"]: s for s in shown["steps"]}
