@@ -107,6 +107,17 @@ def test_a_batch_line_the_database_cannot_store_is_refused_at_upload_naming_it(
             error = error_of(answer, 400)
             assert error["param"] == param, (extra, error)
             assert error["type"] == "invalid_request_error"
+
+        # A file kept from before a check was added: the batch is refused naming the line,
+        # never created without it, nor a 503 "database unavailable" (as it once was).
+        stored = tmp_path / "herd-home" / "files" / f"{good.json()['id']}.jsonl"
+        kept = stored.read_bytes()
+        stored.write_bytes(kept + raw_json(chat_line("late", "x\u0000")) + b"\n")
+        answer = httpx.post(f"{gateway.v1}/batches", json=body, timeout=30)
+        error = error_of(answer, 400)
+        assert error["param"] == "input_file_id"
+        assert "line 2: body.messages.[0].content: contains a NUL" in error["message"]
+        stored.write_bytes(kept)
     with database.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM batches")).scalar_one() == 0
         assert conn.execute(text("SELECT count(*) FROM files")).scalar_one() == 1

@@ -93,15 +93,18 @@ def _check(number: int, text: str) -> tuple[BatchLine | None, str | None]:
 
 
 def read_lines(path: Path) -> Iterator[BatchLine]:
-    """The requests of a file already checked by `validate` (blank lines skipped)."""
+    """The requests of a file already checked by `validate` (blank lines skipped). A line
+    that no longer passes (a file uploaded before a check was added) raises FileInvalid
+    naming it: never a line silently left out of the batch."""
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             text = raw.decode("utf-8", errors="replace").strip()
             if not text:
                 continue
-            line, _ = _check(number, text)
-            if line is not None:
-                yield line
+            line, problem = _check(number, text)
+            if line is None:
+                raise FileInvalid([LineError(number, problem or "invalid")])
+            yield line
 
 
 def validate(path: Path) -> int:

@@ -18,7 +18,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from app.batches.files import FileError, FileStore
-from app.batches.jsonl import ENDPOINTS, read_lines
+from app.batches.jsonl import ENDPOINTS, FileInvalid, read_lines
 from app.batches.launch import ensure_runner
 from app.batches.owner import Owner
 from app.batches.runner import files_root
@@ -75,6 +75,9 @@ async def _thread(call: Any, *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(call, *args, **kwargs)
     except (FileError, BatchError) as exc:
         raise _api_error(exc) from None
+    except FileInvalid as exc:
+        # A file uploaded before a check it now fails was added: refused, line named.
+        raise bad_param("input_file_id", str(exc)) from None
     except SQLAlchemyError as exc:
         raise database_error(exc, 1) from None
 
