@@ -33,7 +33,14 @@ from app.evaluation.prompt_sets import PromptSetError, read_prompt_file
 from app.gateway.errors import database_error
 from app.gateway.keys import KeyPolicy
 from tests.batch_harness import batch_gateway, chat_line
-from tests.conftest import REPO_ROOT, free_port, run_herd
+from tests.conftest import (
+    REPO_ROOT,
+    PgServer,
+    free_port,
+    run_herd,
+    with_database,
+    write_tiny_gguf,
+)
 from tests.gateway_harness import GatewayThread, gateway_settings
 
 SETUP = Actor("setup", Via.CLI)
@@ -167,23 +174,34 @@ def test_database_errors_are_answered_by_their_real_cause(database: Database) ->
 # -- the admin API --------------------------------------------------------------------------
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def admin_api(
-    tmp_path: Path, db_url: str, database: Database, settings: Settings,
-    tiny_gguf: Callable[..., Path],
-) -> Iterator[httpx.Client]:  # fmt: skip
-    admin = Admin(database.engine, settings)
-    admin.add_model(SETUP, tiny_gguf("tiny.gguf"))
-    boss = admin.create_key(SETUP, "boss", KeyPolicy(admin=True))
-    gateway = GatewayThread(gateway_settings(tmp_path, db_url), db_url)
-    client = httpx.Client(
-        base_url=f"{gateway.url}/admin/v1",
-        headers={"Authorization": f"Bearer {boss.key}", **JSON},
-        timeout=30,
-    )
-    yield client
-    client.close()
-    gateway.stop()
+    pg_server: PgServer, migrated_template: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[httpx.Client]:
+    """The admin API of a gateway on a database of its own, with the tiny model in the
+    store, for the tests below (which leave no deployment behind)."""
+    name = pg_server.create_database(template=migrated_template)
+    home = tmp_path_factory.mktemp("admin-api")
+    url = with_database(pg_server.url, name)
+    database = Database(url)
+    gateway = None
+    try:
+        settings = Settings(home=home / "herd-home", database_url=url, models_dir=home / "models")
+        admin = Admin(database.engine, settings)
+        admin.add_model(SETUP, write_tiny_gguf(home / "tiny.gguf"))
+        boss = admin.create_key(SETUP, "boss", KeyPolicy(admin=True))
+        gateway = GatewayThread(gateway_settings(home, url), url)
+        with httpx.Client(
+            base_url=f"{gateway.url}/admin/v1",
+            headers={"Authorization": f"Bearer {boss.key}", **JSON},
+            timeout=30,
+        ) as client:
+            yield client
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        database.close()
+        pg_server.drop_database(name)
 
 
 DEPLOY = {"alias": "a", "model": "tiny.gguf", "n_ctx": 256}
@@ -244,6 +262,7 @@ def test_admin_api_bounds_are_inclusive(admin_api: httpx.Client) -> None:
     created = admin_api.post("/deployments", json={**DEPLOY, "replicas": 1000, "weight": 10**6})
     assert created.status_code == 201, created.text
     assert (created.json()["replicas"], created.json()["traffic_weight"]) == (1000, 10**6)
+    assert admin_api.delete(f"/deployments/{created.json()['id']}").status_code == 200
 
 
 # -- herd.yaml and herd apply -------------------------------------------------------------
