@@ -27,6 +27,7 @@ import llama_cpp
 from llama_cpp import Llama
 from structured_bench import MESSAGES, SCHEMA
 
+from app.engine.cpu_buffers import new_llama
 from app.engine.grammar import grammar_sampler
 from app.engine.json_grammar import schema_to_gbnf
 from app.engine.requests import SamplingParams
@@ -58,7 +59,7 @@ def main() -> int:
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
-    llm = Llama(str(find_demo_model().path), n_ctx=512, n_threads=1, verbose=False)
+    llm = new_llama(model_path=str(find_demo_model().path), n_ctx=512, n_threads=1, verbose=False)
     vocab = llm._model.vocab
     chat = f"<|im_start|>user\n{MESSAGES[0]['content']}<|im_end|>\n<|im_start|>assistant\n"
     prompt = llm.tokenize(chat.encode(), special=True)

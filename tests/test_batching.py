@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import llama_cpp
 import pytest
 
 from app.engine.batched import BatchedEngine, BatchJob
+from app.engine.cpu_buffers import new_llama
 from app.engine.errors import PromptTooLong
 from app.engine.events import Finished, TextDelta
 from app.engine.factory import load_batched_engine, make_engine
@@ -258,7 +258,7 @@ def test_chat_template_is_applied_as_llama_cpp_python_does(
     demo_path: Path, alone: BatchedEngine
 ) -> None:
     messages = [{"role": "user", "content": "Name a planet."}]
-    llama = llama_cpp.Llama(str(demo_path), n_ctx=N_CTX, verbose=False)
+    llama = new_llama(model_path=str(demo_path), n_ctx=N_CTX, verbose=False)
     try:
         theirs = llama.create_chat_completion(messages=messages, temperature=0, max_tokens=16)  # type: ignore[arg-type]
     finally:

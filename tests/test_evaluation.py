@@ -8,12 +8,12 @@ import math
 from datetime import UTC, datetime
 from pathlib import Path
 
-import llama_cpp
 import pytest
 from sqlalchemy import text
 
 from app.config import Settings
 from app.db.database import Database
+from app.engine.cpu_buffers import new_llama
 from app.engine.loader import gpu_offload_supported
 from app.evaluation.answers import AnswerStore
 from app.evaluation.metrics import Metric
@@ -164,7 +164,7 @@ def test_a_prompt_file_is_answered_by_each_model_side_by_side(
     assert entries[1].prompt[0] == {"role": "system", "content": "Answer briefly."}
     # The same weights answer the same greedily; what they answer is llama.cpp's greedy
     # chat completion of the prompt.
-    llama = llama_cpp.Llama(demo.path, n_ctx=64, n_threads=1, flash_attn=True, verbose=False)
+    llama = new_llama(model_path=demo.path, n_ctx=64, n_threads=1, flash_attn=True, verbose=False)
     try:
         for entry in entries:
             assert set(entry.answers) == {demo.name, copy.name}
@@ -193,7 +193,7 @@ def test_bad_prompt_sets_are_refused_with_line_numbers(
         '{"prompt": "fine", "reference": "ok"}\n'
         "{not json\n"
         '{"prompt": "no reference"}\n'
-        '\n'
+        "\n"
         '["a list"]\n'
         '{"prompt": [{"role": "wizard", "content": "x"}], "reference": "r"}\n'
         '{"prompt": "p", "reference": "r", "extra": 1}\n',

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from llama_cpp import Llama
 
+from app.engine.cpu_buffers import new_llama
 from app.engine.grammar import grammar_sampler
 from app.engine.json_grammar import schema_to_gbnf
 from app.engine.requests import SamplingParams
@@ -28,7 +29,7 @@ STEPS = 40
 
 @pytest.fixture(scope="module")
 def llm() -> Iterator[Llama]:
-    model = Llama(str(find_demo_model().path), n_ctx=512, verbose=False)
+    model = new_llama(model_path=str(find_demo_model().path), n_ctx=512, verbose=False)
     yield model
     model.close()
 

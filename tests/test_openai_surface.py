@@ -12,11 +12,11 @@ from typing import Any
 
 import httpx
 import jsonschema
-import llama_cpp
 import openai
 import pytest
 
 from app.db.database import Database
+from app.engine.cpu_buffers import new_llama
 from app.store.catalog import ModelStore
 from app.store.demo import add_demo_model, find_demo_model
 from tests.conftest import PgServer, with_database
@@ -269,7 +269,7 @@ def test_bad_text_is_a_400_and_the_worker_stays_healthy(
 
 def test_logit_bias_and_penalties_are_honoured(served: Served) -> None:
     api = client(served, "worker")
-    vocab = llama_cpp.Llama(model_path=str(find_demo_model().path), vocab_only=True, verbose=False)
+    vocab = new_llama(model_path=str(find_demo_model().path), vocab_only=True, verbose=False)
     try:
         zebra = vocab.tokenize(b" zebra", add_bos=False)[0]
         piece = vocab.detokenize([zebra]).decode()

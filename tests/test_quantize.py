@@ -18,6 +18,7 @@ from app.config import Settings
 from app.control.audit import Actor, Via
 from app.db.database import Database
 from app.db.tables import Job, Model
+from app.engine.cpu_buffers import new_llama
 from app.jobs.follow import restart
 from app.jobs.store import JobStore, JobView, process_alive
 from app.store.catalog import ModelStore
@@ -67,9 +68,8 @@ def job_count(database: Database) -> int:
 
 def generates(path: Path) -> str:
     """The model loads in llama.cpp and continues a prompt."""
-    import llama_cpp
 
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=128, verbose=False)
+    llm = new_llama(model_path=str(path), n_ctx=128, verbose=False)
     try:
         out = llm("The capital of France is", max_tokens=4, temperature=0)
         return str(out["choices"][0]["text"])  # type: ignore[index]

@@ -71,3 +71,10 @@ def model_params(allowed: bool) -> Iterator[None]:
         yield
     finally:
         module.llama_model_default_params = original
+
+
+def new_llama(extra_buffers: ExtraBuffers = ExtraBuffers.AUTO, **kwargs: Any) -> Any:
+    """llama_cpp.Llama(**kwargs), loaded with the extra buffer types as extra_buffers says:
+    the one way Herd (and its tests and benchmarks) construct a Llama."""
+    with model_params(extra_buffers_allowed(extra_buffers)):
+        return llama_cpp.Llama(**kwargs)

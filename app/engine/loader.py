@@ -13,7 +13,7 @@ from typing import Any
 import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from app.engine.cpu_buffers import ExtraBuffers, extra_buffers_allowed, model_params
+from app.engine.cpu_buffers import ExtraBuffers, new_llama
 from app.engine.errors import BadRequest, ModelLoadError, PromptTooLong
 from app.engine.llama_log import LlamaLog
 from app.engine.protocol import EngineInfo
@@ -142,16 +142,16 @@ def load_model(options: LoadOptions) -> LoadedModel:
     log.install()
     started = time.perf_counter()
     try:
-        with model_params(extra_buffers_allowed(options.extra_buffers)):
-            llama = llama_cpp.Llama(
-                model_path=str(options.model_path),
-                n_ctx=options.n_ctx,
-                n_gpu_layers=options.n_gpu_layers,
-                main_gpu=options.main_gpu,
-                tensor_split=list(options.tensor_split) if options.tensor_split else None,
-                n_threads=options.threads,
-                verbose=False,
-            )
+        llama = new_llama(
+            options.extra_buffers,
+            model_path=str(options.model_path),
+            n_ctx=options.n_ctx,
+            n_gpu_layers=options.n_gpu_layers,
+            main_gpu=options.main_gpu,
+            tensor_split=list(options.tensor_split) if options.tensor_split else None,
+            n_threads=options.threads,
+            verbose=False,
+        )
     except (ValueError, RuntimeError, OSError) as exc:
         reason = _load_reason(log, exc)
         log.restore()

@@ -15,7 +15,7 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
-from app.engine.cpu_buffers import ExtraBuffers, extra_buffers_allowed, model_params
+from app.engine.cpu_buffers import ExtraBuffers, new_llama
 from app.engine.errors import ModelLoadError
 from app.engine.llama_log import LlamaLog
 from app.engine.loader import chat_formatter
@@ -63,21 +63,21 @@ class Measured:
         self._log = LlamaLog()
         self._log.install()
         try:
-            with model_params(extra_buffers_allowed(extra_buffers)):
-                self.llama = llama_cpp.Llama(
-                    model_path=str(path),
-                    n_ctx=n_ctx,
-                    n_batch=n_ctx,
-                    n_ubatch=min(n_ctx, 512),
-                    n_threads=n_threads,
-                    n_threads_batch=n_threads,
-                    n_gpu_layers=n_gpu_layers,
-                    # Flash attention, as llama-bench and llama-perplexity use it by default and
-                    # the workers' batched contexts do ('auto' turns it on for the CPU and for
-                    # GPUs that support it); llama-cpp-python's Llama turns it off unless asked.
-                    flash_attn=True,
-                    verbose=False,
-                )
+            self.llama = new_llama(
+                extra_buffers,
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_batch=n_ctx,
+                n_ubatch=min(n_ctx, 512),
+                n_threads=n_threads,
+                n_threads_batch=n_threads,
+                n_gpu_layers=n_gpu_layers,
+                # Flash attention, as llama-bench and llama-perplexity use it by default and
+                # the workers' batched contexts do ('auto' turns it on for the CPU and for
+                # GPUs that support it); llama-cpp-python's Llama turns it off unless asked.
+                flash_attn=True,
+                verbose=False,
+            )
         except (ValueError, RuntimeError, OSError) as exc:
             errors = "; ".join(self._log.errors()) or str(exc)
             self._log.restore()
