@@ -12,7 +12,9 @@ from contextlib import contextmanager
 import httpx
 from playwright.sync_api import Page, sync_playwright
 
-from tests.conftest import free_port
+from app.accounts import Accounts, Role
+from app.db.database import Database
+from tests.conftest import free_port, stop_process
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, SHOTS, STEP_MS
 
 DASHBOARD_START_S = 120
@@ -57,3 +59,16 @@ def log_in_at(page: Page, url: str, name: str, password: str) -> None:
     # Streamlit's password input has a "Show password" button too: name the textbox.
     page.get_by_role("textbox", name="Password").fill(password)
     page.get_by_role("button", name="Log in").click()
+
+
+@contextmanager
+def logged_in_viewer(page: Page, database: Database, env: dict[str, str]) -> Iterator[str]:
+    """A `herd dashboard` with env, page logged in as a new viewer; yields its URL and stops
+    the dashboard after."""
+    Accounts(database.engine).add("vera", "viewer password", Role.VIEWER)
+    dashboard, url = start_dashboard(env)
+    try:
+        log_in_at(page, url, "vera", "viewer password")
+        yield url
+    finally:
+        stop_process(dashboard)

@@ -226,7 +226,7 @@ def test_admin_disables_a_user_whose_session_then_ends(
         shot(dora, "21-disabled-user-logged-out")
 
         open_page(page, "Audit")
-        expect(page.get_by_text("Latest: user.disable by admin via page.")).to_be_visible()
+        expect(page.get_by_text("Latest: user.disable by admin via page (users).")).to_be_visible()
         shot(page, "22-audit")
     finally:
         dora_context.close()

@@ -12,11 +12,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
-from app.accounts import Accounts, Role
 from app.db.database import Database
 from tests.analytics_data import add_model, insert_requests, request_row
-from tests.browser_harness import chromium_page, log_in_at, start_dashboard
-from tests.conftest import stop_process
+from tests.browser_harness import chromium_page, logged_in_viewer
 from tests.test_browser import CHROMIUM, shot
 
 pytestmark = [
@@ -68,10 +66,7 @@ def test_tiles_fit_at_1280_px_and_charts_keep_their_bounds(
     page: Page, database: Database, herd_env: dict[str, str]
 ) -> None:
     _traffic(database)
-    Accounts(database.engine).add("vera", "viewer password", Role.VIEWER)
-    dashboard, url = start_dashboard(herd_env)
-    try:
-        log_in_at(page, url, "vera", "viewer password")
+    with logged_in_viewer(page, database, herd_env):
         page.get_by_role("link", name="Monitoring").click()
         tiles = page.get_by_test_id("stMetric")
         expect(tiles.filter(has_text="p95 latency")).to_contain_text(re.compile(r"\d s"))
@@ -92,5 +87,3 @@ def test_tiles_fit_at_1280_px_and_charts_keep_their_bounds(
         expect(note).to_be_visible()
         note.scroll_into_view_if_needed()
         shot(page, "charts-3-engagement-no-data")
-    finally:
-        stop_process(dashboard)

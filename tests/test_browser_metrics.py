@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
-from app.accounts import Accounts, Role
 from app.analytics.catalog import TILES
 from app.analytics.units import format_value
 from app.db.database import Database
 from tests.analytics_data import add_model, insert_feedback, insert_requests, request_row
-from tests.browser_harness import chromium_page, log_in_at, start_dashboard
-from tests.conftest import run_herd, stop_process
+from tests.browser_harness import chromium_page, logged_in_viewer
+from tests.conftest import run_herd
 from tests.test_browser import CHROMIUM, shot
 
 pytestmark = [
@@ -84,10 +83,7 @@ def test_monitoring_tiles_equal_herd_metrics_for_two_ranges(
     page: Page, database: Database, herd_env: dict[str, str]
 ) -> None:
     _traffic(database)
-    Accounts(database.engine).add("vera", "viewer password", Role.VIEWER)
-    dashboard, url = start_dashboard(herd_env)
-    try:
-        log_in_at(page, url, "vera", "viewer password")
+    with logged_in_viewer(page, database, herd_env):
         page.get_by_role("link", name="Monitoring").click()
         tiles = page.get_by_test_id("stMetric")
         expect(tiles.filter(has_text="Requests")).to_contain_text("13")
@@ -106,5 +102,3 @@ def test_monitoring_tiles_equal_herd_metrics_for_two_ranges(
         hour = _page_tiles(page)
         assert hour == _cli_tiles(herd_env, "1h")
         assert hour["Client errors"] == format_value(1 / 7, "rate")
-    finally:
-        stop_process(dashboard)

@@ -86,7 +86,11 @@ def test_up_brings_back_each_part_killed_under_load(tmp_path: Path) -> None:
 
         def child(name: str) -> psutil.Process | None:
             for process in psutil.Process(up.process.pid).children():
-                if markers[name] in " ".join(process.cmdline()):
+                try:
+                    cmdline = " ".join(process.cmdline())
+                except (psutil.ZombieProcess, psutil.NoSuchProcess):
+                    continue  # a killed child not reaped yet: not the one serving
+                if markers[name] in cmdline:
                     return process
             return None
 

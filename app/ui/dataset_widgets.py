@@ -44,6 +44,8 @@ def cleaning_report(info: DatasetInfo, key: str) -> None:
         ],
         hide_index=True,
         width="stretch",
+        # Every step in view (35 px a row and the header): a report is read whole.
+        height=35 * (len(steps) + 1) + 3,
         key=f"{key}_steps",
     )
     splits = ", ".join(f"{k} {v}" for k, v in info.split_rows.items())
