@@ -229,6 +229,9 @@ def test_rate_limited_answer_is_explained(
     _say(app, "anyone there?")
     [error] = app.error
     assert "busy right now" in error.value and "try again in" in error.value
+    # The failure stays in view on the next run, however fast it came back.
+    app.run()
+    assert [e.value for e in app.error] == [error.value]
     # The question stays (with the error in the answer's place), ready to be retried.
     assert [m.name for m in app.chat_message] == ["user", "assistant"]
     assert app.chat_message[0].markdown[0].value == "anyone there?"

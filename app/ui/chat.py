@@ -175,8 +175,13 @@ def pending_answer(session: ChatSession) -> None:
     once it is in the conversation the page runs again to show it with its buttons. A
     failed answer shows why, and the page goes on (Retry is below)."""
     with session.lock:
-        pending, waiting = session.pending, list(session.queued)
+        pending, waiting, last_failure = session.pending, list(session.queued), session.failed
     if pending is None:
+        if last_failure is not None:
+            with st.chat_message("assistant"):
+                if last_failure.text:
+                    st.markdown(last_failure.text)
+                st.error(last_failure.error, icon=":material/error:")
         return
     with st.chat_message("assistant"):
         shown, failed = st.empty(), st.empty()

@@ -39,7 +39,7 @@ def answer(chat: ChatClient, session: ChatSession, alias: str) -> None:
 
 def _launch(chat: ChatClient, session: ChatSession, pending: PendingAnswer) -> None:
     """Stream pending's answer to the conversation so far (the caller holds the lock)."""
-    session.pending = pending
+    session.pending, session.failed = pending, None
     stream = chat.chat(
         pending.alias,
         session.prompt_messages(),
@@ -73,6 +73,8 @@ def _finish(
     with session.lock:
         if session.pending is pending:
             session.pending = None
+            if pending.error is not None:
+                session.failed = pending
             if pending.error is None:
                 session.messages.append(
                     ChatMessage(role="assistant", content=stream.text,

@@ -56,6 +56,9 @@ class ChatSession:
     alias: str | None = None
     messages: list[ChatMessage] = field(default_factory=list)
     pending: PendingAnswer | None = None
+    # The last answer that failed, shown (with why) until the next answer starts: an answer
+    # can fail before the page that asked for it renders it.
+    failed: PendingAnswer | None = None
     queued: list[str] = field(default_factory=list)
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
@@ -73,6 +76,7 @@ class ChatSession:
         with self.lock:
             self.messages = []
             self.pending = None
+            self.failed = None
             self.queued = []
             self.conversation_id = uuid.uuid4().hex
 
