@@ -10,7 +10,6 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from app.analytics import cli as analytics_cli
 from app.batches import cli as batch_cli
 from app.batches.files import FileError
 from app.batches.store import BatchError
-from app.cli_output import echo, progress_bars, warn
+from app.cli_output import echo, progress_bars, utc_time, warn
 from app.compress import cli as compress_cli
 from app.compress.quantize import QuantizeRefused
 from app.config import Settings
@@ -386,15 +385,6 @@ def cmd_retention_run(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _utc_time(value: str) -> datetime:
-    """An ISO date or time from the command line; naive values are taken as UTC."""
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not an ISO date or time: {value!r}") from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
     from app.analytics.export import DatasetKind, ExportError, ExportFilter, export_dataset
 
@@ -524,8 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", "-o", required=True, help="the .jsonl file to write")
     export.add_argument("--model", action="append", default=[], help="only this model (repeatable)")
     export.add_argument("--alias", action="append", default=[], help="only this alias (repeatable)")
-    export.add_argument("--since", type=_utc_time, default=None, help="requests from (ISO)")
-    export.add_argument("--until", type=_utc_time, default=None, help="requests before (ISO)")
+    export.add_argument("--since", type=utc_time, default=None, help="requests from (ISO)")
+    export.add_argument("--until", type=utc_time, default=None, help="requests before (ISO)")
     export.add_argument(
         "--min-rating", type=int, default=1, help="SFT: least net rating (default 1)"
     )

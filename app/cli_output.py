@@ -6,9 +6,11 @@ can use it without importing app/cli.py back.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from tqdm import tqdm
@@ -49,3 +51,13 @@ def progress_bars(
     finally:
         for bar in bars.values():
             bar.close()
+
+
+def utc_time(value: str) -> datetime:
+    """An ISO date or time from the command line (an argparse type); naive values are
+    taken as UTC."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an ISO date or time: {value!r}") from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

@@ -9,7 +9,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from app.cli_output import echo, progress_bars, warn
+from app.cli_output import echo, progress_bars, utc_time, warn
 from app.config import Settings
 from app.control.audit import cli_actor
 from app.datasets.build import BuildSpec, build_dataset, check_name, datasets_root
@@ -239,7 +239,6 @@ def add_source_flags(p: argparse.ArgumentParser, alias_flag: str = "--alias") ->
     """Where the prompts come from: --from-file or request-log filters (the alias filter is
     --source-alias for augment, whose --alias names the paraphrasing alias)."""
     # The one parser of ISO times on the command line (what `herd export` takes too).
-    from app.cli import _utc_time
 
     p.add_argument(
         "--from-file", default=None, help="an uploaded .jsonl or .csv instead of the log"
@@ -252,8 +251,8 @@ def add_source_flags(p: argparse.ArgumentParser, alias_flag: str = "--alias") ->
         help="only this alias (repeatable)",
     )
     p.add_argument("--model", action="append", default=[], help="only this model (repeatable)")
-    p.add_argument("--since", type=_utc_time, default=None, help="requests from (ISO)")
-    p.add_argument("--until", type=_utc_time, default=None, help="requests before (ISO)")
+    p.add_argument("--since", type=utc_time, default=None, help="requests from (ISO)")
+    p.add_argument("--until", type=utc_time, default=None, help="requests before (ISO)")
     p.add_argument(
         "--rating",
         choices=[r.value for r in Rating],
