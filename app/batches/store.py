@@ -522,16 +522,7 @@ class BatchStore:
     def clear_sent(self, batch_id: str, line: int) -> None:
         """The call of a pending line did not reach the fleet (the gateway refused it, or no
         connection was made): the line is not marked sent any more."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(BatchRequest)
-                .where(
-                    BatchRequest.batch_id == batch_id,
-                    BatchRequest.line == line,
-                    BatchRequest.state == "pending",
-                )
-                .values(sent_at=None)
-            )
+        self._update_pending(batch_id, line, sent_at=None)
 
     def logged_calls(self, batch_id: str, line: int) -> int:
         """Calls of the line the request log holds that were answered, not refused with
@@ -547,6 +538,11 @@ class BatchStore:
     def count_attempt(self, batch_id: str, line: int, attempts: int) -> None:
         """Remember a failed attempt of a pending line, so a resumed runner counts on (its
         outcome known, the line is not marked sent any more)."""
+        self._update_pending(batch_id, line, attempts=attempts, sent_at=None,
+                             updated_at=func.now())  # fmt: skip
+
+    def _update_pending(self, batch_id: str, line: int, **values: Any) -> None:
+        """Set values on the line if it is still pending."""
         with self.engine.begin() as conn:
             conn.execute(
                 update(BatchRequest)
@@ -555,7 +551,7 @@ class BatchStore:
                     BatchRequest.line == line,
                     BatchRequest.state == "pending",
                 )
-                .values(attempts=attempts, sent_at=None, updated_at=func.now())
+                .values(**values)
             )
 
     def counts(self, batch_id: str) -> tuple[int, int]:
