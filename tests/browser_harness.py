@@ -3,6 +3,7 @@ process started on a free port and waited for until it answers."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -10,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page, expect, sync_playwright
 
 from app.accounts import Accounts, Role
 from app.db.database import Database
@@ -72,3 +73,36 @@ def logged_in_viewer(page: Page, database: Database, env: dict[str, str]) -> Ite
         yield url
     finally:
         stop_process(dashboard)
+
+
+def settled(page: Page) -> None:
+    """Wait until the page's script run has ended: a widget changed while a run is still
+    drawing the page can be drawn again without the change."""
+    expect(page.locator("[data-testid='stApp']")).to_have_attribute(
+        "data-test-script-state", "notRunning"
+    )
+
+
+def choose(page: Page, label: str, option: str, tries: int = 3) -> None:
+    """Pick one option of a Streamlit multiselect or selectbox by typing to filter it, and
+    check the widget shows it (a rerun under load can redraw a form without the pick)."""
+    box = page.get_by_role("combobox", name=re.compile(label))
+    widget = page.locator("[data-testid='stMultiSelect'], [data-testid='stSelectbox']").filter(
+        has=box
+    )
+    for attempt in range(tries):
+        settled(page)
+        box.click()
+        box.fill(option)
+        page.get_by_role("option", name=option, exact=True).click()
+        page.keyboard.press("Escape")
+        try:
+            # A selectbox shows its pick as the box's value, a multiselect as a tag beside it.
+            if widget.get_attribute("data-testid") == "stSelectbox":
+                expect(box).to_have_value(option, timeout=5_000)
+            else:
+                expect(widget).to_contain_text(option, timeout=5_000)
+            return
+        except AssertionError:
+            if attempt == tries - 1:
+                raise

@@ -23,7 +23,7 @@ from app.rollouts import Rollouts
 from app.store.catalog import ModelStore
 from app.store.demo import DEMO_FILE, add_demo_model
 from tests.analytics_data import insert_feedback, insert_messages, insert_requests, request_row
-from tests.browser_harness import chromium_page, start_dashboard
+from tests.browser_harness import choose, chromium_page, start_dashboard
 from tests.conftest import stop_process
 from tests.test_browser import CHROMIUM, shot
 from tests.test_evaluation import SHORT_TEXT
@@ -62,15 +62,6 @@ def dashboard(herd_env: dict[str, str], database: Database, models_dir: Path) ->
     process, url = start_dashboard(herd_env)
     yield url
     stop_process(process)
-
-
-def choose(page: Page, label: str, option: str) -> None:
-    """Pick one option of a Streamlit multiselect or selectbox by typing to filter it."""
-    box = page.get_by_role("combobox", name=re.compile(label))
-    box.click()
-    box.fill(option)
-    page.get_by_role("option", name=option, exact=True).click()
-    page.keyboard.press("Escape")
 
 
 def test_operator_quantizes_evaluates_and_canaries_in_the_browser(
