@@ -17,19 +17,20 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from tqdm import tqdm
 
-from app import rollout_cli
-from app.accounts import AccountError, Role
-from app.admin import commands as admin_commands
-from app.admin.config_file import ConfigError
 from app.analytics import cli as analytics_cli
 from app.batches import cli as batch_cli
 from app.batches.files import FileError
 from app.batches.store import BatchError
-from app.cli_output import echo, progress_bars, utc_time, warn
+from app.common.cli_output import echo, progress_bars, utc_time, warn
 from app.compress import cli as compress_cli
 from app.compress.quantize import QuantizeRefused
 from app.config import Settings
+from app.control import commands as admin_commands
+from app.control.accounts import AccountError, Role
 from app.control.audit import cli_actor
+from app.control.config_file import ConfigError
+from app.control.deployments import DeploymentError, Deployments
+from app.control.keys import ApiKeyError
 from app.datasets import cli as dataset_cli
 from app.db import migrate
 from app.db.database import Database
@@ -41,14 +42,12 @@ from app.db.embedded import (
     stop_server,
 )
 from app.db.engine import DatabaseUrlError
-from app.deployments import DeploymentError, Deployments
 from app.engine.serving import add_serving_flags, serving_values_from
 from app.evaluation import cli as eval_cli
 from app.evaluation.plan import EvalRefused
-from app.gateway.keys import ApiKeyError
 from app.jobs import cli as jobs_cli
 from app.jobs.store import JobError
-from app.launcher import (
+from app.processes.launcher import (
     DEMO_ALIAS,
     LaunchError,
     dashboard_service,
@@ -57,7 +56,8 @@ from app.launcher import (
     serve,
     wait_alias_served,
 )
-from app.rollouts import RolloutError
+from app.rollouts import cli as rollout_cli
+from app.rollouts.actions import RolloutError
 from app.store.catalog import ModelStore, ModelStoreError, ProgressCallback, describe_model
 from app.store.estimate import format_bytes
 
@@ -317,7 +317,7 @@ def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_keys_list(settings: Settings, args: argparse.Namespace) -> int:
-    from app.gateway.keys import ApiKeys
+    from app.control.keys import ApiKeys
 
     with Database.open_current(settings) as db:
         keys = ApiKeys(db.engine).list()
@@ -373,7 +373,7 @@ def cmd_demo_traffic(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_retention_run(settings: Settings, args: argparse.Namespace) -> int:
-    from app.retention import delete_expired_text
+    from app.gateway.retention import delete_expired_text
 
     days = args.days if args.days is not None else settings.text_retention_days
     if days is None or days <= 0:

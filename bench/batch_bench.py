@@ -61,10 +61,10 @@ def herd(args: argparse.Namespace, stack: ExitStack) -> Iterator[tuple[str, str]
     """A worker on the demo model and a gateway in front of it; (worker URL, gateway URL)."""
     from gateway_bench import WORK, free_port, fresh_database, running
 
+    from app.control.deployments import Deployments, ServingSettings
     from app.db import migrate
     from app.db.embedded import EmbeddedPostgres
     from app.db.engine import make_engine
-    from app.deployments import Deployments, ServingSettings
     from app.store.catalog import ModelStore
     from app.store.demo import find_demo_model
 

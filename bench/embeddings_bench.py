@@ -87,10 +87,10 @@ def herd_worker(args: argparse.Namespace, stack: ExitStack) -> Iterator[tuple[st
     """A `herd worker --embeddings` on a fresh database; yields (worker URL, database URL)."""
     from gateway_bench import WORK, free_port, fresh_database, running
 
+    from app.control.deployments import Deployments, ServingSettings
     from app.db import migrate
     from app.db.embedded import EmbeddedPostgres
     from app.db.engine import make_engine as make_db_engine
-    from app.deployments import Deployments, ServingSettings
     from app.store.catalog import ModelStore
 
     folder = WORK / f"embeddings-{time.strftime('%Y%m%dT%H%M%S')}"

@@ -176,10 +176,10 @@ def herd_stand(args: argparse.Namespace, parallel: int) -> Iterator[dict[str, st
     to measure: "herd" (the worker itself) and "herd-gateway"."""
     from gateway_bench import WORK, fresh_database, running, start_gateway
 
+    from app.control.deployments import Deployments, ServingSettings
     from app.db import migrate
     from app.db.embedded import EmbeddedPostgres
     from app.db.engine import make_engine as make_db_engine
-    from app.deployments import Deployments, ServingSettings
     from app.store.catalog import ModelStore
 
     folder = WORK / f"engine-{time.strftime('%Y%m%dT%H%M%S')}"

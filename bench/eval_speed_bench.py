@@ -63,8 +63,12 @@ def main() -> None:
     parser.add_argument("--pp", type=int, default=512)
     parser.add_argument("--tg", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3, help="runs per measurement")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="Herd/anchor pairs per model, interleaved; medians reported")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="Herd/anchor pairs per model, interleaved; medians reported",
+    )
     args = parser.parse_args()
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs; "
           f"{llama_cpp_version()}; threads {args.threads}; pp{args.pp} tg{args.tg}; "
@@ -83,14 +87,19 @@ def main() -> None:
                 herd.append(herd_speed(path, args.pp, args.tg, args.threads, args.repeats))
                 anchor.append(anchor_speed(args.llama_bench, path, args.pp, args.tg,
                                            args.threads, args.repeats))  # fmt: skip
-                print(f"  {label}: herd {herd[-1][0]:.1f}/{herd[-1][1]:.1f}, llama-bench "
-                      f"{anchor[-1][0]:.1f}/{anchor[-1][1]:.1f} (pp/tg t/s)", flush=True)
+                print(
+                    f"  {label}: herd {herd[-1][0]:.1f}/{herd[-1][1]:.1f}, llama-bench "
+                    f"{anchor[-1][0]:.1f}/{anchor[-1][1]:.1f} (pp/tg t/s)",
+                    flush=True,
+                )
             rows.append((label, [statistics.median(x) for x in zip(*herd, strict=True)],
                          [statistics.median(x) for x in zip(*anchor, strict=True)]))  # fmt: skip
     print(f"load after: {uptime()}", flush=True)
     print()
-    print(f"| model | Herd pp{args.pp} t/s | llama-bench pp{args.pp} t/s | pp Herd / anchor | "
-          f"Herd tg{args.tg} t/s | llama-bench tg{args.tg} t/s | tg Herd / anchor |")
+    print(
+        f"| model | Herd pp{args.pp} t/s | llama-bench pp{args.pp} t/s | pp Herd / anchor | "
+        f"Herd tg{args.tg} t/s | llama-bench tg{args.tg} t/s | tg Herd / anchor |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for label, (h_pp, h_tg), (a_pp, a_tg) in rows:
         print(f"| {label} | {h_pp:.1f} | {a_pp:.1f} | {h_pp / a_pp:.2f} | {h_tg:.1f} | "

@@ -52,10 +52,10 @@ import psutil
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
+from app.control.deployments import Deployments, ServingSettings
 from app.db import migrate
 from app.db.embedded import EmbeddedPostgres
 from app.db.engine import make_engine, sqlalchemy_url
-from app.deployments import Deployments, ServingSettings
 from app.store.catalog import ModelStore
 from app.worker.registration import WorkerRegistry, WorkerRow
 

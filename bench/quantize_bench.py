@@ -66,8 +66,10 @@ def main() -> None:
     text = args.text.read_text(encoding="utf-8")
     types = llama_ftypes()
     demo = find_demo_model().path
-    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs; "
-          f"{llama_cpp_version()}; threads {args.threads}; ctx {args.ctx}; text {args.text.name}")
+    print(
+        f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs; "
+        f"{llama_cpp_version()}; threads {args.threads}; ctx {args.ctx}; text {args.text.name}"
+    )
     with tempfile.TemporaryDirectory(prefix="herd-qbench-") as tmp:
         files = {"demo": demo}
         rows = []

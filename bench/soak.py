@@ -56,8 +56,8 @@ from app.analytics.monitoring import engagement_series, latency_series, traffic_
 from app.analytics.overview import fleet_summary
 from app.analytics.scope import last
 from app.config import Settings
+from app.control.deployments import Deployments, ServingSettings
 from app.db.database import Database
-from app.deployments import Deployments, ServingSettings
 from app.store.catalog import ModelStore
 
 REPO = Path(__file__).resolve().parents[1]

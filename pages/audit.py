@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import streamlit as st
 
-from app.accounts import Role
+from app.control.accounts import Role
 from app.control.audit import Via, audit_actors, audit_origins, read_audit
 from app.ui import auth, resources
 

@@ -4,9 +4,9 @@ import io
 
 import streamlit as st
 
-from app.accounts import Role
 from app.batches.jsonl import ENDPOINTS, with_alias
 from app.batches.service import create_batch_from_file
+from app.control.accounts import Role
 from app.ui import auth, resources
 from app.ui.admin_actions import page_actor
 from app.ui.batches_panel import batches_panel

@@ -5,15 +5,15 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from app.accounts import Role
-from app.db.tables import Model
-from app.deployments import (
+from app.control.accounts import Role
+from app.control.deployments import (
     ContextTooLargeError,
     DeploymentError,
     Deployments,
     ServingSettings,
     parse_node_labels,
 )
+from app.db.tables import Model
 from app.engine.pooling import POOLING_CHOICES, parse_pooling
 from app.store.catalog import default_slots_for, describe_model
 from app.store.estimate import format_bytes
@@ -101,9 +101,7 @@ def serving_inputs(prefix: str, model: Model, current: ServingSettings | None) -
     # parallel 0: the worker chooses; estimate what it would choose on this host.
     slots = int(parallel) or default_slots_for(model, int(n_gpu_layers), int(n_ctx))
     with right:
-        estimate = (
-            describe_model(model, int(n_gpu_layers), int(n_ctx), slots)["estimate"] or {}
-        )
+        estimate = describe_model(model, int(n_gpu_layers), int(n_ctx), slots)["estimate"] or {}
         st.metric("VRAM estimate", format_bytes(estimate.get("vram_bytes")))
         st.metric("RAM estimate", format_bytes(estimate.get("ram_bytes")))
         st.caption(

@@ -4,7 +4,7 @@ from functools import partial
 
 import streamlit as st
 
-from app.accounts import Role
+from app.control.accounts import Role
 from app.evaluation.answers import AnswerStore
 from app.evaluation.plan import EvalRefused, EvalRequest, start_eval
 from app.evaluation.prompt_sets import FEEDBACK

@@ -4,7 +4,6 @@ from datetime import UTC, datetime, timedelta
 
 import streamlit as st
 
-from app.accounts import Role
 from app.analytics.review import (
     ReviewError,
     ReviewFilter,
@@ -15,6 +14,7 @@ from app.analytics.review import (
     save_correction,
 )
 from app.analytics.versions import filter_options
+from app.control.accounts import Role
 from app.ui import auth, resources
 from app.ui.charts import csv_bytes
 from app.ui.tables import readable

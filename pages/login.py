@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from app.accounts import LoginLockedError
+from app.control.accounts import LoginLockedError
 from app.ui import auth, resources
 
 st.title("Herd")

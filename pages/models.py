@@ -6,7 +6,6 @@ from pathlib import Path
 
 import streamlit as st
 
-from app.accounts import Role
 from app.compress.quantize import (
     QuantizeRefused,
     QuantizeRequest,
@@ -14,6 +13,7 @@ from app.compress.quantize import (
     parse_layers,
     start_quantize,
 )
+from app.control.accounts import Role
 from app.jobs.kinds import JobKind
 from app.store.catalog import ModelStoreError
 from app.store.lineage import lineage_tree
@@ -91,9 +91,7 @@ if operator.role.allows(Role.OPERATOR):
 if any(m.parent_id for m in models):
     st.subheader("Lineage")
     st.caption("Each model under the one it was made from, with how it was made.")
-    st.dataframe(
-        [row.describe() for row in lineage_tree(models)], hide_index=True, width="stretch"
-    )
+    st.dataframe([row.describe() for row in lineage_tree(models)], hide_index=True, width="stretch")
 
 st.subheader("Quantize")
 valid = [m.name for m in models if m.status == "valid"]
@@ -133,6 +131,4 @@ elif can_change:
     st.caption("Add a model to the store to quantize it.")
 jobs_panel(JobKind.QUANTIZE.value, actor if can_change else None)
 with table:
-    follow_jobs(
-        JobKind.QUANTIZE.value, partial(models_table, store, int(n_gpu_layers), int(n_ctx))
-    )
+    follow_jobs(JobKind.QUANTIZE.value, partial(models_table, store, int(n_gpu_layers), int(n_ctx)))

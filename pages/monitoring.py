@@ -2,7 +2,6 @@
 
 import streamlit as st
 
-from app.accounts import Role
 from app.analytics.key_usage import key_usage
 from app.analytics.monitoring import (
     engagement_series,
@@ -13,6 +12,7 @@ from app.analytics.monitoring import (
 from app.analytics.semantic_cache import semantic_cache_rows
 from app.analytics.summary import tiles
 from app.analytics.versions import compare_versions, filter_options
+from app.control.accounts import Role
 from app.ui import auth, charts, resources
 from app.ui.ab_chart import ab_figure
 from app.ui.analytics_widgets import chart, scope_picker, tile_row, uncounted_note

@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from app.accounts import Role
 from app.analytics.overview import fleet_summary, process_restarts, restart_table
+from app.control.accounts import Role
 from app.ui import auth, resources
 
 auth.require_role(Role.VIEWER)

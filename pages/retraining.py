@@ -5,13 +5,13 @@ from functools import partial
 
 import streamlit as st
 
-from app.accounts import Role
 from app.analytics.decisions import list_decisions, record_decision
 from app.analytics.export import DatasetKind, ExportError, ExportFilter, export_dataset
 from app.analytics.monitoring import engagement_series, latency_series
 from app.analytics.recommend import Action, assess_versions, period_label
 from app.analytics.scope import Scope
 from app.analytics.versions import filter_options
+from app.control.accounts import Role
 from app.jobs.kinds import JobKind
 from app.ui import admin_actions, auth, charts, dataset_widgets, resources
 from app.ui.analytics_widgets import chart, class_picker, period_picker, uncounted_note

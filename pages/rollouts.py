@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from app.accounts import Role
-from app.deployments import traffic_shares
+from app.control.accounts import Role
+from app.control.deployments import traffic_shares
 from app.ui import auth, resources
 from app.ui.changes import confirmed, run_change, show_confirmation
 from app.ui.rollout_widgets import FLASH, REFUSED, candidate_name, rollouts, start_canary
@@ -42,9 +42,7 @@ if action is not None:
     if action.action == "canary":
         with resources.database_errors():
             health = manager.canary_health(action)
-        st.dataframe(
-            [{"side": side, **values} for side, values in health.items()], hide_index=True
-        )
+        st.dataframe([{"side": side, **values} for side, values in health.items()], hide_index=True)
 
 if can_act:
     if action is None:

@@ -5,12 +5,12 @@ from datetime import UTC, datetime, time
 
 import streamlit as st
 
-from app.accounts import Role
 from app.analytics.routing_traffic import traffic_per_minute, traffic_totals
-from app.deployments import DeploymentError, Deployments
-from app.gateway.aliases import AliasSettingError, AliasSettings, AliasStore
-from app.gateway.keys import ApiKeyError, ApiKeys, KeyPolicy
-from app.gateway.vector_store import pgvector_problem
+from app.control.accounts import Role
+from app.control.aliases import AliasSettingError, AliasSettings, AliasStore
+from app.control.deployments import DeploymentError, Deployments
+from app.control.keys import ApiKeyError, ApiKeys, KeyPolicy
+from app.db.pgvector import pgvector_problem
 from app.ui import admin_actions, auth, changes, charts, resources, routing_rows
 from app.ui.analytics_widgets import chart
 

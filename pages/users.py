@@ -4,7 +4,7 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from app.accounts import AccountError, Role
+from app.control.accounts import AccountError, Role
 from app.ui import admin_actions, auth, changes, resources
 
 FLASH_KEY = "users_flash"

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import httpx
 from playwright.sync_api import Page, expect, sync_playwright
 
-from app.accounts import Accounts, Role
+from app.control.accounts import Accounts, Role
 from app.db.database import Database
 from tests.conftest import free_port, stop_process
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, SHOTS, STEP_MS

@@ -194,7 +194,7 @@ def log_in_as(app: Any, name: str, role: Any, logged_in_at: float | None = None)
 
     from sqlalchemy.exc import OperationalError
 
-    from app.accounts import AccountError, Accounts, LoggedIn
+    from app.control.accounts import AccountError, Accounts, LoggedIn
 
     engine = create_engine(sqlalchemy_url(os.environ["HERD_DATABASE_URL"]))
     try:

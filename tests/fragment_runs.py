@@ -65,6 +65,7 @@ def fragment_timers() -> Iterator[None]:
     finally:
         home.LocalScriptRunner = original
 
+
 def scheduled() -> list[float]:
     """The refresh intervals (seconds) of the fragments the last whole-page run scheduled."""
     return sorted(_Runner.scheduled.values())

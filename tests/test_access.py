@@ -14,12 +14,12 @@ import pytest
 from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
-from app.accounts import Accounts, LoginLockedError, Role
 from app.config import Settings
+from app.control.accounts import Accounts, LoginLockedError, Role
+from app.control.keys import ApiKeys
 from app.db.database import Database
-from app.gateway.keys import ApiKeys
 from app.gateway.service import gateway_service
-from app.launcher import dashboard_service
+from app.processes.launcher import dashboard_service
 from app.store.catalog import ModelStore
 from tests.conftest import REPO_ROOT, log_in_as, submit_login
 from tests.gateway_harness import ServedAlias, served_alias, wait_for

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.accounts import AccountError, Accounts, Role
+from app.control.accounts import AccountError, Accounts, Role
 from app.control.audit import Actor, Via
 from app.db.database import Database
 from app.db.tables import Operator

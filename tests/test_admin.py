@@ -1,4 +1,4 @@
-"""app.admin: every change is audited in its own transaction; refusals change nothing."""
+"""app.control: every change is audited in its own transaction; refusals change nothing."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from app.accounts import AccountError, Role
-from app.admin.changes import Admin
 from app.config import Settings
+from app.control.accounts import AccountError, Role
 from app.control.audit import Actor, Via, read_audit
+from app.control.changes import Admin
+from app.control.deployments import ServingSettings, UnknownModelError
+from app.control.keys import ApiKeyError, KeyPolicy
 from app.db.database import Database
 from app.db.tables import AuditLog
-from app.deployments import ServingSettings, UnknownModelError
-from app.gateway.keys import ApiKeyError, KeyPolicy
 from app.store.catalog import ModelStoreError
 
 ALICE = Actor("alice", Via.CLI, "host-a")

@@ -10,11 +10,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.admin.changes import Admin
 from app.config import Settings
 from app.control.audit import Actor, Via, read_audit
+from app.control.changes import Admin
+from app.control.keys import KeyPolicy
 from app.db.database import Database
-from app.gateway.keys import KeyPolicy
 from tests.gateway_harness import GatewayThread, gateway_settings
 
 SETUP = Actor("setup", Via.CLI)

@@ -1,11 +1,11 @@
-"""The CLI's changes go through app.admin: key policies, accounts, each an audit row."""
+"""The CLI's changes go through app.control: key policies, accounts, each an audit row."""
 
 from __future__ import annotations
 
-from app.accounts import Accounts, Role
+from app.control.accounts import Accounts, Role
 from app.control.audit import read_audit
+from app.control.keys import ApiKeys
 from app.db.database import Database
-from app.gateway.keys import ApiKeys
 from tests.conftest import run_herd
 
 

@@ -19,11 +19,11 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis.errors import Unsatisfiable
 
-from app.admin.changes import Admin
 from app.config import Settings
 from app.control.audit import Actor, Via
+from app.control.changes import Admin
+from app.control.keys import KeyPolicy
 from app.db.database import Database
-from app.gateway.keys import KeyPolicy
 from tests.conftest import PgServer, with_database, write_tiny_gguf
 from tests.gateway_harness import GatewayThread, gateway_settings
 from tests.test_gateway_fuzz import check_answer

@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
-from app.accounts import Accounts, Role
 from app.analytics.demo_traffic import generate_demo_traffic
 from app.analytics.traffic import TrafficClass
+from app.control.accounts import Accounts, Role
 from app.db.database import Database
 from tests.analytics_data import add_model, insert_feedback, insert_requests, request_row
 from tests.conftest import REPO_ROOT, submit_login
@@ -171,9 +171,7 @@ def test_a_version_with_too_little_traffic_is_not_enough_data(
     assert "no signal could be computed" in app.markdown[0].value
 
 
-def test_feedback_review_lists_request_ids_as_text(
-    dashboard_env: None, database: Database
-) -> None:
+def test_feedback_review_lists_request_ids_as_text(dashboard_env: None, database: Database) -> None:
     row = request_row(datetime.now(UTC) - timedelta(minutes=5))
     insert_requests(database.engine, [row])
     insert_feedback(database.engine, [{"request_id": row["id"], "rating": -1, "comment": "no"}])

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from app.admin.apply import Applier, export_config
-from app.admin.changes import Admin
-from app.admin.config_file import ConfigError, parse_config
 from app.config import Settings
+from app.control.apply import Applier, export_config
 from app.control.audit import Actor, Via, read_audit
+from app.control.changes import Admin
+from app.control.config_file import ConfigError, parse_config
 from app.db.database import Database
 from tests.conftest import run_herd
 

@@ -18,19 +18,19 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
-from app.accounts import Role
 from app.batches.owner import OPERATOR
 from app.batches.service import create_batch
 from app.batches.store import BatchError, BatchStore
 from app.compress.quantize import QuantizeRequest
 from app.config import Settings
+from app.control.accounts import Role
 from app.control.audit import Actor, Via, read_audit, record
 from app.db import migrate
 from app.db.database import Database
 from app.db.engine import make_engine
 from app.evaluation.plan import EvalRequest
 from app.jobs.store import JobError, JobStore
-from app.launcher import prepare
+from app.processes.launcher import prepare
 from app.store.catalog import ModelStore
 from tests.analytics_data import insert_requests, request_row
 from tests.batch_harness import batch_gateway, chat_line, openai_client, write_jsonl
@@ -215,9 +215,7 @@ def test_api_batches_are_audited_with_their_route(tmp_path: Path, database: Data
     assert {(r.actor, r.source) for r in rows} == {("anonymous", "127.0.0.1")}
 
 
-def test_the_first_admin_of_herd_up_is_audited_once(
-    database: Database, settings: Settings
-) -> None:
+def test_the_first_admin_of_herd_up_is_audited_once(database: Database, settings: Settings) -> None:
     assert prepare(settings, database).admin_password is not None
     assert prepare(settings, database).admin_password is None
     [created] = read_audit(database.engine)
@@ -316,4 +314,3 @@ def test_the_audit_page_shows_and_filters_via_and_origin(
     app.selectbox(key="audit_via").select("(any)")
     app.selectbox(key="audit_origin").select("batches").run()
     assert list(app.dataframe[0].value["who"]) == ["olivia"]
-

@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 from streamlit.testing.v1 import AppTest
 
-from app.accounts import Accounts, Role
 from app.analytics.monitoring import engagement_series
 from app.analytics.scope import Scope
 from app.analytics.traffic import TrafficClass, parse_classes
+from app.control.accounts import Accounts, Role
 from app.db.database import Database
 from tests.analytics_data import insert_feedback, insert_requests, request_row, summary
 from tests.conftest import REPO_ROOT, submit_login

@@ -16,8 +16,8 @@ from app.batches.launch import MAX_RUNNER_STARTS, ensure_runner
 from app.batches.service import batch_results, create_batch, wait_batch
 from app.batches.store import BatchStore
 from app.config import Settings
+from app.control.keys import ApiKeys, KeyPolicy
 from app.db.database import Database
-from app.gateway.keys import ApiKeys, KeyPolicy
 from app.store.catalog import ModelStore
 from app.store.demo import add_demo_model
 from tests.batch_harness import (

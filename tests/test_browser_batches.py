@@ -11,7 +11,7 @@ import pytest
 from playwright.sync_api import Page, expect
 from sqlalchemy import text
 
-from app.accounts import Accounts, Role
+from app.control.accounts import Accounts, Role
 from app.db.database import Database
 from tests.batch_harness import ALIAS, batch_gateway, chat_line, start_demo_worker, write_jsonl
 from tests.browser_harness import chromium_page, start_dashboard

@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import Page, expect
 from sqlalchemy import text
 
-from app.accounts import Accounts, Role
+from app.control.accounts import Accounts, Role
 from app.db.database import Database
 from tests.analytics_data import insert_messages, insert_requests, request_row
 from tests.browser_harness import chromium_page, start_dashboard

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
-from app.accounts import Accounts, Role
 from app.config import Settings
+from app.control.accounts import Accounts, Role
+from app.control.deployments import Deployments, ServingSettings
 from app.db.database import Database
-from app.deployments import Deployments, ServingSettings
 from app.evaluation.answers import AnswerStore
 from app.evaluation.metrics import Metric
 from app.evaluation.store import EvaluationStore
-from app.rollouts import Rollouts
+from app.rollouts.actions import Rollouts
 from app.store.catalog import ModelStore
 from app.store.demo import DEMO_FILE, add_demo_model
 from tests.analytics_data import insert_feedback, insert_messages, insert_requests, request_row

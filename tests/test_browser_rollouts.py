@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
-from app.accounts import Accounts, Role
 from app.config import Settings
+from app.control.accounts import Accounts, Role
+from app.control.deployments import Deployments, ServingSettings
 from app.db.database import Database
-from app.deployments import Deployments, ServingSettings
-from app.rollouts import Rollouts
+from app.rollouts.actions import Rollouts
 from app.store.catalog import ModelStore
 from tests.browser_harness import chromium_page, start_dashboard
 from tests.conftest import stop_process
@@ -33,7 +33,9 @@ def page() -> Iterator[Page]:
 
 @pytest.fixture
 def dashboard(
-    herd_env: dict[str, str], database: Database, models_dir: Path,
+    herd_env: dict[str, str],
+    database: Database,
+    models_dir: Path,
     tiny_gguf: Callable[..., Path],
 ) -> Iterator[str]:
     store = ModelStore(database.engine, models_dir)

@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
+from app.control.aliases import AliasSettings, AliasStore
+from app.control.keys import ApiKeys
 from app.db.database import Database
-from app.gateway.aliases import AliasSettings, AliasStore
-from app.gateway.keys import ApiKeys
 from app.ui import chat_answers
 from app.ui.chat import QUERY_PARAM
 from app.ui.chat_client import ChatClient

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy.engine import make_url
 from streamlit.testing.v1 import AppTest
 
-from app.accounts import Accounts, Role
+from app.control.accounts import Accounts, Role
 from app.db.database import Database
 from app.store.catalog import ModelStore
 from tests.conftest import REPO_ROOT, log_in_as, run_page, submit_login

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from app.accounts import Accounts, Role
+from app.control.accounts import Accounts, Role
 from app.db.database import Database
 from tests.conftest import REPO_ROOT, free_port, stop_process
 from tests.gateway_harness import embedded_postgres, wait_for

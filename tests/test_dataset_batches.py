@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from app.accounts import Role
 from app.batches.service import batch_results
 from app.config import Settings
+from app.control.accounts import Role
 from app.datasets.build import BuildSpec, datasets_root
 from app.datasets.cleaning import CleaningOptions
 from app.datasets.rows import DatasetError

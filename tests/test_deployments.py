@@ -11,8 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from app.config import Settings
-from app.db.database import Database
-from app.deployments import (
+from app.control.deployments import (
     ContextTooLargeError,
     Deployments,
     InvalidModelError,
@@ -21,6 +20,7 @@ from app.deployments import (
     UnknownDeploymentError,
     UnknownModelError,
 )
+from app.db.database import Database
 from app.gateway.routing import load_snapshot
 from app.store.catalog import ModelStore
 from app.supervisor import logs

@@ -11,11 +11,11 @@ import pytest
 from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
-from app.accounts import Role
 from app.config import Settings
+from app.control.accounts import Role
 from app.control.audit import read_audit
+from app.control.deployments import Deployments, ServingSettings
 from app.db.database import Database
-from app.deployments import Deployments, ServingSettings
 from app.store.catalog import ModelStore
 from app.store.demo import add_demo_model
 from app.supervisor import logs

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from app.accounts import Role
 from app.analytics.eligible import ELIGIBLE, EXCLUDED_BY, REASONS, Eligibility, breakdown
 from app.analytics.export import DatasetKind, ExportFilter, export_dataset, read_card
 from app.analytics.review import save_correction
 from app.analytics.traffic import TrafficClass
+from app.control.accounts import Role
 from app.datasets.build import BuildSpec, build_dataset
 from app.datasets.cleaning import CleaningOptions
 from app.datasets.selection import LogSelection, select_from_log

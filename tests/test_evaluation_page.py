@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from app.accounts import Role
 from app.config import Settings
+from app.control.accounts import Role
 from app.control.audit import read_audit
+from app.control.deployments import Deployments, ServingSettings
 from app.db.database import Database
-from app.deployments import Deployments, ServingSettings
 from app.evaluation.answers import AnswerStore, GeneratedAnswer
 from app.evaluation.metrics import Metric
 from app.evaluation.references import Reference
 from app.evaluation.store import EvaluationStore
-from app.rollouts import Rollouts
+from app.rollouts.actions import Rollouts
 from app.store.catalog import ModelStore
 from tests.conftest import run_page
 
@@ -44,7 +44,6 @@ def evaluated(
                 GeneratedAnswer(BEES, 0, f"{name} says wax", 3),
                 GeneratedAnswer(SKY, 1, f"{name} says blue", 3),
             ], max_tokens=16)  # fmt: skip
-
 
 
 def test_results_and_pareto_charts_are_shown(evaluated: None) -> None:

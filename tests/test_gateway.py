@@ -18,9 +18,9 @@ import openai
 import pytest
 from sqlalchemy import text
 
+from app.control.aliases import AliasSettings, AliasStore
+from app.control.keys import ApiKeys
 from app.db.database import Database
-from app.gateway.aliases import AliasSettings, AliasStore
-from app.gateway.keys import ApiKeys
 from tests.gateway_harness import (
     GatewayThread,
     Stubs,

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
-from app.accounts import Role
+from app.control.accounts import Role
 from app.db.database import Database
 from tests.conftest import REPO_ROOT, log_in_as
 from tests.gateway_harness import (

@@ -19,19 +19,19 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.accounts import AccountError, Accounts
-from app.admin.apply import Applier
-from app.admin.changes import Admin
-from app.admin.config_file import ConfigError, parse_config
 from app.config import Settings
+from app.control.accounts import AccountError, Accounts
+from app.control.apply import Applier
 from app.control.audit import Actor, Via, read_audit
+from app.control.changes import Admin
+from app.control.config_file import ConfigError, parse_config
+from app.control.keys import KeyPolicy
 from app.datasets.rows import DatasetError
 from app.datasets.selection import read_upload
 from app.db.database import Database
 from app.db.embedded import running_url, stop_server
 from app.evaluation.prompt_sets import PromptSetError, read_prompt_file
 from app.gateway.errors import database_error
-from app.gateway.keys import KeyPolicy
 from tests.batch_harness import batch_gateway, chat_line
 from tests.conftest import (
     REPO_ROOT,

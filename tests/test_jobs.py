@@ -78,9 +78,9 @@ def test_a_silent_job_on_another_host_is_reaped_after_the_stale_time(database: D
     assert store.reap_stale(stale_s=60) == []  # fresh heartbeat, and not our pid to check
     with database.engine.begin() as conn:
         conn.execute(
-            update(Job).where(Job.id == job_id).values(
-                heartbeat_at=Job.heartbeat_at - timedelta(minutes=5)
-            )
+            update(Job)
+            .where(Job.id == job_id)
+            .values(heartbeat_at=Job.heartbeat_at - timedelta(minutes=5))
         )
     assert store.reap_stale(stale_s=60) == [job_id]
     assert "stopped heartbeating" in (store.get(job_id).error or "")
@@ -98,9 +98,9 @@ def test_a_job_no_process_ever_claimed_is_failed_after_the_start_time(database: 
     assert store.reap_stale(stale_s=1) == []  # just created: its process may be starting
     with database.engine.begin() as conn:
         conn.execute(
-            update(Job).where(Job.id == job_id).values(
-                created_at=Job.created_at - timedelta(minutes=10)
-            )
+            update(Job)
+            .where(Job.id == job_id)
+            .values(created_at=Job.created_at - timedelta(minutes=10))
         )
     assert store.reap_stale(stale_s=1) == [job_id]
     assert "no process started the job" in (store.get(job_id).error or "")

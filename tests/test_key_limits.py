@@ -16,14 +16,14 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from app.admin.changes import Admin
 from app.analytics.key_usage import key_usage
 from app.analytics.scope import Scope
 from app.config import Settings
 from app.control.audit import Actor, Via
+from app.control.changes import Admin
+from app.control.keys import KeyPolicy
 from app.db.database import Database
 from app.gateway.key_limits import KeyLimits, KeyRule
-from app.gateway.keys import KeyPolicy
 from app.openai_api.errors import ApiError
 from tests.conftest import stop_process
 from tests.gateway_harness import REPO, Stubs, add_deployment, add_model, wait_for

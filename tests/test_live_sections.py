@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app.accounts import Role
+from app.control.accounts import Role
 from app.datasets.build import BuildSpec, build_dataset, datasets_root
 from app.datasets.selection import read_upload
 from app.db.database import Database
@@ -192,8 +192,7 @@ def test_job_results_read_as_sentences_for_every_kind_and_shape() -> None:
     quantized = {"model": "m.Q4_K_M.gguf", "size_bytes": 2 * 1024**3, "seconds": 95.25,
                  "source_bytes": 8 * 1024**3, "sha256": "ab" * 32}  # fmt: skip
     assert describe_result("quantize", quantized).sentence == (
-        "made m.Q4_K_M.gguf, 2.0 GiB (25% of the source's 8.0 GiB) in 95.2 s; "
-        "sha256 abababababab…."
+        "made m.Q4_K_M.gguf, 2.0 GiB (25% of the source's 8.0 GiB) in 95.2 s; sha256 abababababab…."
     )
     # A result of a shape no reader knows (an older job) is still words, not a repr.
     odd = describe_result("quantize", {"models": ["a", "b"], "took_s": 1.5, "extra": {"k": 2}})

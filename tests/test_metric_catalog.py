@@ -26,8 +26,8 @@ from sqlalchemy import text
 from app.analytics.catalog import CATALOG, TILES, Metric, Unit
 from app.analytics.metrics_report import metrics_query, metrics_report
 from app.analytics.scope import RANGE_PRESETS
+from app.control.keys import ApiKeys, KeyPolicy
 from app.db.database import Database
-from app.gateway.keys import ApiKeys, KeyPolicy
 from tests.analytics_data import add_model, insert_feedback, insert_requests, request_row
 from tests.conftest import run_herd
 from tests.gateway_harness import GatewayThread, gateway_settings

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.accounts import Role
+from app.control.accounts import Role
 from app.control.audit import read_audit
 from app.db.database import Database
 from app.jobs.store import JobStore
@@ -26,7 +26,6 @@ def tiny_store(
     store = ModelStore(database.engine, models_dir)
     store.add(tiny_gguf("tiny.gguf"))
     return store
-
 
 
 def test_operator_starts_a_quantize_job_and_sees_it_end_with_lineage(

@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import Engine, text
 
 from app.config import Settings
+from app.control.deployments import Deployments, UnknownDeploymentError
 from app.db.database import Database
-from app.deployments import Deployments, UnknownDeploymentError
 from app.gateway.demand import alias_demand, queued_requests
 from app.store.catalog import ModelStore
 from app.store.demo import add_demo_model

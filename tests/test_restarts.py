@@ -1,6 +1,6 @@
-"""How `herd up` restarts what it runs (app/restarts.py): backoff, crash loops reported with
-their log, counts kept in the database and shown on /metrics and Overview; the embedded
-PostgreSQL started again after a kill -9. The whole stack under kill -9 is in
+"""How `herd up` restarts what it runs (app/processes/restarts.py): backoff, crash loops
+reported with their log, counts kept in the database and shown on /metrics and Overview;
+the embedded PostgreSQL started again after a kill -9. The whole stack under kill -9 is in
 tests/test_up_restarts.py."""
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from app.accounts import Role
+from app.control.accounts import Role
 from app.db.database import Database
 from app.db.embedded import EmbeddedPostgres
 from app.db.process_restarts import ProcessRestarts
-from app.launcher import ChildWatch, ProcessGroup, Service
-from app.restarts import Backoff, RestartBook, Restarter, RestartPolicy
+from app.processes.launcher import ChildWatch, ProcessGroup, Service
+from app.processes.restarts import Backoff, RestartBook, Restarter, RestartPolicy
 from tests.conftest import run_page
 from tests.gateway_harness import GatewayThread, gateway_settings, wait_for
 

@@ -12,7 +12,7 @@ import httpx
 from sqlalchemy import Engine, text
 
 from app.db.database import Database
-from app.retention import delete_expired_text
+from app.gateway.retention import delete_expired_text
 from tests.conftest import run_herd
 from tests.gateway_harness import served_alias, wait_for
 

@@ -11,11 +11,11 @@ from sqlalchemy import text
 
 from app.config import Settings
 from app.control.audit import read_audit
+from app.control.deployments import Deployments, ServingSettings, traffic_shares
 from app.db.database import Database
-from app.deployments import Deployments, ServingSettings, traffic_shares
 from app.evaluation.metrics import Metric
 from app.evaluation.store import EvaluationStore
-from app.rollouts import RolloutError, Rollouts
+from app.rollouts.actions import RolloutError, Rollouts
 from app.store.catalog import ModelStore
 from tests.analytics_data import insert_requests, request_row
 from tests.conftest import run_herd
@@ -139,7 +139,9 @@ def test_refusals(
 
 
 def test_the_cli_walks_canary_promote_rollback(
-    database: Database, settings: Settings, alias: tuple[Deployments, int, int],
+    database: Database,
+    settings: Settings,
+    alias: tuple[Deployments, int, int],
     herd_env: dict[str, str],
 ) -> None:
     steps = (("canary", "smol", "v2.gguf", "--percent", "20"), ("promote", "smol"),

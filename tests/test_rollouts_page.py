@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from app.accounts import Role
 from app.analytics.decisions import record_decision
 from app.config import Settings
+from app.control.accounts import Role
+from app.control.deployments import Deployments, ServingSettings
 from app.db.database import Database
-from app.deployments import Deployments, ServingSettings
-from app.rollouts import Rollouts
+from app.rollouts.actions import Rollouts
 from app.store.catalog import ModelStore
 from tests.conftest import run_page
 
@@ -31,7 +31,6 @@ def served(
     store.add(tiny_gguf("v2.gguf"))
     Deployments(database.engine).create("smol", ServingSettings("v1.gguf", n_ctx=256), replicas=0)
     return Rollouts(database.engine, settings)
-
 
 
 def test_canary_promote_rollback_from_the_page(served: Rollouts) -> None:

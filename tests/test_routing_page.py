@@ -8,13 +8,13 @@ import pytest
 from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
-from app.accounts import Role
 from app.config import Settings
+from app.control.accounts import Role
+from app.control.aliases import AliasSettings, AliasStore
 from app.control.audit import read_audit
+from app.control.deployments import DeploymentError, Deployments
+from app.control.keys import ApiKeys, hash_key
 from app.db.database import Database
-from app.deployments import DeploymentError, Deployments
-from app.gateway.aliases import AliasSettings, AliasStore
-from app.gateway.keys import ApiKeys, hash_key
 from tests.conftest import REPO_ROOT, log_in_as
 from tests.gateway_harness import add_deployment, add_model
 

@@ -13,9 +13,10 @@ from sqlalchemy import text
 
 from app.analytics.scope import last
 from app.analytics.semantic_cache import semantic_cache_rows
+from app.control.aliases import AliasSettings, AliasStore
 from app.db.database import Database
-from app.gateway.aliases import AliasSettings, AliasStore
-from app.gateway.vector_store import VectorStore, pgvector_problem
+from app.db.pgvector import pgvector_problem
+from app.gateway.vector_store import VectorStore
 from tests.gateway_harness import wait_for
 from tests.test_embeddings_api import CHAT_ALIAS, EMBED_ALIAS, pair  # noqa: F401  (a fixture)
 from tests.test_gateway_e2e import gateway_url  # noqa: F401  (a fixture)

@@ -13,11 +13,12 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from streamlit.testing.v1 import AppTest
 
-from app.accounts import Role
+from app.control.accounts import Role
+from app.control.aliases import AliasSettingError, AliasSettings, AliasStore
 from app.db import migrate
 from app.db.engine import sqlalchemy_url
-from app.gateway.aliases import AliasSettingError, AliasSettings, AliasStore
-from app.gateway.vector_store import VectorStore, pgvector_problem
+from app.db.pgvector import pgvector_problem
+from app.gateway.vector_store import VectorStore
 from tests.conftest import REPO_ROOT, log_in_as
 from tests.test_multihost import PG_USER, open_to, pg_bin, run
 

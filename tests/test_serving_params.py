@@ -10,8 +10,8 @@ from pathlib import Path
 from sqlalchemy import inspect
 
 from app.cli import build_parser
+from app.control.deployments import Deployments, ServingSettings
 from app.db.database import Database
-from app.deployments import Deployments, ServingSettings
 from app.engine.loader import LoadOptions
 from app.engine.serving import SERVING_FIELDS, ServingParams, serving_values_from
 from app.store.catalog import ModelStore
@@ -42,7 +42,8 @@ def test_every_place_derives_from_the_one_definition() -> None:
         assert issubclass(derived, ServingParams)
         assert set(SERVING_FIELDS) <= {f.name for f in fields(derived)}
     worker = next(
-        a for a in build_parser()._subparsers._group_actions[0].choices.values()  # type: ignore[union-attr]
+        a
+        for a in build_parser()._subparsers._group_actions[0].choices.values()  # type: ignore[union-attr]
         if a.prog.endswith(" worker")
     )
     flags = {o for action in worker._actions for o in action.option_strings}
@@ -91,8 +92,8 @@ def test_bad_flag_values_are_refused_with_the_reason(capsys: object) -> None:
 
 
 def test_the_config_file_and_admin_api_take_every_field() -> None:
-    from app.admin.specs import AliasSpec, DeploymentSpec
-    from app.gateway.aliases import AliasSettings
+    from app.control.aliases import AliasSettings
+    from app.control.specs import AliasSpec, DeploymentSpec
 
     assert {"model", *SERVING_FIELDS} <= set(DeploymentSpec.model_fields)
     spec = DeploymentSpec(alias="a", model="m.gguf", **ODD.serving_values())

@@ -20,9 +20,9 @@ import pytest
 from sqlalchemy import text
 
 from app.config import Settings
+from app.control.deployments import Deployments, DeploymentView, ServingSettings
 from app.db.database import Database
-from app.deployments import Deployments, DeploymentView, ServingSettings
-from app.launcher import LaunchError, ProcessGroup, child_environment, wait_healthy
+from app.processes.launcher import LaunchError, ProcessGroup, child_environment, wait_healthy
 from app.store.catalog import ModelStore
 from app.store.demo import add_demo_model
 from app.supervisor import logs

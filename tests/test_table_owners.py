@@ -12,7 +12,7 @@ APP = Path(__file__).resolve().parents[1] / "app"
 
 # table -> (ORM class, the one module that writes it)
 OWNERS = {
-    "deployments": ("Deployment", "deployments.py"),
+    "deployments": ("Deployment", "control/deployments.py"),
     "evaluations": ("Evaluation", "evaluation/store.py"),
     "evaluation_answers": ("EvaluationAnswer", "evaluation/answers.py"),
     "datasets": ("Dataset", "datasets/store.py"),
@@ -31,8 +31,6 @@ def test_only_the_owner_writes(table: str) -> None:
         re.IGNORECASE,
     )
     writers = sorted(
-        str(path.relative_to(APP))
-        for path in APP.rglob("*.py")
-        if writes.search(path.read_text())
+        str(path.relative_to(APP)) for path in APP.rglob("*.py") if writes.search(path.read_text())
     )
     assert writers == [owner]

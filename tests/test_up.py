@@ -134,8 +134,11 @@ def test_up_serves_dashboard_and_stops_cleanly(tmp_path: Path) -> None:
         assert [m["id"] for m in models.json()["data"]] == ["demo"]
         reply = httpx.post(
             f"{gateway.group(1)}/chat/completions",
-            json={"model": "demo", "messages": [{"role": "user", "content": "Say hello"}],
-                  "max_tokens": 8},
+            json={
+                "model": "demo",
+                "messages": [{"role": "user", "content": "Say hello"}],
+                "max_tokens": 8,
+            },
             timeout=120,
         )
         assert reply.status_code == 200, reply.text

@@ -1,4 +1,4 @@
-"""The Users and Audit pages (AppTest): admins manage accounts through app.admin; a disabled
+"""The Users and Audit pages (AppTest): admins manage accounts through app.control; a disabled
 account's session ends at its next page run; the last admin stays; the audit shows it all."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app.accounts import Accounts, Role
+from app.control.accounts import Accounts, Role
 from app.control.audit import read_audit
 from app.db.database import Database
 from tests.conftest import REPO_ROOT, log_in_as

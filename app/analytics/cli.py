@@ -10,7 +10,7 @@ from app.analytics.catalog import UnknownMetric
 from app.analytics.metrics_report import metrics_query, metrics_report, report_lines
 from app.analytics.scope import RANGE_PRESETS, UnknownRange
 from app.analytics.traffic import TrafficClass, UnknownTrafficClass
-from app.cli_output import echo, warn
+from app.common.cli_output import echo, warn
 from app.config import Settings
 from app.db.database import Database
 

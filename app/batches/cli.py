@@ -16,7 +16,7 @@ from app.batches.owner import OPERATOR
 from app.batches.progress import describe
 from app.batches.service import cancel_batch, create_batch_from_file, get_batch, wait_batch
 from app.batches.store import BatchError, BatchStore, BatchView
-from app.cli_output import echo
+from app.common.cli_output import echo
 from app.config import Settings
 from app.control.audit import cli_actor
 from app.db.database import Database

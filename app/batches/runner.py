@@ -306,9 +306,7 @@ class BatchRunner:
             await self.db(self.store.clear_sent, self.batch_id, line.line)
 
 
-def _record(
-    store: BatchStore, batch_id: str, line: int, attempts: int, result: LineAnswer
-) -> bool:
+def _record(store: BatchStore, batch_id: str, line: int, attempts: int, result: LineAnswer) -> bool:
     return store.record(
         batch_id, line, state=result.state, attempts=attempts, status_code=result.status_code,
         request_id=result.request_id, response=result.body,

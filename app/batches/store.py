@@ -341,9 +341,7 @@ class BatchStore:
         views = [_view(r) for r in rows]
         return views[:limit], len(views) > limit
 
-    def request_cancel(
-        self, batch_id: str, owner: Owner, actor: Actor | None = None
-    ) -> BatchView:
+    def request_cancel(self, batch_id: str, owner: Owner, actor: Actor | None = None) -> BatchView:
         """validating / in_progress -> cancelling: the runner stops sending, lets the lines
         in flight finish, marks the rest cancelled and writes the files. With an actor, the
         change is a "batch.cancel" audit row (none when the batch was cancelling already)."""

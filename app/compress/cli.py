@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from app.cli_output import echo
+from app.common.cli_output import echo
 from app.compress.quantize import QuantizeRequest, parse_layers, start_quantize
 from app.config import Settings
 from app.control.audit import cli_actor

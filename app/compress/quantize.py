@@ -235,9 +235,7 @@ def start_quantize(
     if len(set(names)) != len(names):
         raise QuantizeRefused("the same output twice: " + ", ".join(names))
     jobs.reap_stale(settings.job_stale_s)
-    busy = {
-        job.params.get("target") for job in jobs.recent(JobKind.QUANTIZE) if not job.finished
-    }
+    busy = {job.params.get("target") for job in jobs.recent(JobKind.QUANTIZE) if not job.finished}
     for plan in plans:
         if plan.target_name in busy:
             raise QuantizeRefused(f"a job is already writing {plan.target_name}")

@@ -1,2 +1,3 @@
-"""The control plane's lowest layer: the audit log, which every package that makes a change
-writes through (app/control/audit.py imports app/db alone, so anything may import it)."""
+"""The control plane: deployments, aliases and weights, keys, accounts, the admin API router
+and `herd apply`, all through app.control.changes.Admin, which writes an audit_log row in the
+change's transaction; app/control/audit.py at the bottom imports app/db alone."""

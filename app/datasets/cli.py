@@ -9,7 +9,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from app.cli_output import echo, progress_bars, utc_time, warn
+from app.common.cli_output import echo, progress_bars, utc_time, warn
 from app.config import Settings
 from app.control.audit import cli_actor
 from app.datasets.build import BuildSpec, build_dataset, check_name, datasets_root

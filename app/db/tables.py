@@ -80,9 +80,7 @@ class Model(Base):
     scanned_at: Mapped[datetime] = _now()
     created_at: Mapped[datetime] = _now()
     # Lineage of a model made inside Herd (quantized, pruned): its source, how, and by whom.
-    parent_id: Mapped[int | None] = mapped_column(
-        ForeignKey("models.id", ondelete="SET NULL")
-    )
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"))
     recipe: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     created_by: Mapped[str | None] = mapped_column(Text)
 
@@ -797,7 +795,7 @@ class EvaluationAnswer(Base):
 class Rollout(Base):
     """A canary, promotion or rollback of an alias: who, when, what changed, the evidence.
 
-    Written only by app.rollouts.Rollouts.
+    Written only by app.rollouts.actions.Rollouts.
     """
 
     __tablename__ = "rollouts"
@@ -851,9 +849,7 @@ class Dataset(Base):
     created_at: Mapped[datetime] = _now()
     source: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     steps: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
-    split_rows: Mapped[dict[str, int]] = mapped_column(
-        JSONB, server_default=text("'{}'::jsonb")
-    )
+    split_rows: Mapped[dict[str, int]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     rows: Mapped[int] = mapped_column(BigInteger)
     path: Mapped[str] = mapped_column(Text)
     card: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
@@ -877,17 +873,13 @@ class File(Base):
     filename: Mapped[str] = mapped_column(Text)
     bytes: Mapped[int] = mapped_column(BigInteger)
     lines: Mapped[int] = mapped_column(Integer, server_default=text("0"))
-    api_key_id: Mapped[int | None] = mapped_column(
-        ForeignKey("api_keys.id", ondelete="SET NULL")
-    )
+    api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
     # The batch whose output (or errors) this file is; None for an upload.
     batch_id: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _now()
 
     __table_args__ = (
-        CheckConstraint(
-            "purpose IN ('batch', 'batch_output', 'batch_errors')", name="purpose"
-        ),
+        CheckConstraint("purpose IN ('batch', 'batch_output', 'batch_errors')", name="purpose"),
         Index("ix_files_created_at", "created_at"),
     )
 
@@ -908,9 +900,7 @@ class Batch(Base):
     # Batch-level errors in OpenAI's form ({"object": "list", "data": [...]}).
     errors: Mapped[Any] = mapped_column(JSONB, nullable=True)
     metadata_: Mapped[Any] = mapped_column("metadata", JSONB, nullable=True)
-    api_key_id: Mapped[int | None] = mapped_column(
-        ForeignKey("api_keys.id", ondelete="SET NULL")
-    )
+    api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
     created_by: Mapped[str] = mapped_column(Text)
     # The gateway the runner sends lines through, and the runner's credential there: only a
     # caller holding it may mark calls as this batch's (never shown by the API or pages).

@@ -35,9 +35,7 @@ class LlamaLog:
     installs a LlamaLog keeps it until restore().
     """
 
-    def __init__(
-        self, max_errors: int = 20, listener: Callable[[str], None] | None = None
-    ) -> None:
+    def __init__(self, max_errors: int = 20, listener: Callable[[str], None] | None = None) -> None:
         self._errors: deque[str] = deque(maxlen=max_errors)
         # Also given every line (a quantize job reads its progress from them).
         self._listener = listener

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from app.bounds import Bound
+from app.common.bounds import Bound
 from app.engine.pooling import POOLING_CHOICES, Pooling, parse_pooling
 
 DEFAULT_N_CTX = 4096

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from app.cli_output import echo
+from app.common.cli_output import echo
 from app.config import Settings
 from app.control.audit import cli_actor
 from app.db.database import Database
@@ -112,9 +112,17 @@ def add_command(sub: Any, command: Any) -> None:
         "thumbs-up and corrected answers; the default, used when there are any) or a JSONL "
         "file of {\"prompt\": ..., \"reference\": ...} objects",
     )  # fmt: skip
-    p.add_argument("--answers", type=int, default=None,
-                   help="prompts each model answers greedily (default HERD_EVAL_ANSWER_PROMPTS)")
-    p.add_argument("--answer-tokens", type=int, default=None,
-                   help="the most tokens per answer (default HERD_EVAL_ANSWER_TOKENS)")
+    p.add_argument(
+        "--answers",
+        type=int,
+        default=None,
+        help="prompts each model answers greedily (default HERD_EVAL_ANSWER_PROMPTS)",
+    )
+    p.add_argument(
+        "--answer-tokens",
+        type=int,
+        default=None,
+        help="the most tokens per answer (default HERD_EVAL_ANSWER_TOKENS)",
+    )
     p.add_argument("--by", default=None, help="who starts it (default: the OS user)")
     p.add_argument("--no-wait", action="store_true", help="start and return")

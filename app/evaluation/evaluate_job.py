@@ -17,6 +17,7 @@ from typing import Any
 
 import psutil
 
+from app.common.host_memory import gpu_bytes_of
 from app.engine.cpu_buffers import ExtraBuffers
 from app.engine.errors import ModelLoadError
 from app.engine.measure import Measured, MeasureError
@@ -25,7 +26,6 @@ from app.evaluation.metrics import Metric
 from app.evaluation.plan import EvalRefused, EvalRequest, check_eval, memory_estimate
 from app.evaluation.references import Reference
 from app.evaluation.store import EvaluationStore
-from app.host_memory import gpu_bytes_of
 from app.jobs.runner import JobContext, JobFailed
 from app.store.catalog import ModelStore
 
@@ -137,13 +137,16 @@ def run(ctx: JobContext) -> dict[str, Any]:
         # GPU memory this process held before loading (a CUDA context of an earlier model).
         vram_baseline = (gpu_bytes_of(os.getpid()) or 0) if gpu else 0
         try:
-            with PeakMemory(gpu) as memory, Measured(
-                Path(model.path),
-                request.n_ctx,
-                request.thread_count,
-                request.n_gpu_layers,
-                ExtraBuffers(ctx.settings.cpu_extra_buffers),
-            ) as measured:
+            with (
+                PeakMemory(gpu) as memory,
+                Measured(
+                    Path(model.path),
+                    request.n_ctx,
+                    request.thread_count,
+                    request.n_gpu_layers,
+                    ExtraBuffers(ctx.settings.cpu_extra_buffers),
+                ) as measured,
+            ):
                 if gpu:
                     memory.sample_vram()  # loaded: the weights are on the GPU now
                 tokens = measured.tokenize(inputs.text)

@@ -11,12 +11,12 @@ from typing import Any
 
 import psutil
 
+from app.common.host_memory import free_vram_bytes
 from app.config import Settings
 from app.control.audit import Actor
 from app.db.bind import Bind
 from app.engine.loader import gpu_offload_supported
 from app.evaluation.prompt_sets import PromptSet, PromptSetError, load_prompt_set
-from app.host_memory import free_vram_bytes
 from app.jobs.kinds import JobKind
 from app.jobs.spawn import spawn_job
 from app.jobs.store import JobStore

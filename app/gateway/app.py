@@ -12,10 +12,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
 import app as herd
-from app.admin.api import admin_router
 from app.config import Settings
+from app.control.admin_api import admin_router
 from app.db.database import Database
-from app.embeddings_api import EmbeddingRequest
 from app.gateway.body_limit import BodyLimit
 from app.gateway.errors import database_error
 from app.gateway.routes_batches import batches_router
@@ -25,6 +24,7 @@ from app.gateway.routes_operations import operations_router
 from app.gateway.runtime import GatewayRuntime, database_url
 from app.gateway.schemas import BatchCreateRequest, ErrorResponse
 from app.openai_api.bodies import openapi_components
+from app.openai_api.embeddings import EmbeddingRequest
 from app.openai_api.errors import ApiError, install_error_handlers
 from app.openai_api.schemas import ChatCompletionRequest, CompletionRequest
 

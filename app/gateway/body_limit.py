@@ -7,7 +7,7 @@ import json
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.openai_errors import error_body
+from app.openai_api.error_body import error_body
 
 
 def too_large_message(limit_bytes: int) -> str:
@@ -24,9 +24,7 @@ class BodyLimit:
     counted while the app reads it, and reading stops at the limit (FastAPI passes the
     HTTPException raised from receive() through to the app's handler)."""
 
-    def __init__(
-        self, app: ASGIApp, limit_bytes: int, exempt_paths: tuple[str, ...] = ()
-    ) -> None:
+    def __init__(self, app: ASGIApp, limit_bytes: int, exempt_paths: tuple[str, ...] = ()) -> None:
         self.app = app
         self.limit_bytes = limit_bytes
         # Routes that enforce a limit of their own.

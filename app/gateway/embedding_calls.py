@@ -18,13 +18,13 @@ import numpy.typing as npt
 import orjson
 from fastapi.responses import JSONResponse, Response
 
-from app.embeddings_api import EmbeddingInputError, decode_vector, parse_request
 from app.gateway.balancer import Pick
 from app.gateway.proxy import Proxy, _hop_headers
 from app.gateway.request_log import RequestRecord
 from app.gateway.routing import AliasRoute
+from app.openai_api.embeddings import EmbeddingInputError, decode_vector, parse_request
+from app.openai_api.error_body import error_body
 from app.openai_api.errors import ApiError
-from app.openai_errors import error_body
 
 logger = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import psycopg
 from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from app.openai_api.error_body import error_body
 from app.openai_api.errors import ApiError
-from app.openai_errors import error_body
 
 logger = logging.getLogger(__name__)
 

@@ -208,6 +208,4 @@ class KeyLimits:
 
 
 def _too_many(message: str, code: str, retry_after_s: int) -> ApiError:
-    return ApiError(
-        429, message, type="rate_limit_error", code=code, retry_after_s=retry_after_s
-    )
+    return ApiError(429, message, type="rate_limit_error", code=code, retry_after_s=retry_after_s)

@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from app.analytics.outcomes import outcome
-from app.prometheus import Histogram, Labels, labels_text, number
+from app.common.prometheus import Histogram, Labels, labels_text, number
 
 # Seconds: from a cache hit (well under a ms) to long CPU generations.
 TTFT_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

@@ -9,8 +9,8 @@ import contextlib
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.common.prometheus import labels_text
 from app.db.process_restarts import ProcessRestartRow, ProcessRestarts
-from app.prometheus import labels_text
 
 # A scrape is not held longer than this by a database that does not answer.
 READ_TIMEOUT_S = 2.0

@@ -6,9 +6,9 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from app.control.keys import hash_key
 from app.gateway.batch_marking import Caller
 from app.gateway.errors import unauthorized
-from app.gateway.keys import hash_key
 from app.gateway.runtime import GatewayRuntime
 from app.openai_api.errors import ApiError
 

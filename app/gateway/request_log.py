@@ -32,8 +32,8 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 
 from app.analytics.redact import redact_messages, redact_text
+from app.control.keys import ApiKeys
 from app.db.tables import Message, Request
-from app.gateway.keys import ApiKeys
 from app.gateway.spool import Spool
 
 logger = logging.getLogger(__name__)

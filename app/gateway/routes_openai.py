@@ -9,7 +9,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.embeddings_api import EmbeddingRequest
 from app.gateway.batch_marking import Caller
 from app.gateway.errors import database_unavailable, unknown_model
 from app.gateway.model_info import describe_alias
@@ -21,6 +20,7 @@ from app.gateway.request_context import (
     runtime_of,
 )
 from app.openai_api.bodies import body_openapi, read_body
+from app.openai_api.embeddings import EmbeddingRequest
 from app.openai_api.errors import ApiError
 from app.openai_api.schemas import MAX_CLIENT_NAME, ChatCompletionRequest, CompletionRequest
 

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, RowMapping, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import Settings
-from app.gateway.aliases import AliasSettings, AliasStore
+from app.control.aliases import AliasSettings, AliasStore
 from app.gateway.key_limits import KeyRule
 
 logger = logging.getLogger(__name__)

@@ -28,12 +28,12 @@ from app.gateway.metrics import GatewayMetrics
 from app.gateway.process_metrics import ProcessRestartMetrics
 from app.gateway.proxy import Proxy
 from app.gateway.request_log import RequestLog
+from app.gateway.retention import run_retention
 from app.gateway.routing import RoutingState
 from app.gateway.semantic_cache import SemanticCache
 from app.gateway.spool import Spool
 from app.gateway.vector_store import VectorStore
 from app.gateway.worker_client import WorkerClient
-from app.retention import run_retention
 
 logger = logging.getLogger(__name__)
 

@@ -7,11 +7,11 @@ from collections.abc import Callable
 
 import uvicorn
 
+from app.common.listen import bind_listen_socket
 from app.config import Settings
 from app.db.database import Database
 from app.gateway.app import create_app
-from app.launcher import Service
-from app.listen import bind_listen_socket
+from app.processes.launcher import Service
 
 # Seconds a stopping gateway lets streams in flight finish before it closes them.
 GRACEFUL_SHUTDOWN_S = 10

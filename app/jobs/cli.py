@@ -9,7 +9,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from app.cli_output import echo
+from app.common.cli_output import echo
 from app.config import Settings
 from app.control.audit import cli_actor
 from app.db.database import Database

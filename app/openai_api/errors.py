@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from app.openai_errors import error_body
+from app.openai_api.error_body import error_body
 
 logger = logging.getLogger(__name__)
 

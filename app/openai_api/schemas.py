@@ -37,6 +37,7 @@ def refuse_unless(*allowed: object, why: str) -> AfterValidator:
 # Longest alias or end-user id a client may send (aliases themselves are at most 128).
 MAX_CLIENT_NAME = 256
 
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

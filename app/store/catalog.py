@@ -15,9 +15,9 @@ from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from app.common.host_memory import free_bytes_for
 from app.db.bind import Bind, begin
 from app.db.tables import Deployment, Model
-from app.host_memory import free_bytes_for
 from app.store.estimate import default_slots, estimate_memory
 from app.store.gguf_file import GGUFInfo, InvalidGGUF, ModelLayout, read_gguf
 

@@ -11,7 +11,7 @@ import httpx
 import psutil
 
 from app.config import Settings
-from app.deployments import Deployments
+from app.control.deployments import Deployments
 from app.supervisor import logs
 from app.supervisor.placement import Placer
 from app.supervisor.processes import WorkerHandle, adopt, spawn, wait_all, worker_argv

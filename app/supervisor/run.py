@@ -22,8 +22,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.config import Settings
 from app.control.audit import Via
 from app.db.database import Database
-from app.launcher import child_environment
-from app.rollouts import Rollouts
+from app.processes.launcher import child_environment
+from app.rollouts.actions import Rollouts
 from app.supervisor.errors import SupervisorError
 from app.supervisor.health import HealthServer, SupervisorStatus
 from app.supervisor.placement import lock_key
@@ -153,7 +153,7 @@ def run_supervisor(
                 status.failed(repr(exc))
                 log.exception("reconciliation failed, retrying")
             try:
-                # Canary guard and the end of promotions' grace periods (app/rollouts.py).
+                # Canary guard and the end of promotions' grace periods (app/rollouts/actions.py).
                 rollouts.tick()
             except Exception:
                 log.exception("rollout guard failed, retrying")

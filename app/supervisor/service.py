@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from app.config import Settings
-from app.launcher import LaunchError, Service
+from app.processes.launcher import LaunchError, Service
 
 
 def supervisor_service(settings: Settings) -> Service:

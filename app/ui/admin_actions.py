@@ -1,13 +1,13 @@
-"""What operator pages change goes through app.admin, recorded as made on a page by the
+"""What operator pages change goes through app.control, recorded as made on a page by the
 logged-in operator."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from app.accounts import LoggedIn
-from app.admin.changes import Admin
+from app.control.accounts import LoggedIn
 from app.control.audit import Actor, Via
+from app.control.changes import Admin
 from app.ui import resources
 
 

@@ -8,7 +8,7 @@ import time
 import streamlit as st
 from sqlalchemy.exc import OperationalError
 
-from app.accounts import LoggedIn, Role
+from app.control.accounts import LoggedIn, Role
 from app.db.embedded import EmbeddedDatabaseError
 from app.ui import resources
 

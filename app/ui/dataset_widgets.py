@@ -251,9 +251,7 @@ def build_form(
             generation = GenerationSettings(
                 alias, int(max_tokens), float(temperature), keep_cut=cut
             )
-            job_id = _start_job(
-                engine, settings, actor, spec, generation, int(n), start, end, form
-            )
+            job_id = _start_job(engine, settings, actor, spec, generation, int(n), start, end, form)
     except ValueError as exc:  # DatasetError, and the Batch API's BatchError / FileError
         bar.empty()
         st.error(str(exc))

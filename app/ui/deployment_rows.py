@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from app.deployments import DeploymentView, WorkerView
+from app.control.deployments import DeploymentView, WorkerView
 from app.store.estimate import format_bytes
 from app.ui.worker_health import PrefixReuse
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app.accounts import Role
+from app.control.accounts import Role
 from app.ui import auth
 
 PAGES_DIR = Path(__file__).resolve().parents[2] / "pages"
@@ -54,9 +54,7 @@ def build_navigation() -> st.navigation:  # type: ignore[valid-type]
                     title="Feedback review",
                     icon=":material/rate_review:",
                 ),
-                st.Page(
-                    PAGES_DIR / "evaluation.py", title="Evaluation", icon=":material/speed:"
-                ),
+                st.Page(PAGES_DIR / "evaluation.py", title="Evaluation", icon=":material/speed:"),
                 st.Page(
                     PAGES_DIR / "retraining.py",
                     title="Retraining",

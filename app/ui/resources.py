@@ -8,8 +8,8 @@ from contextlib import contextmanager
 import streamlit as st
 from sqlalchemy.exc import OperationalError
 
-from app.accounts import Accounts
 from app.config import Settings
+from app.control.accounts import Accounts
 from app.db.database import Database
 from app.db.embedded import EmbeddedDatabaseError
 from app.store.catalog import ModelStore

@@ -7,9 +7,9 @@ from typing import Any
 import streamlit as st
 
 from app.control.audit import Via
+from app.control.deployments import DeploymentError
 from app.db.tables import Rollout
-from app.deployments import DeploymentError
-from app.rollouts import RolloutError, Rollouts
+from app.rollouts.actions import RolloutError, Rollouts
 from app.ui import resources
 from app.ui.admin_actions import client_address
 from app.ui.changes import confirmed, run_change, show_confirmation

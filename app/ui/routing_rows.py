@@ -6,9 +6,9 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from app.deployments import DeploymentView, traffic_shares
-from app.gateway.aliases import AliasSettings
-from app.gateway.keys import ApiKeyView
+from app.control.aliases import AliasSettings
+from app.control.deployments import DeploymentView, traffic_shares
+from app.control.keys import ApiKeyView
 
 
 def by_alias(deployments: Sequence[DeploymentView]) -> dict[str, list[DeploymentView]]:

@@ -17,9 +17,9 @@ from app.engine.events import Finished, TextDelta
 from app.engine.protocol import Engine, Generation
 from app.engine.requests import GenerationRequest
 from app.openai_api.bodies import read_model
+from app.openai_api.error_body import error_body
 from app.openai_api.errors import ApiError, bad_param, install_error_handlers
 from app.openai_api.schemas import ChatCompletionRequest, CompletionRequest
-from app.openai_errors import error_body
 from app.worker.choices import ChoiceSet, choice_requests, combined
 from app.worker.embeddings import embed_route
 from app.worker.errors import from_engine_error

@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from app.embeddings_api import (
+from app.engine.embedder import EmbeddingEngine
+from app.engine.errors import BadRequest, EngineError
+from app.openai_api.embeddings import (
     EmbeddingInputError,
     check_dimensions,
     parse_request,
     response_body,
 )
-from app.engine.embedder import EmbeddingEngine
-from app.engine.errors import BadRequest, EngineError
 from app.openai_api.errors import ApiError
 from app.worker.errors import from_engine_error
 from app.worker.priority import request_priority

@@ -9,8 +9,8 @@ from __future__ import annotations
 import threading
 from collections import Counter
 
+from app.common.prometheus import Histogram, escape
 from app.engine.events import Finished
-from app.prometheus import Histogram, escape
 from app.worker.state import WorkerState
 
 # Seconds. Time to first token spans prompt processing on CPU up to long queues.

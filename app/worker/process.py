@@ -21,10 +21,12 @@ from types import FrameType
 
 import uvicorn
 
+from app.common.host_memory import free_bytes_for
+from app.common.listen import bind_listen_socket
 from app.config import Settings
+from app.control.deployments import Deployments
 from app.db import migrate
 from app.db.database import Database
-from app.deployments import Deployments
 from app.engine.cpu_buffers import ExtraBuffers
 from app.engine.embedder import load_embedding_engine
 from app.engine.errors import ModelLoadError
@@ -32,8 +34,6 @@ from app.engine.factory import make_engine
 from app.engine.loader import LoadOptions
 from app.engine.protocol import Engine
 from app.engine.serving import DEFAULT_N_CTX
-from app.host_memory import free_bytes_for
-from app.listen import bind_listen_socket
 from app.store.estimate import default_slots
 from app.store.gguf_file import InvalidGGUF, read_gguf
 from app.worker.advertise import advertised_url

@@ -7,7 +7,7 @@ import time
 
 import psutil
 
-from app.host_memory import gpu_bytes_of
+from app.common.host_memory import gpu_bytes_of
 
 # nvidia-smi takes tens of milliseconds; VRAM changes slowly once the model is loaded.
 VRAM_REFRESH_S = 10.0

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
 
-from app.bounds import Bound
+from app.common.bounds import Bound
 from app.config import DEFAULT_WORKER_LIVE_S, LABEL_PATTERN, parse_labels
 from app.db.bind import Bind, begin, connect
 from app.db.tables import Deployment, Model
@@ -24,7 +24,7 @@ from app.engine.serving import ServingParams, serving_values_from
 
 ALIAS_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}")
 # What operators send, bounded where it is defined (the admin API and herd.yaml derive
-# their fields from these; app/bounds.py).
+# their fields from these; app/common/bounds.py).
 ALIAS_LENGTH = Bound(1, 128)
 MODEL_NAME_LENGTH = Bound(1, 255)
 REPLICAS = Bound(0, 1000)
@@ -333,7 +333,7 @@ class Deployments:
                 node=(node or "").strip() or None,
                 node_labels=dict(node_labels) if node_labels else None,
                 state="active",
-                # A canary starts at 0 and gets its weight once it exists (app/rollouts.py).
+                # A canary starts at 0 and gets its weight once it exists (app/rollouts/actions.py).
                 traffic_weight=traffic_weight,
                 **self._serving_columns(serving),
             )

@@ -12,14 +12,14 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from app.accounts import Accounts, OperatorView, Role
-from app.admin.snapshots import alias_json, deployment_json, key_json, operator_json
-from app.admin.specs import DeploymentSpec
 from app.config import Settings
+from app.control.accounts import Accounts, OperatorView, Role
+from app.control.aliases import AliasSettings, AliasStore
 from app.control.audit import Actor, record
-from app.deployments import Deployments, DeploymentView, ServingSettings
-from app.gateway.aliases import AliasSettings, AliasStore
-from app.gateway.keys import ApiKeyError, ApiKeys, ApiKeyView, CreatedKey, KeyPolicy
+from app.control.deployments import Deployments, DeploymentView, ServingSettings
+from app.control.keys import ApiKeyError, ApiKeys, ApiKeyView, CreatedKey, KeyPolicy
+from app.control.snapshots import alias_json, deployment_json, key_json, operator_json
+from app.control.specs import DeploymentSpec
 from app.store.catalog import ModelStore, ProgressCallback, ScanReport
 from app.store.demo import add_demo_model
 

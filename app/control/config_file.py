@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from app.admin.specs import HerdConfig
+from app.control.specs import HerdConfig
 from app.openai_api.text import check_text
 
 Path_ = tuple[str | int, ...]

@@ -16,15 +16,15 @@ from types import FrameType
 
 import httpx
 
-from app.accounts import Accounts
 from app.config import Settings
+from app.control.accounts import Accounts
 from app.control.audit import Actor, Via
+from app.control.deployments import Deployments, ServingSettings
 from app.db import migrate
 from app.db.database import Database
 from app.db.embedded import EmbeddedPostgres
 from app.db.process_restarts import ProcessRestarts, describe_exit
-from app.deployments import Deployments, ServingSettings
-from app.restarts import RestartBook, Restarter, RestartPolicy, Watched
+from app.processes.restarts import RestartBook, Restarter, RestartPolicy, Watched
 from app.store.catalog import ModelStore, ProgressCallback, ScanReport
 from app.store.demo import add_demo_model
 
@@ -300,7 +300,7 @@ def serve(
     policy: RestartPolicy | None = None,
 ) -> int:
     """Run services until Ctrl-C or SIGTERM (exit 0). One that exits once all are up is
-    started again (app/restarts.py), and so is the embedded PostgreSQL with keep_database;
+    started again (app/processes/restarts.py), and so is the embedded PostgreSQL with keep_database;
     restarts are counted in the database. One that fails to come up at first is an error
     (exit 1): a port in use or a bad setting would only fail again."""
     group = ProcessGroup(child_environment(settings, database))

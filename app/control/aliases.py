@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 
-from app.bounds import PG_INTEGER_MAX, Bound
+from app.common.bounds import PG_INTEGER_MAX, Bound
 from app.config import Settings
 from app.db.bind import Bind, begin, connect
+from app.db.pgvector import ensure_pgvector
 from app.db.tables import Alias
-from app.gateway.vector_store import ensure_pgvector
 
 # Cosine similarity of two normalised question embeddings; 0.95 reuses close paraphrases.
 DEFAULT_SEMANTIC_THRESHOLD = 0.95

@@ -1,7 +1,7 @@
 """Canary, promotion and rollback of an alias, and the guard that rolls a bad canary back.
 
 The only code that writes the `rollouts` table. Deployments change only through
-app.deployments.Deployments (create, weights, start, stop), so every change reaches the
+app.control.deployments.Deployments (create, weights, start, stop), so every change reaches the
 supervisors and gateways the usual way. Each action records the alias's deployments (model,
 weight, state) before and after, the latest evaluations of the models involved, and who.
 
@@ -28,8 +28,8 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.control import audit
 from app.control.audit import Actor, Via
+from app.control.deployments import Deployments, ServingSettings
 from app.db.tables import Deployment, Model, Rollout
-from app.deployments import Deployments, ServingSettings
 from app.engine.serving import serving_values_from
 from app.evaluation.store import EvaluationStore
 

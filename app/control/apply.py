@@ -11,15 +11,15 @@ from typing import Any
 import yaml
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from app.admin.changes import Admin, Change
-from app.admin.config_file import ConfigError, LoadedConfig
-from app.admin.snapshots import alias_json, policy_json
-from app.admin.specs import AliasSpec, DeploymentSpec, KeySpec
+from app.control.aliases import AliasSettingError
 from app.control.audit import Actor
-from app.deployments import DeploymentError, DeploymentView, ServingSettings
+from app.control.changes import Admin, Change
+from app.control.config_file import ConfigError, LoadedConfig
+from app.control.deployments import DeploymentError, DeploymentView, ServingSettings
+from app.control.keys import ApiKeyError, ApiKeyView, CreatedKey
+from app.control.snapshots import alias_json, policy_json
+from app.control.specs import AliasSpec, DeploymentSpec, KeySpec
 from app.engine.serving import SERVING_FIELDS
-from app.gateway.aliases import AliasSettingError
-from app.gateway.keys import ApiKeyError, ApiKeyView, CreatedKey
 
 REFUSALS = (DeploymentError, ApiKeyError, AliasSettingError)
 

@@ -6,11 +6,11 @@ import argparse
 import json
 from typing import Any
 
-from app.cli_output import echo
+from app.common.cli_output import echo
 from app.config import Settings
 from app.control.audit import cli_actor
 from app.db.database import Database
-from app.rollouts import Rollouts
+from app.rollouts.actions import Rollouts
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import RowMapping, func, insert, select, update
 
-from app.bounds import JSON_SAFE_MAX, PG_INTEGER_MAX, Bound
+from app.common.bounds import JSON_SAFE_MAX, PG_INTEGER_MAX, Bound
 from app.db.bind import Bind, begin, connect
 from app.db.tables import ApiKey
 from app.openai_api.text import bad_text_at
@@ -23,7 +23,7 @@ from app.openai_api.text import bad_text_at
 KEY_PREFIX = "herd-"
 # Enough of the key to tell keys apart in a list, far too little to guess the rest.
 SHOWN_CHARS = 12
-# What operators send about a key, bounded where it is defined (app/bounds.py).
+# What operators send about a key, bounded where it is defined (app/common/bounds.py).
 KEY_NAME_LENGTH = Bound(1, 128)
 SCOPES = Bound(0, 1000)
 RATE_LIMIT_RPM = Bound(1, PG_INTEGER_MAX, "or no limit")

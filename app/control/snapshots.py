@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from app.accounts import OperatorView
-from app.deployments import DeploymentView
-from app.gateway.aliases import AliasSettings
-from app.gateway.keys import ApiKeyView, KeyPolicy
+from app.control.accounts import OperatorView
+from app.control.aliases import AliasSettings
+from app.control.deployments import DeploymentView
+from app.control.keys import ApiKeyView, KeyPolicy
 
 
 def deployment_json(d: DeploymentView) -> dict[str, Any]:

@@ -50,8 +50,7 @@ def gpu_bytes_of(pid: int) -> int | None:
 def free_vram_bytes(gpu: int) -> int | None:
     """Free memory of NVIDIA GPU `gpu`; None where nvidia-smi is missing or cannot tell."""
     out = (
-        nvidia_smi("-i", str(gpu), "--query-gpu=memory.free", "--format=csv,noheader,nounits")
-        or ""
+        nvidia_smi("-i", str(gpu), "--query-gpu=memory.free", "--format=csv,noheader,nounits") or ""
     ).strip()
     return int(out) * 1024 * 1024 if out.isdigit() else None
 

@@ -15,7 +15,7 @@ from sqlalchemy import delete, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.bounds import Bound
+from app.common.bounds import Bound
 from app.control import audit
 from app.control.audit import Actor
 from app.db.bind import Bind, begin, connect

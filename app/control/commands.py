@@ -1,5 +1,5 @@
 """The CLI's admin commands (`herd apply`, `herd export-config`, `herd users ...`, key
-policy flags): parse, then call app.admin; app/cli.py hooks them in."""
+policy flags): parse, then call app.control; app/cli.py hooks them in."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from app.accounts import Role
-from app.admin import snapshots
-from app.admin.apply import Applier, export_config
-from app.admin.changes import Admin
-from app.admin.config_file import ConfigError, parse_config
-from app.cli_output import echo
+from app.common.cli_output import echo
 from app.config import Settings
+from app.control import snapshots
+from app.control.accounts import Role
+from app.control.apply import Applier, export_config
 from app.control.audit import Via, cli_actor
+from app.control.changes import Admin
+from app.control.config_file import ConfigError, parse_config
+from app.control.keys import KeyPolicy
 from app.db.database import Database
-from app.gateway.keys import KeyPolicy
 
 Command = Callable[[Any, str, Callable[[Settings, argparse.Namespace], int], str], Any]
 

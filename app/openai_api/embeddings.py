@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from app.openai_errors import error_body
+from app.openai_api.error_body import error_body
 
 # OpenAI's own limit on inputs per request.
 MAX_INPUTS = 2048

@@ -1,7 +1,7 @@
 """The shapes of what the admin API accepts and herd.yaml holds: one definition for both,
 validated by pydantic (unknown keys and wrong types are refused with where they are).
 
-Every number and text is bounded by the range its owner declares (app/bounds.py), every
+Every number and text is bounded by the range its owner declares (app/common/bounds.py), every
 text is one PostgreSQL can store (no NUL, no lone surrogate), and a boolean is true or false
 only (never "yes"), so nothing out of range reaches the database."""
 
@@ -13,9 +13,15 @@ from typing import Annotated, Any, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, create_model
 
-from app.accounts import NAME_LENGTH, PASSWORD_LENGTH, Role
-from app.bounds import PG_BIGINT_MAX, Bound
-from app.deployments import (
+from app.common.bounds import PG_BIGINT_MAX, Bound
+from app.control.accounts import NAME_LENGTH, PASSWORD_LENGTH, Role
+from app.control.aliases import (
+    CACHE_TTL_S,
+    DEFAULT_SEMANTIC_THRESHOLD,
+    RATE_LIMIT_RPM,
+    AliasSettings,
+)
+from app.control.deployments import (
     ALIAS_LENGTH,
     LABEL_LENGTH,
     MODEL_NAME_LENGTH,
@@ -25,21 +31,15 @@ from app.deployments import (
     TRAFFIC_WEIGHT,
     ServingSettings,
 )
-from app.engine.serving import TENSOR_SPLIT_GPUS, ServingParams, serving_values_from
-from app.gateway.aliases import (
-    CACHE_TTL_S,
-    DEFAULT_SEMANTIC_THRESHOLD,
-    RATE_LIMIT_RPM,
-    AliasSettings,
-)
-from app.gateway.keys import (
+from app.control.keys import (
     DAILY_TOKEN_QUOTA,
     KEY_NAME_LENGTH,
     RATE_LIMIT_TPM,
     SCOPES,
     KeyPolicy,
 )
-from app.gateway.keys import RATE_LIMIT_RPM as KEY_RATE_LIMIT_RPM
+from app.control.keys import RATE_LIMIT_RPM as KEY_RATE_LIMIT_RPM
+from app.engine.serving import TENSOR_SPLIT_GPUS, ServingParams, serving_values_from
 from app.openai_api.text import Text
 
 # A deployment's id, as the database numbers them.

@@ -14,10 +14,19 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from sqlalchemy import Engine, select
 
-from app.accounts import AccountError
-from app.admin.changes import Admin
-from app.admin.snapshots import alias_json, deployment_json, key_json, operator_json
-from app.admin.specs import (
+from app.analytics.catalog import UnknownMetric
+from app.analytics.metrics_report import metrics_query, metrics_report
+from app.analytics.scope import UnknownRange
+from app.analytics.traffic import UnknownTrafficClass
+from app.config import Settings
+from app.control.accounts import AccountError
+from app.control.aliases import AliasSettingError
+from app.control.audit import Actor, Via, read_audit
+from app.control.changes import Admin
+from app.control.deployments import DeploymentError, UnknownDeploymentError
+from app.control.keys import ApiKeyError, hash_key
+from app.control.snapshots import alias_json, deployment_json, key_json, operator_json
+from app.control.specs import (
     DEPLOYMENT_ID,
     AliasSpec,
     DeploymentSpec,
@@ -30,23 +39,14 @@ from app.admin.specs import (
     UserCreateSpec,
     WeightsSpec,
 )
-from app.analytics.catalog import UnknownMetric
-from app.analytics.metrics_report import metrics_query, metrics_report
-from app.analytics.scope import UnknownRange
-from app.analytics.traffic import UnknownTrafficClass
-from app.config import Settings
-from app.control.audit import Actor, Via, read_audit
 from app.db.tables import ApiKey
-from app.deployments import DeploymentError, UnknownDeploymentError
-from app.gateway.aliases import AliasSettingError
-from app.gateway.keys import ApiKeyError, hash_key
 from app.openai_api.text import Text
 from app.store.catalog import ModelStoreError, describe_model
 
 PREFIX = "/admin/v1"
 REFUSALS = (DeploymentError, ApiKeyError, AccountError, ModelStoreError, AliasSettingError)
 
-# Path and query parameters, bounded and storable like the bodies (app/admin/specs.py): a
+# Path and query parameters, bounded and storable like the bodies (app/control/specs.py): a
 # NUL or an id past bigint is a 400 naming it, never a query PostgreSQL refuses.
 DeploymentIdPath = Annotated[int, PathParam(ge=DEPLOYMENT_ID.low, le=DEPLOYMENT_ID.high)]
 NamePath = Annotated[Text, PathParam(min_length=1, max_length=4096)]

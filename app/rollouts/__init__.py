@@ -1,0 +1,2 @@
+"""Canary, promotion and rollback of an alias (a layer above evaluation, whose results it
+weighs), and `herd rollout`."""
