@@ -1,6 +1,6 @@
 """Feedback review: browse rated conversations, read them, tag them, correct answers."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import streamlit as st
 
@@ -8,14 +8,11 @@ from app.analytics.review import (
     ReviewError,
     ReviewFilter,
     add_tag,
-    conversation,
-    list_rated,
     remove_tag,
     save_correction,
 )
-from app.analytics.versions import filter_options
 from app.control.accounts import Role
-from app.ui import auth, resources
+from app.ui import auth, reads, resources
 from app.ui.charts import csv_bytes
 from app.ui.tables import readable
 
@@ -25,7 +22,7 @@ st.title("Feedback review")
 
 with resources.database_errors():
     engine = resources.database().engine
-    options = filter_options(engine)
+    options = reads.filter_options()
 
 cols = st.columns(5)
 rating = cols[0].selectbox("Rating", ["any", "thumbs down", "thumbs up"], index=1)
@@ -36,7 +33,7 @@ search = cols[3].text_input("Text contains", help="In the comment, the prompt or
 tag = cols[4].text_input("Tag")
 corrected = st.radio("Corrected", ["any", "not yet", "yes"], horizontal=True)
 
-now = datetime.now(UTC)
+now = reads.now()
 review_filter = ReviewFilter(
     rating={"any": None, "thumbs down": -1, "thumbs up": 1}[rating],
     model_id=models[model],
@@ -47,7 +44,7 @@ review_filter = ReviewFilter(
     limit=200,
 )
 with resources.database_errors():
-    rows = list_rated(engine, review_filter)
+    rows = reads.list_rated(review_filter)
 
 if not rows:
     st.info("No rated conversations match these filters.")
@@ -55,6 +52,12 @@ if not rows:
 
 st.dataframe(readable(rows), hide_index=True, width="stretch")
 st.download_button("CSV", csv_bytes(rows), file_name="feedback.csv", mime="text/csv")
+
+
+def _forget_reviews() -> None:
+    # The list and the exchange show tags and corrections: the next run reads them anew.
+    reads.list_rated.clear()
+    reads.conversation.clear()
 
 
 def _label(row: dict) -> str:
@@ -67,7 +70,7 @@ by_label = {_label(row): row["request_id"] for row in rows}
 picked = st.selectbox("Conversation", list(by_label))
 request_id = by_label[picked]
 with resources.database_errors():
-    found = conversation(engine, request_id)
+    found = reads.conversation(request_id)
 if found is None:
     st.warning("That request no longer exists.")
     st.stop()
@@ -106,6 +109,7 @@ if can_edit:
         if st.form_submit_button("Add tag") and new_tag:
             try:
                 add_tag(engine, request_id, new_tag, operator.name)
+                _forget_reviews()
                 st.rerun()
             except ReviewError as exc:
                 st.error(str(exc))
@@ -114,6 +118,7 @@ if can_edit:
             old_tag = st.selectbox("Remove a tag", found["tags"])
             if st.form_submit_button("Remove tag"):
                 remove_tag(engine, request_id, old_tag)
+                _forget_reviews()
                 st.rerun()
     with st.form("correction"):
         text = st.text_area(
@@ -125,6 +130,7 @@ if can_edit:
         if st.form_submit_button("Save correction"):
             try:
                 save_correction(engine, request_id, text, operator.name)
+                _forget_reviews()
                 st.success("Correction saved.")
             except ReviewError as exc:
                 st.error(str(exc))

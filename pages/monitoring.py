@@ -2,18 +2,8 @@
 
 import streamlit as st
 
-from app.analytics.key_usage import key_usage
-from app.analytics.monitoring import (
-    engagement_series,
-    latency_series,
-    session_series,
-    traffic_series,
-)
-from app.analytics.semantic_cache import semantic_cache_rows
-from app.analytics.summary import tiles
-from app.analytics.versions import compare_versions, filter_options
 from app.control.accounts import Role
-from app.ui import auth, charts, resources
+from app.ui import auth, charts, reads, resources
 from app.ui.ab_chart import ab_figure
 from app.ui.analytics_widgets import chart, scope_picker, tile_row, uncounted_note
 
@@ -21,16 +11,15 @@ auth.require_role(Role.VIEWER)
 st.title("Monitoring")
 
 with resources.database_errors():
-    engine = resources.database().engine
-    options = filter_options(engine)
+    options = reads.filter_options()
     scope = scope_picker(options, "mon")
-    tile_row(tiles(engine, scope))
-    uncounted_note(engine, scope)
-    latency = latency_series(engine, scope)
-    traffic = traffic_series(engine, scope)
-    engagement = engagement_series(engine, scope)
-    sessions = session_series(engine, scope)
-    semantic = semantic_cache_rows(engine, scope)
+    tile_row(reads.tiles(scope))
+    uncounted_note(scope)
+    latency = reads.latency_series(scope)
+    traffic = reads.traffic_series(scope)
+    engagement = reads.engagement_series(scope)
+    sessions = reads.session_series(scope)
+    semantic = reads.semantic_cache_rows(scope)
 
 if not st.toggle(
     "Show calls that reached no model",
@@ -149,7 +138,7 @@ with ab_tab:
     shown = False
     for alias in aliases:
         with resources.database_errors():
-            comparisons = compare_versions(engine, scope, alias)
+            comparisons = reads.compare_versions(scope, alias)
         if not comparisons:
             continue
         shown = True
@@ -180,7 +169,7 @@ with ab_tab:
 
 st.header("Usage per API key")
 with resources.database_errors():
-    per_key = key_usage(engine, scope)
+    per_key = reads.key_usage_rows(scope)
 if per_key:
     st.dataframe(per_key, hide_index=True, width="stretch")
     st.caption(

@@ -2,17 +2,17 @@
 
 import streamlit as st
 
-from app.analytics.overview import fleet_summary, process_restarts, restart_table
+from app.analytics.overview import restart_table
 from app.control.accounts import Role
-from app.ui import auth, resources
+from app.ui import auth, reads, resources
 
 auth.require_role(Role.VIEWER)
 st.title("Overview")
 
 with resources.database_errors():
     db = resources.database()
-    summary = fleet_summary(db.engine, resources.settings().worker_live_s)
-    restarts = process_restarts(db.engine)
+    summary = reads.fleet_summary(resources.settings().worker_live_s)
+    restarts = reads.process_restarts()
 
 cols = st.columns(4)
 cols[0].metric("Models", summary.models_valid, help="Valid GGUF files in the model store")

@@ -5,15 +5,13 @@ from functools import partial
 
 import streamlit as st
 
-from app.analytics.decisions import list_decisions, record_decision
+from app.analytics.decisions import record_decision
 from app.analytics.export import DatasetKind, ExportError, ExportFilter, export_dataset
-from app.analytics.monitoring import engagement_series, latency_series
-from app.analytics.recommend import Action, assess_versions, period_label
+from app.analytics.recommend import Action, period_label
 from app.analytics.scope import Scope
-from app.analytics.versions import filter_options
 from app.control.accounts import Role
 from app.jobs.kinds import JobKind
-from app.ui import admin_actions, auth, charts, dataset_widgets, resources
+from app.ui import admin_actions, auth, charts, dataset_widgets, reads, resources
 from app.ui.analytics_widgets import chart, class_picker, period_picker, uncounted_note
 from app.ui.live import follow_jobs
 from app.ui.rollout_widgets import execute_rollback_button
@@ -28,8 +26,8 @@ start, end = period_picker("rt", default="Last 3 days")
 scope = Scope(start=start, end=end, classes=class_picker("rt"))
 with resources.database_errors():
     engine = resources.database().engine
-    assessments = assess_versions(engine, scope)
-    uncounted_note(engine, scope)
+    assessments = reads.assess_versions(scope)
+    uncounted_note(scope)
 
 if not assessments:
     st.info("No model version has traffic in this period.")
@@ -72,11 +70,12 @@ for i, a in enumerate(assessments):
                     recommendation=rec.action,
                     signals=a.signals_json(),
                 )
+                reads.list_decisions.clear()  # listed below in this same run
                 st.success("Decision recorded.")
 
 st.header("Past decisions")
 with resources.database_errors():
-    decisions = list_decisions(engine)
+    decisions = reads.list_decisions()
 if not decisions:
     st.caption("No decisions recorded yet.")
 else:
@@ -97,8 +96,8 @@ else:
         start=chosen["period_start"], end=chosen["period_end"], model_id=chosen["model_id"]
     )
     with resources.database_errors():
-        latency = latency_series(engine, basis)
-        engagement = engagement_series(engine, basis)
+        latency = reads.latency_series(basis)
+        engagement = reads.engagement_series(basis)
     left, right = st.columns(2)
     with left:
         fig = charts.lines(
@@ -126,7 +125,7 @@ listing = st.container()
 with resources.database_errors():
     if can_act:
         dataset_widgets.build_form(
-            engine, resources.settings(), actor, start, end, filter_options(engine).aliases
+            engine, resources.settings(), actor, start, end, reads.filter_options().aliases
         )
 with listing:
     follow_jobs(JobKind.DATASET.value, partial(dataset_widgets.dataset_list, engine))
@@ -137,7 +136,7 @@ if not can_act:
     st.caption("Exporting datasets needs the operator role.")
     st.stop()
 with resources.database_errors():
-    models = {name: model_id for model_id, name in filter_options(engine).models.items()}
+    models = {name: model_id for model_id, name in reads.filter_options().models.items()}
 with st.form("export"):
     cols = st.columns(3)
     kind = cols[0].selectbox("Kind", [k.value for k in DatasetKind])

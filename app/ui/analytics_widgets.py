@@ -7,14 +7,13 @@ from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import streamlit as st
-from sqlalchemy import Engine
 
-from app.analytics.catalog import requests_by_class
 from app.analytics.scope import RANGE_PRESETS, Scope
 from app.analytics.summary import Tile
 from app.analytics.traffic import DEFAULT_CLASSES, TrafficClass, parse_classes
 from app.analytics.units import format_exact, format_value
 from app.analytics.versions import FilterOptions
+from app.ui import reads
 from app.ui.charts import PLOTLY_CONFIG, csv_bytes, has_data
 
 RANGES = {p.label: p.span for p in RANGE_PRESETS}
@@ -25,7 +24,8 @@ def period_picker(key: str, default: str = "Last day") -> tuple[datetime, dateti
     """A time range: one of RANGES ending now, or custom dates (UTC)."""
     choices = [*RANGES, "Custom"]
     choice = st.selectbox("Time range", choices, index=choices.index(default), key=f"{key}_range")
-    now = datetime.now(UTC)
+    # Rounded up, so the reruns within a few seconds ask for the same range (cached reads).
+    now = reads.now()
     if choice != "Custom":
         return now - RANGES[choice], now
     today = now.date()
@@ -80,10 +80,10 @@ def class_picker(key: str) -> tuple[TrafficClass, ...]:
     return parse_classes([*DEFAULT_CLASSES, *extra])
 
 
-def uncounted_note(engine: Engine, scope: Scope) -> None:
+def uncounted_note(scope: Scope) -> None:
     """A note naming the calls in range that the chosen classes leave out."""
     left_out = {
-        c: n for c, n in requests_by_class(engine, scope).items() if c not in scope.classes and n
+        c: n for c, n in reads.requests_by_class(scope).items() if c not in scope.classes and n
     }
     if left_out:
         calls = ", ".join(f"{n:,} {c.value}" for c, n in left_out.items())

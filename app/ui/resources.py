@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -15,9 +16,25 @@ from app.db.embedded import EmbeddedDatabaseError
 from app.store.catalog import ModelStore
 
 
-def settings() -> Settings:
-    """The dashboard's settings, read from the environment `herd up` gave it."""
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _settings(herd_env: tuple[tuple[str, str], ...]) -> Settings:
+    # Keyed by the HERD_* variables, so an environment changed in this process (tests run
+    # many dashboards in one) gets its own Settings; an unchanged one is never parsed again.
     return Settings()
+
+
+def settings() -> Settings:
+    """The dashboard's settings, read from the environment `herd up` gave it, built once per
+    environment rather than on every call (pages ask for them many times per run)."""
+    herd_env = tuple(sorted((k, v) for k, v in os.environ.items() if k.upper().startswith("HERD_")))
+    return _settings(herd_env)
+
+
+def database_key() -> str:
+    """Which database this dashboard reads (URL or embedded data folder): the part of a
+    cached query's key that keeps two databases' results apart."""
+    current = settings()
+    return f"{current.database_url or ''}|{current.pgdata_dir}"
 
 
 @st.cache_resource(show_spinner=False)
