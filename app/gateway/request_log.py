@@ -22,12 +22,12 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import psycopg
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 
@@ -467,3 +467,27 @@ class RequestLog:
                 except SQLAlchemyError as exc:
                     logger.warning("could not replay %s yet: %s", path.name, exc)
                     return
+
+
+# Rows per DELETE: short transactions that do not hold locks on a large table for long.
+BATCH_ROWS = 10_000
+
+DELETE_BATCH_SQL = text("""
+    DELETE FROM messages WHERE request_id IN (
+      SELECT request_id FROM messages WHERE created_at < :cutoff LIMIT :batch
+    )
+""")
+
+
+def delete_expired_text(engine: Engine, days: float, now: datetime | None = None) -> int:
+    """Delete `messages` rows created more than days ago; how many were deleted."""
+    if days <= 0:
+        raise ValueError("the retention must be a positive number of days")
+    cutoff = (now or datetime.now(UTC)) - timedelta(days=days)
+    deleted = 0
+    while True:
+        with engine.begin() as conn:
+            n = conn.execute(DELETE_BATCH_SQL, {"cutoff": cutoff, "batch": BATCH_ROWS}).rowcount
+        deleted += n
+        if n < BATCH_ROWS:
+            return deleted

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Engine, text
 
 from app.engine.serving import SERVING_FIELDS, ServingParams, serving_values_from
+from app.worker.registration import WorkerRegistry, delete_rows_of_process
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,13 +144,7 @@ class SupervisorRecords:
         """Drop a process record and the row its (now dead) worker left behind."""
         with self.engine.begin() as conn:
             conn.execute(text("DELETE FROM worker_processes WHERE id = :id"), {"id": record_id})
-            conn.execute(
-                text(
-                    "DELETE FROM workers WHERE pid = :pid "
-                    "AND (deployment_id = :deployment_id OR deployment_id IS NULL)"
-                ),
-                {"pid": pid, "deployment_id": deployment_id},
-            )
+            delete_rows_of_process(conn, pid, deployment_id)
 
     def worker_rows(self, pids: Iterable[int]) -> list[WorkerRow]:
         """Worker rows with these pids, newest first."""
@@ -169,5 +164,4 @@ class SupervisorRecords:
         return [(int(r.id), r.pid) for r in rows]
 
     def delete_worker_row(self, worker_id: int) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(text("DELETE FROM workers WHERE id = :id"), {"id": worker_id})
+        WorkerRegistry(self.engine).delete(worker_id)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, update
+from sqlalchemy import Connection, Engine, delete, func, insert, or_, update
 
 from app.db.tables import Worker
 
@@ -63,3 +63,14 @@ class WorkerRegistry:
     def delete(self, worker_id: int) -> None:
         with self.engine.begin() as conn:
             conn.execute(delete(Worker).where(Worker.id == worker_id))
+
+
+def delete_rows_of_process(conn: Connection, pid: int, deployment_id: int) -> None:
+    """Delete the rows a dead worker process left behind: the supervisor's clean-up, written
+    here so that every write of `workers` has one place (it joins the caller's transaction)."""
+    conn.execute(
+        delete(Worker).where(
+            Worker.pid == pid,
+            or_(Worker.deployment_id == deployment_id, Worker.deployment_id.is_(None)),
+        )
+    )
