@@ -9,6 +9,7 @@ from app.control.accounts import Role
 from app.control.deployments import (
     ContextTooLargeError,
     DeploymentError,
+    DeploymentRequest,
     Deployments,
     ServingSettings,
     parse_node_labels,
@@ -170,12 +171,14 @@ if can_change:
                     "deploy",
                     lambda: admin.create_deployment(
                         actor,
-                        alias,
-                        serving,
-                        replicas=int(replicas),
-                        node=node,
-                        node_labels=parse_node_labels(labels),
-                        allow_ctx_overflow=allow,
+                        DeploymentRequest(
+                            alias,
+                            serving,
+                            replicas=int(replicas),
+                            node=node,
+                            node_labels=parse_node_labels(labels),
+                            allow_ctx_overflow=allow,
+                        ),
                     ),
                 )
 

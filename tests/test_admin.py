@@ -12,7 +12,7 @@ from app.config import Settings
 from app.control.accounts import AccountError, Role
 from app.control.audit import Actor, Via, read_audit
 from app.control.changes import Admin
-from app.control.deployments import ServingSettings, UnknownModelError
+from app.control.deployments import DeploymentRequest, ServingSettings, UnknownModelError
 from app.control.keys import ApiKeyError, KeyPolicy
 from app.db.database import Database
 from app.db.tables import AuditLog
@@ -36,7 +36,9 @@ def audit_count(database: Database) -> int:
 def test_deployment_changes_are_audited_with_before_and_after(
     admin: Admin, database: Database
 ) -> None:
-    d = admin.create_deployment(ALICE, "tiny", ServingSettings(model="tiny.gguf", n_ctx=256))
+    d = admin.create_deployment(
+        ALICE, DeploymentRequest("tiny", ServingSettings(model="tiny.gguf", n_ctx=256))
+    )
     admin.scale(ALICE, d.id, 3)
     admin.stop(ALICE, d.id)
     admin.start(ALICE, d.id)
@@ -67,8 +69,10 @@ def test_deployment_changes_are_audited_with_before_and_after(
 def test_a_refused_change_writes_no_audit_row(admin: Admin, database: Database) -> None:
     before = audit_count(database)
     with pytest.raises(UnknownModelError):
-        admin.create_deployment(ALICE, "x", ServingSettings(model="nope.gguf"))
-    d = admin.create_deployment(ALICE, "tiny", ServingSettings(model="tiny.gguf", n_ctx=256))
+        admin.create_deployment(ALICE, DeploymentRequest("x", ServingSettings(model="nope.gguf")))
+    d = admin.create_deployment(
+        ALICE, DeploymentRequest("tiny", ServingSettings(model="tiny.gguf", n_ctx=256))
+    )
     with pytest.raises(ValueError):
         admin.set_traffic_weights(ALICE, "tiny", {d.id: 0})  # no running deployment left
     assert admin.deployments().get(d.id).traffic_weight == 100
@@ -78,9 +82,13 @@ def test_a_refused_change_writes_no_audit_row(admin: Admin, database: Database) 
 def test_transaction_is_all_or_nothing(admin: Admin, database: Database) -> None:
     before = audit_count(database)
     with pytest.raises(UnknownModelError), admin.transaction(ALICE) as change:
-        admin.create_deployment_in(change, "a", ServingSettings(model="tiny.gguf", n_ctx=256))
-        admin.create_key_in(change, "k1")
-        admin.create_deployment_in(change, "b", ServingSettings(model="missing.gguf"))
+        admin.create_deployment(
+            change, DeploymentRequest("a", ServingSettings(model="tiny.gguf", n_ctx=256))
+        )
+        admin.create_key(change, "k1")
+        admin.create_deployment(
+            change, DeploymentRequest("b", ServingSettings(model="missing.gguf"))
+        )
     assert admin.deployments().all() == []
     assert admin.keys().list() == []
     assert audit_count(database) == before
@@ -129,7 +137,9 @@ def test_the_last_admin_stays(admin: Admin, database: Database) -> None:
 
 
 def test_models_delete_only_unused(admin: Admin, models_dir: Path) -> None:
-    d = admin.create_deployment(ALICE, "tiny", ServingSettings(model="tiny.gguf", n_ctx=256))
+    d = admin.create_deployment(
+        ALICE, DeploymentRequest("tiny", ServingSettings(model="tiny.gguf", n_ctx=256))
+    )
     with pytest.raises(ModelStoreError, match="in use"):
         admin.delete_model(ALICE, "tiny.gguf")
     admin.delete_deployment(ALICE, d.id)

@@ -14,7 +14,7 @@ from playwright.sync_api import Page, expect
 
 from app.config import Settings
 from app.control.accounts import Accounts, Role
-from app.control.deployments import Deployments, ServingSettings
+from app.control.deployments import DeploymentRequest, Deployments, ServingSettings
 from app.db.database import Database
 from app.evaluation.answers import AnswerStore
 from app.evaluation.metrics import Metric
@@ -47,7 +47,9 @@ def page() -> Iterator[Page]:
 @pytest.fixture
 def dashboard(herd_env: dict[str, str], database: Database, models_dir: Path) -> Iterator[str]:
     demo = add_demo_model(ModelStore(database.engine, models_dir))
-    Deployments(database.engine).create("smol", ServingSettings(demo.name, n_ctx=256), replicas=0)
+    Deployments(database.engine).create(
+        DeploymentRequest("smol", ServingSettings(demo.name, n_ctx=256), replicas=0)
+    )
     Accounts(database.engine).add("olga", "operator password", Role.OPERATOR)
     # One thumbs-up answer: the feedback prompt set the evaluation answers.
     now = datetime.now(UTC)

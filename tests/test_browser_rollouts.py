@@ -11,7 +11,7 @@ from playwright.sync_api import Page, expect
 
 from app.config import Settings
 from app.control.accounts import Accounts, Role
-from app.control.deployments import Deployments, ServingSettings
+from app.control.deployments import DeploymentRequest, Deployments, ServingSettings
 from app.db.database import Database
 from app.rollouts.actions import Rollouts
 from app.store.catalog import ModelStore
@@ -41,7 +41,9 @@ def dashboard(
     store = ModelStore(database.engine, models_dir)
     store.add(tiny_gguf("v1.gguf"))
     store.add(tiny_gguf("v2.gguf"))
-    Deployments(database.engine).create("smol", ServingSettings("v1.gguf", n_ctx=256), replicas=0)
+    Deployments(database.engine).create(
+        DeploymentRequest("smol", ServingSettings("v1.gguf", n_ctx=256), replicas=0)
+    )
     Accounts(database.engine).add("olga", "operator password", Role.OPERATOR)
     process, url = start_dashboard(herd_env)
     yield url

@@ -13,6 +13,7 @@ from sqlalchemy import text
 from app.config import Settings
 from app.control.deployments import (
     ContextTooLargeError,
+    DeploymentRequest,
     Deployments,
     InvalidModelError,
     InvalidSettingError,
@@ -46,9 +47,11 @@ TINY_SERVING = ServingSettings(model="tiny.gguf", n_ctx=256)
 
 def test_create_and_view(deployments: Deployments) -> None:
     created = deployments.create(
-        "tiny-chat",
-        dataclasses.replace(TINY_SERVING, n_gpu_layers=-1, parallel=2, threads=3),
-        replicas=2,
+        DeploymentRequest(
+            "tiny-chat",
+            dataclasses.replace(TINY_SERVING, n_gpu_layers=-1, parallel=2, threads=3),
+            replicas=2,
+        )
     )
     assert created.alias == "tiny-chat"
     assert created.model_name == "tiny.gguf"
@@ -86,15 +89,15 @@ def test_invalid_settings_are_refused(
     deployments: Deployments, change: dict[str, object], error: type[Exception], words: str
 ) -> None:
     with pytest.raises(error, match=words):
-        deployments.create("a", dataclasses.replace(TINY_SERVING, **change))  # type: ignore[arg-type]
+        deployments.create(DeploymentRequest("a", dataclasses.replace(TINY_SERVING, **change)))  # type: ignore[arg-type]
     assert deployments.all() == []
 
 
 def test_errors_are_value_errors_with_clear_messages(deployments: Deployments) -> None:
     with pytest.raises(ValueError, match="replicas must be 0 or more, not -1"):
-        deployments.create("a", TINY_SERVING, replicas=-1)
+        deployments.create(DeploymentRequest("a", TINY_SERVING, replicas=-1))
     with pytest.raises(ContextTooLargeError) as caught:
-        deployments.create("a", dataclasses.replace(TINY_SERVING, n_ctx=4096))
+        deployments.create(DeploymentRequest("a", dataclasses.replace(TINY_SERVING, n_ctx=4096)))
     assert str(caught.value).startswith(
         f"n_ctx 4096 is above the {TINY['n_ctx_train']} tokens tiny.gguf was trained for"
     )
@@ -103,14 +106,14 @@ def test_errors_are_value_errors_with_clear_messages(deployments: Deployments) -
 @pytest.mark.parametrize("alias", ["", "  ", "-x", "has space", "a" * 129, "é"])
 def test_bad_aliases_are_refused(deployments: Deployments, alias: str) -> None:
     with pytest.raises(InvalidSettingError, match="alias"):
-        deployments.create(alias, TINY_SERVING)
+        deployments.create(DeploymentRequest(alias, TINY_SERVING))
 
 
 def test_context_overflow_needs_confirmation(deployments: Deployments) -> None:
     big = dataclasses.replace(TINY_SERVING, n_ctx=2048)
     with pytest.raises(ContextTooLargeError):
-        deployments.create("a", big)
-    created = deployments.create("a", big, allow_ctx_overflow=True)
+        deployments.create(DeploymentRequest("a", big))
+    created = deployments.create(DeploymentRequest("a", big, allow_ctx_overflow=True))
     assert created.serving.n_ctx == 2048
 
 
@@ -120,11 +123,11 @@ def test_invalid_model_is_refused(
     (models_dir / "tiny.gguf").unlink()
     store.scan()
     with pytest.raises(InvalidModelError, match=r"tiny\.gguf cannot be served: it is missing"):
-        deployments.create("a", TINY_SERVING)
+        deployments.create(DeploymentRequest("a", TINY_SERVING))
 
 
 def test_scale_stop_start_delete(deployments: Deployments) -> None:
-    d = deployments.create("a", TINY_SERVING)
+    d = deployments.create(DeploymentRequest("a", TINY_SERVING))
     assert deployments.scale(d.id, 3).replicas == 3
     assert deployments.scale(d.id, 0).replicas == 0
     with pytest.raises(InvalidSettingError, match="replicas must be 0 or more"):
@@ -149,7 +152,7 @@ def test_scale_stop_start_delete(deployments: Deployments) -> None:
 def test_roll_changes_settings_and_bumps_the_generation(
     deployments: Deployments, database: Database
 ) -> None:
-    d = deployments.create("a", TINY_SERVING)
+    d = deployments.create(DeploymentRequest("a", TINY_SERVING))
     # A failed deployment: the roll is how an operator fixes it, so it starts afresh.
     with database.engine.begin() as conn:
         conn.execute(
@@ -175,7 +178,7 @@ def test_roll_changes_settings_and_bumps_the_generation(
 def test_every_change_notifies_supervisors(deployments: Deployments, db_url: str) -> None:
     with psycopg.connect(db_url, autocommit=True) as listener:
         listener.execute("LISTEN herd_deployments")
-        d = deployments.create("a", TINY_SERVING)
+        d = deployments.create(DeploymentRequest("a", TINY_SERVING))
         deployments.scale(d.id, 2)
         deployments.delete(d.id)
         got = list(listener.notifies(timeout=2.0, stop_after=3))
@@ -185,7 +188,7 @@ def test_every_change_notifies_supervisors(deployments: Deployments, db_url: str
 def test_workers_view_merges_processes_and_worker_rows(
     deployments: Deployments, database: Database, settings: Settings
 ) -> None:
-    d = deployments.create("a", TINY_SERVING, replicas=2)
+    d = deployments.create(DeploymentRequest("a", TINY_SERVING, replicas=2))
     records = SupervisorRecords(database.engine, "node-a")
     log_a = logs.new_log_path(settings, d.id, "a", 1)
     log_a.write_text("loading\nready\n")

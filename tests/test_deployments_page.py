@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 from app.config import Settings
 from app.control.accounts import Role
 from app.control.audit import read_audit
-from app.control.deployments import Deployments, ServingSettings
+from app.control.deployments import DeploymentRequest, Deployments, ServingSettings
 from app.db.database import Database
 from app.store.catalog import ModelStore
 from app.store.demo import add_demo_model
@@ -116,7 +116,7 @@ def test_deploy_on_chosen_nodes_and_bad_labels_are_refused(page_env: Deployments
 
 
 def test_scale_stop_and_delete_from_the_page(page_env: Deployments) -> None:
-    d = page_env.create("a", ServingSettings(model="tiny.gguf", n_ctx=256))
+    d = page_env.create(DeploymentRequest("a", ServingSettings(model="tiny.gguf", n_ctx=256)))
     app = _page(Role.OPERATOR)
     app.number_input(key=f"scale_{d.id}").set_value(3)
     app.button(key=f"scale_submit_{d.id}").click().run()
@@ -133,7 +133,7 @@ def test_scale_stop_and_delete_from_the_page(page_env: Deployments) -> None:
 
 
 def test_viewer_sees_status_but_cannot_change(page_env: Deployments) -> None:
-    page_env.create("a", ServingSettings(model="tiny.gguf", n_ctx=256))
+    page_env.create(DeploymentRequest("a", ServingSettings(model="tiny.gguf", n_ctx=256)))
     app = _page(Role.VIEWER)
     assert list(app.dataframe[0].value["alias"]) == ["a"]
     keys = {b.key for b in app.button}
@@ -143,7 +143,9 @@ def test_viewer_sees_status_but_cannot_change(page_env: Deployments) -> None:
 def test_cpu_only_build_notice_and_worker_log(
     page_env: Deployments, database: Database, settings: Settings
 ) -> None:
-    d = page_env.create("a", ServingSettings(model="tiny.gguf", n_ctx=256, n_gpu_layers=-1))
+    d = page_env.create(
+        DeploymentRequest("a", ServingSettings(model="tiny.gguf", n_ctx=256, n_gpu_layers=-1))
+    )
     log_path = logs.new_log_path(settings, d.id, "a", 1)
     log_path.write_text("llama.cpp says hello\n")
     SupervisorRecords(database.engine, "here").add_process(d.id, 1, 4242, str(log_path))
@@ -168,7 +170,9 @@ def test_workers_show_slots_and_prefix_cache_hits_of_a_real_worker(
     page_env: Deployments, database: Database, models_dir: Path, worker_launcher: WorkerLauncher
 ) -> None:
     model = add_demo_model(ModelStore(database.engine, models_dir))
-    d = page_env.create("smol", ServingSettings(model=model.name, n_ctx=1024, parallel=2))
+    d = page_env.create(
+        DeploymentRequest("smol", ServingSettings(model=model.name, n_ctx=1024, parallel=2))
+    )
     worker = worker_launcher.start(
         "--model", model.name, "--alias", "smol", "--deployment-id", str(d.id),
         "--parallel", "2", "--n-ctx", "1024",

@@ -11,7 +11,7 @@ import pytest
 from app.config import Settings
 from app.control.accounts import Role
 from app.control.audit import read_audit
-from app.control.deployments import Deployments, ServingSettings
+from app.control.deployments import DeploymentRequest, Deployments, ServingSettings
 from app.db.database import Database
 from app.evaluation.answers import AnswerStore, GeneratedAnswer
 from app.evaluation.metrics import Metric
@@ -87,7 +87,9 @@ def test_answers_are_shown_side_by_side_per_prompt(evaluated: None) -> None:
 def test_an_operator_starts_a_canary_from_the_evaluation_page(
     evaluated: None, database: Database, settings: Settings
 ) -> None:
-    Deployments(database.engine).create("smol", ServingSettings("a.gguf", n_ctx=256), replicas=0)
+    Deployments(database.engine).create(
+        DeploymentRequest("smol", ServingSettings("a.gguf", n_ctx=256), replicas=0)
+    )
     app = run_page("evaluation.py", Role.OPERATOR)
     app.selectbox(key="eval_canary_model").select("b.gguf")
     app.selectbox(key="eval_canary_alias").select("smol")

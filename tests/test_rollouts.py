@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from app.config import Settings
 from app.control.audit import read_audit
-from app.control.deployments import Deployments, ServingSettings, traffic_shares
+from app.control.deployments import DeploymentRequest, Deployments, ServingSettings, traffic_shares
 from app.db.database import Database
 from app.evaluation.metrics import Metric
 from app.evaluation.store import EvaluationStore
@@ -31,7 +31,9 @@ def alias(
     v2 = store.add(tiny_gguf("v2.gguf"))
     EvaluationStore(database.engine).record(v2.id, {Metric.PERPLEXITY: 12.5}, {"n_ctx": 512})
     deployments = Deployments(database.engine)
-    current = deployments.create("smol", ServingSettings("v1.gguf", n_ctx=256), replicas=0)
+    current = deployments.create(
+        DeploymentRequest("smol", ServingSettings("v1.gguf", n_ctx=256), replicas=0)
+    )
     return deployments, current.id, v2.id
 
 

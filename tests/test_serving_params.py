@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy import inspect
 
 from app.cli import build_parser
-from app.control.deployments import Deployments, ServingSettings
+from app.control.deployments import DeploymentRequest, Deployments, ServingSettings
 from app.db.database import Database
 from app.engine.loader import LoadOptions
 from app.engine.serving import SERVING_FIELDS, ServingParams, serving_values_from
@@ -58,7 +58,7 @@ def test_values_survive_table_supervisor_and_worker_flags(
     assert set(SERVING_FIELDS) <= columns
 
     created = Deployments(database.engine).create(
-        "odd", ServingSettings(model="tiny.gguf", **ODD.serving_values())
+        DeploymentRequest("odd", ServingSettings(model="tiny.gguf", **ODD.serving_values()))
     )
     assert created.serving.serving_params() == ODD
     with database.engine.begin() as conn:

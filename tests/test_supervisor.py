@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import text
 
 from app.config import Settings
-from app.control.deployments import Deployments, DeploymentView, ServingSettings
+from app.control.deployments import DeploymentRequest, Deployments, DeploymentView, ServingSettings
 from app.db.database import Database
 from app.processes.launcher import LaunchError, ProcessGroup, child_environment, wait_healthy
 from app.store.catalog import ModelStore
@@ -195,7 +195,7 @@ def test_deploy_serve_and_recover_from_kill(
     health = httpx.get(supervisor.health_url).json()
     assert (health["status"], health["node"], health["workers"]) == ("ready", "test-node", 0)
 
-    d = deployments.create("smol", DEMO)
+    d = deployments.create(DeploymentRequest("smol", DEMO))
     wait_until(lambda: ready_workers(deployments, d.id), "a ready worker")
     pid, url = the_worker(deployments, d.id)
     assert worker_pids(settings, d.id) == [pid]
@@ -248,7 +248,9 @@ def test_broken_gguf_fails_with_the_reason_and_stops_retrying(
 ) -> None:
     # A header the store accepts, but no tokenizer merges: llama.cpp refuses to load it.
     ModelStore(database.engine, models_dir).add(tiny_gguf("broken.gguf"))
-    d = deployments.create("broken", ServingSettings(model="broken.gguf", n_ctx=256))
+    d = deployments.create(
+        DeploymentRequest("broken", ServingSettings(model="broken.gguf", n_ctx=256))
+    )
     herd()
 
     failed: DeploymentView = wait_until(  # type: ignore[assignment]
@@ -277,7 +279,7 @@ def test_scale_and_supervisor_restart_adopts_workers(
     settings: Settings,
 ) -> None:
     supervisor = herd()
-    d = deployments.create("smol", DEMO)
+    d = deployments.create(DeploymentRequest("smol", DEMO))
     wait_until(lambda: len(ready_workers(deployments, d.id)) == 1, "one ready worker")
 
     deployments.scale(d.id, 2)
@@ -317,7 +319,7 @@ def test_rolling_update_keeps_a_ready_replica(
     herd: Callable[[], SupervisorProcess], deployments: Deployments, settings: Settings
 ) -> None:
     herd()
-    d = deployments.create("smol", DEMO)
+    d = deployments.create(DeploymentRequest("smol", DEMO))
     wait_until(lambda: ready_workers(deployments, d.id), "a ready worker")
     [old_pid] = ready_workers(deployments, d.id)
 

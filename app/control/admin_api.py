@@ -165,11 +165,7 @@ def admin_router() -> APIRouter:
 
     @router.post("/deployments", summary="Deploy a model under an alias", status_code=201)
     def create_deployment(body: DeploymentSpec, who: Who, admin: Ops) -> dict[str, Any]:
-        def run() -> dict[str, Any]:
-            with admin.transaction(who) as change:
-                return deployment_json(admin.deploy_spec_in(change, body))
-
-        return dict(refused(run))
+        return deployment_json(refused(lambda: admin.deploy_spec(who, body)))
 
     @router.post("/deployments/{deployment_id}/scale", summary="Set the number of replicas")
     def scale(

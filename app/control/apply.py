@@ -222,7 +222,7 @@ class Applier:
 
     def _create(self, spec: DeploymentSpec) -> Callable[[Change], object]:
         def run(change: Change) -> None:
-            self.admin.deploy_spec_in(change, spec)
+            self.admin.deploy_spec(change, spec)
 
         return run
 
@@ -231,7 +231,7 @@ class Applier:
 
         def run(change: Change) -> None:
             create(change)
-            self.admin.delete_deployment_in(change, old_id)
+            self.admin.delete_deployment(change, old_id)
 
         return run
 
@@ -241,40 +241,42 @@ class Applier:
     ) -> Callable[[Change], object]:  # fmt: skip
         def run(change: Change) -> None:
             if any(have[f] != want[f] for f in SERVING_FIELDS):
-                self.admin.roll_in(change, current.id, spec.serving(), spec.allow_ctx_overflow)
+                self.admin.roll(
+                    change, current.id, spec.serving(), allow_ctx_overflow=spec.allow_ctx_overflow
+                )
             if have["replicas"] != want["replicas"]:
-                self.admin.scale_in(change, current.id, spec.replicas)
+                self.admin.scale(change, current.id, spec.replicas)
             if have["stopped"] != want["stopped"]:
                 if spec.stopped:
-                    self.admin.stop_in(change, current.id)
+                    self.admin.stop(change, current.id)
                 else:
-                    self.admin.start_in(change, current.id)
+                    self.admin.start(change, current.id)
 
         return run
 
     def _weights(self, alias: str, weights: dict[int, int]) -> Callable[[Change], object]:
-        return lambda change: self.admin.set_traffic_weights_in(change, alias, weights)
+        return lambda change: self.admin.set_traffic_weights(change, alias, weights)
 
     def _delete(self, deployment_id: int) -> Callable[[Change], object]:
-        return lambda change: self.admin.delete_deployment_in(change, deployment_id)
+        return lambda change: self.admin.delete_deployment(change, deployment_id)
 
     def _set_alias(self, alias: str, spec: AliasSpec) -> Callable[[Change], object]:
-        return lambda change: self.admin.set_alias_settings_in(change, alias, spec.settings())
+        return lambda change: self.admin.set_alias_settings(change, alias, spec.settings())
 
     def _reset_alias(self, alias: str) -> Callable[[Change], object]:
-        return lambda change: self.admin.reset_alias_settings_in(change, alias)
+        return lambda change: self.admin.reset_alias_settings(change, alias)
 
     def _create_key(self, spec: KeySpec, plan: Plan) -> Callable[[Change], object]:
         def run(change: Change) -> None:
-            plan.created_keys.append(self.admin.create_key_in(change, spec.name, spec.policy()))
+            plan.created_keys.append(self.admin.create_key(change, spec.name, spec.policy()))
 
         return run
 
     def _set_key(self, key_id: int, spec: KeySpec) -> Callable[[Change], object]:
-        return lambda change: self.admin.set_key_policy_in(change, str(key_id), spec.policy())
+        return lambda change: self.admin.set_key_policy(change, str(key_id), spec.policy())
 
     def _revoke(self, key_id: int) -> Callable[[Change], object]:
-        return lambda change: self.admin.revoke_key_in(change, str(key_id))
+        return lambda change: self.admin.revoke_key(change, str(key_id))
 
     def apply(self, plan: Plan, actor: Actor, *, dry_run: bool = False) -> None:
         """Run every step in one transaction: all of them, or (on any refusal) none. A dry

@@ -4,11 +4,12 @@ recorded in audit_log in the same transaction. Pages, the CLI, the admin API and
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import functools
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, Engine
 
@@ -16,7 +17,13 @@ from app.config import Settings
 from app.control.accounts import Accounts, OperatorView, Role
 from app.control.aliases import AliasSettings, AliasStore
 from app.control.audit import Actor, record
-from app.control.deployments import Deployments, DeploymentView, ServingSettings
+from app.control.deployments import (
+    DEFAULT_TRAFFIC_WEIGHT,
+    DeploymentRequest,
+    Deployments,
+    DeploymentView,
+    ServingSettings,
+)
 from app.control.keys import ApiKeyError, ApiKeys, ApiKeyView, CreatedKey, KeyPolicy
 from app.control.snapshots import alias_json, deployment_json, key_json, operator_json
 from app.control.specs import DeploymentSpec
@@ -35,8 +42,30 @@ class Change:
         record(self.conn, self.actor, action, kind, target_id, before, after)
 
 
+Args = ParamSpec("Args")
+Result = TypeVar("Result")
+
+
+def in_transaction(
+    change: Callable[Concatenate[Admin, Change, Args], Result],
+) -> Callable[Concatenate[Admin, Actor | Change, Args], Result]:
+    """Write an audited change once, callable two ways: with an Actor it runs in a
+    transaction of its own (change and audit row commit together); with a Change it joins
+    that transaction (herd apply and the admin API make several changes as one)."""
+
+    @functools.wraps(change)
+    def run(admin: Admin, by: Actor | Change, /, *args: Args.args, **kwargs: Args.kwargs) -> Result:
+        if isinstance(by, Change):
+            return change(admin, by, *args, **kwargs)
+        with admin.transaction(by) as joined:
+            return change(admin, joined, *args, **kwargs)
+
+    return run
+
+
 class Admin:
-    """The changes operators make, each audited; pass one Actor per call."""
+    """The changes operators make, each audited: pass one Actor per call, or the Change of
+    a transaction already open (Admin.transaction) to make several changes as one."""
 
     def __init__(self, engine: Engine, settings: Settings) -> None:
         self.engine = engine
@@ -62,9 +91,10 @@ class Admin:
     def models(self) -> ModelStore:
         return ModelStore(self.engine, self.settings.models_path)
 
+    @in_transaction
     def add_model(
         self,
-        actor: Actor,
+        change: Change,
         source: Path | None,
         name: str | None = None,
         *,
@@ -72,16 +102,15 @@ class Admin:
         progress: ProgressCallback | None = None,
     ) -> str:
         """Copy a GGUF (or the demo model) into the store; its name there."""
-        with self.transaction(actor) as change:
-            store = ModelStore(change.conn, self.settings.models_path)
-            if demo:
-                model = add_demo_model(store, progress)
-            else:
-                assert source is not None
-                model = store.add(source, name, progress)
-            after = {"name": model.name, "sha256": model.sha256, "status": model.status}
-            change.record("model.add", "model", model.name, None, after)
-            return model.name
+        store = ModelStore(change.conn, self.settings.models_path)
+        if demo:
+            model = add_demo_model(store, progress)
+        else:
+            assert source is not None
+            model = store.add(source, name, progress)
+        after = {"name": model.name, "sha256": model.sha256, "status": model.status}
+        change.record("model.add", "model", model.name, None, after)
+        return model.name
 
     def scan_models(self, actor: Actor, progress: ProgressCallback | None = None) -> ScanReport:
         """Rescan the store. The scan writes as it reads files; the audit row follows it."""
@@ -95,124 +124,61 @@ class Admin:
             change.record("model.scan", "model", None, None, after)
         return report
 
-    def delete_model(self, actor: Actor, name: str) -> None:
+    @in_transaction
+    def delete_model(self, change: Change, name: str) -> None:
         """Delete a model no deployment uses, row and file."""
-        with self.transaction(actor) as change:
-            row = ModelStore(change.conn, self.settings.models_path).delete(name)
-            before = {"name": row.name, "sha256": row.sha256, "status": row.status}
-            change.record("model.delete", "model", name, before, None)
+        row = ModelStore(change.conn, self.settings.models_path).delete(name)
+        before = {"name": row.name, "sha256": row.sha256, "status": row.status}
+        change.record("model.delete", "model", name, before, None)
 
     # ---- deployments -----------------------------------------------------------------------
 
     def deployments(self) -> Deployments:
         return Deployments(self.engine)
 
-    def create_deployment(
-        self,
-        actor: Actor,
-        alias: str,
-        serving: ServingSettings,
-        *,
-        replicas: int = 1,
-        node: str | None = None,
-        node_labels: Mapping[str, str] | None = None,
-        allow_ctx_overflow: bool = False,
-    ) -> DeploymentView:
-        with self.transaction(actor) as change:
-            return self.create_deployment_in(
-                change,
-                alias,
-                serving,
-                replicas=replicas,
-                node=node,
-                node_labels=node_labels,
-                allow_ctx_overflow=allow_ctx_overflow,
-            )
-
-    def create_deployment_in(
-        self,
-        change: Change,
-        alias: str,
-        serving: ServingSettings,
-        *,
-        replicas: int = 1,
-        node: str | None = None,
-        node_labels: Mapping[str, str] | None = None,
-        allow_ctx_overflow: bool = False,
-        traffic_weight: int | None = None,
-    ) -> DeploymentView:
+    @in_transaction
+    def create_deployment(self, change: Change, request: DeploymentRequest) -> DeploymentView:
         deployments = Deployments(change.conn)
-        view = deployments.create(
-            alias,
-            serving,
-            replicas=replicas,
-            node=node,
-            node_labels=node_labels,
-            allow_ctx_overflow=allow_ctx_overflow,
-        )
-        if traffic_weight is not None and traffic_weight != view.traffic_weight:
-            deployments.set_traffic_weights(view.alias, {view.id: traffic_weight})
+        # Created at the default weight and then given its own: set_traffic_weights refuses a
+        # weight that would leave the alias no running deployment to call.
+        view = deployments.create(replace(request, traffic_weight=DEFAULT_TRAFFIC_WEIGHT))
+        if request.traffic_weight != view.traffic_weight:
+            deployments.set_traffic_weights(view.alias, {view.id: request.traffic_weight})
             view = deployments.get(view.id)
         change.record("deployment.create", "deployment", view.id, None, deployment_json(view))
         return view
 
-    def scale(self, actor: Actor, deployment_id: int, replicas: int) -> DeploymentView:
-        with self.transaction(actor) as change:
-            return self.scale_in(change, deployment_id, replicas)
+    @in_transaction
+    def deploy_spec(self, change: Change, spec: DeploymentSpec) -> DeploymentView:
+        """A deployment as the admin API and herd.yaml describe it, stopped if it says so."""
+        view = self.create_deployment(change, spec.request())
+        return self.stop(change, view.id) if spec.stopped else view
 
-    def scale_in(self, change: Change, deployment_id: int, replicas: int) -> DeploymentView:
+    @in_transaction
+    def scale(self, change: Change, deployment_id: int, replicas: int) -> DeploymentView:
         return self._deployment_change(
             change, "deployment.scale", deployment_id, lambda d: d.scale(deployment_id, replicas)
         )
 
-    def stop(self, actor: Actor, deployment_id: int) -> DeploymentView:
-        with self.transaction(actor) as change:
-            return self.stop_in(change, deployment_id)
-
-    def deploy_spec_in(self, change: Change, spec: DeploymentSpec) -> DeploymentView:
-        """A deployment as the admin API and herd.yaml describe it, stopped if it says so."""
-        view = self.create_deployment_in(
-            change,
-            spec.alias,
-            spec.serving(),
-            replicas=spec.replicas,
-            node=spec.node,
-            node_labels=spec.node_labels,
-            allow_ctx_overflow=spec.allow_ctx_overflow,
-            traffic_weight=spec.weight,
-        )
-        return self.stop_in(change, view.id) if spec.stopped else view
-
-    def stop_in(self, change: Change, deployment_id: int) -> DeploymentView:
+    @in_transaction
+    def stop(self, change: Change, deployment_id: int) -> DeploymentView:
         return self._deployment_change(
             change, "deployment.stop", deployment_id, lambda d: d.stop(deployment_id)
         )
 
-    def start(self, actor: Actor, deployment_id: int) -> DeploymentView:
-        with self.transaction(actor) as change:
-            return self.start_in(change, deployment_id)
-
-    def start_in(self, change: Change, deployment_id: int) -> DeploymentView:
+    @in_transaction
+    def start(self, change: Change, deployment_id: int) -> DeploymentView:
         return self._deployment_change(
             change, "deployment.start", deployment_id, lambda d: d.start(deployment_id)
         )
 
+    @in_transaction
     def roll(
-        self,
-        actor: Actor,
-        deployment_id: int,
-        serving: ServingSettings,
-        *,
-        allow_ctx_overflow: bool = False,
-    ) -> DeploymentView:
-        with self.transaction(actor) as change:
-            return self.roll_in(change, deployment_id, serving, allow_ctx_overflow)
-
-    def roll_in(
         self,
         change: Change,
         deployment_id: int,
         serving: ServingSettings,
+        *,
         allow_ctx_overflow: bool = False,
     ) -> DeploymentView:
         return self._deployment_change(
@@ -222,11 +188,8 @@ class Admin:
             lambda d: d.roll(deployment_id, serving, allow_ctx_overflow=allow_ctx_overflow),
         )
 
-    def delete_deployment(self, actor: Actor, deployment_id: int) -> None:
-        with self.transaction(actor) as change:
-            self.delete_deployment_in(change, deployment_id)
-
-    def delete_deployment_in(self, change: Change, deployment_id: int) -> None:
+    @in_transaction
+    def delete_deployment(self, change: Change, deployment_id: int) -> None:
         deployments = Deployments(change.conn)
         before = deployment_json(deployments.get(deployment_id))
         deployments.delete(deployment_id)
@@ -241,13 +204,8 @@ class Admin:
         change.record(action, "deployment", deployment_id, before, deployment_json(after))
         return after
 
-    def set_traffic_weights(self, actor: Actor, alias: str, weights: Mapping[int, int]) -> None:
-        with self.transaction(actor) as change:
-            self.set_traffic_weights_in(change, alias, weights)
-
-    def set_traffic_weights_in(
-        self, change: Change, alias: str, weights: Mapping[int, int]
-    ) -> None:
+    @in_transaction
+    def set_traffic_weights(self, change: Change, alias: str, weights: Mapping[int, int]) -> None:
         deployments = Deployments(change.conn)
         current = {d.id: d.traffic_weight for d in deployments.all() if d.alias == alias}
         deployments.set_traffic_weights(alias, weights)
@@ -262,11 +220,8 @@ class Admin:
 
     # ---- alias settings --------------------------------------------------------------------
 
-    def set_alias_settings(self, actor: Actor, alias: str, value: AliasSettings) -> None:
-        with self.transaction(actor) as change:
-            self.set_alias_settings_in(change, alias, value)
-
-    def set_alias_settings_in(self, change: Change, alias: str, value: AliasSettings) -> None:
+    @in_transaction
+    def set_alias_settings(self, change: Change, alias: str, value: AliasSettings) -> None:
         store = AliasStore(change.conn)
         before = store.all().get(alias)
         store.put(alias, value)
@@ -278,7 +233,8 @@ class Admin:
             alias_json(value),
         )
 
-    def reset_alias_settings_in(self, change: Change, alias: str) -> None:
+    @in_transaction
+    def reset_alias_settings(self, change: Change, alias: str) -> None:
         """Drop an alias's settings row: it gets the defaults again."""
         store = AliasStore(change.conn)
         before = store.all().get(alias)
@@ -295,24 +251,16 @@ class Admin:
     def keys(self) -> ApiKeys:
         return ApiKeys(self.engine)
 
-    def create_key(self, actor: Actor, name: str, policy: KeyPolicy | None = None) -> CreatedKey:
-        with self.transaction(actor) as change:
-            return self.create_key_in(change, name, policy)
-
-    def create_key_in(
-        self, change: Change, name: str, policy: KeyPolicy | None = None
-    ) -> CreatedKey:
+    @in_transaction
+    def create_key(self, change: Change, name: str, policy: KeyPolicy | None = None) -> CreatedKey:
         keys = ApiKeys(change.conn)
         created = keys.create(name, created_by=change.actor.who, policy=policy)
         view = _key(keys, created.id)
         change.record("key.create", "key", created.id, None, key_json(view))
         return created
 
-    def set_key_policy(self, actor: Actor, name_or_id: str, policy: KeyPolicy) -> ApiKeyView:
-        with self.transaction(actor) as change:
-            return self.set_key_policy_in(change, name_or_id, policy)
-
-    def set_key_policy_in(self, change: Change, name_or_id: str, policy: KeyPolicy) -> ApiKeyView:
+    @in_transaction
+    def set_key_policy(self, change: Change, name_or_id: str, policy: KeyPolicy) -> ApiKeyView:
         keys = ApiKeys(change.conn)
         before = _active_key(keys, name_or_id)
         keys.set_policy(before.id, policy)
@@ -320,11 +268,8 @@ class Admin:
         change.record("key.update", "key", before.id, key_json(before), key_json(after))
         return after
 
-    def revoke_key(self, actor: Actor, name_or_id: str) -> list[int]:
-        with self.transaction(actor) as change:
-            return self.revoke_key_in(change, name_or_id)
-
-    def revoke_key_in(self, change: Change, name_or_id: str) -> list[int]:
+    @in_transaction
+    def revoke_key(self, change: Change, name_or_id: str) -> list[int]:
         keys = ApiKeys(change.conn)
         before = {k.id: k for k in keys.list()}
         ids = keys.revoke(name_or_id)
@@ -347,39 +292,40 @@ class Admin:
             lockout_s=self.settings.login_lockout_s,
         )
 
-    def add_user(self, actor: Actor, name: str, password: str, role: Role) -> OperatorView:
-        with self.transaction(actor) as change:
-            accounts = Accounts(change.conn)
-            accounts.add(name, password, role)
-            view = accounts.get(name.strip())
-            change.record("user.create", "user", view.name, None, operator_json(view))
-            return view
+    @in_transaction
+    def add_user(self, change: Change, name: str, password: str, role: Role) -> OperatorView:
+        accounts = Accounts(change.conn)
+        accounts.add(name, password, role)
+        view = accounts.get(name.strip())
+        change.record("user.create", "user", view.name, None, operator_json(view))
+        return view
 
-    def set_role(self, actor: Actor, name: str, role: Role) -> OperatorView:
-        return self._user_change(actor, "user.role", name, lambda a: a.set_role(name, role))
+    @in_transaction
+    def set_role(self, change: Change, name: str, role: Role) -> OperatorView:
+        return _user_change(change, "user.role", name, lambda a: a.set_role(name, role))
 
-    def set_disabled(self, actor: Actor, name: str, disabled: bool) -> OperatorView:
+    @in_transaction
+    def set_disabled(self, change: Change, name: str, disabled: bool) -> OperatorView:
         action = "user.disable" if disabled else "user.enable"
-        return self._user_change(actor, action, name, lambda a: a.set_disabled(name, disabled))
+        return _user_change(change, action, name, lambda a: a.set_disabled(name, disabled))
 
-    def reset_password(self, actor: Actor, name: str, password: str) -> OperatorView:
+    @in_transaction
+    def reset_password(self, change: Change, name: str, password: str) -> OperatorView:
         # The audit row says that the password changed, never what to.
-        return self._user_change(
-            actor, "user.password", name, lambda a: a.set_password(name, password)
-        )
+        return _user_change(change, "user.password", name, lambda a: a.set_password(name, password))
 
-    def remove_user(self, actor: Actor, name: str) -> None:
-        with self.transaction(actor) as change:
-            view = Accounts(change.conn).remove(name)
-            change.record("user.delete", "user", name, operator_json(view), None)
+    @in_transaction
+    def remove_user(self, change: Change, name: str) -> None:
+        view = Accounts(change.conn).remove(name)
+        change.record("user.delete", "user", name, operator_json(view), None)
 
-    def _user_change(self, actor: Actor, action: str, name: str, run: Any) -> OperatorView:
-        with self.transaction(actor) as change:
-            accounts = Accounts(change.conn)
-            before = operator_json(accounts.get(name))
-            after: OperatorView = run(accounts)
-            change.record(action, "user", name, before, operator_json(after))
-            return after
+
+def _user_change(change: Change, action: str, name: str, run: Any) -> OperatorView:
+    accounts = Accounts(change.conn)
+    before = operator_json(accounts.get(name))
+    after: OperatorView = run(accounts)
+    change.record(action, "user", name, before, operator_json(after))
+    return after
 
 
 def _key(keys: ApiKeys, key_id: int) -> ApiKeyView:

@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session
 
 from app.common.bounds import Bound
 from app.config import DEFAULT_WORKER_LIVE_S, LABEL_PATTERN, parse_labels
-from app.db.bind import Bind, begin, connect
+from app.control.replicas import WorkerView, worker_views
+from app.db.bind import Bind, begin
 from app.db.tables import Deployment, Model
 from app.engine.serving import ServingParams, serving_values_from
 
@@ -29,6 +30,7 @@ ALIAS_LENGTH = Bound(1, 128)
 MODEL_NAME_LENGTH = Bound(1, 255)
 REPLICAS = Bound(0, 1000)
 TRAFFIC_WEIGHT = Bound(0, 1_000_000, "a share of the alias's calls, relative to the others")
+DEFAULT_TRAFFIC_WEIGHT = 100
 NODE_LENGTH = Bound(0, 253)
 NODE_LABELS = Bound(0, 64)
 LABEL_LENGTH = Bound(1, 63)
@@ -87,36 +89,20 @@ class ServingSettings(ServingParams):
 
 
 @dataclass(frozen=True)
-class WorkerView:
-    """One replica as operators see it: the process the supervisor runs and what the
-    worker reports about itself. Either side may be missing: a process that has not
-    registered yet ('starting'), or a worker nobody here supervises (external, Kubernetes).
-    """
+class DeploymentRequest:
+    """What an operator asks to run: `replicas` workers serving serving.model under alias,
+    on `node` or on nodes carrying every one of `node_labels` (default: any node). One
+    definition for the pages, the CLI, the admin API, herd.yaml and rollouts."""
 
-    deployment_id: int | None
-    worker_id: int | None
-    pid: int | None
-    node: str | None
-    generation: int | None
-    state: str
-    url: str | None
-    started_at: datetime | None
-    uptime_s: float | None
-    heartbeat_age_s: float | None
-    slots_busy: int | None
-    slots_total: int | None
-    queue_length: int | None
-    tokens_per_second: float | None
-    rss_bytes: int | None
-    vram_bytes: int | None
-    error: str | None
-    log_path: str | None
-    gpu_offload_supported: bool | None
-    n_gpu_layers_offloaded: int | None
-
-    @property
-    def is_ready(self) -> bool:
-        return self.state == "ready"
+    alias: str
+    serving: ServingSettings
+    replicas: int = 1
+    node: str | None = None
+    node_labels: Mapping[str, str] | None = None
+    # n_ctx above the model's trained context, confirmed by the operator.
+    allow_ctx_overflow: bool = False
+    # A share of the alias's traffic; a canary starts at 0 (app/rollouts/actions.py).
+    traffic_weight: int = DEFAULT_TRAFFIC_WEIGHT
 
 
 @dataclass(frozen=True)
@@ -233,69 +219,6 @@ def traffic_shares(weights: Mapping[int, int]) -> dict[int, float]:
     return {key: (max(w, 0) / total if total else 0.0) for key, w in weights.items()}
 
 
-def _as_float(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-WORKERS_SQL = text(
-    """
-    SELECT w.*,
-           extract(epoch FROM now() - w.heartbeat_at) AS heartbeat_age_s,
-           extract(epoch FROM now() - w.started_at) AS uptime_s
-    FROM workers w
-    WHERE (CAST(:deployment_id AS bigint) IS NULL OR w.deployment_id = :deployment_id)
-    ORDER BY w.id
-    """
-)
-PROCESSES_SQL = text(
-    """
-    SELECT p.*, extract(epoch FROM now() - p.started_at) AS uptime_s
-    FROM worker_processes p
-    WHERE (CAST(:deployment_id AS bigint) IS NULL OR p.deployment_id = :deployment_id)
-    ORDER BY p.id
-    """
-)
-
-
-def _worker_view(
-    row: Mapping[str, Any] | None, process: Mapping[str, Any] | None, live_s: float
-) -> WorkerView:
-    """Merge a workers row and a worker_processes row (either may be None); a ready worker
-    silent for live_s is shown as silent, as the gateway stops routing to it then."""
-    w: Mapping[str, Any] = row or {}
-    p: Mapping[str, Any] = process or {}
-    if row is not None:
-        state = str(row["state"])
-        if state == "ready" and (_as_float(row["heartbeat_age_s"]) or 0) > live_s:
-            state = "silent"
-    else:
-        state = "starting"
-    if p.get("stop_requested_at") is not None and state not in ("stopped", "failed"):
-        state = "stopping"
-    return WorkerView(
-        deployment_id=w.get("deployment_id") or p.get("deployment_id"),
-        worker_id=w.get("id"),
-        pid=w.get("pid") or p.get("pid"),
-        node=p.get("node"),
-        generation=p.get("generation"),
-        state=state,
-        url=w.get("url"),
-        started_at=w.get("started_at") or p.get("started_at"),
-        uptime_s=_as_float(w.get("uptime_s") if row is not None else p.get("uptime_s")),
-        heartbeat_age_s=_as_float(w.get("heartbeat_age_s")),
-        slots_busy=w.get("slots_busy"),
-        slots_total=w.get("slots_total"),
-        queue_length=w.get("queue_length"),
-        tokens_per_second=_as_float(w.get("tokens_per_second")),
-        rss_bytes=w.get("rss_bytes"),
-        vram_bytes=w.get("vram_bytes"),
-        error=w.get("error"),
-        log_path=p.get("log_path") or w.get("log_path"),
-        gpu_offload_supported=w.get("gpu_offload_supported"),
-        n_gpu_layers_offloaded=w.get("n_gpu_layers_offloaded"),
-    )
-
-
 class Deployments:
     """Deployments in one database: validated changes and views with their workers."""
 
@@ -306,35 +229,24 @@ class Deployments:
 
     # ---- changes -------------------------------------------------------------------------
 
-    def create(
-        self,
-        alias: str,
-        serving: ServingSettings,
-        *,
-        replicas: int = 1,
-        node: str | None = None,
-        node_labels: Mapping[str, str] | None = None,
-        allow_ctx_overflow: bool = False,
-        traffic_weight: int = 100,
-    ) -> DeploymentView:
-        """Ask for `replicas` workers serving serving.model under alias, on `node` or on
-        nodes carrying every one of `node_labels` (default: any node)."""
-        alias = _validate_alias(alias)
-        _check_bound(REPLICAS, "replicas", replicas)
-        _check_bound(TRAFFIC_WEIGHT, "traffic_weight", traffic_weight)
-        _check_placement(node, node_labels)
+    def create(self, request: DeploymentRequest) -> DeploymentView:
+        """Ask for the request's replicas; the supervisors start them."""
+        alias = _validate_alias(request.alias)
+        _check_bound(REPLICAS, "replicas", request.replicas)
+        _check_bound(TRAFFIC_WEIGHT, "traffic_weight", request.traffic_weight)
+        _check_placement(request.node, request.node_labels)
+        serving = request.serving
         with Session(self.engine) as session, session.begin():
             model = session.scalar(select(Model).where(Model.name == serving.model))
-            model = _validate_serving(model, serving, allow_ctx_overflow)
+            model = _validate_serving(model, serving, request.allow_ctx_overflow)
             row = Deployment(
                 alias=alias,
                 model_id=model.id,
-                replicas=replicas,
-                node=(node or "").strip() or None,
-                node_labels=dict(node_labels) if node_labels else None,
+                replicas=request.replicas,
+                node=(request.node or "").strip() or None,
+                node_labels=dict(request.node_labels) if request.node_labels else None,
                 state="active",
-                # A canary starts at 0 and gets its weight once it exists (app/rollouts/actions.py).
-                traffic_weight=traffic_weight,
+                traffic_weight=request.traffic_weight,
                 **self._serving_columns(serving),
             )
             session.add(row)
@@ -518,29 +430,7 @@ class Deployments:
 
     def workers(self, deployment_id: int | None = None) -> list[WorkerView]:
         """Replicas of one deployment (or of all), supervised processes and worker rows merged."""
-        with connect(self.engine) as conn:
-            params = {"deployment_id": deployment_id}
-            rows = [dict(r) for r in conn.execute(WORKERS_SQL, params).mappings()]
-            processes = [dict(r) for r in conn.execute(PROCESSES_SQL, params).mappings()]
-        views: list[WorkerView] = []
-        matched: set[int] = set()
-        for process in processes:
-            # The pid ties a supervised process to the row its worker registered.
-            row = next(
-                (
-                    r
-                    for r in rows
-                    if r["pid"] == process["pid"]
-                    and r["deployment_id"] in (process["deployment_id"], None)
-                    and r["id"] not in matched
-                ),
-                None,
-            )
-            if row is not None:
-                matched.add(row["id"])
-            views.append(_worker_view(row, process, self.live_s))
-        views.extend(_worker_view(r, None, self.live_s) for r in rows if r["id"] not in matched)
-        return views
+        return worker_views(self.engine, deployment_id, self.live_s)
 
     def _views(self, deployment_id: int | None) -> list[DeploymentView]:
         query = (

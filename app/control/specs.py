@@ -23,12 +23,14 @@ from app.control.aliases import (
 )
 from app.control.deployments import (
     ALIAS_LENGTH,
+    DEFAULT_TRAFFIC_WEIGHT,
     LABEL_LENGTH,
     MODEL_NAME_LENGTH,
     NODE_LABELS,
     NODE_LENGTH,
     REPLICAS,
     TRAFFIC_WEIGHT,
+    DeploymentRequest,
     ServingSettings,
 )
 from app.control.keys import (
@@ -102,13 +104,26 @@ class DeploymentSpec(ServingSpec):
     node_labels: Annotated[dict[LabelText, LabelText], NODE_LABELS.length()] = Field(
         default_factory=dict, description="Run only on nodes carrying all of these labels."
     )
-    weight: int = TRAFFIC_WEIGHT.field(100, description="Share of the alias's traffic.")
+    weight: int = TRAFFIC_WEIGHT.field(
+        DEFAULT_TRAFFIC_WEIGHT, description="Share of the alias's traffic."
+    )
     stopped: StrictBool = Field(
         default=False, description="Keep the deployment but run no replica."
     )
     allow_ctx_overflow: StrictBool = Field(
         default=False, description="Allow n_ctx above the model's trained context."
     )
+
+    def request(self) -> DeploymentRequest:
+        return DeploymentRequest(
+            alias=self.alias,
+            serving=self.serving(),
+            replicas=self.replicas,
+            node=self.node,
+            node_labels=self.node_labels,
+            allow_ctx_overflow=self.allow_ctx_overflow,
+            traffic_weight=self.weight,
+        )
 
 
 class ScaleSpec(Spec):

@@ -19,7 +19,7 @@ import httpx
 from app.config import Settings
 from app.control.accounts import Accounts
 from app.control.audit import Actor, Via
-from app.control.deployments import Deployments, ServingSettings
+from app.control.deployments import DeploymentRequest, Deployments, ServingSettings
 from app.db import migrate
 from app.db.database import Database
 from app.db.embedded import EmbeddedPostgres
@@ -99,7 +99,7 @@ def deploy_demo(settings: Settings, database: Database, model_name: str) -> bool
     if deployments.all():
         return False
     # parallel 0: each worker takes as many slots (up to 4) as its host's memory holds.
-    deployments.create(DEMO_ALIAS, ServingSettings(model=model_name))
+    deployments.create(DeploymentRequest(DEMO_ALIAS, ServingSettings(model=model_name)))
     return True
 
 

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.control import audit
 from app.control.audit import Actor, Via
-from app.control.deployments import Deployments, ServingSettings
+from app.control.deployments import DeploymentRequest, Deployments, ServingSettings
 from app.db.tables import Deployment, Model, Rollout
 from app.engine.serving import serving_values_from
 from app.evaluation.store import EvaluationStore
@@ -184,7 +184,9 @@ class Rollouts:
             serving = ServingSettings(model=model, **serving_values_from(base))
             node, labels = base.node, base.node_labels
         created = self.deployments.create(
-            alias, serving, replicas=1, node=node, node_labels=labels, traffic_weight=0
+            DeploymentRequest(
+                alias, serving, replicas=1, node=node, node_labels=labels, traffic_weight=0
+            )
         )
         total = sum(d["weight"] for d in current)
         weight = max(1, round(total * percent / (100 - percent)))

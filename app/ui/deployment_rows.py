@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from app.control.deployments import DeploymentView, WorkerView
+from app.control.deployments import DeploymentView
+from app.control.replicas import WorkerView
 from app.store.estimate import format_bytes
 from app.ui.worker_health import PrefixReuse
 
