@@ -214,6 +214,40 @@ def read_gguf(path: Path) -> GGUFInfo:
     """Validate path and summarise its header; raises InvalidGGUF with the reason."""
     version, tensor_count, _ = check_header(path)
     check_metadata(path)
+    reader = _parsed(path, tensor_count)
+    arch = _field(reader, "general.architecture")
+    if not isinstance(arch, str) or not arch:
+        raise InvalidGGUF("missing general.architecture")
+
+    def arch_int(suffix: str) -> int | None:
+        return _int_field(reader, f"{arch}.{suffix}")
+
+    sums = _sum_tensors(reader)
+    block_count = arch_int("block_count")
+    return GGUFInfo(
+        version=version,
+        architecture=arch,
+        parameter_count=sum(int(t.n_elements) for t in reader.tensors),
+        file_type=_file_type(reader),
+        quantization=sums.by_type.most_common(1)[0][0] if sums.by_type else None,
+        context_length=arch_int("context_length"),
+        block_count=block_count,
+        embedding_length=arch_int("embedding_length"),
+        head_count=arch_int("attention.head_count"),
+        head_count_kv=arch_int("attention.head_count_kv"),
+        has_chat_template=reader.fields.get("tokenizer.chat_template") is not None,
+        tensor_count=tensor_count,
+        tensor_bytes=sum(int(t.n_bytes) for t in reader.tensors),
+        layout=_layout(reader, arch, sums),
+        metadata={"name": _field(reader, "general.name")},
+        chat_template_tools="tools" in str(_field(reader, "tokenizer.chat_template") or ""),
+    )
+
+
+def _parsed(path: Path, tensor_count: int) -> Any:
+    """The gguf package's reader of a file whose header and metadata were checked, once
+    every tensor the header counts is listed and its data lies within the file."""
+    # Imported here: the gguf package (numpy) is only needed when a file is read.
     import gguf
 
     size = path.stat().st_size
@@ -233,57 +267,74 @@ def read_gguf(path: Path) -> GGUFInfo:
                 f"truncated: tensor {tensor.name!r} ends at byte {end} beyond the file's "
                 f"{size} bytes"
             )
+    return reader
 
-    arch = _field(reader, "general.architecture")
-    if not isinstance(arch, str) or not arch:
-        raise InvalidGGUF("missing general.architecture")
+
+def _file_type(reader: Any) -> str | None:
+    """general.file_type by llama.cpp's name for it (Q4_K_M, ...), or None when unset."""
+    import gguf
+
+    file_type_id = _int_field(reader, "general.file_type")
+    if file_type_id is None:
+        return None
+    try:
+        return str(gguf.LlamaFileType(file_type_id).name.removeprefix("MOSTLY_"))
+    except ValueError:
+        return f"unknown ({file_type_id})"
+
+
+@dataclass
+class _TensorSums:
+    """Tensor bytes summed by where they sit in the model and by quantization type."""
+
+    by_type: Counter[str] = field(default_factory=Counter)
+    by_layer: dict[int, int] = field(default_factory=dict)
+    input_bytes: int = 0
+    output_bytes: int = 0
+    has_output: bool = False
+    token_embd_bytes: int = 0
+
+
+def _sum_tensors(reader: Any) -> _TensorSums:
+    sums = _TensorSums()
+    for tensor in reader.tensors:
+        n_bytes = int(tensor.n_bytes)
+        if len(tensor.shape) >= 2:
+            sums.by_type[tensor.tensor_type.name] += n_bytes
+        match = _LAYER_TENSOR.match(tensor.name)
+        if match:
+            index = int(match.group(1))
+            sums.by_layer[index] = sums.by_layer.get(index, 0) + n_bytes
+        elif tensor.name.startswith("output"):
+            sums.output_bytes += n_bytes
+            sums.has_output = sums.has_output or tensor.name == "output.weight"
+        else:
+            sums.input_bytes += n_bytes
+            if tensor.name == "token_embd.weight":
+                sums.token_embd_bytes = n_bytes
+    return sums
+
+
+def _layout(reader: Any, arch: str, sums: _TensorSums) -> ModelLayout:
+    """What memory estimates need: bytes per layer and the shapes behind the KV cache."""
 
     def arch_int(suffix: str) -> int | None:
         return _int_field(reader, f"{arch}.{suffix}")
 
-    file_type_id = _int_field(reader, "general.file_type")
-    file_type = None
-    if file_type_id is not None:
-        try:
-            file_type = gguf.LlamaFileType(file_type_id).name.removeprefix("MOSTLY_")
-        except ValueError:
-            file_type = f"unknown ({file_type_id})"
-
-    bytes_by_type: Counter[str] = Counter()
-    layer_bytes: dict[int, int] = {}
-    input_bytes = output_bytes = 0
-    has_output = False
-    token_embd_bytes = 0
-    for tensor in reader.tensors:
-        n_bytes = int(tensor.n_bytes)
-        if len(tensor.shape) >= 2:
-            bytes_by_type[tensor.tensor_type.name] += n_bytes
-        match = _LAYER_TENSOR.match(tensor.name)
-        if match:
-            index = int(match.group(1))
-            layer_bytes[index] = layer_bytes.get(index, 0) + n_bytes
-        elif tensor.name.startswith("output"):
-            output_bytes += n_bytes
-            has_output = has_output or tensor.name == "output.weight"
-        else:
-            input_bytes += n_bytes
-            if tensor.name == "token_embd.weight":
-                token_embd_bytes = n_bytes
-
     block_count = arch_int("block_count")
-    n_layers = block_count if block_count is not None else len(layer_bytes)
+    n_layers = block_count if block_count is not None else len(sums.by_layer)
     n_embd = arch_int("embedding_length") or 0
     n_head = arch_int("attention.head_count") or 0
     n_head_kv = arch_int("attention.head_count_kv") or n_head
     head_dim = n_embd // n_head if n_head else 0
     tokens = reader.fields.get("tokenizer.ggml.tokens")
     n_vocab = arch_int("vocab_size") or (len(tokens.data) if tokens is not None else 0)
-    layout = ModelLayout(
-        layer_bytes=[layer_bytes.get(i, 0) for i in range(n_layers)],
-        input_bytes=input_bytes,
-        output_bytes=output_bytes,
+    return ModelLayout(
+        layer_bytes=[sums.by_layer.get(i, 0) for i in range(n_layers)],
+        input_bytes=sums.input_bytes,
+        output_bytes=sums.output_bytes,
         # Without output.weight, llama.cpp reuses the token embeddings as the output layer.
-        tied_output_bytes=0 if has_output else token_embd_bytes,
+        tied_output_bytes=0 if sums.has_output else sums.token_embd_bytes,
         n_embd=n_embd,
         n_head=n_head,
         n_head_kv=n_head_kv,
@@ -291,22 +342,4 @@ def read_gguf(path: Path) -> GGUFInfo:
         value_length=arch_int("attention.value_length") or head_dim,
         n_vocab=n_vocab,
         n_ff=arch_int("feed_forward_length") or 0,
-    )
-    return GGUFInfo(
-        version=version,
-        architecture=arch,
-        parameter_count=sum(int(t.n_elements) for t in reader.tensors),
-        file_type=file_type,
-        quantization=bytes_by_type.most_common(1)[0][0] if bytes_by_type else None,
-        context_length=arch_int("context_length"),
-        block_count=block_count,
-        embedding_length=arch_int("embedding_length"),
-        head_count=arch_int("attention.head_count"),
-        head_count_kv=arch_int("attention.head_count_kv"),
-        has_chat_template=reader.fields.get("tokenizer.chat_template") is not None,
-        tensor_count=tensor_count,
-        tensor_bytes=sum(int(t.n_bytes) for t in reader.tensors),
-        layout=layout,
-        metadata={"name": _field(reader, "general.name")},
-        chat_template_tools="tools" in str(_field(reader, "tokenizer.chat_template") or ""),
     )
