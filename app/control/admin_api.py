@@ -131,8 +131,19 @@ def admin_router() -> APIRouter:
         tags=["admin"],
         responses={401: {"description": "No valid key"}, 403: {"description": "No admin scope"}},
     )
+    _model_routes(router)
+    _deployment_routes(router)
+    _alias_routes(router)
+    _key_routes(router)
+    _user_routes(router)
+    _metric_routes(router)
+    _audit_routes(router)
+    return router
 
-    # -- models
+
+def _model_routes(router: APIRouter) -> None:
+    """Models in the store: list, add, rescan, delete."""
+
     @router.get("/models", summary="Models in the store")
     def list_models(who: Who, admin: Ops) -> list[dict[str, Any]]:
         return [describe_model(m) for m in admin.models().list()]
@@ -155,7 +166,10 @@ def admin_router() -> APIRouter:
         refused(lambda: admin.delete_model(who, name))
         return {"deleted": name}
 
-    # -- deployments
+
+def _deployment_routes(router: APIRouter) -> None:
+    """Deployments: list, create, scale, roll, stop, start, delete."""
+
     @router.get("/deployments", summary="Deployments")
     def list_deployments(who: Who, admin: Ops) -> list[dict[str, Any]]:
         return [
@@ -197,7 +211,10 @@ def admin_router() -> APIRouter:
         refused(lambda: admin.delete_deployment(who, deployment_id))
         return {"deleted": deployment_id}
 
-    # -- aliases: routing weights and settings
+
+def _alias_routes(router: APIRouter) -> None:
+    """Aliases: their settings, and the traffic weights of their deployments."""
+
     @router.get("/aliases", summary="Alias settings (aliases without a row get the defaults)")
     def list_aliases(who: Who, admin: Ops) -> dict[str, Any]:
         return {a: alias_json(v) for a, v in admin.alias_settings().items()}
@@ -212,7 +229,10 @@ def admin_router() -> APIRouter:
         refused(lambda: admin.set_alias_settings(who, alias, body.settings()))
         return alias_json(body.settings())
 
-    # -- keys
+
+def _key_routes(router: APIRouter) -> None:
+    """API keys: list, create, change, revoke."""
+
     @router.get("/keys", summary="API keys (never the keys themselves)")
     def list_keys(who: Who, admin: Ops) -> list[dict[str, Any]]:
         return [key_json(k) for k in admin.keys().list()]
@@ -232,7 +252,10 @@ def admin_router() -> APIRouter:
     def revoke_key(name_or_id: NamePath, who: Who, admin: Ops) -> dict[str, list[int]]:
         return {"revoked": refused(lambda: admin.revoke_key(who, name_or_id))}
 
-    # -- users
+
+def _user_routes(router: APIRouter) -> None:
+    """Dashboard accounts: list, create, change, delete."""
+
     @router.get("/users", summary="Dashboard accounts")
     def list_users(who: Who, admin: Ops) -> list[dict[str, Any]]:
         return [operator_json(o) for o in admin.accounts().list()]
@@ -261,7 +284,10 @@ def admin_router() -> APIRouter:
         refused(lambda: admin.remove_user(who, name))
         return {"deleted": name}
 
-    # -- metrics
+
+def _metric_routes(router: APIRouter) -> None:
+    """Monitoring's numbers for scripts."""
+
     @router.get("/metrics", summary="Monitoring's tile numbers for a range (metric catalog)")
     def metrics(
         who: Who,
@@ -281,7 +307,10 @@ def admin_router() -> APIRouter:
             raise HTTPException(400, str(exc)) from None
         return metrics_report(engine_of(request), query)
 
-    # -- audit
+
+def _audit_routes(router: APIRouter) -> None:
+    """The audit log, for scripts."""
+
     @router.get("/audit", summary="The audit log, newest first")
     def audit(
         who: Who,
@@ -304,5 +333,3 @@ def admin_router() -> APIRouter:
             since=since, until=until, limit=limit,
         )  # fmt: skip
         return [{**asdict(r), "at": r.at.isoformat()} for r in rows]
-
-    return router
