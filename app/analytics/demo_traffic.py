@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Engine, text
 
@@ -295,38 +296,7 @@ def generate_demo_traffic(
     models = ensure_demo_models(engine)
     end = now or datetime.now(UTC)
     start = end - timedelta(days=days)
-    span = end - start
-    names = list(DEMO_MODELS)
-    ids = [models[n] for n in names]
-    params = {
-        "days": days,
-        "start": start,
-        "now": end,
-        "canary_at": start + span * CANARY_AT,
-        "regression_at": start + span * REGRESSION_AT,
-        "m_v1": models[names[0]],
-        "m_v2": models[REGRESSED_MODEL],
-        "m_coder": models[names[2]],
-        "m_sum": models[names[3]],
-        "ids": ids,
-        "aliases": [DEMO_MODELS[n][0] for n in names],
-        "workers": [DEMO_MODELS[n][1][0] for n in names],
-        "tps": [DEMO_MODELS[n][2] for n in names],
-        "ttft": [DEMO_MODELS[n][3] for n in names],
-        "up": [DEMO_MODELS[n][4] for n in names],
-        "regressed_up": REGRESSED_THUMBS_UP,
-        "rate": feedback_rate,
-        # A run token keeps session ids apart when the generator runs more than once.
-        "session_prefix": f"demo-{run_token or uuid.uuid4().hex[:8]}-",
-        "questions": QUESTIONS,
-        "good": GOOD_ANSWERS,
-        "bad": BAD_ANSWERS,
-        "complaints": COMPLAINTS,
-        "regression_complaints": REGRESSION_COMPLAINTS,
-        "praise": PRAISE,
-    }
-    # The day count must be whole for day_n; fractional days shorten the last one.
-    params["days"] = max(1, math.ceil(days))
+    params = _sql_params(models, start, end, days, feedback_rate, run_token)
     done = feedback = 0
     next_session = first_session
     with engine.connect() as conn:
@@ -351,6 +321,48 @@ def generate_demo_traffic(
             if progress is not None:
                 progress(done, requests)
     return DemoResult(done, feedback, start, end, models)
+
+
+def _sql_params(
+    models: dict[str, int],
+    start: datetime,
+    end: datetime,
+    days: float,
+    feedback_rate: float,
+    run_token: str | None,
+) -> dict[str, Any]:
+    """The parameters CHUNK_SQL shares across chunks: the window, its events, the models'
+    traits, and the texts the synthetic messages are drawn from."""
+    span = end - start
+    names = list(DEMO_MODELS)
+    return {
+        # The day count must be whole for day_n; fractional days shorten the last one.
+        "days": max(1, math.ceil(days)),
+        "start": start,
+        "now": end,
+        "canary_at": start + span * CANARY_AT,
+        "regression_at": start + span * REGRESSION_AT,
+        "m_v1": models[names[0]],
+        "m_v2": models[REGRESSED_MODEL],
+        "m_coder": models[names[2]],
+        "m_sum": models[names[3]],
+        "ids": [models[n] for n in names],
+        "aliases": [DEMO_MODELS[n][0] for n in names],
+        "workers": [DEMO_MODELS[n][1][0] for n in names],
+        "tps": [DEMO_MODELS[n][2] for n in names],
+        "ttft": [DEMO_MODELS[n][3] for n in names],
+        "up": [DEMO_MODELS[n][4] for n in names],
+        "regressed_up": REGRESSED_THUMBS_UP,
+        "rate": feedback_rate,
+        # A run token keeps session ids apart when the generator runs more than once.
+        "session_prefix": f"demo-{run_token or uuid.uuid4().hex[:8]}-",
+        "questions": QUESTIONS,
+        "good": GOOD_ANSWERS,
+        "bad": BAD_ANSWERS,
+        "complaints": COMPLAINTS,
+        "regression_complaints": REGRESSION_COMPLAINTS,
+        "praise": PRAISE,
+    }
 
 
 def purge_synthetic(engine: Engine) -> int:

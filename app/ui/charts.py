@@ -143,66 +143,8 @@ def band(
     for index, (name, items) in enumerate(_groups(rows, group).items()):
         color = COLORS[index % len(COLORS)]
         x, v = on_grid(items, [value, low, high, "ratings"], bins)
-        shown = [
-            v[value][i] is not None and v[low][i] is not None and v[high][i] is not None
-            for i in range(len(x))
-        ]
-        band_x: list[Any] = []
-        band_y: list[Any] = []
-        above: list[float | None] = [None] * len(x)
-        below: list[float | None] = [None] * len(x)
-        for run in _runs(shown):
-            if len(run) == 1:
-                (i,) = run
-                above[i] = v[high][i] - v[value][i]
-                below[i] = v[value][i] - v[low][i]
-                continue
-            band_x += [x[i] for i in run] + [x[i] for i in reversed(run)] + [None]
-            band_y += [v[high][i] for i in run] + [v[low][i] for i in reversed(run)] + [None]
-        if band_x:
-            red, green, blue = hex_to_rgb(color)
-            fig.add_trace(
-                go.Scatter(
-                    x=band_x,
-                    y=band_y,
-                    fill="toself",
-                    fillcolor=f"rgba({red}, {green}, {blue}, 0.2)",
-                    mode="lines",
-                    line={"width": 0, "color": color},
-                    connectgaps=False,
-                    hoverinfo="skip",
-                    showlegend=False,
-                    legendgroup=name,
-                    name=f"{name} 95% CI",
-                )
-            )
-        fig.add_trace(
-            go.Scatter(
-                x=x,
-                y=[v[value][i] if shown[i] else None for i in range(len(x))],
-                mode="lines+markers",
-                connectgaps=False,
-                cliponaxis=False,
-                line={"color": color},
-                error_y={
-                    "type": "data",
-                    "symmetric": False,
-                    "array": above,
-                    "arrayminus": below,
-                    "visible": any(a is not None for a in above),
-                    "color": color,
-                    "width": 6,
-                },
-                name=name,
-                legendgroup=name,
-                customdata=[[v[low][i], v[high][i], v["ratings"][i]] for i in range(len(x))],
-                hovertemplate=(
-                    f"{name}<br>%{{x|%Y-%m-%d %H:%M}}<br>%{{y:.2%}} "
-                    "(95% CI %{customdata[0]:.2%} - %{customdata[1]:.2%}, "
-                    "%{customdata[2]} ratings)<extra></extra>"
-                ),
-            )
-        )
+        for trace in _band_traces(name, color, x, v[value], v[low], v[high], v["ratings"]):
+            fig.add_trace(trace)
     if not has_data(fig):
         return no_data(fig, title)
     _time_axis(fig, [r["t"] for r in rows if r.get(value) is not None], grid)
@@ -210,6 +152,88 @@ def band(
     # An interval of a share can reach both ends: the whole 0..100 % axis.
     fig.update_yaxes(tickformat=".0%", range=[0.0, 1.0])
     return fig
+
+
+def _band_traces(
+    name: str,
+    color: str,
+    x: list[Any],
+    rate: list[Any],
+    low: list[Any],
+    high: list[Any],
+    ratings: list[Any],
+) -> list[Any]:
+    """One group's traces for band(): the shaded interval where there is one, then the line
+    (error bars on its lone points)."""
+    shown = [rate[i] is not None and low[i] is not None and high[i] is not None
+             for i in range(len(x))]  # fmt: skip
+    band_x, band_y, above, below = _interval_outline(x, rate, low, high, shown)
+    traces = []
+    if band_x:
+        red, green, blue = hex_to_rgb(color)
+        traces.append(
+            go.Scatter(
+                x=band_x,
+                y=band_y,
+                fill="toself",
+                fillcolor=f"rgba({red}, {green}, {blue}, 0.2)",
+                mode="lines",
+                line={"width": 0, "color": color},
+                connectgaps=False,
+                hoverinfo="skip",
+                showlegend=False,
+                legendgroup=name,
+                name=f"{name} 95% CI",
+            )
+        )
+    traces.append(
+        go.Scatter(
+            x=x,
+            y=[rate[i] if shown[i] else None for i in range(len(x))],
+            mode="lines+markers",
+            connectgaps=False,
+            cliponaxis=False,
+            line={"color": color},
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": above,
+                "arrayminus": below,
+                "visible": any(a is not None for a in above),
+                "color": color,
+                "width": 6,
+            },
+            name=name,
+            legendgroup=name,
+            customdata=[[low[i], high[i], ratings[i]] for i in range(len(x))],
+            hovertemplate=(
+                f"{name}<br>%{{x|%Y-%m-%d %H:%M}}<br>%{{y:.2%}} "
+                "(95% CI %{customdata[0]:.2%} - %{customdata[1]:.2%}, "
+                "%{customdata[2]} ratings)<extra></extra>"
+            ),
+        )
+    )
+    return traces
+
+
+def _interval_outline(
+    x: list[Any], rate: list[Any], low: list[Any], high: list[Any], shown: list[bool]
+) -> tuple[list[Any], list[Any], list[float | None], list[float | None]]:
+    """The band's polygon (x, y; runs of consecutive bins, apart by None) and the error bar
+    lengths (above, below) of points with no neighbour (a band one bin wide has no area)."""
+    band_x: list[Any] = []
+    band_y: list[Any] = []
+    above: list[float | None] = [None] * len(x)
+    below: list[float | None] = [None] * len(x)
+    for run in _runs(shown):
+        if len(run) == 1:
+            (i,) = run
+            above[i] = high[i] - rate[i]
+            below[i] = rate[i] - low[i]
+            continue
+        band_x += [x[i] for i in run] + [x[i] for i in reversed(run)] + [None]
+        band_y += [high[i] for i in run] + [low[i] for i in reversed(run)] + [None]
+    return band_x, band_y, above, below
 
 
 def bars(rows: Sequence[dict[str, Any]], x: str, y: str, *, title: str, y_title: str) -> Any:
