@@ -19,9 +19,9 @@ import orjson
 from fastapi.responses import JSONResponse, Response
 
 from app.gateway.balancer import Pick
-from app.gateway.proxy import Proxy, _hop_headers
 from app.gateway.request_log import RequestRecord
 from app.gateway.routing import AliasRoute
+from app.gateway.upstream import Upstream, hop_headers
 from app.openai_api.embeddings import EmbeddingInputError, decode_vector, parse_request
 from app.openai_api.error_body import error_body
 from app.openai_api.errors import ApiError
@@ -35,8 +35,8 @@ ENDPOINT = "embeddings"
 class EmbeddingCalls:
     """Forwards embedding calls to the workers of an alias; one per gateway process."""
 
-    def __init__(self, proxy: Proxy) -> None:
-        self.proxy = proxy
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
 
     async def handle(
         self,
@@ -55,9 +55,9 @@ class EmbeddingCalls:
         except (ValueError, UnicodeDecodeError) as exc:
             error = EmbeddingInputError(f"the request body is not valid JSON: {exc}", None)
             return JSONResponse(error.body(), 400)
-        proxy = self.proxy
+        upstream = self.upstream
         record = RequestRecord(
-            id=proxy.request_ids.new(),
+            id=upstream.request_ids.new(),
             created_at=datetime.now(UTC),
             endpoint=ENDPOINT,
             alias=body.model,
@@ -69,23 +69,20 @@ class EmbeddingCalls:
         )
         model_name = ""
         try:
-            route = proxy.admit(body.model, api_key_id)
+            route = upstream.admit(body.model, api_key_id)
             pick, content = await self._fetch(route, raw, str(record.id), batch_id)
             record.worker_id = pick.worker.id
             record.deployment_id = pick.deployment.id
             record.model_id = pick.worker.model_id or pick.deployment.model_id
             model_name = pick.deployment.model_name
         except ApiError as exc:
-            status = "rejected" if exc.status in (403, 404, 429, 503) else "error"
-            record.total_ms = (time.perf_counter() - started) * 1000
-            proxy.finish(record, status=status, http_status=exc.status, error=exc.message)
-            return exc.response()
+            return upstream.refuse(record, exc, started)
         except _WorkerRefused as refused:
             record.worker_id = refused.pick.worker.id
             record.deployment_id = refused.pick.deployment.id
             model_name = refused.pick.deployment.model_name
             record.total_ms = (time.perf_counter() - started) * 1000
-            proxy.finish(
+            upstream.finish(
                 record,
                 status="error",
                 http_status=refused.status,
@@ -96,14 +93,14 @@ class EmbeddingCalls:
         record.prompt_tokens = _usage(content)
         record.completion_tokens = 0
         record.total_ms = (time.perf_counter() - started) * 1000
-        proxy.finish(record, model_name=model_name)
+        upstream.finish(record, model_name=model_name)
         return Response(content, 200, media_type="application/json")
 
     async def embed(self, alias: str, text: str) -> npt.NDArray[np.float32]:
         """One text's vector from the workers of alias (for the semantic cache); raises
         ApiError when none can give it."""
         payload = orjson.dumps({"model": alias, "input": text, "encoding_format": "base64"})
-        route = self.proxy.admit(alias, None)
+        route = self.upstream.admit(alias, None)
         try:
             _, content = await self._fetch(route, payload, None)
         except _WorkerRefused as refused:
@@ -121,10 +118,10 @@ class EmbeddingCalls:
     ) -> tuple[Pick, bytes]:  # fmt: skip
         """The first worker's 200 answer, trying others on failure; _WorkerRefused for a
         4xx the caller should see."""
-        proxy = self.proxy
-        route, pick = await proxy.first_pick(route, None, batch_id is not None)
-        headers = _hop_headers(request_id, batch_id)
-        answer = await proxy.send_unary(route, pick, PATH, payload, headers, bytes)
+        upstream = self.upstream
+        route, pick = await upstream.first_pick(route, None, batch_id is not None)
+        headers = hop_headers(request_id, batch_id)
+        answer = await upstream.send_unary(route, pick, PATH, payload, headers, bytes)
         if answer.value is None:
             raise _WorkerRefused(answer.pick, answer.response.status, answer.content)
         return answer.pick, answer.value

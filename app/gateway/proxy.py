@@ -3,80 +3,44 @@ another worker until the first token), stream it back, and record it.
 
 A call is retried only while nothing has reached the client; once the first token is out,
 a failure becomes an SSE error event. Every call, answered or not, leaves one request row.
+Admission, placement, retries and the row's end are the upstream dispatcher's
+(app/gateway/upstream.py), shared with embeddings.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any
 
 import orjson
 from fastapi.responses import Response, StreamingResponse
 
-from app.analytics.traffic import TrafficClass
 from app.config import Settings
-from app.gateway.balancer import AllBusyError, Balancer, NoLiveWorkerError, Pick
+from app.gateway.balancer import AllBusyError, NoLiveWorkerError, Pick
 from app.gateway.cache import CachedAnswer, ResponseCache, cache_key, is_cacheable
-from app.gateway.cold_start import ColdStart
-from app.gateway.errors import all_busy, no_live_worker, sse_error, unknown_model
-from app.gateway.key_limits import KeyLimits
-from app.gateway.metrics import UNKNOWN_LABEL, GatewayMetrics
-from app.gateway.ratelimit import RateLimits
+from app.gateway.errors import sse_error
 from app.gateway.replies import CHAT, SSE_DONE, cached_body, cached_chunks
-from app.gateway.request_ids import RequestIds
-from app.gateway.request_log import RequestLog, RequestRecord
-from app.gateway.routing import AliasRoute, RoutingState
-from app.gateway.worker_client import (
-    WorkerClient,
-    WorkerHTTPError,
-    WorkerResponse,
-    WorkerTimeoutError,
+from app.gateway.request_log import RequestRecord
+from app.gateway.routing import AliasRoute
+from app.gateway.semantic_cache import Lookup, SemanticCache
+from app.gateway.stream_events import Done, StreamState, dumps, has_token, next_event
+from app.gateway.upstream import (
+    Upstream,
+    UpstreamFailure,
+    hop_headers,
+    status_failure,
+    upstream_failure,
 )
+from app.gateway.worker_client import WorkerHTTPError, WorkerResponse
 from app.openai_api.errors import ApiError
-from app.openai_api.headers import PRIORITY_HEADER
-
-if TYPE_CHECKING:
-    from app.gateway.semantic_cache import Lookup, SemanticCache
-
-logger = logging.getLogger(__name__)
 
 PATHS = {CHAT: "/v1/chat/completions", "completions": "/v1/completions"}
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-class UpstreamFailure(Exception):
-    """A worker failed this attempt before the first token; kind names how (for metrics)."""
-
-    def __init__(self, kind: str, message: str, *, cool_down: bool = True) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.cool_down = cool_down
-
-
-class _Done:
-    """The [DONE] sentinel of an SSE stream."""
-
-
-DONE = _Done()
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class WorkerAnswer(Generic[T]):
-    """A worker's whole answer to a non-streamed call: a 200 (value: what the caller's parse
-    made of it), or a 4xx that is the client's to see (value None)."""
-
-    pick: Pick
-    response: WorkerResponse
-    content: bytes
-    value: T | None
 
 
 @dataclass
@@ -94,40 +58,6 @@ class Call:
     model_name: str = ""
     # The semantic cache's lookup for this call (aliases that use it), stored into after.
     semantic: Lookup | None = None
-
-
-@dataclass
-class StreamState:
-    """What a stream has carried so far."""
-
-    text: list[str] = field(default_factory=list)
-    finish_reason: str | None = None
-    usage: dict[str, Any] | None = None
-    timings: dict[str, Any] | None = None
-    first_token_at: float | None = None
-
-
-def dumps(value: Any) -> bytes:
-    """Compact JSON; orjson for speed, json for what orjson refuses (integers over 64 bits
-    in the extra fields a client may send through)."""
-    try:
-        return orjson.dumps(value)
-    except TypeError:
-        return json.dumps(value, separators=(",", ":")).encode()
-
-
-def _hop_headers(request_id: str | None, batch_id: str | None) -> bytes:
-    """The headers of a call to a worker: its request id, and for a batch line the priority
-    class the worker's engine schedules it in (behind interactive calls)."""
-    headers = b"X-Request-Id: " + request_id.encode() + b"\r\n" if request_id else b""
-    if batch_id is not None:
-        headers += PRIORITY_HEADER.encode() + b": batch\r\n"
-    return headers
-
-
-def _hop_failure(exc: WorkerHTTPError) -> UpstreamFailure:
-    what = {"timeout": "timed out", "connect": "unreachable"}.get(exc.kind, "broken answer")
-    return UpstreamFailure(exc.kind, f"{what}: {exc}")
 
 
 def _completion(content: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -148,66 +78,22 @@ def _session(body: dict[str, Any], header: str | None) -> str | None:
     return header or (user if isinstance(user, str) and user else None)
 
 
-def _has_token(event: dict[str, Any]) -> bool:
-    """Has the worker started answering (text, a finish, a tool call)?"""
-    for choice in event.get("choices") or ():
-        delta = choice.get("delta") or {}
-        if choice.get("text") or delta.get("content") or delta.get("tool_calls"):
-            return True
-        if choice.get("finish_reason") is not None:
-            return True
-    return event.get("usage") is not None
-
-
-def _parse_line(line: str) -> dict[str, Any] | _Done | None:
-    """An SSE line as an event; None for lines that carry none (blank, comments, fields)."""
-    if not line.startswith("data:"):
-        return None
-    data = line[5:].strip()
-    if data == "[DONE]":
-        return DONE
-    value = orjson.loads(data)
-    if not isinstance(value, dict):
-        raise ValueError("an SSE event that is not a JSON object")
-    return value
-
-
-async def _next_event(lines: AsyncIterator[str]) -> dict[str, Any] | _Done | None:
-    """The next event, or None when the stream ended."""
-    async for line in lines:
-        event = _parse_line(line)
-        if event is not None:
-            return event
-    return None
-
-
 class Proxy:
     """Routes and forwards completion calls; owned by the app, one per gateway process."""
 
     def __init__(
         self,
         settings: Settings,
-        routing: RoutingState,
-        balancer: Balancer,
+        upstream: Upstream,
         cache: ResponseCache,
-        log: RequestLog,
-        metrics: GatewayMetrics,
-        client: WorkerClient,
+        semantic: SemanticCache | None = None,
     ) -> None:
         self.settings = settings
-        self.routing = routing
-        self.balancer = balancer
+        self.upstream = upstream
+        self.balancer = upstream.balancer
         self.cache = cache
-        self.log = log
-        self.metrics = metrics
-        self.client = client
-        self.rate_limits = RateLimits()
-        self.key_limits = KeyLimits()
-        self.request_ids = RequestIds()
-        # Scale from zero (app/gateway/cold_start.py); set by the runtime, None: no holding.
-        self.cold_start: ColdStart | None = None
-        # The semantic cache (app/gateway/semantic_cache.py); set by the runtime.
-        self.semantic: SemanticCache | None = None
+        # The semantic cache (app/gateway/semantic_cache.py); None: not used.
+        self.semantic = semantic
 
     # -- entry -------------------------------------------------------------------------------
     async def complete(
@@ -227,7 +113,7 @@ class Proxy:
         record = self._new_record(endpoint, body, api_key_id, session)
         record.batch_id, record.batch_line = batch_id, batch_line
         try:
-            route = self.admit(record.alias or "", api_key_id)
+            route = self.upstream.admit(record.alias or "", api_key_id)
             record.log_text = route.settings.log_text
             stream_options = body.get("stream_options") or {}
             call = Call(
@@ -255,10 +141,7 @@ class Proxy:
                 return await self._stream(call, placed)
             return await self._unary(call, placed)
         except ApiError as exc:
-            status = "rejected" if exc.status in (403, 404, 429, 503) else "error"
-            record.total_ms = (time.perf_counter() - started) * 1000
-            self.finish(record, status=status, http_status=exc.status, error=exc.message)
-            return exc.response()
+            return self.upstream.refuse(record, exc, started)
 
     def _new_record(
         self, endpoint: str, body: dict[str, Any], api_key_id: int | None, session: str | None
@@ -266,7 +149,7 @@ class Proxy:
         """The request-log row of a call, filled in as the call goes."""
         user = body.get("user")
         return RequestRecord(
-            id=self.request_ids.new(),
+            id=self.upstream.request_ids.new(),
             created_at=datetime.now(UTC),
             endpoint=endpoint,
             alias=str(body["model"]),
@@ -275,29 +158,6 @@ class Proxy:
             user_id=user if isinstance(user, str) else None,
             prompt=body.get("messages") if endpoint == CHAT else {"prompt": body.get("prompt")},
         )
-
-    def admit(self, alias: str, api_key_id: int | None) -> AliasRoute:
-        """The alias's route, once the key's scope and limits and the alias's own rate limit
-        let the call in (every endpoint's calls); raises the ApiError that refuses it."""
-        snapshot = self.routing.snapshot
-        if api_key_id is not None:
-            rule = snapshot.key_rules.get(api_key_id)
-            if rule is not None:
-                self.key_limits.admit(api_key_id, rule, alias)
-        route = snapshot.routes.get(alias)
-        if route is None:
-            raise unknown_model(alias)
-        wait_s = self.rate_limits.wait_s(alias, route.settings.rate_limit_rpm)
-        if wait_s:
-            raise ApiError(
-                429,
-                f"rate limit of {route.settings.rate_limit_rpm} requests per minute for "
-                f"{alias!r} reached",
-                type="rate_limit_error",
-                code="rate_limit_exceeded",
-                retry_after_s=wait_s,
-            )
-        return route
 
     async def _place(self, call: Call, cacheable: bool) -> Pick | Response:
         """A worker for the call; without one, a cached answer of any version of the alias,
@@ -313,28 +173,8 @@ class Proxy:
                     if hit is not None:
                         call.model_name = d.model_name
                         return self._from_cache(call, hit, d.id, d.model_id)
-            call.route, pick = await self.wait_or_refuse(exc, route, session, batch)
+            call.route, pick = await self.upstream.wait_or_refuse(exc, route, session, batch)
             return pick
-
-    async def first_pick(
-        self, route: AliasRoute, session: str | None, batch: bool
-    ) -> tuple[AliasRoute, Pick]:
-        """The route (fresh, after a cold-start wait) and the worker for a call's first
-        attempt; raises the ApiError that refuses the call when there is none."""
-        try:
-            return route, self.balancer.pick(route, session, batch=batch)
-        except (NoLiveWorkerError, AllBusyError) as exc:
-            return await self.wait_or_refuse(exc, route, session, batch)
-
-    async def wait_or_refuse(
-        self, exc: Exception, route: AliasRoute, session: str | None, batch: bool
-    ) -> tuple[AliasRoute, Pick]:
-        """After the balancer found no worker (exc): for a deployment without a live worker
-        yet, hold the call until one is ready (scale from zero); else its ApiError."""
-        cold = self.cold_start
-        if isinstance(exc, NoLiveWorkerError) and cold is not None and cold.applies(route):
-            return await cold.wait(route, session, batch=batch)
-        raise self._no_worker(exc, route.alias) from None
 
     def _cached(self, call: Call, pick: Pick) -> Response | None:
         """The cached answer of the picked worker's model version, if there is one."""
@@ -347,12 +187,6 @@ class Proxy:
         call.model_name = pick.deployment.model_name
         return self._from_cache(call, hit, pick.deployment.id, pick.deployment.model_id)
 
-    def _no_worker(self, exc: Exception, alias: str) -> ApiError:
-        retry = self.settings.gateway_retry_after_s
-        if isinstance(exc, AllBusyError):
-            return all_busy(alias, retry)
-        return no_live_worker(alias, retry)
-
     # -- cache -------------------------------------------------------------------------------
     def _from_cache(
         self, call: Call, hit: CachedAnswer, deployment_id: int | None, model_id: int | None
@@ -360,7 +194,7 @@ class Proxy:
         record = call.record
         record.cache_hit = True
         record.deployment_id, record.model_id = deployment_id, model_id
-        self.metrics.count_cache_hit(call.route.alias)
+        self.upstream.metrics.count_cache_hit(call.route.alias)
         rid = str(record.id)
         usage = hit.usage
         record.prompt_tokens = usage.get("prompt_tokens")
@@ -370,12 +204,12 @@ class Proxy:
         if call.body.get("stream"):
             chunks = cached_chunks(call.endpoint, rid, hit, call.include_usage)
             record.ttft_ms = (time.perf_counter() - call.started) * 1000
-            self.finish(record, call=call)
+            self._finish(call)
             return StreamingResponse(_iterate(chunks), media_type="text/event-stream",
                                      headers=SSE_HEADERS)  # fmt: skip
         body = cached_body(call.endpoint, rid, hit)
         record.ttft_ms = (time.perf_counter() - call.started) * 1000
-        self.finish(record, call=call)
+        self._finish(call)
         return _json(body)
 
     def _from_semantic(self, call: Call, lookup: Lookup) -> Response:
@@ -413,117 +247,14 @@ class Proxy:
         )
 
     # -- attempts ----------------------------------------------------------------------------
-    def _payload(self, call: Call) -> dict[str, Any]:
+    def _payload(self, call: Call) -> bytes:
         if call.body.get("stream"):
             # Usage comes in a last chunk; the client sees it only if it asked for it.
-            return {**call.body, "stream_options": {"include_usage": True}}
-        return call.body
+            return dumps({**call.body, "stream_options": {"include_usage": True}})
+        return dumps(call.body)
 
-    async def _send(self, call: Call, pick: Pick, *, stream: bool) -> WorkerResponse:
-        """The call to the worker: headers in (stream) or the whole answer (not stream)."""
-        return await self.client.post(
-            pick.worker.url,
-            PATHS[call.endpoint],
-            dumps(self._payload(call)),
-            headers=_hop_headers(str(call.record.id), call.record.batch_id),
-            timeout_s=self.settings.gateway_first_token_timeout_s,
-            stream=stream,
-        )
-
-    def _attempts(self, route: AliasRoute, session: str | None, first: Pick) -> AsyncIterator[Pick]:
-        """The first pick, then other workers, up to HERD_GATEWAY_MAX_ATTEMPTS in all."""
-
-        async def attempts() -> AsyncIterator[Pick]:
-            tried: set[int] = set()
-            pick = first
-            for attempt in range(self.settings.gateway_max_attempts):
-                if attempt:
-                    try:
-                        pick = self.balancer.pick(
-                            route, session, frozenset(tried), batch=first.batch
-                        )
-                    except (NoLiveWorkerError, AllBusyError):
-                        return
-                tried.add(pick.worker.id)
-                yield pick
-
-        return attempts()
-
-    async def send_unary(
-        self,
-        route: AliasRoute,
-        first: Pick,
-        path: str,
-        payload: bytes,
-        headers: bytes,
-        parse: Callable[[bytes], T],
-        session: str | None = None,
-    ) -> WorkerAnswer[T]:
-        """Send a non-streamed call to first, then to other workers while they fail; the
-        first 200 answer that parse takes (parse raises UpstreamFailure for a broken one),
-        or the first 4xx that is the client's to see. Raises the ApiError of giving up."""
-        failures: list[UpstreamFailure] = []
-        async for pick in self._attempts(route, session, first):
-            self.balancer.acquire(pick)
-            try:
-                response = await self.client.post(
-                    pick.worker.url,
-                    path,
-                    payload,
-                    headers=headers,
-                    timeout_s=self.settings.gateway_first_token_timeout_s,
-                    stream=False,
-                )
-                content = response.content
-                if response.status != 200:
-                    failure = self._status_failure(response, content)
-                    if failure is None:
-                        return WorkerAnswer(pick, response, content, None)
-                    raise failure
-                value = parse(content)
-            except WorkerHTTPError as exc:
-                self._failed(pick, f := _hop_failure(exc))
-                failures.append(f)
-                continue
-            except UpstreamFailure as f:
-                self._failed(pick, f)
-                failures.append(f)
-                continue
-            finally:
-                self.balancer.release(pick)
-            return WorkerAnswer(pick, response, content, value)
-        raise self._give_up(route.alias, failures)
-
-    def _failed(self, pick: Pick, failure: UpstreamFailure) -> None:
-        self.metrics.count_upstream_error(pick.worker.id, failure.kind)
-        if failure.cool_down:
-            self.balancer.failed(pick.worker)
-        logger.warning("worker %d (%s): %s", pick.worker.id, pick.worker.url, failure)
-
-    def _give_up(self, alias: str, failures: list[UpstreamFailure]) -> ApiError:
-        retry = self.settings.gateway_retry_after_s
-        if not failures:
-            return no_live_worker(alias, retry)
-        if all(f.kind == "refused" for f in failures):
-            return all_busy(alias, retry)
-        return ApiError(
-            502,
-            f"no worker for {alias!r} could answer ({len(failures)} tried): {failures[-1]}",
-            type="upstream_error",
-            code="upstream_failed",
-            retry_after_s=retry,
-        )
-
-    @staticmethod
-    def _status_failure(response: WorkerResponse, content: bytes) -> UpstreamFailure | None:
-        """None when the worker's non-200 answer is the client's to see (a 4xx)."""
-        if response.status == 429:
-            return UpstreamFailure("refused", "the worker's queue is full", cool_down=False)
-        if response.status >= 500:
-            return UpstreamFailure(
-                "status", f"HTTP {response.status}: {content[:200].decode(errors='replace')}"
-            )
-        return None
+    def _headers(self, call: Call) -> bytes:
+        return hop_headers(str(call.record.id), call.record.batch_id)
 
     def _client_error(
         self, call: Call, pick: Pick, response: WorkerResponse, content: bytes
@@ -534,7 +265,9 @@ class Proxy:
             message = json.loads(content)["error"]["message"]
         except (ValueError, KeyError, TypeError):
             message = content[:500].decode(errors="replace")
-        self.finish(call.record, status="error", http_status=response.status, error=str(message))
+        self.upstream.finish(
+            call.record, status="error", http_status=response.status, error=str(message)
+        )
         return Response(
             content=content,
             status_code=response.status,
@@ -551,12 +284,12 @@ class Proxy:
 
     # -- non-streamed --------------------------------------------------------------------------
     async def _unary(self, call: Call, first: Pick) -> Response:
-        answer = await self.send_unary(
+        answer = await self.upstream.send_unary(
             call.route,
             first,
             PATHS[call.endpoint],
-            dumps(self._payload(call)),
-            _hop_headers(str(call.record.id), call.record.batch_id),
+            self._payload(call),
+            self._headers(call),
             _completion,
             session=call.session,
         )
@@ -570,58 +303,37 @@ class Proxy:
         record.response = text
         reason = choice.get("finish_reason")
         record.finish_reason = reason if isinstance(reason, str) else None
-        self._account(record, data.get("usage"), data.get("timings"))
+        _account(record, data.get("usage"), data.get("timings"))
         timings = data.get("timings") or {}
         if isinstance(timings.get("ttft_ms"), int | float):
             record.ttft_ms = float(timings["ttft_ms"])
-        self.finish(record, call=call)
+        self._finish(call)
         self._store(call, text, record.finish_reason, data.get("usage"))
         return _json(data)
 
     # -- streamed --------------------------------------------------------------------------------
     async def _stream(self, call: Call, first: Pick) -> Response:
         failures: list[UpstreamFailure] = []
-        async for pick in self._attempts(call.route, call.session, first):
+        upstream, read_s = self.upstream, self.settings.gateway_first_token_timeout_s
+        async for pick in upstream.attempts(call.route, call.session, first):
             self.balancer.acquire(pick)
             response: WorkerResponse | None = None
-            read_s = self.settings.gateway_first_token_timeout_s
             try:
-                response = await self._send(call, pick, stream=True)
+                path, payload = PATHS[call.endpoint], self._payload(call)
+                headers = self._headers(call)
+                response = await upstream.send(pick, path, payload, headers, stream=True)
                 if response.status != 200:
                     content = await response.read(read_s)
-                    failure = self._status_failure(response, content)
+                    failure = status_failure(response, content)
                     if failure is None:
                         self.balancer.release(pick)
                         response.close()
                         return self._client_error(call, pick, response, content)
                     raise failure
                 lines = response.lines(read_s)
-                head: list[dict[str, Any]] = []
-                done = False
-                async with asyncio.timeout(self.settings.gateway_first_token_timeout_s):
-                    while True:
-                        event = await _next_event(lines)
-                        if event is None:
-                            raise UpstreamFailure("broken", "the stream ended before any token")
-                        if isinstance(event, _Done):
-                            done = True
-                            break
-                        if "error" in event:
-                            raise UpstreamFailure("status", f"error event: {event['error']}")
-                        head.append(event)
-                        if _has_token(event):
-                            break
+                head, done = await _first_token(lines, read_s)
             except (WorkerHTTPError, TimeoutError, UpstreamFailure, ValueError) as exc:
-                if isinstance(exc, UpstreamFailure):
-                    failure = exc
-                elif isinstance(exc, TimeoutError):
-                    failure = UpstreamFailure("timeout", "no first token in time")
-                elif isinstance(exc, ValueError):
-                    failure = UpstreamFailure("broken", f"unreadable stream: {exc}")
-                else:
-                    failure = _hop_failure(exc)
-                self._failed(pick, failure)
-                failures.append(failure)
+                failures.append(upstream.failed(pick, upstream_failure(exc)))
                 self.balancer.release(pick)
                 if response is not None:
                     response.close()
@@ -632,24 +344,13 @@ class Proxy:
             call.record.ttft_ms = (first_token_at - call.started) * 1000
             relay = self._relay(call, pick, response, lines, head, done, state)
             return StreamingResponse(relay, media_type="text/event-stream", headers=SSE_HEADERS)
-        raise self._give_up(call.route.alias, failures)
+        raise upstream.give_up(call.route.alias, failures)
 
     def _chunk(self, call: Call, event: dict[str, Any], state: StreamState) -> bytes | None:
         """Re-label a worker's chunk with the response id; note its text, usage, timings."""
         event["id"] = str(call.record.id)
-        choices = event.get("choices") or []
-        for choice in choices:
-            delta = choice.get("delta")
-            piece = delta.get("content") if isinstance(delta, dict) else choice.get("text")
-            if piece:
-                state.text.append(piece)
-            if choice.get("finish_reason") is not None:
-                state.finish_reason = choice["finish_reason"]
-        if event.get("usage") is not None:
-            state.usage = event["usage"]
-        if event.get("timings") is not None:
-            state.timings = event["timings"]
-        if not choices and event.get("usage") is not None and not call.include_usage:
+        state.note(event)
+        if not event.get("choices") and event.get("usage") is not None and not call.include_usage:
             return None  # the usage chunk the gateway asked for, not the client
         return b"data: " + dumps(event) + b"\n\n"
 
@@ -671,15 +372,15 @@ class Proxy:
                     yield chunk
             while not done:
                 async with asyncio.timeout(self.settings.gateway_inter_token_timeout_s):
-                    event = await _next_event(lines)
+                    event = await next_event(lines)
                 if event is None:
                     raise UpstreamFailure("broken", "the worker closed the stream mid-answer")
-                if isinstance(event, _Done):
+                if isinstance(event, Done):
                     break
                 if "error" in event:
                     # The worker's own error event: pass it on as it is.
                     message = str((event.get("error") or {}).get("message", event["error"]))
-                    self.metrics.count_upstream_error(pick.worker.id, "error_event")
+                    self.upstream.metrics.count_upstream_error(pick.worker.id, "error_event")
                     yield b"data: " + json.dumps(event).encode() + b"\n\n"
                     self._finish_stream(call, state, status="error", error=message)
                     finished = True
@@ -694,13 +395,7 @@ class Proxy:
             self._store(call, "".join(state.text), state.finish_reason, state.usage)
             yield SSE_DONE
         except (WorkerHTTPError, TimeoutError, UpstreamFailure, ValueError) as exc:
-            if isinstance(exc, UpstreamFailure):
-                failure = exc
-            elif isinstance(exc, TimeoutError | WorkerTimeoutError):
-                failure = UpstreamFailure("timeout", "no token within the inter-token timeout")
-            else:
-                failure = UpstreamFailure("broken", f"the stream broke: {exc!r}")
-            self._failed(pick, failure)
+            failure = self.upstream.failed(pick, upstream_failure(exc, mid_stream=True))
             message = f"the worker failed mid-answer: {failure}"
             self._finish_stream(call, state, status="error", error=message)
             finished = True
@@ -719,58 +414,58 @@ class Proxy:
         record.response = "".join(state.text)
         reason = state.finish_reason  # the last choice chunk's, seen by _chunk
         record.finish_reason = reason if isinstance(reason, str) else None
-        self._account(record, state.usage, state.timings)
+        _account(record, state.usage, state.timings)
         http_status = {"ok": 200, "cancelled": 499}.get(status, 502)
-        self.finish(record, call=call, status=status, http_status=http_status, error=error)
+        self._finish(call, status=status, http_status=http_status, error=error)
 
     # -- recording -----------------------------------------------------------------------------
-    @staticmethod
-    def _account(record: RequestRecord, usage: Any, timings: Any) -> None:
-        if isinstance(usage, dict):
-            record.prompt_tokens = usage.get("prompt_tokens")
-            record.completion_tokens = usage.get("completion_tokens")
-            details = usage.get("prompt_tokens_details")
-            if isinstance(details, dict):
-                record.cached_tokens = details.get("cached_tokens")
-        if isinstance(timings, dict):
-            for name in ("queue_ms", "tokens_per_second"):
-                value = timings.get(name)
-                if isinstance(value, int | float):
-                    setattr(record, name, float(value))
-
-    def finish(
-        self,
-        record: RequestRecord,
-        *,
-        call: Call | None = None,
-        status: str = "ok",
-        http_status: int = 200,
-        error: str | None = None,
-        model_name: str = "",
+    def _finish(
+        self, call: Call, *, status: str = "ok", http_status: int = 200, error: str | None = None
     ) -> None:
-        """Close a call's record: key token counts, the request log, the metrics (for every
-        endpoint; model_name names the version served where no Call carries it)."""
-        record.status, record.http_status, record.error = status, http_status, error
-        if record.api_key_id is not None and not record.cache_hit:
-            used = (record.prompt_tokens or 0) + (record.completion_tokens or 0)
-            if used:
-                self.key_limits.add_tokens(record.api_key_id, used)
-        if call is not None:
-            record.total_ms = (time.perf_counter() - call.started) * 1000
-        self.log.add(record)
-        model = call.model_name if call is not None else model_name
-        # Prometheus labels must stay few: an alias a client made up is labelled "unknown".
-        alias = record.alias if record.alias in self.routing.snapshot.routes else UNKNOWN_LABEL
-        self.metrics.count_request(
-            alias,
-            model,
-            status,
-            http_status,
-            TrafficClass.BATCH if record.batch_id is not None else TrafficClass.LIVE,
-            record.ttft_ms,
-            record.total_ms,
-            record.tokens_per_second,
+        """Close the call's record, timed from its start, with the version that served it."""
+        call.record.total_ms = (time.perf_counter() - call.started) * 1000
+        self.upstream.finish(
+            call.record,
+            status=status,
+            http_status=http_status,
+            error=error,
+            model_name=call.model_name,
         )
+
+
+async def _first_token(
+    lines: AsyncIterator[str], timeout_s: float
+) -> tuple[list[dict[str, Any]], bool]:
+    """The events up to the worker's first token (and whether [DONE] came first); raises
+    UpstreamFailure, TimeoutError or ValueError for a stream that does not start."""
+    head: list[dict[str, Any]] = []
+    async with asyncio.timeout(timeout_s):
+        while True:
+            event = await next_event(lines)
+            if event is None:
+                raise UpstreamFailure("broken", "the stream ended before any token")
+            if isinstance(event, Done):
+                return head, True
+            if "error" in event:
+                raise UpstreamFailure("status", f"error event: {event['error']}")
+            head.append(event)
+            if has_token(event):
+                return head, False
+
+
+def _account(record: RequestRecord, usage: Any, timings: Any) -> None:
+    """Note a worker's usage and timings on the call's record."""
+    if isinstance(usage, dict):
+        record.prompt_tokens = usage.get("prompt_tokens")
+        record.completion_tokens = usage.get("completion_tokens")
+        details = usage.get("prompt_tokens_details")
+        if isinstance(details, dict):
+            record.cached_tokens = details.get("cached_tokens")
+    if isinstance(timings, dict):
+        for name in ("queue_ms", "tokens_per_second"):
+            value = timings.get(name)
+            if isinstance(value, int | float):
+                setattr(record, name, float(value))
 
 
 async def _iterate(chunks: list[bytes]) -> AsyncIterator[bytes]:

@@ -32,6 +32,7 @@ from app.gateway.retention import run_retention
 from app.gateway.routing import RoutingState
 from app.gateway.semantic_cache import SemanticCache
 from app.gateway.spool import Spool
+from app.gateway.upstream import Upstream
 from app.gateway.vector_store import VectorStore
 from app.gateway.worker_client import WorkerClient
 
@@ -81,15 +82,15 @@ class GatewayRuntime:
             # A worker host gone silent is dropped as fast as routing stops choosing it.
             dead_peer_s=settings.worker_live_s,
         )
-        self.proxy = Proxy(
-            settings, self.routing, self.balancer, self.cache, self.log, self.metrics, self.client
-        )
         # Waiting calls per alias for autoscalers, and the scale-from-zero hold.
         self.demand = Demand(self.engine, self.routing, self.balancer)
-        self.proxy.cold_start = ColdStart(settings, self.routing, self.balancer, self.demand)
-        self.embeddings = EmbeddingCalls(self.proxy)
+        self.upstream = Upstream(
+            settings, self.routing, self.balancer, self.log, self.metrics, self.client,
+            cold_start=ColdStart(settings, self.routing, self.balancer, self.demand),
+        )  # fmt: skip
+        self.embeddings = EmbeddingCalls(self.upstream)
         self.semantic = SemanticCache(VectorStore(self.engine), self.embeddings)
-        self.proxy.semantic = self.semantic
+        self.proxy = Proxy(settings, self.upstream, self.cache, self.semantic)
         self.batch_credentials = BatchCredentials(self.engine)
         # Each batch line to the fleet once: joined in flight, answered again, committed.
         self.batch_lines = BatchLines(
@@ -106,7 +107,7 @@ class GatewayRuntime:
             asyncio.create_task(self.batch_lines.run(), name="herd-batch-lines"),
             asyncio.create_task(self.demand.run(), name="herd-demand"),
             asyncio.create_task(
-                self.proxy.key_limits.run(
+                self.upstream.key_limits.run(
                     self.engine,
                     lambda: self.routing.snapshot.key_rules,
                     self.settings.gateway_refresh_s,
@@ -131,7 +132,7 @@ class GatewayRuntime:
             await asyncio.to_thread(self.demand.withdraw)
         await self.semantic.drain()
         # Hand this replica's last key usage counts to the others.
-        await asyncio.to_thread(self.proxy.key_limits.sync, self.engine, set())
+        await asyncio.to_thread(self.upstream.key_limits.sync, self.engine, set())
         await self.log.close()
         await self.batch_lines.commit()
         await self.client.close()
