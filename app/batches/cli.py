@@ -1,4 +1,4 @@
-"""`herd batch ...`: parse in app/cli.py, work here."""
+"""`herd batch ...`: submit, follow, cancel and download OpenAI-compatible batches."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import argparse
 import io
 import json
 from pathlib import Path
-from typing import Any
 
 from tqdm import tqdm
 
@@ -17,6 +16,7 @@ from app.batches.progress import describe
 from app.batches.service import cancel_batch, create_batch_from_file, get_batch, wait_batch
 from app.batches.store import BatchError, BatchStore, BatchView
 from app.common.cli_output import echo
+from app.common.cli_parser import SubParsers, command, group
 from app.config import Settings
 from app.control.audit import cli_actor
 from app.db.database import Database
@@ -105,11 +105,9 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(sub: Any, command: Any) -> None:
+def register(sub: SubParsers) -> None:
     """Hook `herd batch ...` into the `herd` parser."""
-    batch = sub.add_parser("batch", help="OpenAI-compatible batches").add_subparsers(
-        dest="batch_command", required=True, metavar="COMMAND"
-    )
+    batch = group(sub, "batch", "OpenAI-compatible batches")
     submit = command(batch, "submit", cmd_submit, "run a JSONL file of requests as a batch")
     submit.add_argument("file", help="JSONL: one {custom_id, method, url, body} per line")
     submit.add_argument("--alias", default=None, help="send every line to this model alias")

@@ -1,11 +1,11 @@
-"""`herd models quantize`: parse in app/cli.py, work here."""
+"""`herd models quantize`: quantized (and layer-pruned) variants of a model, as jobs."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from app.common.cli_output import echo
+from app.common.cli_parser import SubParsers, command
 from app.compress.quantize import QuantizeRequest, parse_layers, start_quantize
 from app.config import Settings
 from app.control.audit import cli_actor
@@ -33,7 +33,7 @@ def cmd_models_quantize(settings: Settings, args: argparse.Namespace) -> int:
         return follow_with_bars(settings, store, ids)
 
 
-def add_command(models: Any, command: Any) -> None:
+def register(models: SubParsers) -> None:
     """Hook `herd models quantize` into the `herd` parser."""
     quantize = command(
         models,

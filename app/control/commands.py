@@ -1,28 +1,27 @@
-"""The CLI's admin commands (`herd apply`, `herd export-config`, `herd users ...`, key
-policy flags): parse, then call app.control; app/cli.py hooks them in."""
+"""The CLI's control-plane commands (`herd apply`, `herd export-config`, `herd models
+scan|add`), and what the key and user commands share (open_admin, the actor and key policy
+flags): parse, then call app.control."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from app.common.cli_output import echo
+from app.common.cli_parser import SubParsers, command
 from app.config import Settings
-from app.control import snapshots
-from app.control.accounts import Role
 from app.control.apply import Applier, export_config
 from app.control.audit import Via, cli_actor
 from app.control.changes import Admin
 from app.control.config_file import ConfigError, parse_config
 from app.control.keys import KeyPolicy
 from app.db.database import Database
-
-Command = Callable[[Any, str, Callable[[Settings, argparse.Namespace], int], str], Any]
+from app.store import cli as store_cli
+from app.store.catalog import ModelStoreError
 
 
 @contextmanager
@@ -71,44 +70,27 @@ def cmd_export_config(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_users_list(settings: Settings, args: argparse.Namespace) -> int:
-    with open_admin(settings) as admin:
-        users = admin.accounts().list()
-    echo(f"{'NAME':24} {'ROLE':9} {'STATE':9} LAST LOGIN")
-    for u in users:
-        last = u.last_login_at.strftime("%Y-%m-%d %H:%M:%S") if u.last_login_at else "-"
-        echo(
-            f"{u.name[:24]:24} {u.role.value:9} {'disabled' if u.disabled else 'enabled':9} {last}"
+def cmd_models_scan(settings: Settings, args: argparse.Namespace) -> int:
+    with open_admin(settings) as admin, store_cli.hash_progress() as progress:
+        report = admin.scan_models(cli_actor(args), progress)
+        store_cli.print_scan(admin.models(), report)
+    return 0
+
+
+def cmd_models_add(settings: Settings, args: argparse.Namespace) -> int:
+    if not args.demo and not args.path:
+        raise ModelStoreError("give a PATH to a .gguf file, or --demo")
+    with open_admin(settings) as admin, store_cli.hash_progress() as progress:
+        name = admin.add_model(
+            cli_actor(args),
+            Path(args.path) if args.path else None,
+            args.name,
+            demo=args.demo,
+            progress=progress,
         )
-    return 0
-
-
-def cmd_users_disable(settings: Settings, args: argparse.Namespace) -> int:
-    with open_admin(settings) as admin:
-        admin.set_disabled(cli_actor(args), args.name, not args.enable)
-    echo(f"{'enabled' if args.enable else 'disabled'} {args.name!r}")
-    return 0
-
-
-def cmd_users_role(settings: Settings, args: argparse.Namespace) -> int:
-    with open_admin(settings) as admin:
-        admin.set_role(cli_actor(args), args.name, Role(args.role))
-    echo(f"{args.name!r} is now {args.role}")
-    return 0
-
-
-def cmd_users_remove(settings: Settings, args: argparse.Namespace) -> int:
-    with open_admin(settings) as admin:
-        admin.remove_user(cli_actor(args), args.name)
-    echo(f"removed {args.name!r}")
-    return 0
-
-
-def cmd_keys_set(settings: Settings, args: argparse.Namespace) -> int:
-    """Replace an active key's scopes, expiry and limits (flags not given: none)."""
-    with open_admin(settings) as admin:
-        view = admin.set_key_policy(cli_actor(args), args.name_or_id, key_policy(args))
-    echo(f"key {view.id} {view.name!r}: {snapshots.policy_json(view.policy)}")
+        model = admin.models().get(name)
+        assert model is not None
+        echo(f"added {model.name} ({model.architecture}, {model.file_type}, sha256 {model.sha256})")
     return 0
 
 
@@ -141,16 +123,18 @@ def add_actor_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_key_commands(keys: Any, command: Command) -> None:
-    """`herd keys set`: a key's policy without herd.yaml."""
-    set_key = command(keys, "set", cmd_keys_set, "replace a key's scopes, expiry and limits")
-    set_key.add_argument("name_or_id")
-    add_key_policy_flags(set_key)
-    add_actor_flag(set_key)
+def register_models(models: SubParsers) -> None:
+    """`herd models scan|list|add` (list reads the store alone; scan and add are audited)."""
+    command(models, "scan", cmd_models_scan, "read every .gguf in the store into the database")
+    store_cli.register(models)
+    add = command(models, "add", cmd_models_add, "copy a validated GGUF into the store")
+    add.add_argument("path", nargs="?", help="a .gguf file")
+    add.add_argument("--name", help="file name in the store (default: the file's own)")
+    add.add_argument("--demo", action="store_true", help="add the SmolLM2-135M demo model")
 
 
-def add_admin_commands(sub: Any, users: Any, command: Command) -> None:
-    """`herd apply`, `herd export-config` and the user commands beyond `users add`."""
+def register(sub: SubParsers) -> None:
+    """`herd apply` and `herd export-config`."""
     apply = command(sub, "apply", cmd_apply, "bring deployments, aliases and keys to herd.yaml")
     apply.add_argument("-f", "--file", required=True, help="herd.yaml ('-': standard input)")
     apply.add_argument("--prune", action="store_true", help="remove what the file does not name")
@@ -162,15 +146,3 @@ def add_admin_commands(sub: Any, users: Any, command: Command) -> None:
     add_actor_flag(apply)
     export = command(sub, "export-config", cmd_export_config, "write the state as herd.yaml")
     export.add_argument("-o", "--output", default=None, help="file (default: standard output)")
-
-    command(users, "list", cmd_users_list, "list operator accounts")
-    disable = command(users, "disable", cmd_users_disable, "disable (or --enable) an account")
-    disable.add_argument("name")
-    disable.add_argument("--enable", action="store_true", help="enable it again")
-    role = command(users, "role", cmd_users_role, "change an account's role")
-    role.add_argument("name")
-    role.add_argument("role", choices=[r.value for r in Role])
-    remove = command(users, "remove", cmd_users_remove, "delete an account")
-    remove.add_argument("name")
-    for parser in (disable, role, remove):
-        add_actor_flag(parser)

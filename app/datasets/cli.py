@@ -1,4 +1,4 @@
-"""`herd dataset ...`: parse in app/cli.py's parser, work in app/datasets."""
+"""`herd dataset ...`: build, distill, augment, list and show datasets for retraining."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from app.common.cli_output import echo, progress_bars, utc_time, warn
+from app.common.cli_parser import SubParsers, command, group
 from app.config import Settings
 from app.control.audit import cli_actor
 from app.datasets.build import BuildSpec, build_dataset, check_name, datasets_root
@@ -333,11 +334,9 @@ def add_generation_flags(p: argparse.ArgumentParser, temperature: float, max_tok
     p.add_argument("--no-wait", action="store_true", help="start the job and return")
 
 
-def add_commands(sub: Any, command: Any) -> None:
+def register(sub: SubParsers) -> None:
     """Hook `herd dataset ...` into the `herd` parser."""
-    dataset = sub.add_parser("dataset", help="datasets for retraining").add_subparsers(
-        dest="dataset_command", required=True, metavar="COMMAND"
-    )
+    dataset = group(sub, "dataset", "datasets for retraining")
     build = command(
         dataset,
         "build",

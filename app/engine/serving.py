@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any
 
 from app.common.bounds import Bound
@@ -147,19 +147,46 @@ class ServingParams:
 SERVING_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ServingParams))
 
 
+def serving_field(name: str) -> Field[Any]:
+    """The definition of one serving parameter (its default, and its metadata: help, parse,
+    show, bound, and the form's label)."""
+    for f in fields(ServingParams):
+        if f.name == name:
+            return f
+    raise KeyError(f"no serving parameter {name!r}")
+
+
 def add_serving_flags(parser: argparse.ArgumentParser) -> None:
     """The `herd worker` flags, one per ServingParams field, with its default and help."""
-    for f in fields(ServingParams):
-        flag = "--" + f.name.replace("_", "-")
-        if f.default is False:
-            parser.add_argument(flag, action="store_true", help=f.metadata["help"])
-            continue
-        parser.add_argument(
-            flag,
-            type=_flag_parser(f.metadata["parse"] or type(f.default)),
-            default=f.default,
-            help=f.metadata["help"],
-        )
+    for name in SERVING_FIELDS:
+        add_serving_flag(parser, name)
+
+
+def add_serving_flag(
+    parser: argparse.ArgumentParser,
+    name: str,
+    *,
+    flag: str | None = None,
+    default: Any = MISSING,
+    help: str | None = None,
+) -> None:
+    """One ServingParams field as a flag, read and checked as the field's own flag is.
+
+    A command that uses the value for something other than serving (`herd eval`'s context,
+    the memory estimate of `herd models list`) may name the flag, its default and its help
+    its own way; the type and parsing still come from the field."""
+    f = serving_field(name)
+    flag = flag or "--" + name.replace("_", "-")
+    help_text = f.metadata["help"] if help is None else help
+    if f.default is False:
+        parser.add_argument(flag, action="store_true", help=help_text)
+        return
+    parser.add_argument(
+        flag,
+        type=_flag_parser(f.metadata["parse"] or type(f.default)),
+        default=f.default if default is MISSING else default,
+        help=help_text,
+    )
 
 
 def _flag_parser(parse: Callable[[str], Any]) -> Callable[[str], Any]:

@@ -1,4 +1,4 @@
-"""`herd eval`: parse in app/cli.py, work here."""
+"""`herd eval`: measure models as a job, then show the results table and answers."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from app.common.cli_output import echo
+from app.common.cli_parser import SubParsers, command
 from app.config import Settings
 from app.control.audit import cli_actor
 from app.db.database import Database
+from app.engine.serving import add_serving_flag
 from app.evaluation.answers import AnswerStore, SideBySide, prompt_text
 from app.evaluation.metrics import Metric
 from app.evaluation.plan import EvalRequest, start_eval
@@ -92,20 +94,22 @@ def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
         return status
 
 
-def add_command(sub: Any, command: Any) -> None:
+def register(sub: SubParsers) -> None:
     """Hook `herd eval` into the `herd` parser."""
     p = command(sub, "eval", cmd_eval,
                 "measure models: size, memory, speed (pp/tg), perplexity, as a job")  # fmt: skip
     p.add_argument("models", nargs="+", help="model names in the store")
     p.add_argument("--text", default=None, help="UTF-8 text for perplexity (default: shipped)")
-    p.add_argument("--ctx", type=int, default=512, help="context and window size (default 512)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    # Serving parameters, read as a deployment's are; the measurement's own defaults.
+    add_serving_flag(p, "n_ctx", flag="--ctx", default=512,
+                     help="context and window size (default 512)")  # fmt: skip
+    add_serving_flag(p, "threads", help="CPU threads (default: all)")
     p.add_argument("--pp", type=int, default=512, help="prompt tokens for prefill speed")
     p.add_argument("--tg", type=int, default=128, help="tokens generated for decode speed")
     p.add_argument("--repeats", type=int, default=2, help="speed runs after a warm-up")
-    p.add_argument("--gpu-layers", type=int, default=0,
-                   help="layers offloaded to the GPU (-1: all; default 0: CPU); peak VRAM "
-                   "is then measured with nvidia-smi")  # fmt: skip
+    add_serving_flag(p, "n_gpu_layers", flag="--gpu-layers",
+                     help="layers offloaded to the GPU (-1: all; default 0: CPU); peak VRAM "
+                     "is then measured with nvidia-smi")  # fmt: skip
     p.add_argument(
         "--prompts", default=None, metavar="SET",
         help="prompt set for reference log-likelihood and greedy answers: 'feedback' (the "

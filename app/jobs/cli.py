@@ -1,5 +1,4 @@
-"""`herd jobs ...`, and the progress bars every job-starting command follows its jobs with:
-parse in app/cli.py, work here."""
+"""`herd jobs ...`, and the progress bars every job-starting command follows its jobs with."""
 
 from __future__ import annotations
 
@@ -10,6 +9,7 @@ from typing import Any
 from tqdm import tqdm
 
 from app.common.cli_output import echo
+from app.common.cli_parser import SubParsers, command, group
 from app.config import Settings
 from app.control.audit import cli_actor
 from app.db.database import Database
@@ -90,11 +90,9 @@ def cmd_jobs_restart(settings: Settings, args: argparse.Namespace) -> int:
         return follow_with_bars(settings, store, [new_id])
 
 
-def add_commands(sub: Any, command: Any) -> None:
+def register(sub: SubParsers) -> None:
     """Hook the job commands into the `herd` parser."""
-    jobs = sub.add_parser("jobs", help="background jobs").add_subparsers(
-        dest="jobs_command", required=True, metavar="COMMAND"
-    )
+    jobs = group(sub, "jobs", "background jobs")
     run = command(jobs, "run", cmd_jobs_run, "run a queued job in this process")
     run.add_argument("job_id", type=int)
     listing = command(jobs, "list", cmd_jobs_list, "the newest jobs")

@@ -1,12 +1,12 @@
-"""`herd rollout ...`: parse in app/cli.py, work here."""
+"""`herd rollout ...`: canary, promote and roll back an alias."""
 
 from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
 from app.common.cli_output import echo
+from app.common.cli_parser import SubParsers, command, group
 from app.config import Settings
 from app.control.audit import cli_actor
 from app.db.database import Database
@@ -32,11 +32,9 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(sub: Any, command: Any) -> None:
+def register(sub: SubParsers) -> None:
     """Hook `herd rollout ...` into the `herd` parser."""
-    rollout = sub.add_parser("rollout", help="canary, promote, roll back an alias").add_subparsers(
-        dest="rollout_command", required=True, metavar="COMMAND"
-    )
+    rollout = group(sub, "rollout", "canary, promote, roll back an alias")
     canary = command(rollout, "canary", _run, "serve MODEL beside ALIAS's current version")
     canary.add_argument("alias")
     canary.add_argument("model", help="the model's name in the store")
