@@ -12,6 +12,8 @@ from sqlalchemy import update
 
 from app.db.database import Database
 from app.db.tables import Job
+from app.jobs.installed import installed_kinds
+from app.jobs.kinds import JobKind, JobKinds
 from app.jobs.store import JobError, JobState, JobStore, tail
 
 
@@ -104,3 +106,11 @@ def test_a_job_no_process_ever_claimed_is_failed_after_the_start_time(database: 
         )
     assert store.reap_stale(stale_s=1) == [job_id]
     assert "no process started the job" in (store.get(job_id).error or "")
+
+
+def test_every_job_kind_has_a_handler_in_the_registry() -> None:
+    kinds = installed_kinds()
+    for kind in JobKind:
+        assert callable(kinds.handler_for(kind)), kind
+    with pytest.raises(ValueError, match="no job kind 'nope' is registered"):
+        JobKinds({}).handler_for("nope")

@@ -14,7 +14,8 @@ from typing import Any
 
 from app.config import Settings
 from app.db.database import Database
-from app.jobs.kinds import handler_for
+from app.jobs.installed import installed_kinds
+from app.jobs.kinds import JobKinds
 from app.jobs.store import JobState, JobStore, JobView
 
 log = logging.getLogger(__name__)
@@ -127,12 +128,14 @@ def _heartbeat(ctx: JobContext, stop: threading.Event) -> None:
             ctx.abandon_if_cancelled()
 
 
-def run_job(settings: Settings, job_id: int) -> JobView:
-    """Run job_id in this process until it ends; its final row."""
+def run_job(settings: Settings, job_id: int, kinds: JobKinds | None = None) -> JobView:
+    """Run job_id in this process until it ends, with its kind's handler from the registry
+    (default: app/jobs/installed.py's); its final row."""
+    kinds = kinds or installed_kinds()
     with Database.open(settings) as db:
         store = JobStore(db.engine)
         job = store.claim(job_id)
-        handler = handler_for(job.kind)
+        handler = kinds.handler_for(job.kind)
         ctx = JobContext(job, settings, db, store)
         stop = threading.Event()
         beat = threading.Thread(target=_heartbeat, args=(ctx, stop), daemon=True)
