@@ -1,7 +1,8 @@
 """Deployments: deploy models from the store, scale, stop, roll; live workers and their logs."""
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import streamlit as st
 
@@ -15,11 +16,12 @@ from app.control.deployments import (
     parse_node_labels,
 )
 from app.db.tables import Model
-from app.engine.pooling import POOLING_CHOICES, parse_pooling
+from app.engine.serving import DEFAULT_N_CTX, ServingParams, serving_field
 from app.store.catalog import default_slots_for, describe_model
 from app.store.estimate import format_bytes
 from app.supervisor import logs
 from app.ui import admin_actions, auth, changes, deployment_rows, resources, worker_health
+from app.ui.serving_form import serving_form
 
 REFRESH_S = 2.0
 FLASH_KEY = "deployments_flash"
@@ -38,88 +40,47 @@ with resources.database_errors():
 models_by_name = {m.name: m for m in models}
 
 
+# The serving parameters the form shows, as rows of columns; main_gpu and tensor_split stay
+# as they are (set through herd.yaml or the admin API).
+FORM_ROWS = (("n_gpu_layers",), ("n_ctx", "parallel", "threads"), ("embeddings", "pooling"))
+
+
 def serving_inputs(prefix: str, model: Model, current: ServingSettings | None) -> ServingSettings:
     """The llama.cpp settings widgets, with the memory estimate beside the GPU layers."""
     layers = model.block_count or 0
-    trained = model.context_length or 4096
+    trained = model.context_length or DEFAULT_N_CTX
+
+    def start(name: str, chosen: Mapping[str, Any]) -> Any:
+        if current is not None:
+            return getattr(current, name)
+        if name == "n_ctx":
+            return min(trained, DEFAULT_N_CTX)
+        if name == "parallel":
+            return default_slots_for(model, chosen["n_gpu_layers"], chosen["n_ctx"])
+        return serving_field(name).default
+
     left, right = st.columns([3, 2])
     with left:
-        n_gpu_layers = st.slider(
-            "GPU layers (-1 = all)",
-            min_value=-1,
-            max_value=max(layers, 0),
-            value=min(current.n_gpu_layers, layers) if current else 0,
-            key=f"{prefix}_n_gpu_layers",
-            help="Layers llama.cpp offloads to the GPU; 0 runs on the CPU only.",
+        chosen = serving_form(
+            prefix,
+            FORM_ROWS,
+            start,
+            slider_max={"n_gpu_layers": layers},
+            notes={"n_ctx": f"{model.name} was trained for {trained} tokens."},
         )
-        cols = st.columns(3)
-        n_ctx = cols[0].number_input(
-            "Context (n_ctx)",
-            min_value=1,
-            value=current.n_ctx if current else min(trained, 4096),
-            step=256,
-            key=f"{prefix}_n_ctx",
-            help=f"{model.name} was trained for {trained} tokens.",
-        )
-        parallel = cols[1].number_input(
-            "Parallel slots",
-            min_value=0,
-            value=(
-                current.parallel
-                if current
-                else default_slots_for(model, int(n_gpu_layers), int(n_ctx))
-            ),
-            key=f"{prefix}_parallel",
-            help=(
-                "Requests one replica generates at once (continuous batching); each slot "
-                "holds its own n_ctx tokens of KV cache. The default is 4, or fewer when "
-                "their cache would not fit in this host's free memory; 0 lets each worker "
-                "choose so on its own host."
-            ),
-        )
-        threads = cols[2].number_input(
-            "Threads (0 = auto)",
-            min_value=0,
-            value=(current.threads or 0) if current else 0,
-            key=f"{prefix}_threads",
-        )
-        kind = st.columns(2)
-        embeddings = kind[0].checkbox(
-            "Serve embeddings",
-            value=current.embeddings if current else False,
-            key=f"{prefix}_embeddings",
-            help="Replicas answer POST /v1/embeddings only (no chat); n_ctx is the tokens "
-            "one batch of inputs may hold.",
-        )
-        pooling = kind[1].selectbox(
-            "Pooling",
-            POOLING_CHOICES,
-            index=POOLING_CHOICES.index(current.pooling) if current else 0,
-            key=f"{prefix}_pooling",
-            disabled=not embeddings,
-            help="model: the GGUF's own pooling (mean when it names none).",
-        )
+    n_gpu_layers, n_ctx = chosen["n_gpu_layers"], chosen["n_ctx"]
     # parallel 0: the worker chooses; estimate what it would choose on this host.
-    slots = int(parallel) or default_slots_for(model, int(n_gpu_layers), int(n_ctx))
+    slots = chosen["parallel"] or default_slots_for(model, n_gpu_layers, n_ctx)
     with right:
-        estimate = describe_model(model, int(n_gpu_layers), int(n_ctx), slots)["estimate"] or {}
+        estimate = describe_model(model, n_gpu_layers, n_ctx, slots)["estimate"] or {}
         st.metric("VRAM estimate", format_bytes(estimate.get("vram_bytes")))
         st.metric("RAM estimate", format_bytes(estimate.get("ram_bytes")))
         st.caption(
             f"{estimate.get('gpu_layers', 0)} of {layers} layers on the GPU and "
             f"{slots} slots of KV cache, per replica."
         )
-    return ServingSettings(
-        model=model.name,
-        n_gpu_layers=int(n_gpu_layers),
-        n_ctx=int(n_ctx),
-        parallel=int(parallel),
-        threads=int(threads) or None,
-        main_gpu=current.main_gpu if current else 0,
-        tensor_split=current.tensor_split if current else None,
-        embeddings=bool(embeddings),
-        pooling=parse_pooling(str(pooling)),
-    )
+    kept = current.serving_values() if current else ServingParams().serving_values()
+    return ServingSettings(model=model.name, **{**kept, **chosen})
 
 
 def overflow_confirmation(prefix: str, model: Model, n_ctx: int) -> bool:
@@ -227,8 +188,8 @@ live_status()
 
 if existing and can_change:
     st.subheader("Change a deployment")
-    labels = {f"{d.id} · {d.alias} ({d.model_name})": d for d in existing}
-    chosen = labels[st.selectbox("Deployment", list(labels), key="manage_deployment")]
+    by_label = {f"{d.id} · {d.alias} ({d.model_name})": d for d in existing}
+    chosen = by_label[st.selectbox("Deployment", list(by_label), key="manage_deployment")]
     cols = st.columns([2, 1, 1, 1])
     new_replicas = cols[0].number_input(
         "Replicas", min_value=0, value=chosen.replicas, key=f"scale_{chosen.id}"

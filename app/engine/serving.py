@@ -50,12 +50,27 @@ def _param(
     parse: Callable[[str], Any] | None = None,
     show: Callable[[Any], str] = str,
     bound: Bound | None = None,
+    label: str | None = None,
+    step: int = 1,
+    choices: tuple[str, ...] | None = None,
+    needs: str | None = None,
 ) -> Any:
-    """A serving parameter: its default, how its `herd worker` flag reads and writes it, and
-    the range of its value (a number's; None for the others)."""
+    """A serving parameter: its default, how its `herd worker` flag reads and writes it, the
+    range of its value (a number's; None for the others), and how the Deployments form shows
+    it: its label (None: not in the form, set through herd.yaml or the admin API), the
+    step of its number input, its choices, and the switch it only applies with (needs)."""
     return field(
         default=default,
-        metadata={"help": help_text, "parse": parse, "show": show, "bound": bound},
+        metadata={
+            "help": help_text,
+            "parse": parse,
+            "show": show,
+            "bound": bound,
+            "label": label,
+            "step": step,
+            "choices": choices,
+            "needs": needs,
+        },
     )
 
 
@@ -65,22 +80,32 @@ class ServingParams:
     model's trained context, and as many slots (up to 4) as the host's memory holds."""
 
     n_gpu_layers: int = _param(
-        0, "layers to offload to the GPU; -1: all (default 0)", bound=N_GPU_LAYERS
+        0,
+        "layers to offload to the GPU; -1: all (default 0)",
+        bound=N_GPU_LAYERS,
+        label="GPU layers (-1 = all)",
     )
     n_ctx: int = _param(
         DEFAULT_N_CTX,
         f"context window in tokens, per slot (default {DEFAULT_N_CTX}; 0: the model's "
         "trained context; above it: capped to it)",
         bound=N_CTX,
+        label="Context (n_ctx)",
+        step=256,
     )
     parallel: int = _param(
         0,
         "generation slots batched together (default 0: 4, or fewer if their KV cache "
         "would not fit in free memory)",
         bound=PARALLEL,
+        label="Parallel slots",
     )
     threads: int | None = _param(
-        None, "CPU threads (default: llama.cpp's choice)", parse=int, bound=THREADS
+        None,
+        "CPU threads (default: llama.cpp's choice)",
+        parse=int,
+        bound=THREADS,
+        label="Threads (0 = auto)",
     )
     main_gpu: int = _param(0, "GPU for the model (default 0)", bound=MAIN_GPU)
     tensor_split: tuple[float, ...] | None = _param(
@@ -90,12 +115,17 @@ class ServingParams:
         show=_format_tensor_split,
     )
     embeddings: bool = _param(
-        False, "serve POST /v1/embeddings (only) with this model, n_ctx tokens per decode"
+        False,
+        "serve POST /v1/embeddings (only) with this model, n_ctx tokens per decode",
+        label="Serve embeddings",
     )
     pooling: Pooling = _param(
         "model",
         "with --embeddings: model (the GGUF's own; mean if it names none), mean, cls, last",
         parse=parse_pooling,
+        label="Pooling",
+        choices=POOLING_CHOICES,
+        needs="embeddings",
     )
 
     def serving_problems(self) -> list[str]:
@@ -148,8 +178,8 @@ SERVING_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ServingParams))
 
 
 def serving_field(name: str) -> Field[Any]:
-    """The definition of one serving parameter (its default, and its metadata: help, parse,
-    show, bound, and the form's label)."""
+    """The definition of one serving parameter: its default, and its metadata (see
+    _param)."""
     for f in fields(ServingParams):
         if f.name == name:
             return f
