@@ -25,7 +25,7 @@ import random
 import time
 from typing import Any
 
-from app.engine import batched
+from app.engine import admission, batched
 from app.engine.events import TextDelta
 from app.engine.factory import load_batched_engine
 from app.engine.loader import LoadOptions
@@ -183,7 +183,7 @@ if __name__ == "__main__":
     args = p.parse_args()
     # Module constants, read by the engine at each step: set before it is loaded.
     batched.LIVE_BATCH_CHUNK = args.chunk
-    batched.LIVE_HEADROOM_SLOTS = args.headroom
+    admission.LIVE_HEADROOM_SLOTS = args.headroom
     batched.IDLE_BATCH_CHUNK = args.idle_chunk
-    batched.LIVE_QUIET_S = args.quiet
+    admission.LIVE_QUIET_S = args.quiet
     asyncio.run(main(args.duration, args.rounds, args.rate_from))

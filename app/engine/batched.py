@@ -11,26 +11,9 @@ llama.cpp runs on the scheduler thread. They share only the waiting queue (under
 condition) and each job's cancel flag; events go back through loop.call_soon_threadsafe,
 collected per step (outbox.py) so the loop wakes once per step, not once per token.
 
-Priority classes (requests.Priority): live traffic must never wait for offline batch work, yet
-the batch should use whatever capacity live traffic leaves. The rules, and why:
-- The waiting queue has one lane per class (waiting.py); interactive requests start first, batch
-  ones only take slots that are free after every waiting interactive request has one, and
-  while live requests run, and for LIVE_QUIET_S after, they leave one slot free for the next
-  live arrival (4+ slots).
-- When an interactive request waits and no slot is free, a running batch job is preempted
-  between two steps: its slot goes to the interactive request at once, so that request's first
-  token waits at most for the step in flight, never for a batch completion. Reserving slots
-  for live traffic instead would leave them idle whenever it is quiet.
-- The preempted job keeps its sampler chain (grammar state, penalty history, seeded RNG),
-  stop matcher and counters, and goes back to the head of the batch lane. When a slot frees
-  it resumes: the slot's KV is rebuilt to prompt + tokens generated so far (reusing any cached
-  prefix, like a new prompt), then it decodes its pending token as if nothing happened. The
-  client sees one stream with the usage of an unpreempted run. Recomputing the KV costs one
-  prefill, far cheaper per token than the decodes it replays; swapping KV out of the context
-  would cost memory and copies on every preemption instead.
-- The victim is the youngest running batch job (latest submitted): the oldest batch work
-  keeps its slot longest, so every batch job finishes once live load leaves spare slots.
-- Each step decodes interactive prompt chunks first and sends their first tokens, then the
+Priority classes (requests.Priority): admission.py holds the rules for who gets a slot and
+which batch job yields to live traffic, and why. Within a step the order serves the same end:
+each step decodes interactive prompt chunks first and sends their first tokens, then the
   next token of every running stream (live and batch) in one decode, then batch prompt work:
   a short chunk (LIVE_BATCH_CHUNK or IDLE_BATCH_CHUNK tokens, where cutting is exact), since a
   live request that arrives mid-step waits for the whole step.
@@ -39,112 +22,60 @@ the batch should use whatever capacity live traffic leaves. The rules, and why:
 from __future__ import annotations
 
 import asyncio
-import codecs
-import ctypes
 import logging
 import math
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import llama_cpp
 
+from app.engine.admission import LIVE_HEADROOM_SLOTS, LIVE_QUIET_S, admit
 from app.engine.batch_context import BatchContext
+from app.engine.batch_decode import StepDecoder
+from app.engine.batch_job import (
+    BatchJob,
+    Running,
+    finished_event,
+    is_generating,
+    seq_of,
+)
 from app.engine.errors import EngineClosed, GenerationFailed, PromptTooLong, QueueFull
-from app.engine.events import Finished, FinishReason, TextDelta, TokenLogprob
+from app.engine.events import Finished, FinishReason, TextDelta
 from app.engine.grammar import GrammarCache
-from app.engine.job import EWMA_WEIGHT, MAX_RETRY_AFTER_S, JobChannel
+from app.engine.job import EWMA_WEIGHT, MAX_RETRY_AFTER_S
 from app.engine.loader import LoadedModel, PreparedPrompt
 from app.engine.logprobs import token_logprob
 from app.engine.outbox import Outbox
+from app.engine.prompt_chunks import pack
 from app.engine.protocol import EngineInfo, EngineStats
-from app.engine.requests import GenerationRequest, Priority, SamplingParams
+from app.engine.requests import GenerationRequest
 from app.engine.sampler_chain import SamplerChain, check_sampling
-from app.engine.slots import ATTENTION_TILE_ROWS, Placement, Slot, place
+from app.engine.slots import Placement, Slot, place
 from app.engine.stop_strings import StopMatcher
+from app.engine.token_pieces import TokenPieces
 from app.engine.waiting import WaitingQueue
+
+# Callers import the job type and the priority knobs from here, beside the engine.
+__all__ = [
+    "IDLE_BATCH_CHUNK",
+    "LIVE_BATCH_CHUNK",
+    "LIVE_HEADROOM_SLOTS",
+    "LIVE_QUIET_S",
+    "BatchJob",
+    "BatchedEngine",
+]
 
 logger = logging.getLogger(__name__)
 
-PIECE_BUFFER_BYTES = 256
-# Packed prompt chunks end at most here: a KV view of 512+ cells lets llama.cpp pick its
-# split-KV attention kernel for a one-token piece, which rounds unlike the whole chunk.
-# llama.cpp pads the view to 256 cells, so 256 keeps every packed view under 512.
-PACK_MAX_POS = 256
-# Slots batch jobs leave free while interactive requests run or ran within LIVE_QUIET_S
-# seconds (see _admit): between two live calls a batch job taking that slot would be
-# preempted by the next one, and each preemption costs the job a re-prefill.
-LIVE_HEADROOM_SLOTS = 1
-LIVE_QUIET_S = 1.0
 # Prompt tokens of batch work one step decodes while live work runs or waits: a live request
 # arriving mid-step waits for that chunk, and on a CPU a prompt chunk costs about a decode
 # row per token (8 tokens: 25 ms here, a decode of 4 rows 17 ms; bench/RESULTS.md). Only
-# where the cut cannot change the numbers (see _chunk_end).
+# where the cut cannot change the numbers (see prompt_chunks.chunk_end).
 LIVE_BATCH_CHUNK = 8
 # The same with no live work in sight: a live request may arrive mid-step all the same, so
 # batch prompt work stays short; a little longer, as nobody waits yet (16 tokens: 42 ms).
 IDLE_BATCH_CHUNK = 16
-
-
-class BatchJob(JobChannel):
-    """A submitted request of the batched engine."""
-
-    def __init__(
-        self,
-        engine: BatchedEngine,
-        prepared: PreparedPrompt,
-        sampling: SamplingParams,
-        loop: asyncio.AbstractEventLoop,
-        submitted_at: float,
-        gbnf: str | None = None,
-        priority: Priority = "interactive",
-    ) -> None:
-        super().__init__(prepared, sampling, loop, submitted_at, priority)
-        self._engine = engine
-        # The grammar the output must follow (checked by GrammarCache), or None.
-        self.gbnf = gbnf
-        # While preempted and waiting to resume: its state in the scheduler; else None.
-        self.suspended: Running | None = None
-
-    def cancel(self) -> None:
-        if not self.cancel_requested.is_set():
-            self.cancel_requested.set()
-            self._engine._withdraw(self)
-
-
-@dataclass
-class Running:
-    """A job in a slot, as the scheduler thread tracks it."""
-
-    job: BatchJob
-    slot: Slot
-    sampler: SamplerChain
-    budget: int
-    started_at: float
-    cached_tokens: int
-    # Prompt tokens whose KV is computed; prefill is done when it reaches len(prompt).
-    prefilled: int
-    stops: StopMatcher
-    # What the slot's KV must hold before the job samples: the prompt; after a preemption,
-    # the prompt and every token generated and decoded before it.
-    tokens: list[int]
-    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
-    # Sampled but not yet decoded: goes into the next batch.
-    next_token: int | None = None
-    completion_tokens: int = 0
-    first_at: float | None = None
-    last_at: float | None = None
-    # Batch row whose logits this job samples after the current decode, or None.
-    row: int | None = None
-    # Its prompt chunks may share a decode with other prompts' (see _packable).
-    pack: bool = True
-    # Log probabilities of tokens sampled but not yet sent (only when asked for).
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-
-    def row_or_fail(self) -> int:
-        assert self.row is not None, "sampled without logits"
-        return self.row
 
 
 class BatchedEngine:
@@ -168,8 +99,7 @@ class BatchedEngine:
         self._vocab: Any = model.llama._model.vocab
         self._grammars = GrammarCache(self._vocab)
         self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
-        self._pieces: dict[int, bytes] = {}
-        self._piece_buffer = ctypes.create_string_buffer(PIECE_BUFFER_BYTES)
+        self._piece = TokenPieces(self._vocab)
         self._waiting: WaitingQueue[BatchJob] = WaitingQueue()
         self._wake = threading.Condition()
         self._closed = False
@@ -185,14 +115,18 @@ class BatchedEngine:
         self._prompt_tokens = 0
         self._cached_prompt_tokens = 0
         self._outbox = Outbox()
-        # Decodes that held several prompts' chunks (tests read it to know packing happened).
-        self.packed_decodes = 0
+        self._decoder = StepDecoder(context, self._fail)
         self._thread = threading.Thread(target=self._run, name="herd-batch", daemon=True)
         self._thread.start()
 
     @property
     def info(self) -> EngineInfo:
         return self._info
+
+    @property
+    def packed_decodes(self) -> int:
+        """Decodes that held several prompts' chunks (tests read it to know packing happened)."""
+        return self._decoder.packed_decodes
 
     def stats(self) -> EngineStats:
         with self._wake:
@@ -224,7 +158,9 @@ class BatchedEngine:
         if max_tokens is not None and len(prepared.tokens) + max_tokens > n_ctx:
             raise PromptTooLong(len(prepared.tokens), n_ctx, max_tokens)
         priority = request.priority
-        job = BatchJob(self, prepared, request.sampling, loop, submitted_at, gbnf, priority)
+        job = BatchJob(
+            self._withdraw, prepared, request.sampling, loop, submitted_at, gbnf, priority
+        )
         with self._wake:
             if self._closed:
                 raise EngineClosed("the worker is shutting down")
@@ -271,7 +207,7 @@ class BatchedEngine:
         if suspended is None:
             return job.finished("cancelled", 0, now, None, None, now)
         suspended.sampler.close()
-        return _finished(suspended, "cancelled", now)
+        return finished_event(suspended, "cancelled", now)
 
     def close(self) -> None:
         with self._wake:
@@ -324,56 +260,16 @@ class BatchedEngine:
 
     def _admit(self, running: list[Running]) -> tuple[list[BatchJob], list[Running]]:
         """Take waiting jobs for the free slots, preempting batch jobs for interactive ones
-        that would otherwise wait (the lock is held); returns (admitted, preempted)."""
-        free = self._shape.slots - len(running)
-        short = self._waiting.count("interactive") - free
-        preempted: list[Running] = []
-        if short > 0:
-            # Cancelled ones free their slot this step anyway.
-            victims = [
-                r
-                for r in running
-                if r.job.priority == "batch" and not r.job.cancel_requested.is_set()
-            ]
-            victims.sort(key=lambda r: r.job.submitted_at, reverse=True)
-            preempted = victims[:short]
-            # The oldest victim goes back last, so it ends up first in line.
-            for r in reversed(preempted):
-                self._suspend(r)
-                self._waiting.put_back(r.job)
-            free += len(preempted)
-        admitted: list[BatchJob] = []
-        while len(admitted) < free and (job := self._waiting.pop("interactive")) is not None:
-            admitted.append(job)
-        # While live requests run, one slot stays free for the next one: taking a batch
-        # job's slot costs that job a re-prefill, and under steady live traffic preempting
-        # on every arrival would spend more on re-prefills than the extra slot yields.
-        # With under 4 slots one slot is too big a share of the capacity to hold back.
-        now = time.perf_counter()
-        if any(r.job.priority == "interactive" for r in running) or admitted:
-            self._live_at = now
-        live = now - self._live_at <= LIVE_QUIET_S
-        room = free - (LIVE_HEADROOM_SLOTS if live and self._shape.slots >= 4 else 0)
-        while len(admitted) < room and (job := self._waiting.pop("batch")) is not None:
-            admitted.append(job)
+        (see admission.py; the lock is held); returns (admitted, preempted)."""
+        decided = admit(self._waiting, running, self._shape.slots, self._live_at)
+        admitted, preempted = decided.admitted, decided.preempted
+        self._live_at = decided.live_at
+        self.preemptions += len(preempted)
         # Counted busy before they leave the lock, so submit() never sees them nowhere.
         self._busy = len(running) - len(preempted) + len(admitted)
         self._busy_batch = sum(r.job.priority == "batch" for r in running) - len(preempted)
         self._busy_batch += sum(job.priority == "batch" for job in admitted)
         return admitted, preempted
-
-    def _suspend(self, r: Running) -> None:
-        """Take r off its slot, keeping what it needs to resume (the lock is held).
-
-        The slot's KV stays as a prefix cache: if no one overwrites it, r resumes for free.
-        """
-        if r.prefilled == len(r.tokens):
-            # Generating: the pending token is decoded after the resumed KV, as it would be.
-            r.tokens = list(r.slot.kv_tokens)
-        r.slot.busy = False
-        r.row = None
-        r.job.suspended = r
-        self.preemptions += 1
 
     def _start(self, job: BatchJob) -> Running:
         if job.suspended is not None:
@@ -433,8 +329,8 @@ class BatchedEngine:
             else:
                 still.append(r)
         live = set(map(id, still))
-        generating = sorted((r for r in still if _generating(r)), key=_seq)
-        prefilling = [r for r in still if not _generating(r)]
+        generating = sorted((r for r in still if is_generating(r)), key=seq_of)
+        prefilling = [r for r in still if not is_generating(r)]
         urgent = [r for r in prefilling if r.job.priority == "interactive"]
         # Live prompts first, then every stream's next token in one decode: a person waits
         # for the first token, while a running stream's next token only waits one prompt
@@ -480,10 +376,10 @@ class BatchedEngine:
     ) -> int:
         """Decode prompt chunks of the prefilling jobs (in order) while budget (prompt tokens)
         lasts, sampling the first token of those whose prompt is done; when cut, chunks are cut
-        to what is left of the budget where that is exact (see _chunk_end), else a chunk that
-        starts within the budget is decoded whole; returns what is left of the budget."""
+        to what is left of the budget where that is exact (see prompt_chunks.chunk_end), else a
+        chunk that starts within the budget is decoded whole; returns what is left of it."""
         prefilling = [r for r in prefilling if id(r) in live]
-        packed = self._pack(prefilling, budget, budget if cut else None)
+        packed = pack(prefilling, budget, self._shape.n_batch, budget if cut else None)
         if len(packed) > 1 and budget > 0:
             # Sampled before the next decode: that one overwrites llama.cpp's logits.
             budget -= self._prefill_packed(packed, budget if cut else None)
@@ -503,134 +399,16 @@ class BatchedEngine:
                 live.discard(id(r))
         return budget
 
+    # The decodes themselves are in batch_decode.py; these names stay for tests and benches
+    # that wrap them on an engine to watch its steps.
     def _decode_tokens(self, generating: list[Running]) -> list[Running]:
-        """Decode the next token of every generating job in one llama_decode; returns the
-        jobs that have logits to sample (all of them, unless llama.cpp failed)."""
-        batch = self._context.batch
-        batch.clear()
-        # Slot order: llama.cpp puts consecutive sequence ids into one micro-batch.
-        for r in generating:
-            assert r.next_token is not None
-            r.row = batch.add(r.next_token, len(r.slot.kv_tokens), r.slot.seq_id, True)
-        rc = self._context.decode()
-        if rc == 0:
-            for r in generating:
-                assert r.next_token is not None
-                r.slot.kv_tokens.append(r.next_token)
-            return generating
-        # Undo whatever part was stored, then decode each alone to find the culprits.
-        logger.warning(
-            "llama_decode failed (%d) for %d sequences; retrying each", rc, len(generating)
-        )
-        for r in generating:
-            self._context.forget(r.slot.seq_id, len(r.slot.kv_tokens))
-        survivors = []
-        for r in generating:
-            assert r.next_token is not None
-            batch.clear()
-            r.row = batch.add(r.next_token, len(r.slot.kv_tokens), r.slot.seq_id, True)
-            rc = self._context.decode()
-            if rc == 0:
-                r.slot.kv_tokens.append(r.next_token)
-                survivors.append(r)
-            else:
-                self._fail(r, f"llama_decode returned {rc}")
-        return survivors
-
-    def _chunk_end(self, r: Running, at_most: int | None = None) -> int:
-        """Where r's next prompt chunk ends; at most at_most tokens on where that is exact.
-
-        Chunks end at multiples of the step size, counted from the prompt's start, so a
-        prompt resumed after a reused prefix is cut where a cold run cuts it: llama.cpp's
-        CPU attention rounds differently for short and long chunks (see slots.py).
-        """
-        step = self._shape.n_batch
-        n_prompt = len(r.job.prepared.tokens)
-        if r.prefilled < n_prompt:
-            end = min(n_prompt, (r.prefilled // step + 1) * step)
-        # Generated tokens replayed after a preemption were decoded one per step. Pieces of
-        # fewer than ATTENTION_TILE_ROWS rows within PACK_MAX_POS compute like one-token
-        # decodes (see _packable), so a greedy run resumes exactly; beyond, whole steps are
-        # faster and round only as llama.cpp's own cache reuse does.
-        elif r.prefilled < PACK_MAX_POS:
-            end = min(r.prefilled + ATTENTION_TILE_ROWS - 1, PACK_MAX_POS)
-        else:
-            end = (r.prefilled // step + 1) * step
-        end = min(len(r.tokens), end)
-        # A chunk that computes like one-token decodes may be cut anywhere, for the same reason.
-        if at_most is not None and end - r.prefilled < ATTENTION_TILE_ROWS and end <= PACK_MAX_POS:
-            end = min(end, r.prefilled + at_most)
-        return end
-
-    def _packable(self, r: Running) -> bool:
-        """Whether r's next chunk decodes the same packed with other prompts as alone.
-
-        Packed, llama.cpp splits the chunks into micro-batches of equal tokens per sequence,
-        so a chunk may reach the kernels in pieces. Pieces compute the same as the whole when
-        the whole is short enough for the row-by-row attention kernel anyway, and its KV
-        view is too short for the single-query split-KV kernel (PACK_MAX_POS).
-        """
-        end = self._chunk_end(r)
-        return r.pack and end - r.prefilled < ATTENTION_TILE_ROWS and end <= PACK_MAX_POS
-
-    def _pack(
-        self, prefilling: list[Running], room: int, at_most: int | None = None
-    ) -> list[Running]:
-        """The prompts whose next chunks (see _chunk_end for at_most) go into one decode:
-        packable ones, in slot order, as many as room (tokens) holds."""
-        packed: list[Running] = []
-        room = min(room, self._shape.n_batch)
-        for r in sorted(filter(self._packable, prefilling), key=_seq):
-            size = self._chunk_end(r, at_most) - r.prefilled
-            if size <= room:
-                packed.append(r)
-                room -= size
-        return packed
+        return self._decoder.decode_tokens(generating)
 
     def _prefill_packed(self, jobs: list[Running], at_most: int | None = None) -> int:
-        """Decode the next (short) prompt chunk of every job in one llama_decode, as
-        llama-server does with new prompts; returns the tokens decoded (0 on a failure: the
-        jobs then retry one by one)."""
-        batch = self._context.batch
-        batch.clear()
-        ends = [self._chunk_end(r, at_most) for r in jobs]
-        rows = [
-            batch.add_run(r.tokens[r.prefilled : end], r.prefilled, r.slot.seq_id, _wants(r, end))
-            for r, end in zip(jobs, ends, strict=True)
-        ]
-        if self._context.decode() != 0:
-            logger.warning("llama_decode failed for %d packed prompts; retrying each", len(jobs))
-            for r in jobs:
-                self._context.forget(r.slot.seq_id, len(r.slot.kv_tokens))
-                # From the next step on each decodes alone, so only the culprit fails.
-                r.pack = False
-                r.row = None
-            return 0
-        self.packed_decodes += 1
-        for r, end, row in zip(jobs, ends, rows, strict=True):
-            wants = _wants(r, end)
-            r.slot.kv_tokens.extend(r.tokens[r.prefilled : end])
-            r.prefilled = end
-            r.row = row if wants else None
-        return batch.n_tokens
+        return self._decoder.prefill_packed(jobs, at_most)
 
     def _prefill_chunk(self, r: Running, at_most: int | None = None) -> int:
-        """Decode r's next prompt chunk alone (see _chunk_end for at_most); returns its size,
-        0 if r failed."""
-        end = self._chunk_end(r, at_most)
-        chunk = r.tokens[r.prefilled : end]
-        batch = self._context.batch
-        batch.clear()
-        last = _wants(r, end)
-        row = batch.add_run(chunk, r.prefilled, r.slot.seq_id, last)
-        rc = self._context.decode()
-        if rc != 0:
-            self._fail(r, f"llama_decode returned {rc} on the prompt")
-            return 0
-        r.slot.kv_tokens.extend(chunk)
-        r.prefilled = end
-        r.row = row if last else None
-        return len(chunk)
+        return self._decoder.prefill_chunk(r, at_most)
 
     def _sample(self, r: Running, row: int) -> bool:
         """Sample r's next token from batch row and stream it; False when r has finished."""
@@ -662,18 +440,6 @@ class BatchedEngine:
         r.next_token = token
         return True
 
-    def _piece(self, token: int) -> bytes:
-        piece = self._pieces.get(token)
-        if piece is None:
-            buf = self._piece_buffer
-            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-            if n < 0:
-                buf = ctypes.create_string_buffer(-n)
-                n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-            piece = buf.raw[:n]
-            self._pieces[token] = piece
-        return piece
-
     def _finish(self, r: Running, reason: FinishReason, now: float, flush: bool = True) -> None:
         if flush and reason != "cancelled":
             # Text held back as a possible stop-string start, and any incomplete UTF-8.
@@ -682,7 +448,7 @@ class BatchedEngine:
             if tail or r.logprobs:
                 self._outbox.add(r.job, TextDelta(tail, tuple(r.logprobs)))
                 r.logprobs.clear()
-        finished = _finished(r, reason, now)
+        finished = finished_event(r, reason, now)
         # The slot is free before the caller hears of the end, so stats() never lags.
         self._release(r)
         self._outbox.add(r.job, finished)
@@ -711,31 +477,3 @@ class BatchedEngine:
         self._busy -= 1
         if r.job.priority == "batch":
             self._busy_batch -= 1
-
-
-def _finished(r: Running, reason: FinishReason, now: float) -> Finished:
-    """The Finished event of r, with its counts and timings so far."""
-    return r.job.finished(
-        reason,
-        r.completion_tokens,
-        r.started_at,
-        r.first_at,
-        r.last_at,
-        now,
-        cached_tokens=r.cached_tokens,
-    )
-
-
-def _seq(r: Running) -> int:
-    return r.slot.seq_id
-
-
-def _generating(r: Running) -> bool:
-    """Whether r's KV is complete and its next token waits to be decoded."""
-    return r.next_token is not None and r.prefilled == len(r.tokens)
-
-
-def _wants(r: Running, end: int) -> bool:
-    """Whether the prompt chunk of r ending at end needs logits: it is the last one and r
-    has no token sampled yet (a resumed job has its next token already)."""
-    return end == len(r.tokens) and r.next_token is None
