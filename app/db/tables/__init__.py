@@ -3,6 +3,7 @@
 The schema itself is created only by Alembic revisions under migrations/; these classes must
 match them (a test runs Alembic's autogenerate and expects no difference). Importing this
 package imports every module, so Base.metadata (Alembic's target) holds every table.
+Each table has one module that writes it; tests/test_table_owners.py names it.
 """
 
 from __future__ import annotations
