@@ -106,151 +106,165 @@ async def _limited(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
         yield chunk
 
 
-def batches_router() -> APIRouter:
-    router = APIRouter(tags=["batches"])
+def _stores(request: Request) -> tuple[FileStore, BatchStore]:
+    runtime = runtime_of(request)
+    return FileStore(runtime.engine, files_root(runtime.settings)), BatchStore(runtime.engine)
 
-    def stores(request: Request) -> tuple[FileStore, BatchStore]:
-        runtime = runtime_of(request)
-        return FileStore(runtime.engine, files_root(runtime.settings)), BatchStore(runtime.engine)
 
-    @router.post(
-        "/v1/files",
-        summary="Upload a JSONL file of requests (purpose `batch`)",
-        openapi_extra=UPLOAD_OPENAPI,
-    )
-    async def upload(request: Request) -> JSONResponse:
-        owner = await _owner(request)
-        settings = runtime_of(request).settings
-        if "multipart/form-data" not in request.headers.get("content-type", ""):
-            raise ApiError(400, "upload the file as multipart/form-data (fields purpose, file)")
-        parser = MultiPartParser(
-            request.headers, _limited(request, settings.batch_file_max_bytes),
-            max_files=1, max_fields=8,
+# Route handlers carry no docstring: FastAPI would publish it as the route's description.
+async def upload(request: Request) -> JSONResponse:
+    owner = await _owner(request)
+    settings = runtime_of(request).settings
+    if "multipart/form-data" not in request.headers.get("content-type", ""):
+        raise ApiError(400, "upload the file as multipart/form-data (fields purpose, file)")
+    parser = MultiPartParser(
+        request.headers, _limited(request, settings.batch_file_max_bytes),
+        max_files=1, max_fields=8,
+    )  # fmt: skip
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise ApiError(400, f"unreadable multipart body: {exc.message}") from None
+    try:
+        upload = form.get("file")
+        purpose = form.get("purpose")
+        if not isinstance(upload, UploadFile):
+            raise bad_param("file", "the multipart body has no `file` part")
+        if not isinstance(purpose, str):
+            raise bad_param("purpose", "the multipart body has no `purpose` field")
+        files, _ = _stores(request)
+        view = await _thread(
+            files.save_upload, upload.file, filename=upload.filename or "batch.jsonl",
+            purpose=purpose, owner=owner, max_bytes=settings.batch_file_max_bytes,
         )  # fmt: skip
-        try:
-            form = await parser.parse()
-        except MultiPartException as exc:
-            raise ApiError(400, f"unreadable multipart body: {exc.message}") from None
-        try:
-            upload = form.get("file")
-            purpose = form.get("purpose")
-            if not isinstance(upload, UploadFile):
-                raise bad_param("file", "the multipart body has no `file` part")
-            if not isinstance(purpose, str):
-                raise bad_param("purpose", "the multipart body has no `purpose` field")
-            files, _ = stores(request)
-            view = await _thread(
-                files.save_upload, upload.file, filename=upload.filename or "batch.jsonl",
-                purpose=purpose, owner=owner, max_bytes=settings.batch_file_max_bytes,
-            )  # fmt: skip
-        finally:
-            await form.close()
-        return JSONResponse(view.openai())
+    finally:
+        await form.close()
+    return JSONResponse(view.openai())
 
-    @router.get("/v1/files", summary="Files, newest first")
-    async def list_files(
-        request: Request,
-        purpose: str | None = None,
-        limit: int = Query(default=MAX_LIST, ge=1, le=10_000),
-    ) -> JSONResponse:
-        owner = await _owner(request)
-        files, _ = stores(request)
-        views = await _thread(files.recent, owner, purpose, limit)
-        return JSONResponse(
-            {"object": "list", "data": [v.openai() for v in views], "has_more": False}
+
+async def list_files(
+    request: Request,
+    purpose: str | None = None,
+    limit: int = Query(default=MAX_LIST, ge=1, le=10_000),
+) -> JSONResponse:
+    owner = await _owner(request)
+    files, _ = _stores(request)
+    views = await _thread(files.recent, owner, purpose, limit)
+    return JSONResponse({"object": "list", "data": [v.openai() for v in views], "has_more": False})
+
+
+async def get_file(request: Request, file_id: str) -> JSONResponse:
+    owner = await _owner(request)
+    files, _ = _stores(request)
+    view = await _thread(files.get, file_id, owner)
+    return JSONResponse(view.openai())
+
+
+async def file_content(request: Request, file_id: str) -> StreamingResponse:
+    owner = await _owner(request)
+    files, batches = _stores(request)
+    view = await _thread(files.get, file_id, owner)
+    body: Iterator[bytes]
+    if view.batch_id is not None:
+        body = iter(await _thread(batches.rendered, view.batch_id, view.purpose))
+    else:
+        if not files.path_of(file_id).exists():
+            raise ApiError(404, f"the bytes of file {file_id!r} are not on this gateway's "
+                           "disk (HERD_HOME/files)", code="file_not_found")  # fmt: skip
+        body = files.chunks(file_id)
+    return StreamingResponse(body, media_type="application/jsonl")
+
+
+async def delete_file(request: Request, file_id: str) -> JSONResponse:
+    owner = await _owner(request)
+    files, _ = _stores(request)
+    await _thread(files.delete, file_id, owner)
+    return JSONResponse({"id": file_id, "object": "file", "deleted": True})
+
+
+async def create_batch(request: Request) -> JSONResponse:
+    owner = await _owner(request)
+    # Unknown fields, wrong types and text PostgreSQL cannot store: 400 naming the field.
+    body = await read_model(request, BatchCreateRequest)
+    endpoint, file_id, metadata = body.endpoint, body.input_file_id, body.metadata
+    if endpoint not in ENDPOINTS:
+        raise bad_param("endpoint", f"endpoint must be one of {', '.join(ENDPOINTS)}")
+    runtime = runtime_of(request)
+    files, batches = _stores(request)
+    view = await _thread(files.get, file_id, owner)
+    if view.purpose != "batch":
+        raise bad_param("input_file_id", f"file {file_id} has purpose {view.purpose!r}, "
+                        "not 'batch'")  # fmt: skip
+    path = files.path_of(file_id)
+    if not path.exists():
+        raise bad_param("input_file_id", f"the bytes of file {file_id} are not on this "
+                        "gateway's disk (HERD_HOME/files)")  # fmt: skip
+    actor = _actor(request, owner, "POST /v1/batches")
+    batch = await _thread(
+        lambda: batches.create(
+            endpoint=endpoint, input_file_id=file_id,
+            completion_window=body.completion_window,
+            lines=read_lines(path), owner=owner, created_by=actor.who,
+            gateway_url=_own_url(request), metadata=metadata, actor=actor,
         )
+    )  # fmt: skip
+    await _thread(ensure_runner, runtime.engine, runtime.settings, batch.id, None, 0)
+    return JSONResponse((await _thread(batches.get, batch.id)).openai())
 
-    @router.get("/v1/files/{file_id}", summary="A file's metadata")
-    async def get_file(request: Request, file_id: str) -> JSONResponse:
-        owner = await _owner(request)
-        files, _ = stores(request)
-        view = await _thread(files.get, file_id, owner)
-        return JSONResponse(view.openai())
 
-    @router.get("/v1/files/{file_id}/content", summary="A file's bytes (JSONL)")
-    async def file_content(request: Request, file_id: str) -> StreamingResponse:
-        owner = await _owner(request)
-        files, batches = stores(request)
-        view = await _thread(files.get, file_id, owner)
-        body: Iterator[bytes]
-        if view.batch_id is not None:
-            body = iter(await _thread(batches.rendered, view.batch_id, view.purpose))
-        else:
-            if not files.path_of(file_id).exists():
-                raise ApiError(404, f"the bytes of file {file_id!r} are not on this gateway's "
-                               "disk (HERD_HOME/files)", code="file_not_found")  # fmt: skip
-            body = files.chunks(file_id)
-        return StreamingResponse(body, media_type="application/jsonl")
+async def get_batch(request: Request, batch_id: str) -> JSONResponse:
+    owner = await _owner(request)
+    _, batches = _stores(request)
+    return JSONResponse((await _thread(batches.get, batch_id, owner)).openai())
 
-    @router.delete("/v1/files/{file_id}", summary="Delete a file")
-    async def delete_file(request: Request, file_id: str) -> JSONResponse:
-        owner = await _owner(request)
-        files, _ = stores(request)
-        await _thread(files.delete, file_id, owner)
-        return JSONResponse({"id": file_id, "object": "file", "deleted": True})
 
-    @router.post(
-        "/v1/batches",
-        summary="Run the requests of an uploaded file as a batch",
-        openapi_extra=body_openapi(BatchCreateRequest),
+async def list_batches(
+    request: Request,
+    after: str | None = None,
+    limit: int = Query(default=20, ge=1, le=MAX_LIST),
+) -> JSONResponse:
+    owner = await _owner(request)
+    _, batches = _stores(request)
+    views, more = await _thread(batches.page, owner, after=after, limit=limit)
+    data = [v.openai() for v in views]
+    return JSONResponse({
+        "object": "list", "data": data, "has_more": more,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+    })  # fmt: skip
+
+
+async def cancel_batch(request: Request, batch_id: str) -> JSONResponse:
+    owner = await _owner(request)
+    _, batches = _stores(request)
+    actor = _actor(request, owner, "POST /v1/batches/{batch_id}/cancel")
+    view = await _thread(batches.request_cancel, batch_id, owner, actor)
+    return JSONResponse(view.openai())
+
+
+def batches_router() -> APIRouter:
+    """/v1/files and /v1/batches, in OpenAI's shapes."""
+    router = APIRouter(tags=["batches"])
+    route = router.add_api_route
+    route(
+        "/v1/files",
+        upload,
+        methods=["POST"],
+        openapi_extra=UPLOAD_OPENAPI,
+        summary="Upload a JSONL file of requests (purpose `batch`)",
     )
-    async def create_batch(request: Request) -> JSONResponse:
-        owner = await _owner(request)
-        # Unknown fields, wrong types and text PostgreSQL cannot store: 400 naming the field.
-        body = await read_model(request, BatchCreateRequest)
-        endpoint, file_id, metadata = body.endpoint, body.input_file_id, body.metadata
-        if endpoint not in ENDPOINTS:
-            raise bad_param("endpoint", f"endpoint must be one of {', '.join(ENDPOINTS)}")
-        runtime = runtime_of(request)
-        files, batches = stores(request)
-        view = await _thread(files.get, file_id, owner)
-        if view.purpose != "batch":
-            raise bad_param("input_file_id", f"file {file_id} has purpose {view.purpose!r}, "
-                            "not 'batch'")  # fmt: skip
-        path = files.path_of(file_id)
-        if not path.exists():
-            raise bad_param("input_file_id", f"the bytes of file {file_id} are not on this "
-                            "gateway's disk (HERD_HOME/files)")  # fmt: skip
-        actor = _actor(request, owner, "POST /v1/batches")
-        batch = await _thread(
-            lambda: batches.create(
-                endpoint=endpoint, input_file_id=file_id,
-                completion_window=body.completion_window,
-                lines=read_lines(path), owner=owner, created_by=actor.who,
-                gateway_url=_own_url(request), metadata=metadata, actor=actor,
-            )
-        )  # fmt: skip
-        await _thread(ensure_runner, runtime.engine, runtime.settings, batch.id, None, 0)
-        return JSONResponse((await _thread(batches.get, batch.id)).openai())
-
-    @router.get("/v1/batches/{batch_id}", summary="A batch: status and request counts")
-    async def get_batch(request: Request, batch_id: str) -> JSONResponse:
-        owner = await _owner(request)
-        _, batches = stores(request)
-        return JSONResponse((await _thread(batches.get, batch_id, owner)).openai())
-
-    @router.get("/v1/batches", summary="Batches, newest first")
-    async def list_batches(
-        request: Request,
-        after: str | None = None,
-        limit: int = Query(default=20, ge=1, le=MAX_LIST),
-    ) -> JSONResponse:
-        owner = await _owner(request)
-        _, batches = stores(request)
-        views, more = await _thread(batches.page, owner, after=after, limit=limit)
-        data = [v.openai() for v in views]
-        return JSONResponse({
-            "object": "list", "data": data, "has_more": more,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-        })  # fmt: skip
-
-    @router.post("/v1/batches/{batch_id}/cancel", summary="Cancel a batch")
-    async def cancel_batch(request: Request, batch_id: str) -> JSONResponse:
-        owner = await _owner(request)
-        _, batches = stores(request)
-        actor = _actor(request, owner, "POST /v1/batches/{batch_id}/cancel")
-        view = await _thread(batches.request_cancel, batch_id, owner, actor)
-        return JSONResponse(view.openai())
-
+    route("/v1/files", list_files, summary="Files, newest first")
+    route("/v1/files/{file_id}", get_file, summary="A file's metadata")
+    route("/v1/files/{file_id}/content", file_content, summary="A file's bytes (JSONL)")
+    route("/v1/files/{file_id}", delete_file, methods=["DELETE"], summary="Delete a file")
+    route(
+        "/v1/batches",
+        create_batch,
+        methods=["POST"],
+        openapi_extra=body_openapi(BatchCreateRequest),
+        summary="Run the requests of an uploaded file as a batch",
+    )
+    route("/v1/batches/{batch_id}", get_batch, summary="A batch: status and request counts")
+    route("/v1/batches", list_batches, summary="Batches, newest first")
+    route("/v1/batches/{batch_id}/cancel", cancel_batch, methods=["POST"], summary="Cancel a batch")
     return router
