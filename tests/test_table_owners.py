@@ -13,6 +13,7 @@ DELETE FROM, TRUNCATE or COPY. Migrations and tests are not writers.
 from __future__ import annotations
 
 import ast
+import builtins
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ OWNERS = {
 }
 
 WRITE_CALLS = {"insert", "update", "delete"}
+CONTAINERS = {"Optional", "list", "Sequence", "Iterator", "Iterable", "tuple"}
 ROW_WRITE_METHODS = {"add", "merge", "delete"}
 # Calls that hand back one loaded row, or the rows of a select, of the entity they are given.
 SQL_WRITE = re.compile(
@@ -126,9 +128,12 @@ class Finder:
     """Finds the writes in one file; names resolve only through imports of app.db.tables, so
     an unrelated class called Request or File is never taken for a table."""
 
-    def __init__(self, path: str, source: str, classes: dict[str, str]) -> None:
+    def __init__(
+        self, path: str, source: str, classes: dict[str, str], returns: dict[str, str] | None = None
+    ) -> None:
         self.path = path
         self.classes = classes
+        self.returns = returns or {}  # function name -> the table whose rows it returns
         self.tree = ast.parse(source, path)
         self.entities: dict[str, str] = {}  # local name -> table (classes, their __table__)
         self.modules: set[str] = set()  # local names of the app.db.tables module
@@ -171,7 +176,16 @@ class Finder:
                 return table
             if (table := self.entity(sub.func)) is not None:
                 return table
+            method = isinstance(sub.func, ast.Attribute)
+            if name in self.returns and (method or not hasattr(builtins, name or "")):
+                return self.returns[name]
         return None
+
+    def row_returns(self) -> Iterator[tuple[str, str | None]]:
+        """(function name, the table whose rows its return annotation says it returns)."""
+        for node in ast.walk(self.tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.returns:
+                yield node.name, self.annotated(node.returns)
 
     def add(self, table: str, node: ast.AST, what: str) -> None:
         self.writes.append(Write(table, self.path, getattr(node, "lineno", 0), what))
@@ -253,7 +267,7 @@ class Finder:
                             break
 
     def annotated(self, annotation: ast.AST) -> str | None:
-        """X, "X", X | None, Optional[X]: a parameter or name that holds one row of X."""
+        """X, "X", X | None, Optional[X], list[X]: a name holding rows of X."""
         if isinstance(annotation, ast.Constant) and isinstance(annotation.value, str):
             try:
                 annotation = ast.parse(annotation.value, mode="eval").body
@@ -261,7 +275,7 @@ class Finder:
                 return None
         if isinstance(annotation, ast.BinOp):
             return self.annotated(annotation.left) or self.annotated(annotation.right)
-        if isinstance(annotation, ast.Subscript) and call_name(annotation.value) == "Optional":
+        if isinstance(annotation, ast.Subscript) and call_name(annotation.value) in CONTAINERS:
             return self.annotated(annotation.slice)
         return self.entity(annotation)
 
@@ -327,11 +341,17 @@ def walk_scope(func: ast.AST) -> Iterator[ast.AST]:
 
 def all_writes() -> list[Write]:
     classes = orm_tables()
-    return [
-        write
-        for path in sources()
-        for write in Finder(str(path.relative_to(ROOT)), path.read_text(), classes).scan()
-    ]
+    files = [(str(p.relative_to(ROOT)), p.read_text()) for p in sources()]
+    # Functions that return rows (by their annotation), by name, where the name is not also
+    # used for functions that return something else: `row = store.get(name)` then loads rows.
+    seen: dict[str, set[str | None]] = {}
+    for path, text in files:
+        for name, table in Finder(path, text, classes).row_returns():
+            seen.setdefault(name, set()).add(table)
+    returns = {
+        name: t for name, tables in seen.items() if len(tables) == 1 and (t := next(iter(tables)))
+    }
+    return [w for path, text in files for w in Finder(path, text, classes, returns).scan()]
 
 
 def test_every_table_names_its_owner() -> None:
@@ -372,9 +392,13 @@ def f(session, conn, row: Feedback) -> None:
     conn.execute(text("UPDATE requests SET x = 1"))
     conn.execute(text(f"TRUNCATE {name}"))
     session.scalars(select(R).where(R.id == 1)).all()
+    found = store.find(1)
+    found.status = 1
+    listed = list(rows)
+    listed.status = 1
 '''
     classes = {"Request": "requests", "Feedback": "feedback"}
-    finder = Finder("app/probe.py", source, classes)
+    finder = Finder("app/probe.py", source, classes, {"find": "requests", "list": "requests"})
     lines = sorted((w.line, w.table) for w in finder.scan())
     assert lines == [
         (5, "requests"),
@@ -386,4 +410,5 @@ def f(session, conn, row: Feedback) -> None:
         (13, "feedback"),
         (14, "requests"),
         (15, "?"),
+        (18, "requests"),
     ]

@@ -22,6 +22,8 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
+from app.store.catalog import add_models_without_files, delete_unused_models
+
 DemoProgress = Callable[[int, int], None]
 
 # name -> (alias, worker ids, tokens/s, ttft ms, thumbs-up probability)
@@ -87,16 +89,19 @@ REGRESSION_COMPLAINTS = [
 ]
 PRAISE = ["great, thanks", "very helpful", "perfect answer", "clear and quick"]
 
-MODELS_SQL = text(
-    """
-    INSERT INTO models (name, path, sha256, size_bytes, mtime_ns, architecture,
-                        parameter_count, file_type, quantization, context_length,
-                        has_chat_template, status)
-    VALUES (:name, :name, NULL, 0, 0, 'llama', 1000000000, 'Q4_K_M', 'Q4_K_M', 8192,
-            true, 'valid')
-    ON CONFLICT (name) DO NOTHING
-    """
-)
+# The row each synthetic model gets: it stands for no file, so its header facts are made up.
+SYNTHETIC_MODEL_ROW: dict[str, object] = {
+    "sha256": None,
+    "size_bytes": 0,
+    "mtime_ns": 0,
+    "architecture": "llama",
+    "parameter_count": 1_000_000_000,
+    "file_type": "Q4_K_M",
+    "quantization": "Q4_K_M",
+    "context_length": 8192,
+    "has_chat_template": True,
+    "status": "valid",
+}
 
 # One chunk: sessions -> turns -> requests; rated answers -> feedback and messages.
 CHUNK_SQL = text(
@@ -258,14 +263,9 @@ class DemoResult:
 
 def ensure_demo_models(engine: Engine) -> dict[str, int]:
     """The synthetic model rows (created if missing): name -> id."""
+    rows = [{"name": name, "path": name, **SYNTHETIC_MODEL_ROW} for name in DEMO_MODELS]
     with engine.begin() as conn:
-        for name in DEMO_MODELS:
-            conn.execute(MODELS_SQL, {"name": name})
-        rows = conn.execute(
-            text("SELECT name, id FROM models WHERE name = ANY(:names)"),
-            {"names": list(DEMO_MODELS)},
-        )
-        return {name: int(model_id) for name, model_id in rows}
+        return add_models_without_files(conn, rows)
 
 
 def generate_demo_traffic(
@@ -375,15 +375,5 @@ def purge_synthetic(engine: Engine) -> int:
         deleted = conn.execute(text("DELETE FROM requests WHERE synthetic")).rowcount
         if lo is not None:
             conn.execute(text("SELECT herd_rebuild_rollups(:lo, :hi)"), {"lo": lo, "hi": hi})
-        conn.execute(
-            text(
-                """
-                DELETE FROM models m
-                WHERE m.name = ANY(:names)
-                  AND NOT EXISTS (SELECT 1 FROM deployments d WHERE d.model_id = m.id)
-                  AND NOT EXISTS (SELECT 1 FROM requests r WHERE r.model_id = m.id)
-                """
-            ),
-            {"names": list(DEMO_MODELS)},
-        )
+        delete_unused_models(conn, DEMO_MODELS)
     return int(deleted)

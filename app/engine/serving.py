@@ -211,9 +211,11 @@ def add_serving_flag(
     if f.default is False:
         parser.add_argument(flag, action="store_true", help=help_text)
         return
+    parse = f.metadata["parse"] or type(f.default)
     parser.add_argument(
         flag,
-        type=_flag_parser(f.metadata["parse"] or type(f.default)),
+        # A plain int keeps argparse's own message ("invalid int value: 'x'").
+        type=parse if parse is int else _flag_parser(parse),
         default=f.default if default is MISSING else default,
         help=help_text,
     )

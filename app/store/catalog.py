@@ -6,18 +6,18 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import Connection, delete, exists, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from app.common.host_memory import free_bytes_for
 from app.db.bind import Bind, begin
-from app.db.tables import Deployment, Model
+from app.db.tables import Deployment, Model, Request
 from app.store.estimate import default_slots, estimate_memory
 from app.store.gguf_file import GGUFInfo, InvalidGGUF, ModelLayout, read_gguf
 
@@ -325,3 +325,26 @@ def describe_model(
             "ram_bytes": est.ram_bytes,
         }
     return row
+
+
+def add_models_without_files(conn: Connection, rows: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """Model rows that stand for no file in the store (demo traffic's), created where their
+    name is missing and left alone where it is there: name -> id."""
+    rows = list(rows)
+    if not rows:
+        return {}
+    conn.execute(insert(Model).values(rows).on_conflict_do_nothing(index_elements=["name"]))
+    names = [row["name"] for row in rows]
+    found = conn.execute(select(Model.name, Model.id).where(Model.name.in_(names)))
+    return {name: int(model_id) for name, model_id in found}
+
+
+def delete_unused_models(conn: Connection, names: Iterable[str]) -> None:
+    """Delete the rows of these models that no deployment and no logged request uses."""
+    conn.execute(
+        delete(Model).where(
+            Model.name.in_(list(names)),
+            ~exists().where(Deployment.model_id == Model.id),
+            ~exists().where(Request.model_id == Model.id),
+        )
+    )

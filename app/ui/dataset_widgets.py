@@ -4,6 +4,7 @@ a background `dataset` job), and those jobs with their progress."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -173,85 +174,131 @@ def build_form(
     page renders after the form, with its cleaning report), or starts a distillation /
     augmentation job and returns at once."""
     with st.form("dataset_build"):
-        cols = list(st.columns(3))
-        name = cols[0].text_input("Name", key="ds_name")
-        kind = cols[1].selectbox("Kind", [k.value for k in DatasetKind], key="ds_kind")
-        source = cols[2].radio("Prompts from", [LOG, UPLOAD], key="ds_source")
-        upload = st.file_uploader("JSONL or CSV file", type=["jsonl", "csv"], key="ds_upload")
-        cols = list(st.columns(4))
-        picked = cols[0].multiselect("Aliases (none: all)", aliases, key="ds_aliases")
-        rating = cols[1].selectbox("Rating", [r.value for r in Rating], key="ds_rating")
-        tags = cols[2].multiselect("Review tags (any of)", known_tags(engine), key="ds_tags")
-        synthetic = cols[3].checkbox("Include synthetic traffic", key="ds_synthetic")
-        cut = cols[3].checkbox(
-            "Include answers cut at max tokens",
-            key="ds_cut",
-            help="Answers that stopped at max_tokens end mid-sentence and are left out by "
-            "default (logged ones, and the teacher's or paraphraser's for distill / augment).",
-        )
-        cols = list(st.columns(5))
-        exact = cols[0].checkbox("Exact duplicates", value=True, key="ds_exact")
-        near = cols[1].checkbox("Near duplicates", value=True, key="ds_near")
-        redact = cols[2].checkbox("Redact PII", value=True, key="ds_redact")
-        refusals = cols[3].checkbox("Drop refusals", value=True, key="ds_refusals")
-        empty = cols[4].checkbox("Drop empty answers", value=True, key="ds_empty")
-        cols = list(st.columns(4))
-        languages = cols[0].text_input("Languages (e.g. en,de; empty: all)", key="ds_lang")
-        max_prompt = cols[1].number_input("Max prompt chars", 1, value=16_000, key="ds_maxp")
-        ratios = cols[2].text_input("Train,validation,test", "0.8,0.1,0.1", key="ds_split")
-        seed = cols[3].number_input("Seed", value=0, step=1, key="ds_seed")
-        st.caption(
-            "Distill: the alias below answers every prompt. Augment: it writes N "
-            "paraphrases of each. Both run as one batch through the gateway."
-        )
-        cols = list(st.columns(4))
-        alias = cols[0].selectbox("Teacher / paraphrasing alias", aliases or [""], key="ds_alias")
-        n = cols[1].number_input("Paraphrases per prompt", 1, 20, value=3, key="ds_n")
-        max_tokens = cols[2].number_input("Max tokens per answer", 1, value=256, key="ds_tokens")
-        temperature = cols[3].number_input("Temperature", 0.0, 2.0, value=0.0, key="ds_temp")
+        inputs = _form_inputs(engine, aliases)
         go = st.form_submit_button("Build dataset")
-    if not go:
-        return
-    form = {
-        "source": source,
-        "upload": upload,
-        "aliases": picked,
-        "rating": rating,
-        "tags": tags,
-        "synthetic": synthetic,
-        "cut": cut,
-    }
+    if go:
+        _build(engine, settings, actor, start, end, inputs)
+
+
+@dataclass(frozen=True)
+class _FormInputs:
+    """The build form's widgets, as read on submit (checked when the build starts)."""
+
+    name: str
+    kind: str
+    # Where prompts come from and the log's filters, as _selection and the job read them.
+    form: dict[str, Any]
+    exact: bool
+    near: bool
+    redact: bool
+    refusals: bool
+    empty: bool
+    languages: str
+    max_prompt: float
+    ratios: str
+    seed: float
+    alias: str
+    n: float
+    max_tokens: float
+    temperature: float
+
+
+def _form_inputs(engine: Engine, aliases: list[str]) -> _FormInputs:
+    """The form's widgets, in rows: the dataset, its prompts, cleaning and splits, and the
+    alias a distillation or augmentation calls."""
+    cols = list(st.columns(3))
+    name = cols[0].text_input("Name", key="ds_name")
+    kind = cols[1].selectbox("Kind", [k.value for k in DatasetKind], key="ds_kind")
+    source = cols[2].radio("Prompts from", [LOG, UPLOAD], key="ds_source")
+    upload = st.file_uploader("JSONL or CSV file", type=["jsonl", "csv"], key="ds_upload")
+    cols = list(st.columns(4))
+    picked = cols[0].multiselect("Aliases (none: all)", aliases, key="ds_aliases")
+    rating = cols[1].selectbox("Rating", [r.value for r in Rating], key="ds_rating")
+    tags = cols[2].multiselect("Review tags (any of)", known_tags(engine), key="ds_tags")
+    synthetic = cols[3].checkbox("Include synthetic traffic", key="ds_synthetic")
+    cut = cols[3].checkbox(
+        "Include answers cut at max tokens",
+        key="ds_cut",
+        help="Answers that stopped at max_tokens end mid-sentence and are left out by "
+        "default (logged ones, and the teacher's or paraphraser's for distill / augment).",
+    )
+    cols = list(st.columns(5))
+    exact = cols[0].checkbox("Exact duplicates", value=True, key="ds_exact")
+    near = cols[1].checkbox("Near duplicates", value=True, key="ds_near")
+    redact = cols[2].checkbox("Redact PII", value=True, key="ds_redact")
+    refusals = cols[3].checkbox("Drop refusals", value=True, key="ds_refusals")
+    empty = cols[4].checkbox("Drop empty answers", value=True, key="ds_empty")
+    cols = list(st.columns(4))
+    languages = cols[0].text_input("Languages (e.g. en,de; empty: all)", key="ds_lang")
+    max_prompt = cols[1].number_input("Max prompt chars", 1, value=16_000, key="ds_maxp")
+    ratios = cols[2].text_input("Train,validation,test", "0.8,0.1,0.1", key="ds_split")
+    seed = cols[3].number_input("Seed", value=0, step=1, key="ds_seed")
+    st.caption(
+        "Distill: the alias below answers every prompt. Augment: it writes N "
+        "paraphrases of each. Both run as one batch through the gateway."
+    )
+    cols = list(st.columns(4))
+    alias = cols[0].selectbox("Teacher / paraphrasing alias", aliases or [""], key="ds_alias")
+    n = cols[1].number_input("Paraphrases per prompt", 1, 20, value=3, key="ds_n")
+    max_tokens = cols[2].number_input("Max tokens per answer", 1, value=256, key="ds_tokens")
+    temperature = cols[3].number_input("Temperature", 0.0, 2.0, value=0.0, key="ds_temp")
+    form = {"source": source, "upload": upload, "aliases": picked, "rating": rating,
+            "tags": tags, "synthetic": synthetic, "cut": cut}  # fmt: skip
+    return _FormInputs(
+        name, kind, form, exact, near, redact, refusals, empty, languages, max_prompt,
+        ratios, seed, alias, n, max_tokens, temperature,
+    )  # fmt: skip
+
+
+def _spec(inputs: _FormInputs, actor: Actor) -> BuildSpec:
+    """The dataset the form asks for; a DatasetError when a value does not hold."""
+    return BuildSpec(
+        name=inputs.name.strip(),
+        created_by=actor.who,
+        kind=DatasetKind(inputs.kind),
+        cleaning=CleaningOptions(
+            exact_dedup=inputs.exact,
+            near_dedup=inputs.near,
+            redact=inputs.redact,
+            drop_refusals=inputs.refusals,
+            drop_empty_answers=inputs.empty,
+            max_prompt_chars=int(inputs.max_prompt),
+            languages=tuple(x.strip() for x in inputs.languages.split(",") if x.strip()),
+        ),
+        ratios=SplitRatios.parse(inputs.ratios),
+        seed=int(inputs.seed),
+    )
+
+
+def _build(
+    engine: Engine,
+    settings: Settings,
+    actor: Actor,
+    start: datetime,
+    end: datetime,
+    inputs: _FormInputs,
+) -> None:
+    """What a submitted form does: build an SFT dataset now, or start the job that builds
+    a distilled or augmented one; says which, or why not."""
     bar = st.progress(0.0, text="Selecting ...")
 
     def progress(step: str, done: int, total: int) -> None:
         bar.progress(min(done / total, 1.0) if total else 1.0, text=f"{step}: {done} / {total}")
 
+    form = inputs.form
     try:
-        spec = BuildSpec(
-            name=name.strip(),
-            created_by=actor.who,
-            kind=DatasetKind(kind),
-            cleaning=CleaningOptions(
-                exact_dedup=exact,
-                near_dedup=near,
-                redact=redact,
-                drop_refusals=refusals,
-                drop_empty_answers=empty,
-                max_prompt_chars=int(max_prompt),
-                languages=tuple(x.strip() for x in languages.split(",") if x.strip()),
-            ),
-            ratios=SplitRatios.parse(ratios),
-            seed=int(seed),
-        )
+        spec = _spec(inputs, actor)
         if spec.kind is DatasetKind.SFT:
             root = datasets_root(settings.home_dir)
             selected = _selection(engine, start, end, form)
             info = build_dataset(engine, root, spec, selected, progress, actor)
         else:
             generation = GenerationSettings(
-                alias, int(max_tokens), float(temperature), keep_cut=cut
-            )
-            job_id = _start_job(engine, settings, actor, spec, generation, int(n), start, end, form)
+                inputs.alias, int(inputs.max_tokens), float(inputs.temperature),
+                keep_cut=form["cut"],
+            )  # fmt: skip
+            n = int(inputs.n)
+            job_id = _start_job(engine, settings, actor, spec, generation, n, start, end, form)
     except ValueError as exc:  # DatasetError, and the Batch API's BatchError / FileError
         bar.empty()
         st.error(str(exc))
