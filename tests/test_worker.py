@@ -19,9 +19,10 @@ from sqlalchemy import text
 from app.db.database import Database
 from app.engine.factory import STEP_TOKENS
 from app.engine.slots import reusable
+from app.openai_api.completions import ChatFormat, ResponseFormat, TextFormat
+from app.openai_api.sse import sse
 from app.store.catalog import ModelStore
 from app.store.demo import add_demo_model, find_demo_model
-from app.worker.openai_format import ChatFormat, ResponseFormat, TextFormat, sse
 from tests.worker_process import WorkerLauncher, WorkerProcess
 
 MAX_QUEUE = 1

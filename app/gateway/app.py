@@ -22,10 +22,10 @@ from app.gateway.routes_feedback import feedback_router
 from app.gateway.routes_openai import openai_router
 from app.gateway.routes_operations import operations_router
 from app.gateway.runtime import GatewayRuntime, database_url
-from app.gateway.schemas import BatchCreateRequest, ErrorResponse
+from app.gateway.schemas import BatchCreateRequest
 from app.openai_api.bodies import openapi_components
 from app.openai_api.embeddings import EmbeddingRequest
-from app.openai_api.errors import ApiError, install_error_handlers
+from app.openai_api.errors import ApiError, ErrorResponse, install_error_handlers
 from app.openai_api.schemas import ChatCompletionRequest, CompletionRequest
 
 

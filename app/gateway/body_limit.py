@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.openai_api.error_body import error_body
+from app.openai_api.errors import ApiError
 
 
 def too_large_message(limit_bytes: int) -> str:
@@ -52,11 +50,11 @@ class BodyLimit:
         await self.app(scope, counting_receive, send)
 
     async def _refuse(self, send: Send) -> None:
-        body = json.dumps(
-            error_body(
-                too_large_message(self.limit_bytes), "invalid_request_error", "body_too_large"
-            )
-        ).encode()
+        body = (
+            ApiError(413, too_large_message(self.limit_bytes), code="body_too_large")
+            .response()
+            .body
+        )
         await send(
             {
                 "type": "http.response.start",

@@ -22,9 +22,8 @@ from app.gateway.balancer import Pick
 from app.gateway.request_log import RequestRecord
 from app.gateway.routing import AliasRoute
 from app.gateway.upstream import Upstream, hop_headers
-from app.openai_api.embeddings import EmbeddingInputError, decode_vector, parse_request
-from app.openai_api.error_body import error_body
-from app.openai_api.errors import ApiError
+from app.openai_api.embeddings import decode_vector, parse_request
+from app.openai_api.errors import ApiError, error_body, invalid_value
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +49,10 @@ class EmbeddingCalls:
         started = time.perf_counter()
         try:
             body, _ = parse_request(json.loads(raw))
-        except EmbeddingInputError as exc:
+        except ApiError as exc:
             return JSONResponse(exc.body(), 400)
         except (ValueError, UnicodeDecodeError) as exc:
-            error = EmbeddingInputError(f"the request body is not valid JSON: {exc}", None)
+            error = invalid_value(f"the request body is not valid JSON: {exc}", None)
             return JSONResponse(error.body(), 400)
         upstream = self.upstream
         record = RequestRecord(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 
@@ -10,8 +9,8 @@ import psycopg
 from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from app.openai_api.error_body import error_body
-from app.openai_api.errors import ApiError
+from app.openai_api.errors import ApiError, error_body, unavailable
+from app.openai_api.sse import sse
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +21,7 @@ _UNREACHABLE_STATES = ("08", "53", "57P01", "57P02", "57P03")
 
 def sse_error(message: str, type: str = "upstream_error", code: str | None = None) -> bytes:
     """An SSE event carrying an error; the openai client raises APIError when it reads one."""
-    return b"data: " + json.dumps(error_body(message, type, code)).encode() + b"\n\n"
+    return sse(error_body(message, type, code))
 
 
 def unauthorized(message: str) -> ApiError:
@@ -38,13 +37,11 @@ def unknown_model(alias: str) -> ApiError:
 
 
 def no_live_worker(alias: str, retry_after_s: int) -> ApiError:
-    return ApiError(
-        503,
+    return unavailable(
         f"no live worker serves {alias!r} right now (none ready with a fresh heartbeat); "
         "check its deployment on the Deployments page",
-        type="service_unavailable",
-        code="no_live_worker",
-        retry_after_s=retry_after_s,
+        "no_live_worker",
+        retry_after_s,
     )
 
 
@@ -59,23 +56,19 @@ def all_busy(alias: str, retry_after_s: int) -> ApiError:
 
 
 def database_unavailable(retry_after_s: int) -> ApiError:
-    return ApiError(
-        503,
+    return unavailable(
         "the database is unreachable; nothing was stored, retry shortly",
-        type="service_unavailable",
-        code="database_unavailable",
-        retry_after_s=retry_after_s,
+        "database_unavailable",
+        retry_after_s,
     )
 
 
 def database_busy(retry_after_s: int) -> ApiError:
-    return ApiError(
-        503,
+    return unavailable(
         "the database gave up on this change (a concurrent change or a timeout); nothing "
         "was stored, retry shortly",
-        type="service_unavailable",
-        code="database_busy",
-        retry_after_s=retry_after_s,
+        "database_busy",
+        retry_after_s,
     )
 
 

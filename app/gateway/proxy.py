@@ -24,7 +24,6 @@ from app.config import Settings
 from app.gateway.balancer import AllBusyError, NoLiveWorkerError, Pick
 from app.gateway.cache import CachedAnswer, ResponseCache, cache_key, is_cacheable
 from app.gateway.errors import sse_error
-from app.gateway.replies import CHAT, SSE_DONE, cached_body, cached_chunks
 from app.gateway.request_log import RequestRecord
 from app.gateway.routing import AliasRoute
 from app.gateway.semantic_cache import Lookup, SemanticCache
@@ -37,7 +36,9 @@ from app.gateway.upstream import (
     upstream_failure,
 )
 from app.gateway.worker_client import WorkerHTTPError, WorkerResponse
+from app.openai_api.completions import CHAT, cached_body, cached_chunks
 from app.openai_api.errors import ApiError
+from app.openai_api.sse import SSE_DONE
 
 PATHS = {CHAT: "/v1/chat/completions", "completions": "/v1/completions"}
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

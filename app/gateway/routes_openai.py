@@ -12,7 +12,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.gateway.batch_marking import Caller
 from app.gateway.errors import database_unavailable, unknown_model
 from app.gateway.model_info import describe_alias
-from app.gateway.replies import CHAT
 from app.gateway.request_context import (
     SESSION_HEADER_OPENAPI,
     ApiKeyId,
@@ -20,6 +19,7 @@ from app.gateway.request_context import (
     runtime_of,
 )
 from app.openai_api.bodies import body_openapi, read_body
+from app.openai_api.completions import CHAT
 from app.openai_api.embeddings import EmbeddingRequest
 from app.openai_api.errors import ApiError
 from app.openai_api.schemas import MAX_CLIENT_NAME, ChatCompletionRequest, CompletionRequest

@@ -1,7 +1,7 @@
-"""Bodies of the gateway's own endpoints (feedback, batches) and the error shape, for
-OpenAPI.
+"""Bodies of the gateway's own endpoints (feedback, batches), for OpenAPI.
 
-The completion bodies are the OpenAI surface's (app/openai_api/schemas.py)."""
+The completion bodies and the error shape are the OpenAI surface's (app/openai_api/schemas.py,
+app/openai_api/errors.py)."""
 
 from __future__ import annotations
 
@@ -11,19 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.batches.jsonl import ENDPOINTS
 from app.openai_api.text import Text
-
-
-class ErrorDetail(BaseModel):
-    message: str
-    type: str
-    param: str | None = Field(description="The request field at fault, if one is.")
-    code: str | None
-
-
-class ErrorResponse(BaseModel):
-    """Every error the API answers with, in OpenAI's shape."""
-
-    error: ErrorDetail
 
 
 class FeedbackRequest(BaseModel):

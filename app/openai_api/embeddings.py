@@ -1,7 +1,8 @@
 """POST /v1/embeddings as OpenAI defines it: the request, its checks and the response body.
 
 Shared by the worker (which computes the vectors) and the gateway (which routes the call and
-embeds questions for the semantic cache), so both refuse the same inputs with the same 400.
+embeds questions for the semantic cache), so both refuse the same inputs with the same 400
+(the surface's one ApiError, code invalid_value, param naming the field).
 """
 
 from __future__ import annotations
@@ -13,26 +14,12 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from app.openai_api.error_body import error_body
+from app.openai_api.errors import invalid_value
 
 # OpenAI's own limit on inputs per request.
 MAX_INPUTS = 2048
 
 EncodingFormat = Literal["float", "base64"]
-
-
-class EmbeddingInputError(ValueError):
-    """The request cannot be served as given; param names the field at fault."""
-
-    def __init__(self, message: str, param: str | None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-
-    def body(self) -> dict[str, Any]:
-        body = error_body(self.message, "invalid_request_error", "invalid_value")
-        body["error"]["param"] = self.param
-        return body
 
 
 class EmbeddingRequest(BaseModel):
@@ -54,9 +41,9 @@ class EmbeddingRequest(BaseModel):
         if isinstance(value, str):
             return [value]
         if not value:
-            raise EmbeddingInputError("input is empty: send a string or a list of them", "input")
+            raise invalid_value("input is empty: send a string or a list of them", "input")
         if len(value) > MAX_INPUTS:
-            raise EmbeddingInputError(
+            raise invalid_value(
                 f"input holds {len(value)} items; at most {MAX_INPUTS} per request", "input"
             )
         first = value[0]
@@ -68,9 +55,9 @@ class EmbeddingRequest(BaseModel):
 
 
 def parse_request(data: Any) -> tuple[EmbeddingRequest, list[str] | list[list[int]]]:
-    """A decoded JSON body -> the request and its inputs; EmbeddingInputError otherwise."""
+    """A decoded JSON body -> the request and its inputs; ApiError (400) otherwise."""
     if not isinstance(data, dict):
-        raise EmbeddingInputError("the request body must be a JSON object", None)
+        raise invalid_value("the request body must be a JSON object", None)
     try:
         request = EmbeddingRequest.model_validate(data)
     except ValidationError as exc:
@@ -86,27 +73,27 @@ def parse_request(data: Any) -> tuple[EmbeddingRequest, list[str] | list[list[in
             )
         else:
             message = f"{param}: {error.get('msg')}"
-        raise EmbeddingInputError(message, param) from None
+        raise invalid_value(message, param) from None
     inputs = request.texts_or_tokens()
     for i, item in enumerate(inputs):
         if isinstance(item, str):
             if not item:
-                raise EmbeddingInputError(f"input[{i}] is an empty string", "input")
+                raise invalid_value(f"input[{i}] is an empty string", "input")
             try:
                 item.encode("utf-8")
             except UnicodeEncodeError:
-                raise EmbeddingInputError(
+                raise invalid_value(
                     f"input[{i}] is not valid Unicode (a lone surrogate)", "input"
                 ) from None
         elif not item:
-            raise EmbeddingInputError(f"input[{i}] is an empty token array", "input")
+            raise invalid_value(f"input[{i}] is an empty token array", "input")
     return request, inputs
 
 
 def check_dimensions(requested: int | None, dimensions: int) -> None:
     """Vectors cannot be shortened here: only the model's own size (or none) is accepted."""
     if requested is not None and requested != dimensions:
-        raise EmbeddingInputError(
+        raise invalid_value(
             f"this model gives {dimensions}-dimensional vectors and cannot shorten them; "
             f"leave dimensions out or send {dimensions}",
             "dimensions",

@@ -1,8 +1,9 @@
-"""The one error type of the OpenAI surface and the one installer of its handlers.
+"""The one error shape and type of the OpenAI surface and the one installer of its handlers.
 
-Every failure leaves as {"error": {"message", "type", "param", "code"}}. A bad request is 400
-with `param` naming the field, as OpenAI answers it. An unexpected exception is logged with
-an error id and answered with that id only: its text may hold paths, prompts or secrets.
+Every failure leaves as {"error": {"message", "type", "param", "code"}} (ErrorResponse, which
+the gateway's OpenAPI document also describes). A bad request is 400 with `param` naming the
+field, as OpenAI answers it. An unexpected exception is logged with an error id and answered
+with that id only: its text may hold paths, prompts or secrets.
 """
 
 from __future__ import annotations
@@ -15,13 +16,36 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
-
-from app.openai_api.error_body import error_body
 
 logger = logging.getLogger(__name__)
 
 INVALID = "invalid_request_error"
+# The type of every 503: the server cannot answer now, and a retry may succeed.
+UNAVAILABLE = "service_unavailable"
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = Field(description="The request field at fault, if one is.")
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """Every error the API answers with, in OpenAI's shape."""
+
+    error: ErrorDetail
+
+
+def error_body(
+    message: str, type: str, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
+    """{"error": {...}}, as the OpenAI API and its clients expect it; param names the request
+    field at fault (as OpenAI writes it: "messages.[0].content")."""
+    detail = ErrorDetail(message=message, type=type, param=param, code=code)
+    return ErrorResponse(error=detail).model_dump()
 
 
 class ApiError(Exception):
@@ -56,9 +80,20 @@ class ApiError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
+def invalid_value(message: str, param: str | None = None) -> ApiError:
+    """400 for a request the server cannot serve as given; param names the field at fault."""
+    return ApiError(400, message, code="invalid_value", param=param)
+
+
 def bad_param(param: str, message: str, code: str | None = "invalid_value") -> ApiError:
-    """400 for a request field the server cannot honour as given."""
+    """400 for a request field the server cannot honour as given, the field named first."""
     return ApiError(400, f"{param}: {message}", code=code, param=param)
+
+
+def unavailable(message: str, code: str, retry_after_s: int | None = None) -> ApiError:
+    """503: the server cannot answer now (a model loading, no live worker, the database out
+    of reach); retry_after_s, when known, tells the client when to try again."""
+    return ApiError(503, message, UNAVAILABLE, code, retry_after_s=retry_after_s)
 
 
 def param_path(loc: Sequence[int | str]) -> str:

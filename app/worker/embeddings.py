@@ -5,31 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import TYPE_CHECKING
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from app.engine.embedder import EmbeddingEngine
 from app.engine.errors import BadRequest, EngineError
-from app.openai_api.embeddings import (
-    EmbeddingInputError,
-    check_dimensions,
-    parse_request,
-    response_body,
-)
-from app.openai_api.errors import ApiError
+from app.openai_api.embeddings import check_dimensions, parse_request, response_body
+from app.openai_api.errors import ApiError, invalid_value
 from app.worker.errors import from_engine_error
 from app.worker.priority import request_priority
-
-if TYPE_CHECKING:
-    from app.worker.app import CompletionService
+from app.worker.service import CompletionService
 
 ENDPOINT = "embeddings"
-
-
-def _refused(exc: EmbeddingInputError) -> JSONResponse:
-    return JSONResponse(exc.body(), 400)
 
 
 async def embed_route(request: Request, service: CompletionService) -> Response:
@@ -45,28 +33,26 @@ async def embed_route(request: Request, service: CompletionService) -> Response:
         data = json.loads(await request.body())
     except (ValueError, UnicodeDecodeError) as exc:
         metrics.count_request(ENDPOINT, "invalid")
-        return _refused(EmbeddingInputError(f"the request body is not valid JSON: {exc}", None))
+        return invalid_value(f"the request body is not valid JSON: {exc}").response()
     try:
         body, inputs = parse_request(data)
-    except EmbeddingInputError as exc:
+    except ApiError as exc:
         metrics.count_request(ENDPOINT, "invalid")
-        return _refused(exc)
+        return exc.response()
     engine = service.engine()
     if not isinstance(engine, EmbeddingEngine):
         metrics.count_request(ENDPOINT, "invalid")
-        return _refused(
-            EmbeddingInputError(
-                f"{service.state.alias!r} is served for chat and completions, not embeddings; "
-                "deploy an embedding model (the deployment's embeddings option, or "
-                "`herd worker --embeddings`) and send its alias",
-                "model",
-            )
-        )
+        return invalid_value(
+            f"{service.state.alias!r} is served for chat and completions, not embeddings; "
+            "deploy an embedding model (the deployment's embeddings option, or "
+            "`herd worker --embeddings`) and send its alias",
+            "model",
+        ).response()
     try:
         check_dimensions(body.dimensions, engine.embedding.dimensions)
-    except EmbeddingInputError as exc:
+    except ApiError as exc:
         metrics.count_request(ENDPOINT, "invalid")
-        return _refused(exc)
+        return exc.response()
     try:
         if isinstance(inputs[0], str):
             # Off the event loop: thousands of long inputs take a while to tokenize.
@@ -77,7 +63,7 @@ async def embed_route(request: Request, service: CompletionService) -> Response:
         vectors = await engine.embed(tokens, priority)
     except BadRequest as exc:
         metrics.count_request(ENDPOINT, "invalid")
-        return _refused(EmbeddingInputError(str(exc), "input"))
+        return invalid_value(str(exc), "input").response()
     except EngineError as exc:
         api: ApiError = from_engine_error(exc)
         metrics.count_request(ENDPOINT, "rejected" if api.status == 429 else "error")

@@ -14,7 +14,7 @@ from app.engine.errors import (
     PromptTooLong,
     QueueFull,
 )
-from app.openai_api.errors import ApiError
+from app.openai_api.errors import ApiError, invalid_value, unavailable
 
 
 def from_engine_error(exc: EngineError, prompt_param: str | None = None) -> ApiError:
@@ -26,9 +26,9 @@ def from_engine_error(exc: EngineError, prompt_param: str | None = None) -> ApiE
     if isinstance(exc, PromptTooLong):
         return ApiError(400, str(exc), code="context_length_exceeded", param=prompt_param)
     if isinstance(exc, BadRequest):
-        return ApiError(400, str(exc), code="invalid_value", param=exc.param or prompt_param)
+        return invalid_value(str(exc), exc.param or prompt_param)
     if isinstance(exc, EngineClosed):
-        return ApiError(503, str(exc), "unavailable_error", "shutting_down")
+        return unavailable(str(exc), "shutting_down")
     if isinstance(exc, GenerationFailed):
         return ApiError(500, str(exc), "server_error", "generation_failed")
     return ApiError(500, "the engine failed; details are in the worker's log", "server_error")

@@ -1,7 +1,9 @@
-"""OpenAI response shapes for chat and text completions, whole and as stream chunks.
+"""OpenAI response shapes for chat and text completions, whole and as stream chunks: the
+worker's answers and the gateway's replays of cached ones.
 
-Every final body carries usage and Herd's `timings` object; so does the final chunk of a
-stream (with several choices: a last chunk without choices, as OpenAI sends usage).
+Every final body the worker sends carries usage and Herd's `timings` object; so does the
+final chunk of a stream (with several choices: a last chunk without choices, as OpenAI sends
+usage). A replay is shaped as the live answer it stands for, with the usage stored with it.
 """
 
 from __future__ import annotations
@@ -10,9 +12,13 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from app.engine.events import Finished, TokenLogprob
+from app.openai_api.sse import SSE_DONE, sse
+
+# The endpoint name of chat completions (the other is "completions").
+CHAT = "chat.completions"
 
 
 def _token_text(piece: bytes) -> str:
@@ -37,13 +43,6 @@ def chat_logprobs(tokens: tuple[TokenLogprob, ...] | list[TokenLogprob]) -> dict
     }
 
 
-def sse(data: dict[str, Any] | str) -> str:
-    """One server-sent event."""
-    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
-    return f"data: {payload}\n\n"
-
-
-SSE_DONE = sse("[DONE]")
 # Stands for the text in a chunk rendered once; no generated text contains a NUL.
 _TEXT_MARK = "\x00"
 
@@ -61,6 +60,19 @@ class ChoiceText:
     content: str | None = None
 
 
+class StoredAnswer(Protocol):
+    """What a replay needs of a stored answer (the gateway's cache entries)."""
+
+    @property
+    def text(self) -> str: ...
+    @property
+    def finish_reason(self) -> str: ...
+    @property
+    def usage(self) -> dict[str, Any]: ...
+    @property
+    def model(self) -> str: ...
+
+
 class ResponseFormat:
     """Base: one response's id, creation time and model name."""
 
@@ -68,20 +80,22 @@ class ResponseFormat:
     chunk_object_name = ""
     id_prefix = ""
 
-    def __init__(self, model: str) -> None:
-        self.id = f"{self.id_prefix}-{uuid.uuid4().hex}"
+    def __init__(self, model: str, response_id: str | None = None) -> None:
+        # A replay keeps the id the gateway gave the request; a live answer gets its own.
+        self.id = response_id or f"{self.id_prefix}-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.model = model
-        self._chunk_halves: dict[int, tuple[str, str]] = {}
+        self._chunk_halves: dict[int, tuple[bytes, bytes]] = {}
 
-    def chunk_sse(self, text: str, index: int = 0) -> str:
+    def chunk_sse(self, text: str, index: int = 0) -> bytes:
         """sse(self.chunk(text)), but per token only the text is JSON-encoded: the rest of
         the event is rendered once per response (this runs for every streamed token)."""
         halves = self._chunk_halves.get(index)
         if halves is None:
-            head, tail = sse(self.chunk(_TEXT_MARK, index=index)).split(json.dumps(_TEXT_MARK), 1)
+            event = sse(self.chunk(_TEXT_MARK, index=index))
+            head, tail = event.split(json.dumps(_TEXT_MARK).encode(), 1)
             halves = self._chunk_halves[index] = (head, tail)
-        return halves[0] + json.dumps(text) + halves[1]
+        return halves[0] + json.dumps(text).encode() + halves[1]
 
     def _envelope(self, obj: str, *choices: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -107,20 +121,34 @@ class ResponseFormat:
     def end_chunk(self, finish_reason: str, index: int = 0) -> dict[str, Any]:
         raise NotImplementedError
 
-    def final_chunk(self, finished: Finished) -> dict[str, Any]:
+    def final_chunk(self, finish_reason: str, finished: Finished) -> dict[str, Any]:
         """The last chunk of a one-choice stream: its end, with usage and timings."""
-        return {**self.end_chunk(finished.finish_reason), **self.accounting(finished)}
+        return {**self.end_chunk(finish_reason), **self.accounting(finished)}
 
     def usage_chunk(self, finished: Finished) -> dict[str, Any]:
         """The last chunk of a several-choice stream: no choices, usage and timings."""
         return {**self._envelope(self.chunk_object_name), **self.accounting(finished)}
 
+    def replay_chunks(self, answer: StoredAnswer, include_usage: bool) -> list[dict[str, Any]]:
+        """A stored answer as the chunks of a one-choice stream; its usage in a last chunk
+        without choices when the client asked for it (stream_options.include_usage)."""
+        first = self.first_chunk()
+        chunks = [] if first is None else [first]
+        chunks += [self.chunk(answer.text), self.end_chunk(answer.finish_reason)]
+        if include_usage:
+            chunks.append({**self._envelope(self.chunk_object_name), "usage": answer.usage})
+        return chunks
+
     def choice(self, index: int, result: ChoiceText) -> dict[str, Any]:
         raise NotImplementedError
 
     def whole(self, results: list[ChoiceText], finished: Finished) -> dict[str, Any]:
+        return {**self.body(results), **self.accounting(finished)}
+
+    def body(self, results: list[ChoiceText]) -> dict[str, Any]:
+        """The final body's envelope and choices; usage and timings are the caller's."""
         choices = [self.choice(i, r) for i, r in enumerate(results)]
-        return {**self._envelope(self.object_name, *choices), **self.accounting(finished)}
+        return self._envelope(self.object_name, *choices)
 
 
 class ChatFormat(ResponseFormat):
@@ -182,8 +210,8 @@ class TextFormat(ResponseFormat):
     chunk_object_name = "text_completion"
     id_prefix = "cmpl"
 
-    def __init__(self, model: str) -> None:
-        super().__init__(model)
+    def __init__(self, model: str, response_id: str | None = None) -> None:
+        super().__init__(model, response_id)
         # Characters of completion text so far per choice: text_offset of the next token.
         self._offsets: dict[int, int] = {}
 
@@ -223,3 +251,25 @@ class TextFormat(ResponseFormat):
             "logprobs": None if result.tokens is None else self.logprobs(result.tokens, index),
             "finish_reason": result.finish_reason,
         }
+
+
+def answer_format(endpoint: str, model: str, response_id: str | None = None) -> ResponseFormat:
+    """The shapes of endpoint's answers (CHAT or "completions")."""
+    if endpoint == CHAT:
+        return ChatFormat(model, response_id)
+    return TextFormat(model, response_id)
+
+
+def cached_body(endpoint: str, response_id: str, answer: StoredAnswer) -> dict[str, Any]:
+    """A non-streamed completion carrying a stored answer, with the usage stored with it."""
+    fmt = answer_format(endpoint, answer.model, response_id)
+    body = fmt.body([ChoiceText(answer.text, answer.finish_reason)])
+    return {**body, "usage": answer.usage}
+
+
+def cached_chunks(
+    endpoint: str, response_id: str, answer: StoredAnswer, include_usage: bool
+) -> list[bytes]:
+    """A stored answer as SSE events, [DONE] included."""
+    fmt = answer_format(endpoint, answer.model, response_id)
+    return [*map(sse, fmt.replay_chunks(answer, include_usage)), SSE_DONE]

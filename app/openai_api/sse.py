@@ -1,0 +1,20 @@
+"""Server-sent events as OpenAI streams them: `data: <compact JSON>`, a blank line, and
+`data: [DONE]` at the end.
+
+Events are bytes: the gateway relays the workers' bytes unchanged and Starlette sends bytes
+as they are, so neither side encodes an event twice.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def sse(data: dict[str, Any] | str) -> bytes:
+    """One server-sent event carrying data (a dict as compact JSON, a str as it is)."""
+    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return b"data: " + payload.encode() + b"\n\n"
+
+
+SSE_DONE = sse("[DONE]")
