@@ -33,7 +33,7 @@ search = cols[3].text_input("Text contains", help="In the comment, the prompt or
 tag = cols[4].text_input("Tag")
 corrected = st.radio("Corrected", ["any", "not yet", "yes"], horizontal=True)
 
-now = reads.now()
+now = reads.now("review")
 review_filter = ReviewFilter(
     rating={"any": None, "thumbs down": -1, "thumbs up": 1}[rating],
     model_id=models[model],

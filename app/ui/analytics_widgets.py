@@ -24,8 +24,8 @@ def period_picker(key: str, default: str = "Last day") -> tuple[datetime, dateti
     """A time range: one of RANGES ending now, or custom dates (UTC)."""
     choices = [*RANGES, "Custom"]
     choice = st.selectbox("Time range", choices, index=choices.index(default), key=f"{key}_range")
-    # Rounded up, so the reruns within a few seconds ask for the same range (cached reads).
-    now = reads.now()
+    # Pinned for a few seconds, so the reruns of one click ask for the same range (cached).
+    now = reads.now(key)
     if choice != "Custom":
         return now - RANGES[choice], now
     today = now.date()

@@ -8,9 +8,8 @@ that raises is not cached: the next run asks the database again (and the page sh
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import update_wrapper
 from typing import Concatenate, Generic, ParamSpec, TypeVar
 
@@ -65,11 +64,16 @@ class CachedRead(Generic[P, R]):
         self._cached.clear()
 
 
-def now() -> datetime:
-    """The current time rounded up to READ_TTL_S: a range 'ending now' keeps the same key for
-    that long, so its reruns hit the cache, and still includes everything logged so far."""
-    epoch = datetime.now(UTC).timestamp()
-    return datetime.fromtimestamp(math.ceil(epoch / READ_TTL_S) * READ_TTL_S, UTC)
+def now(key: str) -> datetime:
+    """The end of a range 'ending now' on the picker `key`: the same instant for READ_TTL_S
+    in this session, so the reruns of one interaction ask for the same range and reuse its
+    results; then the current time again. What it shows is at most READ_TTL_S old."""
+    pinned = st.session_state.get(f"{key}_range_now")
+    current = datetime.now(UTC)
+    if not isinstance(pinned, datetime) or current - pinned >= timedelta(seconds=READ_TTL_S):
+        pinned = current
+        st.session_state[f"{key}_range_now"] = pinned
+    return pinned
 
 
 # Monitoring, Retraining and Feedback review.

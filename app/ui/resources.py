@@ -74,6 +74,10 @@ def database_errors() -> Iterator[None]:
     """Show 'database unavailable' instead of a stack trace, stop the page run, and run the
     page again by itself once the database answers."""
     try:
+        # Asked first because a cached read (app/ui/reads.py) may not reach the database at
+        # all: an outage then still shows here, at once, not when the cache expires.
+        with database().engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
         yield
     except (OperationalError, EmbeddedDatabaseError) as exc:
         reason = getattr(exc, "orig", None) or exc

@@ -1,0 +1,197 @@
+"""Time each dashboard page's run at 1M logged requests: cold (empty st.cache_data) and rerun.
+
+Fills a fresh database in an embedded PostgreSQL with `herd demo-traffic` data (N requests
+over 14 days, rollups kept by their triggers, ANALYZE after), then runs every operator page
+under Streamlit's AppTest as a logged-in admin: the page script as the dashboard runs it,
+queries, figures and their serialization included, the browser's drawing left out. Each
+round clears st.cache_data, times the first run (cold) and a second run of the same session
+(warm, what a click costs); the table shows the median of --rounds rounds.
+
+The pages count the demo's synthetic traffic ('Also count' on Monitoring and Retraining),
+as an operator looking at demo data does, so the charts have data to draw.
+
+    nice -n 10 python bench/page_render.py --requests 1000000
+    nice -n 10 python bench/page_render.py --database herd_pages_1a2b3c4d   # reuse a fill
+
+Before/after: run the same script with the code of another commit first on the path,
+e.g. `git archive <commit> | tar -x -C /tmp/before` then
+`PYTHONPATH=/tmp/before python bench/page_render.py --pages /tmp/before/pages --database ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import suppress
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+REPO = Path(__file__).resolve().parents[1]
+PAGES = (
+    "overview.py",
+    "models.py",
+    "deployments.py",
+    "routing.py",
+    "rollouts.py",
+    "batches.py",
+    "monitoring.py",
+    "feedback_review.py",
+    "evaluation.py",
+    "retraining.py",
+    "users.py",
+    "audit.py",
+)
+TARGET_S = 1.0
+ADMIN = "bench-admin"
+
+
+def _fill(url: str, requests: int, days: float) -> None:
+    from app.analytics.demo_traffic import generate_demo_traffic
+    from app.db import migrate
+    from app.db.engine import make_engine
+
+    migrate.upgrade(url)
+    engine = make_engine(url)
+    try:
+        started = time.perf_counter()
+        result = generate_demo_traffic(engine, requests, days, seed=0.42, now=datetime.now(UTC))
+        with engine.connect() as conn:
+            conn.execute(text("ANALYZE"))
+            conn.commit()
+        print(
+            f"filled {result.requests:,} requests, {result.feedback:,} feedback in "
+            f"{time.perf_counter() - started:.1f} s",
+            flush=True,
+        )
+    finally:
+        engine.dispose()
+
+
+def _add_admin(url: str) -> None:
+    from app.control.accounts import AccountError, Accounts, Role
+    from app.db.engine import make_engine
+
+    engine = make_engine(url)
+    try:
+        with suppress(AccountError):  # a reused database has it already
+            Accounts(engine).add(ADMIN, "bench-password-1234", Role.ADMIN)
+    finally:
+        engine.dispose()
+
+
+def _page(pages: Path, name: str) -> Any:
+    from streamlit.testing.v1 import AppTest
+
+    from app.analytics.traffic import TrafficClass
+    from app.control.accounts import LoggedIn, Role
+
+    app = AppTest.from_file(str(pages / name), default_timeout=300)
+    app.session_state["herd_operator"] = LoggedIn(ADMIN, Role.ADMIN, time.time())
+    for key in ("mon_classes", "rt_classes"):
+        app.session_state[key] = [TrafficClass.SYNTHETIC]
+    return app
+
+
+def _timed_run(app: Any) -> float:
+    started = time.perf_counter()
+    app.run()
+    seconds = time.perf_counter() - started
+    if app.exception:
+        raise SystemExit(f"the page raised: {app.exception[0].message}")
+    return seconds
+
+
+def _time_pages(pages: Path, rounds: int) -> dict[str, tuple[float, float]]:
+    import streamlit as st
+    from streamlit import logger
+
+    logger.set_log_level("error")  # bare mode warns on every run that it is bare
+
+    times: dict[str, tuple[float, float]] = {}
+    for name in PAGES:
+        cold, warm = [], []
+        for _ in range(rounds):
+            # Cold: as after a page's cache entries expired; the engine (cache_resource)
+            # stays, as in a dashboard process that has served a page before.
+            st.cache_data.clear()
+            app = _page(pages, name)
+            cold.append(_timed_run(app))
+            warm.append(_timed_run(app))
+        times[name] = (statistics.median(cold), statistics.median(warm))
+        print(f"{name}: cold {times[name][0]:.3f} s, rerun {times[name][1]:.3f} s", flush=True)
+    return times
+
+
+def _report(times: dict[str, tuple[float, float]], rounds: int, rows: str) -> None:
+    load = os.getloadavg()
+    print(f"\nmachine: {platform.node()} {platform.machine()} {os.cpu_count()} CPUs, "
+          f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; {rows}")  # fmt: skip
+    print(f"| page | first run, cold (s) | rerun, warm (s) | under {TARGET_S:g} s |")
+    print("|---|---:|---:|---|")
+    for name, (cold, warm) in times.items():
+        verdict = "yes" if max(cold, warm) < TARGET_S else "missed"
+        print(f"| {name} | {cold:.3f} | {warm:.3f} | {verdict} |")
+    print(f"(median of {rounds} rounds)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=1_000_000)
+    parser.add_argument("--days", type=float, default=14.0)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--home", default="/tmp/h5-bench")
+    parser.add_argument("--database", metavar="NAME", help="time a database filled before")
+    parser.add_argument("--keep", action="store_true", help="keep the filled database")
+    parser.add_argument("--pages", default=str(REPO / "pages"), help="the pages to run")
+    args = parser.parse_args()
+    # The pages import app/ from the path: the checkout this script is in unless PYTHONPATH
+    # names another (the before/after comparison).
+    sys.path.append(str(REPO))
+    from app.db.embedded import EmbeddedPostgres
+    from app.db.engine import sqlalchemy_url
+
+    home = Path(args.home)
+    embedded = EmbeddedPostgres(home / "pgdata")
+    server_url = embedded.start()
+    admin = create_engine(sqlalchemy_url(server_url), isolation_level="AUTOCOMMIT")
+    name = args.database or f"herd_pages_{uuid.uuid4().hex[:8]}"
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    drop = not (args.database or args.keep)
+    try:
+        if not args.database:
+            with admin.connect() as conn:
+                conn.execute(text(f"CREATE DATABASE {name}"))
+            print(f"database: {name}", flush=True)
+            _fill(url, args.requests, args.days)
+        _add_admin(url)
+        engine = create_engine(sqlalchemy_url(url))
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT count(*) FROM requests")).scalar_one()
+        engine.dispose()
+        os.environ["HERD_DATABASE_URL"] = url
+        os.environ["HERD_HOME"] = str(home / "herd-home")
+        os.environ["HERD_MODELS_DIR"] = tempfile.mkdtemp(prefix="models-", dir=home)
+        # Nothing listens there: pages that ask the gateway find none, at once.
+        os.environ["HERD_GATEWAY_URL"] = "http://127.0.0.1:9"
+        times = _time_pages(Path(args.pages), args.rounds)
+        _report(times, args.rounds, f"{rows:,} requests")
+    finally:
+        if drop:
+            with admin.connect() as conn:
+                conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+        embedded.release()
+
+
+if __name__ == "__main__":
+    main()
