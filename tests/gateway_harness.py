@@ -25,6 +25,7 @@ import uvicorn
 from sqlalchemy import Engine, text
 
 from app.config import Settings
+from app.control.admin_api import admin_router
 from app.db.database import Database
 from app.gateway.app import create_app
 
@@ -288,7 +289,7 @@ class GatewayThread:
 
     def __init__(self, settings: Settings, db_url: str) -> None:
         self.database = Database(db_url)
-        self.app = create_app(settings, self.database)
+        self.app = create_app(settings, self.database, [admin_router()])
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

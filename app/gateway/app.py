@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
 import app as herd
 from app.config import Settings
-from app.control.admin_api import admin_router
 from app.db.database import Database
 from app.gateway.body_limit import BodyLimit
 from app.gateway.errors import database_error
@@ -29,8 +28,14 @@ from app.openai_api.errors import ApiError, ErrorResponse, install_error_handler
 from app.openai_api.schemas import ChatCompletionRequest, CompletionRequest
 
 
-def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
-    """The gateway app. With database None the app opens (and closes) its own."""
+def create_app(
+    settings: Settings,
+    database: Database | None = None,
+    routers: Sequence[APIRouter] = (),
+) -> FastAPI:
+    """The gateway app. With database None the app opens (and closes) its own. routers are
+    mounted after the gateway's own (the admin API, by whoever assembles the process): they
+    share the listener, never a /v1 path, and never run on a completion call."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -62,37 +67,44 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
     )
 
     install_error_handlers(app, "gateway")
-
-    async def database_failed(request: Request, exc: Exception) -> JSONResponse:
-        # A database error no route turned into an answer (the admin API's, say), by its
-        # real cause: never a 503 "unreachable" for a value PostgreSQL refused.
-        return database_error(exc, settings.gateway_retry_after_s).response()
-
-    async def unencodable(request: Request, exc: Exception) -> JSONResponse:
-        # A lone surrogate that got past the checks at the door, met where it is encoded.
-        assert isinstance(exc, UnicodeEncodeError)
-        return ApiError(
-            400, f"the request holds text that is not valid Unicode ({exc.reason})",
-            code="invalid_text",
-        ).response()  # fmt: skip
-
-    app.add_exception_handler(SQLAlchemyError, database_failed)
-    app.add_exception_handler(UnicodeEncodeError, unencodable)
+    app.add_exception_handler(SQLAlchemyError, _database_failed(settings))
+    app.add_exception_handler(UnicodeEncodeError, _unencodable)
 
     # The completion routes come first: they are the calls that must stay fast.
     app.include_router(openai_router())
     app.include_router(feedback_router())
     app.include_router(batches_router())
     app.include_router(operations_router())
-    # The admin API shares the listener but not the /v1 path: its routes come after the
-    # OpenAI ones and never run on a completion call.
-    app.include_router(admin_router())
+    for router in routers:
+        app.include_router(router)
+    _describe_bodies(app)
+    return app
 
+
+def _database_failed(settings: Settings) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    async def database_failed(request: Request, exc: Exception) -> JSONResponse:
+        # A database error no route turned into an answer (the admin API's, say), by its
+        # real cause: never a 503 "unreachable" for a value PostgreSQL refused.
+        return database_error(exc, settings.gateway_retry_after_s).response()
+
+    return database_failed
+
+
+async def _unencodable(request: Request, exc: Exception) -> JSONResponse:
+    # A lone surrogate that got past the checks at the door, met where it is encoded.
+    assert isinstance(exc, UnicodeEncodeError)
+    return ApiError(
+        400, f"the request holds text that is not valid Unicode ({exc.reason})",
+        code="invalid_text",
+    ).response()  # fmt: skip
+
+
+def _describe_bodies(app: FastAPI) -> None:
+    """Add the completion bodies' schemas to the app's OpenAPI document: they are no route
+    parameters, so FastAPI does not collect them, yet body_openapi's references point there."""
     default_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:
-        # The completion bodies are no route parameters, so FastAPI does not collect their
-        # schemas: add them where body_openapi's references point.
         fresh = app.openapi_schema is None
         schema = default_openapi()  # FastAPI keeps it after the first call
         if fresh:
@@ -109,4 +121,3 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    return app

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import uvicorn
+from fastapi import APIRouter
 
 from app.common.listen import bind_listen_socket
 from app.config import Settings
@@ -38,14 +39,21 @@ def gateway_service(settings: Settings) -> Service:
     )
 
 
-def run_gateway(settings: Settings, database: Database, echo: Callable[[str], None]) -> int:
-    """Serve until SIGINT/SIGTERM; the socket is bound first so port 0 reports its port."""
+def run_gateway(
+    settings: Settings,
+    database: Database,
+    echo: Callable[[str], None],
+    *,
+    routers: Sequence[APIRouter],
+) -> int:
+    """Serve until SIGINT/SIGTERM; the socket is bound first so port 0 reports its port.
+    routers: mounted beside the gateway's own (the caller's choice: the admin API)."""
     host, port = settings.gateway_host, settings.gateway_port
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     sock = bind_listen_socket(host, port)
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        create_app(settings, database),
+        create_app(settings, database, routers),
         log_level=settings.log_level.lower(),
         access_log=False,  # calls are in the request log; uvicorn's line adds nothing
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
