@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 
 import httpx
@@ -16,6 +17,7 @@ from app.control.accounts import Role
 from app.control.audit import read_audit
 from app.control.deployments import DeploymentRequest, Deployments, ServingSettings
 from app.db.database import Database
+from app.engine.serving import ServingParams, serving_field
 from app.store.catalog import ModelStore
 from app.store.demo import add_demo_model
 from app.supervisor import logs
@@ -240,3 +242,15 @@ def test_deploy_for_embeddings_with_a_chosen_pooling(page_env: Deployments) -> N
     [created] = page_env.all()
     assert (created.serving.embeddings, created.serving.pooling) == (True, "cls")
     assert list(app.dataframe[0].value["serves"]) == ["embeddings (cls)"]
+
+
+def test_the_form_shows_every_labelled_serving_parameter(page_env: Deployments) -> None:
+    # The widgets come from ServingParams: a field given a label appears without page code.
+    app = _page(Role.OPERATOR)
+    widgets = [*app.slider, *app.number_input, *app.checkbox, *app.selectbox]
+    shown = {w.key: w.label for w in widgets if w.key and w.key.startswith("deploy_")}
+    for f in fields(ServingParams):
+        if f.metadata["label"] is not None:
+            assert shown.get(f"deploy_{f.name}") == f.metadata["label"], f.name
+    parallel = app.number_input(key="deploy_parallel")
+    assert parallel.max == serving_field("parallel").metadata["bound"].high
