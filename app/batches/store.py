@@ -17,239 +17,54 @@ answer it has, if any, and otherwise the earlier calls the request log holds are
 
 from __future__ import annotations
 
-import re
 import secrets
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-from sqlalchemy import (
-    Connection,
-    Engine,
-    RowMapping,
-    bindparam,
-    func,
-    insert,
-    select,
-    tuple_,
-    update,
-)
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 
 from app.batches.files import FileStore
 from app.batches.jsonl import BatchLine
-from app.batches.output import file_lines, rendered_size
+from app.batches.output import rendered_size
 from app.batches.owner import Owner
+from app.batches.reads import BatchReads, render
+from app.batches.records import (
+    ACTIVE,
+    COMPLETION_WINDOWS,
+    FINAL,
+    BatchError,
+    BatchView,
+    LineAnswer,
+    PendingLine,
+    RunnerInfo,
+    known_shape,
+    line_answer,
+    new_batch_id,
+    settles,
+)
 from app.control import audit
 from app.control.audit import Actor
-from app.db.tables import Batch, BatchRequest, Request
+from app.db.tables import Batch, BatchRequest
 
-COMPLETION_WINDOWS = {"24h": timedelta(hours=24)}
-ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
-FINAL = ("completed", "failed", "cancelled", "expired")
+# The batch's records are imported from here by most callers, beside the store.
+__all__ = [
+    "BatchError",
+    "BatchStore",
+    "BatchView",
+    "LineAnswer",
+    "PendingLine",
+    "RunnerInfo",
+    "line_answer",
+    "settles",
+]
+
 INSERT_CHUNK = 1000
 
 
-class BatchError(ValueError):
-    """A batch operation was refused; status is the HTTP status the API answers with."""
-
-    def __init__(self, message: str, status: int = 400, code: str = "invalid_request") -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-
-
-def _ts(value: datetime | None) -> int | None:
-    return int(value.timestamp()) if value is not None else None
-
-
-@dataclass(frozen=True)
-class BatchView:
-    """A batch with its request counts, as plain data."""
-
-    id: str
-    endpoint: str
-    input_file_id: str
-    completion_window: str
-    status: str
-    output_file_id: str | None
-    error_file_id: str | None
-    errors: Any
-    metadata: Any
-    api_key_id: int | None
-    created_by: str
-    job_id: int | None
-    created_at: datetime
-    expires_at: datetime
-    in_progress_at: datetime | None
-    finalizing_at: datetime | None
-    completed_at: datetime | None
-    failed_at: datetime | None
-    expired_at: datetime | None
-    cancelling_at: datetime | None
-    cancelled_at: datetime | None
-    total: int
-    completed: int
-    failed: int
-    cancelled: int
-    # Calls beyond one per line: lines sent again (a 5xx retried, an answer lost with its
-    # runner or its gateway).
-    resends: int = 0
-
-    @property
-    def finished(self) -> bool:
-        return self.status in FINAL
-
-    @property
-    def done(self) -> int:
-        """Lines with a final state."""
-        return self.completed + self.failed + self.cancelled
-
-    def openai(self) -> dict[str, Any]:
-        """The batch as OpenAI's API shows it."""
-        return {
-            "id": self.id,
-            "object": "batch",
-            "endpoint": self.endpoint,
-            "errors": self.errors,
-            "input_file_id": self.input_file_id,
-            "completion_window": self.completion_window,
-            "status": self.status,
-            "output_file_id": self.output_file_id,
-            "error_file_id": self.error_file_id,
-            "created_at": _ts(self.created_at),
-            "in_progress_at": _ts(self.in_progress_at),
-            "expires_at": _ts(self.expires_at),
-            "finalizing_at": _ts(self.finalizing_at),
-            "completed_at": _ts(self.completed_at),
-            "failed_at": _ts(self.failed_at),
-            "expired_at": _ts(self.expired_at),
-            "cancelling_at": _ts(self.cancelling_at),
-            "cancelled_at": _ts(self.cancelled_at),
-            "request_counts": {
-                "total": self.total,
-                "completed": self.completed,
-                "failed": self.failed,
-            },
-            "metadata": self.metadata,
-        }
-
-
-@dataclass(frozen=True)
-class PendingLine:
-    line: int
-    custom_id: str
-    url: str
-    body: dict[str, Any]
-    attempts: int
-    # Marked sent: a call of it went out and its outcome never came back to a runner.
-    sent: bool = False
-
-
-# Answers that end a line whatever its attempts: 200, or a 4xx other than 429 (the client's
-# own error, which a retry would only repeat). 429 and 5xx are for the runner to retry.
-def settles(status_code: int) -> bool:
-    return status_code < 500 and status_code != 429
-
-
-@dataclass(frozen=True)
-class LineAnswer:
-    """The gateway's answer to one call of a line, as the line keeps it."""
-
-    status_code: int
-    request_id: str | None
-    body: Any
-
-    @property
-    def state(self) -> str:
-        return "succeeded" if self.status_code == 200 else "failed"
-
-
-def line_answer(status_code: int, content: bytes, request_id: str | None = None) -> LineAnswer:
-    """An answer from its status and bytes: the body as JSON (an error body holding the text
-    when it is none); the request id given, or the body's `id`."""
-    try:
-        body = orjson.loads(content)
-    except orjson.JSONDecodeError:
-        text = content.decode(errors="replace")[:2000]
-        body = {"error": {"message": text, "type": "upstream_error"}}
-    if request_id is None and isinstance(body, dict) and isinstance(body.get("id"), str):
-        request_id = body["id"]
-    return LineAnswer(status_code, request_id, body)
-
-
-@dataclass(frozen=True)
-class RunnerInfo:
-    """What the runner needs of its batch."""
-
-    status: str
-    gateway_url: str
-    runner_token: str
-    expires_at: datetime
-
-
-_COUNTS = (
-    select(
-        BatchRequest.batch_id,
-        func.count().label("total"),
-        func.count().filter(BatchRequest.state == "succeeded").label("completed"),
-        func.count().filter(BatchRequest.state == "failed").label("failed"),
-        func.count().filter(BatchRequest.state.in_(("cancelled", "expired"))).label("cancelled"),
-        func.sum(func.greatest(BatchRequest.attempts - 1, 0)).label("resends"),
-    )
-    .group_by(BatchRequest.batch_id)
-    .subquery()
-)
-
-# The runner's credential never leaves this module's runner-side methods.
-_COLUMNS = [
-    c for c in Batch.__table__.c if c.name not in ("runner_token", "gateway_url", "runner_starts")
-]
-
-
-def _view(row: RowMapping) -> BatchView:
-    return BatchView(
-        **{c.name: row[c.name] for c in _COLUMNS},
-        total=row["total"] or 0,
-        completed=row["completed"] or 0,
-        failed=row["failed"] or 0,
-        cancelled=row["cancelled"] or 0,
-        resends=row["resends"] or 0,
-    )
-
-
-def _select() -> Any:
-    return select(
-        *_COLUMNS,
-        _COUNTS.c.total,
-        _COUNTS.c.completed,
-        _COUNTS.c.failed,
-        _COUNTS.c.cancelled,
-        _COUNTS.c.resends,
-    ).outerjoin(_COUNTS, _COUNTS.c.batch_id == Batch.id)
-
-
-def new_batch_id() -> str:
-    return "batch_" + secrets.token_hex(12)
-
-
-_BATCH_ID = re.compile(r"batch_[0-9a-f]{24}")
-
-
-def _known_shape(batch_id: str, what: str = "") -> None:
-    """A value not shaped like new_batch_id()'s names no batch: 404 without a query (a NUL
-    byte, say, would make PostgreSQL refuse the statement)."""
-    if _BATCH_ID.fullmatch(batch_id) is None:
-        raise BatchError(f"no batch {batch_id[:64]!r}{what}", status=404, code="batch_not_found")
-
-
-class BatchStore:
-    """Create, read, cancel batches; what the runner reads and commits."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+class BatchStore(BatchReads):
+    """Create, cancel and finish batches, commit their lines; the reads are BatchReads'."""
 
     # -- the API's side ------------------------------------------------------------------------
     def create(
@@ -306,46 +121,11 @@ class BatchStore:
                 audit.record(conn, actor, "batch.create", "batch", batch_id, None, after)
         return self.get(batch_id)
 
-    def get(self, batch_id: str, owner: Owner | None = None) -> BatchView:
-        _known_shape(batch_id)
-        query = _select().where(Batch.id == batch_id)
-        if owner is not None:
-            query = query.where(owner.clause(Batch.api_key_id))
-        with self.engine.connect() as conn:
-            row = conn.execute(query).mappings().first()
-        if row is None:
-            raise BatchError(f"no batch {batch_id!r}", status=404, code="batch_not_found")
-        return _view(row)
-
-    def page(
-        self, owner: Owner, *, after: str | None = None, limit: int = 20
-    ) -> tuple[list[BatchView], bool]:
-        """The newest batches first, those older than `after` when given; and whether
-        there are more."""
-        query = _select().where(owner.clause(Batch.api_key_id))
-        if after is not None:
-            _known_shape(after, " (after)")
-        with self.engine.connect() as conn:
-            if after is not None:
-                anchor = conn.execute(
-                    select(Batch.created_at, Batch.id).where(Batch.id == after)
-                ).first()
-                if anchor is None:
-                    raise BatchError(f"no batch {after!r} (after)", status=404,
-                                     code="batch_not_found")  # fmt: skip
-                query = query.where(
-                    tuple_(Batch.created_at, Batch.id) < tuple_(anchor.created_at, anchor.id)
-                )
-            query = query.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit + 1)
-            rows = conn.execute(query).mappings().all()
-        views = [_view(r) for r in rows]
-        return views[:limit], len(views) > limit
-
     def request_cancel(self, batch_id: str, owner: Owner, actor: Actor | None = None) -> BatchView:
         """validating / in_progress -> cancelling: the runner stops sending, lets the lines
         in flight finish, marks the rest cancelled and writes the files. With an actor, the
         change is a "batch.cancel" audit row (none when the batch was cancelling already)."""
-        _known_shape(batch_id)
+        known_shape(batch_id)
         with self.engine.begin() as conn:
             row = conn.execute(
                 select(Batch.status)
@@ -373,33 +153,6 @@ class BatchStore:
         return self.get(batch_id)
 
     # -- the runner's side -----------------------------------------------------------------------
-    def runner_info(self, batch_id: str) -> RunnerInfo:
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                select(Batch.status, Batch.gateway_url, Batch.runner_token, Batch.expires_at)
-                .where(Batch.id == batch_id)
-            ).first()  # fmt: skip
-        if row is None:
-            raise BatchError(f"no batch {batch_id!r}", status=404)
-        return RunnerInfo(row.status, row.gateway_url, row.runner_token, row.expires_at)
-
-    def credential(self, batch_id: str) -> tuple[str, int | None] | None:
-        """The runner token and owner key of an unfinished batch (the gateway checks the
-        batch marking against it); None for a batch that is gone or over."""
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                select(Batch.runner_token, Batch.api_key_id).where(
-                    Batch.id == batch_id, Batch.status.in_(ACTIVE)
-                )
-            ).first()
-        return None if row is None else (row.runner_token, row.api_key_id)
-
-    def status(self, batch_id: str) -> str:
-        with self.engine.connect() as conn:
-            status: str = conn.execute(
-                select(Batch.status).where(Batch.id == batch_id)
-            ).scalar_one()
-        return status
 
     def start(self, batch_id: str) -> None:
         """validating -> in_progress (the runner has the batch)."""
@@ -409,26 +162,6 @@ class BatchStore:
                 .where(Batch.id == batch_id, Batch.status == "validating")
                 .values(status="in_progress", in_progress_at=func.now())
             )
-
-    def pending(self, batch_id: str, skip: set[int], limit: int) -> list[PendingLine]:
-        """Pending lines in file order, leaving out those in `skip` (in flight)."""
-        query = (
-            select(
-                BatchRequest.line,
-                BatchRequest.custom_id,
-                BatchRequest.url,
-                BatchRequest.body,
-                BatchRequest.attempts,
-                BatchRequest.sent_at.is_not(None).label("sent"),
-            )
-            .where(BatchRequest.batch_id == batch_id, BatchRequest.state == "pending")
-            .order_by(BatchRequest.line)
-            .limit(limit + len(skip))
-        )
-        with self.engine.connect() as conn:
-            rows = conn.execute(query).all()
-        lines = [PendingLine(*row) for row in rows if row.line not in skip]
-        return lines[:limit]
 
     def record(
         self,
@@ -522,17 +255,6 @@ class BatchStore:
         connection was made): the line is not marked sent any more."""
         self._update_pending(batch_id, line, sent_at=None)
 
-    def logged_calls(self, batch_id: str, line: int) -> int:
-        """Calls of the line the request log holds that were answered, not refused with
-        429/503 (those reached no worker): as the runner counts attempts."""
-        query = select(func.count()).where(
-            Request.batch_id == batch_id,
-            Request.batch_line == line,
-            func.coalesce(Request.http_status, 0).not_in((429, 503)),
-        )
-        with self.engine.connect() as conn:
-            return int(conn.execute(query).scalar_one())
-
     def count_attempt(self, batch_id: str, line: int, attempts: int) -> None:
         """Remember a failed attempt of a pending line, so a resumed runner counts on (its
         outcome known, the line is not marked sent any more)."""
@@ -551,11 +273,6 @@ class BatchStore:
                 )
                 .values(**values)
             )
-
-    def counts(self, batch_id: str) -> tuple[int, int]:
-        """(lines with a final state, all lines)."""
-        view = self.get(batch_id)
-        return view.done, view.total
 
     def finalize(self, batch_id: str, files: FileStore) -> BatchView:
         """End the batch: pending lines become cancelled (after a cancel) or expired (past
@@ -624,7 +341,7 @@ class BatchStore:
         self, conn: Connection, files: FileStore, batch_id: str, purpose: str,
         api_key_id: int | None,
     ) -> str | None:  # fmt: skip
-        lines = list(_render(conn, batch_id, purpose))
+        lines = list(render(conn, batch_id, purpose))
         if not lines:
             return None
         return files.add_batch_file(
@@ -632,21 +349,7 @@ class BatchStore:
             lines=len(lines), api_key_id=api_key_id,
         )  # fmt: skip
 
-    def rendered(self, batch_id: str, purpose: str) -> list[bytes]:
-        """The lines of a batch's output or error file."""
-        with self.engine.connect() as conn:
-            return list(_render(conn, batch_id, purpose))
-
     # -- the watchdog's side -------------------------------------------------------------------
-    def unfinished(self) -> list[tuple[str, int | None, int]]:
-        """(batch id, runner job id, runner starts) of every batch not yet final."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(Batch.id, Batch.job_id, Batch.runner_starts)
-                .where(Batch.status.in_(ACTIVE))
-                .order_by(Batch.created_at)
-            ).all()
-        return [(r.id, r.job_id, r.runner_starts) for r in rows]
 
     def hand_to(self, batch_id: str, old_job_id: int | None, new_job_id: int) -> bool:
         """Make new_job_id the batch's runner if old_job_id still is (another gateway may
@@ -683,20 +386,3 @@ def _line_row(batch_id: str, endpoint: str, line: BatchLine) -> dict[str, Any]:
             "message": f"line {line.line} calls {line.url}, but the batch's endpoint is {endpoint}",
         }
     return row
-
-
-def _render(conn: Connection, batch_id: str, purpose: str) -> Iterator[bytes]:
-    states = ("succeeded",) if purpose == "batch_output" else ("failed", "cancelled", "expired")
-    rows = conn.execute(
-        select(
-            BatchRequest.line,
-            BatchRequest.custom_id,
-            BatchRequest.status_code,
-            BatchRequest.request_id,
-            BatchRequest.response,
-            BatchRequest.error,
-        )
-        .where(BatchRequest.batch_id == batch_id, BatchRequest.state.in_(states))
-        .order_by(BatchRequest.line)
-    ).mappings()
-    yield from file_lines(batch_id, rows)
