@@ -30,7 +30,7 @@ from app.store.demo import add_demo_model
 
 logger = logging.getLogger(__name__)
 
-DASHBOARD_ENTRY = Path(__file__).resolve().parents[1] / "dashboard.py"
+DASHBOARD_ENTRY = Path(__file__).resolve().parents[2] / "dashboard.py"
 # Long enough for the supervisor to stop its workers gracefully (their grace plus its own).
 STOP_TIMEOUT_S = 20.0
 START_TIMEOUT_S = 60.0
