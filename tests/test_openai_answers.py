@@ -38,6 +38,7 @@ def _events(chunks: list[bytes]) -> list[Any]:
 
 def test_events_are_compact_json_and_end_with_done() -> None:
     assert sse({"a": 1, "b": "é"}) == b'data: {"a":1,"b":"\\u00e9"}\n\n'
+    assert sse(b'{"a":1}') == b'data: {"a":1}\n\n'  # a relayed chunk, encoded already
     assert SSE_DONE == b"data: [DONE]\n\n"
 
 

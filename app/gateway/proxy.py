@@ -38,7 +38,7 @@ from app.gateway.upstream import (
 from app.gateway.worker_client import WorkerHTTPError, WorkerResponse
 from app.openai_api.completions import CHAT, cached_body, cached_chunks
 from app.openai_api.errors import ApiError
-from app.openai_api.sse import SSE_DONE
+from app.openai_api.sse import SSE_DONE, sse
 
 PATHS = {CHAT: "/v1/chat/completions", "completions": "/v1/completions"}
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -353,7 +353,7 @@ class Proxy:
         state.note(event)
         if not event.get("choices") and event.get("usage") is not None and not call.include_usage:
             return None  # the usage chunk the gateway asked for, not the client
-        return b"data: " + dumps(event) + b"\n\n"
+        return sse(dumps(event))
 
     async def _relay(
         self,
@@ -382,7 +382,7 @@ class Proxy:
                     # The worker's own error event: pass it on as it is.
                     message = str((event.get("error") or {}).get("message", event["error"]))
                     self.upstream.metrics.count_upstream_error(pick.worker.id, "error_event")
-                    yield b"data: " + json.dumps(event).encode() + b"\n\n"
+                    yield sse(event)
                     self._finish_stream(call, state, status="error", error=message)
                     finished = True
                     return

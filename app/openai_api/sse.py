@@ -11,10 +11,13 @@ import json
 from typing import Any
 
 
-def sse(data: dict[str, Any] | str) -> bytes:
-    """One server-sent event carrying data (a dict as compact JSON, a str as it is)."""
-    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
-    return b"data: " + payload.encode() + b"\n\n"
+def sse(data: dict[str, Any] | str | bytes) -> bytes:
+    """One server-sent event carrying data: a dict as compact JSON, a str or bytes as they
+    are (bytes: JSON already encoded, as the gateway re-encodes a relayed chunk)."""
+    if isinstance(data, dict):
+        data = json.dumps(data, separators=(",", ":"))
+    payload = data.encode() if isinstance(data, str) else data
+    return b"data: " + payload + b"\n\n"
 
 
 SSE_DONE = sse("[DONE]")
