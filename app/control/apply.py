@@ -15,7 +15,7 @@ from app.control.aliases import AliasSettingError
 from app.control.audit import Actor
 from app.control.changes import Admin, Change
 from app.control.config_file import ConfigError, LoadedConfig
-from app.control.deployments import DeploymentError, DeploymentView, ServingSettings
+from app.control.deployments import DeploymentError, DeploymentView, serving_columns
 from app.control.keys import ApiKeyError, ApiKeyView, CreatedKey
 from app.control.snapshots import alias_json, policy_json
 from app.control.specs import AliasSpec, DeploymentSpec, KeySpec
@@ -51,18 +51,12 @@ def _changes(before: dict[str, Any], after: dict[str, Any]) -> str:
     )
 
 
-def _serving_fields(serving: ServingSettings) -> dict[str, Any]:
-    fields = serving.serving_values()
-    fields["tensor_split"] = list(serving.tensor_split) if serving.tensor_split else None
-    return fields
-
-
 def _deployment_fields(d: DeploymentSpec | DeploymentView) -> dict[str, Any]:
     """What apply compares of a deployment, from the file or from the database."""
     if isinstance(d, DeploymentView):
         return {
             "replicas": d.replicas,
-            **_serving_fields(d.serving),
+            **serving_columns(d.serving),
             "node": d.node,
             "node_labels": d.node_labels,
             "weight": d.traffic_weight,
@@ -70,7 +64,7 @@ def _deployment_fields(d: DeploymentSpec | DeploymentView) -> dict[str, Any]:
         }
     return {
         "replicas": d.replicas,
-        **_serving_fields(d.serving()),
+        **serving_columns(d.serving()),
         "node": (d.node or "").strip() or None,
         "node_labels": d.node_labels,
         "weight": d.weight,

@@ -140,6 +140,13 @@ class DeploymentView:
         return ", ".join(parts) or "any node"
 
 
+def serving_columns(serving: ServingSettings) -> dict[str, Any]:
+    """The serving settings as the deployments table stores them (tensor_split a list)."""
+    values = serving.serving_values()
+    values["tensor_split"] = list(serving.tensor_split) if serving.tensor_split else None
+    return values
+
+
 def parse_node_labels(text: str) -> dict[str, str]:
     """'gpu=h100, zone=a' (as typed by an operator) -> labels; a clear error otherwise."""
     try:
@@ -247,7 +254,7 @@ class Deployments:
                 node_labels=dict(request.node_labels) if request.node_labels else None,
                 state="active",
                 traffic_weight=request.traffic_weight,
-                **self._serving_columns(serving),
+                **serving_columns(serving),
             )
             session.add(row)
             session.flush()
@@ -289,7 +296,7 @@ class Deployments:
                 state="active",
                 failures=0,
                 error=None,
-                **self._serving_columns(serving),
+                **serving_columns(serving),
             )
         return self.get(deployment_id)
 
@@ -393,12 +400,6 @@ class Deployments:
             if found is not None:
                 return int(found), False
             return int(conn.execute(CREATE_EXTERNAL_SQL, params).scalar_one()), True
-
-    @staticmethod
-    def _serving_columns(serving: ServingSettings) -> dict[str, Any]:
-        values = serving.serving_values()
-        values["tensor_split"] = list(serving.tensor_split) if serving.tensor_split else None
-        return values
 
     def _update(self, deployment_id: int, **values: Any) -> None:
         with Session(self.engine) as session, session.begin():
