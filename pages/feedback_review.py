@@ -1,6 +1,7 @@
 """Feedback review: browse rated conversations, read them, tag them, correct answers."""
 
 from datetime import timedelta
+from functools import partial
 
 import streamlit as st
 
@@ -51,7 +52,7 @@ if not rows:
     st.stop()
 
 st.dataframe(readable(rows), hide_index=True, width="stretch")
-st.download_button("CSV", csv_bytes(rows), file_name="feedback.csv", mime="text/csv")
+st.download_button("CSV", partial(csv_bytes, rows), file_name="feedback.csv", mime="text/csv")
 
 
 def _forget_reviews() -> None:

@@ -13,6 +13,18 @@ st.title("Monitoring")
 with resources.database_errors():
     options = reads.filter_options()
     scope = scope_picker(options, "mon")
+    aliases = [scope.alias] if scope.alias else options.aliases
+    reads.prefetch(
+        (reads.tiles, (scope,)),
+        (reads.requests_by_class, (scope,)),
+        (reads.latency_series, (scope,)),
+        (reads.traffic_series, (scope,)),
+        (reads.engagement_series, (scope,)),
+        (reads.session_series, (scope,)),
+        (reads.semantic_cache_rows, (scope,)),
+        (reads.key_usage_rows, (scope,)),
+        *((reads.compare_versions, (scope, alias)) for alias in aliases),
+    )
     tile_row(reads.tiles(scope))
     uncounted_note(scope)
     latency = reads.latency_series(scope)
@@ -134,7 +146,6 @@ with engagement_tab:
         )
         chart(fig, sessions, "one_turn")
 with ab_tab:
-    aliases = [scope.alias] if scope.alias else options.aliases
     shown = False
     for alias in aliases:
         with resources.database_errors():

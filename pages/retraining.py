@@ -26,6 +26,12 @@ start, end = period_picker("rt", default="Last 3 days")
 scope = Scope(start=start, end=end, classes=class_picker("rt"))
 with resources.database_errors():
     engine = resources.database().engine
+    reads.prefetch(
+        (reads.assess_versions, (scope,)),
+        (reads.requests_by_class, (scope,)),
+        (reads.list_decisions, ()),
+        (reads.filter_options, ()),
+    )
     assessments = reads.assess_versions(scope)
     uncounted_note(scope)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, time, timedelta
+from functools import partial
 from typing import Any
 
 import streamlit as st
@@ -125,6 +126,7 @@ def chart(fig: Any, rows: Sequence[dict[str, Any]], key: str) -> None:
         st.info(f"{title}: no data yet in this period.", icon=":material/bar_chart:")
         return
     st.plotly_chart(fig, config=PLOTLY_CONFIG, key=f"{key}_chart")
+    # The CSV is written when the button is clicked, not on every run of the page.
     st.download_button(
-        "CSV", csv_bytes(rows), file_name=f"{key}.csv", mime="text/csv", key=f"{key}_csv"
+        "CSV", partial(csv_bytes, rows), file_name=f"{key}.csv", mime="text/csv", key=f"{key}_csv"
     )

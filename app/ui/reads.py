@@ -9,12 +9,15 @@ that raises is not cached: the next run asks the database again (and the page sh
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from functools import update_wrapper
-from typing import Concatenate, Generic, ParamSpec, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
 import streamlit as st
 from sqlalchemy import Engine
+from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
 
 from app.analytics import (
     catalog,
@@ -35,6 +38,8 @@ from app.ui import resources
 READ_TTL_S = 5.0
 # Results kept per query: each distinct filter combination a visitor picks is one entry.
 MAX_ENTRIES = 64
+# Queries a page asks at once (prefetch): each holds a pooled connection while it runs.
+PREFETCH_THREADS = 4
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -62,6 +67,22 @@ class CachedRead(Generic[P, R]):
     def clear(self) -> None:
         """Forget every cached result of this query (after a write that changes it)."""
         self._cached.clear()
+
+
+def prefetch(*calls: tuple[CachedRead[..., Any], tuple[Any, ...]]) -> None:
+    """Ask these reads at the same time, so that the page's own calls, one after the other,
+    find them cached: a cold page then waits for its slowest query, not for their sum.
+    Failures are left to those calls, which raise them where the page handles them."""
+    context = get_script_run_ctx()
+
+    def ask(read: CachedRead[..., Any], args: tuple[Any, ...]) -> None:
+        add_script_run_ctx(ctx=context)  # so Streamlit treats the thread as the page's
+        with suppress(Exception):  # asked again, and handled, by the page's own call
+            read(*args)
+
+    with ThreadPoolExecutor(max_workers=PREFETCH_THREADS) as pool:
+        for read, args in calls:
+            pool.submit(ask, read, args)
 
 
 def now(key: str) -> datetime:
