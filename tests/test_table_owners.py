@@ -367,8 +367,21 @@ def test_every_table_names_its_owner() -> None:
     assert not missing, f"owner modules that do not exist: {missing}"
 
 
+# The one declared exception: demo traffic is generated inside PostgreSQL, one INSERT ...
+# SELECT per chunk writing requests, messages and feedback together (a million rows in
+# seconds, nothing over the wire), its rows marked `synthetic` and purged by the same module.
+# Splitting that statement among the owners would cost the speed it exists for. Nothing
+# else may be added here without the same kind of reason.
+SYNTHETIC = ("app/analytics/demo_traffic.py", frozenset({"requests", "messages", "feedback"}))
+
+
 def test_only_the_owner_writes() -> None:
-    others = [w for w in all_writes() if OWNERS.get(w.table) != w.path]
+    others = [
+        w
+        for w in all_writes()
+        if OWNERS.get(w.table) != w.path
+        and not (w.path == SYNTHETIC[0] and w.table in SYNTHETIC[1])
+    ]
     assert not others, "tables written outside their owner module:\n" + "\n".join(
         f"  {w.table} (owner {OWNERS.get(w.table, 'none')}) written by {w}" for w in others
     )
