@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.batches.store import BatchStore
-from app.openai_api.errors import ApiError
+from app.openai_api.errors import ApiError, unavailable
 from app.openai_api.headers import BATCH_LINE_HEADER
 
 BATCH_HEADER = "x-herd-batch"
@@ -76,10 +76,9 @@ class BatchCredentials:
         except SQLAlchemyError:
             if cached is not None:
                 return cached[1]
-            raise ApiError(
-                503, "the database is unavailable; retry shortly", type="service_unavailable",
-                code="database_unavailable", retry_after_s=1,
-            ) from None  # fmt: skip
+            raise unavailable(
+                "the database is unavailable; retry shortly", "database_unavailable", 1
+            ) from None
         if len(self._known) > 10_000:
             self._known.clear()
         self._known[batch_id] = (now, value)

@@ -15,7 +15,7 @@ from app.gateway.balancer import AllBusyError, Balancer, NoLiveWorkerError, Pick
 from app.gateway.demand import Demand
 from app.gateway.errors import all_busy
 from app.gateway.routing import AliasRoute, RoutingState
-from app.openai_api.errors import ApiError
+from app.openai_api.errors import unavailable
 
 # How often a held call looks at the routing state again (which reloads every refresh_s).
 POLL_S = 0.05
@@ -56,12 +56,10 @@ class ColdStart:
                     continue
                 except AllBusyError:
                     raise all_busy(route.alias, self.settings.gateway_retry_after_s) from None
-        raise ApiError(
-            503,
+        raise unavailable(
             f"no worker for {route.alias!r} became ready within {limit_s:g} s "
             "(HERD_GATEWAY_COLD_START_S); its deployment has no live worker: check it on the "
             "Deployments page, or retry once its replicas are up",
-            type="service_unavailable",
-            code="no_live_worker",
-            retry_after_s=self.settings.gateway_retry_after_s,
+            "no_live_worker",
+            self.settings.gateway_retry_after_s,
         )

@@ -10,7 +10,7 @@ from app.control.keys import hash_key
 from app.gateway.batch_marking import Caller
 from app.gateway.errors import unauthorized
 from app.gateway.runtime import GatewayRuntime
-from app.openai_api.errors import ApiError
+from app.openai_api.errors import unavailable
 
 
 def runtime_of(request: Request) -> GatewayRuntime:
@@ -28,12 +28,10 @@ async def authenticate(request: Request) -> int | None:
     runtime = runtime_of(request)
     snapshot = runtime.routing.snapshot
     if not snapshot.loaded:
-        raise ApiError(
-            503,
+        raise unavailable(
             "the gateway has not reached its database since it started; retry shortly",
-            type="service_unavailable",
-            code="database_unavailable",
-            retry_after_s=runtime.settings.gateway_retry_after_s,
+            "database_unavailable",
+            runtime.settings.gateway_retry_after_s,
         )
     header = request.headers.get("authorization") or ""
     scheme, _, token = header.partition(" ")
