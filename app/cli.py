@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 
+from app import batches, compress, datasets, evaluation
 from app.analytics import cli as analytics_cli
 from app.batches import cli as batch_cli
 from app.batches.files import FileError
@@ -35,6 +36,7 @@ from app.evaluation import cli as eval_cli
 from app.evaluation.plan import EvalRefused
 from app.gateway import cli as gateway_cli
 from app.jobs import cli as jobs_cli
+from app.jobs.kinds import JobKinds
 from app.jobs.store import JobError
 from app.processes import cli as processes_cli
 from app.processes.launcher import (
@@ -109,6 +111,12 @@ def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
         return run_gateway(settings, db, echo, routers=[admin_router()])
 
 
+def job_kinds() -> JobKinds:
+    """The job kinds this installation runs: each kind package declares its handler."""
+    return JobKinds({**compress.JOB_HANDLERS, **evaluation.JOB_HANDLERS,
+                     **batches.JOB_HANDLERS, **datasets.JOB_HANDLERS})  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole `herd` parser: `up` and `gateway` (which assemble other packages' parts)
     here, every other command from its package."""
@@ -129,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     models = group(sub, "models", "the GGUF model store")
     admin_commands.register_models(models)
     compress_cli.register(models)
-    jobs_cli.register(sub)
+    jobs_cli.register(sub, job_kinds())
     eval_cli.register(sub)
     rollout_cli.register(sub)
     dataset_cli.register(sub)

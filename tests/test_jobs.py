@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
+from app.cli import job_kinds
 from app.db.database import Database
 from app.db.tables import Job
-from app.jobs.installed import installed_kinds
 from app.jobs.kinds import JobKind, JobKinds
 from app.jobs.store import JobError, JobState, JobStore, tail
 
@@ -109,7 +109,7 @@ def test_a_job_no_process_ever_claimed_is_failed_after_the_start_time(database: 
 
 
 def test_every_job_kind_has_a_handler_in_the_registry() -> None:
-    kinds = installed_kinds()
+    kinds = job_kinds()
     for kind in JobKind:
         assert callable(kinds.handler_for(kind)), kind
     with pytest.raises(ValueError, match="no job kind 'nope' is registered"):

@@ -6,3 +6,9 @@ with its state, and the output and error files keyed by custom_id.
 `runner` is the `batch` job; `routes` is the gateway's /v1/files and /v1/batches;
 `service` is the Python API (create from request bodies, wait, read results).
 """
+
+from app.jobs.kinds import JobKind
+
+# This package's job kind and its handler, for the registry app/cli.py hands to the jobs
+# runner; a module path, so starting a job never imports what running it needs.
+JOB_HANDLERS: dict[str, str] = {JobKind.BATCH: "app.batches.runner:run"}

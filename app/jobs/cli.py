@@ -14,6 +14,7 @@ from app.config import Settings
 from app.control.audit import cli_actor
 from app.db.database import Database
 from app.jobs.follow import follow, restart
+from app.jobs.kinds import JobKinds
 from app.jobs.runner import run_job
 from app.jobs.store import JobStore, JobView
 
@@ -53,7 +54,7 @@ def follow_with_bars(
 
 
 def cmd_jobs_run(settings: Settings, args: argparse.Namespace) -> int:
-    job = run_job(settings, args.job_id)
+    job = run_job(settings, args.job_id, args.job_kinds)
     echo(f"job {job.id} {job.state}" + (f": {job.error}" if job.error else ""))
     return 0 if job.state == "succeeded" else 1
 
@@ -90,11 +91,12 @@ def cmd_jobs_restart(settings: Settings, args: argparse.Namespace) -> int:
         return follow_with_bars(settings, store, [new_id])
 
 
-def register(sub: SubParsers) -> None:
-    """Hook the job commands into the `herd` parser."""
+def register(sub: SubParsers, kinds: JobKinds) -> None:
+    """Hook the job commands into the `herd` parser; `jobs run` runs kinds' handlers."""
     jobs = group(sub, "jobs", "background jobs")
     run = command(jobs, "run", cmd_jobs_run, "run a queued job in this process")
     run.add_argument("job_id", type=int)
+    run.set_defaults(job_kinds=kinds)
     listing = command(jobs, "list", cmd_jobs_list, "the newest jobs")
     listing.add_argument("--kind", default=None, help="only this kind, e.g. quantize")
     listing.add_argument("--limit", type=int, default=50)

@@ -14,7 +14,6 @@ from typing import Any
 
 from app.config import Settings
 from app.db.database import Database
-from app.jobs.installed import installed_kinds
 from app.jobs.kinds import JobKinds
 from app.jobs.store import JobState, JobStore, JobView
 
@@ -128,10 +127,9 @@ def _heartbeat(ctx: JobContext, stop: threading.Event) -> None:
             ctx.abandon_if_cancelled()
 
 
-def run_job(settings: Settings, job_id: int, kinds: JobKinds | None = None) -> JobView:
+def run_job(settings: Settings, job_id: int, kinds: JobKinds) -> JobView:
     """Run job_id in this process until it ends, with its kind's handler from the registry
-    (default: app/jobs/installed.py's); its final row."""
-    kinds = kinds or installed_kinds()
+    the process was given (app/cli.py builds it from the kind packages); its final row."""
     with Database.open(settings) as db:
         store = JobStore(db.engine)
         job = store.claim(job_id)
