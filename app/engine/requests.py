@@ -7,7 +7,7 @@ from typing import Literal
 
 Role = Literal["system", "user", "assistant", "tool", "developer"]
 # Who waits for the answer: a person (interactive, the default) or an offline batch, which runs
-# in slots live traffic does not need and yields them when it does (see batched.py).
+# in slots live traffic does not need and yields them when it does (see admission.py).
 Priority = Literal["interactive", "batch"]
 PRIORITIES: tuple[Priority, ...] = ("interactive", "batch")
 
