@@ -25,6 +25,7 @@ import argparse
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -60,6 +61,7 @@ WIDER = (
 )
 TARGET_S = 1.0
 ADMIN = "bench-admin"
+PASSWORD = "bench-password-1234"
 
 
 def _fill(url: str, requests: int, days: float) -> None:
@@ -91,7 +93,7 @@ def _add_admin(url: str) -> None:
     engine = make_engine(url)
     try:
         with suppress(AccountError):  # a reused database has it already
-            Accounts(engine).add(ADMIN, "bench-password-1234", Role.ADMIN)
+            Accounts(engine).add(ADMIN, PASSWORD, Role.ADMIN)
     finally:
         engine.dispose()
 
@@ -144,6 +146,127 @@ def _time_pages(pages: Path, rounds: int) -> dict[str, tuple[float, float]]:
     return times
 
 
+# The pages a person opens most, timed in a real browser with --browser.
+BROWSER_PAGES = ("Overview", "Models", "Routing", "Monitoring", "Feedback review", "Retraining")
+# Longer than the dashboard's cache keeps a result (app/ui/reads.py READ_TTL_S, 5 s).
+COLD_WAIT_S = 6.0
+# Counts the dashboard's script runs as the browser sees them (stApp's script state).
+WATCH_RUNS_JS = """() => {
+  window.benchRuns = 0;
+  new MutationObserver((changes) => {
+    for (const change of changes) {
+      if (change.target.getAttribute("data-test-script-state") === "running") {
+        window.benchRuns += 1;
+      }
+    }
+  }).observe(document.body, {
+    attributes: true, subtree: true, attributeFilter: ["data-test-script-state"],
+  });
+}"""
+RUN_ENDED_JS = """(before) => window.benchRuns > before && document.querySelector(
+  "[data-testid='stApp']").getAttribute("data-test-script-state") === "notRunning"
+  && [...document.querySelectorAll("[data-testid='stPlotlyChart']")]
+       .filter((chart) => chart.offsetParent !== null)
+       .every((chart) => chart.querySelector(".main-svg") !== null)"""
+
+
+def _open(page: Any, title: str) -> float:
+    """Seconds from clicking a page's link to its run's end with its visible charts drawn."""
+    from playwright.sync_api import expect
+
+    before = page.evaluate("window.benchRuns")
+    started = time.perf_counter()
+    page.get_by_role("link", name=title).click()
+    page.wait_for_function(RUN_ENDED_JS, arg=before, timeout=120_000)
+    seconds = time.perf_counter() - started
+    expect(page.get_by_role("heading", name=title, exact=True)).to_be_visible()
+    return seconds
+
+
+def _pick(page: Any, label: str, option: str) -> float:
+    """Seconds from picking an option of a selectbox or multiselect to the run's end."""
+    before = page.evaluate("window.benchRuns")
+    page.get_by_role("combobox", name=label).click()
+    started = time.perf_counter()
+    page.get_by_role("option", name=option, exact=True).click()
+    page.wait_for_function(RUN_ENDED_JS, arg=before, timeout=120_000)
+    seconds = time.perf_counter() - started
+    page.keyboard.press("Escape")
+    return seconds
+
+
+def _time_range_changes(page: Any, title: str, rounds: int) -> tuple[float, float]:
+    """Monitoring and Retraining over the demo's traffic ('Also count' synthetic): a change
+    of range, cold (after COLD_WAIT_S) and warm (the same range again within seconds)."""
+    _open(page, "Users")
+    _open(page, title)
+    _pick(page, "Also count", "synthetic traffic")
+    cold, warm = [], []
+    for _ in range(rounds):
+        time.sleep(COLD_WAIT_S)
+        cold.append(_pick(page, "Time range", "Last week"))
+        _pick(page, "Time range", "Last 3 days")
+        warm.append(_pick(page, "Time range", "Last week"))
+    return statistics.median(cold), statistics.median(warm)
+
+
+def _time_browser(pages: Path, rounds: int) -> dict[str, tuple[float, float]]:
+    import httpx
+    from playwright.sync_api import sync_playwright
+
+    port = 8600 + os.getpid() % 300
+    tree = pages.parent
+    env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", str(tree))}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(tree / "dashboard.py"),
+         "--server.headless", "true", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    times: dict[str, tuple[float, float]] = {}
+    try:
+        for _ in range(240):
+            with suppress(httpx.HTTPError):
+                if httpx.get(f"{base}/_stcore/health", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.5)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"]
+            )
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(base)
+            page.get_by_role("textbox", name="Operator name").fill(ADMIN)
+            page.get_by_role("textbox", name="Password").fill(PASSWORD)
+            page.get_by_role("button", name="Log in").click()
+            page.get_by_role("heading", name="Overview", exact=True).wait_for(timeout=120_000)
+            page.evaluate(WATCH_RUNS_JS)
+            for title in BROWSER_PAGES:
+                # Untimed: the first visit imports the page's modules. Every visit comes
+                # from another page (a click on the page shown runs nothing).
+                _open(page, "Users")
+                _open(page, title)
+                cold, warm = [], []
+                for _ in range(rounds):
+                    time.sleep(COLD_WAIT_S)
+                    _open(page, "Users")
+                    cold.append(_open(page, title))
+                    _open(page, "Users")
+                    warm.append(_open(page, title))
+                times[title] = (statistics.median(cold), statistics.median(warm))
+            for title in ("Monitoring", "Retraining"):
+                label = f"{title}, range changed to last week (synthetic counted)"
+                times[label] = _time_range_changes(page, title, rounds)
+            for label, (cold_s, warm_s) in times.items():
+                print(f"{label}: cold {cold_s:.3f} s, again {warm_s:.3f} s", flush=True)
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return times
+
+
 def _report(times: dict[str, tuple[float, float]], rounds: int, rows: str) -> None:
     import app
 
@@ -168,6 +291,12 @@ def main() -> None:
     parser.add_argument("--database", metavar="NAME", help="time a database filled before")
     parser.add_argument("--keep", action="store_true", help="keep the filled database")
     parser.add_argument("--pages", default=str(REPO / "pages"), help="the pages to run")
+    parser.add_argument(
+        "--browser",
+        action="store_true",
+        help="time BROWSER_PAGES in headless Chromium against a dashboard started from the "
+        "folder above --pages, instead of every page under AppTest",
+    )
     args = parser.parse_args()
     # The pages import app/ from the path: the checkout this script is in unless PYTHONPATH
     # names another (the before/after comparison).
@@ -198,7 +327,10 @@ def main() -> None:
         os.environ["HERD_MODELS_DIR"] = tempfile.mkdtemp(prefix="models-", dir=home)
         # Nothing listens there: pages that ask the gateway find none, at once.
         os.environ["HERD_GATEWAY_URL"] = "http://127.0.0.1:9"
-        times = _time_pages(Path(args.pages), args.rounds)
+        if args.browser:
+            times = _time_browser(Path(args.pages), args.rounds)
+        else:
+            times = _time_pages(Path(args.pages), args.rounds)
         _report(times, args.rounds, f"{rows:,} requests")
     finally:
         if drop:
