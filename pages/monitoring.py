@@ -50,133 +50,139 @@ grid, engagement_grid = charts.series_grid(scope), charts.engagement_grid(scope)
 if not options.models:
     st.info("No traffic recorded yet. For a demo, run `herd demo-traffic --requests 100000`.")
 
+# Only the open tab is drawn (a tab change reruns the page): the browser then draws 2-8
+# charts, not all 17, which is most of what a range change costs at 1M requests.
 latency_tab, traffic_tab, engagement_tab, ab_tab = st.tabs(
-    ["Latency", "Traffic", "Engagement", "Versions (A/B)"]
+    ["Latency", "Traffic", "Engagement", "Versions (A/B)"], key="mon_tab", on_change="rerun"
 )
-with latency_tab:
-    pct = {"p50": "ttft_p50_ms", "p95": "ttft_p95_ms", "p99": "ttft_p99_ms"}
-    fig = charts.lines(latency, pct, title="Time to first token", y_title="ms", grid=grid)
-    chart(fig, latency, "ttft")
-    pct = {"p50": "total_p50_ms", "p95": "total_p95_ms", "p99": "total_p99_ms"}
-    fig = charts.lines(latency, pct, title="Total latency", y_title="ms", grid=grid)
-    chart(fig, latency, "latency")
-with traffic_tab:
-    fig = charts.lines(
-        traffic, {"": "requests_per_minute"}, title="Requests", y_title="per min", grid=grid,
-        empty_bin=0,
-    )  # fmt: skip
-    chart(fig, traffic, "traffic")
-    left, right = st.columns(2)
-    with left:
+if latency_tab.open:
+    with latency_tab:
+        pct = {"p50": "ttft_p50_ms", "p95": "ttft_p95_ms", "p99": "ttft_p99_ms"}
+        fig = charts.lines(latency, pct, title="Time to first token", y_title="ms", grid=grid)
+        chart(fig, latency, "ttft")
+        pct = {"p50": "total_p50_ms", "p95": "total_p95_ms", "p99": "total_p99_ms"}
+        fig = charts.lines(latency, pct, title="Total latency", y_title="ms", grid=grid)
+        chart(fig, latency, "latency")
+if traffic_tab.open:
+    with traffic_tab:
         fig = charts.lines(
-            traffic, {"": "tokens_per_second"}, title="Tokens/s", y_title="tok/s", grid=grid
-        )
-        chart(fig, traffic, "tokens_per_second")
-        fig = charts.lines(
-            traffic,
-            {"server": "error_rate", "client": "client_error_rate"},
-            title="Errors: server (5xx) and client (4xx)",
-            y_title="",
-            percent=True,
-            grid=grid,
-        )
-        chart(fig, traffic, "errors")
-    with right:
-        queue = {"avg": "queue_avg_ms", "p95": "queue_p95_ms"}
-        fig = charts.lines(traffic, queue, title="Queue wait", y_title="ms", grid=grid)
-        chart(fig, traffic, "queue")
-        fig = charts.lines(
-            traffic, {"": "cache_hit_rate"}, title="Cache hit rate", y_title="", percent=True,
-            grid=grid,
+            traffic, {"": "requests_per_minute"}, title="Requests", y_title="per min", grid=grid,
+            empty_bin=0,
         )  # fmt: skip
-        chart(fig, traffic, "cache")
-    if semantic:
-        st.subheader("Semantic cache", help=(
-            "Chat calls answered from an earlier answer to a similar question, and whether "
-            "people rate those answers as well as fresh ones. A cached thumbs-up rate below "
-            "the fresh one suggests a higher similarity threshold (Routing page)."
-        ))  # fmt: skip
-        st.dataframe(semantic, hide_index=True, width="stretch")
-with engagement_tab:
-    fig = charts.band(
-        engagement,
-        "thumbs_up_ratio",
-        "thumbs_up_low",
-        "thumbs_up_high",
-        title="Thumbs-up ratio (95% Wilson band)",
-        y_title="",
-        grid=engagement_grid,
-    )
-    chart(fig, engagement, "thumbs_up")
-    left, right = st.columns(2)
-    with left:
-        fig = charts.lines(
-            engagement, {"": "feedback_rate"}, title="Feedback rate", y_title="", percent=True,
-            grid=engagement_grid,
-        )  # fmt: skip
-        chart(fig, engagement, "feedback_rate")
-        fig = charts.lines(
-            sessions, {"": "sessions"}, title="Sessions", y_title="sessions",
-            grid=engagement_grid, empty_bin=0,
-        )  # fmt: skip
-        chart(fig, sessions, "sessions")
-        fig = charts.lines(
-            sessions, {"": "regenerate_rate"}, title="Regenerate rate", y_title="", percent=True,
-            grid=engagement_grid,
-        )  # fmt: skip
-        chart(fig, sessions, "regenerates")
-    with right:
-        fig = charts.lines(
-            engagement, {"": "comments"}, title="Comments", y_title="comments",
-            grid=engagement_grid, empty_bin=0,
-        )  # fmt: skip
-        chart(fig, engagement, "comments")
-        fig = charts.lines(
-            sessions, {"": "turns_per_session"}, title="Turns per session", y_title="turns",
-            grid=engagement_grid,
-        )  # fmt: skip
-        chart(fig, sessions, "turns")
-        fig = charts.lines(
-            sessions,
-            {"": "one_turn_share"},
-            title="Sessions abandoned after one turn",
-            y_title="",
-            percent=True,
-            grid=engagement_grid,
-        )
-        chart(fig, sessions, "one_turn")
-with ab_tab:
-    shown = False
-    for alias in aliases:
-        with resources.database_errors():
-            comparisons = reads.compare_versions(scope, alias)
-        if not comparisons:
-            continue
-        shown = True
-        st.subheader(f"Alias `{alias}`")
-        versions = [comparisons[0].baseline.as_dict()] + [
-            c.candidate.as_dict() for c in comparisons
-        ]
-        st.dataframe(versions, hide_index=True, width="stretch")
-        st.plotly_chart(
-            ab_figure([comparisons[0].baseline] + [c.candidate for c in comparisons]),
-            config=charts.PLOTLY_CONFIG,
-            key=f"ab_chart_{alias}",
-        )
-        rows = [c.as_dict() for c in comparisons]
-        st.dataframe(rows, hide_index=True, width="stretch")
-        for c in comparisons:
-            up = c.thumbs_up
-            if up is None:
-                continue
-            verdict = "significant" if up.significant(c.alpha) else "not significant"
-            st.write(
-                f"**{c.candidate.model}** vs **{c.baseline.model}**: thumbs-up "
-                f"{up.p_b:.1%} vs {up.p_a:.1%} ({up.difference:+.1%}, p = {up.p_value:.2g}, "
-                f"{verdict} at {c.alpha}); p95 latency x{c.total_p95_ratio or 0:.2f}."
+        chart(fig, traffic, "traffic")
+        left, right = st.columns(2)
+        with left:
+            fig = charts.lines(
+                traffic, {"": "tokens_per_second"}, title="Tokens/s", y_title="tok/s", grid=grid
             )
-    if not shown:
-        st.caption("No alias has more than one model version with traffic in this period.")
+            chart(fig, traffic, "tokens_per_second")
+            fig = charts.lines(
+                traffic,
+                {"server": "error_rate", "client": "client_error_rate"},
+                title="Errors: server (5xx) and client (4xx)",
+                y_title="",
+                percent=True,
+                grid=grid,
+            )
+            chart(fig, traffic, "errors")
+        with right:
+            queue = {"avg": "queue_avg_ms", "p95": "queue_p95_ms"}
+            fig = charts.lines(traffic, queue, title="Queue wait", y_title="ms", grid=grid)
+            chart(fig, traffic, "queue")
+            fig = charts.lines(
+                traffic, {"": "cache_hit_rate"}, title="Cache hit rate", y_title="", percent=True,
+                grid=grid,
+            )  # fmt: skip
+            chart(fig, traffic, "cache")
+        if semantic:
+            st.subheader("Semantic cache", help=(
+                "Chat calls answered from an earlier answer to a similar question, and whether "
+                "people rate those answers as well as fresh ones. A cached thumbs-up rate below "
+                "the fresh one suggests a higher similarity threshold (Routing page)."
+            ))  # fmt: skip
+            st.dataframe(semantic, hide_index=True, width="stretch")
+if engagement_tab.open:
+    with engagement_tab:
+        fig = charts.band(
+            engagement,
+            "thumbs_up_ratio",
+            "thumbs_up_low",
+            "thumbs_up_high",
+            title="Thumbs-up ratio (95% Wilson band)",
+            y_title="",
+            grid=engagement_grid,
+        )
+        chart(fig, engagement, "thumbs_up")
+        left, right = st.columns(2)
+        with left:
+            fig = charts.lines(
+                engagement, {"": "feedback_rate"}, title="Feedback rate", y_title="", percent=True,
+                grid=engagement_grid,
+            )  # fmt: skip
+            chart(fig, engagement, "feedback_rate")
+            fig = charts.lines(
+                sessions, {"": "sessions"}, title="Sessions", y_title="sessions",
+                grid=engagement_grid, empty_bin=0,
+            )  # fmt: skip
+            chart(fig, sessions, "sessions")
+            fig = charts.lines(
+                sessions, {"": "regenerate_rate"}, title="Regenerate rate", y_title="",
+                percent=True, grid=engagement_grid,
+            )  # fmt: skip
+            chart(fig, sessions, "regenerates")
+        with right:
+            fig = charts.lines(
+                engagement, {"": "comments"}, title="Comments", y_title="comments",
+                grid=engagement_grid, empty_bin=0,
+            )  # fmt: skip
+            chart(fig, engagement, "comments")
+            fig = charts.lines(
+                sessions, {"": "turns_per_session"}, title="Turns per session", y_title="turns",
+                grid=engagement_grid,
+            )  # fmt: skip
+            chart(fig, sessions, "turns")
+            fig = charts.lines(
+                sessions,
+                {"": "one_turn_share"},
+                title="Sessions abandoned after one turn",
+                y_title="",
+                percent=True,
+                grid=engagement_grid,
+            )
+            chart(fig, sessions, "one_turn")
+if ab_tab.open:
+    with ab_tab:
+        shown = False
+        for alias in aliases:
+            with resources.database_errors():
+                comparisons = reads.compare_versions(scope, alias)
+            if not comparisons:
+                continue
+            shown = True
+            st.subheader(f"Alias `{alias}`")
+            versions = [comparisons[0].baseline.as_dict()] + [
+                c.candidate.as_dict() for c in comparisons
+            ]
+            st.dataframe(versions, hide_index=True, width="stretch")
+            st.plotly_chart(
+                ab_figure([comparisons[0].baseline] + [c.candidate for c in comparisons]),
+                config=charts.PLOTLY_CONFIG,
+                key=f"ab_chart_{alias}",
+            )
+            rows = [c.as_dict() for c in comparisons]
+            st.dataframe(rows, hide_index=True, width="stretch")
+            for c in comparisons:
+                up = c.thumbs_up
+                if up is None:
+                    continue
+                verdict = "significant" if up.significant(c.alpha) else "not significant"
+                st.write(
+                    f"**{c.candidate.model}** vs **{c.baseline.model}**: thumbs-up "
+                    f"{up.p_b:.1%} vs {up.p_a:.1%} ({up.difference:+.1%}, p = {up.p_value:.2g}, "
+                    f"{verdict} at {c.alpha}); p95 latency x{c.total_p95_ratio or 0:.2f}."
+                )
+        if not shown:
+            st.caption("No alias has more than one model version with traffic in this period.")
 
 st.header("Usage per API key")
 with resources.database_errors():

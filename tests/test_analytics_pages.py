@@ -74,7 +74,11 @@ def test_pages_render_on_a_full_database(dashboard_env: None, full: Database) ->
     assert not app.exception, app.exception
     assert int(app.metric[0].value.replace(",", "")) > 5_000
     assert not app.info
-    # The A/B tab's chart: thumbs-up with intervals beside p95 latency, per version.
+    # The A/B tab's chart: thumbs-up with intervals beside p95 latency, per version. Only
+    # the open tab is drawn.
+    assert not [c for c in app.get("plotly_chart") if "p95 latency" in c.proto.spec]
+    app.session_state["mon_tab"] = "Versions (A/B)"
+    app.run()
     specs = [json.loads(c.proto.spec) for c in app.get("plotly_chart")]
     ab = [s for s in specs if "p95 latency" in str(s["layout"].get("annotations"))]
     assert ab and len(ab[0]["data"]) == 2 and ab[0]["data"][0]["error_y"]["array"]
@@ -144,6 +148,8 @@ def test_monitoring_compares_semantic_cache_hits_with_fresh_answers(
                     {"r": request_id, "v": rating, "u": f"u{i}"},
                 )
     app = _open(_logged_in(database, Role.VIEWER), "monitoring.py")
+    app.session_state["mon_tab"] = "Traffic"
+    app.run()
     assert "Semantic cache" in [s.value for s in app.subheader]
     [table] = [d.value for d in app.dataframe if "hit rate" in d.value.columns]
     row = table.iloc[0]
