@@ -10,39 +10,38 @@ from app.ui.analytics_widgets import chart, scope_picker, tile_row, uncounted_no
 auth.require_role(Role.VIEWER)
 st.title("Monitoring")
 
+TABS = ["Latency", "Traffic", "Engagement", "Versions (A/B)"]
+
 with resources.database_errors():
     options = reads.filter_options()
     scope = scope_picker(options, "mon")
     aliases = [scope.alias] if scope.alias else options.aliases
+    # Only the open tab is drawn (st.tabs keeps it under its key), so only its reads are
+    # asked, at once with the tiles'.
+    by_tab = {
+        "Latency": [(reads.latency_series, (scope,))],
+        "Traffic": [(reads.traffic_series, (scope,)), (reads.semantic_cache_rows, (scope,))],
+        "Engagement": [(reads.engagement_series, (scope,)), (reads.session_series, (scope,))],
+        "Versions (A/B)": [(reads.compare_versions, (scope, alias)) for alias in aliases],
+    }
     reads.prefetch(
         (reads.tiles, (scope,)),
         (reads.requests_by_class, (scope,)),
-        (reads.latency_series, (scope,)),
-        (reads.traffic_series, (scope,)),
-        (reads.engagement_series, (scope,)),
-        (reads.session_series, (scope,)),
-        (reads.semantic_cache_rows, (scope,)),
         (reads.key_usage_rows, (scope,)),
-        *((reads.compare_versions, (scope, alias)) for alias in aliases),
+        *by_tab.get(st.session_state.get("mon_tab") or TABS[0], []),
     )
     tile_row(reads.tiles(scope))
     uncounted_note(scope)
-    latency = reads.latency_series(scope)
-    traffic = reads.traffic_series(scope)
-    engagement = reads.engagement_series(scope)
-    sessions = reads.session_series(scope)
-    semantic = reads.semantic_cache_rows(scope)
 
-if not st.toggle(
+unknown_shown = st.toggle(
     "Show calls that reached no model",
     value=True,
     key="mon_unknown",
     help="Calls for an unknown alias or refused before routing have no model; their "
     "series are labelled 'unknown'. The tiles count them, so the charts do too unless "
     "this is off.",
-):
-    latency, traffic = charts.known_models(latency), charts.known_models(traffic)
-    engagement = charts.known_models(engagement)
+)
+known = (lambda rows: rows) if unknown_shown else charts.known_models
 
 # The bins each series was queried in: a bin without traffic is a gap, not a line.
 grid, engagement_grid = charts.series_grid(scope), charts.engagement_grid(scope)
@@ -52,10 +51,10 @@ if not options.models:
 
 # Only the open tab is drawn (a tab change reruns the page): the browser then draws 2-8
 # charts, not all 17, which is most of what a range change costs at 1M requests.
-latency_tab, traffic_tab, engagement_tab, ab_tab = st.tabs(
-    ["Latency", "Traffic", "Engagement", "Versions (A/B)"], key="mon_tab", on_change="rerun"
-)
+latency_tab, traffic_tab, engagement_tab, ab_tab = st.tabs(TABS, key="mon_tab", on_change="rerun")
 if latency_tab.open:
+    with resources.database_errors():
+        latency = known(reads.latency_series(scope))
     with latency_tab:
         pct = {"p50": "ttft_p50_ms", "p95": "ttft_p95_ms", "p99": "ttft_p99_ms"}
         fig = charts.lines(latency, pct, title="Time to first token", y_title="ms", grid=grid)
@@ -64,6 +63,9 @@ if latency_tab.open:
         fig = charts.lines(latency, pct, title="Total latency", y_title="ms", grid=grid)
         chart(fig, latency, "latency")
 if traffic_tab.open:
+    with resources.database_errors():
+        traffic = known(reads.traffic_series(scope))
+        semantic = reads.semantic_cache_rows(scope)
     with traffic_tab:
         fig = charts.lines(
             traffic, {"": "requests_per_minute"}, title="Requests", y_title="per min", grid=grid,
@@ -102,6 +104,9 @@ if traffic_tab.open:
             ))  # fmt: skip
             st.dataframe(semantic, hide_index=True, width="stretch")
 if engagement_tab.open:
+    with resources.database_errors():
+        engagement = known(reads.engagement_series(scope))
+        sessions = reads.session_series(scope)
     with engagement_tab:
         fig = charts.band(
             engagement,
