@@ -15,7 +15,7 @@ from app import batches, compress, datasets, evaluation
 from app.analytics import cli as analytics_cli
 from app.batches import cli as batch_cli
 from app.batches.files import FileError
-from app.batches.store import BatchError
+from app.batches.records import BatchError
 from app.common.cli_output import echo, warn
 from app.common.cli_parser import command, group
 from app.compress import cli as compress_cli

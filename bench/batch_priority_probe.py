@@ -176,9 +176,9 @@ if __name__ == "__main__":
     p.add_argument("duration", type=float, nargs="?", default=15.0, help="seconds per window")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--chunk", type=int, default=batched.LIVE_BATCH_CHUNK)
-    p.add_argument("--headroom", type=int, default=batched.LIVE_HEADROOM_SLOTS)
+    p.add_argument("--headroom", type=int, default=admission.LIVE_HEADROOM_SLOTS)
     p.add_argument("--idle-chunk", type=int, default=batched.IDLE_BATCH_CHUNK)
-    p.add_argument("--quiet", type=float, default=batched.LIVE_QUIET_S)
+    p.add_argument("--quiet", type=float, default=admission.LIVE_QUIET_S)
     p.add_argument("--rate-from", choices=["live", "batch"], default="live")
     args = p.parse_args()
     # Module constants, read by the engine at each step: set before it is loaded.

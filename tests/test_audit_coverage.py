@@ -19,8 +19,9 @@ import pytest
 from sqlalchemy import Engine, text
 
 from app.batches.owner import OPERATOR
+from app.batches.records import BatchError
 from app.batches.service import create_batch
-from app.batches.store import BatchError, BatchStore
+from app.batches.store import BatchStore
 from app.compress.quantize import QuantizeRequest
 from app.config import Settings
 from app.control.accounts import Role

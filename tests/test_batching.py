@@ -13,7 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from app.engine.batched import BatchedEngine, BatchJob
+from app.engine.batch_job import BatchJob
+from app.engine.batched import BatchedEngine
 from app.engine.cpu_buffers import new_llama
 from app.engine.errors import PromptTooLong
 from app.engine.events import Finished, TextDelta

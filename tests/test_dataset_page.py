@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text
 
+from app.batches.records import BatchError
 from app.batches.service import cancel_batch, get_batch
-from app.batches.store import BatchError
 from app.control.accounts import Role
 from app.db.database import Database
 from app.db.tables import Dataset

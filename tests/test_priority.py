@@ -16,7 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from app.engine.batched import IDLE_BATCH_CHUNK, LIVE_BATCH_CHUNK, LIVE_QUIET_S, BatchedEngine
+from app.engine.admission import LIVE_QUIET_S
+from app.engine.batched import IDLE_BATCH_CHUNK, LIVE_BATCH_CHUNK, BatchedEngine
 from app.engine.embedder import MAX_SEQS, load_embedding_engine
 from app.engine.errors import QueueFull
 from app.engine.events import Finished, TextDelta

@@ -13,8 +13,9 @@ from app.batches.files import FileError
 from app.batches.jsonl import ENDPOINTS, with_alias
 from app.batches.owner import OPERATOR
 from app.batches.progress import describe
+from app.batches.records import BatchError, BatchView
 from app.batches.service import cancel_batch, create_batch_from_file, get_batch, wait_batch
-from app.batches.store import BatchError, BatchStore, BatchView
+from app.batches.store import BatchStore
 from app.common.cli_output import echo
 from app.common.cli_parser import SubParsers, command, group
 from app.config import Settings

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from app.batches.store import BatchView
+from app.batches.records import BatchView
 
 
 @dataclass(frozen=True)

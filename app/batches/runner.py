@@ -39,7 +39,8 @@ import httpx
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.batches.files import FileStore
-from app.batches.store import BatchStore, LineAnswer, PendingLine, RunnerInfo, line_answer
+from app.batches.records import LineAnswer, PendingLine, RunnerInfo, line_answer
+from app.batches.store import BatchStore
 from app.config import Settings
 from app.jobs.runner import JobContext, JobFailed
 from app.openai_api.headers import BATCH_LINE_HEADER, BATCH_REPLAYED_HEADER

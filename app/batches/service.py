@@ -26,8 +26,9 @@ from app.batches.files import FileStore
 from app.batches.jsonl import ENDPOINTS, read_lines
 from app.batches.launch import ensure_runner
 from app.batches.owner import OPERATOR, Owner
+from app.batches.records import BatchError, BatchView
 from app.batches.runner import files_root
-from app.batches.store import BatchError, BatchStore, BatchView
+from app.batches.store import BatchStore
 from app.config import Settings
 from app.control.audit import Actor
 from app.db.tables import BatchRequest

@@ -37,28 +37,12 @@ from app.batches.records import (
     BatchError,
     BatchView,
     LineAnswer,
-    PendingLine,
-    RunnerInfo,
     known_shape,
-    line_answer,
     new_batch_id,
-    settles,
 )
 from app.control import audit
 from app.control.audit import Actor
 from app.db.tables import Batch, BatchRequest
-
-# The batch's records are imported from here by most callers, beside the store.
-__all__ = [
-    "BatchError",
-    "BatchStore",
-    "BatchView",
-    "LineAnswer",
-    "PendingLine",
-    "RunnerInfo",
-    "line_answer",
-    "settles",
-]
 
 INSERT_CHUNK = 1000
 

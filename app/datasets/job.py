@@ -200,8 +200,8 @@ def _selected(ctx: JobContext, request: DatasetJobRequest, progress: StepProgres
 def run(ctx: JobContext) -> dict[str, Any]:
     """The `dataset` job's handler: build the distilled or augmented dataset."""
     from app.batches.files import FileError
+    from app.batches.records import BatchError
     from app.batches.service import cancel_batch
-    from app.batches.store import BatchError
     from app.datasets.run import augment_dataset, distill_dataset
     from app.jobs.runner import JobFailed
 

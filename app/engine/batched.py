@@ -30,7 +30,7 @@ from typing import Any
 
 import llama_cpp
 
-from app.engine.admission import LIVE_HEADROOM_SLOTS, LIVE_QUIET_S, admit
+from app.engine.admission import admit
 from app.engine.batch_context import BatchContext
 from app.engine.batch_decode import StepDecoder
 from app.engine.batch_job import (
@@ -55,16 +55,6 @@ from app.engine.slots import Placement, Slot, place
 from app.engine.stop_strings import StopMatcher
 from app.engine.token_pieces import TokenPieces
 from app.engine.waiting import WaitingQueue
-
-# Callers import the job type and the priority knobs from here, beside the engine.
-__all__ = [
-    "IDLE_BATCH_CHUNK",
-    "LIVE_BATCH_CHUNK",
-    "LIVE_HEADROOM_SLOTS",
-    "LIVE_QUIET_S",
-    "BatchJob",
-    "BatchedEngine",
-]
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ from functools import partial
 from fastapi.responses import Response, StreamingResponse
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.batches.store import BatchStore, line_answer, settles
+from app.batches.records import line_answer, settles
+from app.batches.store import BatchStore
 from app.openai_api.headers import BATCH_REPLAYED_HEADER
 
 logger = logging.getLogger(__name__)

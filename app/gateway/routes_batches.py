@@ -21,8 +21,9 @@ from app.batches.files import FileError, FileStore
 from app.batches.jsonl import ENDPOINTS, FileInvalid, read_lines
 from app.batches.launch import ensure_runner
 from app.batches.owner import Owner
+from app.batches.records import BatchError
 from app.batches.runner import files_root
-from app.batches.store import BatchError, BatchStore
+from app.batches.store import BatchStore
 from app.control.audit import Actor, Via
 from app.gateway.errors import database_error
 from app.gateway.request_context import authenticate, runtime_of

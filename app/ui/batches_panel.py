@@ -12,7 +12,8 @@ import streamlit as st
 
 from app.batches.owner import OPERATOR
 from app.batches.progress import progress, resends
-from app.batches.store import BatchError, BatchStore, BatchView
+from app.batches.records import BatchError, BatchView
+from app.batches.store import BatchStore
 from app.control.audit import Actor
 from app.jobs.kinds import JobKind
 from app.ui import resources
