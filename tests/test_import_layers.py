@@ -198,6 +198,17 @@ def test_no_upward_import() -> None:
     assert not upward, "imports from a lower layer to a higher one:\n  " + "\n  ".join(upward)
 
 
+def test_the_gateway_does_not_mount_the_admin_api() -> None:
+    """The admin API is the control plane's: whoever assembles the gateway app (app/cli.py,
+    the test harness) passes it in; app/gateway itself never reaches for it."""
+    mounted = [
+        str(i)
+        for i in imports()
+        if folder(i.source) == "app.gateway" and i.target == "app.control.admin_api"
+    ]
+    assert not mounted, "app/gateway imports the admin API:\n  " + "\n  ".join(mounted)
+
+
 def test_only_the_ui_imports_streamlit() -> None:
     offenders = []
     for name, path in modules().items():
