@@ -12,6 +12,7 @@ from streamlit.testing.v1 import AppTest
 from app.analytics.demo_traffic import generate_demo_traffic
 from app.control.accounts import Role
 from app.db.database import Database
+from app.ui import resources
 from tests.conftest import REPO_ROOT, log_in_as
 from tests.gateway_harness import embedded_postgres
 
@@ -49,3 +50,12 @@ def test_overview_says_database_unavailable_at_once_though_its_reads_are_cached(
         assert any("Database unavailable" in e.value for e in app.error)
     finally:
         embedded_postgres(pgdata, "start")
+
+
+def test_settings_are_built_once_per_herd_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HERD_LOG_LEVEL", "warning")
+    first = resources.settings()
+    assert resources.settings() is first  # not parsed again on the next call
+    monkeypatch.setenv("HERD_LOG_LEVEL", "debug")
+    changed = resources.settings()
+    assert changed is not first and changed.log_level == "debug"
