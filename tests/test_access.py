@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 from app.config import Settings
 from app.control.accounts import Accounts, LoginLockedError, Role
-from app.control.keys import ApiKeys
+from app.control.keys import ApiKeyError, ApiKeys
 from app.db.database import Database
 from app.gateway.service import gateway_service
 from app.processes.launcher import dashboard_service
@@ -66,6 +66,19 @@ def _login_page() -> AppTest:
 def _submit(app: AppTest, name: str, password: str) -> None:
     submit_login(app, name, password)
     assert not app.exception, app.exception
+
+
+def test_revoking_by_a_name_that_only_looks_like_an_id_is_refused_cleanly(
+    database: Database,
+) -> None:
+    """'³' passes str.isdigit() but not int(); an id past bigint is no id: both are names
+    here, and no key has them (the admin API fuzz once got a 500 for DELETE /keys/%C2%B3)."""
+    keys = ApiKeys(database.engine)
+    created = keys.create("kept")
+    for name in ("³", "٣", "9" * 30):
+        with pytest.raises(ApiKeyError, match="no active key named"):
+            keys.revoke(name)
+    assert keys.revoke(str(created.id)) == [created.id]
 
 
 def test_login_page_says_when_a_name_is_locked(

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import RowMapping, func, insert, select, update
 
-from app.common.bounds import JSON_SAFE_MAX, PG_INTEGER_MAX, Bound
+from app.common.bounds import JSON_SAFE_MAX, PG_BIGINT_MAX, PG_INTEGER_MAX, Bound
 from app.db.bind import Bind, begin, connect
 from app.db.tables import ApiKey
 from app.openai_api.text import bad_text_at
@@ -190,7 +190,9 @@ class ApiKeys:
     def revoke(self, name_or_id: str) -> builtins.list[int]:
         """Revoke the active keys with that name (or that id); their ids. Raises if none."""
         match = ApiKey.name == name_or_id
-        if name_or_id.isdigit():
+        # isdigit() alone takes '³' or '٣', which int() then refuses: ASCII digits only, and
+        # only an id a bigint column can hold.
+        if name_or_id.isascii() and name_or_id.isdigit() and int(name_or_id) <= PG_BIGINT_MAX:
             match = match | (ApiKey.id == int(name_or_id))
         with begin(self.engine) as conn:
             ids = (
