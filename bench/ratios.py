@@ -64,7 +64,7 @@ def _meets(value: float, target: float, higher_is_better: bool) -> bool:
 def verdict(
     ratio: Ratio, target: float, higher_is_better: bool = True, min_rounds: int = MIN_ROUNDS
 ) -> str:
-    """"met", "missed" (either figure misses), or "not enough data"."""
+    """ "met", "missed" (either figure misses), or "not enough data"."""
     figures = (ratio.of_medians, ratio.median_of_rounds)
     if not all(math.isfinite(f) for f in figures):
         return "not enough data"
@@ -73,13 +73,27 @@ def verdict(
     return "met" if ratio.rounds >= min_rounds else "not enough data"
 
 
-def _figure(value: float, target: float, higher_is_better: bool) -> str:
+def _figure(value: float, target: float | None, higher_is_better: bool) -> str:
     """Two decimals, or three where two would round a miss onto the target (0.797 vs 0.8)."""
     text = f"{value:.2f}"
-    if math.isfinite(value) and float(text) == round(target, 2):
-        if not _meets(value, target, higher_is_better):
-            text = f"{value:.3f}"
-    return text
+    if target is None or not math.isfinite(value) or float(text) != round(target, 2):
+        return text
+    return text if _meets(value, target, higher_is_better) else f"{value:.3f}"
+
+
+def describe(
+    label: str, ratio: Ratio, target: float | None = None, higher_is_better: bool = True
+) -> str:
+    """Both figures and the spread when known, without a verdict (for ratios with no target)."""
+    medians = _figure(ratio.of_medians, target, higher_is_better)
+    rounds = _figure(ratio.median_of_rounds, target, higher_is_better)
+    spread = ""
+    if math.isfinite(ratio.low) and math.isfinite(ratio.high):
+        spread = f", {ratio.low:.2f}-{ratio.high:.2f}"
+    return (
+        f"{label}: {medians}x ratio of medians, {rounds}x median of {ratio.rounds} per-round "
+        f"ratios{spread}"
+    )
 
 
 def headline(
@@ -91,13 +105,6 @@ def headline(
 ) -> str:
     """One line: both figures, the spread when known, the target and the verdict."""
     sign = ">=" if higher_is_better else "<="
-    medians = _figure(ratio.of_medians, target, higher_is_better)
-    rounds = _figure(ratio.median_of_rounds, target, higher_is_better)
-    spread = ""
-    if math.isfinite(ratio.low) and math.isfinite(ratio.high):
-        spread = f", {ratio.low:.2f}-{ratio.high:.2f}"
     result = verdict(ratio, target, higher_is_better, min_rounds)
-    return (
-        f"{label}: {medians}x ratio of medians, {rounds}x median of {ratio.rounds} per-round "
-        f"ratios{spread}; target {sign} {target:g}x: {result}"
-    )
+    text = describe(label, ratio, target, higher_is_better)
+    return f"{text}; target {sign} {target:g}x: {result}"
