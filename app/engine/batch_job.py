@@ -101,6 +101,11 @@ def is_generating(r: Running) -> bool:
     return r.next_token is not None and r.prefilled == len(r.tokens)
 
 
+def steps_left(r: Running) -> int:
+    """Decode steps r has at most before it ends (prompt chunks count as one each)."""
+    return r.budget - r.completion_tokens + (r.prefilled < len(r.tokens))
+
+
 def wants_logits(r: Running, end: int) -> bool:
     """Whether the prompt chunk of r ending at end needs logits: it is the last one and r
     has no token sampled yet (a resumed job has its next token already)."""

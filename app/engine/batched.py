@@ -39,6 +39,7 @@ from app.engine.batch_job import (
     finished_event,
     is_generating,
     seq_of,
+    steps_left,
 )
 from app.engine.errors import EngineClosed, GenerationFailed, PromptTooLong, QueueFull
 from app.engine.events import Finished, FinishReason, TextDelta
@@ -51,6 +52,7 @@ from app.engine.prompt_chunks import pack
 from app.engine.protocol import EngineInfo, EngineStats
 from app.engine.requests import GenerationRequest
 from app.engine.sampler_chain import SamplerChain, check_sampling
+from app.engine.slot_layout import MIN_STEPS_LEFT_TO_MOVE, compaction
 from app.engine.slots import Placement, Slot, place
 from app.engine.stop_strings import StopMatcher
 from app.engine.token_pieces import TokenPieces
@@ -97,6 +99,8 @@ class BatchedEngine:
         # Of _busy, the slots held by batch jobs; and batch jobs preempted since start.
         self._busy_batch = 0
         self.preemptions = 0
+        # Running sequences moved to close a gap in the busy slots (slot_layout.py).
+        self.slot_moves = 0
         # When live work was last running or admitted (scheduler thread only).
         self._live_at = -math.inf
         self._tokens_per_second: float | None = None
@@ -224,6 +228,7 @@ class BatchedEngine:
                     running = [r for r in running if id(r) not in gone]
                 for job in admitted:
                     running.append(self._start(job))
+                self._compact(running)
                 running = self._step_once(running)
                 self._outbox.flush()
         except Exception:  # a bug here must not leave callers waiting forever
@@ -296,6 +301,22 @@ class BatchedEngine:
         r.prefilled = placement.reused
         r.pack = True
         return r
+
+    def _compact(self, running: list[Running]) -> None:
+        """Move one running sequence into a gap in the busy slots (see slot_layout.py)."""
+        busy = {s.seq_id for s in self._slots if s.busy}
+        movable = {r.slot.seq_id for r in running if steps_left(r) >= MIN_STEPS_LEFT_TO_MOVE}
+        move = compaction(busy, movable, len(self._slots))
+        if move is None:
+            return
+        r = next(r for r in running if r.slot.seq_id == move.source)
+        source, target = self._slots[move.source], self._slots[move.target]
+        # The source keeps its cells: a copy, and a prefix cache for the next prompt.
+        self._context.copy_prefix(source.seq_id, target.seq_id, len(source.kv_tokens))
+        target.kv_tokens = list(source.kv_tokens)
+        target.busy, source.busy = True, False
+        r.slot = target
+        self.slot_moves += 1
 
     def _claim(self, placement: Placement) -> Slot:
         slot, reused = placement.slot, placement.reused

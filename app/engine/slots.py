@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from app.engine.slot_layout import runs_with
+
 # A cross-slot copy moves a whole KV stream; below this many shared tokens recomputing wins.
 MIN_COPY_TOKENS = 32
 # llama.cpp's CPU flash attention uses a tiled kernel for chunks of at least this many
@@ -61,6 +63,11 @@ def place(prompt: list[int], slots: list[Slot], chunk: int) -> Placement | None:
     free = [s for s in slots if not s.busy]
     if not free:
         return None
+    # Only free slots that keep the busy ones in as few runs as possible (slot_layout.py):
+    # a prefix cached elsewhere is copied over rather than decoding in a second run.
+    busy = [s.seq_id for s in slots if s.busy]
+    fewest = min(runs_with(busy, s.seq_id) for s in free)
+    free = [s for s in free if runs_with(busy, s.seq_id) == fewest]
     n = len(prompt)
     shared = {s.seq_id: reusable(common_prefix(s.kv_tokens, prompt), n, chunk) for s in slots}
     # Ties go to the lowest id: busy slots packed together decode in fewer micro-batches.
