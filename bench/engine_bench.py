@@ -1,22 +1,31 @@
-"""Engine benchmark: Herd's batched worker vs llama-cpp-python's server vs llama-server.
+"""Engine benchmark: Herd's batched worker vs llama-server vs llama-cpp-python's server.
 
-Same GGUF, same threads, one server at a time on this machine, all measured over HTTP with
-streaming chat completions. Not part of CI. Example:
+Same GGUF, same threads, same flash-attention setting (Herd's: llama.cpp's default, auto) and
+same choice of CPU extra buffers (HERD_CPU_EXTRA_BUFFERS, as Herd's worker reads it) for
+every server; all measured over HTTP with streaming chat completions. Not part of CI. Example:
 
     python bench/engine_bench.py --llama-server /path/to/llama-server --threads 2
+
+Every server stays up for the whole run, and the run is --repeat rounds: in each round every
+scenario runs once on every server, the servers' order rotated by one per round, so a busy
+moment of the shared machine hits them alike. Reported per scenario: each server's median
+over rounds, and its ratio to the anchor (llama-server, or llama-cpp-python's server when
+llama-server is not given) both as the ratio of the medians and as the median of the
+per-round ratios with their spread; headlines say "met" only when both meet the target
+(bench/ratios.py).
 
 Herd runs as it does in production: a real `herd worker` registered in a fresh database on
 the embedded PostgreSQL under bench/.work (alias -> deployment -> the worker's own row,
 heartbeated), and a real `herd gateway` in front of it with its response cache off. The
 same worker is measured twice: called directly ("herd") and through the gateway
-("herd-gateway"). Prints a table and ratios to llama-server (or to llama-cpp-python's
-server when llama-server is not given).
+("herd-gateway").
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import socket
@@ -32,6 +41,7 @@ from functools import partial
 from pathlib import Path
 
 import httpx
+from engine_report import Rounds, headlines, print_table, summary
 
 REPO = Path(__file__).resolve().parents[1]
 QUESTIONS = [
@@ -176,7 +186,7 @@ def herd_stand(args: argparse.Namespace, parallel: int) -> Iterator[dict[str, st
     to measure: "herd" (the worker itself) and "herd-gateway"."""
     from gateway_bench import WORK, fresh_database, running, start_gateway
 
-    from app.control.deployments import Deployments, ServingSettings
+    from app.control.deployments import DeploymentRequest, Deployments, ServingSettings
     from app.db import migrate
     from app.db.embedded import EmbeddedPostgres
     from app.db.engine import make_engine as make_db_engine
@@ -195,7 +205,7 @@ def herd_stand(args: argparse.Namespace, parallel: int) -> Iterator[dict[str, st
         serving = ServingSettings(
             model=model.name, n_ctx=args.n_ctx, parallel=parallel, threads=args.threads
         )
-        deployment = Deployments(db).create(ALIAS, serving)
+        deployment = Deployments(db).create(DeploymentRequest(alias=ALIAS, serving=serving))
         env = {
             **os.environ,
             "PYTHONPATH": str(REPO),
@@ -218,20 +228,81 @@ def herd_stand(args: argparse.Namespace, parallel: int) -> Iterator[dict[str, st
         yield {"herd": worker_url, "herd-gateway": gateway_url}
 
 
+# Herd's worker builds its batched context from llama_context_default_params()
+# (app/engine/batch_context.py) and sets no flash-attention type, so it runs with llama.cpp's
+# default, "auto". The worker has no setting for it: the anchors follow Herd.
+HERD_FLASH_ATTN = "auto"
+LOG_DIR = REPO / "bench" / ".work"
+# llama-cpp-python's server, loaded with Herd's choice of CPU extra buffers (repacked
+# weights, AMX): its own settings have no switch for them (app/engine/cpu_buffers.py).
+LLAMA_CPP_PYTHON_SERVER = (
+    "import runpy, sys\n"
+    "from app.engine.cpu_buffers import ExtraBuffers, extra_buffers_allowed, model_params\n"
+    "with model_params(extra_buffers_allowed(ExtraBuffers(sys.argv.pop(1)))):\n"
+    "    runpy.run_module('llama_cpp.server', run_name='__main__', alter_sys=True)\n"
+)
+
+
+def cpu_extra_buffers() -> str:
+    """HERD_CPU_EXTRA_BUFFERS as Herd's worker reads it (auto, on or off)."""
+    return os.environ.get("HERD_CPU_EXTRA_BUFFERS", "auto").lower()
+
+
+def repack_allowed() -> bool:
+    """Whether Herd's worker loads with llama.cpp's extra CPU buffers on this machine."""
+    from app.engine.cpu_buffers import ExtraBuffers, extra_buffers_allowed
+
+    return bool(extra_buffers_allowed(ExtraBuffers(cpu_extra_buffers())))
+
+
+def anchor_command(kind: str, args: argparse.Namespace, parallel: int, port: int) -> list[str]:
+    """The anchor's command line, with the flash-attention setting of args.flash_attn (Herd's
+    "auto" for scripts without that option) and Herd's CPU extra-buffer choice."""
+    model, t = args.model, str(args.threads)
+    flash_attn = getattr(args, "flash_attn", HERD_FLASH_ATTN)
+    if kind == "llama-cpp-python":
+        cmd = [sys.executable, "-c", LLAMA_CPP_PYTHON_SERVER, cpu_extra_buffers()]
+        cmd += ["--model", model, "--port", str(port), "--n_ctx", str(args.n_ctx)]
+        cmd += ["--n_threads", t, "--n_threads_batch", t]
+        # Its setting is a bool (enabled or disabled, no auto); llama.cpp resolves auto to
+        # enabled where every layer's attention runs on a backend that has it, as on a CPU.
+        cmd += ["--flash_attn", "False" if flash_attn == "off" else "True"]
+        # Its default cuts a running stream off when the next request arrives.
+        cmd += ["--interrupt_requests", "False"]
+        return cmd
+    cmd = [args.llama_server, "-m", model, "--port", str(port), "-t", t, "-tb", t]
+    cmd += ["--parallel", str(parallel), "-c", str(args.n_ctx * parallel), "--no-webui"]
+    cmd += ["-fa", flash_attn]
+    if not repack_allowed():
+        cmd.append("--no-repack")
+    return cmd
+
+
+def anchor_log(kind: str) -> Path:
+    """Where anchor_server writes this process's anchor's log (llama.cpp's own lines)."""
+    return LOG_DIR / f"{kind}-{os.getpid()}.log"
+
+
 @contextmanager
 def anchor_server(kind: str, args: argparse.Namespace, parallel: int) -> Iterator[str]:
     """llama-server or llama-cpp-python's server on a free port; yields its URL."""
     port = free_port()
-    model, t = args.model, str(args.threads)
-    if kind == "llama-cpp-python":
-        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", model, "--port", str(port)]
-        cmd += ["--n_threads", t, "--n_threads_batch", t, "--n_ctx", str(args.n_ctx)]
-        # Its default cuts a running stream off when the next request arrives.
-        cmd += ["--interrupt_requests", "False"]
-    else:
-        cmd = [args.llama_server, "-m", model, "--port", str(port), "-t", t, "-tb", t]
-        cmd += ["--parallel", str(parallel), "-c", str(args.n_ctx * parallel), "--no-webui"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    if kind == "llama-cpp-python" and importlib.util.find_spec("sse_starlette") is None:
+        raise RuntimeError(
+            "llama-cpp-python's server needs: pip install 'llama-cpp-python[server]'"
+        )
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path}
+    with anchor_log(kind).open("wb") as log:
+        proc = subprocess.Popen(
+            anchor_command(kind, args, parallel, port),
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ready(url, proc)
@@ -241,48 +312,93 @@ def anchor_server(kind: str, args: argparse.Namespace, parallel: int) -> Iterato
         proc.wait(timeout=30)
 
 
-async def median_of(
-    repeat: int, run: Callable[[], Awaitable[dict[str, float]]]
-) -> dict[str, float]:
-    """Run a scenario repeat times (back to back); the median of each metric. A run the
-    server broke off (a dropped connection) is run again once, and says so."""
-    runs = []
-    for _ in range(repeat):
-        try:
-            runs.append(await run())
-        except httpx.HTTPError as exc:
-            print(f"  run failed ({type(exc).__name__}: {exc}); running it again", flush=True)
-            runs.append(await run())
-    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-
-
-async def measure(url: str, args: argparse.Namespace, out: dict[str, dict[str, float]]) -> None:
-    """Fill out scenario by scenario, so a failure keeps what was measured before it."""
-    rep = args.repeat
-    await scenario_concurrent(url, 1, 4)  # warm-up
-    for n in [1, *args.concurrency]:
-        name = "1 stream" if n == 1 else f"{n} streams"
-        out[name] = await median_of(rep, partial(scenario_concurrent, url, n, args.max_tokens))
-    if args.no_prefix:
-        return
-    for name, shared in (("cold", False), ("shared", True)):
-        out[f"8 chats, 1k system prompt, {name}"] = await median_of(
-            args.prefix_repeat, partial(scenario_shared_prefix, url, shared)
-        )
-
-
-def run_measure(url: str, args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    out: dict[str, dict[str, float]] = {}
+def attention_lines(kind: str) -> list[str]:
+    """What llama.cpp logged about flash attention when the anchor created its context."""
     try:
-        asyncio.run(measure(url, args, out))
-    except httpx.HTTPError as exc:
-        print(f"{url}: stopped by {type(exc).__name__}: {exc}", flush=True)
+        text = anchor_log(kind).read_text(errors="replace")
+    except OSError:
+        return []
+    lines = [
+        line.strip()
+        for line in text.splitlines()
+        if "flash" in line.lower() and "FLASH_ATTN_EXT" not in line  # not graph-node lines
+    ]
+    return lines[:3]
+
+
+Run = Callable[[str], Awaitable[dict[str, float]]]
+
+
+def scenarios(args: argparse.Namespace, round_no: int) -> list[tuple[str, Run]]:
+    """The scenarios of one round, in order; the shared-prefix pair in the first
+    --prefix-repeat rounds only (each takes tens of seconds)."""
+    out: list[tuple[str, Run]] = []
+    for n in dict.fromkeys([1, *args.concurrency]):
+        name = "1 stream" if n == 1 else f"{n} streams"
+        out.append((name, partial(scenario_concurrent, n=n, max_tokens=args.max_tokens)))
+    if not args.no_prefix and round_no < args.prefix_repeat:
+        for name, shared in (("cold", False), ("shared", True)):
+            run = partial(scenario_shared_prefix, shared=shared)
+            out.append((f"8 chats, 1k system prompt, {name}", run))
     return out
 
 
-def main() -> int:
-    from app.store.demo import find_demo_model
+async def run_once(url: str, run: Run) -> dict[str, float] | None:
+    """One run of a scenario; a run the server broke off (a dropped connection) is run again
+    once, and says so; None when that fails too."""
+    for attempt in (1, 2):
+        try:
+            return await run(url)
+        except httpx.HTTPError as exc:
+            print(f"  {url}: attempt {attempt} failed ({type(exc).__name__}: {exc})", flush=True)
+    return None
 
+
+async def interleaved(targets: dict[str, str], args: argparse.Namespace, rounds: Rounds) -> None:
+    """--repeat rounds; in each, every scenario runs once on every server, the servers'
+    order rotated by one per round, so a busy moment of the shared machine or a drift in its
+    speed hits every server alike. Fills rounds[r][server][scenario] as it goes."""
+    names = list(targets)
+    for url in targets.values():
+        await scenario_concurrent(url, 1, 4)  # warm-up: pages the weights in
+    for r in range(args.repeat):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        result: dict[str, dict[str, dict[str, float]]] = {name: {} for name in names}
+        rounds.append(result)
+        for scenario, run in scenarios(args, r):
+            for name in order:
+                metrics = await run_once(targets[name], run)
+                if metrics is not None:
+                    result[name][scenario] = metrics
+                row = {"round": r, "server": name, "scenario": scenario, **(metrics or {})}
+                print(json.dumps(row), flush=True)
+
+
+def settings_lines(args: argparse.Namespace, servers: list[str]) -> list[str]:
+    """The settings every server ran with, and what the anchors' llama.cpp logged."""
+    fa = args.flash_attn
+    lines = [
+        f"model {args.model}, threads {args.threads}, parallel {args.parallel}, "
+        f"n_ctx/slot {args.n_ctx}, max_tokens {args.max_tokens}, rounds {args.repeat} "
+        f"(servers interleaved, order rotated per round)",
+        f"flash attention: herd llama.cpp default ({HERD_FLASH_ATTN}); llama-server -fa {fa}; "
+        f"llama-cpp-python --flash_attn {'False' if fa == 'off' else 'True'} (no auto setting)",
+        f"CPU extra buffers (repack): HERD_CPU_EXTRA_BUFFERS={cpu_extra_buffers()} -> "
+        f"{'allowed' if repack_allowed() else 'off (llama-server --no-repack)'} for every server",
+    ]
+    for kind in servers:
+        if kind in ("llama-server", "llama-cpp-python"):
+            lines += [f"  {kind} log: {line}" for line in attention_lines(kind)]
+    return lines
+
+
+def machine_line(when: str) -> str:
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    return f"{when}: {stamp}, load average {load}"
+
+
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=None, help="GGUF file (default: the demo model)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="for every server")
@@ -292,40 +408,55 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, nargs="*", default=[4, 8, 16])
     p.add_argument("--llama-server", default=None, help="llama-server binary (the anchor)")
     p.add_argument("--servers", nargs="*", default=list(SERVERS), choices=SERVERS)
-    p.add_argument("--repeat", type=int, default=1, help="runs per scenario; medians shown")
-    p.add_argument("--prefix-repeat", type=int, default=1, help="runs of the prefix scenario")
+    p.add_argument("--repeat", type=int, default=3, help="rounds; medians over rounds shown")
+    p.add_argument("--prefix-repeat", type=int, default=1, help="rounds with the prefix pair")
     p.add_argument("--no-prefix", action="store_true", help="skip the shared-prefix scenario")
+    p.add_argument(
+        "--flash-attn",
+        choices=["auto", "on", "off"],
+        default=HERD_FLASH_ATTN,
+        help="for the anchors; Herd's worker always runs llama.cpp's default (auto), so any "
+        "other value is refused while Herd is measured",
+    )
     p.add_argument("--json", default=None, help="also write the results here")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> int:
+    from app.store.demo import find_demo_model
+
+    args = parse_args()
     args.model = args.model or str(find_demo_model().path)
     servers = [s for s in args.servers if s != "llama-server" or args.llama_server]
-    results: dict[str, dict[str, dict[str, float]]] = {}
-    for kind in servers:
-        if kind == "herd-gateway" and "herd" in servers:
-            continue  # measured on the same stand as "herd"
-        if kind in ("herd", "herd-gateway"):
-            with herd_stand(args, args.parallel) as urls:
-                for name, url in urls.items():
-                    if name in servers:
-                        results[name] = run_measure(url, args)
-                        print(json.dumps({name: results[name]}), flush=True)
-        else:
-            with anchor_server(kind, args, args.parallel) as url:
-                results[kind] = run_measure(url, args)
-                print(json.dumps({kind: results[kind]}), flush=True)
-    anchor = "llama-server" if "llama-server" in results else next(iter(results))
-    print(f"model {args.model}, threads {args.threads}, parallel {args.parallel}, "
-          f"n_ctx/slot {args.n_ctx}, max_tokens {args.max_tokens}; anchor {anchor}")  # fmt: skip
-    for scen in results[anchor]:
-        for metric in results[anchor][scen]:
-            base = results[anchor][scen][metric]
-            row = [f"{scen:36s} {metric:22s}"]
-            for kind in results:
-                v = results[kind].get(scen, {}).get(metric, float("nan"))
-                row.append(f"{kind}={v:9.1f} ({v / base:5.2f}x)")
-            print("  ".join(row))
+    if args.flash_attn != HERD_FLASH_ATTN and {"herd", "herd-gateway"} & set(servers):
+        raise SystemExit(f"--flash-attn {args.flash_attn}: Herd's worker runs auto only")
+    start = machine_line("start")
+    print(start, flush=True)
+    rounds: Rounds = []
+    with ExitStack() as stack:
+        targets: dict[str, str] = {}
+        for kind in servers:
+            if kind in ("herd", "herd-gateway"):
+                if not {"herd", "herd-gateway"} & set(targets):
+                    urls = stack.enter_context(herd_stand(args, args.parallel))
+                    targets.update({n: u for n, u in urls.items() if n in servers})
+            else:
+                targets[kind] = stack.enter_context(anchor_server(kind, args, args.parallel))
+        try:
+            asyncio.run(interleaved(targets, args, rounds))
+        except httpx.HTTPError as exc:
+            print(f"stopped by {type(exc).__name__}: {exc}; reporting what was measured")
+    anchors = [k for k in ("llama-server", "llama-cpp-python") if k in targets]
+    anchor = anchors[0] if anchors else next(iter(targets))
+    print("\n".join([start, machine_line("end"), *settings_lines(args, servers)]))
+    print(f"anchor {anchor}; cells: median over rounds (ratio of medians / median of "
+          "per-round ratios [lowest-highest round])")  # fmt: skip
+    table = summary(rounds, anchor)
+    print_table(table)
+    for line in headlines(rounds, anchor):
+        print(line)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        Path(args.json).write_text(json.dumps({"rounds": rounds}, indent=2))
     return 0
 
 

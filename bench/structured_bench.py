@@ -3,9 +3,11 @@ llama-server, and n=4 choices vs four sequential calls.
 
 One `herd worker` (registered, as in production; see engine_bench.herd_stand) and, when
 given, llama-server on the same GGUF, threads and slots. Both stay up for the whole run and
-are measured turn by turn (Herd, then llama-server, scenario by scenario, --rounds times), so
-a change in the shared machine's load hits both alike; ratios are taken within each round
-and their median is reported. Measured over HTTP, non-streamed, greedy:
+are measured turn by turn (scenario by scenario, --rounds times, the servers' order swapped
+every round), so a change in the shared machine's load hits both alike. Each ratio is
+reported twice (bench/ratios.py): the ratio of the medians over rounds and the median of the
+per-round ratios with their spread; a target is met only when both meet it. Measured over
+HTTP, non-streamed, greedy:
 
 - constrained: tokens/s (all streams together) at 1 and 8 concurrent requests whose
   response_format is a json_schema that needs many tokens (an array of at least 40 objects),
@@ -22,15 +24,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import statistics
 import time
 from contextlib import ExitStack
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import httpx
 from engine_bench import ALIAS, anchor_server, herd_stand
+from ratios import Ratio, describe, headline, paired
 
 SCHEMA = {
     "type": "array",
@@ -48,6 +53,11 @@ SCHEMA = {
 }
 MESSAGES = [{"role": "user", "content": "List the members of a large club as JSON."}]
 SCENARIOS = ("json_schema x1", "free x1", "json_schema x8", "free x8")
+# Targets: constrained tokens/s at least this much of llama-server's, and of Herd's own
+# unconstrained; n=4 in one call against four sequential calls.
+VS_ANCHOR_TARGET = 0.9
+VS_FREE_TARGET = 0.8
+N4_TARGET = 2.5
 
 
 def body(constrained: bool, max_tokens: int, **extra: Any) -> dict[str, Any]:
@@ -105,8 +115,11 @@ async def run_rounds(targets: dict[str, str], args: argparse.Namespace) -> list[
             await call(client, url, body(False, 8))
         for i in range(args.rounds):
             result: dict[str, Any] = {name: {} for name in targets}
+            names = list(targets)
+            order = names[i % len(names) :] + names[: i % len(names)]
             for scenario in SCENARIOS:
-                for name, url in targets.items():
+                for name in order:
+                    url = targets[name]
                     requests = scenario_requests(scenario, args.max_tokens)
                     value = await tokens_per_second(client, url, requests, sequential=False)
                     result[name][scenario] = value
@@ -123,31 +136,33 @@ async def run_rounds(targets: dict[str, str], args: argparse.Namespace) -> list[
     return rounds
 
 
-def ratios(rounds: list[dict[str, Any]]) -> dict[str, float]:
-    """Median over rounds of each within-round ratio."""
-    per_round: dict[str, list[float]] = {}
+def comparisons(rounds: list[dict[str, Any]]) -> dict[str, tuple[Ratio, float | None]]:
+    """Each comparison's two figures (bench/ratios.py) and its target (None: no target)."""
 
-    def put(name: str, value: float) -> None:
-        per_round.setdefault(name, []).append(value)
+    def series(server: str, metric: str) -> list[float]:
+        return [r.get(server, {}).get(metric, math.nan) for r in rounds]
 
-    for r in rounds:
-        herd = r["herd"]
+    out: dict[str, tuple[Ratio, float | None]] = {}
+    for streams in (1, 8):
+        json_s, free = series("herd", f"json_schema x{streams}"), series("herd", f"free x{streams}")
+        out[f"herd json_schema / herd free, {streams} streams"] = (
+            paired(json_s, free),
+            VS_FREE_TARGET,
+        )
+    n4 = paired(series("herd", "n=4 one call"), series("herd", "n=1 four sequential"))
+    out["herd n=4 / four sequential n=1"] = (n4, N4_TARGET)
+    if "llama-server" in rounds[0]:
+        for scenario in SCENARIOS:
+            target = VS_ANCHOR_TARGET if scenario.startswith("json") else None
+            ratio = paired(series("herd", scenario), series("llama-server", scenario))
+            out[f"herd / llama-server, {scenario}"] = (ratio, target)
         for streams in (1, 8):
-            put(
-                f"herd json_schema / herd free, {streams} streams",
-                herd[f"json_schema x{streams}"] / herd[f"free x{streams}"],
+            ratio = paired(
+                series("llama-server", f"json_schema x{streams}"),
+                series("llama-server", f"free x{streams}"),
             )
-        put("herd n=4 / four sequential n=1", herd["n=4 one call"] / herd["n=1 four sequential"])
-        anchor = r.get("llama-server")
-        if anchor:
-            for scenario in SCENARIOS:
-                put(f"herd / llama-server, {scenario}", herd[scenario] / anchor[scenario])
-            for streams in (1, 8):
-                put(
-                    f"llama-server json_schema / llama-server free, {streams} streams",
-                    anchor[f"json_schema x{streams}"] / anchor[f"free x{streams}"],
-                )
-    return {name: statistics.median(values) for name, values in per_round.items()}
+            out[f"llama-server json_schema / llama-server free, {streams} streams"] = (ratio, None)
+    return out
 
 
 def main() -> int:
@@ -180,11 +195,12 @@ def main() -> int:
             anchor = statistics.median(r["llama-server"][metric] for r in rounds)
             row += f"   llama-server median {anchor:7.1f} tok/s"
         print(row)
-    summary = ratios(rounds)
-    for name, value in summary.items():
-        print(f"{name:55s} {value:5.2f}x (median of per-round ratios)")
+    summary = comparisons(rounds)
+    for name, (ratio, target) in summary.items():
+        print(describe(name, ratio) if target is None else headline(name, ratio, target))
     if args.json:
-        Path(args.json).write_text(json.dumps({"rounds": rounds, "ratios": summary}, indent=2))
+        figures = {name: asdict(ratio) for name, (ratio, _) in summary.items()}
+        Path(args.json).write_text(json.dumps({"rounds": rounds, "ratios": figures}, indent=2))
     return 0
 
 
