@@ -33,6 +33,7 @@ import os
 import random
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -160,15 +161,19 @@ def order(round_no: int, servers: list[str] | tuple[str, ...] = SERVERS) -> list
 
 
 async def timed_call(
-    client: httpx.AsyncClient, url: str, call: Call, t0: float, at: float
+    client: httpx.AsyncClient, url: str, call: Call, t0: float, at: float, timeout_s: float
 ) -> Outcome:
-    """One streamed call started now, for an arrival scheduled at t0 + at."""
+    """One streamed call started now, for an arrival scheduled at t0 + at; an error after
+    timeout_s in all."""
     out = Outcome(scheduled_s=at)
     sent = time.perf_counter() - t0
     messages = [{"role": "user", "content": call.text}]
     try:
-        result = await one_stream(client, url, messages, call.max_tokens)
-    except (httpx.HTTPError, json.JSONDecodeError) as exc:
+        # httpx's timeout is per read: a stream that trickles must still end in time.
+        result = await asyncio.wait_for(
+            one_stream(client, url, messages, call.max_tokens), timeout_s
+        )
+    except (httpx.HTTPError, json.JSONDecodeError, TimeoutError) as exc:
         out.error = f"{type(exc).__name__}: {exc}"[:200]
         return out
     out.token_at = [sent + t for t in result.token_times]
@@ -193,7 +198,7 @@ async def open_loop(
             delay = t0 + at - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(timed_call(c, url, call, t0, at)))
+            tasks.append(asyncio.create_task(timed_call(c, url, call, t0, at, timeout_s)))
         return list(await asyncio.gather(*tasks))
 
 
@@ -210,7 +215,7 @@ async def closed_loop(
         async def caller() -> None:
             while (now := time.perf_counter() - t0) < duration_s:
                 call = calls[next(taken) % len(calls)]
-                outcomes.append(await timed_call(c, url, call, t0, now))
+                outcomes.append(await timed_call(c, url, call, t0, now, timeout_s))
 
         await asyncio.gather(*(caller() for _ in range(clients)))
     return outcomes
@@ -407,8 +412,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM (timeout, kill) ends the run through its finally blocks, so the servers it
+    started are stopped too rather than left running."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    stop_on_sigterm()
     args = parse_args(argv)
     if not args.no_anchor and not Path(args.llama_server).is_file():
         print(f"no llama-server at {args.llama_server}: --llama-server, LLAMA_SERVER or "

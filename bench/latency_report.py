@@ -83,10 +83,11 @@ def commit() -> str:
     def git(*a: str) -> str:
         return subprocess.run(["git", *a], capture_output=True, text=True, cwd=REPO).stdout.strip()
 
+    head = git("rev-parse", "--short", "HEAD")
+    if not head:  # a `git archive` copy: the caller names the commit
+        return os.environ.get("HERD_BENCH_COMMIT", "unknown (not a git checkout)")
     dirty = git("status", "--porcelain", "--", "app")
-    return git("rev-parse", "--short", "HEAD") + (
-        " (uncommitted changes under app/)" if dirty else ""
-    )
+    return head + (" (uncommitted changes under app/)" if dirty else "")
 
 
 def server_version(binary: str) -> str:
