@@ -51,7 +51,15 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # engine_bench, when imported by tests
 
-from engine_bench import REPO, free_port, herd_stand, one_stream, pct, wait_ready
+from engine_bench import (
+    REPO,
+    anchor_command,
+    free_port,
+    herd_stand,
+    one_stream,
+    pct,
+    wait_ready,
+)
 from latency_report import (
     SERVERS,
     VIEWS,
@@ -258,13 +266,11 @@ def herd_worker(args: argparse.Namespace) -> Iterator[Server]:
 
 
 def llama_server_argv(args: argparse.Namespace, port: int) -> list[str]:
-    """engine_bench.anchor_server's llama-server command, plus --no-repack, the
-    flash-attention setting and the GPU layers (-1: all)."""
-    t, p = str(args.threads), args.parallel
+    """engine_bench's llama-server command (Herd's flash-attention setting and CPU
+    extra-buffer choice: --no-repack where Herd's worker keeps them off, as on this AMX
+    VM), plus the GPU layers (-1: all)."""
     ngl = "all" if args.n_gpu_layers < 0 else str(args.n_gpu_layers)
-    argv = [args.llama_server, "-m", args.model, "--port", str(port), "-t", t, "-tb", t]
-    argv += ["--parallel", str(p), "-c", str(args.n_ctx * p), "--no-webui"]
-    return [*argv, "--no-repack", "-fa", args.flash_attn, "-ngl", ngl]
+    return [*anchor_command("llama-server", args, args.parallel, port), "-ngl", ngl]
 
 
 @contextmanager
