@@ -48,6 +48,7 @@ from app.engine.job import EWMA_WEIGHT, MAX_RETRY_AFTER_S
 from app.engine.loader import LoadedModel, PreparedPrompt
 from app.engine.logprobs import token_logprob
 from app.engine.outbox import Outbox
+from app.engine.prefix_snapshots import PrefixSnapshots
 from app.engine.prompt_chunks import pack
 from app.engine.protocol import EngineInfo, EngineStats
 from app.engine.requests import GenerationRequest
@@ -79,6 +80,7 @@ class BatchedEngine:
         context: BatchContext,
         info: EngineInfo,
         max_queue: int = 16,
+        snapshots: PrefixSnapshots | None = None,
     ) -> None:
         if max_queue < 0:
             raise ValueError("max_queue must be >= 0")
@@ -88,6 +90,9 @@ class BatchedEngine:
         self._max_queue = max_queue
         self._shape = context.shape
         self._slots = [Slot(seq_id=i) for i in range(self._shape.slots)]
+        # Hot prefixes saved to disk and restored from it (prefix_snapshots.py).
+        self._snapshots = snapshots or PrefixSnapshots()
+        self._snapshots.adopt(self._slots)
         self._vocab: Any = model.llama._model.vocab
         self._grammars = GrammarCache(self._vocab)
         self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
@@ -208,6 +213,7 @@ class BatchedEngine:
             self._closed = True
             self._wake.notify()
         self._thread.join()
+        self._snapshots.close(self._slots)
         self._context.close()
         self._model.close()
 
@@ -326,6 +332,7 @@ class BatchedEngine:
         else:
             self._context.forget(slot.seq_id, reused)
             del slot.kv_tokens[reused:]
+        self._snapshots.claimed(slot, placement)
         slot.busy = True
         return slot
 

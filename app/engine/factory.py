@@ -13,6 +13,7 @@ from app.engine.batch_context import (
 )
 from app.engine.batched import BatchedEngine
 from app.engine.loader import LoadOptions, load_model
+from app.engine.prefix_snapshots import PrefixSnapshots, SnapshotConfig
 from app.engine.protocol import Engine
 from app.engine.single_slot import load_engine as load_single_slot_engine
 
@@ -26,9 +27,12 @@ HELPER_N_CTX = 256
 STEP_TOKENS = 512
 
 
-def load_batched_engine(options: LoadOptions, max_queue: int = 16) -> BatchedEngine:
+def load_batched_engine(
+    options: LoadOptions, max_queue: int = 16, snapshots: SnapshotConfig | None = None
+) -> BatchedEngine:
     """Load the model with options.parallel sequences in one context; raises ModelLoadError, or
-    BatchingUnsupported when this model cannot be batched."""
+    BatchingUnsupported when this model cannot be batched. With snapshots, hot KV prefixes
+    saved by an earlier engine of the same model and settings are restored into its slots."""
     model = load_model(replace(options, n_ctx=HELPER_N_CTX))
     try:
         llama = model.llama
@@ -46,6 +50,8 @@ def load_batched_engine(options: LoadOptions, max_queue: int = 16) -> BatchedEng
         context = BatchContext(llama.model, shape)
         bos = llama.token_bos()
         context.warm_up(bos if bos >= 0 else 0)
+        saved = PrefixSnapshots.open(snapshots, context, options, shape)
+        saved.restore()
     except BaseException:
         model.close()
         raise
@@ -53,14 +59,20 @@ def load_batched_engine(options: LoadOptions, max_queue: int = 16) -> BatchedEng
     model.info = replace(
         model.info, n_ctx=shape.n_ctx_slot, slots_total=slots, n_threads=shape.n_threads_batch
     )
-    return BatchedEngine(model, context, model.info, max_queue=max_queue)
+    return BatchedEngine(model, context, model.info, max_queue=max_queue, snapshots=saved)
 
 
-def make_engine(options: LoadOptions, max_queue: int = 16, batched: bool = True) -> Engine:
-    """The batched engine, or the single-slot one where batching cannot serve the model."""
+def make_engine(
+    options: LoadOptions,
+    max_queue: int = 16,
+    batched: bool = True,
+    snapshots: SnapshotConfig | None = None,
+) -> Engine:
+    """The batched engine, or the single-slot one where batching cannot serve the model
+    (snapshots: see load_batched_engine; the single-slot engine keeps none)."""
     if batched:
         try:
-            return load_batched_engine(options, max_queue=max_queue)
+            return load_batched_engine(options, max_queue=max_queue, snapshots=snapshots)
         except BatchingUnsupported as exc:
             logger.warning(
                 "continuous batching is not available for %s (%s); serving one request at a "

@@ -20,6 +20,10 @@ class Slot:
     seq_id: int
     kv_tokens: list[int] = field(default_factory=list)
     busy: bool = False
+    # Claims in a row that reused this slot's cached prefix, and how many tokens the last one
+    # reused: the hottest prefixes are saved to disk (prefix_snapshots.py).
+    reuses: int = 0
+    shared: int = 0
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from app.common.cli_output import warn
 from app.common.cli_parser import SubParsers, command
 from app.config import Settings
 from app.engine.serving import add_serving_flags, serving_values_from
+from app.worker.options import DEFAULT_KV_SNAPSHOT_MAX_MB
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
@@ -26,6 +27,8 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
             log_path=args.log_path,
             advertise_url=args.advertise_url or settings.advertise_url,
             join=args.join,
+            kv_snapshots=args.kv_snapshots,
+            kv_snapshot_max_mb=args.kv_snapshot_max_mb,
             **serving_values_from(args),
         )
     except ValueError as exc:
@@ -65,6 +68,26 @@ def register(sub: SubParsers) -> None:
             "URL other hosts reach this worker at, http://host[:port] (without a port the real "
             "port is added; HERD_ADVERTISE_URL); default: from --host, the host's primary "
             "address for 0.0.0.0"
+        ),
+    )
+    worker.add_argument(
+        "--no-kv-snapshots",
+        dest="kv_snapshots",
+        action="store_false",
+        help=(
+            "do not save hot prompt prefixes' KV cache under HERD_HOME/kv_snapshots at stop "
+            "(and once a prefix is reused 3 times), nor restore them at start; by default a "
+            "new worker of the same model file and settings restores them, so a shared system "
+            "prompt is not computed again after a restart or a roll"
+        ),
+    )
+    worker.add_argument(
+        "--kv-snapshot-max-mb",
+        type=int,
+        default=DEFAULT_KV_SNAPSHOT_MAX_MB,
+        help=(
+            "disk the KV snapshots may take, all models together; least recently used go "
+            f"first (default {DEFAULT_KV_SNAPSHOT_MAX_MB})"
         ),
     )
     worker.add_argument(

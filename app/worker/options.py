@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from app.engine.kv_snapshot_files import DEFAULT_MAX_BYTES
 from app.engine.serving import ServingParams
 from app.worker.advertise import check_advertise_url
 
 DEFAULT_MAX_QUEUE = 16
+DEFAULT_KV_SNAPSHOT_MAX_MB = DEFAULT_MAX_BYTES >> 20
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,6 +29,10 @@ class WorkerOptions(ServingParams):
     # Join (or create as 'external') the deployment for (alias, model): replicas started by
     # Kubernetes or an operator rather than by a supervisor.
     join: bool = False
+    # Hot KV prefixes saved under HERD_HOME/kv_snapshots and restored by the next worker of
+    # the same model and settings (engine/prefix_snapshots.py); the folder's bound in MiB.
+    kv_snapshots: bool = True
+    kv_snapshot_max_mb: int = DEFAULT_KV_SNAPSHOT_MAX_MB
 
     def __post_init__(self) -> None:
         problems = self.serving_problems()
@@ -36,6 +42,8 @@ class WorkerOptions(ServingParams):
             problems.append(f"--port {self.port} is not a port number")
         if self.max_queue < 0:
             problems.append("--max-queue is >= 0")
+        if self.kv_snapshot_max_mb < 1:
+            problems.append("--kv-snapshot-max-mb is >= 1 (--no-kv-snapshots turns them off)")
         if self.alias is not None and not self.alias.strip():
             problems.append("--alias is empty")
         if self.join and self.deployment_id is not None:

@@ -32,6 +32,7 @@ from app.engine.embedder import load_embedding_engine
 from app.engine.errors import ModelLoadError
 from app.engine.factory import make_engine
 from app.engine.loader import LoadOptions
+from app.engine.prefix_snapshots import SnapshotConfig
 from app.engine.protocol import Engine
 from app.engine.serving import DEFAULT_N_CTX
 from app.store.estimate import default_slots
@@ -110,8 +111,10 @@ class ModelLoader:
         reporter: Reporter,
         server: uvicorn.Server,
         extra_buffers: ExtraBuffers = ExtraBuffers.AUTO,
+        snapshots: SnapshotConfig | None = None,
     ) -> None:
         self.source = source
+        self.snapshots = snapshots
         self.extra_buffers = extra_buffers
         self.options = options
         self.state = state
@@ -151,7 +154,7 @@ class ModelLoader:
                 engine = load_embedding_engine(load, options.pooling, options.max_queue)
             else:
                 # Batched across --parallel slots; falls back to one slot (logged) if not.
-                engine = make_engine(load, max_queue=options.max_queue)
+                engine = make_engine(load, max_queue=options.max_queue, snapshots=self.snapshots)
         except ModelLoadError as exc:
             self._fail(str(exc))
             return
@@ -171,6 +174,15 @@ class ModelLoader:
             "supported" if info.gpu_offload_supported else "not in this build (CPU only)",
             info.load_ms,
         )
+
+
+def kv_snapshots(settings: Settings, options: WorkerOptions) -> SnapshotConfig | None:
+    """Where this worker keeps its hot KV prefixes (None: --no-kv-snapshots)."""
+    if not options.kv_snapshots:
+        return None
+    return SnapshotConfig(
+        settings.home_dir / "kv_snapshots", max_bytes=options.kv_snapshot_max_mb << 20
+    )
 
 
 def run_worker(settings: Settings, options: WorkerOptions) -> int:
@@ -245,7 +257,13 @@ def _run(settings: Settings, options: WorkerOptions, database: Database) -> int:
     server = WorkerServer(config, state)
     heartbeat = Heartbeat(reporter, settings.worker_heartbeat_s)
     loader = ModelLoader(
-        source, options, state, reporter, server, ExtraBuffers(settings.cpu_extra_buffers)
+        source,
+        options,
+        state,
+        reporter,
+        server,
+        ExtraBuffers(settings.cpu_extra_buffers),
+        snapshots=kv_snapshots(settings, options),
     )
     heartbeat.start()
     loader.thread.start()
