@@ -52,7 +52,7 @@ import psutil
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from app.control.deployments import Deployments, ServingSettings
+from app.control.deployments import DeploymentRequest, Deployments, ServingSettings
 from app.db import migrate
 from app.db.embedded import EmbeddedPostgres
 from app.db.engine import make_engine, sqlalchemy_url
@@ -257,7 +257,9 @@ def prepare_database(url: str, folder: Path, upstream_url: str, upstream_pid: in
     engine = make_engine(url)
     gguf = tiny_gguf(folder / "tiny.gguf")
     model = ModelStore(engine, folder / "models").add(gguf)
-    deployment = Deployments(engine).create(ALIAS, ServingSettings(model=model.name))
+    deployment = Deployments(engine).create(
+        DeploymentRequest(alias=ALIAS, serving=ServingSettings(model=model.name))
+    )
     row = WorkerRow(
         host="127.0.0.1",
         url=upstream_url,
@@ -469,8 +471,10 @@ def start_litellm(
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",
     }
     port = free_port()
+    # Its workers start by importing LiteLLM (several seconds on a busy machine): uvicorn's
+    # 5 s worker health check would kill and respawn them forever.
     argv = [str(litellm), "--config", str(path), "--host", "127.0.0.1", "--port", str(port),
-            "--num_workers", "2"]  # fmt: skip
+            "--num_workers", "2", "--timeout_worker_healthcheck", "120"]  # fmt: skip
     proxy = stack.enter_context(running(argv, folder / "litellm.log", env))
     base = f"http://127.0.0.1:{port}"
     wait_until(
@@ -622,8 +626,13 @@ def find_py_spy(litellm: Path) -> Path | None:
     return beside if beside.exists() else None
 
 
-def profile_gateway(py_spy: Path, pid: int, script: Path, url: str, folder: Path) -> list[str]:
-    """py-spy the gateway under 32 clients: a flame graph, and the top frames as text."""
+def profile_gateway(
+    py_spy: Path, pid: int, script: Path, url: str, folder: Path, gil: bool = False
+) -> list[str]:
+    """py-spy the gateway under 32 clients: a flame graph, and the top frames as text.
+
+    gil: sample only the thread holding the GIL (py-spy --gil), so that a thread waiting
+    for it (the event loop while a helper thread runs Python) is not counted as working."""
     seconds = 10
     svg, raw = WORK / "gateway.svg", folder / "gateway.collapsed"
     load = subprocess.Popen(
@@ -638,7 +647,7 @@ def profile_gateway(py_spy: Path, pid: int, script: Path, url: str, folder: Path
         for fmt, target in (("flamegraph", svg), ("raw", raw)):
             subprocess.run(
                 [str(py_spy), "record", "-d", str(seconds), "-f", fmt,
-                 "-o", str(target), "--pid", str(pid)],
+                 "-o", str(target), "--pid", str(pid), *(["--gil"] if gil else [])],
                 check=True, capture_output=True, timeout=seconds + 60,
             )  # fmt: skip
     finally:
@@ -661,7 +670,8 @@ def profile_gateway(py_spy: Path, pid: int, script: Path, url: str, folder: Path
             inclusive[frame] += count
     loop = max(1, loop)
     lines = [
-        f"py-spy ({seconds} s, 32 clients): {total} samples, {loop} on the event loop thread "
+        f"py-spy ({seconds} s, 32 clients{', --gil' if gil else ''}): {total} samples, "
+        f"{loop} on the event loop thread "
         f"({100 * loop / max(1, total):.0f}%), the rest in helper threads. Flame graph: {svg}",
         "Event loop thread, own time by function (top 15):",
     ]
@@ -738,7 +748,9 @@ def run(args: argparse.Namespace) -> None:
             herd = stand.contenders[1]
             pid = stand.processes["herd"].pid
             try:
-                profile = profile_gateway(py_spy, pid, script, herd.url, folder)
+                profile = profile_gateway(
+                    py_spy, pid, script, herd.url, folder, gil=args.profile_gil
+                )
             except (subprocess.SubprocessError, OSError) as exc:
                 profile = [f"py-spy failed: {exc}"]
         elif args.profile:
@@ -805,6 +817,8 @@ def main() -> None:
         help="direct and herd always run; leave litellm out for a quick look at Herd alone",
     )
     parser.add_argument("--litellm", default=str(DEFAULT_LITELLM), help="the litellm executable")
+    parser.add_argument("--profile-gil", action="store_true",
+                        help="profile only the thread holding the GIL (py-spy --gil)")  # fmt: skip
     parser.add_argument("--no-profile", dest="profile", action="store_false",
                         help="skip py-spy on the gateway")  # fmt: skip
     parser.add_argument("--no-record", dest="record", action="store_false",

@@ -15,10 +15,11 @@ import app as herd
 from app.config import Settings
 from app.db.database import Database
 from app.gateway.body_limit import BodyLimit
+from app.gateway.completion_lane import CompletionLane
 from app.gateway.errors import database_error
 from app.gateway.routes_batches import batches_router
 from app.gateway.routes_feedback import feedback_router
-from app.gateway.routes_openai import openai_router
+from app.gateway.routes_openai import completion_endpoints, openai_router
 from app.gateway.routes_operations import operations_router
 from app.gateway.runtime import GatewayRuntime, database_url
 from app.gateway.schemas import BatchCreateRequest
@@ -60,6 +61,13 @@ def create_app(
         lifespan=lifespan,
     )
 
+    # The completion calls skip the router and the route machinery (inside BodyLimit, so
+    # the body limit holds for them as before).
+    app.add_middleware(
+        CompletionLane,
+        endpoints=completion_endpoints(),
+        exception_handlers=app.exception_handlers,
+    )
     # File uploads have their own, larger limit (HERD_BATCH_FILE_MAX_BYTES), counted as they
     # stream to disk.
     app.add_middleware(

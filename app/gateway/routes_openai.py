@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -128,11 +129,21 @@ async def embeddings(request: Request) -> Response:
     )
 
 
+# The completion routes' paths and handlers: the router registers them (for OpenAPI and
+# every other method), the app's completion lane (app/gateway/completion_lane.py) runs them.
+CHAT_PATH, COMPLETIONS_PATH = "/v1/chat/completions", "/v1/completions"
+
+
+def completion_endpoints() -> dict[str, Callable[[Request], Awaitable[Response]]]:
+    """POST path -> handler of the completion calls, the gateway's hot path."""
+    return {CHAT_PATH: chat_completions, COMPLETIONS_PATH: completions}
+
+
 def openai_router() -> APIRouter:
     """/v1/chat/completions, /v1/completions, /v1/models[/{id}] and /v1/embeddings."""
     router = APIRouter(tags=["openai"])
     router.add_api_route(
-        "/v1/chat/completions",
+        CHAT_PATH,
         chat_completions,
         methods=["POST"],
         summary="Chat completion",
@@ -140,7 +151,7 @@ def openai_router() -> APIRouter:
         responses=INVALID_BODY_OPENAPI,
     )
     router.add_api_route(
-        "/v1/completions",
+        COMPLETIONS_PATH,
         completions,
         methods=["POST"],
         summary="Text completion",
