@@ -28,18 +28,27 @@ class StepDecoder:
 
     def decode_tokens(self, generating: list[Running]) -> list[Running]:
         """Decode the next token of every generating job in one llama_decode; returns the
-        jobs that have logits to sample (all of them, unless llama.cpp failed)."""
+        jobs that have logits to sample (all of them, unless llama.cpp failed).
+
+        A job with drafts (r.drafts, see lookup_drafts.py) gets them as further rows of its
+        sequence after its next token, each with logits: r.row is the first, the drafts'
+        rows follow it, and kv_tokens then hold them all until _sample drops the rejected.
+        """
         batch = self._context.batch
         batch.clear()
         # Slot order: llama.cpp puts consecutive sequence ids into one micro-batch.
         for r in generating:
             assert r.next_token is not None
-            r.row = batch.add(r.next_token, len(r.slot.kv_tokens), r.slot.seq_id, True)
+            pos, seq = len(r.slot.kv_tokens), r.slot.seq_id
+            r.row = batch.add(r.next_token, pos, seq, True)
+            for i, draft in enumerate(r.drafts, 1):
+                batch.add(draft, pos + i, seq, True)
         rc = self._context.decode()
         if rc == 0:
             for r in generating:
                 assert r.next_token is not None
                 r.slot.kv_tokens.append(r.next_token)
+                r.slot.kv_tokens.extend(r.drafts)
             return generating
         # Undo whatever part was stored, then decode each alone to find the culprits.
         logger.warning(
@@ -47,6 +56,7 @@ class StepDecoder:
         )
         for r in generating:
             self._context.forget(r.slot.seq_id, len(r.slot.kv_tokens))
+            r.drafts = []
         survivors = []
         for r in generating:
             assert r.next_token is not None

@@ -11,6 +11,7 @@ from typing import Any
 from app.engine.events import Finished, FinishReason, TokenLogprob
 from app.engine.job import JobChannel
 from app.engine.loader import PreparedPrompt
+from app.engine.lookup_drafts import DraftPacer, NgramIndex
 from app.engine.requests import Priority, SamplingParams
 from app.engine.sampler_chain import SamplerChain
 from app.engine.slots import Slot
@@ -72,6 +73,14 @@ class Running:
     pack: bool = True
     # Log probabilities of tokens sampled but not yet sent (only when asked for).
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    # Prompt-lookup drafting (lookup_drafts.py); lookup is None when r does not draft.
+    # drafts: guessed tokens decoded after next_token in the current step, to be verified.
+    lookup: NgramIndex | None = None
+    pacer: DraftPacer = field(default_factory=DraftPacer)
+    drafts: list[int] = field(default_factory=list)
+    # Since the start: draft tokens decoded, and those the sampler confirmed.
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
 
     def row_or_fail(self) -> int:
         assert self.row is not None, "sampled without logits"
@@ -88,6 +97,8 @@ def finished_event(r: Running, reason: FinishReason, now: float) -> Finished:
         r.last_at,
         now,
         cached_tokens=r.cached_tokens,
+        drafted_tokens=r.drafted_tokens,
+        accepted_tokens=r.accepted_tokens,
     )
 
 

@@ -41,12 +41,14 @@ from app.engine.batch_job import (
     seq_of,
     steps_left,
 )
+from app.engine.drafting import plan_drafts, verify
 from app.engine.errors import EngineClosed, GenerationFailed, PromptTooLong, QueueFull
 from app.engine.events import Finished, FinishReason, TextDelta
 from app.engine.grammar import GrammarCache
 from app.engine.job import EWMA_WEIGHT, MAX_RETRY_AFTER_S
 from app.engine.loader import LoadedModel, PreparedPrompt
 from app.engine.logprobs import token_logprob
+from app.engine.lookup_drafts import MAX_DRAFT
 from app.engine.outbox import Outbox
 from app.engine.prefix_snapshots import PrefixSnapshots
 from app.engine.prompt_chunks import pack
@@ -114,6 +116,7 @@ class BatchedEngine:
         self._prompt_tokens = 0
         self._cached_prompt_tokens = 0
         self._outbox = Outbox()
+        self.max_draft = MAX_DRAFT  # prompt-lookup drafts per job and step; 0: none
         self._decoder = StepDecoder(context, self._fail)
         self._thread = threading.Thread(target=self._run, name="herd-batch", daemon=True)
         self._thread.start()
@@ -377,6 +380,7 @@ class BatchedEngine:
         of those that finished or failed."""
         if not generating:
             return
+        plan_drafts(generating, self._shape, self.max_draft)
         decoded = self._decode_tokens(generating)
         live -= {id(r) for r in generating} - set(map(id, decoded))  # failed: released
         for r in decoded:
@@ -429,7 +433,13 @@ class BatchedEngine:
         return self._decoder.prefill_chunk(r, at_most)
 
     def _sample(self, r: Running, row: int) -> bool:
-        """Sample r's next token from batch row and stream it; False when r has finished."""
+        """Sample r's next token from batch row (and drafts: drafting.verify); False if done."""
+        if r.drafts:
+            return verify(r, row, self._sample_token, self._context)
+        return self._sample_token(r, row)
+
+    def _sample_token(self, r: Running, row: int) -> bool:
+        """Sample one token of r from batch row and stream it; False when r has finished."""
         token = r.sampler.sample(self._context.ctx, row)
         now = time.perf_counter()
         r.first_at = r.first_at or now

@@ -14,6 +14,10 @@ class Usage:
     completion_tokens: int
     # Prompt tokens whose KV cache was reused from an earlier request, not computed again.
     cached_tokens: int = 0
+    # Prompt-lookup drafts (lookup_drafts.py): draft tokens decoded, and those the sampler
+    # confirmed; the rest were computed and thrown away. Both 0 when the request did not draft.
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -26,6 +30,11 @@ class Usage:
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
             "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+            # OpenAI's names for predicted outputs; here the drafts taken from the prompt.
+            "completion_tokens_details": {
+                "accepted_prediction_tokens": self.accepted_tokens,
+                "rejected_prediction_tokens": self.drafted_tokens - self.accepted_tokens,
+            },
         }
 
 

@@ -66,6 +66,8 @@ class JobChannel:
         last_at: float | None,
         ended_at: float,
         cached_tokens: int = 0,
+        drafted_tokens: int = 0,
+        accepted_tokens: int = 0,
     ) -> Finished:
         """The closing event: usage and timings from the job's clock readings."""
         decode_s = (last_at - first_at) if first_at is not None and last_at is not None else 0.0
@@ -82,6 +84,8 @@ class JobChannel:
                 prompt_tokens=self.prompt_tokens,
                 completion_tokens=completion_tokens,
                 cached_tokens=cached_tokens,
+                drafted_tokens=drafted_tokens,
+                accepted_tokens=accepted_tokens,
             ),
             timings=Timings(
                 queue_ms=elapsed_ms(self.submitted_at, started_at),

@@ -52,6 +52,8 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = ()
     # None: no log probabilities; k >= 0: each token's, with its k likeliest alternatives.
     logprobs: int | None = None
+    # Prompt-lookup drafts (engine/drafting.py): a speed-up only, the output is the same.
+    draft: bool = True
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,8 @@ def combined(finished: list[Finished]) -> Finished:
         prompt_tokens=first.usage.prompt_tokens,
         completion_tokens=sum(f.usage.completion_tokens for f in finished),
         cached_tokens=first.usage.cached_tokens,
+        drafted_tokens=sum(f.usage.drafted_tokens for f in finished),
+        accepted_tokens=sum(f.usage.accepted_tokens for f in finished),
     )
     timings = Timings(
         queue_ms=first.timings.queue_ms,
