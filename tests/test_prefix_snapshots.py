@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -186,11 +187,17 @@ def test_the_bound_evicts_the_least_recently_used_first(tmp_path: Path) -> None:
     old = SnapshotFolder(root, Fingerprint.of({"model": "old"}), max_bytes=10_000)
     mine = SnapshotFolder(root, Fingerprint.of({"model": "new"}), max_bytes=10_000)
     first = old.write([1, 2, 3], 1, b"a" * 3000, keep=())
+    # Left by workers killed mid-write: an old one goes at the next write, a fresh one stays.
+    stale, fresh = first.with_name(".x.kv.1.tmp"), first.with_name(".y.kv.2.tmp")
+    stale.write_bytes(b"s" * 5000)
+    fresh.write_bytes(b"f")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
     time.sleep(0.01)
     second = mine.write([4, 5, 6], 1, b"b" * 3000, keep=())
     time.sleep(0.01)
     third = mine.write([7, 8, 9], 1, b"c" * 3000, keep=())
     assert first.exists() and second.exists() and third.exists()
+    assert not stale.exists() and fresh.exists()
     fourth = mine.write([1, 1, 1], 1, b"d" * 3000, keep=())
     assert not first.exists()  # the other model's file was the least recently used
     assert second.exists() and third.exists() and fourth.exists()

@@ -48,6 +48,8 @@ HEAD_BYTES = 16 << 20
 SAMPLES = 64
 SAMPLE_BYTES = 256 << 10
 TAIL_BYTES = 1 << 20
+# A temporary file this old was left by a worker killed while writing (a write takes seconds).
+STALE_TMP_S = 3600.0
 
 
 class SnapshotSkipped(Exception):
@@ -251,6 +253,12 @@ class SnapshotFolder:
         if size > self.max_bytes:
             raise SnapshotSkipped(f"{size} bytes exceed the bound of {self.max_bytes}")
         files = []
+        for path in self._files(self._dirs(), suffix=".tmp"):
+            try:
+                if path.stat().st_mtime < time.time() - STALE_TMP_S:
+                    path.unlink()
+            except OSError:
+                continue
         for path in self._files(self._dirs()):
             try:
                 stat = path.stat()
@@ -277,11 +285,11 @@ class SnapshotFolder:
             return []
 
     @staticmethod
-    def _files(dirs: list[Path]) -> list[Path]:
+    def _files(dirs: list[Path], suffix: str = SUFFIX) -> list[Path]:
         files: list[Path] = []
         for d in dirs:
             try:
-                files += [p for p in d.iterdir() if p.suffix == SUFFIX]
+                files += [p for p in d.iterdir() if p.suffix == suffix]
             except OSError:
                 continue
         return files
