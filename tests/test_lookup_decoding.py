@@ -5,12 +5,14 @@ busy at once, prompts past 256 and 512 positions), with the drafts counted in th
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 
 from app.engine.batched import BatchedEngine
-from app.engine.events import Finished, TextDelta, Usage
+from app.engine.events import Finished, TextDelta, Timings, Usage
 from app.engine.factory import load_batched_engine
 from app.engine.loader import LoadOptions
 from app.engine.lookup_drafts import (
@@ -22,7 +24,13 @@ from app.engine.lookup_drafts import (
     NgramIndex,
 )
 from app.engine.requests import GenerationRequest, SamplingParams
+from app.gateway.proxy import _account
+from app.gateway.request_log import RequestRecord
+from app.openai_api.schemas import CompletionRequest
 from app.store.demo import find_demo_model
+from app.worker.generation import sampling
+from app.worker.metrics import WorkerMetrics
+from app.worker.state import WorkerState
 
 # --- the drafts themselves (pure) ---
 
@@ -119,6 +127,43 @@ def test_usage_reports_drafts_as_openai_prediction_tokens() -> None:
         "accepted_prediction_tokens": 4,
         "rejected_prediction_tokens": 3,
     }
+
+
+def test_the_worker_counts_drafts_and_the_gateway_logs_them() -> None:
+    """The worker's /metrics counters and the request log's two columns, from the usage."""
+    finished = Finished(
+        "length",
+        Usage(prompt_tokens=10, completion_tokens=5, drafted_tokens=7, accepted_tokens=4),
+        Timings(
+            queue_ms=0,
+            ttft_ms=1,
+            prompt_ms=1,
+            total_ms=2,
+            tokens_per_second=1,
+            time_per_output_token_ms=None,
+        ),
+    )
+    metrics = WorkerMetrics()
+    metrics.observe(finished)
+    metrics.observe(finished)
+    text = metrics.render(WorkerState(alias="a", model_path="m"))
+    assert "herd_worker_draft_tokens_total 14\n" in text
+    assert "herd_worker_draft_accepted_tokens_total 8\n" in text
+    record = RequestRecord(id=uuid.uuid4(), created_at=datetime.now(UTC), endpoint="e")
+    _account(record, finished.usage.to_json(), None)
+    assert (record.drafted_tokens, record.accepted_tokens) == (7, 4)
+    assert record.entry()["request"]["accepted_tokens"] == 4
+    # A worker that says nothing of drafts leaves both empty.
+    silent = RequestRecord(id=uuid.uuid4(), created_at=datetime.now(UTC), endpoint="e")
+    _account(silent, {"prompt_tokens": 3, "completion_tokens": 1}, None)
+    assert silent.drafted_tokens is None and silent.accepted_tokens is None
+
+
+def test_a_request_opts_out_with_speculative_false() -> None:
+    body = {"model": "m", "prompt": "x"}
+    assert sampling(CompletionRequest.model_validate(body), None).draft
+    off = CompletionRequest.model_validate({**body, "speculative": False})
+    assert not sampling(off, None).draft
 
 
 # --- on real llama.cpp with the demo model ---

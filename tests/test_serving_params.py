@@ -30,6 +30,7 @@ ODD = ServingParams(
     tensor_split=(3.0, 1.0),
     embeddings=True,
     pooling="cls",
+    lookup_drafts=5,
 )
 
 

@@ -59,7 +59,9 @@ def load_batched_engine(
     model.info = replace(
         model.info, n_ctx=shape.n_ctx_slot, slots_total=slots, n_threads=shape.n_threads_batch
     )
-    return BatchedEngine(model, context, model.info, max_queue=max_queue, snapshots=saved)
+    engine = BatchedEngine(model, context, model.info, max_queue=max_queue, snapshots=saved)
+    engine.max_draft = options.lookup_drafts
+    return engine
 
 
 def make_engine(

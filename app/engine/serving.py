@@ -15,6 +15,7 @@ from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any
 
 from app.common.bounds import Bound
+from app.engine.lookup_drafts import MAX_DRAFT
 from app.engine.pooling import POOLING_CHOICES, Pooling, parse_pooling
 
 DEFAULT_N_CTX = 4096
@@ -24,6 +25,7 @@ PARALLEL = Bound(0, 256, "slots; 0: chosen from free memory")
 N_GPU_LAYERS = Bound(-1, 100_000, "layers; -1: all of them")
 THREADS = Bound(1, 1024, "or unset for llama.cpp's default")
 MAIN_GPU = Bound(0, 255, "a GPU index")
+LOOKUP_DRAFTS = Bound(0, 64, "draft tokens; 0: off")
 # GPUs a tensor split shares a model between.
 TENSOR_SPLIT_GPUS = Bound(1, 128)
 
@@ -126,6 +128,12 @@ class ServingParams:
         label="Pooling",
         choices=POOLING_CHOICES,
         needs="embeddings",
+    )
+    lookup_drafts: int = _param(
+        MAX_DRAFT,
+        f"prompt-lookup draft tokens a request may try per step (default {MAX_DRAFT}; 0: "
+        "off). A speed-up where answers copy the prompt; the output is the same either way",
+        bound=LOOKUP_DRAFTS,
     )
 
     def serving_problems(self) -> list[str]:

@@ -462,6 +462,12 @@ def _account(record: RequestRecord, usage: Any, timings: Any) -> None:
         details = usage.get("prompt_tokens_details")
         if isinstance(details, dict):
             record.cached_tokens = details.get("cached_tokens")
+        drafts = usage.get("completion_tokens_details")
+        if isinstance(drafts, dict):
+            accepted = drafts.get("accepted_prediction_tokens")
+            rejected = drafts.get("rejected_prediction_tokens")
+            if isinstance(accepted, int) and isinstance(rejected, int):
+                record.drafted_tokens, record.accepted_tokens = accepted + rejected, accepted
     if isinstance(timings, dict):
         for name in ("queue_ms", "tokens_per_second"):
             value = timings.get(name)

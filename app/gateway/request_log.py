@@ -61,6 +61,9 @@ class RequestRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cached_tokens: int | None = None
+    # Prompt-lookup drafts the worker decoded for the call, and those it kept.
+    drafted_tokens: int | None = None
+    accepted_tokens: int | None = None
     queue_ms: float | None = None
     ttft_ms: float | None = None
     total_ms: float | None = None

@@ -161,6 +161,12 @@ class CompletionParams(Strict):
     grammar: Text | None = Field(
         default=None, description="A GBNF grammar the output must match (llama.cpp's syntax)."
     )
+    # Herd's extension: prompt-lookup drafts change the speed only, never the output.
+    speculative: bool | None = Field(
+        default=None,
+        description="false: decode without prompt-lookup drafts (on by default where the "
+        "worker allows them; the output is the same either way).",
+    )
 
     @field_validator("stop")
     @classmethod

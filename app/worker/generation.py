@@ -89,6 +89,7 @@ def sampling(
         frequency_penalty=body.frequency_penalty or 0.0,
         logit_bias=tuple((int(token), bias) for token, bias in (body.logit_bias or {}).items()),
         logprobs=logprobs,
+        draft=body.speculative is not False,
     )
 
 

@@ -28,6 +28,9 @@ class WorkerMetrics:
         self.requests: Counter[tuple[str, str]] = Counter()
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        # Prompt-lookup draft tokens decoded, and those confirmed (engine/drafting.py).
+        self.drafted_tokens = 0
+        self.accepted_tokens = 0
         self.ttft = Histogram(TTFT_BUCKETS_S, always=[()])
         self.tpot = Histogram(TPOT_BUCKETS_S, always=[()])
         self.queue = Histogram(QUEUE_BUCKETS_S, always=[()])
@@ -42,6 +45,8 @@ class WorkerMetrics:
         with self._lock:
             self.prompt_tokens += finished.usage.prompt_tokens
             self.completion_tokens += finished.usage.completion_tokens
+            self.drafted_tokens += finished.usage.drafted_tokens
+            self.accepted_tokens += finished.usage.accepted_tokens
             self.queue.observe((), timings.queue_ms / 1000)
             if timings.ttft_ms is not None and finished.usage.completion_tokens > 0:
                 self.ttft.observe((), timings.ttft_ms / 1000)
@@ -68,6 +73,19 @@ class WorkerMetrics:
             lines.append(f"herd_worker_prompt_tokens_total {self.prompt_tokens}")
             family("herd_worker_completion_tokens_total", "counter", "Completion tokens generated.")
             lines.append(f"herd_worker_completion_tokens_total {self.completion_tokens}")
+            # Their ratio is the acceptance rate of prompt-lookup decoding.
+            family(
+                "herd_worker_draft_tokens_total",
+                "counter",
+                "Prompt-lookup draft tokens decoded to be verified.",
+            )
+            lines.append(f"herd_worker_draft_tokens_total {self.drafted_tokens}")
+            family(
+                "herd_worker_draft_accepted_tokens_total",
+                "counter",
+                "Prompt-lookup draft tokens the sampler confirmed (output without a decode).",
+            )
+            lines.append(f"herd_worker_draft_accepted_tokens_total {self.accepted_tokens}")
             family("herd_worker_ttft_seconds", "histogram", "Time to first token, queue included.")
             lines.extend(self.ttft.lines("herd_worker_ttft_seconds"))
             family(

@@ -58,6 +58,8 @@ class Deployment(Base):
     # Workers serve POST /v1/embeddings (only), pooling by `pooling` (revision 0011).
     embeddings: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     pooling: Mapped[str] = mapped_column(Text, server_default=text("'model'"))
+    # Prompt-lookup draft tokens per request and step; 0: off (revision 0023).
+    lookup_drafts: Mapped[int] = mapped_column(Integer, server_default=text("8"))
 
     __table_args__ = (
         CheckConstraint("replicas >= 0", name="replicas"),
@@ -70,6 +72,7 @@ class Deployment(Base):
         CheckConstraint("generation >= 1", name="generation"),
         CheckConstraint("failures >= 0", name="failures"),
         CheckConstraint("pooling IN ('model', 'mean', 'cls', 'last')", name="pooling"),
+        CheckConstraint("lookup_drafts BETWEEN 0 AND 64", name="lookup_drafts"),
     )
 
 

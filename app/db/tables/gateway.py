@@ -48,6 +48,9 @@ class Request(Base):
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     cached_tokens: Mapped[int | None] = mapped_column(Integer)
+    # Prompt-lookup draft tokens decoded and confirmed for the call (revision 0023).
+    drafted_tokens: Mapped[int | None] = mapped_column(Integer)
+    accepted_tokens: Mapped[int | None] = mapped_column(Integer)
     queue_ms: Mapped[float | None] = mapped_column(Double)
     ttft_ms: Mapped[float | None] = mapped_column(Double)
     total_ms: Mapped[float | None] = mapped_column(Double)
