@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import gguf
+import httpx
 import pytest
 
 from app.cli import build_parser
@@ -32,6 +33,7 @@ from app.store.demo import find_demo_model
 from app.worker.options import DEFAULT_KV_SNAPSHOT_MAX_MB, WorkerOptions
 from app.worker.process import kv_snapshots
 from tests.test_batching import SYSTEM, greedy, run_alone
+from tests.worker_process import WorkerLauncher
 
 N_CTX = 512
 QUESTIONS = ["What is rule 3?", "What is rule 7?", "Summarize the rules.", "What is rule 9?"]
@@ -208,6 +210,36 @@ def test_the_bound_evicts_the_least_recently_used_first(tmp_path: Path) -> None:
     total = sum(p.stat().st_size for p in root.glob("*/*.kv"))
     assert total <= 10_000
     assert [s.tokens for s in mine.snapshots()] != []
+
+
+def test_a_restarted_worker_process_restores_what_the_stopped_one_saved(
+    worker_launcher: WorkerLauncher,
+) -> None:
+    model = str(find_demo_model().path)
+    flags = ["--model", model, "--parallel", "2", "--n-ctx", str(N_CTX)]
+
+    def call(url: str, question: str) -> int:
+        body = {
+            "messages": [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": question},
+            ],
+            "max_tokens": 4,
+            "temperature": 0,
+        }
+        answer = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120).json()
+        return int(answer["usage"].get("prompt_tokens_details", {}).get("cached_tokens", 0))
+
+    first = worker_launcher.start(*flags)
+    url = first.wait_ready()
+    assert call(url, QUESTIONS[0]) == 0
+    assert call(url, QUESTIONS[1]) > 150
+    assert first.stop() == 0  # SIGTERM: the engine closes and saves the shared prefix
+    assert len(list((worker_launcher.home / "kv_snapshots").glob("*/*.kv"))) == 1
+    second = worker_launcher.start(*flags)
+    assert call(second.wait_ready(), QUESTIONS[2]) > 150
+    assert "restored 1 KV prefix snapshot(s)" in second.log()
+    second.stop()
 
 
 def test_worker_flags_turn_snapshots_off_and_bound_them(tmp_path: Path) -> None:
