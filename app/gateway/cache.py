@@ -34,7 +34,8 @@ def is_cacheable(body: dict[str, Any]) -> bool:
     """Deterministic and replayable: temperature 0 or a seed, one choice, text only."""
     if body.get("n") not in (None, 1):
         return False
-    if any(body.get(k) for k in UNCACHEABLE):
+    # isdisjoint first: on almost every call none of these fields is there at all.
+    if not UNCACHEABLE.isdisjoint(body) and any(body.get(k) for k in UNCACHEABLE):
         return False
     return body.get("temperature") == 0 or body.get("seed") is not None
 
