@@ -68,6 +68,23 @@ def test_the_suffix_never_matches_itself_and_the_index_grows_token_by_token() ->
     assert NgramIndex([0, 7, 7, 7]).draft(4) == [7]
 
 
+def test_a_copy_goes_on_from_its_source_where_its_n_grams_are_ambiguous() -> None:
+    # Two lines share "1 2 3"; the answer is copying the first one.
+    doc = [10, 1, 2, 3, 4, 11, 1, 2, 3, 5, 12]
+    index = NgramIndex([*doc, 10, 1])
+    assert index.draft(2) == [2, 3]
+    index.extend([2, 3])
+    # The latest "1 2 3" is the second line's, but the copy is of the first.
+    assert index.draft(3) == [4, 11, 1]
+    assert NgramIndex([*doc, 10, 1, 2, 3]).draft(3) == [5, 12, 10]
+    # Once the answer leaves the source, the n-gram lookup takes over again.
+    index.extend([4, 12])
+    assert index.draft(2) == NgramIndex(index.tokens).draft(2) == []
+    # The latest "1 2 3" is now the answer's own copy of the first line.
+    index.extend([1, 2, 3])
+    assert index.draft(2) == [4, 12]
+
+
 def brute_force_draft(tokens: list[int], k: int) -> list[int]:
     """The same rule written the slow way, to check the index against."""
     for n in (3, 2):

@@ -43,6 +43,9 @@ class NgramIndex:
         self.tokens: list[int] = []
         # n-gram -> index of the token that followed its latest occurrence.
         self._follow: dict[tuple[int, ...], int] = {}
+        # Where the last draft was read from, and the sequence's length then (see draft).
+        self._source = 0
+        self._length = -1
         self.extend(tokens)
 
     def __len__(self) -> int:
@@ -59,16 +62,33 @@ class NgramIndex:
             seq.append(token)
 
     def draft(self, k: int) -> list[int]:
-        """Up to k tokens that followed the latest earlier occurrence of the longest suffix
-        (NGRAM_MAX down to NGRAM_MIN tokens) seen before; [] when none was."""
+        """Up to k tokens from where the sequence is copying: the span after the last draft's
+        source while the tokens since match it (a copy goes on from where it was, even where
+        its recent n-grams also occur elsewhere, as the digits of numbers do); else what
+        followed the latest earlier occurrence of the longest suffix (NGRAM_MAX down to
+        NGRAM_MIN tokens) seen before; [] when none was."""
         if k <= 0:
             return []
+        seq = self.tokens
+        end = len(seq)
+        start = self._source + end - self._length
+        n = min(self._n_max, end)
+        if not (self._length >= 0 and n <= start < end and seq[start - n : start] == seq[-n:]):
+            start = self._lookup()
+        if start < 0:
+            self._length = -1
+            return []
+        self._source, self._length = start, end
+        return seq[start : start + k]
+
+    def _lookup(self) -> int:
+        """Where the latest earlier occurrence of the longest suffix went on, or -1."""
         seq = self.tokens
         for n in range(min(self._n_max, len(seq)), NGRAM_MIN - 1, -1):
             start = self._follow.get(tuple(seq[-n:]))
             if start is not None:
-                return seq[start : start + k]
-        return []
+                return start
+        return -1
 
 
 class DraftPacer:
