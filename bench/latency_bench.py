@@ -248,10 +248,10 @@ def herd_worker(args: argparse.Namespace) -> Iterator[Server]:
 
     @contextmanager
     def running_with_flags(
-        argv: list[str], log: Path, env: dict[str, str] | None = None
+        argv: list[str], *rest: Any, **options: Any
     ) -> Iterator[subprocess.Popen[bytes]]:
         worker = argv[3:4] == ["worker"]  # [python, -m, app.cli, worker, ...]
-        with original([*argv, *extra] if worker else argv, log, env) as process:
+        with original([*argv, *extra] if worker else argv, *rest, **options) as process:
             if worker:
                 seen.append(process)
             yield process
