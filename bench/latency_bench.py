@@ -135,8 +135,15 @@ class Outcome:
     """One call as the client saw it; times are seconds from the run's start."""
 
     scheduled_s: float
-    token_at: list[float] = field(default_factory=list)
+    token_at: list[float] = field(default_factory=list)  # when each content chunk came
     error: str | None = None
+    # Tokens the answer holds: max_tokens (ignore_eos), or the chunks if more. A chunk may
+    # carry several tokens (drafts accepted in one step) or none (half a UTF-8 character).
+    tokens: int = 0
+
+
+def answer_tokens(o: Outcome) -> int:
+    return max(o.tokens, len(o.token_at))
 
 
 def summarize(outcomes: list[Outcome], window_s: float | None = None) -> dict[str, float]:
@@ -149,10 +156,13 @@ def summarize(outcomes: list[Outcome], window_s: float | None = None) -> dict[st
     gaps = [(b - a) * 1000 for o in ok for a, b in pairwise(o.token_at)]
     if window_s is None:
         span = max((o.token_at[-1] for o in ok), default=float("nan"))
-        tokens, done = sum(len(o.token_at) for o in ok), len(ok)
+        tokens, done = sum(answer_tokens(o) for o in ok), len(ok)
     else:
         span = window_s
-        tokens = sum(1 for o in ok for t in o.token_at if t <= window_s)
+        # A call's tokens spread evenly over its chunks, counted as far as the window.
+        tokens = sum(
+            answer_tokens(o) * sum(t <= window_s for t in o.token_at) / len(o.token_at) for o in ok
+        )
         done = sum(1 for o in ok if o.token_at[-1] <= window_s)
     out = {f"ttft_p{q}_ms": pct(ttft, q / 100) for q in (50, 95, 99)}
     out |= {f"itl_p{q}_ms": pct(gaps, q / 100) for q in (50, 95, 99)}
@@ -185,6 +195,7 @@ async def timed_call(
         out.error = f"{type(exc).__name__}: {exc}"[:200]
         return out
     out.token_at = [sent + t for t in result.token_times]
+    out.tokens = call.max_tokens
     if not out.token_at:
         out.error = "no tokens"
     return out

@@ -67,6 +67,10 @@ def test_summarize_measures_from_the_scheduled_arrival() -> None:
     w = lb.summarize(outcomes, 2.35)
     assert w["tokens_per_s"] == pytest.approx(4 / 2.35)
     assert w["calls_per_s"] == pytest.approx(1 / 2.35)
+    # Chunks that carry several tokens (accepted drafts): the answer's length counts.
+    outcomes[0].tokens = 6  # 6 tokens in 3 chunks
+    assert lb.summarize(outcomes)["tokens_per_s"] == pytest.approx(8 / 2.4)
+    assert lb.summarize(outcomes, 2.35)["tokens_per_s"] == pytest.approx(7 / 2.35)
 
 
 def test_summarize_of_nothing_is_nan_not_a_crash() -> None:
