@@ -197,6 +197,10 @@ class PrefixSnapshots:
             except SnapshotSkipped as exc:
                 logger.warning("KV snapshot %s skipped: %s", snapshot.path.name, exc)
                 continue
+            except Exception:  # never fail a worker's start over a cache file
+                logger.exception("KV snapshot %s skipped", snapshot.path.name)
+                self._context.forget(seq_id)
+                continue
             self._restored.append((seq_id, snapshot))
             self._on_disk.append(snapshot.tokens)
             seq_id -= 1
@@ -239,7 +243,12 @@ class PrefixSnapshots:
         hot = slot.reuses >= self._hot and slot.seq_id not in self._saved_slots
         if hot and self._folder is not None:
             self._saved_slots.add(slot.seq_id)
-            self._save(slot, reused)
+            try:
+                self._save(slot, reused)
+            except Exception:  # an optimisation never fails the request or the scheduler
+                logger.exception("saving the KV prefix of slot %d failed", slot.seq_id)
+                if self._context is not None:
+                    self._context.forget(slot.seq_id, reused)
 
     def close(self, slots: list[Slot]) -> None:
         """At engine close (the scheduler has stopped): save every reused prefix, the most
