@@ -6,8 +6,8 @@ and scheduler steps (count, mean and max duration). Example:
     flock /tmp/herd-bench.lock env PYTHONPATH=. python bench/batch_priority_probe.py 15
 
 Optional, to compare scheduling choices in one process: --rounds N (capacity, alone, with
-batch, N times), --chunk K (batch prompt tokens per step under live load, the engine's
-LIVE_BATCH_CHUNK), --idle-chunk K (the same with no live work, IDLE_BATCH_CHUNK), --headroom S
+batch, N times), --chunk K (batch prompt tokens per step under live load; by default the
+engine measures it: step_costs.py), --idle-chunk K (the same with no live work), --headroom S
 (slots left free for live arrivals, LIVE_HEADROOM_SLOTS), --quiet S (for how long after live
 work they stay free, LIVE_QUIET_S), --rate-from live|batch (half the
 capacity in live calls/s measured with the live calls, or half the 64-token calls' tokens/s).
@@ -25,7 +25,7 @@ import random
 import time
 from typing import Any
 
-from app.engine import admission, batched
+from app.engine import admission, step_costs
 from app.engine.events import TextDelta
 from app.engine.factory import load_batched_engine
 from app.engine.loader import LoadOptions
@@ -175,15 +175,22 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("duration", type=float, nargs="?", default=15.0, help="seconds per window")
     p.add_argument("--rounds", type=int, default=1)
-    p.add_argument("--chunk", type=int, default=batched.LIVE_BATCH_CHUNK)
+    p.add_argument("--chunk", type=int, default=None)
     p.add_argument("--headroom", type=int, default=admission.LIVE_HEADROOM_SLOTS)
-    p.add_argument("--idle-chunk", type=int, default=batched.IDLE_BATCH_CHUNK)
+    p.add_argument("--idle-chunk", type=int, default=None)
     p.add_argument("--quiet", type=float, default=admission.LIVE_QUIET_S)
     p.add_argument("--rate-from", choices=["live", "batch"], default="live")
     args = p.parse_args()
     # Module constants, read by the engine at each step: set before it is loaded.
-    batched.LIVE_BATCH_CHUNK = args.chunk
+    if args.chunk is not None or args.idle_chunk is not None:
+        measured = step_costs.StepCosts.batch_tokens
+        live, idle = args.chunk, args.idle_chunk
+
+        def pinned(self: step_costs.StepCosts, live_load: bool) -> int:
+            chosen = live if live_load else idle
+            return measured(self, live_load) if chosen is None else chosen
+
+        step_costs.StepCosts.batch_tokens = pinned  # type: ignore[method-assign]
     admission.LIVE_HEADROOM_SLOTS = args.headroom
-    batched.IDLE_BATCH_CHUNK = args.idle_chunk
     admission.LIVE_QUIET_S = args.quiet
     asyncio.run(main(args.duration, args.rounds, args.rate_from))

@@ -112,19 +112,19 @@ def main() -> int:
     options = LoadOptions(find_demo_model().path, n_ctx=1024, parallel=8, threads=args.threads)
     engine = load_batched_engine(options)
     sizes: collections.Counter[int] = collections.Counter()
-    decode_tokens = batched.BatchedEngine._decode_tokens
+    decode_step = batched.BatchedEngine._decode_step
 
-    def counted(self: batched.BatchedEngine, generating: list[Any]) -> list[Any]:
+    def counted(self: batched.BatchedEngine, generating: list[Any], chunks: Any) -> list[Any]:
         sizes[len(generating)] += 1
-        return decode_tokens(self, generating)
+        return decode_step(self, generating, chunks)
 
     try:
         # Before the engine runs anything: the scheduler thread is idle until a submit.
         costs = step_costs(engine, args.steps, args.rounds)
-        batched.BatchedEngine._decode_tokens = counted  # type: ignore[method-assign]
+        batched.BatchedEngine._decode_step = counted  # type: ignore[method-assign]
         runs = asyncio.run(n4_vs_sequential(engine, args.max_tokens, args.rounds, sizes))
     finally:
-        batched.BatchedEngine._decode_tokens = decode_tokens  # type: ignore[method-assign]
+        batched.BatchedEngine._decode_step = decode_step  # type: ignore[method-assign]
         engine.close()
     print(f"demo model, threads {args.threads}, parallel 8, max_tokens {args.max_tokens}")
     one = costs[1]

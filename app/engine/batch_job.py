@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,6 +101,15 @@ def finished_event(r: Running, reason: FinishReason, now: float) -> Finished:
         drafted_tokens=r.drafted_tokens,
         accepted_tokens=r.accepted_tokens,
     )
+
+
+def withdrawn(job: BatchJob, suspended: Running | None) -> Finished:
+    """The Finished of a job cancelled while waiting (a preempted one keeps its counts)."""
+    now = time.perf_counter()
+    if suspended is None:
+        return job.finished("cancelled", 0, now, None, None, now)
+    suspended.sampler.close()
+    return finished_event(suspended, "cancelled", now)
 
 
 def seq_of(r: Running) -> int:

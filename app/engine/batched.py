@@ -13,10 +13,15 @@ collected per step (outbox.py) so the loop wakes once per step, not once per tok
 
 Priority classes (requests.Priority): admission.py holds the rules for who gets a slot and
 which batch job yields to live traffic, and why. Within a step the order serves the same end:
-each step decodes interactive prompt chunks first and sends their first tokens, then the
-  next token of every running stream (live and batch) in one decode, then batch prompt work:
-  a short chunk (LIVE_BATCH_CHUNK or IDLE_BATCH_CHUNK tokens, where cutting is exact), since a
-  live request that arrives mid-step waits for the whole step.
+1. live prompt chunks that cannot share a decode exactly (prompt_chunks.packable: 64+ rows,
+   or past position 256) are decoded first, whole, and their first tokens sent;
+2. then ONE decode holds the next token of every running stream (live and batch, with its
+   prompt-lookup drafts: drafting.py) and every prompt chunk that can share it exactly, live
+   ones first, then batch work within a budget measured from step costs (step_costs.py:
+   about one plain step's worth, so a live request arriving mid-step waits for at most one
+   step of batch work);
+3. only batch prompt chunks that cannot share a decode come after, one per step under live
+   load, cut to the budget where that is exact.
 """
 
 from __future__ import annotations
@@ -32,18 +37,18 @@ import llama_cpp
 
 from app.engine.admission import admit
 from app.engine.batch_context import BatchContext
-from app.engine.batch_decode import StepDecoder
+from app.engine.batch_decode import Chunk, StepDecoder
 from app.engine.batch_job import (
     BatchJob,
     Running,
     finished_event,
     is_generating,
-    seq_of,
     steps_left,
+    withdrawn,
 )
 from app.engine.drafting import plan_drafts, verify
 from app.engine.errors import EngineClosed, GenerationFailed, PromptTooLong, QueueFull
-from app.engine.events import Finished, FinishReason, TextDelta
+from app.engine.events import FinishReason, TextDelta
 from app.engine.grammar import GrammarCache
 from app.engine.job import EWMA_WEIGHT, MAX_RETRY_AFTER_S
 from app.engine.loader import LoadedModel, PreparedPrompt
@@ -51,7 +56,7 @@ from app.engine.logprobs import token_logprob
 from app.engine.lookup_drafts import MAX_DRAFT
 from app.engine.outbox import Outbox
 from app.engine.prefix_snapshots import PrefixSnapshots
-from app.engine.prompt_chunks import pack
+from app.engine.prompt_chunks import pack, packable, step_chunks
 from app.engine.protocol import EngineInfo, EngineStats
 from app.engine.requests import GenerationRequest
 from app.engine.sampler_chain import SamplerChain, check_sampling
@@ -62,15 +67,6 @@ from app.engine.token_pieces import TokenPieces
 from app.engine.waiting import WaitingQueue
 
 logger = logging.getLogger(__name__)
-
-# Prompt tokens of batch work one step decodes while live work runs or waits: a live request
-# arriving mid-step waits for that chunk, and on a CPU a prompt chunk costs about a decode
-# row per token (8 tokens: 25 ms here, a decode of 4 rows 17 ms; bench/RESULTS.md). Only
-# where the cut cannot change the numbers (see prompt_chunks.chunk_end).
-LIVE_BATCH_CHUNK = 8
-# The same with no live work in sight: a live request may arrive mid-step all the same, so
-# batch prompt work stays short; a little longer, as nobody waits yet (16 tokens: 42 ms).
-IDLE_BATCH_CHUNK = 16
 
 
 class BatchedEngine:
@@ -200,16 +196,7 @@ class BatchedEngine:
                 return
             # Out of the queue the scheduler can no longer resume it: its state is ours.
             suspended, job.suspended = job.suspended, None
-        job.push(self._withdrawn(job, suspended))
-
-    @staticmethod
-    def _withdrawn(job: BatchJob, suspended: Running | None) -> Finished:
-        """The Finished of a job cancelled while waiting (a preempted one keeps its counts)."""
-        now = time.perf_counter()
-        if suspended is None:
-            return job.finished("cancelled", 0, now, None, None, now)
-        suspended.sampler.close()
-        return finished_event(suspended, "cancelled", now)
+        job.push(withdrawn(job, suspended))
 
     def close(self) -> None:
         with self._wake:
@@ -256,7 +243,7 @@ class BatchedEngine:
             waiting = self._waiting.clear()
         for job in waiting:
             suspended, job.suspended = job.suspended, None
-            self._outbox.add(job, self._withdrawn(job, suspended))
+            self._outbox.add(job, withdrawn(job, suspended))
         for r in running:
             self._finish(r, "cancelled", now)
         self._busy = 0
@@ -340,8 +327,7 @@ class BatchedEngine:
         return slot
 
     def _step_once(self, running: list[Running]) -> list[Running]:
-        """One step: interactive prompt chunks, then every generating slot's next token in one
-        decode, then batch prompt chunks; returns the jobs still running."""
+        """One step (see the module docstring); returns the jobs still running."""
         now = time.perf_counter()
         still: list[Running] = []
         for r in running:
@@ -350,43 +336,49 @@ class BatchedEngine:
             else:
                 still.append(r)
         live = set(map(id, still))
-        generating = sorted((r for r in still if is_generating(r)), key=seq_of)
+        step = self._shape.n_batch
         prefilling = [r for r in still if not is_generating(r)]
         urgent = [r for r in prefilling if r.job.priority == "interactive"]
-        # Live prompts first, then every stream's next token in one decode: a person waits
-        # for the first token, while a running stream's next token only waits one prompt
-        # chunk longer. One decode for all streams pays for the model's weights once; the
-        # former order (live streams, live prompts, batch streams) paid twice.
-        budget = self._prefill_step(urgent, live, self._shape.n_batch)
+        # Live prompts whose chunks cannot share a decode exactly (prompt_chunks.packable)
+        # go first, whole and alone: a person waits for the first token, while a running
+        # stream's next token only waits one prompt chunk longer.
+        room = self._prefill_step([r for r in urgent if not packable(r, step)], live, step)
         self._outbox.flush()  # first tokens out before any other work of the step
-        self._decode_step([r for r in generating if id(r) in live], live)
-        batch = [r for r in prefilling if r.job.priority == "batch"]
-        # With live work in the slots or the queue a step decodes at most one batch prompt
-        # chunk, unpacked: a live request arriving now waits for this step, so batch work
-        # in it stays within one short chunk (LIVE_BATCH_CHUNK tokens where cutting is exact).
         live_load = any(r.job.priority == "interactive" for r in still) or self._live_waiting()
-        if live_load:
-            self._prefill_step(batch[:1], live, min(budget, LIVE_BATCH_CHUNK), cut=True)
-        else:
-            self._prefill_step(batch, live, min(budget, IDLE_BATCH_CHUNK), cut=True)
+        batch = [r for r in prefilling if r.job.priority == "batch" and id(r) in live]
+        batch_room = min(room, self._decoder.costs.batch_tokens(live_load))
+        # Then one decode: every stream's next token and the prompt chunks that can share it,
+        # live ones first, then batch work within batch_room (step_costs.py).
+        generating = [r for r in still if is_generating(r) and id(r) in live]
+        waiting = [r for r in urgent if id(r) in live and r.prefilled < len(r.tokens)]
+        chunks, batch_room = step_chunks(waiting, batch, room, batch_room, step)
+        self._mixed_step(generating, chunks, live)
+        # Batch prompt chunks that cannot share a decode: with live work in the slots or the
+        # queue at most one, cut to what is left of the budget where cutting is exact.
+        rest = [r for r in batch if id(r) in live and r.prefilled < len(r.tokens)]
+        rest = [r for r in rest if not any(r is c for c, _e in chunks)]
+        if batch_room > 0 and rest:
+            self._prefill_step(rest[:1] if live_load else rest, live, batch_room, cut=True)
         return [r for r in still if id(r) in live]
 
     def _live_waiting(self) -> bool:
         with self._wake:
             return self._waiting.count("interactive") > 0
 
-    def _decode_step(self, generating: list[Running], live: set[int]) -> None:
-        """Decode and sample the next token of the generating jobs; drops from live the ids
-        of those that finished or failed."""
-        if not generating:
+    def _mixed_step(self, generating: list[Running], chunks: list[Chunk], live: set[int]) -> None:
+        """Decode the step's one mixed batch and sample every row with logits; drops from live
+        the ids of the jobs that finished or failed."""
+        if not generating and not chunks:
             return
         plan_drafts(generating, self._shape, self.max_draft)
-        decoded = self._decode_tokens(generating)
+        decoded = self._decode_step(generating, chunks)
         live -= {id(r) for r in generating} - set(map(id, decoded))  # failed: released
         for r in decoded:
             if not self._sample(r, r.row_or_fail()):
                 live.discard(id(r))
-        # Running streams get their tokens now, before the batch prompt chunks of this step.
+        for r, _end in chunks:
+            if r.row is not None and r.prefilled == len(r.tokens) and not self._sample(r, r.row):
+                live.discard(id(r))
         self._outbox.flush()
 
     def _prefill_step(
@@ -423,8 +415,8 @@ class BatchedEngine:
 
     # The decodes themselves are in batch_decode.py; these names stay for tests and benches
     # that wrap them on an engine to watch its steps.
-    def _decode_tokens(self, generating: list[Running]) -> list[Running]:
-        return self._decoder.decode_tokens(generating)
+    def _decode_step(self, generating: list[Running], chunks: list[Chunk]) -> list[Running]:
+        return self._decoder.decode_step(generating, chunks)
 
     def _prefill_packed(self, jobs: list[Running], at_most: int | None = None) -> int:
         return self._decoder.prefill_packed(jobs, at_most)

@@ -65,3 +65,20 @@ def pack(
             packed.append(r)
             room -= size
     return packed
+
+
+def step_chunks(
+    live: list[Running], batch: list[Running], room: int, batch_room: int, step: int
+) -> tuple[list[tuple[Running, int]], int]:
+    """The prompt chunks that share a step's one decode with the running streams' next tokens:
+    packable ones (see packable), live prompts' whole within room (tokens), then batch prompts'
+    cut to batch_room where exact; returns them with their ends, and what is left of
+    batch_room."""
+    chunks = [(r, chunk_end(r, step)) for r in pack(live, room, step)]
+    room -= sum(end - r.prefilled for r, end in chunks)
+    batch_room = cut = min(batch_room, room)
+    for r in pack(batch, batch_room, step, cut):
+        end = chunk_end(r, step, cut)
+        chunks.append((r, end))
+        batch_room -= end - r.prefilled
+    return chunks, batch_room
