@@ -10,7 +10,10 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
+from sqlalchemy import select
 
+from app.db.database import Database
+from app.db.tables.gateway import Request
 from app.engine.batched import BatchedEngine
 from app.engine.events import Finished, TextDelta, Timings, Usage
 from app.engine.factory import load_batched_engine
@@ -25,7 +28,7 @@ from app.engine.lookup_drafts import (
 )
 from app.engine.requests import GenerationRequest, SamplingParams
 from app.gateway.proxy import _account
-from app.gateway.request_log import RequestRecord
+from app.gateway.request_log import RequestRecord, write_entries
 from app.openai_api.schemas import CompletionRequest
 from app.store.demo import find_demo_model
 from app.worker.generation import sampling
@@ -174,6 +177,18 @@ def test_the_worker_counts_drafts_and_the_gateway_logs_them() -> None:
     silent = RequestRecord(id=uuid.uuid4(), created_at=datetime.now(UTC), endpoint="e")
     _account(silent, {"prompt_tokens": 3, "completion_tokens": 1}, None)
     assert silent.drafted_tokens is None and silent.accepted_tokens is None
+
+
+def test_the_request_log_keeps_the_draft_counts(database: Database) -> None:
+    record = RequestRecord(id=uuid.uuid4(), created_at=datetime.now(UTC), endpoint="e")
+    usage = Usage(prompt_tokens=3, completion_tokens=9, drafted_tokens=12, accepted_tokens=8)
+    _account(record, usage.to_json(), None)
+    write_entries(database.engine, [record.entry()])
+    with database.engine.connect() as conn:
+        row = conn.execute(
+            select(Request.drafted_tokens, Request.accepted_tokens).where(Request.id == record.id)
+        ).one()
+    assert tuple(row) == (12, 8)
 
 
 def test_a_request_opts_out_with_speculative_false() -> None:
