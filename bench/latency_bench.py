@@ -38,7 +38,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -329,11 +329,19 @@ Phase = dict[str, list[dict[str, float]]]  # server -> one summary per round
 
 
 def closed_phase(
-    urls: dict[str, str], args: argparse.Namespace, calls: list[Call], clients: int, what: str
+    urls: dict[str, str],
+    args: argparse.Namespace,
+    draw: Callable[[int], list[Call]],
+    clients: int,
+    what: str,
 ) -> Phase:
-    """Closed-loop runs, rounds interleaved, each args.capacity_duration long."""
+    """Closed-loop runs, rounds interleaved, each args.capacity_duration long; draw(round) gives
+    the round's calls: new prompts every round (the same for every server in it), so no
+    server answers a prompt it has seen (llama-server keeps old prompts' KV in RAM, and a
+    repeat would be a cache hit, not a prefill)."""
     out: Phase = {s: [] for s in urls}
     for r in range(args.rounds):
+        calls = draw(r)
         for s in order(r, list(urls)):
             outs = asyncio.run(
                 closed_loop(urls[s], calls, clients, args.capacity_duration, args.call_timeout)
@@ -351,13 +359,12 @@ def load_phase(
     runs = {v: {str(lv): {s: [] for s in urls} for lv in args.levels} for v in VIEWS}
     for r in range(args.rounds):
         for i, level in enumerate(args.levels):
-            seed = args.seed * 1000 + r * 10 + i
             for s in order(r, list(urls)):
-                for view in VIEWS:
+                for v, view in enumerate(VIEWS):
+                    # Prompts never repeat across runs (see closed_phase); within a round,
+                    # level and view every server gets the same schedule and prompts.
+                    seed = args.seed * 1000 + r * 100 + i * 10 + v
                     rate = (capacity[s] if view == "own" else low) * level
-                    if view == "common" and capacity[s] == low:  # the same schedule as "own"
-                        runs[view][str(level)][s].append(runs["own"][str(level)][s][-1])
-                        continue
                     arrivals = poisson_arrivals(rate, args.duration, seed)
                     calls = draw_calls(seed, len(arrivals), args.prompt_words, args.max_tokens)
                     outs = asyncio.run(open_loop(urls[s], calls, arrivals, args.call_timeout))
@@ -382,10 +389,15 @@ def measure(servers: dict[str, Server], args: argparse.Namespace) -> dict[str, A
     for url in urls.values():
         asyncio.run(closed_loop(url, warm, args.parallel, 0.1, args.call_timeout))
     read_vram()
-    workload = draw_calls(args.seed, 2000, args.prompt_words, args.max_tokens)
+    def workload(r: int) -> list[Call]:
+        return draw_calls(args.seed + 100 + r, 2000, args.prompt_words, args.max_tokens)
+
     saturation = closed_phase(urls, args, workload, args.parallel, "capacity")
     capacity = {s: statistics.median(x["calls_per_s"] for x in saturation[s]) for s in urls}
-    fixed = draw_calls(args.seed + 1, 200, (32, 32), (STREAM_TOKENS, STREAM_TOKENS))
+
+    def fixed(r: int) -> list[Call]:
+        return draw_calls(args.seed + 200 + r, 200, (32, 32), (STREAM_TOKENS, STREAM_TOKENS))
+
     streams = {str(n): closed_phase(urls, args, fixed, n, f"{n} streams") for n in args.streams}
     read_vram()
     runs = load_phase(urls, args, capacity) if args.levels else {}
