@@ -95,7 +95,8 @@ def test_a_new_prompt_after_a_move_reuses_the_moved_streams_cache(
         expected, _ = await run_alone(one, follow)
         first = await streaming(await four.submit(greedy("Name a fruit.", max_tokens=30)))
         short = await streaming(await four.submit(greedy("Hi.", max_tokens=4)))
-        long = await streaming(await four.submit(greedy("One thing?", system=system, max_tokens=30)))
+        one_thing = greedy("One thing?", system=system, max_tokens=30)
+        long = await streaming(await four.submit(one_thing))
         await short
         await asyncio.sleep(0.2)
         text, done = await drain(await four.submit(follow))

@@ -311,6 +311,7 @@ class BatchedEngine:
         self._context.copy_prefix(source.seq_id, target.seq_id, len(source.kv_tokens))
         target.kv_tokens = list(source.kv_tokens)
         target.busy, source.busy = True, False
+        self._snapshots.moved(source, target)
         r.slot = target
         self.slot_moves += 1
 

@@ -223,6 +223,15 @@ class PrefixSnapshots:
             slot.shared = len(snapshot.tokens)
             self._saved_slots.add(seq_id)
 
+    def moved(self, source: Slot, target: Slot) -> None:
+        """A running sequence's cells were copied from source to target (slot_layout.py):
+        target now holds source's prefix, with its counts."""
+        target.reuses, target.shared = source.reuses, source.shared
+        if source.seq_id in self._saved_slots:
+            self._saved_slots.add(target.seq_id)
+        else:
+            self._saved_slots.discard(target.seq_id)
+
     def claimed(self, slot: Slot, placement: Placement) -> None:
         """Count a claim of slot (its KV already cut to placement.reused); saves the prefix
         when this claim makes it hot."""
