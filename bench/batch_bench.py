@@ -61,7 +61,7 @@ def herd(args: argparse.Namespace, stack: ExitStack) -> Iterator[tuple[str, str]
     """A worker on the demo model and a gateway in front of it; (worker URL, gateway URL)."""
     from gateway_bench import WORK, free_port, fresh_database, running
 
-    from app.control.deployments import Deployments, ServingSettings
+    from app.control.deployments import DeploymentRequest, Deployments, ServingSettings
     from app.db import migrate
     from app.db.embedded import EmbeddedPostgres
     from app.db.engine import make_engine
@@ -79,7 +79,7 @@ def herd(args: argparse.Namespace, stack: ExitStack) -> Iterator[tuple[str, str]
     model = ModelStore(db, folder / "models").add(find_demo_model().path)
     serving = ServingSettings(model=model.name, n_ctx=args.n_ctx, threads=args.threads,
                               parallel=args.parallel)  # fmt: skip
-    deployment = Deployments(db).create(ALIAS, serving)
+    deployment = Deployments(db).create(DeploymentRequest(alias=ALIAS, serving=serving))
     env = {
         **os.environ, "PYTHONPATH": str(REPO), "HERD_DATABASE_URL": db_url,
         "HERD_HOME": str(folder / "herd-home"), "HERD_MODELS_DIR": str(folder / "models"),
