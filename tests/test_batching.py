@@ -44,6 +44,18 @@ def demo_path() -> Path:
     return find_demo_model().path
 
 
+def demo_engine(parallel: int, n_ctx: int = N_CTX) -> Iterator[BatchedEngine]:
+    """A batched engine of the demo model with parallel slots, closed after use (for the
+    module-scoped engine fixtures here and in other engine tests)."""
+    engine = load_batched_engine(
+        LoadOptions(find_demo_model().path, n_ctx=n_ctx, parallel=parallel), max_queue=8
+    )
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
 @pytest.fixture(scope="module")
 def crowd(demo_path: Path) -> Iterator[BatchedEngine]:
     """Eight slots: the engine under test."""

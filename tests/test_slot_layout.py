@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from app.engine.batched import BatchedEngine
-from app.engine.factory import load_batched_engine
-from app.engine.loader import LoadOptions
 from app.engine.slot_layout import Move, compaction, runs
 from app.engine.slots import Slot, place
-from app.store.demo import find_demo_model
-from tests.test_batching import drain, greedy, run_alone, streaming
+from tests.test_batching import demo_engine, drain, greedy, run_alone, streaming
 
 
 def test_runs_counts_micro_batches_of_consecutive_ids() -> None:
@@ -48,19 +44,13 @@ def test_place_prefers_a_slot_that_keeps_the_busy_ones_together() -> None:
 
 
 @pytest.fixture(scope="module")
-def four(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BatchedEngine]:
-    path: Path = find_demo_model().path
-    engine = load_batched_engine(LoadOptions(path, n_ctx=512, parallel=4), max_queue=8)
-    yield engine
-    engine.close()
+def four() -> Iterator[BatchedEngine]:
+    yield from demo_engine(4)
 
 
 @pytest.fixture(scope="module")
 def one() -> Iterator[BatchedEngine]:
-    path: Path = find_demo_model().path
-    engine = load_batched_engine(LoadOptions(path, n_ctx=512, parallel=1), max_queue=8)
-    yield engine
-    engine.close()
+    yield from demo_engine(1)
 
 
 def test_a_stream_moved_into_a_gap_generates_what_it_would_alone(
