@@ -9,17 +9,15 @@ from typing import Any
 
 import pytest
 
+from app.engine import factory
 from app.engine.batched import BatchedEngine
-from app.engine.factory import load_batched_engine
-from app.engine.loader import LoadOptions
 from app.engine.step_costs import (
     DEFAULT_IDLE_TOKENS,
     DEFAULT_LIVE_TOKENS,
     MAX_CUT_TOKENS,
     StepCosts,
 )
-from app.store.demo import find_demo_model
-from tests.test_batching import drain, greedy, run_alone, streaming
+from tests.test_batching import demo_engine, drain, greedy, run_alone, streaming
 
 
 def test_batch_budget_is_one_plain_step_of_prompt_tokens() -> None:
@@ -43,20 +41,12 @@ def test_batch_budget_is_one_plain_step_of_prompt_tokens() -> None:
 
 @pytest.fixture(scope="module")
 def four() -> Iterator[BatchedEngine]:
-    engine = load_batched_engine(
-        LoadOptions(find_demo_model().path, n_ctx=512, parallel=4), max_queue=8
-    )
-    yield engine
-    engine.close()
+    yield from demo_engine(4)
 
 
 @pytest.fixture(scope="module")
 def one() -> Iterator[BatchedEngine]:
-    engine = load_batched_engine(
-        LoadOptions(find_demo_model().path, n_ctx=512, parallel=1), max_queue=8
-    )
-    yield engine
-    engine.close()
+    yield from demo_engine(1)
 
 
 def test_prompts_arriving_mid_stream_share_the_streams_decode_and_match_alone(
@@ -84,3 +74,34 @@ def test_prompts_arriving_mid_stream_share_the_streams_decode_and_match_alone(
         assert mixed, "no prompt chunk shared a decode with the running streams"
 
     asyncio.run(scenario())
+
+
+def test_a_prompt_chunk_never_overflows_the_step_beside_running_streams(
+    one: BatchedEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A 64-token step: two streams' next tokens and a new 63-token prompt (one packable
+    # chunk) do not fit together. The chunk is cut to the room the streams leave (exact for
+    # a packable chunk), never added past the batch's capacity.
+    monkeypatch.setattr(factory, "STEP_TOKENS", 64)
+    engines = demo_engine(4, n_ctx=256)
+    small = next(engines)
+    try:
+        words = ["the"]
+        while len(small._model.prepare(greedy(" ".join(words))).tokens) < 63:
+            words.append("the")
+        prompt = " ".join(words)
+        assert len(small._model.prepare(greedy(prompt)).tokens) == 63
+
+        async def scenario() -> None:
+            expected, _ = await run_alone(one, greedy(prompt, max_tokens=8))
+            streams = [
+                await streaming(await small.submit(greedy(p, max_tokens=60)))
+                for p in ("Count to fifty.", "Name every month.")
+            ]
+            text, done = await drain(await small.submit(greedy(prompt, max_tokens=8)))
+            await asyncio.gather(*streams)
+            assert done.finish_reason == "length" and text == expected
+
+        asyncio.run(scenario())
+    finally:
+        engines.close()

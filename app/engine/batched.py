@@ -352,7 +352,8 @@ class BatchedEngine:
         # live ones first, then batch work within batch_room (step_costs.py).
         generating = [r for r in still if is_generating(r) and id(r) in live]
         waiting = [r for r in urgent if id(r) in live and r.prefilled < len(r.tokens)]
-        chunks, batch_room = step_chunks(waiting, batch, room, batch_room, step)
+        # Every stream's next token has its row first; prompt chunks fill what is left.
+        chunks, batch_room = step_chunks(waiting, batch, room - len(generating), batch_room, step)
         self._mixed_step(generating, chunks, live)
         # Batch prompt chunks that cannot share a decode: with live work in the slots or the
         # queue at most one, cut to what is left of the budget where cutting is exact.
@@ -371,7 +372,8 @@ class BatchedEngine:
         the ids of the jobs that finished or failed."""
         if not generating and not chunks:
             return
-        plan_drafts(generating, self._shape, self.max_draft)
+        taken = sum(end - r.prefilled for r, end in chunks)
+        plan_drafts(generating, self._shape, self.max_draft, taken)
         decoded = self._decode_step(generating, chunks)
         live -= {id(r) for r in generating} - set(map(id, decoded))  # failed: released
         for r in decoded:

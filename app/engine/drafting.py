@@ -61,12 +61,14 @@ def plan_drafts(
     generating: list[Running],
     shape: ContextShape,
     max_draft: int,
+    taken: int = 0,
     exact_until: int | None = PACK_MAX_POS,
 ) -> None:
     """Set r.drafts of each generating job for this step: at most max_draft each, within the
-    batch's rows beyond one per job, none past the job's length or context limit, and every
-    row (the pending token's too) at a position below exact_until (see the module)."""
-    room = shape.n_batch - len(generating)
+    batch's rows beyond one per job and the taken ones (prompt chunks in the same decode),
+    none past the job's length or context limit, and every row (the pending token's too) at
+    a position below exact_until (see the module)."""
+    room = shape.n_batch - len(generating) - taken
     for r in generating:
         r.drafts = []
         if room <= 0 or max_draft <= 0 or not may_draft(r):

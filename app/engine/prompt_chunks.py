@@ -61,7 +61,7 @@ def pack(
     room = min(room, step)
     for r in sorted((r for r in prefilling if packable(r, step)), key=seq_of):
         size = chunk_end(r, step, at_most) - r.prefilled
-        if size <= room:
+        if 0 < size <= room:  # at_most 0 (no room left) would cut a chunk to nothing
             packed.append(r)
             room -= size
     return packed
@@ -71,10 +71,10 @@ def step_chunks(
     live: list[Running], batch: list[Running], room: int, batch_room: int, step: int
 ) -> tuple[list[tuple[Running, int]], int]:
     """The prompt chunks that share a step's one decode with the running streams' next tokens:
-    packable ones (see packable), live prompts' whole within room (tokens), then batch prompts'
-    cut to batch_room where exact; returns them with their ends, and what is left of
-    batch_room."""
-    chunks = [(r, chunk_end(r, step)) for r in pack(live, room, step)]
+    packable ones (see packable), live prompts' within room (tokens), then batch prompts'
+    within batch_room, each cut to its room where exact (a packable chunk always is); returns
+    them with their ends, and what is left of batch_room."""
+    chunks = [(r, chunk_end(r, step, room)) for r in pack(live, room, step, room)]
     room -= sum(end - r.prefilled for r, end in chunks)
     batch_room = cut = min(batch_room, room)
     for r in pack(batch, batch_room, step, cut):
