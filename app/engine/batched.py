@@ -79,6 +79,7 @@ class BatchedEngine:
         info: EngineInfo,
         max_queue: int = 16,
         snapshots: PrefixSnapshots | None = None,
+        max_draft: int = MAX_DRAFT,
     ) -> None:
         if max_queue < 0:
             raise ValueError("max_queue must be >= 0")
@@ -112,7 +113,7 @@ class BatchedEngine:
         self._prompt_tokens = 0
         self._cached_prompt_tokens = 0
         self._outbox = Outbox()
-        self.max_draft = MAX_DRAFT  # prompt-lookup drafts per job and step; 0: none
+        self.max_draft = max_draft  # prompt-lookup drafts per job and step; 0: none
         self._decoder = StepDecoder(context, self._fail)
         self._thread = threading.Thread(target=self._run, name="herd-batch", daemon=True)
         self._thread.start()
@@ -345,27 +346,24 @@ class BatchedEngine:
         # stream's next token only waits one prompt chunk longer.
         room = self._prefill_step([r for r in urgent if not packable(r, step)], live, step)
         self._outbox.flush()  # first tokens out before any other work of the step
-        live_load = any(r.job.priority == "interactive" for r in still) or self._live_waiting()
+        with self._wake:
+            live_load = self._waiting.count("interactive") > 0
+        live_load = live_load or any(r.job.priority == "interactive" for r in still)
         batch = [r for r in prefilling if r.job.priority == "batch" and id(r) in live]
         batch_room = min(room, self._decoder.costs.batch_tokens(live_load))
-        # Then one decode: every stream's next token and the prompt chunks that can share it,
-        # live ones first, then batch work within batch_room (step_costs.py).
+        # Then one decode: every stream's next token first, then the prompt chunks that can
+        # share it in what is left, live ones before batch work within batch_room.
         generating = [r for r in still if is_generating(r) and id(r) in live]
         waiting = [r for r in urgent if id(r) in live and r.prefilled < len(r.tokens)]
-        # Every stream's next token has its row first; prompt chunks fill what is left.
         chunks, batch_room = step_chunks(waiting, batch, room - len(generating), batch_room, step)
         self._mixed_step(generating, chunks, live)
         # Batch prompt chunks that cannot share a decode: with live work in the slots or the
         # queue at most one, cut to what is left of the budget where cutting is exact.
-        rest = [r for r in batch if id(r) in live and r.prefilled < len(r.tokens)]
-        rest = [r for r in rest if not any(r is c for c, _e in chunks)]
+        outside = live - {id(r) for r, _end in chunks}  # a chunk in the decode is enough
+        rest = [r for r in batch if id(r) in outside and r.prefilled < len(r.tokens)]
         if batch_room > 0 and rest:
             self._prefill_step(rest[:1] if live_load else rest, live, batch_room, cut=True)
         return [r for r in still if id(r) in live]
-
-    def _live_waiting(self) -> bool:
-        with self._wake:
-            return self._waiting.count("interactive") > 0
 
     def _mixed_step(self, generating: list[Running], chunks: list[Chunk], live: set[int]) -> None:
         """Decode the step's one mixed batch and sample every row with logits; drops from live

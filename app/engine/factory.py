@@ -59,9 +59,14 @@ def load_batched_engine(
     model.info = replace(
         model.info, n_ctx=shape.n_ctx_slot, slots_total=slots, n_threads=shape.n_threads_batch
     )
-    engine = BatchedEngine(model, context, model.info, max_queue=max_queue, snapshots=saved)
-    engine.max_draft = options.lookup_drafts
-    return engine
+    return BatchedEngine(
+        model,
+        context,
+        model.info,
+        max_queue=max_queue,
+        snapshots=saved,
+        max_draft=options.lookup_drafts,
+    )
 
 
 def make_engine(
