@@ -55,14 +55,19 @@ def ask(target: BatchedEngine, question: str) -> tuple[str, int]:
     return text, finished.usage.cached_tokens
 
 
+def ask_new(path: Path, folder: Path | None, question: str, **options: int) -> tuple[str, int]:
+    """ask() of a new engine (see engine for options), closed after its one answer."""
+    fresh = engine(path, folder, **options)
+    try:
+        return ask(fresh, question)
+    finally:
+        fresh.close()
+
+
 @pytest.fixture(scope="module")
 def cold(demo_path: Path) -> str:
     """The reference: QUESTIONS[2] answered by an engine that never saw SYSTEM."""
-    fresh = engine(demo_path, None)
-    try:
-        text, cached = ask(fresh, QUESTIONS[2])
-    finally:
-        fresh.close()
+    text, cached = ask_new(demo_path, None, QUESTIONS[2])
     assert cached == 0
     return text
 
@@ -94,11 +99,7 @@ def test_a_new_engine_restores_the_prefix_and_answers_as_a_cold_one(
     caplog.set_level(logging.INFO, logger="app.engine")
     root = copy_of(saved, tmp_path)
     # Another slot count than the engine that saved it: a snapshot is one slot's stream.
-    restarted = engine(demo_path, root, parallel=3)
-    try:
-        text, cached = ask(restarted, QUESTIONS[2])
-    finally:
-        restarted.close()
+    text, cached = ask_new(demo_path, root, QUESTIONS[2], parallel=3)
     assert "restored 1 KV prefix snapshot(s)" in caplog.text
     assert cached > 150
     assert text == cold
@@ -116,19 +117,11 @@ def test_another_model_file_or_n_ctx_is_refused_with_the_reason(
     name = field.parts[field.data[0]]
     name[:] = list(b"X" * len(name))
     del field, name
-    renamed = engine(other, root)
-    try:
-        text, cached = ask(renamed, QUESTIONS[2])
-    finally:
-        renamed.close()
+    text, cached = ask_new(other, root, QUESTIONS[2])
     assert cached == 0 and text == cold
     assert "not restored: saved with other settings: model" in caplog.text
     caplog.clear()
-    shorter = engine(demo_path, root, n_ctx=384)
-    try:
-        assert ask(shorter, QUESTIONS[2])[1] == 0
-    finally:
-        shorter.close()
+    assert ask_new(demo_path, root, QUESTIONS[2], n_ctx=384)[1] == 0
     assert "n_ctx_slot 512 (here 384)" in caplog.text
 
 
@@ -140,11 +133,7 @@ def test_a_truncated_snapshot_is_skipped_and_a_corrupt_one_never_loaded(
     (path,) = root.glob("*/*.kv")
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    restarted = engine(demo_path, root)
-    try:
-        text, cached = ask(restarted, QUESTIONS[2])
-    finally:
-        restarted.close()
+    text, cached = ask_new(demo_path, root, QUESTIONS[2])
     assert cached == 0 and text == cold
     assert "skipped: truncated" in caplog.text
     # One byte of the KV changed: the checksum refuses it before llama.cpp sees it.
@@ -172,11 +161,7 @@ def test_a_hot_prefix_is_saved_while_serving_and_a_second_worker_restores_it(
             time.sleep(0.05)
         assert len(list(root.glob("*/*.kv"))) == 1
         assert len(old._snapshots.save_ms) == 1
-        new = engine(demo_path, root)
-        try:
-            text, cached = ask(new, QUESTIONS[2])
-        finally:
-            new.close()
+        text, cached = ask_new(demo_path, root, QUESTIONS[2])
         assert cached > 150 and text == cold
     finally:
         old.close()
