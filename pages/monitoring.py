@@ -5,7 +5,7 @@ import streamlit as st
 from app.control.accounts import Role
 from app.ui import auth, charts, reads, resources
 from app.ui.ab_chart import ab_figure
-from app.ui.analytics_widgets import chart, scope_picker, tile_row, uncounted_note
+from app.ui.analytics_widgets import chart, line_chart, scope_picker, tile_row, uncounted_note
 
 auth.require_role(Role.VIEWER)
 st.title("Monitoring")
@@ -57,45 +57,54 @@ if latency_tab.open:
         latency = known(reads.latency_series(scope))
     with latency_tab:
         pct = {"p50": "ttft_p50_ms", "p95": "ttft_p95_ms", "p99": "ttft_p99_ms"}
-        fig = charts.lines(latency, pct, title="Time to first token", y_title="ms", grid=grid)
-        chart(fig, latency, "ttft")
+        line_chart(latency, pct, title="Time to first token", y_title="ms", grid=grid, key="ttft")
         pct = {"p50": "total_p50_ms", "p95": "total_p95_ms", "p99": "total_p99_ms"}
-        fig = charts.lines(latency, pct, title="Total latency", y_title="ms", grid=grid)
-        chart(fig, latency, "latency")
+        line_chart(latency, pct, title="Total latency", y_title="ms", grid=grid, key="latency")
 if traffic_tab.open:
     with resources.database_errors():
         traffic = known(reads.traffic_series(scope))
         semantic = reads.semantic_cache_rows(scope)
     with traffic_tab:
-        fig = charts.lines(
-            traffic, {"": "requests_per_minute"}, title="Requests", y_title="per min", grid=grid,
+        line_chart(
+            traffic,
+            {"": "requests_per_minute"},
+            title="Requests",
+            y_title="per min",
+            grid=grid,
             empty_bin=0,
-        )  # fmt: skip
-        chart(fig, traffic, "traffic")
+            key="traffic",
+        )
         left, right = st.columns(2)
         with left:
-            fig = charts.lines(
-                traffic, {"": "tokens_per_second"}, title="Tokens/s", y_title="tok/s", grid=grid
+            line_chart(
+                traffic,
+                {"": "tokens_per_second"},
+                title="Tokens/s",
+                y_title="tok/s",
+                grid=grid,
+                key="tokens_per_second",
             )
-            chart(fig, traffic, "tokens_per_second")
-            fig = charts.lines(
+            line_chart(
                 traffic,
                 {"server": "error_rate", "client": "client_error_rate"},
                 title="Errors: server (5xx) and client (4xx)",
                 y_title="",
                 percent=True,
                 grid=grid,
+                key="errors",
             )
-            chart(fig, traffic, "errors")
         with right:
             queue = {"avg": "queue_avg_ms", "p95": "queue_p95_ms"}
-            fig = charts.lines(traffic, queue, title="Queue wait", y_title="ms", grid=grid)
-            chart(fig, traffic, "queue")
-            fig = charts.lines(
-                traffic, {"": "cache_hit_rate"}, title="Cache hit rate", y_title="", percent=True,
+            line_chart(traffic, queue, title="Queue wait", y_title="ms", grid=grid, key="queue")
+            line_chart(
+                traffic,
+                {"": "cache_hit_rate"},
+                title="Cache hit rate",
+                y_title="",
+                percent=True,
                 grid=grid,
-            )  # fmt: skip
-            chart(fig, traffic, "cache")
+                key="cache",
+            )
         if semantic:
             st.subheader("Semantic cache", help=(
                 "Chat calls answered from an earlier answer to a similar question, and whether "
@@ -120,41 +129,60 @@ if engagement_tab.open:
         chart(fig, engagement, "thumbs_up")
         left, right = st.columns(2)
         with left:
-            fig = charts.lines(
-                engagement, {"": "feedback_rate"}, title="Feedback rate", y_title="", percent=True,
+            line_chart(
+                engagement,
+                {"": "feedback_rate"},
+                title="Feedback rate",
+                y_title="",
+                percent=True,
                 grid=engagement_grid,
-            )  # fmt: skip
-            chart(fig, engagement, "feedback_rate")
-            fig = charts.lines(
-                sessions, {"": "sessions"}, title="Sessions", y_title="sessions",
-                grid=engagement_grid, empty_bin=0,
-            )  # fmt: skip
-            chart(fig, sessions, "sessions")
-            fig = charts.lines(
-                sessions, {"": "regenerate_rate"}, title="Regenerate rate", y_title="",
-                percent=True, grid=engagement_grid,
-            )  # fmt: skip
-            chart(fig, sessions, "regenerates")
+                key="feedback_rate",
+            )
+            line_chart(
+                sessions,
+                {"": "sessions"},
+                title="Sessions",
+                y_title="sessions",
+                grid=engagement_grid,
+                empty_bin=0,
+                key="sessions",
+            )
+            line_chart(
+                sessions,
+                {"": "regenerate_rate"},
+                title="Regenerate rate",
+                y_title="",
+                percent=True,
+                grid=engagement_grid,
+                key="regenerates",
+            )
         with right:
-            fig = charts.lines(
-                engagement, {"": "comments"}, title="Comments", y_title="comments",
-                grid=engagement_grid, empty_bin=0,
-            )  # fmt: skip
-            chart(fig, engagement, "comments")
-            fig = charts.lines(
-                sessions, {"": "turns_per_session"}, title="Turns per session", y_title="turns",
+            line_chart(
+                engagement,
+                {"": "comments"},
+                title="Comments",
+                y_title="comments",
                 grid=engagement_grid,
-            )  # fmt: skip
-            chart(fig, sessions, "turns")
-            fig = charts.lines(
+                empty_bin=0,
+                key="comments",
+            )
+            line_chart(
+                sessions,
+                {"": "turns_per_session"},
+                title="Turns per session",
+                y_title="turns",
+                grid=engagement_grid,
+                key="turns",
+            )
+            line_chart(
                 sessions,
                 {"": "one_turn_share"},
                 title="Sessions abandoned after one turn",
                 y_title="",
                 percent=True,
                 grid=engagement_grid,
+                key="one_turn",
             )
-            chart(fig, sessions, "one_turn")
 if ab_tab.open:
     with ab_tab:
         shown = False

@@ -15,7 +15,7 @@ from app.analytics.traffic import DEFAULT_CLASSES, TrafficClass, parse_classes
 from app.analytics.units import format_exact, format_value
 from app.analytics.versions import FilterOptions
 from app.ui import reads
-from app.ui.charts import PLOTLY_CONFIG, csv_bytes, has_data
+from app.ui.charts import PLOTLY_CONFIG, csv_bytes, has_data, lines
 
 RANGES = {p.label: p.span for p in RANGE_PRESETS}
 ANY = "(any)"
@@ -116,6 +116,13 @@ def _tile(column: Any, tile: Tile) -> None:
         help=f"{tile.help}{'' if exact == shown else f' ({exact})'}. "
         f"Previous period: {format_value(tile.previous, tile.unit)}",
     )
+
+
+def line_chart(
+    rows: Sequence[dict[str, Any]], series: dict[str, str], key: str, **options: Any
+) -> None:
+    """chart() of charts.lines(rows, series, **options): a line per series column."""
+    chart(lines(rows, series, **options), rows, key)
 
 
 def chart(fig: Any, rows: Sequence[dict[str, Any]], key: str) -> None:
