@@ -58,6 +58,17 @@ class BatchContext:
         params.kv_unified = False
         params.no_perf = True
         self.shape = shape
+        # What this context's KV cells depend on besides the model and the shape (llama.cpp's
+        # defaults but kv_unified): KV prefix snapshots are fingerprinted with it.
+        self.kv_settings = {
+            "flash_attn_type": int(params.flash_attn_type),
+            "type_k": int(params.type_k),
+            "type_v": int(params.type_v),
+            "swa_full": bool(params.swa_full),
+            "offload_kqv": bool(params.offload_kqv),
+            "op_offload": bool(params.op_offload),
+            "kv_unified": bool(params.kv_unified),
+        }
         ctx = llama_cpp.llama_init_from_model(model, params)
         if ctx is None:
             raise BatchingUnsupported("llama.cpp could not create a context with these slots")

@@ -50,7 +50,7 @@ def load_batched_engine(
         context = BatchContext(llama.model, shape)
         bos = llama.token_bos()
         context.warm_up(bos if bos >= 0 else 0)
-        saved = PrefixSnapshots.open(snapshots, context, options, shape)
+        saved = PrefixSnapshots.open(snapshots, context, options)
         saved.restore()
     except BaseException:
         model.close()

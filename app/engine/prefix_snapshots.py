@@ -33,7 +33,7 @@ from typing import Any
 
 import llama_cpp
 
-from app.engine.batch_context import BatchContext, ContextShape
+from app.engine.batch_context import BatchContext
 from app.engine.kv_snapshot_files import (
     DEFAULT_MAX_BYTES,
     Fingerprint,
@@ -75,15 +75,13 @@ class SnapshotConfig:
     hot_reuses: int = HOT_REUSES
 
 
-def snapshot_facts(options: LoadOptions, shape: ContextShape) -> dict[str, Any]:
+def snapshot_facts(options: LoadOptions, context: BatchContext) -> dict[str, Any]:
     """Everything that changes the KV contents of a prefix, or the reuse logic around it.
 
     The slot count is not among them: a snapshot holds one sequence's stream and is loaded
-    into any slot of any count (see _stream_record). The context's KV parameters are
-    llama.cpp's defaults in BatchContext; their values are recorded so that a build with
-    other defaults does not match.
+    into any slot of any count (see _stream_record).
     """
-    params = llama_cpp.llama_context_default_params()
+    shape = context.shape
     return {
         "format": FORMAT,
         "model": model_digest(options.model_path),
@@ -96,13 +94,7 @@ def snapshot_facts(options: LoadOptions, shape: ContextShape) -> dict[str, Any]:
         "main_gpu": options.main_gpu,
         "tensor_split": list(options.tensor_split) if options.tensor_split else None,
         "extra_buffers": str(options.extra_buffers),
-        "flash_attn_type": int(params.flash_attn_type),
-        "type_k": int(params.type_k),
-        "type_v": int(params.type_v),
-        "swa_full": bool(params.swa_full),
-        "offload_kqv": bool(params.offload_kqv),
-        "op_offload": bool(params.op_offload),
-        "kv_unified": False,
+        **context.kv_settings,
     }
 
 
@@ -152,14 +144,13 @@ class PrefixSnapshots:
         config: SnapshotConfig | None,
         context: BatchContext,
         options: LoadOptions,
-        shape: ContextShape,
     ) -> PrefixSnapshots:
         """Snapshots for this context, or an off instance when config is None or the model
         file cannot be read for its fingerprint."""
         if config is None:
             return cls()
         try:
-            fingerprint = Fingerprint.of(snapshot_facts(options, shape))
+            fingerprint = Fingerprint.of(snapshot_facts(options, context))
         except OSError as exc:
             logger.warning("KV prefix snapshots off: cannot fingerprint the model: %s", exc)
             return cls()
