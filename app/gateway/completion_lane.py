@@ -6,22 +6,22 @@ exception middleware, the exit-stack middleware, the route's request wrapper, de
 solving for a handler that declares none) cost about a fifth of the gateway's event loop
 per call (bench/RESULTS.md, "Gateway overhead"). The routes stay registered, so OpenAPI
 documents them and every other method or path takes the usual way; this lane answers the
-same requests the same way: the same handler, the app's exception handlers looked up as
-Starlette's ExceptionMiddleware looks them up, and an exception none handles going on to
-the app's server-error handler (outside this middleware) as before.
+same requests the same way: the same handler, wrapped in Starlette's own exception handling
+(wrap_app_handling_exceptions, as its ExceptionMiddleware and FastAPI's routes wrap theirs)
+with the app's handlers, and an exception none handles going on to the app's server-error
+handler (outside this middleware) as before.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException
+# Private to Starlette, and what FastAPI's own routes call (fastapi/routing.py).
+from starlette._exception_handler import wrap_app_handling_exceptions
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 Handler = Callable[[Request, Exception], Any]
@@ -62,41 +62,11 @@ class CompletionLane:
             await self.app(scope, receive, send)
             return
         request = Request(scope, receive, send)
-        started = False
+        # As Starlette's ExceptionMiddleware hands them to the route it wraps.
+        scope["starlette.exception_handlers"] = (self.exception_handlers, self.status_handlers)
 
-        async def sender(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
+        async def answer(scope: Scope, receive: Receive, send: Send) -> None:
             response = await endpoint(request)
-            await response(scope, receive, sender)
-        except Exception as exc:
-            handler = self._handler(exc)
-            if handler is None:
-                raise
-            if started:
-                raise RuntimeError(
-                    "Caught handled exception, but response already started."
-                ) from exc
-            if inspect.iscoroutinefunction(handler):
-                answer = await handler(request, exc)
-            else:
-                answer = await run_in_threadpool(handler, request, exc)
-            if answer is not None:
-                await answer(scope, receive, sender)
-            # Reused exception instances would gather tracebacks across requests.
-            exc.__traceback__ = None
+            await response(scope, receive, send)
 
-    def _handler(self, exc: Exception) -> Handler | None:
-        if isinstance(exc, HTTPException):
-            handler = self.status_handlers.get(exc.status_code)
-            if handler is not None:
-                return handler
-        for cls in type(exc).__mro__:
-            handler = self.exception_handlers.get(cls)
-            if handler is not None:
-                return handler
-        return None
+        await wrap_app_handling_exceptions(answer, request)(scope, receive, send)
