@@ -50,7 +50,7 @@ from app.engine.drafting import plan_drafts, verify
 from app.engine.errors import EngineClosed, GenerationFailed, PromptTooLong, QueueFull
 from app.engine.events import FinishReason, TextDelta
 from app.engine.grammar import GrammarCache
-from app.engine.job import EWMA_WEIGHT, MAX_RETRY_AFTER_S
+from app.engine.job import MAX_RETRY_AFTER_S, JobSpeeds
 from app.engine.loader import LoadedModel, PreparedPrompt
 from app.engine.logprobs import token_logprob
 from app.engine.lookup_drafts import MAX_DRAFT
@@ -107,8 +107,7 @@ class BatchedEngine:
         self.slot_moves = 0
         # When live work was last running or admitted (scheduler thread only).
         self._live_at = -math.inf
-        self._tokens_per_second: float | None = None
-        self._job_seconds = 1.0
+        self._speeds = JobSpeeds()
         # Written by the scheduler thread only; stats() reads them (ints: no torn reads).
         self._prompt_tokens = 0
         self._cached_prompt_tokens = 0
@@ -136,7 +135,7 @@ class BatchedEngine:
             slots_busy=self._busy,
             queue_length=waiting,
             max_queue=self._max_queue,
-            tokens_per_second=self._tokens_per_second,
+            tokens_per_second=self._speeds.tokens_per_second,
             prompt_tokens=self._prompt_tokens,
             cached_prompt_tokens=self._cached_prompt_tokens,
             batch_busy=self._busy_batch,
@@ -186,7 +185,7 @@ class BatchedEngine:
         return self._model.prepare(request), gbnf
 
     def _retry_after_s(self, queued: int) -> int:
-        per_slot = (queued + 1) * self._job_seconds / self._shape.slots
+        per_slot = (queued + 1) * self._speeds.job_seconds / self._shape.slots
         return max(1, min(MAX_RETRY_AFTER_S, math.ceil(per_slot)))
 
     def _withdraw(self, job: BatchJob) -> None:
@@ -474,13 +473,7 @@ class BatchedEngine:
         self._release(r)
         self._outbox.add(r.job, finished)
         if reason != "cancelled":
-            self._job_seconds += EWMA_WEIGHT * (
-                finished.timings.total_ms / 1000 - self._job_seconds
-            )
-            tps = finished.timings.tokens_per_second
-            if finished.usage.completion_tokens > 1 and tps > 0:
-                old = self._tokens_per_second
-                self._tokens_per_second = tps if old is None else old + EWMA_WEIGHT * (tps - old)
+            self._speeds.record(finished)
 
     def _fail(self, r: Running, reason: str) -> None:
         logger.error("generation failed in slot %d: %s", r.slot.seq_id, reason)

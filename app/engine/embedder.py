@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from app.engine.errors import BadRequest, EngineClosed, GenerationFailed, ModelLoadError, QueueFull
-from app.engine.job import EWMA_WEIGHT, MAX_RETRY_AFTER_S
+from app.engine.job import MAX_RETRY_AFTER_S, moving_average
 from app.engine.loader import LoadedModel, LoadOptions, load_model
 from app.engine.pooling import Pooling
 from app.engine.protocol import EngineInfo, EngineStats, Generation
@@ -244,8 +244,8 @@ class EmbeddingEngine:
                 continue
             seconds = max(time.perf_counter() - started, 1e-9)
             tokens = sum(len(job.inputs[i]) for job, i in taken)
-            self._inputs_per_second = _moving(self._inputs_per_second, len(taken) / seconds)
-            self._tokens_per_second = _moving(self._tokens_per_second, tokens / seconds)
+            self._inputs_per_second = moving_average(self._inputs_per_second, len(taken) / seconds)
+            self._tokens_per_second = moving_average(self._tokens_per_second, tokens / seconds)
             self._prompt_tokens += tokens
             for row, (job, i) in enumerate(taken):
                 job.vectors[i] = vectors[row]
@@ -297,10 +297,6 @@ class EmbeddingEngine:
             llama_cpp.llama_free(self._ctx)
             self._ctx = None
         self._model.close()
-
-
-def _moving(old: float | None, new: float) -> float:
-    return new if old is None else old + EWMA_WEIGHT * (new - old)
 
 
 def _context(model: Any, options: LoadOptions, pooling: int, max_tokens: int) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from app.engine.events import Finished, FinishReason, GenerationEvent, Timings, Usage
 from app.engine.loader import PreparedPrompt
@@ -17,6 +18,26 @@ MAX_RETRY_AFTER_S = 60
 
 def elapsed_ms(start: float, end: float) -> float:
     return (end - start) * 1000.0
+
+
+def moving_average(old: float | None, new: float, weight: float = EWMA_WEIGHT) -> float:
+    """new blended into old with weight; new itself when there is no old yet."""
+    return new if old is None else old + weight * (new - old)
+
+
+@dataclass
+class JobSpeeds:
+    """An engine's moving averages over its finished jobs: seconds per job (for Retry-After)
+    and tokens per second (for stats)."""
+
+    job_seconds: float = 1.0
+    tokens_per_second: float | None = None
+
+    def record(self, finished: Finished) -> None:
+        self.job_seconds = moving_average(self.job_seconds, finished.timings.total_ms / 1000)
+        tps = finished.timings.tokens_per_second
+        if finished.usage.completion_tokens > 1 and tps > 0:
+            self.tokens_per_second = moving_average(self.tokens_per_second, tps)
 
 
 class JobChannel:

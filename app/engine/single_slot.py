@@ -25,7 +25,7 @@ from llama_cpp.llama_grammar import LlamaGrammar
 from app.engine.errors import BadRequest, EngineClosed, GenerationFailed, QueueFull
 from app.engine.events import Finished, FinishReason, TextDelta
 from app.engine.grammar import GrammarCache
-from app.engine.job import EWMA_WEIGHT, MAX_RETRY_AFTER_S, JobChannel
+from app.engine.job import MAX_RETRY_AFTER_S, JobChannel, JobSpeeds
 from app.engine.loader import LoadedModel, LoadOptions, PreparedPrompt, load_model
 from app.engine.protocol import EngineInfo, EngineStats
 from app.engine.requests import GenerationRequest, Priority, SamplingParams
@@ -72,9 +72,8 @@ class SingleSlotEngine:
         self._closed = False
         # One thread: llama_cpp.Llama is not safe to use from two threads at once.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="herd-generate")
-        self._tokens_per_second: float | None = None
         self._prompt_tokens = 0
-        self._job_seconds = 1.0
+        self._speeds = JobSpeeds()
         self._grammars = GrammarCache(model.llama._model.vocab)
 
     @property
@@ -88,7 +87,7 @@ class SingleSlotEngine:
             slots_busy=0 if running is None else 1,
             queue_length=len(self._waiting),
             max_queue=self._max_queue,
-            tokens_per_second=self._tokens_per_second,
+            tokens_per_second=self._speeds.tokens_per_second,
             # llama-cpp-python's own prefix reuse is not reported: nothing counts as cached.
             prompt_tokens=self._prompt_tokens,
             batch_busy=int(running is not None and running.priority == "batch"),
@@ -128,7 +127,7 @@ class SingleSlotEngine:
 
     def _retry_after_s(self) -> int:
         """Seconds until a queue place is likely free: the queue ahead times a mean job."""
-        expected = (len(self._waiting) + 1) * self._job_seconds
+        expected = (len(self._waiting) + 1) * self._speeds.job_seconds
         return max(1, min(MAX_RETRY_AFTER_S, math.ceil(expected)))
 
     def _leave_queue(self, job: SlotJob) -> None:
@@ -158,13 +157,7 @@ class SingleSlotEngine:
             job.put(GenerationFailed("generation failed; details are in the worker's log"))
             finished = None
         if finished is not None and finished.finish_reason != "cancelled":
-            self._job_seconds += EWMA_WEIGHT * (
-                finished.timings.total_ms / 1000 - self._job_seconds
-            )
-            tps = finished.timings.tokens_per_second
-            if finished.usage.completion_tokens > 1 and tps > 0:
-                old = self._tokens_per_second
-                self._tokens_per_second = tps if old is None else old + EWMA_WEIGHT * (tps - old)
+            self._speeds.record(finished)
         if finished is not None:
             # Delivered here, after the slot is free, so stats() never lags what callers saw.
             job.put(finished)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from app.engine.job import moving_average
+
 # Before anything is measured: the budgets measured on the 2-core CPU (bench/RESULTS.md).
 DEFAULT_LIVE_TOKENS = 8
 DEFAULT_IDLE_TOKENS = 16
@@ -37,12 +39,12 @@ class StepCosts:
     def record(self, prompt_tokens: int, rows: int, seconds: float) -> None:
         """One llama_decode of prompt_tokens prompt tokens and rows one-token rows."""
         if prompt_tokens == 0 and rows > 0:
-            self.step_s = _average(self.step_s, seconds)
+            self.step_s = moving_average(self.step_s, seconds, WEIGHT)
         elif prompt_tokens >= MIN_PROMPT_SAMPLE:
             # The rows ride in the first micro-batch; what is left is the prompt's cost.
             rest = seconds - (self.step_s or 0.0) if rows else seconds
             if rest > 0:
-                self.token_s = _average(self.token_s, rest / prompt_tokens)
+                self.token_s = moving_average(self.token_s, rest / prompt_tokens, WEIGHT)
 
     def batch_tokens(self, live_load: bool) -> int:
         """Batch prompt tokens one step may carry: one plain step's cost (IDLE_STEPS of
@@ -51,7 +53,3 @@ class StepCosts:
             return DEFAULT_LIVE_TOKENS if live_load else DEFAULT_IDLE_TOKENS
         steps = 1 if live_load else IDLE_STEPS
         return max(1, min(MAX_CUT_TOKENS, int(steps * self.step_s / self.token_s)))
-
-
-def _average(old: float | None, new: float) -> float:
-    return new if old is None else old + WEIGHT * (new - old)
