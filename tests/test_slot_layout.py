@@ -83,6 +83,7 @@ def test_a_new_prompt_after_a_move_reuses_the_moved_streams_cache(
     async def scenario() -> None:
         follow = greedy("And a second thing?", system=system, max_tokens=8)
         expected, _ = await run_alone(one, follow)
+        before = four.slot_moves
         first = await streaming(await four.submit(greedy("Name a fruit.", max_tokens=30)))
         short = await streaming(await four.submit(greedy("Hi.", max_tokens=4)))
         one_thing = greedy("One thing?", system=system, max_tokens=30)
@@ -91,6 +92,7 @@ def test_a_new_prompt_after_a_move_reuses_the_moved_streams_cache(
         await asyncio.sleep(0.2)
         text, done = await drain(await four.submit(follow))
         await asyncio.gather(first, long)
+        assert four.slot_moves > before, "the long stream never moved into the short one's slot"
         assert text == expected
         assert (done.usage.cached_tokens or 0) > 0
 
